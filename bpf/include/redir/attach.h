@@ -1,0 +1,24 @@
+/* Map redir_attach: HASH  cgroup id -> attachment. One entry per attached
+ * sandbox cgroup; processes in descendants use the nearest attached ancestor. */
+#ifndef REDIR_ATTACH_H
+#define REDIR_ATTACH_H
+#include "types.h"
+
+#define REDIR_MAX_ATTACHMENTS 4096
+/* Deepest cgroup level searched for an attached ancestor. */
+#define REDIR_MAX_CGROUP_DEPTH 32
+
+struct redir_attach_key {
+	__u64 cgroup_id;
+};
+
+#define REDIR_ATTACH_F_INFERENCE (1u << 0) /* policy's inference.enabled */
+
+struct redir_attach_val {
+	/* Flipped by the agent with one map update when a policy is reloaded: a
+	 * connect() sees either the old policy or the new one, never a mix. */
+	__u32 policy_id;
+	__u32 flags;
+};
+
+#endif
