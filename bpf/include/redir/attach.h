@@ -19,6 +19,9 @@ struct redir_attach_val {
 	 * connect() sees either the old policy or the new one, never a mix. */
 	__u32 policy_id;
 	__u32 flags;
+	__u16 dns_port;  /* this sandbox's DNS responder port (identifies the sandbox); 0 = none */
+	__u16 _pad;
+	__u32 _pad2;
 };
 
 #endif

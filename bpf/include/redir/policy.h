@@ -25,9 +25,16 @@ struct redir_lpm_key {
 	__u8 addr[16];
 };
 
+#define REDIR_LPM_F_HAS_DENY (1u << 0) /* deny_portset_id is valid */
+
 struct redir_lpm_val {
-	__u32 portset_id;
+	__u32 portset_id;      /* effective allowed/inspected ports for this prefix */
 	__u32 flags;
+	/* Union of the deny rules covering this prefix. DNS-learned admissions
+	 * (redir_dns_allow) are checked against it, so a cidr deny also wins over
+	 * a host allow. */
+	__u32 deny_portset_id;
+	__u32 _pad;
 };
 
 struct redir_portset_key {

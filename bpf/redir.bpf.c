@@ -1,0 +1,578 @@
+// SPDX-License-Identifier: GPL-2.0
+/* redir kernel datapath: every socket a sandboxed process opens is decided here.
+ *
+ * Attached per sandbox cgroup through bpf_link. Verdicts come from maps the
+ * agent owns (see the headers in include/redir for every layout); the decision itself is
+ * in small inline functions so each hook is a thin adapter. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
+
+#include "redir/types.h"
+#include "redir/config.h"
+#include "redir/attach.h"
+#include "redir/policy.h"
+#include "redir/origdst.h"
+#include "redir/events.h"
+#include "redir/dns.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define AF_PACKET 17
+#define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+#define SOCK_RAW 3
+#define IPPROTO_ICMP 1
+#define IPPROTO_ICMPV6 58
+
+/* cgroup hooks: 1 lets the call proceed, 0 fails it with EPERM. */
+#define CG_ALLOW 1
+#define CG_DENY 0
+
+/* ---- maps (pinned by name under <bpffs>/maps so a restarted agent adopts them) ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct redir_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cfg_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, REDIR_MAX_ATTACHMENTS);
+	__type(key, struct redir_attach_key);
+	__type(value, struct redir_attach_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} attach_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, REDIR_MAX_POLICY_ENTRIES);
+	__type(key, struct redir_lpm_key);
+	__type(value, struct redir_lpm_val);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_lpm SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, REDIR_MAX_PORTSETS);
+	__type(key, struct redir_portset_key);
+	__type(value, struct redir_portset);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} portsets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, REDIR_MAX_DNS_ALLOW);
+	__type(key, struct redir_dns_allow_key);
+	__type(value, struct redir_dns_allow_val);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dns_allow SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct redir_sk_state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sk_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, REDIR_MAX_ORIGDST);
+	__type(key, struct redir_tuple_key);
+	__type(value, struct redir_origdst_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} origdst_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, REDIR_EVENTS_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, REDIR_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} counters SEC(".maps");
+
+/* ---- small pure helpers ---- */
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline void addr_from_v4(struct redir_addr *a, __u32 ip4_be)
+{
+	__builtin_memset(a, 0, sizeof(*a));
+	a->b[10] = 0xff;
+	a->b[11] = 0xff;
+	__builtin_memcpy(&a->b[12], &ip4_be, 4);
+}
+
+static __always_inline void addr_from_v6(struct redir_addr *a, const __u32 w[4])
+{
+	__builtin_memcpy(a->b, w, 16);
+}
+
+static __always_inline bool addr_is_v4mapped(const struct redir_addr *a)
+{
+	const __u32 *w = (const __u32 *)a->b;
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline bool addr_eq(const struct redir_addr *a, const struct redir_addr *b)
+{
+	const __u64 *x = (const __u64 *)a->b, *y = (const __u64 *)b->b;
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+static __always_inline bool addr_is_zero(const struct redir_addr *a)
+{
+	const __u64 *x = (const __u64 *)a->b;
+	return x[0] == 0 && x[1] == 0;
+}
+
+/* 169.254/16 (cloud metadata lives there) and fe80::/10: never reachable,
+ * whatever a policy says. */
+static __always_inline bool addr_is_link_local(const struct redir_addr *a)
+{
+	if (addr_is_v4mapped(a))
+		return a->b[12] == 169 && a->b[13] == 254;
+	return a->b[0] == 0xfe && (a->b[1] & 0xc0) == 0x80;
+}
+
+static __always_inline bool addr_is_loopback(const struct redir_addr *a)
+{
+	if (addr_is_v4mapped(a))
+		return a->b[12] == 127;
+	const __u32 *w = (const __u32 *)a->b;
+	return w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(1);
+}
+
+struct decision {
+	__u8 verdict;
+	__u8 reason;
+	__u16 target_port;  /* host order, for REDIRECT */
+	__u32 policy_id;
+	const struct redir_addr *target; /* for REDIRECT; NULL = terminator address for the family */
+};
+
+static __always_inline __u8 portset_verdict(__u32 policy_id, __u32 portset_id, __u16 port, __u8 proto)
+{
+	struct redir_portset_key k = { .policy_id = policy_id, .portset_id = portset_id };
+	struct redir_portset *ps = bpf_map_lookup_elem(&portsets, &k);
+	if (!ps)
+		return REDIR_VERDICT_DENY;
+	for (int i = 0; i < REDIR_MAX_PORT_RANGES; i++) {
+		if (i >= ps->count)
+			break;
+		struct redir_port_range *r = &ps->r[i];
+		if (r->proto == proto && port >= r->lo && port <= r->hi)
+			return r->verdict;
+	}
+	return REDIR_VERDICT_DENY;
+}
+
+/* Policy lookup: one LPM hit gives the effective port set of every covering
+ * rule (the compiler folded them); DNS-learned addresses come second and
+ * still lose to any covering deny. */
+static __always_inline __u8 policy_verdict(__u32 policy_id, __u64 attach_cg,
+					   const struct redir_addr *dst, __u16 port, __u8 proto)
+{
+	struct redir_lpm_key k = { .prefixlen = REDIR_LPM_DATA_BITS, .policy_id = policy_id };
+	__builtin_memcpy(k.addr, dst->b, 16);
+	struct redir_lpm_val *lv = bpf_map_lookup_elem(&policy_lpm, &k);
+	__u8 v = REDIR_VERDICT_DENY;
+	if (lv) {
+		v = portset_verdict(policy_id, lv->portset_id, port, proto);
+		if (v != REDIR_VERDICT_DENY)
+			return v;
+	}
+
+	struct redir_dns_allow_key dk = { .cgroup_id = attach_cg };
+	__builtin_memcpy(dk.addr.b, dst->b, 16);
+	struct redir_dns_allow_val *dv = bpf_map_lookup_elem(&dns_allow, &dk);
+	if (!dv || dv->policy_id != policy_id || dv->expires_ns <= bpf_ktime_get_boot_ns())
+		return REDIR_VERDICT_DENY;
+	if (lv && (lv->flags & REDIR_LPM_F_HAS_DENY) &&
+	    portset_verdict(policy_id, lv->deny_portset_id, port, proto) != REDIR_VERDICT_DENY)
+		return REDIR_VERDICT_DENY;
+	return portset_verdict(policy_id, dv->portset_id, port, proto);
+}
+
+/* Nearest attached ancestor of the calling task's cgroup (programs attached to
+ * a cgroup also run for its descendants). */
+static __always_inline struct redir_attach_val *find_attachment(__u64 *attach_cg)
+{
+	struct redir_attach_key k = { .cgroup_id = bpf_get_current_cgroup_id() };
+	struct redir_attach_val *v = bpf_map_lookup_elem(&attach_map, &k);
+	if (v) {
+		*attach_cg = k.cgroup_id;
+		return v;
+	}
+	for (int level = REDIR_MAX_CGROUP_DEPTH - 1; level >= 0; level--) {
+		k.cgroup_id = bpf_get_current_ancestor_cgroup_id(level);
+		if (!k.cgroup_id)
+			continue;
+		v = bpf_map_lookup_elem(&attach_map, &k);
+		if (v) {
+			*attach_cg = k.cgroup_id;
+			return v;
+		}
+	}
+	return NULL;
+}
+
+static __always_inline void decide(const struct redir_config *cfg, const struct redir_attach_val *att,
+				   __u64 attach_cg, const struct redir_addr *dst, __u16 port, __u8 proto,
+				   bool own_netns, struct decision *d)
+{
+	d->verdict = REDIR_VERDICT_DENY;
+	d->reason = REDIR_REASON_POLICY;
+	d->target_port = 0;
+	d->target = NULL;
+	d->policy_id = att->policy_id;
+
+	if (addr_is_link_local(dst)) {
+		d->reason = REDIR_REASON_LINK_LOCAL;
+		return;
+	}
+	if (port == 53 && att->dns_port) {
+		d->verdict = REDIR_VERDICT_REDIRECT;
+		d->reason = REDIR_REASON_DNS;
+		d->target_port = att->dns_port;
+		return;
+	}
+	if ((att->flags & REDIR_ATTACH_F_INFERENCE) &&
+	    ((!addr_is_zero(&cfg->inference_vip4) && addr_eq(dst, &cfg->inference_vip4)) ||
+	     (!addr_is_zero(&cfg->inference_vip6) && addr_eq(dst, &cfg->inference_vip6)))) {
+		d->reason = REDIR_REASON_INFERENCE;
+		if (proto == REDIR_PROTO_TCP && port == 443 && cfg->terminator_port) {
+			d->verdict = REDIR_VERDICT_REDIRECT;
+			d->target_port = cfg->terminator_port;
+		} else if (proto == REDIR_PROTO_TCP && port == 80 && cfg->plain_http_port) {
+			d->verdict = REDIR_VERDICT_REDIRECT;
+			d->target_port = cfg->plain_http_port;
+		}
+		return;
+	}
+	/* A sandbox in its own network namespace only talks to itself on loopback. */
+	if (own_netns && addr_is_loopback(dst)) {
+		d->verdict = REDIR_VERDICT_ALLOW;
+		d->reason = REDIR_REASON_LOOPBACK;
+		return;
+	}
+	__u8 v = policy_verdict(att->policy_id, attach_cg, dst, port, proto);
+	if (v == REDIR_VERDICT_REDIRECT) {
+		if (proto != REDIR_PROTO_TCP || !cfg->relay_port) {
+			v = REDIR_VERDICT_DENY; /* inspection is TCP only; no relay means fail closed */
+		} else {
+			d->target_port = cfg->relay_port;
+		}
+	}
+	d->verdict = v;
+}
+
+static __always_inline void emit(__u8 kind, const struct decision *d, __u64 cg,
+				 const struct redir_addr *dst, __u16 port, __u8 proto, __u8 family,
+				 __u8 sock_type)
+{
+	struct redir_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(REDIR_CNT_EVENTS_DROPPED);
+		return;
+	}
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->policy_id = d ? d->policy_id : 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	if (dst)
+		__builtin_memcpy(e->addr.b, dst->b, 16);
+	else
+		__builtin_memset(e->addr.b, 0, 16);
+	e->port = port;
+	e->kind = kind;
+	e->verdict = d ? d->verdict : REDIR_VERDICT_DENY;
+	e->reason = d ? d->reason : REDIR_REASON_SOCKET_TYPE;
+	e->proto = proto;
+	e->family = family;
+	e->sock_type = sock_type;
+	(void)cg;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* ---- connect / sendmsg ---- */
+
+/* Returns the cgroup verdict; rewrites the destination for REDIRECT. */
+static __always_inline int handle_sock_addr(struct bpf_sock_addr *ctx, bool v6, __u8 kind)
+{
+	__u32 zero = 0;
+	const struct redir_config *cfg = bpf_map_lookup_elem(&cfg_map, &zero);
+	struct bpf_sock *sk = ctx->sk;
+	if (!cfg || !sk)
+		return CG_DENY;
+
+	__u8 proto = sk->protocol == IPPROTO_UDP ? REDIR_PROTO_UDP : REDIR_PROTO_TCP;
+	if (sk->protocol != IPPROTO_UDP && sk->protocol != IPPROTO_TCP)
+		return CG_DENY;
+
+	struct redir_addr dst;
+	if (v6) {
+		__u32 w[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+		addr_from_v6(&dst, w);
+	} else {
+		addr_from_v4(&dst, ctx->user_ip4);
+	}
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+
+	/* Nested attachments run one program per level, innermost first: the outer
+	 * run sees the address the inner run already redirected to. */
+	struct redir_sk_state *st = bpf_sk_storage_get(&sk_state, sk, 0, 0);
+	if (st && st->verdict == REDIR_VERDICT_REDIRECT && st->target_port == port &&
+	    addr_eq(&st->target_addr, &dst))
+		return CG_ALLOW;
+
+	__u64 attach_cg = 0;
+	struct redir_attach_val *att = find_attachment(&attach_cg);
+	struct decision d = {};
+	if (!att) {
+		/* Our program runs only in attached cgroups; no entry means the
+		 * agent is mid-detach or the map is damaged. Fail closed. */
+		d.verdict = REDIR_VERDICT_DENY;
+		d.reason = REDIR_REASON_NO_ATTACHMENT;
+	} else {
+		bool own_netns = bpf_get_netns_cookie(ctx) != cfg->agent_netns_cookie;
+		decide(cfg, att, attach_cg, &dst, port, proto, own_netns, &d);
+	}
+
+	if (d.verdict == REDIR_VERDICT_ALLOW) {
+		count(REDIR_CNT_ALLOW);
+		if (st)
+			st->verdict = REDIR_VERDICT_ALLOW; /* a reconnected UDP socket forgets an old redirect */
+		return CG_ALLOW;
+	}
+	if (d.verdict != REDIR_VERDICT_REDIRECT) {
+		count(REDIR_CNT_DENY);
+		emit(kind, &d, attach_cg, &dst, port, proto, v6 ? AF_INET6 : AF_INET, 0);
+		return CG_DENY;
+	}
+
+	/* REDIRECT: the agent listens on its loopback (shared namespace). The
+	 * target keeps the family of the address the application used. */
+	const struct redir_addr *target = addr_is_v4mapped(&dst) ? &cfg->terminator4 : &cfg->terminator6;
+	if (!st)
+		st = bpf_sk_storage_get(&sk_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		count(REDIR_CNT_DENY);
+		d.verdict = REDIR_VERDICT_DENY;
+		emit(kind, &d, attach_cg, &dst, port, proto, v6 ? AF_INET6 : AF_INET, 0);
+		return CG_DENY;
+	}
+	st->orig_addr = dst;
+	st->orig_port = port;
+	st->target_addr = *target;
+	st->target_port = d.target_port;
+	st->verdict = REDIR_VERDICT_REDIRECT;
+	st->reason = d.reason;
+	st->family = v6 ? AF_INET6 : AF_INET;
+	st->pid = bpf_get_current_pid_tgid() >> 32;
+	st->policy_id = d.policy_id;
+	st->cgroup_id = attach_cg;
+
+	if (v6) {
+		ctx->user_ip6[0] = ((__u32 *)target->b)[0];
+		ctx->user_ip6[1] = ((__u32 *)target->b)[1];
+		ctx->user_ip6[2] = ((__u32 *)target->b)[2];
+		ctx->user_ip6[3] = ((__u32 *)target->b)[3];
+	} else {
+		ctx->user_ip4 = ((__u32 *)target->b)[3];
+	}
+	ctx->user_port = bpf_htons(d.target_port);
+	count(REDIR_CNT_REDIRECT);
+	return CG_ALLOW;
+}
+
+SEC("cgroup/connect4")
+int redir_connect4(struct bpf_sock_addr *ctx)
+{
+	return handle_sock_addr(ctx, false, REDIR_EV_CONNECT);
+}
+
+SEC("cgroup/connect6")
+int redir_connect6(struct bpf_sock_addr *ctx)
+{
+	return handle_sock_addr(ctx, true, REDIR_EV_CONNECT);
+}
+
+SEC("cgroup/sendmsg4")
+int redir_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return handle_sock_addr(ctx, false, REDIR_EV_SENDMSG);
+}
+
+SEC("cgroup/sendmsg6")
+int redir_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return handle_sock_addr(ctx, true, REDIR_EV_SENDMSG);
+}
+
+/* A redirected socket still reports the address it connected to, so clients
+ * that check their peer (or log it) see what they asked for. */
+static __always_inline int restore_peer(struct bpf_sock_addr *ctx, bool v6)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct redir_sk_state *st = bpf_sk_storage_get(&sk_state, sk, 0, 0);
+	if (!st || st->verdict != REDIR_VERDICT_REDIRECT)
+		return 1;
+	if (v6) {
+		ctx->user_ip6[0] = ((__u32 *)st->orig_addr.b)[0];
+		ctx->user_ip6[1] = ((__u32 *)st->orig_addr.b)[1];
+		ctx->user_ip6[2] = ((__u32 *)st->orig_addr.b)[2];
+		ctx->user_ip6[3] = ((__u32 *)st->orig_addr.b)[3];
+	} else {
+		ctx->user_ip4 = ((__u32 *)st->orig_addr.b)[3];
+	}
+	ctx->user_port = bpf_htons(st->orig_port);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int redir_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return restore_peer(ctx, false);
+}
+
+SEC("cgroup/getpeername6")
+int redir_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return restore_peer(ctx, true);
+}
+
+/* DNS replies from the responder must look like they came from the resolver
+ * the application asked (resolvers check the source of the answer). */
+SEC("cgroup/recvmsg4")
+int redir_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return restore_peer(ctx, false);
+}
+
+SEC("cgroup/recvmsg6")
+int redir_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return restore_peer(ctx, true);
+}
+
+/* ---- original destination for the agent's accepted socket ---- */
+
+/* TCP_CONNECT_CB runs after the source port is chosen and before the SYN is
+ * sent, so the 4-tuple entry exists before the agent can accept(). */
+SEC("sockops")
+int redir_sockops(struct bpf_sock_ops *skops)
+{
+	if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+		return 1;
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return 1;
+	struct redir_sk_state *st = bpf_sk_storage_get(&sk_state, sk, 0, 0);
+	if (!st || st->verdict != REDIR_VERDICT_REDIRECT)
+		return 1;
+
+	struct redir_tuple_key k = {};
+	if (skops->family == AF_INET) {
+		addr_from_v4(&k.peer_addr, skops->local_ip4);
+		addr_from_v4(&k.local_addr, skops->remote_ip4);
+	} else {
+		__u32 l[4] = { skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2], skops->local_ip6[3] };
+		__u32 r[4] = { skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2], skops->remote_ip6[3] };
+		addr_from_v6(&k.peer_addr, l);
+		addr_from_v6(&k.local_addr, r);
+	}
+	k.peer_port = (__u16)skops->local_port;
+	k.local_port = (__u16)bpf_ntohl(skops->remote_port);
+
+	struct redir_origdst_val v = {
+		.orig_addr = st->orig_addr,
+		.orig_port = st->orig_port,
+		.reason = st->reason,
+		.pid = st->pid,
+		.cgroup_id = st->cgroup_id,
+		.policy_id = st->policy_id,
+	};
+	bpf_map_update_elem(&origdst_map, &k, &v, BPF_ANY);
+	return 1;
+}
+
+/* ---- sockets that would bypass connect/sendmsg ---- */
+
+static __always_inline bool forbidden_socket(int family, int type, int protocol)
+{
+	if (family == AF_PACKET)
+		return true;
+	if (family != AF_INET && family != AF_INET6)
+		return false;
+	if (type == SOCK_RAW)
+		return true;
+	/* ping sockets (ICMP over SOCK_DGRAM) carry data past every hook */
+	if (type == SOCK_DGRAM &&
+	    ((family == AF_INET && protocol == IPPROTO_ICMP) ||
+	     (family == AF_INET6 && protocol == IPPROTO_ICMPV6)))
+		return true;
+	return false;
+}
+
+static __always_inline void emit_socket_refusal(int family, int type, int protocol)
+{
+	struct decision d = { .verdict = REDIR_VERDICT_DENY, .reason = REDIR_REASON_SOCKET_TYPE };
+	__u64 cg = 0;
+	struct redir_attach_val *att = find_attachment(&cg);
+	if (att)
+		d.policy_id = att->policy_id;
+	count(REDIR_CNT_SOCKET_DENY);
+	emit(REDIR_EV_SOCKET, &d, cg, NULL, 0, (__u8)protocol, (__u8)family, (__u8)type);
+}
+
+/* Inet sockets: always available (cgroup/sock_create runs from inet_create). */
+SEC("cgroup/sock_create")
+int redir_sock_create(struct bpf_sock *sk)
+{
+	if (forbidden_socket(sk->family, sk->type, sk->protocol)) {
+		emit_socket_refusal(sk->family, sk->type, sk->protocol);
+		return CG_DENY;
+	}
+	return CG_ALLOW;
+}
+
+/* AF_PACKET never reaches cgroup/sock_create; the per-cgroup LSM hook covers it
+ * (and everything else again) where the kernel has BPF LSM enabled. */
+SEC("lsm_cgroup/socket_create")
+int BPF_PROG(redir_lsm_socket_create, int family, int type, int protocol, int kern)
+{
+	if (kern)
+		return 1;
+	type &= 0xf; /* strip SOCK_NONBLOCK / SOCK_CLOEXEC */
+	if (forbidden_socket(family, type, protocol)) {
+		if (family == AF_PACKET)
+			emit_socket_refusal(family, type, protocol);
+		return 0;
+	}
+	return 1;
+}

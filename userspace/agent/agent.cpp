@@ -1,0 +1,511 @@
+#include "agent/agent.hpp"
+
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <rapidjson/document.h>
+#include <spdlog/spdlog.h>
+
+#include "agent/json_out.hpp"
+#include "agent/listeners.hpp"
+#include "common/addr.hpp"
+#include "common/atomic_file.hpp"
+#include "common/error.hpp"
+#include "loader/features.hpp"
+
+namespace fs = std::filesystem;
+
+namespace redir::agent {
+
+struct Agent::Listeners {
+    std::unique_ptr<RedirectListener> relay;
+};
+
+namespace {
+
+uint64_t own_netns_cookie() {
+    int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) throw sys_error("cannot create a socket to read the network namespace cookie");
+    uint64_t cookie = 0;
+    socklen_t len = sizeof(cookie);
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
+    int rc = ::getsockopt(s, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len);
+    ::close(s);
+    if (rc != 0) throw sys_error("cannot read the network namespace cookie (kernel 5.14+ needed)");
+    return cookie;
+}
+
+const char* verdict_name(uint8_t v) {
+    switch (v) {
+        case REDIR_VERDICT_ALLOW: return "allow";
+        case REDIR_VERDICT_DENY: return "deny";
+        case REDIR_VERDICT_REDIRECT: return "redirect";
+        default: return "none";
+    }
+}
+
+const char* reason_name(uint8_t r) {
+    switch (r) {
+        case REDIR_REASON_POLICY: return "policy";
+        case REDIR_REASON_NO_ATTACHMENT: return "no-attachment";
+        case REDIR_REASON_LINK_LOCAL: return "link-local";
+        case REDIR_REASON_LOOPBACK: return "loopback";
+        case REDIR_REASON_INFERENCE: return "inference";
+        case REDIR_REASON_SOCKET_TYPE: return "socket-type";
+        case REDIR_REASON_DNS: return "dns";
+        default: return "unknown";
+    }
+}
+
+const char* kind_name(uint8_t k) {
+    switch (k) {
+        case REDIR_EV_CONNECT: return "connect";
+        case REDIR_EV_SENDMSG: return "sendmsg";
+        case REDIR_EV_SOCKET: return "socket";
+        default: return "unknown";
+    }
+}
+
+std::string get_str(const rapidjson::Value& v, const char* k) {
+    if (v.HasMember(k) && v[k].IsString()) return v[k].GetString();
+    return {};
+}
+
+}  // namespace
+
+Agent::Agent(boost::asio::io_context& io, AgentOptions opts) : io_(io), opts_(std::move(opts)) {}
+
+Agent::~Agent() = default;
+
+void Agent::start() {
+    started_ = std::chrono::steady_clock::now();
+    auto checks = loader::check_kernel_features(opts_.bpffs_dir);
+    if (auto miss = loader::first_missing(checks); !miss.empty())
+        throw Error("this host cannot run redird: " + miss + " (see `redirctl doctor`)");
+
+    make_dirs(opts_.run_dir, 0700);
+    store_ = std::make_unique<StateStore>(opts_.state_dir);
+    audit_ = std::make_unique<AuditLog>(opts_.audit_log.empty() ? opts_.state_dir + "/audit.log" : opts_.audit_log);
+
+    dp_ = loader::Datapath::open({opts_.bpffs_dir});
+    netns_cookie_ = own_netns_cookie();
+
+    listeners_ = std::make_unique<Listeners>();
+    auto lookup = [this](const redir_tuple_key& k) { return dp_->take_origdst(k); };
+    listeners_->relay =
+        std::make_unique<RedirectListener>(io_, "relay", 0, lookup, *audit_, make_relay_handler(io_, *audit_));
+
+    redir_config cfg{};
+    cfg.agent_netns_cookie = netns_cookie_;
+    auto vip = addr_parse(opts_.inference_vip);
+    if (!vip) throw Error("--inference-vip " + opts_.inference_vip + " is not an IP address");
+    if (addr_is_v4(*vip))
+        cfg.inference_vip4 = *vip;
+    else
+        cfg.inference_vip6 = *vip;
+    cfg.terminator4 = *addr_parse("127.0.0.1");
+    cfg.terminator6 = listeners_->relay->has_v6() ? *addr_parse("::1") : redir_addr{};
+    cfg.relay_port = listeners_->relay->port();
+    dp_->set_config(cfg);
+
+    restore();
+
+    dp_->open_events([this](const redir_event& e) { on_event(e); });
+    control_ = std::make_unique<ControlServer>(
+        io_, opts_.run_dir + "/redird.sock",
+        [this](const std::string& line, const std::shared_ptr<ControlConn>& c) { return handle(line, c); });
+    spdlog::info("redird ready: state {}, control {}/redird.sock, bpffs {}, {} policies, {} attachments",
+                 opts_.state_dir, opts_.run_dir, opts_.bpffs_dir, policies_.size(), attachments_.size());
+}
+
+uint32_t Agent::next_policy_id() {
+    uint32_t id = next_id_++;
+    store_->save_next_policy_id(next_id_);
+    return id;
+}
+
+redir_attach_val Agent::attach_val_for(const ActivePolicy& p) const {
+    redir_attach_val v{};
+    v.policy_id = p.id;
+    v.flags = p.info.inference_enabled ? REDIR_ATTACH_F_INFERENCE : 0;
+    return v;
+}
+
+ActivePolicy Agent::install_policy(const StoredPolicy& sp) {
+    ActivePolicy ap;
+    ap.stored = sp;
+    ap.id = next_policy_id();
+    try {
+        ap.info = compile_and_write(sp.source, sp.source_name, ap.id, *dp_);
+    } catch (...) {
+        dp_->delete_policy(ap.id);  // nothing half-written stays behind
+        throw;
+    }
+    return ap;
+}
+
+void Agent::restore() {
+    // Ids never go backwards: the maps may hold ids from a previous agent.
+    next_id_ = std::max(store_->load_next_policy_id(), dp_->max_policy_id() + 1);
+
+    for (auto& [name, sp] : store_->load_policies()) {
+        try {
+            policies_[name] = install_policy(sp);
+        } catch (const std::exception& e) {
+            spdlog::error("stored policy {} no longer loads ({}); sandboxes using it deny everything", name, e.what());
+        }
+    }
+
+    auto pinned = dp_->pinned_attachments();
+    std::map<uint64_t, bool> recorded;
+    for (auto& a : store_->load_attachments()) {
+        recorded[a.cgroup_id] = true;
+        loader::Cgroup cg;
+        try {
+            cg = loader::open_cgroup(a.cgroup_path);
+        } catch (const std::exception& e) {
+            spdlog::warn("attached cgroup {} is gone ({}); dropping its attachment", a.cgroup_path, e.what());
+            dp_->detach(a.cgroup_id);
+            continue;
+        }
+        if (cg.id != a.cgroup_id) {
+            spdlog::warn("cgroup {} was re-created (id {} -> {}); attaching the new one", a.cgroup_path, a.cgroup_id,
+                         cg.id);
+            dp_->detach(a.cgroup_id);
+            a.cgroup_id = cg.id;
+        }
+        redir_attach_val v{};  // unknown policy: id 0 has no entries, so everything is denied
+        if (auto it = policies_.find(a.policy); it != policies_.end()) v = attach_val_for(it->second);
+        // Adopt: the links stay attached throughout; only the program behind
+        // them and the policy id change, each atomically.
+        dp_->adopt(cg, v);
+        attachments_.push_back(a);
+    }
+    for (auto& p : pinned) {
+        if (recorded.count(p.cgroup_id)) continue;
+        // Pinned but never recorded: an attach interrupted by a crash. Keep it
+        // enforcing (deny-all) rather than silently freeing the sandbox.
+        redir_attach_val v{};
+        dp_->set_attachment(p.cgroup_id, v);
+        orphans_.push_back(p.cgroup_id);
+        spdlog::warn("pinned attachment for cgroup id {} has no record; it denies everything until detached",
+                     p.cgroup_id);
+    }
+    save_attachments();
+    collect_garbage();
+}
+
+void Agent::collect_garbage() {
+    // Entries of policy ids no attachment or policy uses: leftovers of an agent
+    // that died mid-load or mid-flip.
+    std::map<uint32_t, bool> live;
+    for (auto& [n, p] : policies_) live[p.id] = true;
+    std::map<uint32_t, bool> seen;
+    int fd = dp_->map_fd("portsets");
+    redir_portset_key cur{}, next{};
+    redir_portset_key* prev = nullptr;
+    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+        seen[next.policy_id] = true;
+        cur = next;
+        prev = &cur;
+    }
+    int lfd = dp_->map_fd("policy_lpm");
+    redir_lpm_key lcur{}, lnext{};
+    redir_lpm_key* lprev = nullptr;
+    while (bpf_map_get_next_key(lfd, lprev, &lnext) == 0) {
+        seen[lnext.policy_id] = true;
+        lcur = lnext;
+        lprev = &lcur;
+    }
+    for (auto& [id, _] : seen)
+        if (!live.count(id)) dp_->delete_policy(id);
+}
+
+void Agent::save_attachments() { store_->save_attachments(attachments_); }
+
+void Agent::flip_policy(const std::string& name, uint32_t old_id) {
+    auto& ap = policies_.at(name);
+    for (auto& a : attachments_)
+        if (a.policy == name) dp_->set_attachment(a.cgroup_id, attach_val_for(ap));
+    if (old_id) dp_->delete_policy(old_id);
+}
+
+std::string Agent::handle(const std::string& line, const std::shared_ptr<ControlConn>& conn) {
+    rapidjson::Document req;
+    req.Parse(line.c_str());
+    if (req.HasParseError() || !req.IsObject() || !req.HasMember("cmd") || !req["cmd"].IsString())
+        return error_response("malformed control request: expected a JSON object with a \"cmd\" string");
+    std::string cmd = req["cmd"].GetString();
+    try {
+        if (cmd == "status") return cmd_status();
+        if (cmd == "attach")
+            return cmd_attach(get_str(req, "cgroup"), get_str(req, "policy_name"), get_str(req, "policy_text"),
+                              get_str(req, "source_name"));
+        if (cmd == "detach") return cmd_detach(get_str(req, "cgroup"));
+        if (cmd == "policy.load")
+            return cmd_policy_load(get_str(req, "policy_text"), get_str(req, "source_name"), get_str(req, "name"));
+        if (cmd == "policy.show") return cmd_policy_show(get_str(req, "name"));
+        if (cmd == "policy.list") return cmd_policy_list();
+        if (cmd == "policy.delete") return cmd_policy_delete(get_str(req, "name"));
+        if (cmd == "events") {
+            size_t n = req.HasMember("count") && req["count"].IsUint() ? req["count"].GetUint() : 100;
+            bool follow = req.HasMember("follow") && req["follow"].IsBool() && req["follow"].GetBool();
+            return cmd_events(n, follow, conn);
+        }
+        return error_response("unknown command \"" + cmd + "\"");
+    } catch (const PolicyRejected& e) {
+        JsonOut j;
+        j.begin().boolean("ok", false).str("error", e.what()).begin_array("errors");
+        for (auto& m : e.errors) j.str(m);
+        j.end_array().end();
+        return j.take();
+    } catch (const std::exception& e) {
+        return error_response(e.what());
+    }
+}
+
+std::string Agent::cmd_status() {
+    JsonOut j;
+    j.begin().boolean("ok", true);
+    j.begin_object("agent")
+        .num("pid", static_cast<uint64_t>(::getpid()))
+        .str("state_dir", opts_.state_dir)
+        .str("run_dir", opts_.run_dir)
+        .str("bpffs", opts_.bpffs_dir)
+        .str("inference_vip", opts_.inference_vip)
+        .num("relay_port", listeners_->relay->port())
+        .num("uptime_s", static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
+                                                   std::chrono::steady_clock::now() - started_)
+                                                   .count()))
+        .end();
+    j.begin_array("kernel");
+    for (auto& c : loader::check_kernel_features(opts_.bpffs_dir))
+        j.begin().str("name", c.name).boolean("ok", c.ok).boolean("required", c.required).str("detail", c.detail).end();
+    j.end_array();
+    j.begin_array("attachments");
+    for (auto& a : attachments_) {
+        j.begin().str("cgroup", a.cgroup_path).num("cgroup_id", a.cgroup_id).str("policy", a.policy);
+        auto v = dp_->attachment(a.cgroup_id);
+        j.num("policy_id", v ? v->policy_id : 0);
+        auto pinned = dp_->pinned_attachments();
+        size_t nprog = 0;
+        for (auto& p : pinned)
+            if (p.cgroup_id == a.cgroup_id) nprog = p.programs.size();
+        j.num("programs", nprog);
+        if (auto it = policies_.find(a.policy); it != policies_.end()) {
+            j.begin_array("pending_hosts");
+            for (auto& h : it->second.info.pending_hosts) j.str(h);
+            j.end_array();
+        }
+        j.end();
+    }
+    j.end_array();
+    j.begin_array("orphans");
+    for (auto id : orphans_) j.num(id);
+    j.end_array();
+    auto c = dp_->counters();
+    j.begin_object("counters")
+        .num("allow", c[REDIR_CNT_ALLOW])
+        .num("deny", c[REDIR_CNT_DENY])
+        .num("redirect", c[REDIR_CNT_REDIRECT])
+        .num("socket_deny", c[REDIR_CNT_SOCKET_DENY])
+        .num("events_dropped", c[REDIR_CNT_EVENTS_DROPPED])
+        .num("audit_records", audit_->written())
+        .end();
+    j.end();
+    return j.take();
+}
+
+std::string Agent::cmd_attach(const std::string& cgroup, const std::string& policy_name,
+                              const std::string& policy_text, const std::string& source_name) {
+    if (cgroup.empty()) return error_response("attach needs a cgroup path");
+    auto cg = loader::open_cgroup(cgroup);
+    for (auto& a : attachments_)
+        if (a.cgroup_id == cg.id)
+            return error_response(cg.path + " is already attached (policy " + a.policy +
+                                  "); detach it first or load a new policy with `redirctl policy load`");
+    std::string name = policy_name;
+    if (!policy_text.empty()) {
+        // A file given with attach is loaded (or replaced) under its own name.
+        auto resp = cmd_policy_load(policy_text, source_name, "");
+        rapidjson::Document d;
+        d.Parse(resp.c_str());
+        if (!d["ok"].GetBool()) return resp;
+        name = d["policy"].GetString();
+    }
+    auto it = policies_.find(name);
+    if (it == policies_.end())
+        return error_response("no policy named \"" + name + "\" is loaded; load it with `redirctl policy load FILE`");
+    dp_->attach(cg, attach_val_for(it->second));
+    attachments_.push_back({cg.path, cg.id, name});
+    try {
+        save_attachments();
+    } catch (...) {
+        attachments_.pop_back();
+        dp_->detach(cg.id);
+        throw;
+    }
+    JsonOut j;
+    j.begin().boolean("ok", true).str("cgroup", cg.path).num("cgroup_id", cg.id).str("policy", name).end();
+    return j.take();
+}
+
+std::string Agent::cmd_detach(const std::string& cgroup) {
+    if (cgroup.empty()) return error_response("detach needs a cgroup path");
+    uint64_t id = 0;
+    std::string path = cgroup;
+    try {
+        auto cg = loader::open_cgroup(cgroup);
+        id = cg.id;
+        path = cg.path;
+    } catch (const std::exception&) {
+        // The cgroup may already be gone; match the recorded path.
+    }
+    auto it = std::find_if(attachments_.begin(), attachments_.end(), [&](const StoredAttachment& a) {
+        return (id && a.cgroup_id == id) || a.cgroup_path == path;
+    });
+    if (it == attachments_.end()) {
+        auto o = std::find(orphans_.begin(), orphans_.end(), id);
+        if (id && o != orphans_.end()) {
+            dp_->detach(id);
+            orphans_.erase(o);
+            return JsonOut().begin().boolean("ok", true).str("cgroup", path).end().take();
+        }
+        return error_response(path + " is not attached");
+    }
+    uint64_t cid = it->cgroup_id;
+    attachments_.erase(it);
+    save_attachments();
+    dp_->detach(cid);
+    return JsonOut().begin().boolean("ok", true).str("cgroup", path).end().take();
+}
+
+std::string Agent::cmd_policy_load(const std::string& text, const std::string& source_name, const std::string& name) {
+    if (text.empty()) return error_response("policy load needs the policy file's content");
+    StoredPolicy sp{name, text, source_name.empty() ? std::string("policy.json") : source_name};
+    // Compile under a fresh id first: a rejected file changes nothing.
+    ActivePolicy ap = install_policy(sp);
+    if (!name.empty() && name != ap.info.name) {
+        // --name overrides the file's own name.
+        ap.info.name = name;
+    }
+    ap.stored.name = ap.info.name;
+    try {
+        store_->save_policy(ap.stored);
+    } catch (...) {
+        dp_->delete_policy(ap.id);
+        throw;
+    }
+    uint32_t old_id = 0;
+    if (auto it = policies_.find(ap.info.name); it != policies_.end()) old_id = it->second.id;
+    std::string pname = ap.info.name;
+    uint32_t new_id = ap.id;
+    policies_[pname] = std::move(ap);
+    flip_policy(pname, old_id);
+    size_t users = 0;
+    for (auto& a : attachments_) users += a.policy == pname;
+    auto& p = policies_[pname];
+    JsonOut j;
+    j.begin()
+        .boolean("ok", true)
+        .str("policy", pname)
+        .num("policy_id", new_id)
+        .num("attachments", users)
+        .num("lpm_entries", p.info.lpm_entries)
+        .num("portsets", p.info.portsets)
+        .begin_array("pending_hosts");
+    for (auto& h : p.info.pending_hosts) j.str(h);
+    j.end_array().end();
+    return j.take();
+}
+
+std::string Agent::cmd_policy_show(const std::string& name) {
+    auto it = policies_.find(name);
+    if (it == policies_.end()) return error_response("no policy named \"" + name + "\"");
+    JsonOut j;
+    j.begin().boolean("ok", true).str("policy", name).num("policy_id", it->second.id);
+    j.raw("normalized", it->second.info.normalized_json);
+    j.end();
+    return j.take();
+}
+
+std::string Agent::cmd_policy_list() {
+    JsonOut j;
+    j.begin().boolean("ok", true).begin_array("policies");
+    for (auto& [n, p] : policies_) {
+        size_t users = 0;
+        for (auto& a : attachments_) users += a.policy == n;
+        j.begin().str("name", n).num("policy_id", p.id).num("attachments", users).end();
+    }
+    j.end_array().end();
+    return j.take();
+}
+
+std::string Agent::cmd_policy_delete(const std::string& name) {
+    auto it = policies_.find(name);
+    if (it == policies_.end()) return error_response("no policy named \"" + name + "\"");
+    for (auto& a : attachments_)
+        if (a.policy == name)
+            return error_response("policy \"" + name + "\" is attached to " + a.cgroup_path +
+                                  "; detach it first (`redirctl detach --cgroup " + a.cgroup_path + "`)");
+    uint32_t id = it->second.id;
+    store_->delete_policy(name);
+    policies_.erase(it);
+    dp_->delete_policy(id);
+    return JsonOut().begin().boolean("ok", true).str("policy", name).end().take();
+}
+
+std::string Agent::cmd_events(size_t n, bool follow, const std::shared_ptr<ControlConn>& conn) {
+    JsonOut j;
+    j.begin().boolean("ok", true).begin_array("events");
+    for (auto& l : audit_->tail(n)) j.raw_value(l);
+    j.end_array().end();
+    if (follow) {
+        std::weak_ptr<ControlConn> w = conn;
+        audit_->subscribe([w](const std::string& line) {
+            auto c = w.lock();
+            return c && c->alive() && c->send(line);
+        });
+    }
+    return j.take();
+}
+
+void Agent::on_event(const redir_event& e) {
+    std::string policy;
+    for (auto& [n, p] : policies_)
+        if (p.id == e.policy_id) policy = n;
+    JsonOut j;
+    j.begin()
+        .num("ts_ms", static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                std::chrono::system_clock::now().time_since_epoch())
+                                                .count()))
+        .str("event", kind_name(e.kind))
+        .str("verdict", verdict_name(e.verdict))
+        .str("reason", reason_name(e.reason))
+        .num("pid", e.pid)
+        .str("comm", std::string(e.comm, strnlen(e.comm, sizeof(e.comm))))
+        .num("cgroup_id", e.cgroup_id)
+        .str("policy", policy);
+    if (e.kind == REDIR_EV_SOCKET) {
+        j.str("family", e.family == AF_INET ? "ipv4" : e.family == AF_INET6 ? "ipv6" : e.family == 17 ? "packet" : "other")
+            .num("type", e.sock_type)
+            .num("protocol", e.proto);
+    } else {
+        j.str("protocol", e.proto == REDIR_PROTO_UDP ? "udp" : "tcp")
+            .str("family", e.family == AF_INET6 ? "ipv6" : "ipv4")
+            .str("dst", addr_to_string(e.addr))
+            .num("port", e.port);
+    }
+    j.end();
+    audit_->write(j.take());
+}
+
+}  // namespace redir::agent

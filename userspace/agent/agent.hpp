@@ -1,0 +1,90 @@
+#pragma once
+// The node agent's state machine: policies, attachments and the kernel maps
+// they compile to. Runs on the agent's io_context thread; the control API,
+// event reader and listeners call into it.
+#include <boost/asio/io_context.hpp>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/audit_log.hpp"
+#include "agent/control_server.hpp"
+#include "agent/policy_engine.hpp"
+#include "agent/state_store.hpp"
+#include "loader/datapath.hpp"
+
+namespace redir::agent {
+
+struct AgentOptions {
+    std::string state_dir = "/var/lib/redir";
+    std::string run_dir = "/run/redir";
+    std::string bpffs_dir = "/sys/fs/bpf/redir";
+    std::string inference_vip = "198.18.0.1";
+    std::string dns_upstream;  // empty: first nameserver of /etc/resolv.conf
+    std::string audit_log;     // empty: <state_dir>/audit.log
+};
+
+struct ActivePolicy {
+    StoredPolicy stored;
+    uint32_t id = 0;
+    CompiledPolicyInfo info;
+};
+
+class Agent {
+public:
+    Agent(boost::asio::io_context& io, AgentOptions opts);
+    ~Agent();
+
+    // Checks the kernel, loads/adopts the datapath, restores policies and
+    // attachments, opens listeners and the control socket.
+    void start();
+
+    std::string handle(const std::string& request_line, const std::shared_ptr<ControlConn>& conn);
+
+    AuditLog& audit() { return *audit_; }
+    loader::Datapath& datapath() { return *dp_; }
+
+private:
+    std::string cmd_status();
+    std::string cmd_attach(const std::string& cgroup, const std::string& policy_name,
+                           const std::string& policy_text, const std::string& source_name);
+    std::string cmd_detach(const std::string& cgroup);
+    std::string cmd_policy_load(const std::string& text, const std::string& source_name, const std::string& name);
+    std::string cmd_policy_show(const std::string& name);
+    std::string cmd_policy_list();
+    std::string cmd_policy_delete(const std::string& name);
+    std::string cmd_events(size_t n, bool follow, const std::shared_ptr<ControlConn>& conn);
+
+    // Compiles and writes a policy under a fresh id; returns the new id.
+    // Throws PolicyRejected with located messages on a bad file.
+    ActivePolicy install_policy(const StoredPolicy& sp);
+    // Points every attachment of NAME at ACTIVE's id, then removes OLD_ID's entries.
+    void flip_policy(const std::string& name, uint32_t old_id);
+    redir_attach_val attach_val_for(const ActivePolicy& p) const;
+    void restore();
+    void collect_garbage();
+    void on_event(const redir_event& e);
+    void save_attachments();
+    uint32_t next_policy_id();
+
+    boost::asio::io_context& io_;
+    AgentOptions opts_;
+    std::unique_ptr<loader::Datapath> dp_;
+    std::unique_ptr<StateStore> store_;
+    std::unique_ptr<AuditLog> audit_;
+    std::unique_ptr<ControlServer> control_;
+    struct Listeners;
+    std::unique_ptr<Listeners> listeners_;
+
+    std::map<std::string, ActivePolicy> policies_;
+    std::vector<StoredAttachment> attachments_;
+    std::vector<uint64_t> orphans_;  // pinned links with no recorded attachment
+    uint32_t next_id_ = 1;
+    uint64_t netns_cookie_ = 0;
+    std::chrono::steady_clock::time_point started_;
+};
+
+}  // namespace redir::agent

@@ -1,0 +1,37 @@
+#pragma once
+// The control API: a root-only unix socket (mode 0600, and the peer's uid is
+// checked with SO_PEERCRED) speaking one JSON object per line each way.
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace redir::agent {
+
+class ControlConn {
+public:
+    virtual ~ControlConn() = default;
+    // Queues one line to the client; false once the client is gone.
+    virtual bool send(std::string line) = 0;
+    virtual bool alive() const = 0;
+};
+
+// Returns the response line for a request line. May keep CONN to push more
+// lines later (events --follow).
+using ControlHandler = std::function<std::string(const std::string& line, const std::shared_ptr<ControlConn>& conn)>;
+
+class ControlServer {
+public:
+    ControlServer(boost::asio::io_context& io, const std::string& socket_path, ControlHandler handler);
+    ~ControlServer();
+
+private:
+    void accept();
+    boost::asio::io_context& io_;
+    std::string path_;
+    boost::asio::local::stream_protocol::acceptor acceptor_;
+    ControlHandler handler_;
+};
+
+}  // namespace redir::agent

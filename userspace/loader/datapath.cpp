@@ -1,0 +1,341 @@
+#include "loader/datapath.hpp"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <linux/magic.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "common/atomic_file.hpp"
+#include "common/error.hpp"
+#include "redir.skel.h"
+
+namespace fs = std::filesystem;
+
+namespace redir::loader {
+namespace {
+
+bool is_bpffs(const std::string& path) {
+    struct statfs s {};
+    return ::statfs(path.c_str(), &s) == 0 && s.f_type == BPF_FS_MAGIC;
+}
+
+bool kernel_has_bpf_lsm() {
+    std::ifstream in("/sys/kernel/security/lsm");
+    std::string lsms;
+    std::getline(in, lsms);
+    size_t pos = 0;
+    while (pos <= lsms.size()) {
+        size_t end = lsms.find(',', pos);
+        if (end == std::string::npos) end = lsms.size();
+        if (lsms.substr(pos, end - pos) == "bpf") return true;
+        pos = end + 1;
+    }
+    return false;
+}
+
+struct ProgRef {
+    const char* name;
+    bpf_program* prog;
+};
+
+std::vector<ProgRef> programs(redir_bpf* s, bool with_lsm) {
+    std::vector<ProgRef> v = {
+        {"connect4", s->progs.redir_connect4},       {"connect6", s->progs.redir_connect6},
+        {"sendmsg4", s->progs.redir_sendmsg4},       {"sendmsg6", s->progs.redir_sendmsg6},
+        {"recvmsg4", s->progs.redir_recvmsg4},       {"recvmsg6", s->progs.redir_recvmsg6},
+        {"getpeername4", s->progs.redir_getpeername4}, {"getpeername6", s->progs.redir_getpeername6},
+        {"sockops", s->progs.redir_sockops},         {"sock_create", s->progs.redir_sock_create},
+    };
+    if (with_lsm) v.push_back({"lsm_socket_create", s->progs.redir_lsm_socket_create});
+    return v;
+}
+
+std::string errno_text(int err) { return std::strerror(err < 0 ? -err : err); }
+
+}  // namespace
+
+void ensure_bpffs(const std::string& dir) {
+    // Pins must live on a bpffs; /sys/fs/bpf is the conventional mount.
+    fs::path p(dir);
+    std::string root = "/sys/fs/bpf";
+    if (dir.rfind(root, 0) == 0 && !is_bpffs(root)) {
+        std::error_code ec;
+        fs::create_directories(root, ec);
+        if (::mount("bpf", root.c_str(), "bpf", 0, "mode=0700") != 0)
+            throw sys_error("bpffs is not mounted at " + root + " and mounting it failed");
+    }
+    make_dirs(dir, 0700);
+    if (!is_bpffs(dir))
+        throw Error(dir + " is not on a bpf filesystem; mount one (mount -t bpf bpf /sys/fs/bpf) or pass --bpffs");
+}
+
+Datapath::Datapath(DatapathOptions opts) : opts_(std::move(opts)) {}
+
+Datapath::~Datapath() {
+    if (rb_) ring_buffer__free(rb_);
+    // Destroying the skeleton closes our fds; pinned maps and links stay.
+    if (skel_) redir_bpf__destroy(skel_);
+}
+
+std::unique_ptr<Datapath> Datapath::open(const DatapathOptions& opts) {
+    ensure_bpffs(opts.bpffs_dir);
+    std::string maps_dir = opts.bpffs_dir + "/maps";
+    make_dirs(maps_dir, 0700);
+    make_dirs(opts.bpffs_dir + "/links", 0700);
+
+    std::unique_ptr<Datapath> dp(new Datapath(opts));
+    // The per-cgroup LSM program is optional: kernels without BPF LSM (or with
+    // tracing programs locked down) refuse it, and everything else still works.
+    bool want_lsm = kernel_has_bpf_lsm();
+    for (int attempt = 0; attempt < 2; attempt++) {
+        LIBBPF_OPTS(bpf_object_open_opts, oo, .pin_root_path = maps_dir.c_str());
+        dp->skel_ = redir_bpf__open_opts(&oo);
+        if (!dp->skel_) throw sys_error("cannot open the embedded BPF object");
+        dp->lsm_ = want_lsm;
+        if (!want_lsm) bpf_program__set_autoload(dp->skel_->progs.redir_lsm_socket_create, false);
+        int err = redir_bpf__load(dp->skel_);
+        if (!err) break;
+        redir_bpf__destroy(dp->skel_);
+        dp->skel_ = nullptr;
+        if (want_lsm) {
+            want_lsm = false;
+            continue;
+        }
+        throw Error("loading the BPF programs failed: " + errno_text(err) +
+                    " (run `redirctl doctor`; if maps under " + maps_dir +
+                    " come from an incompatible version, remove them after detaching every sandbox)");
+    }
+    return dp;
+}
+
+void Datapath::set_config(const redir_config& cfg) {
+    uint32_t zero = 0;
+    if (bpf_map__update_elem(skel_->maps.cfg_map, &zero, sizeof(zero), &cfg, sizeof(cfg), BPF_ANY))
+        throw sys_error("cannot write the datapath configuration map");
+}
+
+redir_config Datapath::config() const {
+    uint32_t zero = 0;
+    redir_config cfg{};
+    bpf_map__lookup_elem(skel_->maps.cfg_map, &zero, sizeof(zero), &cfg, sizeof(cfg), 0);
+    return cfg;
+}
+
+std::string Datapath::link_dir(uint64_t cgroup_id) const {
+    return opts_.bpffs_dir + "/links/" + std::to_string(cgroup_id);
+}
+
+void Datapath::attach_missing(const Cgroup& cg, std::vector<std::string>& created) {
+    std::string dir = link_dir(cg.id);
+    make_dirs(dir, 0700);
+    for (auto& p : programs(skel_, lsm_)) {
+        std::string pin = dir + "/" + p.name;
+        if (fs::exists(pin)) continue;
+        bpf_link* link = bpf_program__attach_cgroup(p.prog, cg.fd.get());
+        if (!link) throw sys_error(std::string("cannot attach ") + p.name + " to " + cg.path);
+        int perr = bpf_link__pin(link, pin.c_str());
+        bpf_link__destroy(link);  // the pin keeps it alive
+        if (perr) throw Error("cannot pin link " + pin + ": " + errno_text(perr));
+        created.push_back(pin);
+    }
+}
+
+void Datapath::attach(const Cgroup& cg, const redir_attach_val& val) {
+    redir_attach_key k{cg.id};
+    if (bpf_map__update_elem(skel_->maps.attach_map, &k, sizeof(k), &val, sizeof(val), BPF_NOEXIST)) {
+        if (errno == EEXIST) throw Error(cg.path + " is already attached; detach it first");
+        throw sys_error("cannot add attachment entry for " + cg.path);
+    }
+    std::vector<std::string> created;
+    try {
+        attach_missing(cg, created);
+    } catch (...) {
+        for (auto& pin : created) ::unlink(pin.c_str());
+        std::error_code ec;
+        fs::remove(link_dir(cg.id), ec);
+        bpf_map__delete_elem(skel_->maps.attach_map, &k, sizeof(k), 0);
+        throw;
+    }
+}
+
+void Datapath::adopt(const Cgroup& cg, const redir_attach_val& val) {
+    set_attachment(cg.id, val);
+    std::string dir = link_dir(cg.id);
+    for (auto& p : programs(skel_, lsm_)) {
+        std::string pin = dir + "/" + p.name;
+        if (!fs::exists(pin)) continue;
+        bpf_link* link = bpf_link__open(pin.c_str());
+        if (!link) throw sys_error("cannot open pinned link " + pin);
+        // Atomic swap of the program behind the link: the old program keeps
+        // running until the new one is in place.
+        int err = bpf_link__update_program(link, p.prog);
+        bpf_link__destroy(link);
+        if (err) throw Error("cannot update pinned link " + pin + ": " + errno_text(err));
+    }
+    std::vector<std::string> created;
+    attach_missing(cg, created);
+}
+
+void Datapath::set_attachment(uint64_t cgroup_id, const redir_attach_val& val) {
+    redir_attach_key k{cgroup_id};
+    if (bpf_map__update_elem(skel_->maps.attach_map, &k, sizeof(k), &val, sizeof(val), BPF_ANY))
+        throw sys_error("cannot update attachment entry for cgroup " + std::to_string(cgroup_id));
+}
+
+std::optional<redir_attach_val> Datapath::attachment(uint64_t cgroup_id) const {
+    redir_attach_key k{cgroup_id};
+    redir_attach_val v{};
+    if (bpf_map__lookup_elem(skel_->maps.attach_map, &k, sizeof(k), &v, sizeof(v), 0)) return std::nullopt;
+    return v;
+}
+
+void Datapath::detach(uint64_t cgroup_id) {
+    // Links first, entry last: while any program is still attached it must
+    // find its entry, otherwise it would deny (fail closed) mid-detach.
+    std::string dir = link_dir(cgroup_id);
+    std::error_code ec;
+    if (fs::exists(dir, ec)) {
+        for (auto& e : fs::directory_iterator(dir)) {
+            bpf_link* link = bpf_link__open(e.path().c_str());
+            if (link) {
+                bpf_link__detach(link);
+                bpf_link__destroy(link);
+            }
+            ::unlink(e.path().c_str());
+        }
+        fs::remove(dir, ec);
+    }
+    redir_attach_key k{cgroup_id};
+    bpf_map__delete_elem(skel_->maps.attach_map, &k, sizeof(k), 0);
+    delete_dns_allow_for(cgroup_id);
+}
+
+std::vector<PinnedAttachment> Datapath::pinned_attachments() const {
+    std::vector<PinnedAttachment> out;
+    std::error_code ec;
+    for (auto& e : fs::directory_iterator(opts_.bpffs_dir + "/links", ec)) {
+        PinnedAttachment pa;
+        try {
+            pa.cgroup_id = std::stoull(e.path().filename().string());
+        } catch (...) {
+            continue;
+        }
+        for (auto& p : fs::directory_iterator(e.path(), ec)) pa.programs.push_back(p.path().filename().string());
+        out.push_back(std::move(pa));
+    }
+    return out;
+}
+
+void Datapath::put_lpm(const redir_lpm_key& k, const redir_lpm_val& v) {
+    if (bpf_map__update_elem(skel_->maps.policy_lpm, &k, sizeof(k), &v, sizeof(v), BPF_ANY))
+        throw sys_error("cannot write policy entry (policy map full? " +
+                        std::to_string(REDIR_MAX_POLICY_ENTRIES) + " entries at most)");
+}
+
+void Datapath::put_portset(const redir_portset_key& k, const redir_portset& v) {
+    if (bpf_map__update_elem(skel_->maps.portsets, &k, sizeof(k), &v, sizeof(v), BPF_ANY))
+        throw sys_error("cannot write policy port set");
+}
+
+namespace {
+// Collects keys first: deleting while iterating a hash restarts iteration.
+template <typename Key, typename Pred>
+size_t delete_matching(int fd, Pred pred) {
+    std::vector<Key> doomed;
+    Key cur{}, next{};
+    Key* prev = nullptr;
+    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+        if (pred(next)) doomed.push_back(next);
+        cur = next;
+        prev = &cur;
+    }
+    for (auto& k : doomed) bpf_map_delete_elem(fd, &k);
+    return doomed.size();
+}
+}  // namespace
+
+size_t Datapath::delete_policy(uint32_t policy_id) {
+    size_t n = delete_matching<redir_lpm_key>(bpf_map__fd(skel_->maps.policy_lpm),
+                                             [&](const redir_lpm_key& k) { return k.policy_id == policy_id; });
+    n += delete_matching<redir_portset_key>(bpf_map__fd(skel_->maps.portsets),
+                                           [&](const redir_portset_key& k) { return k.policy_id == policy_id; });
+    return n;
+}
+
+uint32_t Datapath::max_policy_id() const {
+    uint32_t m = 0;
+    int fd = bpf_map__fd(skel_->maps.portsets);
+    redir_portset_key cur{}, next{};
+    redir_portset_key* prev = nullptr;
+    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+        m = std::max(m, next.policy_id);
+        cur = next;
+        prev = &cur;
+    }
+    return m;
+}
+
+void Datapath::put_dns_allow(const redir_dns_allow_key& k, const redir_dns_allow_val& v) {
+    if (bpf_map__update_elem(skel_->maps.dns_allow, &k, sizeof(k), &v, sizeof(v), BPF_ANY))
+        throw sys_error("cannot write DNS admission");
+}
+
+size_t Datapath::delete_dns_allow_for(uint64_t cgroup_id) {
+    return delete_matching<redir_dns_allow_key>(
+        bpf_map__fd(skel_->maps.dns_allow), [&](const redir_dns_allow_key& k) { return k.cgroup_id == cgroup_id; });
+}
+
+std::optional<redir_origdst_val> Datapath::take_origdst(const redir_tuple_key& k) {
+    redir_origdst_val v{};
+    if (bpf_map_lookup_and_delete_elem(bpf_map__fd(skel_->maps.origdst_map), &k, &v) == 0) return v;
+    // LRU hash gained lookup_and_delete late; fall back to two calls.
+    if (bpf_map__lookup_elem(skel_->maps.origdst_map, &k, sizeof(k), &v, sizeof(v), 0) != 0) return std::nullopt;
+    bpf_map__delete_elem(skel_->maps.origdst_map, &k, sizeof(k), 0);
+    return v;
+}
+
+std::array<uint64_t, REDIR_CNT_MAX> Datapath::counters() const {
+    std::array<uint64_t, REDIR_CNT_MAX> out{};
+    int ncpu = libbpf_num_possible_cpus();
+    std::vector<uint64_t> per(ncpu > 0 ? ncpu : 1);
+    for (uint32_t i = 0; i < REDIR_CNT_MAX; i++) {
+        if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.counters), &i, per.data()) != 0) continue;
+        for (auto c : per) out[i] += c;
+    }
+    return out;
+}
+
+void Datapath::open_events(std::function<void(const redir_event&)> handler) {
+    on_event_ = std::move(handler);
+    rb_ = ring_buffer__new(
+        bpf_map__fd(skel_->maps.events),
+        [](void* ctx, void* data, size_t len) -> int {
+            auto* self = static_cast<Datapath*>(ctx);
+            if (len >= sizeof(redir_event) && self->on_event_) {
+                redir_event e;
+                std::memcpy(&e, data, sizeof(e));
+                self->on_event_(e);
+            }
+            return 0;
+        },
+        this, nullptr);
+    if (!rb_) throw sys_error("cannot open the event ring buffer");
+}
+
+int Datapath::events_poll_fd() const { return rb_ ? ring_buffer__epoll_fd(rb_) : -1; }
+
+int Datapath::consume_events() { return rb_ ? ring_buffer__consume(rb_) : 0; }
+
+int Datapath::map_fd(const char* name) const {
+    bpf_map* m = bpf_object__find_map_by_name(skel_->obj, name);
+    return m ? bpf_map__fd(m) : -1;
+}
+
+}  // namespace redir::loader
