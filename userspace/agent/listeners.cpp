@@ -1,6 +1,7 @@
 #include "agent/listeners.hpp"
 
 #include <boost/asio/connect.hpp>
+#include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
 #include <rapidjson/stringbuffer.h>

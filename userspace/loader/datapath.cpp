@@ -8,6 +8,8 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -57,6 +59,14 @@ std::vector<ProgRef> programs(redir_bpf* s, bool with_lsm) {
     return v;
 }
 
+// libbpf's own messages, minus the expected refusal of the optional LSM
+// program on kernels without BPF LSM.
+bool g_quiet_libbpf = false;
+int libbpf_print(enum libbpf_print_level level, const char* fmt, va_list args) {
+    if (level == LIBBPF_DEBUG || g_quiet_libbpf) return 0;
+    return vfprintf(stderr, fmt, args);
+}
+
 std::string errno_text(int err) { return std::strerror(err < 0 ? -err : err); }
 
 }  // namespace
@@ -94,13 +104,16 @@ std::unique_ptr<Datapath> Datapath::open(const DatapathOptions& opts) {
     // The per-cgroup LSM program is optional: kernels without BPF LSM (or with
     // tracing programs locked down) refuse it, and everything else still works.
     bool want_lsm = kernel_has_bpf_lsm();
+    libbpf_set_print(libbpf_print);
     for (int attempt = 0; attempt < 2; attempt++) {
+        g_quiet_libbpf = want_lsm;
         LIBBPF_OPTS(bpf_object_open_opts, oo, .pin_root_path = maps_dir.c_str());
         dp->skel_ = redir_bpf__open_opts(&oo);
         if (!dp->skel_) throw sys_error("cannot open the embedded BPF object");
         dp->lsm_ = want_lsm;
         if (!want_lsm) bpf_program__set_autoload(dp->skel_->progs.redir_lsm_socket_create, false);
         int err = redir_bpf__load(dp->skel_);
+        g_quiet_libbpf = false;
         if (!err) break;
         redir_bpf__destroy(dp->skel_);
         dp->skel_ = nullptr;

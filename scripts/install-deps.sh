@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything redir needs to build and test, from Debian's packages
+# (and the npm registry for the Node test clients only). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(
+  build-essential cmake pkg-config git
+  clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
+  libssl-dev libboost1.81-dev rapidjson-dev libspdlog-dev libfmt-dev
+  libnl-3-dev libnl-route-3-dev libcli11-dev libldns-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libclang-rt-14-dev
+  iproute2 curl ca-certificates python3 nodejs npm dnsutils
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # nodejs may come from another repository on some images; npm is only needed if absent.
+  if command -v npm >/dev/null 2>&1; then
+    missing=("${missing[@]/npm}")
+  fi
+  apt-get install -y -qq --no-install-recommends ${missing[@]} >/dev/null
+fi
+
+# Node SDK clients for the end-to-end tests.
+if [[ -f tests/e2e/node/package.json && ! -d tests/e2e/node/node_modules/openai ]]; then
+  (cd tests/e2e/node && npm install --no-audit --no-fund --loglevel=error)
+fi

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite, from a clean clone on a fresh Debian 12 machine (root):
+# dependencies, build, then every CTest test (unit, kernel, end-to-end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ $(id -u) -eq 0 ]] || { echo "run as root: the kernel and end-to-end tests load BPF programs" >&2; exit 1; }
+scripts/install-deps.sh
+scripts/build.sh
+grep -q ' /sys/fs/bpf bpf ' /proc/mounts || mount -t bpf bpf /sys/fs/bpf
+cd build
+ctest --output-on-failure --timeout 900 "$@"

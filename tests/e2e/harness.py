@@ -1,0 +1,228 @@
+"""End-to-end harness: a private network namespace, a real redird, real clients.
+
+Every test process calls `enter_netns()` first: it unshares a new network
+namespace (so nothing it does can reach any address outside it), brings lo up
+and puts the fake "internet" addresses on lo. The agent and the sandboxed
+clients run inside that namespace; cgroups and bpffs pins are uniquely named
+and removed afterwards.
+"""
+import ctypes
+import sys
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+
+CLONE_NEWNET = 0x40000000
+BUILD = os.environ.get("REDIR_BUILD", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
+REDIRD = os.path.abspath(os.path.join(BUILD, "userspace", "agent", "redird"))
+REDIRCTL = os.path.abspath(os.path.join(BUILD, "tools", "redirctl", "redirctl"))
+
+FAKE_V4 = ["203.0.113.1/24", "198.51.100.1/24"]
+FAKE_V6 = ["2001:db8::1/64"]
+
+
+def cgroup2_mount():
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if parts[2] == "cgroup2":
+                return parts[1]
+    raise RuntimeError("no cgroup2 mount")
+
+
+def cgroup_v1_dir():
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if parts[2] == "cgroup":
+                return parts[1]
+    return None
+
+
+_entered = False
+
+
+def enter_netns(extra_addrs=()):
+    """Moves this process (and every child it starts later) into a fresh netns."""
+    global _entered
+    if _entered:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed: run as root")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    for a in FAKE_V4 + list(extra_addrs):
+        subprocess.run(["ip", "addr", "add", a, "dev", "lo"], check=True)
+    for a in FAKE_V6:
+        subprocess.run(["ip", "-6", "addr", "add", a, "dev", "lo", "nodad"], check=True)
+    _entered = True
+
+
+class Cgroup:
+    def __init__(self, tag, parent=None):
+        base = parent.path if parent else cgroup2_mount()
+        self.path = os.path.join(base, "redir-e2e-%s-%d-%d" % (tag, os.getpid(), int(time.time() * 1000) % 100000))
+        os.mkdir(self.path)
+
+    def remove(self):
+        for _ in range(100):
+            try:
+                os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.05)
+
+    def run(self, argv, **kw):
+        """Runs ARGV inside this cgroup (moved in before exec)."""
+        wrapper = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', self.path] + list(argv)
+        return subprocess.run(wrapper, capture_output=True, text=True, **kw)
+
+    def popen(self, argv, **kw):
+        wrapper = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', self.path] + list(argv)
+        return subprocess.Popen(wrapper, **kw)
+
+
+class Agent:
+    """A real redird with its own state, run and bpffs directories."""
+
+    def __init__(self, tag, extra_args=()):
+        self.tmp = tempfile.mkdtemp(prefix="redir-e2e-%s-" % tag)
+        self.state = os.path.join(self.tmp, "state")
+        self.run_dir = os.path.join(self.tmp, "run")
+        self.bpffs = "/sys/fs/bpf/redir-e2e-%s-%d" % (tag, os.getpid())
+        self.socket = os.path.join(self.run_dir, "redird.sock")
+        self.log = os.path.join(self.tmp, "redird.log")
+        self.extra = list(extra_args)
+        self.proc = None
+
+    @property
+    def audit_log(self):
+        return os.path.join(self.state, "audit.log")
+
+    def start(self, timeout=15):
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [REDIRD, "--state-dir", self.state, "--run-dir", self.run_dir, "--bpffs", self.bpffs] + self.extra,
+            stdout=logf, stderr=logf)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("redird exited: " + open(self.log).read())
+            if os.path.exists(self.socket):
+                r = self.ctl("status", "--json", check=False)
+                if r.returncode == 0:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError("redird did not come up: " + open(self.log).read())
+
+    def ctl(self, *args, check=True, input=None):
+        r = subprocess.run([REDIRCTL, "--socket", self.socket] + list(args), capture_output=True, text=True,
+                           input=input)
+        if check and r.returncode != 0:
+            raise AssertionError("redirctl %s failed (%d): %s%s" % (" ".join(args), r.returncode, r.stdout, r.stderr))
+        return r
+
+    def status(self):
+        return json.loads(self.ctl("status", "--json").stdout)
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def audit_records(self):
+        if not os.path.exists(self.audit_log):
+            return []
+        out = []
+        with open(self.audit_log) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    out.append(json.loads(line))
+        return out
+
+    def cleanup(self, cgroups=()):
+        self.stop()
+        # Detaching happens through the pins: remove them so nothing stays attached.
+        shutil.rmtree(self.bpffs, ignore_errors=True)
+        for cg in cgroups:
+            cg.remove()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def write_policy(dirpath, name, body):
+    path = os.path.join(dirpath, name + ".json")
+    body = dict(body)
+    body.setdefault("version", 1)
+    body.setdefault("name", name)
+    with open(path, "w") as f:
+        json.dump(body, f, indent=2)
+    return path
+
+
+class TcpServer:
+    """Accepts on ADDR:PORT and answers every connection with its own local address."""
+
+    def __init__(self, addr, port):
+        fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        self.sock = socket.socket(fam, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((addr, port))
+        self.sock.listen(512)
+        self.port = self.sock.getsockname()[1]
+        import threading
+        self.t = threading.Thread(target=self._loop, daemon=True)
+        self.t.start()
+
+    def _loop(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                la = c.getsockname()
+                c.sendall(("%s %d\n" % (la[0], la[1])).encode())
+            finally:
+                c.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def connect_errno(cg, addr, port, proto="tcp"):
+    """Connects from inside cgroup CG; returns 0 or the errno name."""
+    code = (
+        "import socket,sys,errno\n"
+        "a,p,proto=sys.argv[1],int(sys.argv[2]),sys.argv[3]\n"
+        "fam=socket.AF_INET6 if ':' in a else socket.AF_INET\n"
+        "s=socket.socket(fam, socket.SOCK_STREAM if proto=='tcp' else socket.SOCK_DGRAM)\n"
+        "s.settimeout(5)\n"
+        "try:\n"
+        "    s.connect((a,p)); print('OK')\n"
+        "except OSError as e:\n"
+        "    print(errno.errorcode.get(e.errno, str(e)))\n"
+    )
+    r = cg.run([sys.executable, "-c", code, addr, str(port), proto])
+    return r.stdout.strip() or r.stderr.strip()
+
+
+def require_root(testcase):
+    if os.geteuid() != 0:
+        raise unittest.SkipTest("needs root")
