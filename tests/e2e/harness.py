@@ -108,10 +108,10 @@ class Agent:
         return os.path.join(self.state, "audit.log")
 
     def start(self, timeout=15):
-        logf = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [REDIRD, "--state-dir", self.state, "--run-dir", self.run_dir, "--bpffs", self.bpffs] + self.extra,
-            stdout=logf, stderr=logf)
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [REDIRD, "--state-dir", self.state, "--run-dir", self.run_dir, "--bpffs", self.bpffs] + self.extra,
+                stdout=logf, stderr=logf)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
