@@ -1,0 +1,533 @@
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <string>
+
+#include "policy/compile.hpp"
+#include "policy/parse.hpp"
+
+using namespace redir::policy;
+
+namespace {
+
+Policy load(const std::string& text) {
+    auto r = parse_policy(text, "t.json");
+    EXPECT_TRUE(r.ok()) << r.error_text();
+    return r.policy.value_or(Policy{});
+}
+
+Addr ip(const char* s) { return *parse_addr(s); }
+
+// ---- the reference: the policy's meaning, by brute force over the rules ----
+
+bool proto_matches(const Rule& r, uint8_t proto) {
+    return r.protocol == Protocol::any || (r.protocol == Protocol::tcp) == (proto == REDIR_PROTO_TCP);
+}
+bool port_matches(const Rule& r, uint16_t port) {
+    if (r.ports.empty()) return port >= 1;
+    for (auto pr : r.ports) {
+        if (port >= pr.lo && port <= pr.hi) return true;
+    }
+    return false;
+}
+bool rule_matches(const Rule& r, const Addr& a, uint16_t port, uint8_t proto) {
+    return r.cidr && r.cidr->contains(a) && port_matches(r, port) && proto_matches(r, proto);
+}
+
+// Verdict for a cidr-rule decision (what the LPM lookup must return).
+uint8_t reference(const Policy& p, const Addr& a, uint16_t port, uint8_t proto) {
+    if (is_link_local(a)) return REDIR_VERDICT_DENY;
+    for (const auto& r : p.deny) {
+        if (rule_matches(r, a, port, proto)) return REDIR_VERDICT_DENY;
+    }
+    const SpecialRange* s = innermost_special(a);
+    auto counts = [&](const Rule& r) { return !s || s->cidr.contains(*r.cidr); };
+    for (const auto& r : p.inspect) {
+        if (rule_matches(r, a, port, proto) && counts(r)) return REDIR_VERDICT_REDIRECT;
+    }
+    for (const auto& r : p.allow) {
+        if (rule_matches(r, a, port, proto) && counts(r)) return REDIR_VERDICT_ALLOW;
+    }
+    return REDIR_VERDICT_DENY;
+}
+
+bool reference_denied(const Policy& p, const Addr& a, uint16_t port, uint8_t proto) {
+    for (const auto& r : p.deny) {
+        if (rule_matches(r, a, port, proto)) return true;
+    }
+    return false;
+}
+
+// ---- the kernel, simulated over the compiled entries ----
+
+bool lpm_match(const redir_lpm_key& k, uint32_t policy_id, const Addr& a) {
+    if (k.policy_id != policy_id) return false;
+    Cidr c;
+    std::memcpy(c.addr.data(), k.addr, 16);
+    c.len = static_cast<uint8_t>(k.prefixlen - 32);
+    return c.contains(a);
+}
+
+const redir_lpm_val* lpm_lookup(const CompiledPolicy& cp, const Addr& a) {
+    const LpmEntry* best = nullptr;
+    for (const auto& e : cp.lpm) {
+        if (lpm_match(e.key, cp.policy_id, a) && (!best || e.key.prefixlen > best->key.prefixlen)) best = &e;
+    }
+    return best ? &best->val : nullptr;
+}
+
+uint8_t portset_verdict(const CompiledPolicy& cp, uint32_t id, uint16_t port, uint8_t proto) {
+    const redir_portset* ps = cp.portset(id);
+    if (!ps) return REDIR_VERDICT_DENY;
+    for (uint32_t i = 0; i < ps->count; ++i) {
+        const auto& r = ps->r[i];
+        if (r.proto == proto && port >= r.lo && port <= r.hi) return r.verdict;
+    }
+    return REDIR_VERDICT_DENY;
+}
+
+uint8_t kernel(const CompiledPolicy& cp, const Addr& a, uint16_t port, uint8_t proto) {
+    if (is_link_local(a)) return REDIR_VERDICT_DENY;
+    const redir_lpm_val* v = lpm_lookup(cp, a);
+    return v ? portset_verdict(cp, v->portset_id, port, proto) : uint8_t{REDIR_VERDICT_DENY};
+}
+
+bool kernel_denied(const CompiledPolicy& cp, const Addr& a, uint16_t port, uint8_t proto) {
+    const redir_lpm_val* v = lpm_lookup(cp, a);
+    return v && (v->flags & REDIR_LPM_F_HAS_DENY) &&
+           portset_verdict(cp, v->deny_portset_id, port, proto) != REDIR_VERDICT_DENY;
+}
+
+void check_portsets_well_formed(const CompiledPolicy& cp) {
+    for (size_t i = 0; i < cp.portsets.size(); ++i) {
+        const auto& e = cp.portsets[i];
+        ASSERT_EQ(e.key.portset_id, i + 1);
+        ASSERT_EQ(e.key.policy_id, cp.policy_id);
+        ASSERT_LE(e.set.count, REDIR_MAX_PORT_RANGES);
+        for (uint32_t j = 1; j < e.set.count; ++j) {
+            const auto& a = e.set.r[j - 1];
+            const auto& b = e.set.r[j];
+            ASSERT_TRUE(a.proto < b.proto || (a.proto == b.proto && a.hi < b.lo)) << "unsorted/overlapping set";
+        }
+    }
+    for (const auto& e : cp.lpm) {
+        ASSERT_NE(cp.portset(e.val.portset_id), nullptr);
+        if (e.val.flags & REDIR_LPM_F_HAS_DENY) {
+            ASSERT_NE(cp.portset(e.val.deny_portset_id), nullptr);
+        }
+    }
+}
+
+constexpr uint8_t TCP = REDIR_PROTO_TCP, UDP = REDIR_PROTO_UDP;
+constexpr uint8_t ALLOW = REDIR_VERDICT_ALLOW, DENY = REDIR_VERDICT_DENY, REDIRECT = REDIR_VERDICT_REDIRECT;
+
+std::string doc(const std::string& allow, const std::string& deny = "", const std::string& inspect = "") {
+    return R"({"version":1,"name":"t","allow":[)" + allow + R"(],"deny":[)" + deny + R"(],"inspect":[)" + inspect +
+           "]}";
+}
+
+// ---- targeted semantics ----
+
+TEST(PolicyCompile, DenyWinsOverAllow) {
+    auto p = load(doc(R"({"cidr":"203.0.113.0/24"})", R"({"cidr":"203.0.113.66/32","ports":[443]})"));
+    auto cp = compile(p, 1);
+    check_portsets_well_formed(cp);
+    EXPECT_EQ(kernel(cp, ip("203.0.113.66"), 443, TCP), DENY);
+    EXPECT_EQ(kernel(cp, ip("203.0.113.66"), 80, TCP), ALLOW);
+    EXPECT_EQ(kernel(cp, ip("203.0.113.67"), 443, TCP), ALLOW);
+    EXPECT_EQ(kernel(cp, ip("203.0.113.66"), 443, UDP), DENY);  // tcp-only allow
+    EXPECT_TRUE(kernel_denied(cp, ip("203.0.113.66"), 443, TCP));
+    EXPECT_FALSE(kernel_denied(cp, ip("203.0.113.66"), 444, TCP));
+    EXPECT_FALSE(kernel_denied(cp, ip("203.0.113.67"), 443, TCP));
+}
+
+TEST(PolicyCompile, RangeEdgesAreExact) {
+    auto p = load(doc(R"({"cidr":"198.51.100.0/24","ports":["8000-8100", 9000]})",
+                      R"({"cidr":"198.51.100.0/24","ports":["8050-8060"]})"));
+    auto cp = compile(p, 1);
+    auto a = ip("198.51.100.9");
+    EXPECT_EQ(kernel(cp, a, 7999, TCP), DENY);
+    EXPECT_EQ(kernel(cp, a, 8000, TCP), ALLOW);
+    EXPECT_EQ(kernel(cp, a, 8049, TCP), ALLOW);
+    EXPECT_EQ(kernel(cp, a, 8050, TCP), DENY);
+    EXPECT_EQ(kernel(cp, a, 8060, TCP), DENY);
+    EXPECT_EQ(kernel(cp, a, 8061, TCP), ALLOW);
+    EXPECT_EQ(kernel(cp, a, 8100, TCP), ALLOW);
+    EXPECT_EQ(kernel(cp, a, 8101, TCP), DENY);
+    EXPECT_EQ(kernel(cp, a, 8999, TCP), DENY);
+    EXPECT_EQ(kernel(cp, a, 9000, TCP), ALLOW);
+    EXPECT_EQ(kernel(cp, a, 9001, TCP), DENY);
+    EXPECT_EQ(kernel(cp, a, 65535, TCP), DENY);
+    EXPECT_EQ(kernel(cp, a, 1, TCP), DENY);
+}
+
+TEST(PolicyCompile, AllPortsMeansOneToMax) {
+    auto cp = compile(load(doc(R"({"cidr":"198.51.100.0/24","protocol":"udp"})")), 1);
+    auto a = ip("198.51.100.1");
+    EXPECT_EQ(kernel(cp, a, 0, UDP), DENY);
+    EXPECT_EQ(kernel(cp, a, 1, UDP), ALLOW);
+    EXPECT_EQ(kernel(cp, a, 65535, UDP), ALLOW);
+    EXPECT_EQ(kernel(cp, a, 443, TCP), DENY);
+}
+
+TEST(PolicyCompile, InspectWinsOverAllowButNotOverDeny) {
+    auto p = load(doc(R"({"cidr":"192.0.2.0/24","ports":["1-1000"]})", R"({"cidr":"192.0.2.0/25","ports":[443]})",
+                      R"({"cidr":"192.0.2.0/24","ports":[443, 80]})"));
+    auto cp = compile(p, 3);
+    EXPECT_EQ(kernel(cp, ip("192.0.2.200"), 443, TCP), REDIRECT);
+    EXPECT_EQ(kernel(cp, ip("192.0.2.200"), 80, TCP), REDIRECT);
+    EXPECT_EQ(kernel(cp, ip("192.0.2.200"), 81, TCP), ALLOW);
+    EXPECT_EQ(kernel(cp, ip("192.0.2.1"), 443, TCP), DENY);
+    EXPECT_EQ(kernel(cp, ip("192.0.2.1"), 80, TCP), REDIRECT);
+}
+
+TEST(PolicyCompile, V6PrefixesAndFamilySeparation) {
+    auto p = load(doc(R"({"cidr":"2001:db8::/32","ports":[443]},{"cidr":"::/0","ports":[22]})",
+                      R"({"cidr":"2001:db8:dead::/48"})"));
+    auto cp = compile(p, 1);
+    EXPECT_EQ(kernel(cp, ip("2001:db8::1"), 443, TCP), ALLOW);
+    EXPECT_EQ(kernel(cp, ip("2001:db8::1"), 22, TCP), ALLOW);
+    EXPECT_EQ(kernel(cp, ip("2001:db8:dead::1"), 443, TCP), DENY);
+    EXPECT_EQ(kernel(cp, ip("2001:db9::1"), 22, TCP), ALLOW);
+    // ::/0 does not reach IPv4 (v4-mapped), nor special v6 ranges.
+    EXPECT_EQ(kernel(cp, ip("192.0.2.1"), 22, TCP), DENY);
+    EXPECT_EQ(kernel(cp, ip("::ffff:192.0.2.1"), 22, TCP), DENY);
+    EXPECT_EQ(kernel(cp, ip("fd00::1"), 22, TCP), DENY);
+    EXPECT_EQ(kernel(cp, ip("::1"), 22, TCP), DENY);
+    EXPECT_EQ(kernel(cp, ip("64:ff9b::a00:1"), 22, TCP), DENY);
+    EXPECT_EQ(kernel(cp, ip("2002:a00::1"), 22, TCP), DENY);
+    EXPECT_EQ(kernel(cp, ip("ff02::1"), 22, TCP), DENY);
+}
+
+TEST(PolicyCompile, V4RulesCoverV4MappedDestinations) {
+    auto cp = compile(load(doc(R"({"cidr":"0.0.0.0/0","ports":[443]})")), 1);
+    EXPECT_EQ(kernel(cp, ip("::ffff:192.0.2.1"), 443, TCP), ALLOW);
+    EXPECT_EQ(kernel(cp, ip("192.0.2.1"), 443, TCP), ALLOW);
+    EXPECT_EQ(kernel(cp, ip("2001:db8::1"), 443, TCP), DENY);
+    // LPM keys: v4 /N is 32 + 96 + N.
+    bool found = false;
+    for (const auto& e : cp.lpm) {
+        if (e.key.prefixlen == 32 + 96 + 0) {
+            found = true;
+            EXPECT_EQ(e.key.policy_id, 1u);
+            EXPECT_EQ(e.key.addr[10], 0xff);
+            EXPECT_EQ(e.key.addr[11], 0xff);
+        }
+    }
+    EXPECT_TRUE(found);
+}
+
+TEST(PolicyCompile, SpecialAddressesNeedANamingRule) {
+    auto broad = compile(load(doc(R"({"cidr":"0.0.0.0/0"})")), 1);
+    EXPECT_EQ(kernel(broad, ip("8.8.8.8"), 443, TCP), ALLOW);
+    EXPECT_EQ(kernel(broad, ip("10.0.0.1"), 443, TCP), DENY);
+    EXPECT_EQ(kernel(broad, ip("172.16.5.5"), 443, TCP), DENY);
+    EXPECT_EQ(kernel(broad, ip("192.168.1.1"), 443, TCP), DENY);
+    EXPECT_EQ(kernel(broad, ip("100.64.0.1"), 443, TCP), DENY);
+    EXPECT_EQ(kernel(broad, ip("127.0.0.1"), 443, TCP), DENY);
+    EXPECT_EQ(kernel(broad, ip("198.18.0.1"), 443, TCP), DENY);
+    EXPECT_EQ(kernel(broad, ip("224.0.0.251"), 5353, UDP), DENY);
+    EXPECT_EQ(kernel(broad, ip("255.255.255.255"), 443, TCP), DENY);
+    EXPECT_EQ(kernel(broad, ip("169.254.169.254"), 80, TCP), DENY);
+    EXPECT_EQ(kernel(broad, ip("0.1.2.3"), 80, TCP), DENY);
+
+    auto named = compile(load(doc(R"({"cidr":"0.0.0.0/0"},{"cidr":"10.0.0.0/8","ports":[5432]},)"
+                                  R"({"cidr":"127.0.0.1/32","ports":[8080]},{"cidr":"240.0.0.0/4"})")),
+                         1);
+    EXPECT_EQ(kernel(named, ip("10.0.0.1"), 5432, TCP), ALLOW);
+    EXPECT_EQ(kernel(named, ip("10.0.0.1"), 443, TCP), DENY);  // the broad rule still does not count inside 10/8
+    EXPECT_EQ(kernel(named, ip("127.0.0.1"), 8080, TCP), ALLOW);
+    EXPECT_EQ(kernel(named, ip("127.0.0.2"), 8080, TCP), DENY);
+    EXPECT_EQ(kernel(named, ip("240.1.2.3"), 80, TCP), ALLOW);
+    EXPECT_EQ(kernel(named, ip("255.255.255.255"), 80, TCP), DENY);  // broadcast is its own special range
+    EXPECT_EQ(kernel(named, ip("8.8.8.8"), 80, TCP), ALLOW);
+
+    auto v6 = compile(load(doc(R"({"cidr":"::1/128","ports":[8080]},{"cidr":"fd00::/8"})")), 1);
+    EXPECT_EQ(kernel(v6, ip("::1"), 8080, TCP), ALLOW);
+    EXPECT_EQ(kernel(v6, ip("fd12::1"), 1, TCP), ALLOW);
+    EXPECT_EQ(kernel(v6, ip("fc00::1"), 1, TCP), DENY);
+}
+
+TEST(PolicyCompile, DenyCountsInsideSpecialRanges) {
+    auto cp = compile(load(doc(R"({"cidr":"10.0.0.0/8"})", R"({"cidr":"0.0.0.0/0","ports":[25]})")), 1);
+    EXPECT_EQ(kernel(cp, ip("10.1.1.1"), 25, TCP), DENY);
+    EXPECT_EQ(kernel(cp, ip("10.1.1.1"), 26, TCP), ALLOW);
+    EXPECT_TRUE(kernel_denied(cp, ip("10.1.1.1"), 25, TCP));
+    EXPECT_TRUE(kernel_denied(cp, ip("8.8.8.8"), 25, TCP));
+}
+
+TEST(PolicyCompile, PortsMergeAndPortsetsAreShared) {
+    auto cp = compile(load(doc(R"({"cidr":"192.0.2.0/24","ports":[80,81,"82-90",443]},)"
+                               R"({"cidr":"198.51.100.0/24","ports":["80-90",443]})")),
+                      9);
+    check_portsets_well_formed(cp);
+    ASSERT_EQ(cp.lpm.size(), 2u);
+    EXPECT_EQ(cp.lpm[0].val.portset_id, cp.lpm[1].val.portset_id);
+    const redir_portset* ps = cp.portset(cp.lpm[0].val.portset_id);
+    ASSERT_NE(ps, nullptr);
+    ASSERT_EQ(ps->count, 2u);
+    EXPECT_EQ(ps->r[0].lo, 80);
+    EXPECT_EQ(ps->r[0].hi, 90);
+    EXPECT_EQ(ps->r[1].lo, 443);
+    EXPECT_EQ(cp.portsets[0].key.policy_id, 9u);
+}
+
+TEST(PolicyCompile, EmptyPolicyEmitsNoEntries) {
+    auto cp = compile(load(doc("")), 1);
+    EXPECT_TRUE(cp.lpm.empty());
+    EXPECT_TRUE(cp.portsets.empty());
+}
+
+TEST(PolicyCompile, TooManyRangesIsRejectedNamingTheRule) {
+    std::string ports;
+    for (int i = 0; i < 65; ++i) ports += (i ? "," : "") + std::to_string(1000 + 2 * i);
+    auto p = load(doc(R"({"cidr":"192.0.2.0/24","ports":[)" + ports + "]}"));
+    try {
+        compile(p, 1);
+        FAIL() << "expected CompileError";
+    } catch (const CompileError& e) {
+        EXPECT_EQ(std::string(e.what()),
+                  "t.json:1:34: allow[0]: port set for 192.0.2.0/24 needs 65 port ranges after combining the rules "
+                  "that apply; the limit is 64 (merge or simplify the port lists)");
+    }
+    // 64 is fine, and so is 64 per protocol split into tcp + any where the total stays within the limit.
+    std::string ports64;
+    for (int i = 0; i < 64; ++i) ports64 += (i ? "," : "") + std::to_string(1000 + 2 * i);
+    EXPECT_NO_THROW(compile(load(doc(R"({"cidr":"192.0.2.0/24","ports":[)" + ports64 + "]}")), 1));
+    // Deny punching holes can also overflow.
+    auto holes = load(doc(R"({"cidr":"192.0.2.0/24","ports":["1000-2000"]})",
+                          R"({"cidr":"192.0.2.0/24","ports":[)" + ports + "]}"));
+    EXPECT_THROW(compile(holes, 1), CompileError);
+}
+
+// ---- host rules ----
+
+TEST(PolicyCompile, HostMatching) {
+    auto p = load(doc(R"({"host":"api.github.com","ports":[443]},{"host":"*.github.com","ports":[22]},)"
+                      R"({"host":"*.pythonhosted.org","ports":[443]},)"
+                      R"({"host":"registry.internal.example","allowed_ips":["10.20.0.0/16"],"ports":[443]})",
+                      R"({"host":"evil.github.com"},{"host":"*.corp.github.com","ports":[22]})",
+                      R"({"host":"*.inspect.example"})"));
+    auto cp = compile(p, 1);
+    check_portsets_well_formed(cp);
+
+    EXPECT_FALSE(cp.match_host("github.com"));  // *.suffix does not match the bare suffix
+    EXPECT_FALSE(cp.match_host("example.com"));
+    EXPECT_FALSE(cp.match_host("evil.github.com"));  // deny wins: all ports denied -> NXDOMAIN
+    EXPECT_FALSE(cp.match_host("pythonhosted.org"));
+    ASSERT_TRUE(cp.match_host("files.pythonhosted.org"));
+    ASSERT_TRUE(cp.match_host("FILES.PythonHosted.org."));
+    EXPECT_EQ(cp.match_host("a.b.pythonhosted.org")->pattern, "*.pythonhosted.org");
+
+    auto pub = ip("140.82.112.3");
+    auto id = cp.admit("api.github.com", pub);
+    ASSERT_TRUE(id);
+    const redir_portset* ps = cp.portset(*id);
+    ASSERT_NE(ps, nullptr);
+    auto verdict = [&](uint32_t psid, uint16_t port, uint8_t proto) { return portset_verdict(cp, psid, port, proto); };
+    EXPECT_EQ(verdict(*id, 443, TCP), ALLOW);  // exact rule
+    EXPECT_EQ(verdict(*id, 22, TCP), ALLOW);   // plus the wildcard above it
+    EXPECT_EQ(verdict(*id, 80, TCP), DENY);
+
+    auto other = cp.admit("x.github.com", pub);
+    ASSERT_TRUE(other);
+    EXPECT_EQ(verdict(*other, 22, TCP), ALLOW);
+    EXPECT_EQ(verdict(*other, 443, TCP), DENY);
+    EXPECT_FALSE(cp.admit("x.corp.github.com", pub));  // only port 22 was allowed, and it is denied
+
+    // DNS rebinding: a public name resolving to a special address is not admitted.
+    EXPECT_FALSE(cp.admit("x.github.com", ip("10.0.0.5")));
+    EXPECT_FALSE(cp.admit("x.github.com", ip("127.0.0.1")));
+    EXPECT_FALSE(cp.admit("x.github.com", ip("169.254.169.254")));
+    // allowed_ips pins the addresses a name may resolve to.
+    EXPECT_TRUE(cp.admit("registry.internal.example", ip("10.20.3.4")));
+    EXPECT_FALSE(cp.admit("registry.internal.example", ip("10.21.3.4")));
+    EXPECT_FALSE(cp.admit("registry.internal.example", pub));
+
+    auto ins = cp.admit("a.inspect.example", pub);
+    ASSERT_TRUE(ins);
+    EXPECT_EQ(verdict(*ins, 443, TCP), REDIRECT);
+
+    // Each host rule carries its own port set too.
+    ASSERT_EQ(cp.host_rules.size(), 7u);
+    EXPECT_EQ(cp.host_rules[0].pattern, "api.github.com");
+    EXPECT_FALSE(cp.host_rules[0].is_wildcard);
+    EXPECT_TRUE(cp.host_rules[1].is_wildcard);
+    EXPECT_EQ(verdict(cp.host_rules[0].portset_id, 443, TCP), ALLOW);
+}
+
+TEST(PolicyCompile, HostAdmissionsMatchBruteForce) {
+    auto p = load(doc(R"({"host":"a.example","allowed_ips":["10.0.0.0/8","203.0.113.0/24"],"ports":[1,2]},)"
+                      R"({"host":"*.example","allowed_ips":["10.1.0.0/16"],"ports":[3]},)"
+                      R"({"host":"a.example","ports":[4],"protocol":"udp"})",
+                      R"({"host":"*.example","ports":[2]})", R"({"host":"a.example","ports":[5]})"));
+    auto cp = compile(p, 1);
+    std::vector<Addr> addrs = {ip("10.0.0.1"), ip("10.1.0.1"), ip("203.0.113.5"), ip("198.51.100.1"),
+                               ip("192.168.0.1"), ip("10.1.255.255")};
+    for (const auto& a : addrs) {
+        auto id = cp.admit("a.example", a);
+        for (uint16_t port : {1, 2, 3, 4, 5, 6}) {
+            for (uint8_t proto : {TCP, UDP}) {
+                uint8_t want = DENY;
+                bool special = is_special(a);
+                auto in = [&](std::initializer_list<const char*> cidrs) {
+                    for (auto c : cidrs)
+                        if (parse_cidr(c).cidr->contains(a)) return true;
+                    return false;
+                };
+                if (port == 1 && proto == TCP && in({"10.0.0.0/8", "203.0.113.0/24"})) want = ALLOW;
+                if (port == 3 && proto == TCP && in({"10.1.0.0/16"})) want = ALLOW;
+                if (port == 4 && proto == UDP && !special) want = ALLOW;
+                if (port == 5) want = REDIRECT;
+                if (port == 5 && !(proto == TCP)) want = DENY;
+                if (port == 5 && proto == TCP && special) want = DENY;
+                uint8_t got = id ? portset_verdict(cp, *id, port, proto) : DENY;
+                EXPECT_EQ(got, want) << addr_to_string(a) << " " << port << "/" << int(proto);
+            }
+        }
+    }
+}
+
+// ---- randomized: compiled LPM == reference semantics ----
+
+std::string random_cidr(std::mt19937& rng) {
+    // Draw from a small universe so that rules overlap each other and the special ranges a lot.
+    static const char* v4_bases[] = {"10.0.0.0", "10.1.0.0", "10.1.2.0", "192.0.2.0", "192.0.2.128", "0.0.0.0",
+                                     "127.0.0.0", "172.16.0.0", "192.168.1.0", "203.0.113.0", "240.0.0.0",
+                                     "255.255.255.255", "198.18.0.0", "100.64.0.0", "8.8.8.0", "169.0.0.0"};
+    static const char* v6_bases[] = {"::", "2001:db8::", "2001:db8:1::", "fd00::", "fc00::", "::ffff:0:0",
+                                     "64:ff9b::", "2002::", "ff00::", "::1", "2001:db8:1:2::"};
+    std::uniform_int_distribution<int> coin(0, 3);
+    if (coin(rng) != 0) {
+        const char* b = v4_bases[rng() % (sizeof v4_bases / sizeof *v4_bases)];
+        auto a = *parse_addr(b);
+        int len = std::uniform_int_distribution<int>(0, 32)(rng);
+        Cidr c;
+        c.len = static_cast<uint8_t>(96 + len);
+        c.v4 = true;
+        // Mask to the prefix.
+        for (int i = 0; i < 16; ++i) {
+            int bits = std::clamp(c.len - i * 8, 0, 8);
+            c.addr[i] = bits ? static_cast<uint8_t>(a[i] & (0xff00 >> bits)) : 0;
+        }
+        if (parse_cidr(c.to_string()).cidr) return c.to_string();
+        return "192.0.2.0/24";  // inside link-local: not allowed in a policy
+    }
+    const char* b = v6_bases[rng() % (sizeof v6_bases / sizeof *v6_bases)];
+    auto a = *parse_addr(b);
+    int len = std::uniform_int_distribution<int>(0, 128)(rng);
+    Cidr c;
+    c.len = static_cast<uint8_t>(len);
+    for (int i = 0; i < 16; ++i) {
+        int bits = std::clamp(len - i * 8, 0, 8);
+        c.addr[i] = bits ? static_cast<uint8_t>(a[i] & (0xff00 >> bits)) : 0;
+    }
+    c.v4 = c.len >= 96 && c.addr[10] == 0xff && c.addr[11] == 0xff;  // how the parser reads it back
+    return c.to_string();
+}
+
+std::string random_ports(std::mt19937& rng) {
+    std::uniform_int_distribution<int> n(0, 3);
+    int k = n(rng);
+    if (k == 0) return "";
+    std::string out = R"(,"ports":[)";
+    for (int i = 0; i < k; ++i) {
+        int lo = std::uniform_int_distribution<int>(1, 40)(rng);
+        int hi = lo + std::uniform_int_distribution<int>(0, 10)(rng);
+        if (i) out += ",";
+        out += rng() % 2 ? std::to_string(lo) : "\"" + std::to_string(lo) + "-" + std::to_string(hi) + "\"";
+    }
+    return out + "]";
+}
+
+std::string random_rule(std::mt19937& rng, bool tcp_only) {
+    static const char* protos[] = {"tcp", "udp", "any"};
+    std::string proto = tcp_only ? "tcp" : protos[rng() % 3];
+    return R"({"cidr":")" + random_cidr(rng) + "\"" + random_ports(rng) + R"(,"protocol":")" + proto + "\"}";
+}
+
+Addr random_addr_near(std::mt19937& rng, const Policy& p) {
+    std::vector<Cidr> all;
+    for (const auto* list : {&p.allow, &p.deny, &p.inspect})
+        for (const auto& r : *list) all.push_back(*r.cidr);
+    for (const auto& s : special_ranges()) all.push_back(s.cidr);
+    const Cidr& c = all[rng() % all.size()];
+    Addr a = c.addr;
+    // Random host bits, often at the edges of the prefix.
+    int mode = rng() % 4;
+    for (int bit = c.len; bit < 128; ++bit) {
+        bool v = mode == 0 ? false : mode == 1 ? true : (rng() & 1);
+        if (v) a[bit / 8] |= static_cast<uint8_t>(0x80 >> (bit % 8));
+    }
+    if (rng() % 8 == 0 && c.len > 0) {  // just outside: flip the last prefix bit
+        int bit = c.len - 1;
+        a[bit / 8] ^= static_cast<uint8_t>(0x80 >> (bit % 8));
+    }
+    return a;
+}
+
+TEST(PolicyCompile, RandomPoliciesMatchReference) {
+    std::mt19937 rng(12345);
+    for (int iter = 0; iter < 300; ++iter) {
+        auto list = [&](int max, bool tcp_only) {
+            std::string s;
+            int n = std::uniform_int_distribution<int>(0, max)(rng);
+            for (int i = 0; i < n; ++i) s += (i ? "," : "") + random_rule(rng, tcp_only);
+            return s;
+        };
+        std::string text = doc(list(8, false), list(4, false), list(3, true));
+        auto r = parse_policy(text, "r.json");
+        ASSERT_TRUE(r.ok()) << r.error_text() << text;
+        const Policy& p = *r.policy;
+        if (p.allow.empty() && p.deny.empty() && p.inspect.empty()) continue;
+        uint32_t id = 1 + iter;
+        auto cp = compile(p, id);
+        check_portsets_well_formed(cp);
+        for (int q = 0; q < 200; ++q) {
+            Addr a = random_addr_near(rng, p);
+            uint16_t port = static_cast<uint16_t>(std::uniform_int_distribution<int>(0, 52)(rng));
+            uint8_t proto = rng() % 2 ? TCP : UDP;
+            ASSERT_EQ(kernel(cp, a, port, proto), reference(p, a, port, proto))
+                << "policy " << text << "\naddr " << addr_to_string(a) << " port " << port << " proto "
+                << int(proto);
+            ASSERT_EQ(kernel_denied(cp, a, port, proto), reference_denied(p, a, port, proto))
+                << "deny set; policy " << text << "\naddr " << addr_to_string(a) << " port " << port;
+        }
+    }
+}
+
+TEST(PolicyCompile, HundredThousandRulesCompileQuickly) {
+    std::mt19937 rng(7);
+    Policy p;
+    p.name = "big";
+    p.source = "big.json";
+    for (int i = 0; i < 100000; ++i) {
+        Rule r;
+        Cidr c;
+        c.v4 = rng() % 4 != 0;
+        if (c.v4) {
+            c.addr = v4_mapped(static_cast<uint32_t>(rng()));
+            c.len = static_cast<uint8_t>(96 + 16 + rng() % 17);
+        } else {
+            c.addr = *parse_addr("2001:db8::");
+            for (int b = 4; b < 16; ++b) c.addr[b] = static_cast<uint8_t>(rng());
+            c.len = static_cast<uint8_t>(48 + rng() % 81);
+        }
+        for (int b = c.len; b < 128; ++b) c.addr[b / 8] &= static_cast<uint8_t>(~(0x80 >> (b % 8)));
+        r.cidr = c;
+        uint16_t port = static_cast<uint16_t>(1 + rng() % 60000);
+        r.ports = {{port, port}};
+        (i % 10 == 0 ? p.deny : p.allow).push_back(std::move(r));
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    auto cp = compile(p, 1);
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_GT(cp.lpm.size(), 50000u);
+    EXPECT_LT(ms, 1000) << "compiling 100k rules took " << ms << " ms";
+    std::printf("compile(100k cidr rules): %lld ms, %zu LPM entries, %zu port sets\n", static_cast<long long>(ms),
+                cp.lpm.size(), cp.portsets.size());
+}
+
+}  // namespace
