@@ -125,8 +125,9 @@ private:
         auto [it, inserted] = out_.portset_index.emplace(std::move(key), 0);
         if (!inserted) return it->second;
         if (out_.portsets.size() >= REDIR_MAX_PORTSETS) {
-            throw CompileError(blame + "the policy needs more than " + std::to_string(REDIR_MAX_PORTSETS) +
-                               " distinct port sets");
+            throw CompileError(blame + "would be distinct port set number " +
+                               std::to_string(REDIR_MAX_PORTSETS + 1) + "; the limit is " +
+                               std::to_string(REDIR_MAX_PORTSETS) + " per policy (use fewer distinct port lists)");
         }
         PortsetEntry e{};
         e.key.policy_id = out_.policy_id;

@@ -168,20 +168,25 @@ public:
         key_off_ = ts_.token_start();
         return true;
     }
-    bool StartObject() { return push(add(JNode::T::object)), true; }
+    // The iterative reader announces a container before taking its bracket,
+    // so the stream is still at the bracket.
+    bool StartObject() { return push(add(JNode::T::object, ts_.Tell())); }
     bool EndObject(rapidjson::SizeType) { return pop(), true; }
-    bool StartArray() { return push(add(JNode::T::array)), true; }
+    bool StartArray() { return push(add(JNode::T::array, ts_.Tell())); }
     bool EndArray(rapidjson::SizeType) { return pop(), true; }
 
+    static constexpr size_t kMaxDepth = 64;
+    bool too_deep() const { return too_deep_; }
     JNode& root() { return root_; }
     // Where the reader was when it failed: the innermost open container.
     std::string current_path() const { return paths_.empty() ? std::string() : paths_.back(); }
 
 private:
-    JNode& add(JNode::T t) {
+    JNode& add(JNode::T t) { return add(t, ts_.token_start()); }
+    JNode& add(JNode::T t, size_t off) {
         JNode n;
         n.t = t;
-        n.off = ts_.token_start();
+        n.off = off;
         if (stack_.empty()) {
             root_ = std::move(n);
             last_path_.clear();
@@ -200,9 +205,16 @@ private:
     }
     // Containers are only appended to while they are the innermost open one,
     // so pointers to the open ones stay valid.
-    void push(JNode& n) {
+    // A policy is a few levels deep; refusing absurd nesting keeps the
+    // recursive walk (and the tree's destructor) off the edge of the stack.
+    bool push(JNode& n) {
+        if (stack_.size() >= kMaxDepth) {
+            too_deep_ = true;
+            return false;
+        }
         stack_.push_back(&n);
         paths_.push_back(last_path_);
+        return true;
     }
     void pop() {
         stack_.pop_back();
@@ -216,6 +228,7 @@ private:
     std::string last_path_;
     std::string key_;
     size_t key_off_ = 0;
+    bool too_deep_ = false;
 };
 
 // Byte offset -> line and column (columns count code points, as editors do).
@@ -232,16 +245,29 @@ public:
         auto it = std::upper_bound(starts_.begin(), starts_.end(), off);
         size_t line = static_cast<size_t>(it - starts_.begin());
         size_t start = starts_[line - 1];
+        // Lookups come in file order: continue from the previous one on the
+        // same line, or a long single-line file (generated policies) turns
+        // quadratic.
+        size_t from = start;
         uint32_t col = 1;
-        for (size_t i = start; i < off; ++i) {
+        if (last_line_ == line && last_off_ <= off) {
+            from = last_off_;
+            col = last_col_;
+        }
+        for (size_t i = from; i < off; ++i) {
             if ((static_cast<unsigned char>(text_[i]) & 0xC0) != 0x80) ++col;
         }
+        last_line_ = line;
+        last_off_ = off;
+        last_col_ = col;
         return {static_cast<uint32_t>(line), col};
     }
 
 private:
     std::string_view text_;
     std::vector<size_t> starts_;
+    mutable size_t last_line_ = 0, last_off_ = 0;
+    mutable uint32_t last_col_ = 1;
 };
 
 // ---------------------------------------------------------------------------
@@ -622,12 +648,15 @@ ParseResult parse_policy(std::string_view text, std::string_view filename) {
     TrackingStream ts(text.data(), text.data() + text.size());
     Builder b(ts);
     rapidjson::Reader reader;
-    constexpr unsigned flags = rapidjson::kParseValidateEncodingFlag | rapidjson::kParseNumbersAsStringsFlag;
+    constexpr unsigned flags = rapidjson::kParseValidateEncodingFlag | rapidjson::kParseNumbersAsStringsFlag |
+                               rapidjson::kParseIterativeFlag;
     rapidjson::ParseResult pr = reader.Parse<flags>(ts, b);
     if (pr.IsError()) {
         // A NUL byte ends RapidJSON's view of the input early; say so plainly.
         size_t off = pr.Offset();
-        std::string msg = off < text.size() && text[off] == '\0'
+        std::string msg = b.too_deep() ? "invalid JSON: nested deeper than " + std::to_string(Builder::kMaxDepth) +
+                                             " levels"
+                          : off < text.size() && text[off] == '\0'
                               ? std::string("invalid JSON: NUL byte in the file")
                               : std::string("invalid JSON: ") + rapidjson::GetParseError_En(pr.Code());
         if (!msg.empty() && msg.back() == '.') msg.pop_back();

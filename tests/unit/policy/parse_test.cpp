@@ -49,6 +49,11 @@ std::vector<BadCase> bad_cases() {
         {"single quotes", R"({'version':1})", "p.json:1:2: $: invalid JSON: missing a name for object member"},
         {"invalid utf-8", "{\"version\":1,\"name\":\"t\xff\"}",
          "p.json:1:23: $: invalid JSON: invalid encoding in string"},
+        {"NUL byte", std::string("{\"version\":1,\0}", 15), "p.json:1:14: $: invalid JSON: NUL byte in the file"},
+        {"absurd nesting", R"({"version":1,"name":"t","comment":)" + std::string(100, '[') + std::string(100, ']') + "}",
+         "p.json:1:98: comment[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]"
+         "[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]: "
+         "invalid JSON: nested deeper than 64 levels"},
         // document shape
         {"not an object", "[]", "p.json:1:1: $: expected an object, got an array"},
         {"missing version", R"({"name":"t"})", "p.json:1:1: version: required field \"version\" is missing (use 1)"},
