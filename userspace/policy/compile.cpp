@@ -98,7 +98,9 @@ std::vector<redir_port_range> membership(const Ports& deny) {
 }
 
 std::string where(const Policy& p, const SourceLoc& loc) {
-    return p.source + ":" + std::to_string(loc.line) + ":" + std::to_string(loc.col) + ": " + loc.path + ": ";
+    std::string src = p.source.empty() ? "policy " + p.name : p.source;
+    if (loc.line == 0) return src + ": " + (loc.path.empty() ? "" : loc.path + ": ");  // built in code, not parsed
+    return src + ":" + std::to_string(loc.line) + ":" + std::to_string(loc.col) + ": " + loc.path + ": ";
 }
 
 class Compiler {

@@ -531,3 +531,155 @@ TEST(PolicyCompile, HundredThousandRulesCompileQuickly) {
 }
 
 }  // namespace
+
+namespace {
+
+// The worked examples of policy/README.md, verbatim.
+TEST(PolicyCompile, ReadmeExamples) {
+    auto ex1 = compile(load(R"({ "version": 1, "name": "ex1",
+  "allow": [ { "cidr": "203.0.113.0/24", "ports": [80, "8000-8100"] },
+             { "cidr": "0.0.0.0/0", "ports": [443] } ],
+  "deny":  [ { "cidr": "203.0.113.66/32" } ] })"),
+                       1);
+    EXPECT_EQ(kernel(ex1, ip("203.0.113.5"), 80, TCP), ALLOW);
+    EXPECT_EQ(kernel(ex1, ip("203.0.113.5"), 8101, TCP), DENY);
+    EXPECT_EQ(kernel(ex1, ip("203.0.113.5"), 80, UDP), DENY);
+    EXPECT_EQ(kernel(ex1, ip("203.0.113.66"), 443, TCP), DENY);
+    EXPECT_EQ(kernel(ex1, ip("198.51.100.7"), 443, TCP), ALLOW);
+    EXPECT_EQ(kernel(ex1, ip("10.0.0.1"), 443, TCP), DENY);
+    EXPECT_EQ(kernel(ex1, ip("2001:db8::1"), 443, TCP), DENY);
+    EXPECT_EQ(kernel(ex1, ip("169.254.169.254"), 80, TCP), DENY);
+
+    auto ex2 = compile(load(R"({ "version": 1, "name": "ex2",
+  "allow":   [ { "host": "*.github.com", "ports": [443] },
+               { "host": "api.github.com", "ports": [22] } ],
+  "deny":    [ { "host": "gist.github.com" } ],
+  "inspect": [ { "host": "uploads.github.com", "ports": [443] } ] })"),
+                       1);
+    EXPECT_FALSE(ex2.match_host("github.com"));
+    EXPECT_FALSE(ex2.match_host("gist.github.com"));
+    auto api = ex2.admit("api.github.com", ip("140.82.112.6"));
+    ASSERT_TRUE(api);
+    EXPECT_EQ(portset_verdict(ex2, *api, 443, TCP), ALLOW);
+    EXPECT_EQ(portset_verdict(ex2, *api, 22, TCP), ALLOW);
+    auto up = ex2.admit("uploads.github.com", ip("140.82.112.9"));
+    ASSERT_TRUE(up);
+    EXPECT_EQ(portset_verdict(ex2, *up, 443, TCP), REDIRECT);
+    EXPECT_TRUE(ex2.match_host("evil.github.com"));
+    EXPECT_FALSE(ex2.admit("evil.github.com", ip("10.0.0.1")));
+}
+
+}  // namespace
+
+namespace {
+
+// ---- randomized: host admissions == brute force over the host entries ----
+
+bool host_matches(const Rule& r, const std::string& name) {
+    if (!r.is_wildcard()) return r.host == name;
+    std::string suffix = r.host.substr(1);  // ".example"
+    return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool host_admits(const Rule& r, const Addr& a) {
+    if (r.allowed_ips.empty()) return !is_special(a);
+    for (const auto& c : r.allowed_ips)
+        if (c.contains(a)) return true;
+    return false;
+}
+
+uint8_t host_reference(const Policy& p, const std::string& name, const Addr& a, uint16_t port, uint8_t proto) {
+    if (is_link_local(a)) return DENY;
+    auto covers = [&](const Rule& r) { return host_matches(r, name) && port_matches(r, port) && proto_matches(r, proto); };
+    for (const auto& r : p.deny)
+        if (r.is_host() && covers(r)) return DENY;
+    for (const auto& r : p.inspect)
+        if (r.is_host() && covers(r) && host_admits(r, a)) return REDIRECT;
+    for (const auto& r : p.allow)
+        if (r.is_host() && covers(r) && host_admits(r, a)) return ALLOW;
+    return DENY;
+}
+
+// random_ports() draws from 1-50; beyond that only "all ports" entries matter.
+const std::vector<uint16_t> kHostPorts = [] {
+    std::vector<uint16_t> v;
+    for (uint16_t p = 0; p <= 52; ++p) v.push_back(p);
+    v.push_back(1000);
+    v.push_back(65535);
+    return v;
+}();
+
+bool host_reference_nx(const Policy& p, const std::string& name) {
+    for (uint16_t port : kHostPorts) {
+        for (uint8_t proto : {TCP, UDP}) {
+            bool denied = false, allowed = false;
+            for (const auto& r : p.deny)
+                denied |= r.is_host() && host_matches(r, name) && port_matches(r, port) && proto_matches(r, proto);
+            for (const auto* list : {&p.allow, &p.inspect})
+                for (const auto& r : *list)
+                    allowed |= r.is_host() && host_matches(r, name) && port_matches(r, port) && proto_matches(r, proto);
+            if (allowed && !denied) return false;
+        }
+    }
+    return true;
+}
+
+TEST(PolicyCompile, RandomHostPoliciesMatchReference) {
+    const std::vector<std::string> patterns = {"x.test", "a.x.test", "b.a.x.test", "*.x.test", "*.a.x.test",
+                                               "*.b.a.x.test", "y.test", "*.test"};
+    const std::vector<std::string> names = {"x.test", "a.x.test", "b.a.x.test", "c.b.a.x.test", "q.x.test",
+                                            "q.a.x.test", "y.test", "z.test", "test", "other.example"};
+    const std::vector<std::string> ip_sets = {"10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "203.0.113.0/24",
+                                              "203.0.113.128/25", "2001:db8::/32", "127.0.0.1/32"};
+    const std::vector<Addr> addrs = {ip("10.0.0.1"),     ip("10.1.0.1"),    ip("10.1.2.3"),  ip("203.0.113.1"),
+                                     ip("203.0.113.200"), ip("198.51.100.1"), ip("2001:db8::5"), ip("127.0.0.1"),
+                                     ip("192.168.1.1"),   ip("169.254.169.254"), ip("2001:db9::1")};
+    std::mt19937 rng(99);
+    auto rule = [&](bool tcp_only, bool may_pin) {
+        static const char* protos[] = {"tcp", "udp", "any"};
+        std::string s = R"({"host":")" + patterns[rng() % patterns.size()] + "\"";
+        std::string ports = random_ports(rng);
+        s += ports;
+        s += R"(,"protocol":")" + std::string(tcp_only ? "tcp" : protos[rng() % 3]) + "\"";
+        if (may_pin && rng() % 2) {
+            s += R"(,"allowed_ips":[)";
+            int n = 1 + rng() % 2;
+            for (int i = 0; i < n; ++i) s += (i ? ",\"" : "\"") + ip_sets[rng() % ip_sets.size()] + "\"";
+            s += "]";
+        }
+        return s + "}";
+    };
+    for (int iter = 0; iter < 300; ++iter) {
+        auto list = [&](int max, bool tcp_only, bool may_pin) {
+            std::string s;
+            int n = std::uniform_int_distribution<int>(0, max)(rng);
+            for (int i = 0; i < n; ++i) s += (i ? "," : "") + rule(tcp_only, may_pin);
+            return s;
+        };
+        std::string text = doc(list(5, false, true), list(2, false, false), list(2, true, true));
+        auto r = parse_policy(text, "h.json");
+        ASSERT_TRUE(r.ok()) << r.error_text() << text;
+        const Policy& p = *r.policy;
+        auto cp = compile(p, 5);
+        check_portsets_well_formed(cp);
+        for (const auto& name : names) {
+            auto m = cp.match_host(name);
+            bool nx = host_reference_nx(p, name);
+            ASSERT_EQ(!m.has_value(), nx) << "name " << name << "\npolicy " << text;
+            if (!m) continue;
+            for (const auto& a : addrs) {
+                auto id = cp.admit(*m, a);
+                for (uint16_t port : kHostPorts) {
+                    for (uint8_t proto : {TCP, UDP}) {
+                        uint8_t got = id ? portset_verdict(cp, *id, port, proto) : DENY;
+                        ASSERT_EQ(got, host_reference(p, name, a, port, proto))
+                            << name << " " << addr_to_string(a) << " " << port << "/" << int(proto) << "\npolicy "
+                            << text;
+                    }
+                }
+            }
+        }
+    }
+}
+
+}  // namespace
