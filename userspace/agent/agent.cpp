@@ -432,7 +432,13 @@ std::string Agent::cmd_policy_show(const std::string& name) {
     if (it == policies_.end()) return error_response("no policy named \"" + name + "\"");
     JsonOut j;
     j.begin().boolean("ok", true).str("policy", name).num("policy_id", it->second.id);
-    j.raw("normalized", it->second.info.normalized_json);
+    // The control protocol is one line per message: re-serialise compactly.
+    rapidjson::Document d;
+    d.Parse(it->second.info.normalized_json.c_str());
+    rapidjson::StringBuffer sb;
+    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
+    d.Accept(w);
+    j.raw("normalized", sb.GetString());
     j.end();
     return j.take();
 }
