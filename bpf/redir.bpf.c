@@ -467,17 +467,38 @@ int redir_getpeername6(struct bpf_sock_addr *ctx)
 }
 
 /* DNS replies from the responder must look like they came from the resolver
- * the application asked (resolvers check the source of the answer). */
+ * the application asked (resolvers check the source of the answer). Only a
+ * datagram that really comes from the redirect target is rewritten. */
+static __always_inline int restore_source(struct bpf_sock_addr *ctx, bool v6)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return 1;
+	struct redir_sk_state *st = bpf_sk_storage_get(&sk_state, sk, 0, 0);
+	if (!st || st->verdict != REDIR_VERDICT_REDIRECT)
+		return 1;
+	struct redir_addr src;
+	if (v6) {
+		__u32 w[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+		addr_from_v6(&src, w);
+	} else {
+		addr_from_v4(&src, ctx->user_ip4);
+	}
+	if (bpf_ntohs((__u16)ctx->user_port) != st->target_port || !addr_eq(&src, &st->target_addr))
+		return 1;
+	return restore_peer(ctx, v6);
+}
+
 SEC("cgroup/recvmsg4")
 int redir_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	return restore_peer(ctx, false);
+	return restore_source(ctx, false);
 }
 
 SEC("cgroup/recvmsg6")
 int redir_recvmsg6(struct bpf_sock_addr *ctx)
 {
-	return restore_peer(ctx, true);
+	return restore_source(ctx, true);
 }
 
 /* ---- original destination for the agent's accepted socket ---- */

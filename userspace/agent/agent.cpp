@@ -144,7 +144,7 @@ ActivePolicy Agent::install_policy(const StoredPolicy& sp) {
     ap.stored = sp;
     ap.id = next_policy_id();
     try {
-        ap.info = compile_and_write(sp.source, sp.source_name, ap.id, *dp_);
+        ap.info = compile_and_write(sp.source, sp.source_name, ap.id, *dp_, sp.name);
     } catch (...) {
         dp_->delete_policy(ap.id);  // nothing half-written stays behind
         throw;
@@ -392,11 +392,7 @@ std::string Agent::cmd_policy_load(const std::string& text, const std::string& s
     if (text.empty()) return error_response("policy load needs the policy file's content");
     StoredPolicy sp{name, text, source_name.empty() ? std::string("policy.json") : source_name};
     // Compile under a fresh id first: a rejected file changes nothing.
-    ActivePolicy ap = install_policy(sp);
-    if (!name.empty() && name != ap.info.name) {
-        // --name overrides the file's own name.
-        ap.info.name = name;
-    }
+    ActivePolicy ap = install_policy(sp);  // --name (if given) overrides the file's own name
     ap.stored.name = ap.info.name;
     try {
         store_->save_policy(ap.stored);

@@ -21,8 +21,9 @@ policy::Policy parse_or_throw(const std::string& text, const std::string& source
 }  // namespace
 
 CompiledPolicyInfo compile_and_write(const std::string& text, const std::string& source_name, uint32_t policy_id,
-                                     loader::Datapath& dp) {
+                                     loader::Datapath& dp, const std::string& name_override) {
     policy::Policy p = parse_or_throw(text, source_name);
+    if (!name_override.empty()) p.name = name_override;
     std::shared_ptr<policy::CompiledPolicy> c;
     try {
         c = std::make_shared<policy::CompiledPolicy>(policy::compile(p, policy_id));

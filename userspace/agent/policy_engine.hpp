@@ -33,8 +33,9 @@ public:
 };
 
 // Throws PolicyRejected for a bad file, redir::Error for a kernel failure.
+// NAME_OVERRIDE (non-empty) replaces the file's "name" (`policy load --name`).
 CompiledPolicyInfo compile_and_write(const std::string& text, const std::string& source_name, uint32_t policy_id,
-                                     loader::Datapath& dp);
+                                     loader::Datapath& dp, const std::string& name_override = "");
 
 // Offline check: empty when valid.
 std::vector<std::string> validate_policy_text(const std::string& text, const std::string& source_name);
