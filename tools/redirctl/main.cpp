@@ -1,5 +1,9 @@
 // redirctl: the command line client of redird's control API.
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <csignal>
+#include <fstream>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -19,6 +23,7 @@
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
 #include "common/fd.hpp"
+#include "loader/cgroup.hpp"
 #include "loader/features.hpp"
 
 namespace {
@@ -132,6 +137,96 @@ std::string read_policy_file(const std::string& path) {
     }
 }
 
+// Exit code of a child as a shell would report it.
+int wait_child(pid_t pid) {
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return 1;
+}
+
+std::string attach_request(const std::string& cgroup, const std::string& policy_arg) {
+    std::string req = "{\"cmd\":\"attach\",\"cgroup\":" + json_escape(cgroup);
+    if (policy_arg.empty()) {
+        // Nothing but inference.local: the safest default for an agent.
+        req += ",\"policy_text\":" +
+               json_escape("{\"version\": 1, \"name\": \"redirctl-run-default\", \"inference\": {\"enabled\": true}}") +
+               ",\"source_name\":\"(built-in run policy)\"";
+    } else if (std::filesystem::is_regular_file(policy_arg)) {
+        req += ",\"policy_text\":" + json_escape(read_policy_file(policy_arg)) + ",\"source_name\":" + json_escape(policy_arg);
+    } else {
+        req += ",\"policy_name\":" + json_escape(policy_arg);
+    }
+    return req + "}";
+}
+
+int run_sandboxed(Client& client, const std::string& socket_path, const std::string& policy_arg,
+                  const std::vector<std::string>& cmd) {
+    auto mnt = redir::loader::find_cgroup2_mount();
+    if (!mnt) throw Failure{"no cgroup v2 hierarchy is mounted; redir sandboxes are cgroup v2 directories"};
+    std::string cg = *mnt + "/redir-run-" + std::to_string(::getpid());
+    if (::mkdir(cg.c_str(), 0755) != 0) throw Failure{"cannot create sandbox cgroup " + cg + ": " + std::strerror(errno)};
+    auto cleanup_cg = [&] { ::rmdir(cg.c_str()); };
+
+    auto d = client.call(attach_request(cg, policy_arg));
+    if (!d["ok"].GetBool()) {
+        cleanup_cg();
+        return report_error(d);
+    }
+    // CA material for the tools inside: the local CA alone, and a bundle of
+    // the system roots plus the local CA for tools that take one file.
+    Client ca_client(socket_path);
+    auto ca = ca_client.call("{\"cmd\":\"ca.export\"}");
+    char tmpl[] = "/tmp/redir-run-XXXXXX";
+    std::string dir = ::mkdtemp(tmpl) ? tmpl : "";
+    if (!dir.empty()) ::chmod(dir.c_str(), 0755);
+    std::string ca_file = dir + "/inference-ca.pem", bundle = dir + "/ca-bundle.pem";
+    if (ca["ok"].GetBool() && !dir.empty()) {
+        std::string pem = ca["pem"].GetString();
+        std::string roots;
+        try {
+            roots = redir::read_file("/etc/ssl/certs/ca-certificates.crt");
+        } catch (...) {
+        }
+        redir::write_file_atomic(ca_file, pem, 0644);
+        redir::write_file_atomic(bundle, roots + (roots.empty() || roots.back() == '\n' ? "" : "\n") + pem, 0644);
+    }
+
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        std::ofstream(cg + "/cgroup.procs") << ::getpid() << std::endl;
+        ::setenv("SSL_CERT_FILE", bundle.c_str(), 1);
+        ::setenv("REQUESTS_CA_BUNDLE", bundle.c_str(), 1);
+        ::setenv("CURL_CA_BUNDLE", bundle.c_str(), 1);
+        ::setenv("GIT_SSL_CAINFO", bundle.c_str(), 1);
+        ::setenv("NODE_EXTRA_CA_CERTS", ca_file.c_str(), 1);
+        ::setenv("DENO_CERT", ca_file.c_str(), 1);
+        ::setenv("OPENAI_BASE_URL", "https://inference.local/v1", 1);
+        ::setenv("ANTHROPIC_BASE_URL", "https://inference.local", 1);
+        // The SDKs insist on a key; the terminator drops it and adds the real one.
+        ::setenv("OPENAI_API_KEY", "redir-placeholder", 1);
+        ::setenv("ANTHROPIC_API_KEY", "redir-placeholder", 1);
+        std::vector<char*> argv;
+        for (auto& a : cmd) argv.push_back(const_cast<char*>(a.c_str()));
+        argv.push_back(nullptr);
+        ::execvp(argv[0], argv.data());
+        std::fprintf(stderr, "redirctl: cannot run %s: %s\n", argv[0], std::strerror(errno));
+        ::_exit(127);
+    }
+    // The child owns the terminal's signals; we only wait for it.
+    ::signal(SIGINT, SIG_IGN);
+    ::signal(SIGQUIT, SIG_IGN);
+    int rc = wait_child(pid);
+    Client detach_client(socket_path);
+    auto dd = detach_client.call("{\"cmd\":\"detach\",\"cgroup\":" + json_escape(cg) + "}");
+    if (!dd["ok"].GetBool()) report_error(dd);
+    cleanup_cg();
+    if (!dir.empty()) std::filesystem::remove_all(dir);
+    return rc;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -179,6 +274,64 @@ int main(int argc, char** argv) {
     events->add_flag("--follow,-f", follow, "keep printing new events");
     events->add_option("--count,-n", count, "how many recent events")->capture_default_str();
     events->add_flag("--json", json, "one JSON object per line (the default format too)");
+
+    // provider
+    auto* provider = app.add_subcommand("provider", "manage inference providers (credentials never printed back)");
+    provider->require_subcommand(1);
+    std::string pv_name, pv_type, pv_base, pv_ca;
+    std::vector<std::string> pv_creds, pv_remove;
+    bool pv_from_existing = false;
+    auto* pv_create = provider->add_subcommand("create", "add a provider");
+    pv_create->add_option("--name", pv_name, "provider name")->required();
+    pv_create->add_option("--type", pv_type, "openai|anthropic|nvidia|openai-compatible|mock")->required();
+    pv_create->add_option("--base-url", pv_base, "API base URL (required for openai-compatible)");
+    pv_create->add_option("--ca-file", pv_ca, "extra PEM trust anchors for the provider's TLS");
+    auto* fe = pv_create->add_flag("--from-existing", pv_from_existing,
+                                   "take the key from OPENAI_API_KEY / ANTHROPIC_API_KEY / NVIDIA_API_KEY");
+    pv_create->add_option("--credential", pv_creds, "KEY=VALUE (repeatable)")->excludes(fe);
+    pv_create->add_flag("--json", json, "machine-readable output");
+    auto* pv_get = provider->add_subcommand("get", "show a provider (credentials masked)");
+    pv_get->add_option("NAME", pv_name, "provider name")->required();
+    pv_get->add_flag("--json", json, "machine-readable output");
+    auto* pv_list = provider->add_subcommand("list", "list providers");
+    pv_list->add_flag("--json", json, "machine-readable output");
+    auto* pv_update = provider->add_subcommand("update", "change only what is given");
+    pv_update->add_option("NAME", pv_name, "provider name")->required();
+    pv_update->add_option("--base-url", pv_base, "API base URL");
+    pv_update->add_option("--ca-file", pv_ca, "extra PEM trust anchors");
+    auto* fe2 = pv_update->add_flag("--from-existing", pv_from_existing, "take the key from the usual variable");
+    pv_update->add_option("--credential", pv_creds, "KEY=VALUE (repeatable; replaces that key)")->excludes(fe2);
+    pv_update->add_option("--remove-credential", pv_remove, "KEY to remove (repeatable)");
+    auto* pv_delete = provider->add_subcommand("delete", "delete a provider (refused while referenced)");
+    pv_delete->add_option("NAME", pv_name, "provider name")->required();
+
+    // inference
+    auto* inference = app.add_subcommand("inference", "which provider and model serve https://inference.local");
+    inference->require_subcommand(1);
+    std::string inf_provider, inf_model;
+    auto* inf_set = inference->add_subcommand("set", "set provider and model");
+    inf_set->add_option("--provider", inf_provider, "provider name")->required();
+    inf_set->add_option("--model", inf_model, "model the provider is asked for")->required();
+    auto* inf_get = inference->add_subcommand("get", "show provider, model and version");
+    inf_get->add_flag("--json", json, "machine-readable output");
+    auto* inf_update = inference->add_subcommand("update", "change only what is given");
+    inf_update->add_option("--provider", inf_provider, "provider name");
+    inf_update->add_option("--model", inf_model, "model");
+
+    // ca
+    auto* ca = app.add_subcommand("ca", "the node's local CA (what sandboxes trust for inference.local)");
+    ca->require_subcommand(1);
+    std::string ca_out;
+    auto* ca_export = ca->add_subcommand("export", "print the CA certificate (PEM)");
+    ca_export->add_option("--out", ca_out, "write to FILE instead of stdout");
+
+    // run
+    std::string run_policy;
+    std::vector<std::string> run_cmd;
+    auto* run = app.add_subcommand("run", "run CMD in a transient sandbox cgroup with what tools need for inference.local");
+    run->add_option("--policy", run_policy, "policy NAME or FILE (default: inference only, everything else denied)");
+    run->add_option("CMD", run_cmd, "command and arguments (after --)")->required();
+    run->prefix_command(false);
 
     CLI11_PARSE(app, argc, argv);
 
@@ -294,6 +447,128 @@ int main(int argc, char** argv) {
             std::cout << "deleted policy " << name << "\n";
             return 0;
         }
+        auto usual_env = [](const std::string& type) -> std::string {
+            if (type == "openai" || type == "openai-compatible") return "OPENAI_API_KEY";
+            if (type == "anthropic") return "ANTHROPIC_API_KEY";
+            if (type == "nvidia") return "NVIDIA_API_KEY";
+            return "";
+        };
+        auto creds_json = [&](const std::string& type) {
+            std::string out = "{";
+            auto add = [&](const std::string& k, const std::string& v) {
+                if (out.size() > 1) out += ",";
+                out += json_escape(k) + ":" + json_escape(v);
+            };
+            if (pv_from_existing) {
+                std::string var = usual_env(type);
+                if (var.empty()) throw Failure{"--from-existing has no usual variable for provider type " + type};
+                const char* v = std::getenv(var.c_str());
+                if (!v || !*v) throw Failure{"--from-existing: " + var + " is not set in this environment"};
+                add(var, v);
+            }
+            for (auto& c : pv_creds) {
+                auto eq = c.find('=');
+                if (eq == std::string::npos || eq == 0)
+                    throw Failure{"--credential " + c.substr(0, c.find('=')) + " must be KEY=VALUE"};
+                add(c.substr(0, eq), c.substr(eq + 1));
+            }
+            return out + "}";
+        };
+        auto print_provider = [&](const rapidjson::Value& p) {
+            if (json) {
+                std::cout << compact(p) << "\n";
+                return;
+            }
+            std::cout << p["name"].GetString() << "\ttype " << p["type"].GetString() << "\tbase-url "
+                      << p["base_url"].GetString();
+            if (*p["ca_file"].GetString()) std::cout << "\tca-file " << p["ca_file"].GetString();
+            for (auto& m : p["credentials"].GetObject())
+                std::cout << "\t" << m.name.GetString() << "=" << m.value.GetString();
+            std::cout << "\n";
+        };
+        if (*pv_create) {
+            std::string req = "{\"cmd\":\"provider.create\",\"name\":" + json_escape(pv_name) +
+                              ",\"type\":" + json_escape(pv_type) + ",\"base_url\":" + json_escape(pv_base) +
+                              ",\"ca_file\":" + json_escape(pv_ca) + ",\"credentials\":" + creds_json(pv_type) + "}";
+            auto d = client.call(req);
+            if (!d["ok"].GetBool()) return report_error(d);
+            print_provider(d["provider"]);
+            return 0;
+        }
+        if (*pv_get) {
+            auto d = client.call("{\"cmd\":\"provider.get\",\"name\":" + json_escape(pv_name) + "}");
+            if (!d["ok"].GetBool()) return report_error(d);
+            print_provider(d["provider"]);
+            return 0;
+        }
+        if (*pv_list) {
+            auto d = client.call("{\"cmd\":\"provider.list\"}");
+            if (!d["ok"].GetBool()) return report_error(d);
+            if (json) {
+                std::cout << compact(d["providers"]) << "\n";
+                return 0;
+            }
+            for (auto& p : d["providers"].GetArray()) print_provider(p);
+            return 0;
+        }
+        if (*pv_update) {
+            std::string type;
+            if (pv_from_existing) {
+                auto g = client.call("{\"cmd\":\"provider.get\",\"name\":" + json_escape(pv_name) + "}");
+                if (!g["ok"].GetBool()) return report_error(g);
+                type = g["provider"]["type"].GetString();
+                client = Client(socket_path);
+            }
+            std::string req = "{\"cmd\":\"provider.update\",\"name\":" + json_escape(pv_name) +
+                              ",\"credentials\":" + creds_json(type);
+            if (!pv_base.empty()) req += ",\"base_url\":" + json_escape(pv_base);
+            if (!pv_ca.empty()) req += ",\"ca_file\":" + json_escape(pv_ca);
+            req += ",\"remove_credentials\":[";
+            for (size_t i = 0; i < pv_remove.size(); i++) req += (i ? "," : "") + json_escape(pv_remove[i]);
+            auto d = client.call(req + "]}");
+            if (!d["ok"].GetBool()) return report_error(d);
+            print_provider(d["provider"]);
+            return 0;
+        }
+        if (*pv_delete) {
+            auto d = client.call("{\"cmd\":\"provider.delete\",\"name\":" + json_escape(pv_name) + "}");
+            if (!d["ok"].GetBool()) return report_error(d);
+            std::cout << "deleted provider " << pv_name << "\n";
+            return 0;
+        }
+        auto print_inference = [&](const rapidjson::Document& d) {
+            if (!d["ok"].GetBool()) return report_error(d);
+            auto& i = d["inference"];
+            if (json)
+                std::cout << compact(i) << "\n";
+            else
+                std::cout << "provider " << i["provider"].GetString() << "\tmodel " << i["model"].GetString()
+                          << "\tversion " << i["version"].GetUint64() << "\n";
+            return 0;
+        };
+        if (*inf_set)
+            return print_inference(client.call("{\"cmd\":\"inference.set\",\"provider\":" + json_escape(inf_provider) +
+                                               ",\"model\":" + json_escape(inf_model) + "}"));
+        if (*inf_get) return print_inference(client.call("{\"cmd\":\"inference.get\"}"));
+        if (*inf_update) {
+            if (inf_provider.empty() && inf_model.empty()) throw Failure{"inference update needs --provider or --model"};
+            std::string req = "{\"cmd\":\"inference.update\"";
+            if (!inf_provider.empty()) req += ",\"provider\":" + json_escape(inf_provider);
+            if (!inf_model.empty()) req += ",\"model\":" + json_escape(inf_model);
+            return print_inference(client.call(req + "}"));
+        }
+        if (*ca_export) {
+            auto d = client.call("{\"cmd\":\"ca.export\"}");
+            if (!d["ok"].GetBool()) return report_error(d);
+            std::string pem = d["pem"].GetString();
+            if (ca_out.empty()) {
+                std::cout << pem;
+            } else {
+                redir::write_file_atomic(ca_out, pem, 0644);
+            }
+            return 0;
+        }
+        if (*run) return run_sandboxed(client, socket_path, run_policy, run_cmd);
         if (*events) {
             client.connect();
             client.send("{\"cmd\":\"events\",\"count\":" + std::to_string(count) +
