@@ -1,0 +1,862 @@
+// All of the terminator's Beast code lives in this one translation unit: it
+// is by far the heaviest thing to compile, and the agent links it once.
+#include "terminator/gateway.hpp"
+
+#include <poll.h>
+#include <spdlog/spdlog.h>
+
+#include <array>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <deque>
+#include <filesystem>
+
+#include "common/error.hpp"
+#include "terminator/mock.hpp"
+#include "terminator/upstream_tls.hpp"
+
+namespace redir::terminator {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using asio::awaitable;
+using Clock = std::chrono::steady_clock;
+using TlsStream = asio::ssl::stream<beast::tcp_stream>;
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+namespace {
+
+std::string lower(std::string_view s) {
+    std::string o(s);
+    for (char& c : o) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return o;
+}
+
+bool iequals(std::string_view a, std::string_view b) { return beast::iequals(a, b); }
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+    return s;
+}
+
+std::string seconds(std::chrono::milliseconds d) {
+    if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + " s";
+    return std::to_string(d.count()) + " ms";
+}
+
+// What Beast accepts but a front-end parser must not: bare LF line endings
+// and obs-fold continuation lines both let two parsers disagree about where
+// a header (or the header block) ends.
+enum class Lint { Incomplete, Complete, BareLf, ObsFold };
+Lint lint_header(const beast::flat_buffer& buf, std::size_t& header_end) {
+    auto d = static_cast<const char*>(buf.data().data());
+    std::size_t n = buf.size();
+    for (std::size_t i = 0; i < n; ++i) {
+        if (d[i] != '\n') continue;
+        if (i == 0 || d[i - 1] != '\r') return Lint::BareLf;
+        if (i >= 3 && d[i - 2] == '\n' && d[i - 3] == '\r') {
+            header_end = i + 1;
+            return Lint::Complete;
+        }
+        if (i + 1 < n && (d[i + 1] == ' ' || d[i + 1] == '\t')) return Lint::ObsFold;
+    }
+    return Lint::Incomplete;
+}
+
+struct UpstreamConn {
+    std::shared_ptr<asio::ssl::context> ctx;
+    TlsStream s;
+    beast::flat_buffer buf;
+    std::string key;
+    Clock::time_point idle_since{};
+    bool reused = false;
+    UpstreamConn(const asio::any_io_executor& ex, std::shared_ptr<asio::ssl::context> c)
+        : ctx(std::move(c)), s(ex, *ctx) {}
+    void close() {
+        beast::error_code ec;
+        beast::get_lowest_layer(s).socket().close(ec);
+    }
+};
+
+// Kept-alive provider connections by (host, port, trust).
+class Pool {
+public:
+    std::unique_ptr<UpstreamConn> take(const std::string& key, std::chrono::milliseconds idle_timeout) {
+        auto it = idle_.find(key);
+        if (it == idle_.end()) return nullptr;
+        auto& q = it->second;
+        while (!q.empty()) {
+            auto c = std::move(q.back());
+            q.pop_back();
+            if (Clock::now() - c->idle_since > idle_timeout) continue;
+            // Anything readable on an idle connection is the provider closing
+            // it (FIN or close_notify): not reusable.
+            pollfd pfd{beast::get_lowest_layer(c->s).socket().native_handle(), POLLIN, 0};
+            if (::poll(&pfd, 1, 0) != 0) continue;
+            c->reused = true;
+            return c;
+        }
+        return nullptr;
+    }
+    void put(std::unique_ptr<UpstreamConn> c, std::size_t max, std::chrono::milliseconds idle_timeout) {
+        auto& q = idle_[c->key];
+        auto now = Clock::now();
+        while (!q.empty() && now - q.front()->idle_since > idle_timeout) q.pop_front();
+        c->idle_since = now;
+        q.push_back(std::move(c));
+        while (q.size() > max) q.pop_front();
+    }
+    void clear() { idle_.clear(); }
+
+private:
+    std::map<std::string, std::deque<std::unique_ptr<UpstreamConn>>> idle_;
+};
+
+struct Failure {
+    int status = 502;
+    std::string message;
+};
+
+// Watches the client while the provider works, so that a sandbox that hangs
+// up stops the provider request instead of letting it run (and bill) on.
+struct ClientWatch {
+    explicit ClientWatch(const asio::any_io_executor& ex) : done(ex) { done.expires_at(Clock::time_point::max()); }
+    bool active = false;
+    bool finished = false;
+    bool gone = false;
+    UpstreamConn* upstream = nullptr;
+    asio::steady_timer done;
+};
+
+template <class Stream>
+void close_stream(Stream& s) {
+    beast::error_code ec;
+    auto& sock = beast::get_lowest_layer(s).socket();
+    sock.shutdown(tcp::socket::shutdown_both, ec);
+    sock.close(ec);
+}
+
+}  // namespace
+
+struct Gateway::Impl {
+    Impl(asio::any_io_executor ex, std::shared_ptr<Store> st, GatewayOptions o)
+        : strand(asio::make_strand(ex)), store(std::move(st)), opts(std::move(o)) {}
+
+    asio::strand<asio::any_io_executor> strand;
+    std::shared_ptr<Store> store;
+    GatewayOptions opts;
+    Pool pool;
+    struct CtxEntry {
+        std::shared_ptr<asio::ssl::context> ctx;
+        std::filesystem::file_time_type mtime;
+    };
+    std::map<std::string, CtxEntry> ctxs;
+    bool stopped = false;
+
+    // Rebuilt when the CA file changes, so a rotated provider CA applies
+    // without a restart.
+    std::shared_ptr<asio::ssl::context> client_ctx(const std::string& ca_file) {
+        std::filesystem::file_time_type mtime{};
+        if (!ca_file.empty()) {
+            std::error_code ec;
+            mtime = std::filesystem::last_write_time(ca_file, ec);
+            if (ec) throw Error("cannot read CA file " + ca_file + ": " + ec.message());
+        }
+        auto it = ctxs.find(ca_file);
+        if (it != ctxs.end() && it->second.mtime == mtime) return it->second.ctx;
+        auto ctx = make_client_ssl_ctx(ca_file);
+        ctxs[ca_file] = CtxEntry{ctx, mtime};
+        return ctx;
+    }
+
+    void record(const RequestLog& r) {
+        auto line = request_log_json(r);
+        auto lg = opts.access_log ? opts.access_log : spdlog::default_logger();
+        if (lg) lg->info("{}", line);
+        if (opts.on_request) opts.on_request(r);
+    }
+};
+
+namespace {
+
+using Impl = Gateway::Impl;
+using Request = http::request<http::string_body>;
+
+template <class Stream>
+awaitable<bool> send_body(Impl& gw, Stream& s, int status, std::string content_type, std::string body,
+                          bool keep_alive, RequestLog& log, const HeaderList& extra = {}) {
+    http::response<http::string_body> res{static_cast<http::status>(status), 11};
+    res.set(http::field::content_type, content_type);
+    for (const auto& [n, v] : extra) res.set(n, v);
+    res.body() = std::move(body);
+    res.keep_alive(keep_alive);
+    res.prepare_payload();
+    log.status = status;
+    log.bytes_out += res.body().size();
+    beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
+    auto [ec, n] = co_await http::async_write(s, res, use_tuple);
+    co_return !ec && keep_alive;
+}
+
+template <class Stream>
+awaitable<bool> send_error(Impl& gw, Stream& s, ApiShape shape, int status, std::string message, bool keep_alive,
+                           RequestLog& log, const HeaderList& extra = {}) {
+    if (log.error.empty()) log.error = message;
+    co_return co_await send_body(gw, s, status, "application/json",
+                                 error_json(shape, error_type_for_status(shape, status), message), keep_alive, log,
+                                 extra);
+}
+
+template <class Stream>
+awaitable<void> watch_client(Stream& s, beast::flat_buffer& buf, std::shared_ptr<ClientWatch> w) {
+    auto [ec, n] = co_await s.async_read_some(buf.prepare(4096), use_tuple);
+    if (!ec) {
+        // The next pipelined request: keep it for the session.
+        buf.commit(n);
+    } else if (ec != asio::error::operation_aborted) {
+        w->gone = true;
+        if (w->upstream) w->upstream->close();
+    }
+    w->finished = true;
+    w->done.cancel();
+}
+
+awaitable<std::unique_ptr<UpstreamConn>> connect_upstream(Impl& gw, const Provider& p, const BaseUrl& b,
+                                                          const std::string& key, ClientWatch& watch,
+                                                          Failure& f) {
+    const auto& o = gw.opts;
+    const std::string where = "provider " + p.name + " (" + b.host_header + ")";
+    std::shared_ptr<asio::ssl::context> ctx;
+    try {
+        ctx = gw.client_ctx(p.ca_file);
+    } catch (const std::exception& e) {
+        f = {502, where + ": " + e.what()};
+        co_return nullptr;
+    }
+    auto conn = std::make_unique<UpstreamConn>(gw.strand, ctx);
+    conn->key = key;
+    watch.upstream = conn.get();
+    auto& low = beast::get_lowest_layer(conn->s);
+    const auto deadline = Clock::now() + o.upstream_connect_timeout;
+
+    std::vector<tcp::endpoint> eps;
+    std::string host = b.host;
+    if (auto ov = o.resolve_overrides.find(b.host); ov != o.resolve_overrides.end()) host = ov->second;
+    beast::error_code aec;
+    auto literal = asio::ip::make_address(host, aec);
+    if (!aec) {
+        eps.emplace_back(literal, b.port);
+    } else {
+        auto resolver = std::make_shared<tcp::resolver>(gw.strand);
+        asio::steady_timer t(gw.strand);
+        t.expires_at(deadline);
+        t.async_wait([r = resolver](beast::error_code ec) {
+            if (!ec) r->cancel();
+        });
+        auto [ec, res] = co_await resolver->async_resolve(host, std::to_string(b.port), use_tuple);
+        t.cancel();
+        if (ec) {
+            f = ec == asio::error::operation_aborted
+                    ? Failure{504, "resolving " + where + " timed out after " + seconds(o.upstream_connect_timeout)}
+                    : Failure{502, "cannot resolve " + where + ": " + ec.message()};
+            co_return nullptr;
+        }
+        for (const auto& e : res) eps.push_back(e.endpoint());
+    }
+    if (watch.gone) co_return nullptr;
+    low.expires_at(deadline);
+    auto [cec, ep] = co_await low.async_connect(eps, use_tuple);
+    if (cec) {
+        f = cec == beast::error::timeout
+                ? Failure{504, "connecting to " + where + " timed out after " + seconds(o.upstream_connect_timeout)}
+                : Failure{502, "cannot connect to " + where + ": " + cec.message()};
+        co_return nullptr;
+    }
+    low.socket().set_option(tcp::no_delay(true), aec);
+    try {
+        prepare_client_ssl(conn->s.native_handle(), b.host, b.ip_literal);
+    } catch (const std::exception& e) {
+        f = {502, where + ": " + e.what()};
+        co_return nullptr;
+    }
+    low.expires_at(deadline);
+    auto [hec] = co_await conn->s.async_handshake(asio::ssl::stream_base::client, use_tuple);
+    if (hec) {
+        std::string why = verify_failure(conn->s.native_handle());
+        if (hec == beast::error::timeout)
+            f = {504, "TLS handshake with " + where + " timed out after " + seconds(o.upstream_connect_timeout)};
+        else if (!why.empty())
+            f = {502, "TLS verification of " + where + " failed: " + why};
+        else
+            f = {502, "TLS handshake with " + where + " failed: " + hec.message()};
+        co_return nullptr;
+    }
+    co_return conn;
+}
+
+// Whether an error on a reused connection means the provider had already
+// closed it before seeing the request (safe to send again).
+bool stale_connection_error(const beast::error_code& ec) {
+    return ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
+           ec == asio::error::broken_pipe || ec == asio::ssl::error::stream_truncated;
+}
+
+struct ProxyCall {
+    const Provider& provider;
+    const Profile& profile;
+    const BaseUrl& base;
+    http::request<http::string_body>& upstream_req;
+    ApiShape shape;
+    bool client_keep_alive;
+};
+
+template <class Stream>
+awaitable<bool> relay(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, RequestLog& log) {
+    const auto& o = gw.opts;
+    const std::string where = "provider " + call.provider.name + " (" + call.base.host_header + ")";
+    const std::string key = call.base.host + "|" + std::to_string(call.base.port) + "|" + call.provider.ca_file;
+
+    std::unique_ptr<UpstreamConn> conn;
+    std::unique_ptr<http::response_parser<http::buffer_body>> up;
+    for (int attempt = 0;; ++attempt) {
+        conn = attempt == 0 ? gw.pool.take(key, o.pool_idle_timeout) : nullptr;
+        if (!conn) {
+            Failure f;
+            conn = co_await connect_upstream(gw, call.provider, call.base, key, watch, f);
+            if (watch.gone) co_return false;
+            if (!conn) co_return co_await send_error(gw, s, call.shape, f.status, f.message, call.client_keep_alive, log);
+        }
+        watch.upstream = conn.get();
+        auto& ulow = beast::get_lowest_layer(conn->s);
+        ulow.expires_after(o.upstream_write_timeout);
+        auto [wec, wn] = co_await http::async_write(conn->s, call.upstream_req, use_tuple);
+        if (watch.gone) co_return false;
+        if (wec) {
+            if (conn->reused && attempt == 0) continue;
+            co_return co_await send_error(gw, s, call.shape, wec == beast::error::timeout ? 504 : 502,
+                                          "sending the request to " + where + " failed: " + wec.message(),
+                                          call.client_keep_alive, log);
+        }
+        up = std::make_unique<http::response_parser<http::buffer_body>>();
+        up->body_limit(boost::none);
+        up->header_limit(64 * 1024);
+        ulow.expires_after(o.upstream_response_timeout);
+        auto [rec, rn] = co_await http::async_read_header(conn->s, conn->buf, *up, use_tuple);
+        if (watch.gone) co_return false;
+        if (rec) {
+            if (conn->reused && attempt == 0 && rn == 0 && stale_connection_error(rec)) continue;
+            if (rec == beast::error::timeout)
+                co_return co_await send_error(gw, s, call.shape, 504,
+                                              where + " did not answer within " +
+                                                  seconds(o.upstream_response_timeout),
+                                              call.client_keep_alive, log);
+            co_return co_await send_error(gw, s, call.shape, 502,
+                                          where + " closed the connection or sent an invalid response: " +
+                                              rec.message(),
+                                          call.client_keep_alive, log);
+        }
+        break;
+    }
+
+    const auto& uh = up->get();
+    HeaderList rh;
+    for (const auto& f : uh) rh.emplace_back(lower(f.name_string()), std::string(f.value()));
+    const auto ctoks = connection_tokens(rh);
+    http::response<http::buffer_body> res;
+    res.version(11);
+    res.result(uh.result_int());
+    res.reason(uh.reason());
+    for (const auto& [n, v] : rh)
+        if (relay_response_header(n, ctoks)) res.insert(n, v);
+    const auto ct = uh[http::field::content_type];
+    const bool sse = ct.size() >= 17 && iequals(ct.substr(0, 17), "text/event-stream");
+    const auto ce = trim(uh[http::field::content_encoding]);
+    const bool encoded = !ce.empty() && !iequals(ce, "identity");
+    const int status = uh.result_int();
+    const bool no_body = status / 100 == 1 || status == 204 || status == 304;
+    const bool has_length = up->content_length().has_value() && !up->chunked();
+    if (no_body) {
+    } else if (has_length) {
+        res.content_length(*up->content_length());
+    } else {
+        res.chunked(true);
+    }
+    res.keep_alive(call.client_keep_alive);
+    log.status = status;
+
+    auto& low = beast::get_lowest_layer(s);
+    res.body().data = nullptr;
+    res.body().more = !no_body;
+    http::response_serializer<http::buffer_body> sr{res};
+    low.expires_after(o.write_timeout);
+    auto [hec, hn] = co_await http::async_write_header(s, sr, use_tuple);
+    if (hec) {
+        log.error = "client closed the connection";
+        conn->close();
+        co_return false;
+    }
+
+    SseUsageScanner scanner;
+    std::string json_copy;
+    constexpr std::size_t kMaxUsageCopy = 4 << 20;
+    const bool json_body = !sse && !encoded && ct.find("json") != std::string_view::npos;
+    std::array<char, 16 * 1024> piece;
+    beast::error_code upstream_ec;
+    while (!up->is_done()) {
+        up->get().body().data = piece.data();
+        up->get().body().size = piece.size();
+        beast::get_lowest_layer(conn->s).expires_after(o.stream_idle_timeout);
+        auto [rec, rn] = co_await http::async_read_some(conn->s, conn->buf, *up, use_tuple);
+        if (watch.gone) {
+            log.error = "client closed the connection";
+            co_return false;
+        }
+        if (rec == http::error::need_buffer) rec = {};
+        if (rec) {
+            upstream_ec = rec;
+            break;
+        }
+        const std::size_t got = piece.size() - up->get().body().size;
+        if (got == 0) continue;
+        std::string_view data(piece.data(), got);
+        if (sse && !encoded) scanner.feed(data);
+        if (json_body && json_copy.size() + got <= kMaxUsageCopy) json_copy.append(data);
+        res.body().data = piece.data();
+        res.body().size = got;
+        res.body().more = true;
+        low.expires_after(o.write_timeout);
+        auto [wec, wn] = co_await http::async_write(s, sr, use_tuple);
+        if (wec == http::error::need_buffer) wec = {};
+        if (wec) {
+            log.error = "client closed the connection";
+            conn->close();
+            co_return false;
+        }
+        log.bytes_out += got;
+    }
+    if (sse) log.usage = scanner.usage();
+    if (json_body && !json_copy.empty()) extract_usage(json_copy, log.usage);
+
+    if (upstream_ec) {
+        conn->close();
+        const std::string why = upstream_ec == beast::error::timeout
+                                    ? where + " sent nothing for " + seconds(o.stream_idle_timeout) + " mid-response"
+                                    : where + " broke off the response: " + upstream_ec.message();
+        log.error = why;
+        if (!(sse && res.chunked())) co_return false;
+        // Tell the SDK in its own words before ending the stream, rather
+        // than leaving it to guess from a truncated body.
+        std::string ev = "event: error\ndata: " +
+                         error_json(call.shape, call.shape == ApiShape::Anthropic ? "api_error" : "api_error", why) +
+                         "\n\n";
+        res.body().data = ev.data();
+        res.body().size = ev.size();
+        res.body().more = true;
+        low.expires_after(o.write_timeout);
+        auto [e1, n1] = co_await http::async_write(s, sr, use_tuple);
+        if (e1 && e1 != http::error::need_buffer) co_return false;
+        res.body().data = nullptr;
+        res.body().size = 0;
+        res.body().more = false;
+        co_await http::async_write(s, sr, use_tuple);
+        co_return false;
+    }
+
+    res.body().data = nullptr;
+    res.body().size = 0;
+    res.body().more = false;
+    low.expires_after(o.write_timeout);
+    auto [fec, fn] = co_await http::async_write(s, sr, use_tuple);
+    watch.upstream = nullptr;
+    if (up->keep_alive() && conn->buf.size() == 0 && !gw.stopped)
+        gw.pool.put(std::move(conn), o.pool_max_idle_per_host, o.pool_idle_timeout);
+    co_return !fec && call.client_keep_alive;
+}
+
+template <class Stream>
+awaitable<bool> proxy(Impl& gw, Stream& s, beast::flat_buffer& buf, ProxyCall& call, RequestLog& log) {
+    auto watch = std::make_shared<ClientWatch>(gw.strand);
+    if (buf.size() == 0) {
+        // Reads are unbounded while watching; writes get their own timeout.
+        beast::get_lowest_layer(s).expires_never();
+        watch->active = true;
+        asio::co_spawn(gw.strand, watch_client(s, buf, watch), asio::detached);
+    }
+    bool keep = false;
+    std::exception_ptr err;
+    try {
+        keep = co_await relay(gw, s, call, *watch, log);
+    } catch (...) {
+        err = std::current_exception();
+    }
+    watch->upstream = nullptr;
+    if (watch->active && !watch->finished) {
+        beast::get_lowest_layer(s).cancel();
+        co_await watch->done.async_wait(use_tuple);
+    }
+    if (err) std::rethrow_exception(err);
+    if (watch->gone) {
+        if (log.error.empty()) log.error = "client closed the connection";
+        if (log.status == 0) log.status = 499;
+        co_return false;
+    }
+    co_return keep;
+}
+
+template <class Stream>
+awaitable<bool> send_mock(Impl& gw, Stream& s, const MockReply& m, bool keep_alive, RequestLog& log) {
+    if (!m.stream)
+        co_return co_await send_body(gw, s, m.status, m.content_type, m.pieces.empty() ? "" : m.pieces[0], keep_alive,
+                                     log);
+    http::response<http::buffer_body> res{static_cast<http::status>(m.status), 11};
+    res.set(http::field::content_type, m.content_type);
+    res.set(http::field::cache_control, "no-cache");
+    res.chunked(true);
+    res.keep_alive(keep_alive);
+    res.body().data = nullptr;
+    res.body().more = true;
+    log.status = m.status;
+    http::response_serializer<http::buffer_body> sr{res};
+    auto& low = beast::get_lowest_layer(s);
+    low.expires_after(gw.opts.write_timeout);
+    auto [ec, n] = co_await http::async_write_header(s, sr, use_tuple);
+    if (ec) co_return false;
+    for (const auto& p : m.pieces) {
+        res.body().data = const_cast<char*>(p.data());
+        res.body().size = p.size();
+        res.body().more = true;
+        low.expires_after(gw.opts.write_timeout);
+        auto [wec, wn] = co_await http::async_write(s, sr, use_tuple);
+        if (wec && wec != http::error::need_buffer) co_return false;
+        log.bytes_out += p.size();
+    }
+    res.body().data = nullptr;
+    res.body().size = 0;
+    res.body().more = false;
+    auto [fec, fn] = co_await http::async_write(s, sr, use_tuple);
+    co_return !fec && keep_alive;
+}
+
+constexpr std::string_view kServed =
+    "POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages; GET /v1/models, "
+    "/v1/models/{id}";
+
+// One request on a connection. Returns whether the connection stays open.
+template <class Stream>
+awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestLog& log) {
+    const auto& o = gw.opts;
+    auto& low = beast::get_lowest_layer(s);
+    if (buf.size() == 0) {
+        low.expires_after(o.idle_timeout);
+        auto [ec, n] = co_await s.async_read_some(buf.prepare(8192), use_tuple);
+        if (ec) co_return false;
+        buf.commit(n);
+    }
+    log.method = "-";
+    const auto deadline = Clock::now() + o.header_timeout;
+    ApiShape shape = ApiShape::OpenAI;
+
+    // Header: gathered whole first so it can be checked as bytes before Beast
+    // parses it.
+    for (;;) {
+        std::size_t end = 0;
+        Lint l = lint_header(buf, end);
+        if (l == Lint::BareLf)
+            co_return co_await send_error(gw, s, shape, 400, "request line or header ends in a bare LF; HTTP requires CRLF",
+                                          false, log);
+        if (l == Lint::ObsFold)
+            co_return co_await send_error(gw, s, shape, 400,
+                                          "request header uses obsolete line folding (a line starting with "
+                                          "whitespace); send each header on one line",
+                                          false, log);
+        if (l == Lint::Complete && end <= o.header_limit) break;
+        if (buf.size() > o.header_limit)
+            co_return co_await send_error(gw, s, shape, 431,
+                                          "request header is larger than " + std::to_string(o.header_limit) + " bytes",
+                                          false, log);
+        low.expires_at(deadline);
+        auto [ec, n] = co_await s.async_read_some(buf.prepare(8192), use_tuple);
+        if (ec == beast::error::timeout)
+            co_return co_await send_error(gw, s, shape, 408,
+                                          "request header not received within " + seconds(o.header_timeout), false,
+                                          log);
+        if (ec) co_return false;
+        buf.commit(n);
+    }
+
+    http::request_parser<http::string_body> p;
+    p.header_limit(static_cast<std::uint32_t>(o.header_limit));
+    p.body_limit(o.body_limit);
+    low.expires_at(deadline);
+    auto [hec, hn] = co_await http::async_read_header(s, buf, p, use_tuple);
+    if (hec) {
+        if (hec == http::error::body_limit)
+            co_return co_await send_error(gw, s, shape, 413,
+                                          "request body is larger than " + std::to_string(o.body_limit) + " bytes",
+                                          false, log);
+        if (hec == http::error::header_limit)
+            co_return co_await send_error(gw, s, shape, 431,
+                                          "request header is larger than " + std::to_string(o.header_limit) + " bytes",
+                                          false, log);
+        co_return co_await send_error(gw, s, shape, 400, "malformed HTTP request: " + hec.message(), false, log);
+    }
+    auto& req = p.get();
+    log.method = std::string(req.method_string());
+    const bool anthropic_client = req.count("anthropic-version") > 0;
+    auto target = normalise_target(req.target());
+    log.path = target ? target->path.substr(0, 256) : std::string(req.target().substr(0, 256));
+    shape = shape_for(log.path, anthropic_client);
+
+    // Framing the parser tolerates but a proxy must not (request smuggling).
+    const auto te_count = req.count(http::field::transfer_encoding);
+    if (te_count > 1 || (te_count == 1 && !iequals(trim(req[http::field::transfer_encoding]), "chunked")))
+        co_return co_await send_error(gw, s, shape, 400,
+                                      "Transfer-Encoding must be exactly \"chunked\" (sent once)", false, log);
+    if (req.version() == 11 && req.count(http::field::host) != 1)
+        co_return co_await send_error(gw, s, shape, 400, "an HTTP/1.1 request needs exactly one Host header", false, log);
+
+    bool expect_continue = false;
+    if (auto e = req.find(http::field::expect); e != req.end()) {
+        if (!iequals(trim(e->value()), "100-continue"))
+            co_return co_await send_error(gw, s, shape, 417, "only \"Expect: 100-continue\" is supported", false, log);
+        expect_continue = true;
+    }
+
+    // Decide from the header alone whether the request can be served.
+    int reject_status = 0;
+    std::string reject_msg;
+    HeaderList reject_headers;
+    std::string model_id;
+    std::optional<Endpoint> ep;
+    auto snap = gw.store->snapshot();
+    const Profile* profile = nullptr;
+    if (!target) {
+        reject_status = 400;
+        reject_msg = "request target must be a path such as /v1/chat/completions";
+    } else if (!(ep = match_route(target->path, &model_id))) {
+        reject_status = 404;
+        reject_msg = "no such endpoint: " + log.method + " " + log.path + "; inference.local serves " +
+                     std::string(kServed);
+    } else {
+        const bool is_get = *ep == Endpoint::Models || *ep == Endpoint::ModelById;
+        if (req.method() != (is_get ? http::verb::get : http::verb::post)) {
+            reject_status = 405;
+            reject_msg = std::string(log.path) + " accepts " + (is_get ? "GET" : "POST") + " only";
+            reject_headers.emplace_back("allow", is_get ? "GET" : "POST");
+        } else if (!snap->inference || !snap->provider) {
+            reject_status = 503;
+            reject_msg = "no inference provider is configured on this node: an operator must run `redirctl inference "
+                         "set --provider NAME --model MODEL`";
+        } else if (!(profile = find_profile(snap->provider->type))) {
+            reject_status = 503;
+            reject_msg = "provider " + snap->provider->name + " has an unknown type " + snap->provider->type;
+        } else if (!profile->serves(*ep)) {
+            reject_status = 400;
+            reject_msg = "provider " + snap->provider->name + " (type " + snap->provider->type +
+                         ") does not speak " + std::string(endpoint_description(*ep)) + " (" +
+                         std::string(endpoint_path(*ep)) + "); call an endpoint it serves or configure another "
+                         "provider with `redirctl inference set`";
+        } else if (*ep == Endpoint::ModelById && model_id != snap->inference->model) {
+            reject_status = 404;
+            reject_msg = "model " + model_id + " is not served here; inference.local serves " +
+                         snap->inference->model + " (requests for any model are answered by it)";
+        }
+    }
+    if (snap->inference) {
+        log.model_used = snap->inference->model;
+        log.config_version = snap->inference->version;
+    }
+    if (snap->provider) {
+        log.provider = snap->provider->name;
+        log.provider_type = snap->provider->type;
+    }
+
+    if (reject_status && expect_continue) {
+        // The client is waiting to be told whether to send the body: it is
+        // not read, so the connection cannot be reused.
+        co_return co_await send_error(gw, s, shape, reject_status, reject_msg, false, log, reject_headers);
+    }
+    if (expect_continue && !p.is_done()) {
+        http::response<http::empty_body> cont{http::status::continue_, 11};
+        low.expires_after(o.write_timeout);
+        auto [cec, cn] = co_await http::async_write(s, cont, use_tuple);
+        if (cec) co_return false;
+    }
+    if (!p.is_done()) {
+        low.expires_after(o.body_timeout);
+        auto [bec, bn] = co_await http::async_read(s, buf, p, use_tuple);
+        if (bec == http::error::body_limit)
+            co_return co_await send_error(gw, s, shape, 413,
+                                          "request body is larger than " + std::to_string(o.body_limit) + " bytes",
+                                          false, log);
+        if (bec == beast::error::timeout)
+            co_return co_await send_error(gw, s, shape, 408,
+                                          "request body not received within " + seconds(o.body_timeout), false, log);
+        if (bec == http::error::partial_message || bec == http::error::end_of_stream ||
+            bec == asio::error::eof || bec == asio::error::connection_reset)
+            co_return false;
+        if (bec) co_return co_await send_error(gw, s, shape, 400, "malformed request body: " + bec.message(), false, log);
+    }
+    log.bytes_in = req.body().size();
+    const bool keep_alive = req.keep_alive() && !gw.stopped;
+    if (reject_status)
+        co_return co_await send_error(gw, s, shape, reject_status, reject_msg, keep_alive, log, reject_headers);
+
+    const auto& cfg = *snap->inference;
+    const auto& provider = *snap->provider;
+    if (*ep == Endpoint::Models)
+        co_return co_await send_body(gw, s, 200, "application/json", models_list_json(shape, cfg), keep_alive, log);
+    if (*ep == Endpoint::ModelById)
+        co_return co_await send_body(gw, s, 200, "application/json", model_json(shape, cfg), keep_alive, log);
+
+    auto rw = rewrite_model(req.body(), cfg.model);
+    if (!rw.ok) co_return co_await send_error(gw, s, shape, 400, rw.error, keep_alive, log);
+    log.model_requested = rw.model_requested;
+    log.stream = rw.stream;
+
+    if (profile->local) {
+        auto m = mock_reply(*ep, rw.body, cfg.model, rw.stream);
+        co_return co_await send_mock(gw, s, m, keep_alive, log);
+    }
+
+    std::string err;
+    auto base = parse_base_url(provider.base_url, &err);
+    if (!base)
+        co_return co_await send_error(gw, s, shape, 502, "provider " + provider.name + " is misconfigured: " + err,
+                                      keep_alive, log);
+    HeaderList client_headers;
+    for (const auto& f : req) client_headers.emplace_back(lower(f.name_string()), std::string(f.value()));
+    http::request<http::string_body> ureq{http::verb::post, upstream_target(*base, *profile, target->path, target->query),
+                                          11};
+    ureq.set(http::field::host, base->host_header);
+    for (const auto& [n, v] : upstream_headers(client_headers, *profile, provider)) ureq.insert(n, v);
+    ureq.body() = std::move(rw.body);
+    ureq.keep_alive(true);
+    ureq.prepare_payload();
+    ProxyCall call{provider, *profile, *base, ureq, shape, keep_alive};
+    co_return co_await proxy(gw, s, buf, call, log);
+}
+
+template <class Stream>
+awaitable<void> session(std::shared_ptr<Impl> gw, Stream s, ConnectionInfo info) {
+    beast::flat_buffer buf;
+    try {
+        for (;;) {
+            RequestLog log;
+            log.cgroup_id = info.cgroup_id;
+            log.pid = info.pid;
+            log.client = info.client;
+            const auto start = Clock::now();
+            bool keep = co_await serve_one(*gw, s, buf, log);
+            if (log.status != 0) {
+                log.duration_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+                gw->record(log);
+            }
+            if (!keep || gw->stopped) break;
+        }
+    } catch (const std::exception& e) {
+        spdlog::warn("terminator: session for cgroup {} ended: {}", info.cgroup_id, e.what());
+    }
+    close_stream(s);
+}
+
+// Moves the accepted socket onto the gateway's strand.
+tcp::socket rebind(Impl& gw, tcp::socket sock) {
+    beast::error_code ec;
+    auto proto = sock.local_endpoint(ec).protocol();
+    if (ec) proto = tcp::v4();
+    int fd = sock.release(ec);
+    if (ec) throw beast::system_error(ec);
+    tcp::socket out(gw.strand);
+    out.assign(proto, fd, ec);
+    if (ec) {
+        ::close(fd);
+        throw beast::system_error(ec);
+    }
+    out.set_option(tcp::no_delay(true), ec);
+    return out;
+}
+
+awaitable<void> tls_session(std::shared_ptr<Impl> gw, TlsStream s, ConnectionInfo info) {
+    beast::get_lowest_layer(s).expires_after(gw->opts.handshake_timeout);
+    auto [ec] = co_await s.async_handshake(asio::ssl::stream_base::server, use_tuple);
+    if (ec) {
+        spdlog::debug("terminator: TLS handshake from {} (cgroup {}) failed: {}", info.client, info.cgroup_id,
+                      ec.message());
+        close_stream(s);
+        co_return;
+    }
+    co_await session(std::move(gw), std::move(s), std::move(info));
+}
+
+awaitable<void> refusal_session(std::shared_ptr<Impl> gw, beast::tcp_stream s, ConnectionInfo info) {
+    beast::flat_buffer buf;
+    http::request_parser<http::empty_body> p;
+    p.header_limit(static_cast<std::uint32_t>(gw->opts.header_limit));
+    s.expires_after(gw->opts.header_timeout);
+    auto [ec, n] = co_await http::async_read_header(s, buf, p, use_tuple);
+    if (ec == beast::error::timeout || ec == http::error::end_of_stream || ec == asio::error::eof) {
+        close_stream(s);
+        co_return;
+    }
+    std::string path = ec ? "/" : std::string(p.get().target());
+    ApiShape shape = shape_for(normalise_target(path).value_or(Target{"/", ""}).path,
+                               !ec && p.get().count("anthropic-version") > 0);
+    RequestLog log;
+    log.cgroup_id = info.cgroup_id;
+    log.pid = info.pid;
+    log.client = info.client;
+    log.method = ec ? "-" : std::string(p.get().method_string());
+    log.path = path.substr(0, 256);
+    co_await send_error(*gw, s, shape, 400,
+                        "inference.local is served over HTTPS only: use https://inference.local/v1 (plain HTTP is "
+                        "refused so that prompts and replies never cross the network in clear)",
+                        false, log);
+    gw->record(log);
+    close_stream(s);
+}
+
+}  // namespace
+
+Gateway::Gateway(asio::any_io_executor ex, std::shared_ptr<Store> store, GatewayOptions opts)
+    : impl_(std::make_shared<Impl>(std::move(ex), std::move(store), std::move(opts))) {}
+
+Gateway::~Gateway() {
+    // Touch the shared state on its strand only.
+    asio::dispatch(impl_->strand, [impl = impl_] {
+        impl->stopped = true;
+        impl->pool.clear();
+    });
+}
+
+void Gateway::serve_tls(tcp::socket socket, SSL_CTX* server_ctx, ConnectionInfo info) {
+    SSL* ssl = SSL_new(server_ctx);
+    if (!ssl) {
+        spdlog::error("terminator: SSL_new failed for a connection from cgroup {}", info.cgroup_id);
+        return;
+    }
+    TlsStream s(beast::tcp_stream(rebind(*impl_, std::move(socket))), ssl);
+    asio::co_spawn(impl_->strand, tls_session(impl_, std::move(s), std::move(info)), asio::detached);
+}
+
+void Gateway::serve_plain_refusal(tcp::socket socket, ConnectionInfo info) {
+    beast::tcp_stream s(rebind(*impl_, std::move(socket)));
+    asio::co_spawn(impl_->strand, refusal_session(impl_, std::move(s), std::move(info)), asio::detached);
+}
+
+void Gateway::serve_cleartext_for_tests(tcp::socket socket, ConnectionInfo info) {
+    beast::tcp_stream s(rebind(*impl_, std::move(socket)));
+    asio::co_spawn(impl_->strand, session(impl_, std::move(s), std::move(info)), asio::detached);
+}
+
+}  // namespace redir::terminator

@@ -1,0 +1,588 @@
+#include "terminator/request.hpp"
+
+#include <rapidjson/document.h>
+#include <rapidjson/error/en.h>
+#include <rapidjson/reader.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <algorithm>
+#include <cctype>
+#include <ctime>
+#include <sstream>
+
+namespace redir::terminator {
+
+namespace {
+
+std::string lower(std::string_view s) {
+    std::string o(s);
+    for (char& c : o) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return o;
+}
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+    return s;
+}
+
+bool is_hop_by_hop(std::string_view n) {
+    static constexpr std::string_view names[] = {"connection", "keep-alive", "proxy-connection", "te",
+                                                 "trailer",    "transfer-encoding", "upgrade"};
+    return std::find(std::begin(names), std::end(names), n) != std::end(names);
+}
+
+using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+
+void put(Writer& w, std::string_view s) { w.String(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
+void key(Writer& w, std::string_view s) { w.Key(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
+
+// Streams the request through the writer, replacing the top-level "model".
+// SAX keeps number text and key order as the client wrote them, and the
+// iterative parser bounds stack use whatever the nesting.
+struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewriter> {
+    Writer& w;
+    std::string_view model;
+    int depth = 0;
+    int skip = 0;  // >0 while dropping the client's model value
+    bool skipping = false;
+    bool saw_model = false;
+    bool next_is_model = false;
+    bool next_is_stream = false;
+    bool started = false;
+    std::set<std::string> keys;
+    std::string error;
+    std::string model_requested;
+    bool stream = false;
+
+    ModelRewriter(Writer& w_, std::string_view m) : w(w_), model(m) {}
+
+    // Common entry for every value: false aborts the parse.
+    bool value_start(bool container) {
+        if (!started) {
+            started = true;
+            if (!container) {
+                error = "request body must be a JSON object";
+                return false;
+            }
+        }
+        if (depth == 1 && next_is_model) {
+            next_is_model = false;
+            skipping = true;
+            skip = 0;
+        }
+        return true;
+    }
+    // True when the current value is being dropped.
+    bool dropping() const { return skipping; }
+    void after_scalar() {
+        if (skipping && skip == 0) skipping = false;
+    }
+
+    bool Null() {
+        if (!value_start(false)) return false;
+        next_is_stream = false;
+        if (dropping()) return after_scalar(), true;
+        return w.Null();
+    }
+    bool Bool(bool b) {
+        if (!value_start(false)) return false;
+        if (next_is_stream) stream = b, next_is_stream = false;
+        if (dropping()) return after_scalar(), true;
+        return w.Bool(b);
+    }
+    bool RawNumber(const char* s, rapidjson::SizeType n, bool) {
+        if (!value_start(false)) return false;
+        next_is_stream = false;
+        if (dropping()) return after_scalar(), true;
+        return w.RawValue(s, n, rapidjson::kNumberType);
+    }
+    bool String(const char* s, rapidjson::SizeType n, bool) {
+        bool was_model = depth == 1 && next_is_model;
+        if (!value_start(false)) return false;
+        next_is_stream = false;
+        if (was_model) model_requested.assign(s, n);
+        if (dropping()) return after_scalar(), true;
+        return w.String(s, n);
+    }
+    bool StartObject() {
+        if (!value_start(true)) return false;
+        next_is_stream = false;
+        ++depth;
+        if (dropping()) return ++skip, true;
+        return w.StartObject();
+    }
+    bool Key(const char* s, rapidjson::SizeType n, bool) {
+        if (dropping()) return true;
+        if (depth == 1) {
+            std::string k(s, n);
+            if (!keys.insert(k).second) {
+                error = "request body repeats the top-level key \"" + k + "\"";
+                return false;
+            }
+            if (k == "model") {
+                saw_model = true;
+                next_is_model = true;
+                key(w, "model");
+                put(w, model);
+                return true;
+            }
+            next_is_stream = k == "stream";
+        }
+        return w.Key(s, n);
+    }
+    bool EndObject(rapidjson::SizeType) {
+        --depth;
+        if (dropping()) {
+            if (--skip == 0) skipping = false;
+            return true;
+        }
+        if (depth == 0 && !saw_model) {
+            key(w, "model");
+            put(w, model);
+        }
+        return w.EndObject();
+    }
+    bool StartArray() {
+        if (!value_start(true)) return false;
+        next_is_stream = false;
+        if (!started || depth == 0) {
+            error = "request body must be a JSON object";
+            return false;
+        }
+        ++depth;
+        if (dropping()) return ++skip, true;
+        return w.StartArray();
+    }
+    bool EndArray(rapidjson::SizeType) {
+        --depth;
+        if (dropping()) {
+            if (--skip == 0) skipping = false;
+            return true;
+        }
+        return w.EndArray();
+    }
+};
+
+void usage_from(const rapidjson::Value& u, Usage& out) {
+    if (!u.IsObject()) return;
+    for (const auto& m : u.GetObject()) {
+        if (m.value.IsUint64()) out.counts[m.name.GetString()] = m.value.GetUint64();
+    }
+}
+
+int hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+}  // namespace
+
+std::optional<std::string> percent_decode(std::string_view s) {
+    std::string out;
+    for (size_t i = 0; i < s.size(); ++i) {
+        if (s[i] != '%') {
+            out += s[i];
+            continue;
+        }
+        if (i + 2 >= s.size()) return std::nullopt;
+        int a = hexval(s[i + 1]), b = hexval(s[i + 2]);
+        if (a < 0 || b < 0) return std::nullopt;
+        out += static_cast<char>(a * 16 + b);
+        i += 2;
+    }
+    return out;
+}
+
+std::optional<Target> normalise_target(std::string_view t) {
+    if (t.empty()) return std::nullopt;
+    std::string holder;
+    if (t[0] != '/') {
+        // absolute-form: scheme "://" authority path
+        auto sep = t.find("://");
+        if (sep == std::string_view::npos) return std::nullopt;
+        std::string scheme = lower(t.substr(0, sep));
+        if (scheme != "http" && scheme != "https") return std::nullopt;
+        t.remove_prefix(sep + 3);
+        auto slash = t.find_first_of("/?");
+        if (slash == std::string_view::npos) {
+            t = "/";
+        } else if (t[slash] == '?') {
+            holder = "/" + std::string(t.substr(slash));
+            t = holder;
+        } else {
+            t.remove_prefix(slash);
+        }
+    }
+    Target out;
+    auto hash = t.find('#');
+    if (hash != std::string_view::npos) t = t.substr(0, hash);
+    auto q = t.find('?');
+    if (q != std::string_view::npos) {
+        out.query = std::string(t.substr(q + 1));
+        t = t.substr(0, q);
+    }
+    // Segments with empty ones folded and dot segments resolved, so that
+    // "/v1//models/" and "/v1/x/../models" reach the same route.
+    std::vector<std::string_view> segs;
+    size_t i = 0;
+    while (i <= t.size()) {
+        size_t j = t.find('/', i);
+        if (j == std::string_view::npos) j = t.size();
+        std::string_view seg = t.substr(i, j - i);
+        if (seg == "..") {
+            if (!segs.empty()) segs.pop_back();
+        } else if (!seg.empty() && seg != ".") {
+            segs.push_back(seg);
+        }
+        i = j + 1;
+    }
+    for (auto s : segs) {
+        out.path += '/';
+        out.path += s;
+    }
+    if (out.path.empty()) out.path = "/";
+    return out;
+}
+
+std::optional<Endpoint> match_route(const std::string& path, std::string* model_id) {
+    static const std::pair<std::string_view, Endpoint> exact[] = {
+        {"/v1/chat/completions", Endpoint::ChatCompletions},
+        {"/v1/completions", Endpoint::Completions},
+        {"/v1/embeddings", Endpoint::Embeddings},
+        {"/v1/responses", Endpoint::Responses},
+        {"/v1/messages", Endpoint::Messages},
+        {"/v1/models", Endpoint::Models},
+    };
+    for (const auto& [p, e] : exact)
+        if (path == p) return e;
+    constexpr std::string_view prefix = "/v1/models/";
+    if (path.size() > prefix.size() && path.compare(0, prefix.size(), prefix) == 0) {
+        // Model ids may contain '/' (e.g. "meta/llama-3.1-8b-instruct").
+        auto id = percent_decode(std::string_view(path).substr(prefix.size()));
+        if (!id || id->empty()) return std::nullopt;
+        if (model_id) *model_id = *id;
+        return Endpoint::ModelById;
+    }
+    return std::nullopt;
+}
+
+ApiShape shape_for(const std::string& path, bool anthropic_client) {
+    if (path == "/v1/messages" || path.rfind("/v1/messages/", 0) == 0) return ApiShape::Anthropic;
+    return anthropic_client ? ApiShape::Anthropic : ApiShape::OpenAI;
+}
+
+std::string_view error_type_for_status(ApiShape shape, int status) {
+    switch (status) {
+        case 400: case 405: case 411: case 415: case 417: case 431: return "invalid_request_error";
+        case 401: return "authentication_error";
+        case 403: return "permission_error";
+        case 404: return "not_found_error";
+        case 413: return shape == ApiShape::Anthropic ? "request_too_large" : "invalid_request_error";
+        case 429: return "rate_limit_error";
+        case 503: return shape == ApiShape::Anthropic ? "overloaded_error" : "service_unavailable";
+        case 504: return shape == ApiShape::Anthropic ? "timeout_error" : "timeout";
+        default: return "api_error";
+    }
+}
+
+std::string error_json(ApiShape shape, std::string_view type, std::string_view message) {
+    rapidjson::StringBuffer sb;
+    Writer w(sb);
+    w.StartObject();
+    if (shape == ApiShape::Anthropic) {
+        key(w, "type");
+        put(w, "error");
+        key(w, "error");
+        w.StartObject();
+        key(w, "type");
+        put(w, type);
+        key(w, "message");
+        put(w, message);
+        w.EndObject();
+    } else {
+        key(w, "error");
+        w.StartObject();
+        key(w, "message");
+        put(w, message);
+        key(w, "type");
+        put(w, type);
+        key(w, "param");
+        w.Null();
+        key(w, "code");
+        w.Null();
+        w.EndObject();
+    }
+    w.EndObject();
+    return std::string(sb.GetString(), sb.GetSize());
+}
+
+RewriteResult rewrite_model(std::string_view body, std::string_view model) {
+    RewriteResult r;
+    std::string_view t = body;
+    while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.remove_prefix(1);
+    if (t.empty()) {
+        r.error = "request body is empty: expected a JSON object";
+        return r;
+    }
+    rapidjson::StringBuffer sb;
+    Writer w(sb);
+    ModelRewriter h(w, model);
+    rapidjson::MemoryStream ms(body.data(), body.size());
+    rapidjson::Reader reader;
+    constexpr unsigned flags =
+        rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag | rapidjson::kParseValidateEncodingFlag;
+    rapidjson::ParseResult pr = reader.Parse<flags>(ms, h);
+    if (!pr) {
+        if (!h.error.empty())
+            r.error = h.error;
+        else
+            r.error = std::string("request body is not valid JSON: ") + rapidjson::GetParseError_En(pr.Code()) +
+                      " at offset " + std::to_string(pr.Offset());
+        return r;
+    }
+    r.ok = true;
+    r.body.assign(sb.GetString(), sb.GetSize());
+    r.model_requested = std::move(h.model_requested);
+    r.stream = h.stream;
+    return r;
+}
+
+std::optional<std::string> pick_credential(const Profile& profile, const Provider& provider) {
+    if (profile.auth == AuthStyle::None) return std::nullopt;
+    for (auto k : profile.credential_keys) {
+        auto it = provider.credentials.find(std::string(k));
+        if (it != provider.credentials.end()) return it->second;
+    }
+    if (provider.credentials.size() == 1) return provider.credentials.begin()->second;
+    return std::nullopt;
+}
+
+std::set<std::string> connection_tokens(const HeaderList& headers) {
+    std::set<std::string> out;
+    for (const auto& [n, v] : headers) {
+        if (n != "connection") continue;
+        std::string_view s = v;
+        while (!s.empty()) {
+            auto c = s.find(',');
+            auto tok = trim(s.substr(0, c));
+            if (!tok.empty()) out.insert(lower(tok));
+            if (c == std::string_view::npos) break;
+            s.remove_prefix(c + 1);
+        }
+    }
+    return out;
+}
+
+HeaderList upstream_headers(const HeaderList& client, const Profile& profile, const Provider& provider) {
+    auto conn = connection_tokens(client);
+    const auto& common = common_allowed_headers();
+    HeaderList out;
+    for (const auto& [n, v] : client) {
+        if (is_hop_by_hop(n) || conn.count(n) || is_credential_header(n)) continue;
+        bool allowed = std::find(common.begin(), common.end(), n) != common.end() ||
+                       std::find(profile.extra_headers.begin(), profile.extra_headers.end(), n) !=
+                           profile.extra_headers.end();
+        if (allowed) out.emplace_back(n, v);
+    }
+    if (auto cred = pick_credential(profile, provider)) {
+        if (profile.auth == AuthStyle::Bearer)
+            out.emplace_back("authorization", "Bearer " + *cred);
+        else
+            out.emplace_back(std::string(profile.auth_header), *cred);
+    }
+    auto has = [&](std::string_view n) {
+        return std::any_of(out.begin(), out.end(), [&](const auto& h) { return h.first == n; });
+    };
+    for (const auto& [n, v] : profile.default_headers)
+        if (!has(n)) out.emplace_back(std::string(n), std::string(v));
+    // The body is always the re-serialised JSON.
+    if (!has("content-type")) out.emplace_back("content-type", "application/json");
+    return out;
+}
+
+bool relay_response_header(std::string_view n, const std::set<std::string>& conn) {
+    if (is_hop_by_hop(n) || conn.count(std::string(n))) return false;
+    // The provider's cookies and its protocol advertisements describe the
+    // provider's origin, not inference.local.
+    static constexpr std::string_view dropped[] = {"set-cookie", "alt-svc", "proxy-authenticate",
+                                                   "content-length", "strict-transport-security"};
+    return std::find(std::begin(dropped), std::end(dropped), n) == std::end(dropped);
+}
+
+std::string upstream_target(const BaseUrl& base, const Profile& profile, const std::string& path,
+                            const std::string& query) {
+    std::string p = path;
+    if (profile.base_includes_version && p.rfind("/v1/", 0) == 0) p = p.substr(3);
+    std::string out = base.path + p;
+    std::string q;
+    std::string_view s = query;
+    while (!s.empty()) {
+        auto amp = s.find('&');
+        auto part = s.substr(0, amp);
+        auto eq = part.find('=');
+        auto name = percent_decode(part.substr(0, eq));
+        if (name && std::find(profile.query_params.begin(), profile.query_params.end(), *name) !=
+                        profile.query_params.end()) {
+            if (!q.empty()) q += '&';
+            q += part;
+        }
+        if (amp == std::string_view::npos) break;
+        s.remove_prefix(amp + 1);
+    }
+    if (!q.empty()) out += "?" + q;
+    return out;
+}
+
+namespace {
+void write_model(Writer& w, ApiShape shape, const InferenceConfig& cfg) {
+    w.StartObject();
+    if (shape == ApiShape::Anthropic) {
+        key(w, "type");
+        put(w, "model");
+        key(w, "id");
+        put(w, cfg.model);
+        key(w, "display_name");
+        put(w, cfg.model);
+        key(w, "created_at");
+        put(w, "1970-01-01T00:00:00Z");
+    } else {
+        key(w, "id");
+        put(w, cfg.model);
+        key(w, "object");
+        put(w, "model");
+        key(w, "created");
+        w.Int(0);
+        key(w, "owned_by");
+        put(w, cfg.provider);
+    }
+    w.EndObject();
+}
+}  // namespace
+
+std::string models_list_json(ApiShape shape, const InferenceConfig& cfg) {
+    rapidjson::StringBuffer sb;
+    Writer w(sb);
+    w.StartObject();
+    if (shape == ApiShape::OpenAI) {
+        key(w, "object");
+        put(w, "list");
+    }
+    key(w, "data");
+    w.StartArray();
+    write_model(w, shape, cfg);
+    w.EndArray();
+    if (shape == ApiShape::Anthropic) {
+        key(w, "has_more");
+        w.Bool(false);
+        key(w, "first_id");
+        put(w, cfg.model);
+        key(w, "last_id");
+        put(w, cfg.model);
+    }
+    w.EndObject();
+    return std::string(sb.GetString(), sb.GetSize());
+}
+
+std::string model_json(ApiShape shape, const InferenceConfig& cfg) {
+    rapidjson::StringBuffer sb;
+    Writer w(sb);
+    write_model(w, shape, cfg);
+    return std::string(sb.GetString(), sb.GetSize());
+}
+
+void extract_usage(std::string_view json, Usage& out) {
+    rapidjson::Document d;
+    d.Parse<rapidjson::kParseIterativeFlag>(json.data(), json.size());
+    if (d.HasParseError() || !d.IsObject()) return;
+    if (auto u = d.FindMember("usage"); u != d.MemberEnd()) usage_from(u->value, out);
+    for (const char* outer : {"message", "response"}) {
+        auto m = d.FindMember(outer);
+        if (m == d.MemberEnd() || !m->value.IsObject()) continue;
+        if (auto u = m->value.FindMember("usage"); u != m->value.MemberEnd()) usage_from(u->value, out);
+    }
+}
+
+void SseUsageScanner::feed(std::string_view data) {
+    constexpr size_t kMaxLine = 1 << 20;
+    for (char c : data) {
+        if (c == '\n') {
+            std::string_view l = line_;
+            if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
+            if (!overflow_ && l.rfind("data:", 0) == 0 && l.find("\"usage\"") != std::string_view::npos)
+                extract_usage(l.substr(5), usage_);
+            line_.clear();
+            overflow_ = false;
+            continue;
+        }
+        if (overflow_) continue;
+        if (line_.size() >= kMaxLine) {
+            overflow_ = true;
+            line_.clear();
+            continue;
+        }
+        line_ += c;
+    }
+}
+
+std::string request_log_json(const RequestLog& r) {
+    rapidjson::StringBuffer sb;
+    Writer w(sb);
+    w.StartObject();
+    key(w, "event");
+    put(w, "inference");
+    key(w, "cgroup_id");
+    w.Uint64(r.cgroup_id);
+    key(w, "pid");
+    w.Uint(r.pid);
+    if (!r.client.empty()) {
+        key(w, "client");
+        put(w, r.client);
+    }
+    key(w, "method");
+    put(w, r.method);
+    key(w, "path");
+    put(w, r.path);
+    key(w, "provider");
+    put(w, r.provider);
+    if (!r.provider_type.empty()) {
+        key(w, "provider_type");
+        put(w, r.provider_type);
+    }
+    key(w, "model_requested");
+    put(w, r.model_requested);
+    key(w, "model_used");
+    put(w, r.model_used);
+    key(w, "config_version");
+    w.Uint64(r.config_version);
+    key(w, "status");
+    w.Int(r.status);
+    key(w, "stream");
+    w.Bool(r.stream);
+    key(w, "bytes_in");
+    w.Uint64(r.bytes_in);
+    key(w, "bytes_out");
+    w.Uint64(r.bytes_out);
+    key(w, "duration_ms");
+    w.Double(static_cast<double>(static_cast<int64_t>(r.duration_ms * 1000)) / 1000.0);
+    if (!r.usage.empty()) {
+        key(w, "usage");
+        w.StartObject();
+        for (const auto& [k, v] : r.usage.counts) {
+            key(w, k);
+            w.Uint64(v);
+        }
+        w.EndObject();
+    }
+    if (!r.error.empty()) {
+        key(w, "error");
+        put(w, r.error);
+    }
+    w.EndObject();
+    return std::string(sb.GetString(), sb.GetSize());
+}
+
+}  // namespace redir::terminator

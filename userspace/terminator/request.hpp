@@ -1,0 +1,123 @@
+#pragma once
+// The HTTP-independent half of the terminator: routing, the JSON body rewrite,
+// header allowlists, error bodies, usage accounting and the access-log line.
+// Kept apart from Beast so it is cheap to compile and to test.
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "terminator/profiles.hpp"
+#include "terminator/store.hpp"
+
+namespace redir::terminator {
+
+using HeaderList = std::vector<std::pair<std::string, std::string>>;  // names lower case
+
+// Error bodies follow the API the client is speaking.
+enum class ApiShape { OpenAI, Anthropic };
+
+// Origin-form or absolute-form request target → path without query, with
+// repeated and trailing slashes folded. nullopt when it is neither form.
+struct Target {
+    std::string path;
+    std::string query;  // without '?'
+};
+std::optional<Target> normalise_target(std::string_view target);
+
+// Which endpoint PATH is; nullopt for anything else. MODEL_ID receives {id}
+// for /v1/models/{id} (percent-decoded).
+std::optional<Endpoint> match_route(const std::string& path, std::string* model_id);
+
+// Anthropic shape for /v1/messages, and for any path when the client sent an
+// anthropic-version header (the Anthropic SDKs always do).
+ApiShape shape_for(const std::string& path, bool anthropic_client);
+
+// {"error":{"message","type","param","code"}} or
+// {"type":"error","error":{"type","message"}}.
+std::string error_json(ApiShape shape, std::string_view type, std::string_view message);
+// Error type name matching an HTTP status in the given API's vocabulary.
+std::string_view error_type_for_status(ApiShape shape, int status);
+
+struct RewriteResult {
+    bool ok = false;
+    std::string body;             // re-serialised request with model set
+    std::string error;            // one sentence for the 400 when !ok
+    std::string model_requested;  // "" when absent or not a string
+    bool stream = false;          // top-level "stream": true
+};
+// Sets the top-level "model" to MODEL (inserted when absent). Everything else
+// keeps its meaning: numbers keep their exact text, order is kept.
+RewriteResult rewrite_model(std::string_view body, std::string_view model);
+
+// The request headers that go to the provider: allowlisted client headers,
+// the provider's credential, its default headers. Client credentials and
+// hop-by-hop headers never pass.
+HeaderList upstream_headers(const HeaderList& client, const Profile& profile, const Provider& provider);
+// The credential the profile sends, if any.
+std::optional<std::string> pick_credential(const Profile& profile, const Provider& provider);
+
+// Whether a provider response header is relayed to the sandbox.
+// CONNECTION_TOKENS: names listed in the response's Connection header.
+bool relay_response_header(std::string_view lower_name, const std::set<std::string>& connection_tokens);
+// Comma-separated tokens of all Connection header values, lower case.
+std::set<std::string> connection_tokens(const HeaderList& headers);
+
+// Target path on the provider for client PATH (already matched) and QUERY.
+std::string upstream_target(const BaseUrl& base, const Profile& profile, const std::string& path,
+                            const std::string& query);
+
+// GET /v1/models and /v1/models/{id} bodies.
+std::string models_list_json(ApiShape shape, const InferenceConfig& cfg);
+std::string model_json(ApiShape shape, const InferenceConfig& cfg);
+
+// Token counts from a provider response ("usage" of OpenAI and Anthropic
+// bodies, "message.usage" / "response.usage" of streamed events).
+struct Usage {
+    std::map<std::string, uint64_t> counts;
+    bool empty() const { return counts.empty(); }
+};
+void extract_usage(std::string_view json, Usage& out);
+
+// Follows an SSE stream piece by piece and keeps the last usage it saw.
+class SseUsageScanner {
+public:
+    void feed(std::string_view data);
+    const Usage& usage() const { return usage_; }
+
+private:
+    std::string line_;
+    bool overflow_ = false;
+    Usage usage_;
+};
+
+// One line of the access log per request. Holds no credential and no prompt.
+struct RequestLog {
+    uint64_t cgroup_id = 0;
+    uint32_t pid = 0;
+    std::string client;
+    std::string method;
+    std::string path;
+    std::string provider;
+    std::string provider_type;
+    std::string model_requested;
+    std::string model_used;
+    uint64_t config_version = 0;
+    int status = 0;
+    uint64_t bytes_in = 0;   // request body
+    uint64_t bytes_out = 0;  // response body
+    double duration_ms = 0;
+    bool stream = false;
+    Usage usage;
+    std::string error;  // why it failed, when it did
+};
+std::string request_log_json(const RequestLog& r);
+
+// Percent-decoding for a path segment; nullopt on a bad escape.
+std::optional<std::string> percent_decode(std::string_view s);
+
+}  // namespace redir::terminator

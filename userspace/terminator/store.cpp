@@ -1,0 +1,393 @@
+#include "terminator/store.hpp"
+
+#include <rapidjson/document.h>
+#include <rapidjson/error/en.h>
+#include <rapidjson/prettywriter.h>
+#include <rapidjson/stringbuffer.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+
+#include "common/atomic_file.hpp"
+#include "common/error.hpp"
+#include "terminator/profiles.hpp"
+
+namespace redir::terminator {
+
+namespace {
+
+bool valid_name(const std::string& n) {
+    if (n.empty() || n.size() > 63 || !std::isalnum(static_cast<unsigned char>(n[0]))) return false;
+    return std::all_of(n.begin(), n.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+    });
+}
+
+bool valid_credential_key(const std::string& k) {
+    if (k.empty() || std::isdigit(static_cast<unsigned char>(k[0]))) return false;
+    return std::all_of(k.begin(), k.end(),
+                       [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; });
+}
+
+// A value ends up in a header line: anything that could end or fold the line
+// would let a stored credential inject headers.
+bool valid_credential_value(const std::string& v) {
+    if (v.empty()) return false;
+    return std::all_of(v.begin(), v.end(), [](char c) {
+        auto u = static_cast<unsigned char>(c);
+        return u >= 0x21 && u != 0x7f;
+    });
+}
+
+std::string str_member(const rapidjson::Value& o, const char* key, const std::string& path) {
+    auto it = o.FindMember(key);
+    if (it == o.MemberEnd()) return {};
+    if (!it->value.IsString()) throw Error(path + ": field \"" + key + "\" must be a string");
+    return std::string(it->value.GetString(), it->value.GetStringLength());
+}
+
+rapidjson::Document parse_file(const std::string& path) {
+    std::string text = read_file(path);
+    rapidjson::Document d;
+    d.Parse(text.data(), text.size());
+    if (d.HasParseError())
+        throw Error(path + ": invalid JSON at offset " + std::to_string(d.GetErrorOffset()) + ": " +
+                    rapidjson::GetParseError_En(d.GetParseError()));
+    if (!d.IsObject()) throw Error(path + ": expected a JSON object");
+    return d;
+}
+
+}  // namespace
+
+std::string mask_secret(const std::string& v) {
+    if (v.size() >= 16) return "****" + v.substr(v.size() - 4);
+    return "****";
+}
+
+Provider Provider::masked() const {
+    Provider p = *this;
+    for (auto& [k, v] : p.credentials) v = mask_secret(v);
+    return p;
+}
+
+std::optional<BaseUrl> parse_base_url(const std::string& url, std::string* err) {
+    auto fail = [&](const std::string& why) -> std::optional<BaseUrl> {
+        if (err) *err = "base URL \"" + url + "\" " + why;
+        return std::nullopt;
+    };
+    constexpr std::string_view scheme = "https://";
+    if (url.size() < scheme.size() ||
+        !std::equal(scheme.begin(), scheme.end(), url.begin(),
+                    [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); }))
+        return fail("must start with https:// (the provider is reached over verified TLS only)");
+    std::string rest = url.substr(scheme.size());
+    if (rest.find_first_of("?#@ \t\r\n") != std::string::npos)
+        return fail("must not contain a query, fragment, user info or whitespace");
+    auto slash = rest.find('/');
+    std::string authority = rest.substr(0, slash);
+    std::string path = slash == std::string::npos ? "" : rest.substr(slash);
+    while (!path.empty() && path.back() == '/') path.pop_back();
+    BaseUrl b;
+    std::string port_str;
+    if (!authority.empty() && authority[0] == '[') {
+        auto close = authority.find(']');
+        if (close == std::string::npos) return fail("has an unterminated [IPv6] address");
+        b.host = authority.substr(1, close - 1);
+        b.ip_literal = true;
+        std::string after = authority.substr(close + 1);
+        if (!after.empty()) {
+            if (after[0] != ':') return fail("has garbage after the [IPv6] address");
+            port_str = after.substr(1);
+        }
+    } else {
+        auto colon = authority.rfind(':');
+        b.host = authority.substr(0, colon);
+        if (colon != std::string::npos) port_str = authority.substr(colon + 1);
+        bool all_ip = !b.host.empty() && std::all_of(b.host.begin(), b.host.end(), [](char c) {
+            return std::isdigit(static_cast<unsigned char>(c)) || c == '.';
+        });
+        b.ip_literal = all_ip;
+    }
+    if (b.host.empty()) return fail("has no host");
+    for (char& c : b.host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (!b.ip_literal && !std::all_of(b.host.begin(), b.host.end(), [](char c) {
+            return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.';
+        }))
+        return fail("has an invalid host name");
+    if (!port_str.empty()) {
+        if (port_str.size() > 5 || !std::all_of(port_str.begin(), port_str.end(),
+                                                [](char c) { return std::isdigit(static_cast<unsigned char>(c)); }))
+            return fail("has an invalid port");
+        unsigned long p = std::stoul(port_str);
+        if (p == 0 || p > 65535) return fail("has a port out of range");
+        b.port = static_cast<uint16_t>(p);
+    }
+    b.path = path;
+    std::string h = b.host.find(':') != std::string::npos ? "[" + b.host + "]" : b.host;
+    b.host_header = b.port == 443 ? h : h + ":" + std::to_string(b.port);
+    return b;
+}
+
+Store::Store(std::string state_dir) : dir_(std::move(state_dir)) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    if (fs::exists(providers_path(), ec)) {
+        auto d = parse_file(providers_path());
+        auto it = d.FindMember("providers");
+        if (it != d.MemberEnd()) {
+            if (!it->value.IsArray()) throw Error(providers_path() + ": \"providers\" must be an array");
+            for (const auto& v : it->value.GetArray()) {
+                if (!v.IsObject()) throw Error(providers_path() + ": each provider must be an object");
+                Provider p;
+                p.name = str_member(v, "name", providers_path());
+                p.type = str_member(v, "type", providers_path());
+                p.base_url = str_member(v, "base_url", providers_path());
+                p.ca_file = str_member(v, "ca_file", providers_path());
+                auto c = v.FindMember("credentials");
+                if (c != v.MemberEnd()) {
+                    if (!c->value.IsObject())
+                        throw Error(providers_path() + ": credentials of " + p.name + " must be an object");
+                    for (const auto& kv : c->value.GetObject()) {
+                        if (!kv.value.IsString())
+                            throw Error(providers_path() + ": credential values of " + p.name + " must be strings");
+                        p.credentials[kv.name.GetString()] = kv.value.GetString();
+                    }
+                }
+                providers_[p.name] = std::move(p);
+            }
+        }
+    }
+    if (fs::exists(inference_path(), ec)) {
+        auto d = parse_file(inference_path());
+        auto v = d.FindMember("version");
+        if (v != d.MemberEnd() && v->value.IsUint64()) version_ = v->value.GetUint64();
+        InferenceConfig c;
+        c.provider = str_member(d, "provider", inference_path());
+        c.model = str_member(d, "model", inference_path());
+        c.version = version_;
+        if (!c.provider.empty()) inference_ = c;
+    }
+    std::lock_guard lk(mu_);
+    publish_locked();
+}
+
+std::string Store::providers_path() const { return dir_ + "/providers.json"; }
+std::string Store::inference_path() const { return dir_ + "/inference.json"; }
+
+void Store::validate(const Provider& p) const {
+    if (!valid_name(p.name))
+        throw Error("invalid provider name \"" + p.name +
+                    "\": use 1-63 letters, digits, '.', '-' or '_', starting with a letter or digit");
+    const Profile* prof = find_profile(p.type);
+    if (!prof)
+        throw Error("unknown provider type \"" + p.type + "\" for provider " + p.name + ": use one of " +
+                    profile_type_list());
+    if (!prof->local) {
+        if (p.base_url.empty())
+            throw Error("provider " + p.name + " (type " + p.type + ") needs --base-url");
+        std::string err;
+        if (!parse_base_url(p.base_url, &err)) throw Error("provider " + p.name + ": " + err);
+    }
+    if (!p.ca_file.empty()) {
+        if (p.ca_file[0] != '/')
+            throw Error("provider " + p.name + ": CA file \"" + p.ca_file + "\" must be an absolute path");
+        if (::access(p.ca_file.c_str(), R_OK) != 0)
+            throw sys_error("provider " + p.name + ": cannot read CA file " + p.ca_file);
+    }
+    for (const auto& [k, v] : p.credentials) {
+        if (!valid_credential_key(k))
+            throw Error("provider " + p.name + ": invalid credential key \"" + k +
+                        "\": use letters, digits and '_' (KEY=VALUE)");
+        if (!valid_credential_value(v))
+            throw Error("provider " + p.name + ": credential " + k +
+                        " is empty or contains whitespace or control characters");
+    }
+    if (prof->credential_required && p.credentials.empty()) {
+        std::string key = prof->credential_keys.empty() ? "API_KEY" : std::string(prof->credential_keys[0]);
+        throw Error("provider " + p.name + " (type " + p.type + ") needs a credential: --credential " + key +
+                    "=VALUE or --from-existing");
+    }
+    if (p.credentials.size() > 1) {
+        bool known = std::any_of(prof->credential_keys.begin(), prof->credential_keys.end(),
+                                 [&](std::string_view k) { return p.credentials.count(std::string(k)) > 0; });
+        if (!known && prof->auth != AuthStyle::None) {
+            std::string key = prof->credential_keys.empty() ? "API_KEY" : std::string(prof->credential_keys[0]);
+            throw Error("provider " + p.name + " has several credentials and none is named " + key +
+                        ": say which one to send by naming it " + key);
+        }
+    }
+}
+
+void Store::create_provider(Provider p) {
+    const Profile* prof = find_profile(p.type);
+    if (prof && p.base_url.empty()) p.base_url = std::string(prof->default_base_url);
+    while (!p.base_url.empty() && p.base_url.back() == '/') p.base_url.pop_back();
+    validate(p);
+    std::lock_guard lk(mu_);
+    if (providers_.count(p.name))
+        throw Error("provider " + p.name + " already exists: use `redirctl provider update " + p.name + "`");
+    auto next = providers_;
+    next[p.name] = std::move(p);
+    save_providers(next);
+    providers_ = std::move(next);
+    publish_locked();
+}
+
+std::optional<Provider> Store::get_provider(const std::string& name) const {
+    std::lock_guard lk(mu_);
+    auto it = providers_.find(name);
+    if (it == providers_.end()) return std::nullopt;
+    return it->second;
+}
+
+std::vector<Provider> Store::list_providers() const {
+    std::lock_guard lk(mu_);
+    std::vector<Provider> out;
+    for (const auto& [n, p] : providers_) out.push_back(p);
+    return out;
+}
+
+void Store::update_provider(const std::string& name, const ProviderUpdate& u) {
+    std::lock_guard lk(mu_);
+    auto it = providers_.find(name);
+    if (it == providers_.end()) throw Error("no provider named " + name + ": see `redirctl provider list`");
+    Provider p = it->second;
+    if (u.base_url) {
+        p.base_url = *u.base_url;
+        if (p.base_url.empty()) p.base_url = std::string(find_profile(p.type)->default_base_url);
+        while (!p.base_url.empty() && p.base_url.back() == '/') p.base_url.pop_back();
+    }
+    if (u.ca_file) p.ca_file = *u.ca_file;
+    for (const auto& k : u.remove_credentials) {
+        if (!p.credentials.erase(k)) throw Error("provider " + name + " has no credential named " + k);
+    }
+    for (const auto& [k, v] : u.credentials) p.credentials[k] = v;
+    validate(p);
+    auto next = providers_;
+    next[name] = std::move(p);
+    bool referenced = inference_ && inference_->provider == name;
+    if (referenced) {
+        // Credentials or URL of the provider in use changed: that is a change
+        // of what inference does, so clients and logs can tell.
+        InferenceConfig c = *inference_;
+        c.version = version_ + 1;
+        save_providers(next);
+        save_inference(c);
+        version_ = c.version;
+        inference_ = c;
+    } else {
+        save_providers(next);
+    }
+    providers_ = std::move(next);
+    publish_locked();
+}
+
+void Store::delete_provider(const std::string& name) {
+    std::lock_guard lk(mu_);
+    if (!providers_.count(name)) throw Error("no provider named " + name + ": see `redirctl provider list`");
+    if (inference_ && inference_->provider == name)
+        throw Error("provider " + name + " is referenced by the inference configuration (model " + inference_->model +
+                    "): point inference elsewhere with `redirctl inference set` first");
+    auto next = providers_;
+    next.erase(name);
+    save_providers(next);
+    providers_ = std::move(next);
+    publish_locked();
+}
+
+InferenceConfig Store::set_inference(const std::string& provider, const std::string& model) {
+    return update_inference(provider, model);
+}
+
+InferenceConfig Store::update_inference(const std::optional<std::string>& provider,
+                                        const std::optional<std::string>& model) {
+    std::lock_guard lk(mu_);
+    InferenceConfig c = inference_.value_or(InferenceConfig{});
+    if (provider) c.provider = *provider;
+    if (model) c.model = *model;
+    if (c.provider.empty())
+        throw Error("inference needs a provider: `redirctl inference set --provider NAME --model MODEL`");
+    if (!providers_.count(c.provider))
+        throw Error("no provider named " + c.provider + ": create it with `redirctl provider create` first");
+    if (c.model.empty() || c.model.size() > 256 ||
+        std::any_of(c.model.begin(), c.model.end(), [](char ch) { return static_cast<unsigned char>(ch) < 0x20; }))
+        throw Error("inference needs a model name (1-256 printable characters): --model MODEL");
+    c.version = version_ + 1;
+    save_inference(c);
+    version_ = c.version;
+    inference_ = c;
+    publish_locked();
+    return c;
+}
+
+std::optional<InferenceConfig> Store::inference() const {
+    std::lock_guard lk(mu_);
+    return inference_;
+}
+
+std::shared_ptr<const Snapshot> Store::snapshot() const {
+    std::lock_guard lk(mu_);
+    return snapshot_;
+}
+
+void Store::publish_locked() {
+    auto s = std::make_shared<Snapshot>();
+    s->inference = inference_;
+    if (inference_) {
+        auto it = providers_.find(inference_->provider);
+        if (it != providers_.end()) s->provider = it->second;
+    }
+    snapshot_ = std::move(s);
+}
+
+void Store::save_providers(const std::map<std::string, Provider>& ps) const {
+    rapidjson::StringBuffer sb;
+    rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
+    w.StartObject();
+    w.Key("version");
+    w.Uint(1);
+    w.Key("providers");
+    w.StartArray();
+    for (const auto& [n, p] : ps) {
+        w.StartObject();
+        w.Key("name");
+        w.String(p.name.c_str());
+        w.Key("type");
+        w.String(p.type.c_str());
+        w.Key("base_url");
+        w.String(p.base_url.c_str());
+        w.Key("ca_file");
+        w.String(p.ca_file.c_str());
+        w.Key("credentials");
+        w.StartObject();
+        for (const auto& [k, v] : p.credentials) {
+            w.Key(k.c_str());
+            w.String(v.c_str(), static_cast<rapidjson::SizeType>(v.size()));
+        }
+        w.EndObject();
+        w.EndObject();
+    }
+    w.EndArray();
+    w.EndObject();
+    make_dirs(dir_);
+    write_file_atomic(providers_path(), std::string_view(sb.GetString(), sb.GetSize()) , 0600);
+}
+
+void Store::save_inference(const InferenceConfig& c) const {
+    rapidjson::StringBuffer sb;
+    rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
+    w.StartObject();
+    w.Key("provider");
+    w.String(c.provider.c_str());
+    w.Key("model");
+    w.String(c.model.c_str(), static_cast<rapidjson::SizeType>(c.model.size()));
+    w.Key("version");
+    w.Uint64(c.version);
+    w.EndObject();
+    make_dirs(dir_);
+    write_file_atomic(inference_path(), std::string_view(sb.GetString(), sb.GetSize()), 0600);
+}
+
+}  // namespace redir::terminator
