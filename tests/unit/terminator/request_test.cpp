@@ -1,0 +1,162 @@
+#include <gtest/gtest.h>
+
+#include "terminator/mock.hpp"
+#include "terminator/request.hpp"
+
+namespace redir::terminator {
+namespace {
+
+TEST(Rewrite, InsertsModelWhenAbsent) {
+    auto r = rewrite_model(R"({"messages":[{"role":"user","content":"hi"}]})", "m1");
+    ASSERT_TRUE(r.ok) << r.error;
+    EXPECT_EQ(r.body, R"({"messages":[{"role":"user","content":"hi"}],"model":"m1"})");
+    EXPECT_EQ(r.model_requested, "");
+}
+
+TEST(Rewrite, ReplacesInPlaceKeepingNumbersExact) {
+    auto r = rewrite_model(R"({"temperature":0.10000000000000001,"model":"gpt-x","n":12345678901234567890,"stream":true})",
+                           "m1");
+    ASSERT_TRUE(r.ok) << r.error;
+    EXPECT_EQ(r.body, R"({"temperature":0.10000000000000001,"model":"m1","n":12345678901234567890,"stream":true})");
+    EXPECT_EQ(r.model_requested, "gpt-x");
+    EXPECT_TRUE(r.stream);
+}
+
+TEST(Rewrite, ReplacesNonStringModelAndKeepsNestedModels) {
+    auto r = rewrite_model(R"({"model":{"a":[1,{"b":2}]},"tools":[{"model":"keep"}]})", "m1");
+    ASSERT_TRUE(r.ok) << r.error;
+    EXPECT_EQ(r.body, R"({"model":"m1","tools":[{"model":"keep"}]})");
+}
+
+TEST(Rewrite, RejectsNonObjectsAndDuplicates) {
+    for (const char* body : {"[]", "\"x\"", "42", "null", "", "   ", "{", "{} {}"}) {
+        auto r = rewrite_model(body, "m");
+        EXPECT_FALSE(r.ok) << body;
+        EXPECT_FALSE(r.error.empty());
+    }
+    auto r = rewrite_model(R"({"model":"a","x":1,"model":"b"})", "m");
+    EXPECT_FALSE(r.ok);
+    EXPECT_NE(r.error.find("repeats the top-level key \"model\""), std::string::npos) << r.error;
+    r = rewrite_model(R"({"a":{"x":1,"x":2}})", "m");  // nested duplicates are the provider's business
+    EXPECT_TRUE(r.ok);
+    r = rewrite_model("[1]", "m");
+    EXPECT_NE(r.error.find("JSON object"), std::string::npos) << r.error;
+}
+
+TEST(Rewrite, DeepNestingDoesNotOverflowTheStack) {
+    std::string deep = "{\"a\":" + std::string(200000, '[') + std::string(200000, ']') + "}";
+    auto r = rewrite_model(deep, "m");
+    EXPECT_TRUE(r.ok) << r.error;
+}
+
+TEST(Target, NormalisesForms) {
+    EXPECT_EQ(normalise_target("/v1/chat/completions?x=1")->path, "/v1/chat/completions");
+    EXPECT_EQ(normalise_target("/v1/chat/completions?x=1")->query, "x=1");
+    EXPECT_EQ(normalise_target("https://inference.local/v1/models")->path, "/v1/models");
+    EXPECT_EQ(normalise_target("http://inference.local:443/v1//models/?a")->path, "/v1/models");
+    EXPECT_EQ(normalise_target("https://inference.local?q")->path, "/");
+    EXPECT_EQ(normalise_target("/v1/x/../messages")->path, "/v1/messages");
+    EXPECT_FALSE(normalise_target("*"));
+    EXPECT_FALSE(normalise_target("ftp://x/y"));
+}
+
+TEST(Route, Matches) {
+    std::string id;
+    EXPECT_EQ(match_route("/v1/messages", &id), Endpoint::Messages);
+    EXPECT_EQ(match_route("/v1/models/meta/llama-3%2e1", &id), Endpoint::ModelById);
+    EXPECT_EQ(id, "meta/llama-3.1");
+    EXPECT_FALSE(match_route("/v2/chat/completions", &id));
+    EXPECT_FALSE(match_route("/v1/chat", &id));
+}
+
+TEST(Headers, AllowlistCredentialsDefaultsAndHopByHop) {
+    const Profile& anth = *find_profile("anthropic");
+    Provider p{"a", "anthropic", "https://api.anthropic.com", "", {{"ANTHROPIC_API_KEY", "sk-ant-secret"}}};
+    HeaderList client = {{"authorization", "Bearer sandbox"}, {"x-api-key", "sandbox"},
+                         {"cookie", "c=1"},                   {"content-type", "application/json"},
+                         {"accept-encoding", "gzip"},         {"connection", "keep-alive, accept-encoding"},
+                         {"anthropic-beta", "tools"},         {"openai-organization", "org"},
+                         {"x-stainless-lang", "js"}};
+    auto out = upstream_headers(client, anth, p);
+    auto get = [&](const std::string& n) -> std::vector<std::string> {
+        std::vector<std::string> v;
+        for (auto& [k, val] : out)
+            if (k == n) v.push_back(val);
+        return v;
+    };
+    EXPECT_EQ(get("x-api-key"), std::vector<std::string>{"sk-ant-secret"});
+    EXPECT_TRUE(get("authorization").empty());
+    EXPECT_TRUE(get("cookie").empty());
+    EXPECT_TRUE(get("accept-encoding").empty()) << "named in Connection: hop-by-hop";
+    EXPECT_TRUE(get("connection").empty());
+    EXPECT_TRUE(get("openai-organization").empty());
+    EXPECT_TRUE(get("x-stainless-lang").empty());
+    EXPECT_EQ(get("anthropic-beta"), std::vector<std::string>{"tools"});
+    EXPECT_EQ(get("anthropic-version"), std::vector<std::string>{"2023-06-01"});
+    client.emplace_back("anthropic-version", "2099-01-01");
+    out = upstream_headers(client, anth, p);
+    EXPECT_EQ(get("anthropic-version"), std::vector<std::string>{"2099-01-01"});
+}
+
+TEST(Headers, ProfileExtrasNeverNameCredentials) {
+    for (auto t : {"openai", "anthropic", "nvidia", "openai-compatible", "mock"}) {
+        for (auto h : find_profile(t)->extra_headers) EXPECT_FALSE(is_credential_header(h)) << t << " " << h;
+    }
+}
+
+TEST(Upstream, TargetJoinAndQueryFilter) {
+    std::string err;
+    auto oa = *parse_base_url("https://api.openai.com/v1", &err);
+    EXPECT_EQ(upstream_target(oa, *find_profile("openai"), "/v1/chat/completions", "key=abc"), "/v1/chat/completions");
+    auto an = *parse_base_url("https://api.anthropic.com", &err);
+    EXPECT_EQ(upstream_target(an, *find_profile("anthropic"), "/v1/messages", "beta=true&key=zzz"),
+              "/v1/messages?beta=true");
+    auto gm = *parse_base_url("https://g.example.test/v1beta/openai", &err);
+    EXPECT_EQ(upstream_target(gm, *find_profile("openai-compatible"), "/v1/embeddings", ""),
+              "/v1beta/openai/embeddings");
+}
+
+TEST(Errors, Shapes) {
+    EXPECT_EQ(error_json(ApiShape::Anthropic, "not_found_error", "nope"),
+              R"({"type":"error","error":{"type":"not_found_error","message":"nope"}})");
+    EXPECT_EQ(error_json(ApiShape::OpenAI, "invalid_request_error", "bad \"x\""),
+              R"({"error":{"message":"bad \"x\"","type":"invalid_request_error","param":null,"code":null}})");
+}
+
+TEST(Usage, FromBodiesAndStreams) {
+    Usage u;
+    extract_usage(R"({"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}})", u);
+    EXPECT_EQ(u.counts["total_tokens"], 7u);
+    SseUsageScanner s;
+    s.feed("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":11,");
+    s.feed("\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"usage\":{\"output_tokens\":9}}\n\n");
+    EXPECT_EQ(s.usage().counts.at("input_tokens"), 11u);
+    EXPECT_EQ(s.usage().counts.at("output_tokens"), 9u);
+}
+
+TEST(Log, NeverCarriesSecretsOrPrompt) {
+    RequestLog r;
+    r.cgroup_id = 42;
+    r.model_requested = "gpt";
+    r.model_used = "m";
+    r.status = 200;
+    auto j = request_log_json(r);
+    EXPECT_NE(j.find("\"cgroup_id\":42"), std::string::npos);
+    EXPECT_EQ(j.find("authorization"), std::string::npos);
+}
+
+TEST(Mock, AnswersInEachShape) {
+    auto m = mock_reply(Endpoint::Messages, R"({"model":"x"})", "x", true);
+    ASSERT_TRUE(m.stream);
+    EXPECT_NE(m.pieces.front().find("event: message_start"), std::string::npos);
+    EXPECT_NE(m.pieces.back().find("message_stop"), std::string::npos);
+    m = mock_reply(Endpoint::ChatCompletions, R"({"model":"x","stream":true,"stream_options":{"include_usage":true}})",
+                   "x", true);
+    EXPECT_EQ(m.pieces.back(), "data: [DONE]\n\n");
+    EXPECT_NE(m.pieces[m.pieces.size() - 2].find("\"usage\""), std::string::npos);
+    m = mock_reply(Endpoint::Embeddings, R"({"model":"x","input":["a","b"]})", "x", false);
+    EXPECT_NE(m.pieces[0].find("\"index\":1"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace redir::terminator

@@ -1,0 +1,175 @@
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "common/atomic_file.hpp"
+#include "common/error.hpp"
+#include "terminator/store.hpp"
+
+namespace redir::terminator {
+namespace {
+
+class StoreTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        char tmpl[] = "/tmp/redir-term-store-XXXXXX";
+        ASSERT_NE(::mkdtemp(tmpl), nullptr);
+        dir_ = tmpl;
+    }
+    void TearDown() override { std::filesystem::remove_all(dir_); }
+    static Provider openai(const std::string& name = "oa") {
+        return Provider{name, "openai", "", "", {{"OPENAI_API_KEY", "sk-test-secret-value-1234"}}};
+    }
+    std::string dir_;
+};
+
+mode_t file_mode(const std::string& p) {
+    struct stat st {};
+    EXPECT_EQ(::stat(p.c_str(), &st), 0) << p;
+    return st.st_mode & 0777;
+}
+
+TEST_F(StoreTest, PersistsWithMode0600AndReloads) {
+    {
+        Store s(dir_);
+        s.create_provider(openai());
+        s.set_inference("oa", "gpt-4o-mini");
+    }
+    EXPECT_EQ(file_mode(dir_ + "/providers.json"), 0600u);
+    EXPECT_EQ(file_mode(dir_ + "/inference.json"), 0600u);
+    Store again(dir_);
+    auto p = again.get_provider("oa");
+    ASSERT_TRUE(p);
+    EXPECT_EQ(p->base_url, "https://api.openai.com/v1");
+    EXPECT_EQ(p->credentials.at("OPENAI_API_KEY"), "sk-test-secret-value-1234");
+    auto inf = again.inference();
+    ASSERT_TRUE(inf);
+    EXPECT_EQ(inf->model, "gpt-4o-mini");
+    EXPECT_EQ(inf->version, 1u);
+    auto snap = again.snapshot();
+    ASSERT_TRUE(snap->provider);
+    EXPECT_EQ(snap->provider->name, "oa");
+}
+
+TEST_F(StoreTest, VersionIncrementsOnEveryChange) {
+    Store s(dir_);
+    s.create_provider(openai());
+    s.create_provider(openai("other"));
+    EXPECT_EQ(s.set_inference("oa", "m1").version, 1u);
+    EXPECT_EQ(s.update_inference(std::nullopt, "m2").version, 2u);
+    EXPECT_EQ(s.update_inference("other", std::nullopt).version, 3u);
+    EXPECT_EQ(s.inference()->model, "m2");
+    // Changing the provider in use changes inference too.
+    s.update_provider("other", ProviderUpdate{.credentials = {{"OPENAI_API_KEY", "sk-rotated-secret-0000"}}});
+    EXPECT_EQ(s.inference()->version, 4u);
+    // A provider not in use does not.
+    s.update_provider("oa", ProviderUpdate{.credentials = {{"OPENAI_API_KEY", "sk-rotated-secret-1111"}}});
+    EXPECT_EQ(s.inference()->version, 4u);
+    Store again(dir_);
+    EXPECT_EQ(again.inference()->version, 4u);
+    EXPECT_EQ(again.set_inference("oa", "m3").version, 5u);
+}
+
+TEST_F(StoreTest, DeleteRefusedWhileReferenced) {
+    Store s(dir_);
+    s.create_provider(openai());
+    s.set_inference("oa", "gpt-4o");
+    try {
+        s.delete_provider("oa");
+        FAIL() << "delete should be refused";
+    } catch (const Error& e) {
+        std::string m = e.what();
+        EXPECT_NE(m.find("oa"), std::string::npos);
+        EXPECT_NE(m.find("inference"), std::string::npos);
+        EXPECT_NE(m.find("gpt-4o"), std::string::npos);
+    }
+    EXPECT_TRUE(s.get_provider("oa"));
+    s.create_provider(Provider{"m", "mock", "", "", {}});
+    s.set_inference("m", "x");
+    s.delete_provider("oa");
+    EXPECT_FALSE(s.get_provider("oa"));
+    Store again(dir_);
+    EXPECT_FALSE(again.get_provider("oa"));
+}
+
+TEST_F(StoreTest, UpdateChangesOnlyWhatIsGiven) {
+    Store s(dir_);
+    Provider p{"c", "openai-compatible", "https://llm.example.test/v1", "", {{"API_KEY", "k-aaaaaaaaaaaaaaaa"}}};
+    s.create_provider(p);
+    s.update_provider("c", ProviderUpdate{.credentials = {{"EXTRA", "v"}}});
+    auto got = *s.get_provider("c");
+    EXPECT_EQ(got.base_url, "https://llm.example.test/v1");
+    EXPECT_EQ(got.credentials.size(), 2u);
+    EXPECT_EQ(got.credentials.at("API_KEY"), "k-aaaaaaaaaaaaaaaa");
+    s.update_provider("c", ProviderUpdate{.base_url = "https://other.example.test/api/v1"});
+    got = *s.get_provider("c");
+    EXPECT_EQ(got.base_url, "https://other.example.test/api/v1");
+    EXPECT_EQ(got.credentials.size(), 2u);
+    s.update_provider("c", ProviderUpdate{.remove_credentials = {"EXTRA"}});
+    EXPECT_EQ(s.get_provider("c")->credentials.size(), 1u);
+}
+
+TEST_F(StoreTest, ValidationSentences) {
+    Store s(dir_);
+    EXPECT_THROW(s.create_provider(Provider{"x", "bogus", "", "", {}}), Error);
+    EXPECT_THROW(s.create_provider(Provider{"x", "openai-compatible", "", "", {}}), Error);  // base URL required
+    EXPECT_THROW(s.create_provider(Provider{"x", "openai-compatible", "http://plain.test/v1", "", {}}), Error);
+    EXPECT_THROW(s.create_provider(Provider{"x", "openai", "", "", {}}), Error);  // credential required
+    EXPECT_THROW(s.create_provider(Provider{"x", "openai", "", "", {{"OPENAI_API_KEY", "a\r\nX-Evil: 1"}}}), Error);
+    EXPECT_THROW(s.create_provider(Provider{"bad name", "mock", "", "", {}}), Error);
+    EXPECT_THROW(s.create_provider(Provider{"x", "openai", "", "/nonexistent/ca.pem", {{"OPENAI_API_KEY", "k"}}}),
+                 Error);
+    EXPECT_THROW(s.set_inference("nope", "m"), Error);
+    s.create_provider(openai());
+    EXPECT_THROW(s.create_provider(openai()), Error);
+    EXPECT_THROW(s.delete_provider("nope"), Error);
+    EXPECT_FALSE(s.inference());
+    // A failed change leaves nothing on disk.
+    Store again(dir_);
+    EXPECT_EQ(again.list_providers().size(), 1u);
+}
+
+TEST_F(StoreTest, MaskedNeverShowsTheSecret) {
+    Provider p = openai();
+    auto m = p.masked();
+    EXPECT_EQ(m.credentials.at("OPENAI_API_KEY"), "****1234");
+    EXPECT_EQ(mask_secret("short"), "****");
+}
+
+TEST_F(StoreTest, SnapshotIsImmutableAcrossChanges) {
+    Store s(dir_);
+    s.create_provider(Provider{"m", "mock", "", "", {}});
+    s.set_inference("m", "a");
+    auto before = s.snapshot();
+    s.set_inference("m", "b");
+    EXPECT_EQ(before->inference->model, "a");
+    EXPECT_EQ(s.snapshot()->inference->model, "b");
+}
+
+TEST(BaseUrl, Parses) {
+    std::string err;
+    auto b = parse_base_url("https://api.openai.com/v1/", &err);
+    ASSERT_TRUE(b) << err;
+    EXPECT_EQ(b->host, "api.openai.com");
+    EXPECT_EQ(b->port, 443);
+    EXPECT_EQ(b->path, "/v1");
+    EXPECT_EQ(b->host_header, "api.openai.com");
+    EXPECT_FALSE(b->ip_literal);
+    b = parse_base_url("https://127.0.0.1:8443", &err);
+    ASSERT_TRUE(b);
+    EXPECT_TRUE(b->ip_literal);
+    EXPECT_EQ(b->port, 8443);
+    EXPECT_EQ(b->host_header, "127.0.0.1:8443");
+    b = parse_base_url("https://[::1]:9000/x", &err);
+    ASSERT_TRUE(b);
+    EXPECT_EQ(b->host, "::1");
+    EXPECT_EQ(b->host_header, "[::1]:9000");
+    EXPECT_FALSE(parse_base_url("http://a.test", &err));
+    EXPECT_FALSE(parse_base_url("https://user@a.test", &err));
+    EXPECT_FALSE(parse_base_url("https://a.test:99999", &err));
+}
+
+}  // namespace
+}  // namespace redir::terminator
