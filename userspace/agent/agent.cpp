@@ -12,6 +12,7 @@
 #include <rapidjson/document.h>
 #include <spdlog/spdlog.h>
 
+#include "agent/inference_service.hpp"
 #include "agent/json_out.hpp"
 #include "agent/listeners.hpp"
 #include "common/addr.hpp"
@@ -103,8 +104,12 @@ void Agent::start() {
     listeners_->relay =
         std::make_unique<RedirectListener>(io_, "relay", 0, lookup, *audit_, make_relay_handler(io_, *audit_));
 
+    inference_ = std::make_unique<InferenceService>(io_, opts_.state_dir, lookup, *audit_);
+
     redir_config cfg{};
     cfg.agent_netns_cookie = netns_cookie_;
+    cfg.terminator_port = inference_->tls_port();
+    cfg.plain_http_port = inference_->plain_port();
     auto vip = addr_parse(opts_.inference_vip);
     if (!vip) throw Error("--inference-vip " + opts_.inference_vip + " is not an IP address");
     if (addr_is_v4(*vip))
@@ -255,6 +260,10 @@ std::string Agent::handle(const std::string& line, const std::shared_ptr<Control
         if (cmd == "policy.show") return cmd_policy_show(get_str(req, "name"));
         if (cmd == "policy.list") return cmd_policy_list();
         if (cmd == "policy.delete") return cmd_policy_delete(get_str(req, "name"));
+        if (cmd.rfind("provider.", 0) == 0 || cmd.rfind("inference.", 0) == 0 || cmd.rfind("ca.", 0) == 0) {
+            auto resp = inference_->handle(cmd, line);
+            if (!resp.empty()) return resp;
+        }
         if (cmd == "events") {
             size_t n = req.HasMember("count") && req["count"].IsUint() ? req["count"].GetUint() : 100;
             bool follow = req.HasMember("follow") && req["follow"].IsBool() && req["follow"].GetBool();
@@ -282,6 +291,8 @@ std::string Agent::cmd_status() {
         .str("bpffs", opts_.bpffs_dir)
         .str("inference_vip", opts_.inference_vip)
         .num("relay_port", listeners_->relay->port())
+        .num("terminator_port", inference_->tls_port())
+        .num("plain_http_port", inference_->plain_port())
         .num("uptime_s", static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
                                                    std::chrono::steady_clock::now() - started_)
                                                    .count()))

@@ -27,6 +27,8 @@ struct AgentOptions {
     std::string audit_log;     // empty: <state_dir>/audit.log
 };
 
+class InferenceService;
+
 struct ActivePolicy {
     StoredPolicy stored;
     uint32_t id = 0;
@@ -78,6 +80,7 @@ private:
     std::unique_ptr<ControlServer> control_;
     struct Listeners;
     std::unique_ptr<Listeners> listeners_;
+    std::unique_ptr<InferenceService> inference_;
 
     std::map<std::string, ActivePolicy> policies_;
     std::vector<StoredAttachment> attachments_;

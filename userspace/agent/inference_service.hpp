@@ -1,0 +1,49 @@
+#pragma once
+// Everything behind https://inference.local inside the agent: the local CA and
+// its leaf cache, the provider store, the gateway, and the two listeners the
+// kernel redirects the inference VIP to (443 → TLS, 80 → refusal).
+#include <boost/asio/io_context.hpp>
+#include <memory>
+#include <string>
+
+#include "agent/listeners.hpp"
+
+namespace redir::tls {
+class LocalCa;
+class LeafCache;
+class ServerContext;
+}  // namespace redir::tls
+namespace redir::terminator {
+class Store;
+class Gateway;
+}  // namespace redir::terminator
+
+namespace redir::agent {
+
+class AuditLog;
+
+class InferenceService {
+public:
+    InferenceService(boost::asio::io_context& io, const std::string& state_dir, OrigDstLookup lookup,
+                     AuditLog& audit);
+    ~InferenceService();
+
+    uint16_t tls_port() const;
+    uint16_t plain_port() const;
+    bool has_v6() const;
+
+    // Control API commands provider.*, inference.* and ca.export, given the
+    // whole request line; "" when CMD is not one of them.
+    std::string handle(const std::string& cmd, const std::string& request_line);
+
+private:
+    AuditLog& audit_;
+    std::unique_ptr<tls::LocalCa> ca_;
+    std::shared_ptr<tls::LeafCache> leaves_;
+    std::unique_ptr<tls::ServerContext> server_ctx_;
+    std::shared_ptr<terminator::Store> store_;
+    std::unique_ptr<terminator::Gateway> gateway_;
+    std::unique_ptr<RedirectListener> tls_listener_, plain_listener_;
+};
+
+}  // namespace redir::agent
