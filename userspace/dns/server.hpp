@@ -1,0 +1,82 @@
+#pragma once
+// The per-sandbox DNS responder: UDP and TCP on one agent address and port
+// that the sandbox's port-53 traffic is redirected to. The port identifies
+// the sandbox, so every query on it is decided with that sandbox's view.
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/ip/udp.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "dns/types.hpp"
+
+namespace redir::dns {
+
+// Receives the addresses a sandbox may now reach. Called before the answer is
+// sent to the sandbox, so a connect() right after resolution is admitted.
+// Throwing turns the answer into SERVFAIL (an answer the sandbox cannot use
+// is worse than none).
+class Admitter {
+public:
+    virtual ~Admitter() = default;
+    virtual void admit(const std::vector<Admission>& admissions, const HostMatch& match) = 0;
+};
+
+// Every query not answered normally: verdicts denied, refused, malformed,
+// upstream_error, overloaded. `name` is lower-case without the trailing dot
+// ("" if the query could not be parsed).
+using EventHook = std::function<void(std::string_view name, uint16_t qtype, Verdict verdict)>;
+
+struct ResponderConfig {
+    boost::asio::ip::address listen = boost::asio::ip::make_address("127.0.0.1");
+    uint16_t port = 0;  // 0: any free port, the same for UDP and TCP
+    boost::asio::ip::udp::endpoint upstream;  // also used over TCP when an answer is truncated
+    std::chrono::milliseconds upstream_timeout{3000};  // then SERVFAIL
+    std::chrono::milliseconds tcp_idle_timeout{10000};
+    size_t max_inflight = 256;        // upstream lookups at once; beyond: SERVFAIL
+    size_t max_tcp_connections = 64;  // beyond: closed on accept
+    size_t max_tcp_pipeline = 16;     // lookups per TCP connection before reading pauses
+    TtlLimits ttl;
+};
+
+struct ResponderStats {
+    uint64_t queries = 0;
+    uint64_t answered_locally = 0;
+    uint64_t forwarded = 0;
+    uint64_t refused = 0;  // every verdict that raised an event
+    uint64_t admissions = 0;
+};
+
+class Responder {
+public:
+    // Handlers run on a strand of `io`, which may be run by several threads.
+    // Destroy the Responder before `io`.
+    Responder(boost::asio::io_context& io, ResponderConfig cfg, SandboxView view, Admitter& admitter,
+              EventHook on_event = {});
+    ~Responder();
+    Responder(const Responder&) = delete;
+    Responder& operator=(const Responder&) = delete;
+
+    // Binds UDP and TCP and starts serving. Throws redir::Error naming the address.
+    void start();
+    // Stops serving and cancels lookups; no Admitter or EventHook call starts
+    // after it returns. Any thread.
+    void stop();
+    // Policy reload: queries decided from now on use `view`, including the
+    // admission step of lookups already in flight. Any thread.
+    void set_view(SandboxView view);
+
+    uint16_t port() const;  // valid after start()
+    ResponderStats stats() const;
+
+private:
+    struct Impl;
+    std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace redir::dns
