@@ -274,8 +274,13 @@ QueryAction handle_query(std::span<const uint8_t> wire, const SandboxView& view)
         return Reply{to_wire(r.get()), Verdict::inference, *host, qtype};
     }
 
+    // Names below inference.local are ours too: never ask the policy (a
+    // "*.local" rule would otherwise send them upstream).
+    const bool below_inference = host && host->size() > kInferenceName.size() &&
+                                 host->ends_with(kInferenceName) &&
+                                 (*host)[host->size() - kInferenceName.size() - 1] == '.';
     std::optional<HostMatch> match;
-    if (host && view.match_host) match = view.match_host(*host);
+    if (host && !below_inference && view.match_host) match = view.match_host(*host);
     if (!match || match->deny) {
         return make_reply(q.get(), LDNS_RCODE_NXDOMAIN, Verdict::denied, std::move(shown), qtype);
     }

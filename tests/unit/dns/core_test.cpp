@@ -93,6 +93,15 @@ TEST(DnsQuery, InferenceDisabledIsNxdomain) {
     EXPECT_EQ(rcode_of(r.wire), LDNS_RCODE_NXDOMAIN);
 }
 
+TEST(DnsQuery, NamesBelowInferenceLocalNeverForwarded) {
+    FakePolicy pol;
+    pol.allow.push_back("*.local");
+    Reply r = expect_reply(handle_query(make_query("x.inference.local", LDNS_RR_TYPE_A), pol.view()));
+    EXPECT_EQ(rcode_of(r.wire), LDNS_RCODE_NXDOMAIN);
+    EXPECT_TRUE(pol.calls.empty());
+    EXPECT_TRUE(std::holds_alternative<Forward>(handle_query(make_query("printer.local", 1), pol.view())));
+}
+
 TEST(DnsQuery, DeniedNameIsNxdomainWithName) {
     FakePolicy pol;
     Reply r = expect_reply(handle_query(make_query("Exfil.Example.COM", LDNS_RR_TYPE_A, 7), pol.view()));
