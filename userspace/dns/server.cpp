@@ -14,7 +14,7 @@
 #include <deque>
 #include <mutex>
 #include <random>
-#include <set>
+#include <map>
 
 #include "common/error.hpp"
 #include "dns/core.hpp"
@@ -81,8 +81,11 @@ struct Responder::Impl : std::enable_shared_from_this<Impl> {
     udp::endpoint udp_peer;
     uint16_t bound_port = 0;
 
-    std::set<std::shared_ptr<Lookup>> lookups;
-    std::set<std::shared_ptr<TcpConn>> conns;
+    // Weak: lookups and connections live as long as their pending handlers
+    // (which hold them and, through them, this). Strong references here would
+    // form cycles that outlive an io_context destroyed with work pending.
+    std::map<Lookup*, std::weak_ptr<Lookup>> lookups;
+    std::map<TcpConn*, std::weak_ptr<TcpConn>> conns;
 
     std::atomic<uint64_t> n_queries{0}, n_local{0}, n_forwarded{0}, n_refused{0}, n_admissions{0};
 
@@ -235,8 +238,8 @@ struct Responder::Impl::Lookup : std::enable_shared_from_this<Lookup> {
         timer.cancel();
         usock.close(ignored);
         tsock.close(ignored);
-        auto self = shared_from_this();
-        owner->lookups.erase(self);
+        auto keep = shared_from_this();  // through deliver(), which may drop the last other reference
+        owner->lookups.erase(this);
         // Always called, empty included: a TCP connection counts its replies.
         deliver(std::move(reply), fwd);
     }
@@ -284,13 +287,9 @@ struct Responder::Impl::TcpConn : std::enable_shared_from_this<TcpConn> {
                 if (ec) return self->close();
                 self->arm_idle();
                 ++self->pending;
-                std::weak_ptr<TcpConn> weak = self;
-                auto reply = [weak](Bytes b) {
-                    if (auto c = weak.lock()) c->send(std::move(b));
-                };
-                auto forwarded = [weak](Bytes b, const Forward&) {
-                    if (auto c = weak.lock()) c->send(std::move(b));
-                };
+                // Strong: the connection must outlive the lookups it awaits.
+                auto reply = [self](Bytes b) { self->send(std::move(b)); };
+                auto forwarded = [self](Bytes b, const Forward&) { self->send(std::move(b)); };
                 Bytes q = std::move(self->body);
                 self->owner->handle(q.data(), q.size(), reply, forwarded);
                 if (!self->closed && self->pending < self->owner->cfg.max_tcp_pipeline) self->read_query();
@@ -325,7 +324,7 @@ struct Responder::Impl::TcpConn : std::enable_shared_from_this<TcpConn> {
         error_code ignored;
         idle.cancel();
         sock.close(ignored);
-        owner->conns.erase(shared_from_this());
+        owner->conns.erase(this);
     }
 };
 
@@ -355,7 +354,7 @@ void Responder::Impl::handle(const uint8_t* data, size_t len, std::function<void
     }
     ++n_forwarded;
     auto l = std::make_shared<Lookup>(shared_from_this(), std::move(fwd), std::move(deliver_forwarded));
-    lookups.insert(l);
+    lookups.emplace(l.get(), l);
     l->start();
 }
 
@@ -394,8 +393,14 @@ void Responder::Impl::close_all() {
     error_code ignored;
     udp_sock.close(ignored);
     acceptor.close(ignored);
-    for (auto l : std::set<std::shared_ptr<Lookup>>(lookups)) l->cancel();
-    for (auto c : std::set<std::shared_ptr<TcpConn>>(conns)) c->close();
+    std::vector<std::shared_ptr<Lookup>> ls;
+    for (auto& [p, w] : lookups)
+        if (auto l = w.lock()) ls.push_back(std::move(l));
+    for (auto& l : ls) l->cancel();
+    std::vector<std::shared_ptr<TcpConn>> cs;
+    for (auto& [p, w] : conns)
+        if (auto c = w.lock()) cs.push_back(std::move(c));
+    for (auto& c : cs) c->close();
 }
 
 void Responder::Impl::udp_receive() {
@@ -429,7 +434,7 @@ void Responder::Impl::tcp_accept() {
         if (ec == asio::error::operation_aborted || !self->acceptor.is_open()) return;
         if (!ec && self->conns.size() < self->cfg.max_tcp_connections) {
             auto c = std::make_shared<TcpConn>(self, tcp::socket(std::move(s)));
-            self->conns.insert(c);
+            self->conns.emplace(c.get(), c);
             c->start();
         }
         // Over the cap, `s` closes here.
