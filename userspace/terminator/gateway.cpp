@@ -515,9 +515,13 @@ awaitable<bool> proxy(Impl& gw, Stream& s, beast::flat_buffer& buf, ProxyCall& c
 
 template <class Stream>
 awaitable<bool> send_mock(Impl& gw, Stream& s, const MockReply& m, bool keep_alive, RequestLog& log) {
-    if (!m.stream)
-        co_return co_await send_body(gw, s, m.status, m.content_type, m.pieces.empty() ? "" : m.pieces[0], keep_alive,
-                                     log);
+    if (!m.stream) {
+        // Kept out of the co_await expression: GCC 12 destroys temporaries of
+        // a conditional expression there twice.
+        std::string body;
+        if (!m.pieces.empty()) body = m.pieces[0];
+        co_return co_await send_body(gw, s, m.status, m.content_type, std::move(body), keep_alive, log);
+    }
     http::response<http::buffer_body> res{static_cast<http::status>(m.status), 11};
     res.set(http::field::content_type, m.content_type);
     res.set(http::field::cache_control, "no-cache");
@@ -586,10 +590,8 @@ awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestL
                                           false, log);
         low.expires_at(deadline);
         auto [ec, n] = co_await s.async_read_some(buf.prepare(8192), use_tuple);
-        if (ec == beast::error::timeout)
-            co_return co_await send_error(gw, s, shape, 408,
-                                          "request header not received within " + seconds(o.header_timeout), false,
-                                          log);
+        // On a timeout Beast has already closed the socket: a slow client
+        // gets no answer, just the end of the connection.
         if (ec) co_return false;
         buf.commit(n);
     }
@@ -699,9 +701,11 @@ awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestL
             co_return co_await send_error(gw, s, shape, 413,
                                           "request body is larger than " + std::to_string(o.body_limit) + " bytes",
                                           false, log);
-        if (bec == beast::error::timeout)
-            co_return co_await send_error(gw, s, shape, 408,
-                                          "request body not received within " + seconds(o.body_timeout), false, log);
+        if (bec == beast::error::timeout) {
+            log.status = 408;
+            log.error = "request body not received within " + seconds(o.body_timeout);
+            co_return false;
+        }
         if (bec == http::error::partial_message || bec == http::error::end_of_stream ||
             bec == asio::error::eof || bec == asio::error::connection_reset)
             co_return false;

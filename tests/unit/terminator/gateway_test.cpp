@@ -1,0 +1,861 @@
+// The gateway end to end on loopback: sandbox-side clients over 127.0.0.1
+// talk to it, and it forwards to an in-test TLS provider whose certificate
+// comes from a CA made in the test.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <condition_variable>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <thread>
+
+#include "terminator/gateway.hpp"
+#include "terminator/store.hpp"
+#include "test_certs.hpp"
+
+namespace redir::terminator {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace ssl = asio::ssl;
+using tcp = asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+const auto kLoopback = asio::ip::make_address("127.0.0.1");
+
+struct Received {
+    std::string method;
+    std::string target;
+    std::map<std::string, std::vector<std::string>> headers;  // lower-case names
+    std::string body;
+    std::string header(const std::string& n) const {
+        auto it = headers.find(n);
+        return it == headers.end() || it->second.empty() ? std::string() : it->second.front();
+    }
+    bool has(const std::string& n) const { return headers.count(n) > 0; }
+};
+
+// Blocking TLS server, one thread per connection; each test scripts its
+// answers through the handler.
+class FakeProvider {
+public:
+    struct Conn {
+        ssl::stream<tcp::socket>& s;
+        bool write(std::string_view d) {
+            beast::error_code ec;
+            asio::write(s, asio::buffer(d.data(), d.size()), ec);
+            return !ec;
+        }
+    };
+    // Returns whether to keep the connection open.
+    using Handler = std::function<bool(const Received&, Conn&)>;
+
+    explicit FakeProvider(const test::KeyCert& kc) : ctx_(ssl::context::tls_server), acceptor_(io_, {kLoopback, 0}) {
+        ctx_.use_certificate_chain(asio::buffer(kc.cert_pem));
+        ctx_.use_private_key(asio::buffer(kc.key_pem), ssl::context::pem);
+        handler_ = [](const Received&, Conn& c) {
+            std::string body =
+                R"({"id":"cmpl-1","object":"chat.completion","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}})";
+            return c.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nSet-Cookie: provider=1\r\n"
+                           "X-Request-Id: req-1\r\nContent-Length: " +
+                           std::to_string(body.size()) + "\r\n\r\n" + body);
+        };
+        accept_thread_ = std::thread([this] { accept_loop(); });
+    }
+    ~FakeProvider() {
+        stop_ = true;
+        cv_.notify_all();
+        accept_thread_.join();
+        {
+            std::lock_guard lk(mu_);
+            for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
+        }
+        for (auto& t : threads_) t.join();
+    }
+    uint16_t port() const { return acceptor_.local_endpoint().port(); }
+    void set_handler(Handler h) {
+        std::lock_guard lk(mu_);
+        handler_ = std::move(h);
+    }
+    std::vector<Received> received() {
+        std::lock_guard lk(mu_);
+        return received_;
+    }
+    int connections() const { return connections_; }
+    // Waits up to D for the stop flag (a handler that must stay silent).
+    void idle(std::chrono::milliseconds d) {
+        std::unique_lock lk(mu_);
+        cv_.wait_for(lk, d, [&] { return stop_.load(); });
+    }
+
+private:
+    void accept_loop() {
+        acceptor_.non_blocking(true);
+        while (!stop_) {
+            beast::error_code ec;
+            tcp::socket s(io_);
+            acceptor_.accept(s, ec);
+            if (ec == asio::error::would_block) {
+                std::this_thread::sleep_for(5ms);
+                continue;
+            }
+            if (ec) continue;
+            ++connections_;
+            std::lock_guard lk(mu_);
+            fds_.push_back(s.native_handle());
+            threads_.emplace_back([this, s = std::move(s)]() mutable { serve(std::move(s)); });
+        }
+    }
+    void serve(tcp::socket sock) {
+        ssl::stream<tcp::socket> s(std::move(sock), ctx_);
+        beast::error_code ec;
+        s.handshake(ssl::stream_base::server, ec);
+        if (ec) return;
+        beast::flat_buffer buf;
+        for (;;) {
+            http::request<http::string_body> req;
+            http::read(s, buf, req, ec);
+            if (ec) return;
+            Received r;
+            r.method = std::string(req.method_string());
+            r.target = std::string(req.target());
+            for (const auto& f : req) {
+                std::string n(f.name_string());
+                for (auto& c : n) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+                r.headers[n].emplace_back(f.value());
+            }
+            r.body = req.body();
+            Handler h;
+            {
+                std::lock_guard lk(mu_);
+                received_.push_back(r);
+                h = handler_;
+            }
+            Conn c{s};
+            if (!h(r, c) || !req.keep_alive()) break;
+        }
+        beast::get_lowest_layer(s).shutdown(tcp::socket::shutdown_both, ec);
+        beast::get_lowest_layer(s).close(ec);
+    }
+
+    asio::io_context io_;
+    ssl::context ctx_;
+    tcp::acceptor acceptor_;
+    std::atomic<bool> stop_{false};
+    std::atomic<int> connections_{0};
+    std::mutex mu_;
+    std::condition_variable_any cv_;
+    Handler handler_;
+    std::vector<Received> received_;
+    std::vector<int> fds_;
+    std::vector<std::thread> threads_;
+    std::thread accept_thread_;
+};
+
+enum class Mode { Cleartext, Tls, Refusal };
+
+class GatewayTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        char tmpl[] = "/tmp/redir-term-gw-XXXXXX";
+        ASSERT_NE(::mkdtemp(tmpl), nullptr);
+        dir_ = tmpl;
+        ca_file_ = dir_ + "/provider-ca.pem";
+        std::ofstream(ca_file_) << ca_.cert_pem();
+        fake_ = std::make_unique<FakeProvider>(ca_.issue("provider", "IP:127.0.0.1,DNS:provider.test"));
+        store_ = std::make_shared<Store>(dir_ + "/state");
+    }
+    void TearDown() override {
+        io_.stop();
+        if (io_thread_.joinable()) io_thread_.join();
+        gw_.reset();
+        fake_.reset();
+        std::filesystem::remove_all(dir_);
+    }
+
+    void start(GatewayOptions o = {}, Mode mode = Mode::Cleartext) {
+        mode_ = mode;
+        o.on_request = [this](const RequestLog& r) {
+            std::lock_guard lk(log_mu_);
+            logs_.push_back(r);
+        };
+        gw_ = std::make_unique<Gateway>(io_.get_executor(), store_, std::move(o));
+        accept();
+        io_thread_ = std::thread([this] { io_.run(); });
+    }
+    void accept() {
+        acceptor_.async_accept([this](beast::error_code ec, tcp::socket s) {
+            if (ec) return;
+            ConnectionInfo ci{4242, 77, "127.0.0.1:1", "198.18.0.1:443"};
+            if (mode_ == Mode::Cleartext) gw_->serve_cleartext_for_tests(std::move(s), ci);
+            if (mode_ == Mode::Tls) gw_->serve_tls(std::move(s), server_ctx_->native_handle(), ci);
+            if (mode_ == Mode::Refusal) gw_->serve_plain_refusal(std::move(s), ci);
+            accept();
+        });
+    }
+
+    std::string provider_url(const std::string& suffix = "/v1") const {
+        return "https://127.0.0.1:" + std::to_string(fake_->port()) + suffix;
+    }
+    void use(const std::string& type, const std::string& model, std::map<std::string, std::string> creds,
+             const std::string& suffix = "/v1") {
+        store_->create_provider(Provider{"p", type, type == "mock" ? "" : provider_url(suffix),
+                                         type == "mock" ? "" : ca_file_, std::move(creds)});
+        store_->set_inference("p", model);
+    }
+    void use_openai(const std::string& model = "gpt-configured") {
+        use("openai", model, {{"OPENAI_API_KEY", "sk-provider-secret-0001"}});
+    }
+
+    tcp::socket connect() {
+        tcp::socket s(client_io_);
+        s.connect({kLoopback, acceptor_.local_endpoint().port()});
+        return s;
+    }
+    template <class Stream>
+    static http::response<http::string_body> roundtrip(Stream& s, http::request<http::string_body> req) {
+        if (!req.count(http::field::host)) req.set(http::field::host, "inference.local");
+        req.prepare_payload();
+        http::write(s, req);
+        beast::flat_buffer buf;
+        http::response<http::string_body> res;
+        http::read(s, buf, res);
+        return res;
+    }
+    http::response<http::string_body> post(const std::string& target, const std::string& body,
+                                           std::vector<std::pair<std::string, std::string>> headers = {}) {
+        auto s = connect();
+        http::request<http::string_body> req{http::verb::post, target, 11};
+        req.set(http::field::content_type, "application/json");
+        for (auto& [n, v] : headers) req.set(n, v);
+        req.body() = body;
+        return roundtrip(s, std::move(req));
+    }
+    http::response<http::string_body> get(const std::string& target,
+                                          std::vector<std::pair<std::string, std::string>> headers = {}) {
+        auto s = connect();
+        http::request<http::string_body> req{http::verb::get, target, 11};
+        for (auto& [n, v] : headers) req.set(n, v);
+        return roundtrip(s, std::move(req));
+    }
+    // Sends RAW as is; returns everything the gateway sent until it closed.
+    std::string raw(const std::string& bytes, bool half_close = true) {
+        auto s = connect();
+        asio::write(s, asio::buffer(bytes));
+        if (half_close) s.shutdown(tcp::socket::shutdown_send);
+        std::string out;
+        beast::error_code ec;
+        char b[4096];
+        for (;;) {
+            std::size_t n = s.read_some(asio::buffer(b), ec);
+            if (ec) break;
+            out.append(b, n);
+        }
+        return out;
+    }
+    std::vector<RequestLog> logs() {
+        std::lock_guard lk(log_mu_);
+        return logs_;
+    }
+    // Records are written after the response went out: wait for them.
+    std::vector<RequestLog> wait_logs(std::size_t n) {
+        auto deadline = Clock::now() + 3s;
+        while (logs().size() < n && Clock::now() < deadline) std::this_thread::sleep_for(10ms);
+        return logs();
+    }
+
+    test::TestCa ca_;
+    std::string dir_, ca_file_;
+    std::unique_ptr<FakeProvider> fake_;
+    std::shared_ptr<Store> store_;
+    asio::io_context io_;
+    asio::io_context client_io_;
+    tcp::acceptor acceptor_{io_, {kLoopback, 0}};
+    std::unique_ptr<Gateway> gw_;
+    std::thread io_thread_;
+    Mode mode_ = Mode::Cleartext;
+    std::unique_ptr<ssl::context> server_ctx_;
+    std::mutex log_mu_;
+    std::vector<RequestLog> logs_;
+};
+
+bool contains(const std::string& h, const std::string& n) { return h.find(n) != std::string::npos; }
+
+TEST_F(GatewayTest, RewritesModelSwapsCredentialAndFiltersHeaders) {
+    use_openai();
+    start();
+    auto res = post("/v1/chat/completions?api_key=leak", R"({"messages":[{"role":"user","content":"hi"}]})",
+                    {{"Authorization", "Bearer sandbox-dummy"},
+                     {"X-Api-Key", "sandbox-dummy"},
+                     {"Cookie", "a=b"},
+                     {"OpenAI-Organization", "org-1"},
+                     {"X-Custom", "1"},
+                     {"User-Agent", "test/1"},
+                     {"Accept-Encoding", "gzip"}});
+    ASSERT_EQ(res.result_int(), 200) << res.body();
+    EXPECT_EQ(res[http::field::set_cookie], "");
+    EXPECT_EQ(res["x-request-id"], "req-1");
+    auto got = fake_->received();
+    ASSERT_EQ(got.size(), 1u);
+    const auto& r = got[0];
+    EXPECT_EQ(r.method, "POST");
+    EXPECT_EQ(r.target, "/v1/chat/completions");
+    EXPECT_EQ(r.body, R"({"messages":[{"role":"user","content":"hi"}],"model":"gpt-configured"})");
+    EXPECT_EQ(r.headers.at("authorization"), std::vector<std::string>{"Bearer sk-provider-secret-0001"});
+    EXPECT_FALSE(r.has("x-api-key"));
+    EXPECT_FALSE(r.has("cookie"));
+    EXPECT_FALSE(r.has("x-custom"));
+    EXPECT_EQ(r.header("openai-organization"), "org-1");
+    EXPECT_EQ(r.header("user-agent"), "test/1");
+    EXPECT_EQ(r.header("accept-encoding"), "gzip");
+    EXPECT_EQ(r.header("host"), "127.0.0.1:" + std::to_string(fake_->port()));
+    auto l = wait_logs(1);
+    ASSERT_EQ(l.size(), 1u);
+    EXPECT_EQ(l[0].cgroup_id, 4242u);
+    EXPECT_EQ(l[0].model_used, "gpt-configured");
+    EXPECT_EQ(l[0].status, 200);
+    EXPECT_EQ(l[0].usage.counts.at("total_tokens"), 7u);
+    auto line = request_log_json(l[0]);
+    EXPECT_FALSE(contains(line, "sk-provider-secret")) << line;
+    EXPECT_FALSE(contains(line, "hi")) << line;
+}
+
+TEST_F(GatewayTest, ReplacesClientModel) {
+    use_openai("gpt-configured");
+    start();
+    auto res = post("/v1/embeddings", R"({"model":"text-embedding-3-small","input":"x"})");
+    ASSERT_EQ(res.result_int(), 200);
+    EXPECT_EQ(fake_->received().at(0).body, R"({"model":"gpt-configured","input":"x"})");
+    EXPECT_EQ(fake_->received().at(0).target, "/v1/embeddings");
+    EXPECT_EQ(wait_logs(1).at(0).model_requested, "text-embedding-3-small");
+}
+
+TEST_F(GatewayTest, AnthropicKeyDefaultsAndQuery) {
+    use("anthropic", "claude-configured", {{"ANTHROPIC_API_KEY", "sk-ant-provider-secret"}}, "");
+    start();
+    auto res = post("/v1/messages?beta=true&key=leak", R"({"model":"claude-x","max_tokens":5,"messages":[]})",
+                    {{"x-api-key", "sandbox-dummy"}, {"Authorization", "Bearer x"}, {"anthropic-beta", "b1"}});
+    ASSERT_EQ(res.result_int(), 200) << res.body();
+    auto r = fake_->received().at(0);
+    EXPECT_EQ(r.target, "/v1/messages?beta=true");
+    EXPECT_EQ(r.headers.at("x-api-key"), std::vector<std::string>{"sk-ant-provider-secret"});
+    EXPECT_FALSE(r.has("authorization"));
+    EXPECT_EQ(r.header("anthropic-version"), "2023-06-01");
+    EXPECT_EQ(r.header("anthropic-beta"), "b1");
+    // The client's own allowed header wins over the default.
+    post("/v1/messages", R"({"messages":[]})", {{"anthropic-version", "2099-12-31"}});
+    EXPECT_EQ(fake_->received().at(1).header("anthropic-version"), "2099-12-31");
+}
+
+TEST_F(GatewayTest, FamilyMismatchIs400) {
+    use("anthropic", "claude", {{"ANTHROPIC_API_KEY", "sk-ant-provider-secret"}}, "");
+    start();
+    auto res = post("/v1/chat/completions", R"({"messages":[]})");
+    EXPECT_EQ(res.result_int(), 400);
+    EXPECT_TRUE(contains(res.body(), "does not speak the OpenAI Chat Completions API")) << res.body();
+    EXPECT_TRUE(contains(res.body(), R"("type":"invalid_request_error")"));
+    EXPECT_TRUE(fake_->received().empty());
+}
+
+TEST_F(GatewayTest, BadBodiesAre400) {
+    use_openai();
+    start();
+    auto res = post("/v1/chat/completions", R"({"model":"a","messages":[],"model":"b"})");
+    EXPECT_EQ(res.result_int(), 400);
+    EXPECT_TRUE(contains(res.body(), "repeats the top-level key")) << res.body();
+    res = post("/v1/chat/completions", R"([{"model":"a"}])");
+    EXPECT_EQ(res.result_int(), 400);
+    EXPECT_TRUE(contains(res.body(), "JSON object")) << res.body();
+    res = post("/v1/messages", "not json");
+    EXPECT_EQ(res.result_int(), 400);
+    EXPECT_TRUE(contains(res.body(), R"("type":"error")")) << "Anthropic shape: " << res.body();
+    EXPECT_TRUE(fake_->received().empty());
+}
+
+TEST_F(GatewayTest, UnknownPathsAre404InTheApiShape) {
+    use_openai();
+    start();
+    auto res = post("/v1/images/generations", "{}");
+    EXPECT_EQ(res.result_int(), 404);
+    EXPECT_TRUE(contains(res.body(), R"({"error":{"message":"no such endpoint)")) << res.body();
+    res = post("/v1/messages/batches", "{}");
+    EXPECT_EQ(res.result_int(), 404);
+    EXPECT_TRUE(contains(res.body(), R"({"type":"error","error":{"type":"not_found_error")")) << res.body();
+    res = get("/v1/chat/completions");
+    EXPECT_EQ(res.result_int(), 405);
+    EXPECT_EQ(res[http::field::allow], "POST");
+}
+
+TEST_F(GatewayTest, UnconfiguredIs503) {
+    start();
+    auto res = post("/v1/chat/completions", "{}");
+    EXPECT_EQ(res.result_int(), 503);
+    EXPECT_TRUE(contains(res.body(), "redirctl inference set")) << res.body();
+    res = get("/v1/models");
+    EXPECT_EQ(res.result_int(), 503);
+}
+
+TEST_F(GatewayTest, ModelsFromConfiguration) {
+    use_openai("gpt-configured");
+    start();
+    auto res = get("https://inference.local/v1/models?limit=5");  // absolute form
+    ASSERT_EQ(res.result_int(), 200);
+    EXPECT_TRUE(contains(res.body(), R"("id":"gpt-configured")")) << res.body();
+    EXPECT_TRUE(contains(res.body(), R"("object":"list")"));
+    res = get("/v1/models/gpt-configured");
+    EXPECT_EQ(res.result_int(), 200);
+    res = get("/v1/models/other");
+    EXPECT_EQ(res.result_int(), 404);
+    res = get("/v1/models", {{"anthropic-version", "2023-06-01"}});
+    EXPECT_TRUE(contains(res.body(), R"("type":"model")")) << res.body();
+    EXPECT_TRUE(fake_->received().empty());
+}
+
+// The provider sends 5 events 200 ms apart; each must reach the client
+// before the next one is even sent.
+TEST_F(GatewayTest, StreamsEachEventAsItArrives) {
+    use_openai();
+    start();
+    std::mutex mu;
+    std::vector<Clock::time_point> sent;
+    fake_->set_handler([&](const Received&, FakeProvider::Conn& c) {
+        if (!c.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"))
+            return false;
+        for (int i = 0; i < 5; ++i) {
+            if (i) std::this_thread::sleep_for(200ms);
+            std::string ev = "data: {\"seq\":" + std::to_string(i) + "}\n\n";
+            {
+                std::lock_guard lk(mu);
+                sent.push_back(Clock::now());
+            }
+            char hex[16];
+            snprintf(hex, sizeof hex, "%zx\r\n", ev.size());
+            if (!c.write(hex + ev + "\r\n")) return false;
+        }
+        std::string done = "data: [DONE]\n\n";
+        char hex[16];
+        snprintf(hex, sizeof hex, "%zx\r\n", done.size());
+        return c.write(hex + done + "\r\n0\r\n\r\n");
+    });
+    auto s = connect();
+    http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+    req.set(http::field::host, "inference.local");
+    req.body() = R"({"stream":true,"messages":[]})";
+    req.prepare_payload();
+    http::write(s, req);
+    std::string got;
+    std::vector<Clock::time_point> arrived(5);
+    int next = 0;
+    char b[4096];
+    beast::error_code ec;
+    while (!contains(got, "[DONE]")) {
+        std::size_t n = s.read_some(asio::buffer(b), ec);
+        ASSERT_FALSE(ec) << ec.message();
+        got.append(b, n);
+        while (next < 5 && contains(got, "\"seq\":" + std::to_string(next))) arrived[next++] = Clock::now();
+    }
+    ASSERT_EQ(next, 5);
+    std::lock_guard lk(mu);
+    ASSERT_EQ(sent.size(), 5u);
+    for (int i = 0; i < 4; ++i)
+        EXPECT_LT(arrived[i], sent[i + 1]) << "event " << i << " was held back until event " << i + 1 << " was sent";
+    EXPECT_TRUE(contains(got, "text/event-stream"));
+    EXPECT_TRUE(contains(got, "Transfer-Encoding: chunked"));
+}
+
+TEST_F(GatewayTest, ProviderBreakingOffMidStreamEndsWithErrorEvent) {
+    use("anthropic", "claude", {{"ANTHROPIC_API_KEY", "sk-ant-provider-secret"}}, "");
+    start();
+    fake_->set_handler([](const Received&, FakeProvider::Conn& c) {
+        std::string ev = "event: message_start\ndata: {\"type\":\"message_start\"}\n\n";
+        char hex[16];
+        snprintf(hex, sizeof hex, "%zx\r\n", ev.size());
+        c.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                std::string(hex) + ev + "\r\n");
+        return false;  // hang up without the last chunk
+    });
+    auto res = post("/v1/messages", R"({"stream":true,"messages":[]})");
+    EXPECT_EQ(res.result_int(), 200);
+    EXPECT_TRUE(contains(res.body(), "message_start"));
+    auto pos = res.body().rfind("event: error\ndata: ");
+    ASSERT_NE(pos, std::string::npos) << res.body();
+    EXPECT_TRUE(contains(res.body().substr(pos), R"({"type":"error","error":{"type":"api_error")")) << res.body();
+    EXPECT_TRUE(contains(res.body().substr(pos), "broke off")) << res.body();
+}
+
+TEST_F(GatewayTest, ProviderDownIs502) {
+    uint16_t port;
+    {
+        tcp::acceptor a(client_io_, {kLoopback, 0});
+        port = a.local_endpoint().port();
+    }
+    store_->create_provider(Provider{"p", "openai", "https://127.0.0.1:" + std::to_string(port) + "/v1", ca_file_,
+                                     {{"OPENAI_API_KEY", "sk-provider-secret-0001"}}});
+    store_->set_inference("p", "m");
+    start();
+    auto res = post("/v1/chat/completions", "{}");
+    EXPECT_EQ(res.result_int(), 502);
+    EXPECT_TRUE(contains(res.body(), "cannot connect to provider p")) << res.body();
+    EXPECT_FALSE(contains(res.body(), "sk-provider-secret"));
+}
+
+TEST_F(GatewayTest, SilentProviderIs504) {
+    use_openai();
+    GatewayOptions o;
+    o.upstream_response_timeout = 300ms;
+    start(o);
+    fake_->set_handler([this](const Received&, FakeProvider::Conn&) {
+        fake_->idle(3s);
+        return false;
+    });
+    auto t0 = Clock::now();
+    auto res = post("/v1/chat/completions", "{}");
+    EXPECT_EQ(res.result_int(), 504);
+    EXPECT_TRUE(contains(res.body(), "did not answer within 300 ms")) << res.body();
+    EXPECT_LT(Clock::now() - t0, 2s);
+}
+
+TEST_F(GatewayTest, StreamIdleTimeoutBetweenChunks) {
+    use_openai();
+    GatewayOptions o;
+    o.stream_idle_timeout = 300ms;
+    start(o);
+    fake_->set_handler([this](const Received&, FakeProvider::Conn& c) {
+        c.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                "8\r\ndata: 1\n\n\r\n");
+        fake_->idle(3s);
+        return false;
+    });
+    auto res = post("/v1/chat/completions", R"({"stream":true})");
+    EXPECT_TRUE(contains(res.body(), "data: 1")) << res.body();
+    EXPECT_TRUE(contains(res.body(), "event: error")) << res.body();
+    EXPECT_TRUE(contains(res.body(), "sent nothing for 300 ms")) << res.body();
+}
+
+TEST_F(GatewayTest, UntrustedProviderCertificateIs502) {
+    store_->create_provider(
+        Provider{"p", "openai", provider_url(), "", {{"OPENAI_API_KEY", "sk-provider-secret-0001"}}});
+    store_->set_inference("p", "m");
+    start();
+    auto res = post("/v1/chat/completions", "{}");
+    EXPECT_EQ(res.result_int(), 502);
+    EXPECT_TRUE(contains(res.body(), "TLS verification of provider p")) << res.body();
+    EXPECT_TRUE(fake_->received().empty());
+}
+
+TEST_F(GatewayTest, ProviderNameIsVerified) {
+    // Right CA, but the certificate names provider.test, not other.test.
+    GatewayOptions o;
+    o.resolve_overrides = {{"provider.test", "127.0.0.1"}, {"other.test", "127.0.0.1"}};
+    store_->create_provider(Provider{"good", "openai", "https://provider.test:" + std::to_string(fake_->port()) + "/v1",
+                                     ca_file_, {{"OPENAI_API_KEY", "sk-provider-secret-0001"}}});
+    store_->create_provider(Provider{"bad", "openai", "https://other.test:" + std::to_string(fake_->port()) + "/v1",
+                                     ca_file_, {{"OPENAI_API_KEY", "sk-provider-secret-0001"}}});
+    store_->set_inference("good", "m");
+    start(o);
+    EXPECT_EQ(post("/v1/chat/completions", "{}").result_int(), 200);
+    EXPECT_EQ(fake_->received().at(0).header("host"), "provider.test:" + std::to_string(fake_->port()));
+    store_->set_inference("bad", "m");
+    auto res = post("/v1/chat/completions", "{}");
+    EXPECT_EQ(res.result_int(), 502);
+    EXPECT_TRUE(contains(res.body(), "TLS verification of provider bad")) << res.body();
+}
+
+TEST_F(GatewayTest, HeaderTooLargeIs431) {
+    use_openai();
+    GatewayOptions o;
+    o.header_limit = 4096;
+    start(o);
+    auto out = raw("POST /v1/chat/completions HTTP/1.1\r\nHost: inference.local\r\nX-Big: " + std::string(8000, 'a') +
+                   "\r\nContent-Length: 2\r\n\r\n{}");
+    EXPECT_EQ(out.rfind("HTTP/1.1 431", 0), 0u) << out.substr(0, 200);
+}
+
+TEST_F(GatewayTest, BodyTooLargeIs413) {
+    use_openai();
+    GatewayOptions o;
+    o.body_limit = 1000;
+    start(o);
+    auto out = raw("POST /v1/chat/completions HTTP/1.1\r\nHost: inference.local\r\nContent-Length: 5000\r\n\r\n" +
+                   std::string(5000, ' '));
+    EXPECT_EQ(out.rfind("HTTP/1.1 413", 0), 0u) << out.substr(0, 200);
+    std::string chunk(800, ' ');
+    out = raw("POST /v1/chat/completions HTTP/1.1\r\nHost: inference.local\r\nTransfer-Encoding: chunked\r\n\r\n"
+              "320\r\n" + chunk + "\r\n320\r\n" + chunk + "\r\n0\r\n\r\n");
+    EXPECT_EQ(out.rfind("HTTP/1.1 413", 0), 0u) << out.substr(0, 200);
+    EXPECT_TRUE(fake_->received().empty());
+}
+
+TEST_F(GatewayTest, ChunkedRequestBodyIsAccepted) {
+    use_openai("m");
+    start();
+    auto out = raw("POST /v1/chat/completions HTTP/1.1\r\nHost: inference.local\r\nTransfer-Encoding: chunked\r\n"
+                   "Connection: close\r\n\r\n5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n",
+                   false);
+    EXPECT_EQ(out.rfind("HTTP/1.1 200", 0), 0u) << out.substr(0, 300);
+    EXPECT_EQ(fake_->received().at(0).body, R"({"a":1,"model":"m"})");
+}
+
+// Each variant must be refused with 400 (or the connection closed) and must
+// never reach the provider.
+TEST_F(GatewayTest, SmugglingVariantsAreRefused) {
+    use_openai();
+    start();
+    const std::string body = "{}";
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"CL and TE", "POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nContent-Length: 2\r\n"
+                      "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
+        {"TE and CL", "POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nTransfer-Encoding: chunked\r\n"
+                      "Content-Length: 2\r\n\r\n0\r\n\r\n"},
+        {"two CLs", "POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}x"},
+        {"CL list", "POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nContent-Length: 2, 3\r\n\r\n{}x"},
+        {"TE gzip", "POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nTransfer-Encoding: gzip\r\n\r\n{}"},
+        {"TE gzip, chunked", "POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                             "2\r\n{}\r\n0\r\n\r\n"},
+        {"TE twice", "POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nTransfer-Encoding: chunked\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"},
+        {"TE split", "POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nTransfer-Encoding: identity\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"},
+        {"TE xchunked", "POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nTransfer-Encoding: xchunked\r\n\r\n{}"},
+        {"obs-fold", "POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nContent-Length: 2\r\nX-A: a\r\n b\r\n\r\n{}"},
+        {"obs-fold TE", "POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nTransfer-Encoding:\r\n chunked\r\n\r\n"
+                        "2\r\n{}\r\n0\r\n\r\n"},
+        {"bare LF", "POST /v1/chat/completions HTTP/1.1\nHost: i\nContent-Length: 2\n\n{}"},
+        {"bare LF in header", "POST /v1/chat/completions HTTP/1.1\r\nHost: i\nContent-Length: 2\r\n\r\n{}"},
+        {"bare CR", "POST /v1/chat/completions HTTP/1.1\r\nHost: i\rContent-Length: 2\r\n\r\n{}"},
+        {"space before colon", "POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nContent-Length : 2\r\n\r\n{}"},
+        {"negative CL", "POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nContent-Length: -2\r\n\r\n{}"},
+        {"bad chunk size", "POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           "zz\r\n{}\r\n0\r\n\r\n"},
+        {"no Host", "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"},
+        {"two Hosts", "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 2\r\n\r\n{}"},
+    };
+    for (const auto& [name, bytes] : cases) {
+        auto out = raw(bytes);
+        bool refused = out.empty() || out.rfind("HTTP/1.1 400", 0) == 0;
+        EXPECT_TRUE(refused) << name << ": " << out.substr(0, 300);
+        EXPECT_EQ(out.find("HTTP/1.1 200"), std::string::npos) << name;
+    }
+    EXPECT_TRUE(fake_->received().empty());
+}
+
+TEST_F(GatewayTest, KeepAliveServesManyRequestsAndReusesProviderConnection) {
+    use_openai();
+    start();
+    auto s = connect();
+    for (int i = 0; i < 3; ++i) {
+        http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+        req.body() = "{}";
+        auto res = roundtrip(s, req);
+        EXPECT_EQ(res.result_int(), 200);
+        EXPECT_TRUE(res.keep_alive());
+    }
+    auto res = roundtrip(s, http::request<http::string_body>{http::verb::get, "/v1/models", 11});
+    EXPECT_EQ(res.result_int(), 200);
+    EXPECT_EQ(fake_->received().size(), 3u);
+    EXPECT_EQ(fake_->connections(), 1) << "the provider connection is pooled";
+}
+
+TEST_F(GatewayTest, PipelinedRequestsAreAnsweredInOrder) {
+    use("mock", "m", {});
+    start();
+    std::string one = "POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nContent-Length: 2\r\n\r\n{}";
+    std::string two = "GET /v1/models HTTP/1.1\r\nHost: i\r\nConnection: close\r\n\r\n";
+    auto out = raw(one + two);
+    auto first = out.find("HTTP/1.1 200");
+    auto second = out.find("HTTP/1.1 200", first + 1);
+    EXPECT_NE(first, std::string::npos);
+    EXPECT_NE(second, std::string::npos) << out;
+    EXPECT_TRUE(contains(out, "chat.completion"));
+    EXPECT_TRUE(contains(out, R"("object":"list")"));
+}
+
+TEST_F(GatewayTest, Expect100Continue) {
+    use_openai("m");
+    start();
+    auto s = connect();
+    asio::write(s, asio::buffer(std::string("POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nExpect: 100-continue\r\n"
+                                            "Content-Length: 2\r\n\r\n")));
+    char b[256];
+    std::size_t n = s.read_some(asio::buffer(b));
+    EXPECT_EQ(std::string(b, n), "HTTP/1.1 100 Continue\r\n\r\n");
+    asio::write(s, asio::buffer(std::string("{}")));
+    beast::flat_buffer buf;
+    http::response<http::string_body> res;
+    http::read(s, buf, res);
+    EXPECT_EQ(res.result_int(), 200);
+    EXPECT_EQ(fake_->received().at(0).body, R"({"model":"m"})");
+    // Refused before the body: the final status comes instead of 100.
+    auto out = raw("POST /v1/nope HTTP/1.1\r\nHost: i\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n", false);
+    EXPECT_EQ(out.rfind("HTTP/1.1 404", 0), 0u) << out;
+}
+
+TEST_F(GatewayTest, ConfigChangeAppliesToNextRequest) {
+    use("mock", "model-a", {});
+    start();
+    auto s = connect();
+    http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+    req.body() = R"({"model":"whatever"})";
+    auto res = roundtrip(s, req);
+    EXPECT_TRUE(contains(res.body(), R"("model":"model-a")")) << res.body();
+    store_->update_inference(std::nullopt, "model-b");
+    res = roundtrip(s, req);
+    EXPECT_TRUE(contains(res.body(), R"("model":"model-b")")) << res.body();
+    auto l = wait_logs(2);
+    ASSERT_EQ(l.size(), 2u);
+    EXPECT_EQ(l[1].config_version, l[0].config_version + 1);
+}
+
+TEST_F(GatewayTest, MockStreamsInBothShapes) {
+    use("mock", "mock-model", {});
+    start();
+    auto res = post("/v1/chat/completions", R"({"stream":true})");
+    EXPECT_EQ(res[http::field::content_type], "text/event-stream");
+    EXPECT_TRUE(contains(res.body(), "chat.completion.chunk"));
+    EXPECT_TRUE(contains(res.body(), "data: [DONE]"));
+    res = post("/v1/messages", R"({"stream":true,"max_tokens":10,"messages":[]})");
+    EXPECT_TRUE(contains(res.body(), "event: message_start"));
+    EXPECT_TRUE(contains(res.body(), "event: message_stop"));
+    res = post("/v1/messages", R"({"max_tokens":10,"messages":[]})");
+    EXPECT_TRUE(contains(res.body(), R"("type":"message")"));
+    EXPECT_TRUE(contains(res.body(), "mock-model"));
+}
+
+TEST_F(GatewayTest, ClientHangingUpClosesTheProviderRequest) {
+    use_openai();
+    start();
+    std::atomic<bool> provider_saw_close{false};
+    fake_->set_handler([&](const Received&, FakeProvider::Conn& c) {
+        c.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for (int i = 0; i < 100; ++i) {
+            if (!c.write("8\r\ndata: x\n\n\r\n")) {
+                provider_saw_close = true;
+                return false;
+            }
+            std::this_thread::sleep_for(50ms);
+        }
+        return false;
+    });
+    {
+        auto s = connect();
+        http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+        req.set(http::field::host, "i");
+        req.body() = R"({"stream":true})";
+        req.prepare_payload();
+        http::write(s, req);
+        char b[512];
+        s.read_some(asio::buffer(b));
+    }
+    auto deadline = Clock::now() + 3s;
+    while (!provider_saw_close && Clock::now() < deadline) std::this_thread::sleep_for(20ms);
+    EXPECT_TRUE(provider_saw_close);
+}
+
+TEST_F(GatewayTest, ClientHangingUpBeforeTheAnswerClosesTheProviderRequest) {
+    use_openai();
+    start();
+    std::atomic<bool> provider_saw_close{false};
+    fake_->set_handler([&](const Received&, FakeProvider::Conn& c) {
+        // Thinking for a long time before answering; notice the hang-up by
+        // probing the socket.
+        for (int i = 0; i < 60; ++i) {
+            std::this_thread::sleep_for(50ms);
+            char b;
+            ssize_t n = ::recv(c.s.next_layer().native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (n == 0) {
+                provider_saw_close = true;
+                return false;
+            }
+        }
+        return false;
+    });
+    {
+        auto s = connect();
+        http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+        req.set(http::field::host, "i");
+        req.body() = "{}";
+        req.prepare_payload();
+        http::write(s, req);
+        std::this_thread::sleep_for(200ms);
+    }
+    auto deadline = Clock::now() + 3s;
+    while (!provider_saw_close && Clock::now() < deadline) std::this_thread::sleep_for(20ms);
+    EXPECT_TRUE(provider_saw_close);
+    deadline = Clock::now() + 2s;
+    while (logs().empty() && Clock::now() < deadline) std::this_thread::sleep_for(20ms);
+    ASSERT_EQ(logs().size(), 1u);
+    EXPECT_EQ(logs()[0].status, 499);
+}
+
+TEST_F(GatewayTest, SlowHeaderIsCutOff) {
+    use_openai();
+    GatewayOptions o;
+    o.header_timeout = 300ms;
+    start(o);
+    auto s = connect();
+    asio::write(s, asio::buffer(std::string("POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\n")));
+    auto t0 = Clock::now();
+    std::string out;
+    char b[1024];
+    beast::error_code ec;
+    for (;;) {
+        std::size_t n = s.read_some(asio::buffer(b), ec);
+        if (ec) break;
+        out.append(b, n);
+    }
+    EXPECT_LT(Clock::now() - t0, 2s);
+    EXPECT_EQ(out, "") << "cut off without an answer";
+}
+
+TEST_F(GatewayTest, IdleConnectionIsClosed) {
+    use_openai();
+    GatewayOptions o;
+    o.idle_timeout = 200ms;
+    start(o);
+    auto s = connect();
+    auto t0 = Clock::now();
+    char b[16];
+    beast::error_code ec;
+    s.read_some(asio::buffer(b), ec);
+    EXPECT_EQ(ec, asio::error::eof);
+    EXPECT_LT(Clock::now() - t0, 2s);
+}
+
+TEST_F(GatewayTest, ServesHttpsWithTheGivenServerContext) {
+    use("mock", "m", {});
+    server_ctx_ = std::make_unique<ssl::context>(ssl::context::tls_server);
+    auto leaf = ca_.issue("inference.local", "DNS:inference.local");
+    server_ctx_->use_certificate_chain(asio::buffer(leaf.cert_pem));
+    server_ctx_->use_private_key(asio::buffer(leaf.key_pem), ssl::context::pem);
+    start({}, Mode::Tls);
+    ssl::context cctx(ssl::context::tls_client);
+    cctx.add_certificate_authority(asio::buffer(ca_.cert_pem()));
+    cctx.set_verify_mode(ssl::verify_peer);
+    ssl::stream<tcp::socket> s(connect(), cctx);
+    SSL_set_tlsext_host_name(s.native_handle(), "inference.local");
+    SSL_set1_host(s.native_handle(), "inference.local");
+    s.handshake(ssl::stream_base::client);
+    auto res = roundtrip(s, http::request<http::string_body>{http::verb::get, "/v1/models", 11});
+    EXPECT_EQ(res.result_int(), 200);
+    EXPECT_TRUE(contains(res.body(), R"("id":"m")"));
+}
+
+TEST_F(GatewayTest, PlainHttpIsRefusedWithAPointerToHttps) {
+    use("mock", "m", {});
+    start({}, Mode::Refusal);
+    auto out = raw("POST /v1/chat/completions HTTP/1.1\r\nHost: inference.local\r\nContent-Length: 2\r\n\r\n{}");
+    EXPECT_EQ(out.rfind("HTTP/1.1 400", 0), 0u) << out;
+    EXPECT_TRUE(contains(out, "https://inference.local/v1")) << out;
+}
+
+}  // namespace
+}  // namespace redir::terminator
