@@ -61,7 +61,8 @@ struct Responder::Impl : std::enable_shared_from_this<Impl> {
           admitter(a),
           on_event(std::move(e)),
           udp_sock(strand),
-          acceptor(strand) {}
+          acceptor(strand),
+          accept_backoff(strand) {}
 
     Strand strand;
     ResponderConfig cfg;
@@ -77,6 +78,7 @@ struct Responder::Impl : std::enable_shared_from_this<Impl> {
 
     udp::socket udp_sock;
     tcp::acceptor acceptor;
+    asio::steady_timer accept_backoff;
     std::array<uint8_t, 65536> udp_buf{};
     udp::endpoint udp_peer;
     uint16_t bound_port = 0;
@@ -393,6 +395,7 @@ void Responder::Impl::close_all() {
     error_code ignored;
     udp_sock.close(ignored);
     acceptor.close(ignored);
+    accept_backoff.cancel();
     std::vector<std::shared_ptr<Lookup>> ls;
     for (auto& [p, w] : lookups)
         if (auto l = w.lock()) ls.push_back(std::move(l));
@@ -438,7 +441,12 @@ void Responder::Impl::tcp_accept() {
             c->start();
         }
         // Over the cap, `s` closes here.
-        self->tcp_accept();
+        if (!ec) return self->tcp_accept();
+        // EMFILE and the like persist for a while: back off instead of spinning.
+        self->accept_backoff.expires_after(std::chrono::milliseconds(100));
+        self->accept_backoff.async_wait([self](error_code e) {
+            if (!e && self->acceptor.is_open()) self->tcp_accept();
+        });
     });
 }
 

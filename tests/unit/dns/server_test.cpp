@@ -197,12 +197,14 @@ protected:
                                                 });
         responder->start();
         runner = std::thread([this] { io.run(); });
+        for (int i = 1; i < io_threads; ++i) extra.emplace_back([this] { io.run(); });
     }
     void TearDown() override {
         if (responder) responder->stop();
         work.reset();
         io.stop();
         if (runner.joinable()) runner.join();
+        for (auto& t : extra) t.join();
         responder.reset();
     }
 
@@ -247,6 +249,8 @@ protected:
     RecordingAdmitter admitter;
     std::unique_ptr<Responder> responder;
     std::thread runner;
+    int io_threads = 1;
+    std::vector<std::thread> extra;
     std::mutex mu;
     std::vector<Event> events;
 };
@@ -448,6 +452,32 @@ TEST_F(ResponderTest, MalformedUdpGetsFormerrAndGarbageIsDropped) {
     // Still serving afterwards.
     EXPECT_EQ(answer_addrs(udp(make_query("inference.local", LDNS_RR_TYPE_A, 1))),
               std::vector<std::string>{"198.18.0.1"});
+}
+
+TEST_F(ResponderTest, ConcurrentQueriesOnSeveralIoThreads) {
+    upstream.set("api.example.", {"api.example. 300 IN A 203.0.113.10"});
+    io_threads = 4;
+    start();
+    constexpr int kClients = 8, kEach = 25;
+    std::atomic<int> ok{0};
+    std::vector<std::thread> clients;
+    for (int c = 0; c < kClients; ++c) {
+        clients.emplace_back([&, c] {
+            UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+            auto sa = loopback(responder->port());
+            for (int i = 0; i < kEach; ++i) {
+                const auto id = static_cast<uint16_t>(c * 1000 + i);
+                const char* name = i % 3 == 0 ? "inference.local" : i % 3 == 1 ? "api.example" : "nope.example";
+                Bytes q = make_query(name, LDNS_RR_TYPE_A, id);
+                ::sendto(s.get(), q.data(), q.size(), 0, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+                Bytes r = udp_recv(s.get(), 3000ms);
+                if (id_of(r) == id) ++ok;
+            }
+        });
+    }
+    for (auto& t : clients) t.join();
+    EXPECT_EQ(ok, kClients * kEach);
+    EXPECT_EQ(responder->stats().queries, uint64_t(kClients * kEach));
 }
 
 TEST_F(ResponderTest, FixedPortAndStopClosesIt) {
