@@ -102,7 +102,8 @@ struct Responder::Impl : std::enable_shared_from_this<Impl> {
         if (!stopped && on_event) on_event(name, qtype, v);
     }
 
-    // Decides one query; `deliver` gets the reply bytes (never called for Drop).
+    // Decides one query. Exactly one of the two callbacks runs, at once or when
+    // the lookup ends; empty bytes mean nothing is to be sent (Drop, stop()).
     void handle(const uint8_t* data, size_t len, std::function<void(Bytes)> deliver,
                 std::function<void(Bytes, const Forward&)> deliver_forwarded);
 
