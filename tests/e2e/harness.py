@@ -23,7 +23,9 @@ BUILD = os.environ.get("REDIR_BUILD", os.path.join(os.path.dirname(__file__), ".
 REDIRD = os.path.abspath(os.path.join(BUILD, "userspace", "agent", "redird"))
 REDIRCTL = os.path.abspath(os.path.join(BUILD, "tools", "redirctl", "redirctl"))
 
-FAKE_V4 = ["203.0.113.1/24", "198.51.100.1/24"]
+# 192.0.2.53 is the fake upstream resolver every agent in the tests forwards to.
+FAKE_V4 = ["203.0.113.1/24", "198.51.100.1/24", "192.0.2.53/32"]
+FAKE_RESOLVER = "192.0.2.53"
 FAKE_V6 = ["2001:db8::1/64"]
 
 
@@ -85,6 +87,13 @@ class Cgroup:
         wrapper = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', self.path] + list(argv)
         return subprocess.run(wrapper, capture_output=True, text=True, **kw)
 
+    def run_resolving(self, argv, resolv_conf, **kw):
+        """ARGV in this cgroup with RESOLV_CONF bind-mounted over /etc/resolv.conf
+        (private mount namespace), so the sandbox asks a resolver we chose."""
+        script = 'mount --bind "$1" /etc/resolv.conf && echo $$ > "$2/cgroup.procs" && shift 2 && exec "$@"'
+        return subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", resolv_conf, self.path] + list(argv),
+                              capture_output=True, text=True, **kw)
+
     def popen(self, argv, **kw):
         wrapper = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', self.path] + list(argv)
         return subprocess.Popen(wrapper, **kw)
@@ -100,7 +109,8 @@ class Agent:
         self.bpffs = "/sys/fs/bpf/redir-e2e-%s-%d" % (tag, os.getpid())
         self.socket = os.path.join(self.run_dir, "redird.sock")
         self.log = os.path.join(self.tmp, "redird.log")
-        self.extra = list(extra_args)
+        # Never the host's resolver: the fake one inside this namespace.
+        self.extra = ["--dns-upstream", FAKE_RESOLVER + ":53"] + list(extra_args)
         self.proc = None
 
     @property

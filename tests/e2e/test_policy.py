@@ -189,10 +189,11 @@ class PolicyE2E(unittest.TestCase):
         self.assertEqual(shown["name"], "sld")
         names = [p["name"] for p in json.loads(self.agent.ctl("policy", "list", "--json").stdout)]
         self.assertIn("sld", names)
-        # Host rules are stored and shown as pending until the DNS responder enforces them.
+        # Host rules are stored and listed; the sandbox's DNS responder enforces them.
         st = self.agent.status()
         att = [a for a in st["attachments"] if a["policy"] == "sld"][0]
-        self.assertIn("api.github.com", att["pending_hosts"])
+        self.assertIn("api.github.com", att["host_rules"])
+        self.assertGreater(att["dns_port"], 0)
         r = self.agent.ctl("policy", "delete", "sld", check=False)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("attached", r.stderr)

@@ -398,8 +398,9 @@ int main(int argc, char** argv) {
             for (auto& at : d["attachments"].GetArray()) {
                 std::cout << "  " << at["cgroup"].GetString() << "  policy " << at["policy"].GetString() << " (id "
                           << at["policy_id"].GetUint64() << "), " << at["programs"].GetUint64() << " programs";
-                if (at.HasMember("pending_hosts") && !at["pending_hosts"].Empty())
-                    std::cout << ", " << at["pending_hosts"].Size() << " host rules pending (DNS responder)";
+                if (at.HasMember("host_rules") && !at["host_rules"].Empty())
+                    std::cout << ", " << at["host_rules"].Size() << " host rules (DNS port " << at["dns_port"].GetUint64()
+                              << ")";
                 std::cout << "\n";
             }
             auto& c = d["counters"];

@@ -12,6 +12,7 @@
 #include <rapidjson/document.h>
 #include <spdlog/spdlog.h>
 
+#include "agent/dns_service.hpp"
 #include "agent/inference_service.hpp"
 #include "agent/json_out.hpp"
 #include "agent/listeners.hpp"
@@ -19,6 +20,7 @@
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
 #include "loader/features.hpp"
+#include "policy/compile.hpp"
 
 namespace fs = std::filesystem;
 
@@ -105,6 +107,10 @@ void Agent::start() {
         std::make_unique<RedirectListener>(io_, "relay", 0, lookup, *audit_, make_relay_handler(io_, *audit_));
 
     inference_ = std::make_unique<InferenceService>(io_, opts_.state_dir, lookup, *audit_);
+    DnsOptions dopts;
+    dopts.upstream = opts_.dns_upstream;
+    if (auto v = addr_parse(opts_.inference_vip); v && addr_is_v4(*v)) std::memcpy(dopts.vip4.data(), &v->b[12], 4);
+    dns_ = std::make_unique<DnsService>(io_, *dp_, *audit_, dopts);
 
     redir_config cfg{};
     cfg.agent_netns_cookie = netns_cookie_;
@@ -131,16 +137,24 @@ void Agent::start() {
                  opts_.state_dir, opts_.run_dir, opts_.bpffs_dir, policies_.size(), attachments_.size());
 }
 
+namespace {
+std::shared_ptr<const policy::CompiledPolicy> compiled_of(const ActivePolicy* p) {
+    if (!p) return nullptr;
+    return std::static_pointer_cast<const policy::CompiledPolicy>(p->info.compiled);
+}
+}  // namespace
+
 uint32_t Agent::next_policy_id() {
     uint32_t id = next_id_++;
     store_->save_next_policy_id(next_id_);
     return id;
 }
 
-redir_attach_val Agent::attach_val_for(const ActivePolicy& p) const {
+redir_attach_val Agent::attach_val_for(const ActivePolicy& p, uint16_t dns_port) const {
     redir_attach_val v{};
     v.policy_id = p.id;
     v.flags = p.info.inference_enabled ? REDIR_ATTACH_F_INFERENCE : 0;
+    v.dns_port = dns_port;
     return v;
 }
 
@@ -188,7 +202,11 @@ void Agent::restore() {
             a.cgroup_id = cg.id;
         }
         redir_attach_val v{};  // unknown policy: id 0 has no entries, so everything is denied
-        if (auto it = policies_.find(a.policy); it != policies_.end()) v = attach_val_for(it->second);
+        const ActivePolicy* ap = nullptr;
+        if (auto it = policies_.find(a.policy); it != policies_.end()) ap = &it->second;
+        uint16_t dport = dns_->add(cg.id, compiled_of(ap), ap ? ap->id : 0);
+        if (ap) v = attach_val_for(*ap, dport);
+        v.dns_port = dport;
         // Adopt: the links stay attached throughout; only the program behind
         // them and the policy id change, each atomically.
         dp_->adopt(cg, v);
@@ -238,8 +256,11 @@ void Agent::save_attachments() { store_->save_attachments(attachments_); }
 
 void Agent::flip_policy(const std::string& name, uint32_t old_id) {
     auto& ap = policies_.at(name);
-    for (auto& a : attachments_)
-        if (a.policy == name) dp_->set_attachment(a.cgroup_id, attach_val_for(ap));
+    for (auto& a : attachments_) {
+        if (a.policy != name) continue;
+        dp_->set_attachment(a.cgroup_id, attach_val_for(ap, dns_->port(a.cgroup_id)));
+        dns_->update(a.cgroup_id, compiled_of(&ap), ap.id);
+    }
     if (old_id) dp_->delete_policy(old_id);
 }
 
@@ -293,6 +314,7 @@ std::string Agent::cmd_status() {
         .num("relay_port", listeners_->relay->port())
         .num("terminator_port", inference_->tls_port())
         .num("plain_http_port", inference_->plain_port())
+        .str("dns_upstream", dns_->upstream())
         .num("uptime_s", static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
                                                    std::chrono::steady_clock::now() - started_)
                                                    .count()))
@@ -311,10 +333,13 @@ std::string Agent::cmd_status() {
         for (auto& p : pinned)
             if (p.cgroup_id == a.cgroup_id) nprog = p.programs.size();
         j.num("programs", nprog);
+        j.num("dns_port", dns_->port(a.cgroup_id));
         if (auto it = policies_.find(a.policy); it != policies_.end()) {
-            j.begin_array("pending_hosts");
+            // Enforced through this sandbox's DNS responder.
+            j.begin_array("host_rules");
             for (auto& h : it->second.info.pending_hosts) j.str(h);
             j.end_array();
+            j.begin_array("pending_hosts").end_array();
         }
         j.end();
     }
@@ -355,13 +380,20 @@ std::string Agent::cmd_attach(const std::string& cgroup, const std::string& poli
     auto it = policies_.find(name);
     if (it == policies_.end())
         return error_response("no policy named \"" + name + "\" is loaded; load it with `redirctl policy load FILE`");
-    dp_->attach(cg, attach_val_for(it->second));
+    uint16_t dport = dns_->add(cg.id, compiled_of(&it->second), it->second.id);
+    try {
+        dp_->attach(cg, attach_val_for(it->second, dport));
+    } catch (...) {
+        dns_->remove(cg.id);
+        throw;
+    }
     attachments_.push_back({cg.path, cg.id, name});
     try {
         save_attachments();
     } catch (...) {
         attachments_.pop_back();
         dp_->detach(cg.id);
+        dns_->remove(cg.id);
         throw;
     }
     JsonOut j;
@@ -396,6 +428,7 @@ std::string Agent::cmd_detach(const std::string& cgroup) {
     attachments_.erase(it);
     save_attachments();
     dp_->detach(cid);
+    dns_->remove(cid);
     return JsonOut().begin().boolean("ok", true).str("cgroup", path).end().take();
 }
 
@@ -428,7 +461,7 @@ std::string Agent::cmd_policy_load(const std::string& text, const std::string& s
         .num("attachments", users)
         .num("lpm_entries", p.info.lpm_entries)
         .num("portsets", p.info.portsets)
-        .begin_array("pending_hosts");
+        .begin_array("host_rules");
     for (auto& h : p.info.pending_hosts) j.str(h);
     j.end_array().end();
     return j.take();

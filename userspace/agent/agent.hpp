@@ -28,6 +28,7 @@ struct AgentOptions {
 };
 
 class InferenceService;
+class DnsService;
 
 struct ActivePolicy {
     StoredPolicy stored;
@@ -65,7 +66,7 @@ private:
     ActivePolicy install_policy(const StoredPolicy& sp);
     // Points every attachment of NAME at ACTIVE's id, then removes OLD_ID's entries.
     void flip_policy(const std::string& name, uint32_t old_id);
-    redir_attach_val attach_val_for(const ActivePolicy& p) const;
+    redir_attach_val attach_val_for(const ActivePolicy& p, uint16_t dns_port) const;
     void restore();
     void collect_garbage();
     void on_event(const redir_event& e);
@@ -81,6 +82,7 @@ private:
     struct Listeners;
     std::unique_ptr<Listeners> listeners_;
     std::unique_ptr<InferenceService> inference_;
+    std::unique_ptr<DnsService> dns_;
 
     std::map<std::string, ActivePolicy> policies_;
     std::vector<StoredAttachment> attachments_;
