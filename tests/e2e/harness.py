@@ -189,7 +189,8 @@ def write_policy(dirpath, name, body):
 class TcpServer:
     """Accepts on ADDR:PORT and answers every connection with its own local address."""
 
-    def __init__(self, addr, port):
+    def __init__(self, addr, port, http=False):
+        self.http = http
         fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
         self.sock = socket.socket(fam, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -206,11 +207,33 @@ class TcpServer:
                 c, _ = self.sock.accept()
             except OSError:
                 return
+            if self.http:
+                import threading
+                threading.Thread(target=self._http, args=(c,), daemon=True).start()
+                continue
             try:
                 la = c.getsockname()
                 c.sendall(("%s %d\n" % (la[0], la[1])).encode())
             finally:
                 c.close()
+
+    def _http(self, c):
+        """Minimal HTTP/1.1: read the request head, answer with our address."""
+        try:
+            c.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = c.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            la = c.getsockname()
+            body = ("%s %d\n" % (la[0], la[1])).encode()
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        except OSError:
+            pass
+        finally:
+            c.close()
 
     def close(self):
         self.sock.close()

@@ -73,7 +73,7 @@ class DnsE2E(unittest.TestCase):
         cls.resolv = os.path.join(cls.tmp, "resolv.conf")
         with open(cls.resolv, "w") as f:
             f.write("nameserver 192.0.2.99\noptions attempts:1 timeout:2\n")
-        cls.servers = [TcpServer(ip, 80) for ip in
+        cls.servers = [TcpServer(ip, 80, http=True) for ip in
                        ("203.0.113.80", "203.0.113.81", "203.0.113.82", "203.0.113.83", "203.0.113.84",
                         "203.0.113.85", "10.0.0.5", "10.0.0.6", "2001:db8::1")]
         cls.agent = Agent("dns").start()
@@ -104,7 +104,7 @@ class DnsE2E(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("203.0.113.80", r.stdout)
         self.assertEqual(self.resolve(self.cg_a, "api.github.com"), {"api.github.com": ["203.0.113.80"]})
-        r = self.cg_a.run_resolving(["curl", "-sS", "--http0.9", "-m", "5", "http://api.github.com/"], self.resolv, timeout=30)
+        r = self.cg_a.run_resolving(["curl", "-sS", "-m", "5", "http://api.github.com/"], self.resolv, timeout=30)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertTrue(r.stdout.startswith("203.0.113.80 80"), r.stdout)
 
