@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 rc=0
 echo "== connect() cost by policy size, and 100k-rule load time"
 build/bench/datapath/bench_connect "$@" || rc=1
+echo "== DNS responder: queries/s and added latency vs the upstream directly"
+build/bench/dns/bench_dns || rc=1
 if [[ -x build/bench/tls/bench_tls_leaf ]]; then
   echo "== leaf certificate issuance"
   build/bench/tls/bench_tls_leaf --benchmark_min_time=0.2 || rc=1
@@ -17,7 +19,7 @@ if [[ -x build/bench/bench_policy_compile ]]; then
   build/bench/bench_policy_compile --benchmark_min_time=0.2 || rc=1
 fi
 for b in build/bench/*/bench_* ; do
-  case "$b" in */bench_connect|*/bench_tls_leaf) continue;; esac
+  case "$b" in */bench_connect|*/bench_tls_leaf|*/bench_dns) continue;; esac
   [[ -x "$b" ]] || continue
   echo "== $(basename "$b")"
   "$b" || rc=1
