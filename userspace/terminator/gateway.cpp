@@ -246,6 +246,12 @@ awaitable<std::unique_ptr<UpstreamConn>> connect_upstream(Impl& gw, const Provid
     auto conn = std::make_unique<UpstreamConn>(gw.strand, ctx);
     conn->key = key;
     watch.upstream = conn.get();
+    // Failures below destroy CONN: the watcher must not keep it (the caller
+    // sets it again from what is returned).
+    struct Forget {
+        ClientWatch& w;
+        ~Forget() { w.upstream = nullptr; }
+    } forget{watch};
     auto& low = beast::get_lowest_layer(conn->s);
     const auto deadline = Clock::now() + o.upstream_connect_timeout;
 
@@ -329,10 +335,14 @@ awaitable<bool> relay(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, 
     std::unique_ptr<UpstreamConn> conn;
     std::unique_ptr<http::response_parser<http::buffer_body>> up;
     for (int attempt = 0;; ++attempt) {
+        // The watcher must never see a connection that is being destroyed.
+        watch.upstream = nullptr;
+        conn.reset();
         conn = attempt == 0 ? gw.pool.take(key, o.pool_idle_timeout) : nullptr;
         if (!conn) {
             Failure f;
             conn = co_await connect_upstream(gw, call.provider, call.base, key, watch, f);
+            watch.upstream = conn.get();
             if (watch.gone) co_return false;
             if (!conn) co_return co_await send_error(gw, s, call.shape, f.status, f.message, call.client_keep_alive, log);
         }
@@ -369,6 +379,17 @@ awaitable<bool> relay(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, 
     }
 
     const auto& uh = up->get();
+    if (uh.result_int() == 401) {
+        // The sandbox's key is never the one that was refused, and provider
+        // 401 bodies quote part of the key: answer in our own words.
+        conn->close();
+        co_return co_await send_error(gw, s, call.shape, 401,
+                                      "provider " + call.provider.name +
+                                          " rejected the credential configured for it: an operator must update it "
+                                          "with `redirctl provider update " +
+                                          call.provider.name + " --credential KEY=VALUE`",
+                                      call.client_keep_alive, log);
+    }
     HeaderList rh;
     for (const auto& f : uh) rh.emplace_back(lower(f.name_string()), std::string(f.value()));
     const auto ctoks = connection_tokens(rh);

@@ -290,6 +290,12 @@ protected:
 
 bool contains(const std::string& h, const std::string& n) { return h.find(n) != std::string::npos; }
 
+std::string chunk(const std::string& d) {
+    char hex[16];
+    snprintf(hex, sizeof hex, "%zx\r\n", d.size());
+    return hex + d + "\r\n";
+}
+
 TEST_F(GatewayTest, RewritesModelSwapsCredentialAndFiltersHeaders) {
     use_openai();
     start();
@@ -354,6 +360,35 @@ TEST_F(GatewayTest, AnthropicKeyDefaultsAndQuery) {
     // The client's own allowed header wins over the default.
     post("/v1/messages", R"({"messages":[]})", {{"anthropic-version", "2099-12-31"}});
     EXPECT_EQ(fake_->received().at(1).header("anthropic-version"), "2099-12-31");
+}
+
+TEST_F(GatewayTest, ProviderRejectingTheCredentialIsReportedWithoutEchoingIt) {
+    use_openai();
+    start();
+    fake_->set_handler([](const Received&, FakeProvider::Conn& c) {
+        std::string body = R"({"error":{"message":"Incorrect API key provided: sk-provider-****0001"}})";
+        return c.write("HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: " +
+                       std::to_string(body.size()) + "\r\n\r\n" + body);
+    });
+    auto res = post("/v1/chat/completions", "{}");
+    EXPECT_EQ(res.result_int(), 401);
+    EXPECT_FALSE(contains(res.body(), "0001")) << res.body();
+    EXPECT_TRUE(contains(res.body(), "redirctl provider update p")) << res.body();
+    EXPECT_TRUE(contains(res.body(), "authentication_error")) << res.body();
+}
+
+TEST_F(GatewayTest, ProviderErrorsPassThrough) {
+    use_openai();
+    start();
+    fake_->set_handler([](const Received&, FakeProvider::Conn& c) {
+        std::string body = R"({"error":{"message":"Rate limit reached","type":"requests"}})";
+        return c.write("HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 7\r\n"
+                       "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+    });
+    auto res = post("/v1/chat/completions", "{}");
+    EXPECT_EQ(res.result_int(), 429);
+    EXPECT_EQ(res["retry-after"], "7");
+    EXPECT_TRUE(contains(res.body(), "Rate limit reached"));
 }
 
 TEST_F(GatewayTest, FamilyMismatchIs400) {
@@ -531,7 +566,7 @@ TEST_F(GatewayTest, StreamIdleTimeoutBetweenChunks) {
     start(o);
     fake_->set_handler([this](const Received&, FakeProvider::Conn& c) {
         c.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-                "8\r\ndata: 1\n\n\r\n");
+                + chunk("data: 1\n\n"));
         fake_->idle(3s);
         return false;
     });
@@ -737,7 +772,7 @@ TEST_F(GatewayTest, ClientHangingUpClosesTheProviderRequest) {
     fake_->set_handler([&](const Received&, FakeProvider::Conn& c) {
         c.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
         for (int i = 0; i < 100; ++i) {
-            if (!c.write("8\r\ndata: x\n\n\r\n")) {
+            if (!c.write(chunk("data: x\n\n"))) {
                 provider_saw_close = true;
                 return false;
             }
@@ -830,23 +865,91 @@ TEST_F(GatewayTest, IdleConnectionIsClosed) {
     EXPECT_LT(Clock::now() - t0, 2s);
 }
 
-TEST_F(GatewayTest, ServesHttpsWithTheGivenServerContext) {
+class TlsGatewayTest : public GatewayTest {
+protected:
+    void start_tls(GatewayOptions o = {}) {
+        server_ctx_ = std::make_unique<ssl::context>(ssl::context::tls_server);
+        auto leaf = ca_.issue("inference.local", "DNS:inference.local");
+        server_ctx_->use_certificate_chain(asio::buffer(leaf.cert_pem));
+        server_ctx_->use_private_key(asio::buffer(leaf.key_pem), ssl::context::pem);
+        start(std::move(o), Mode::Tls);
+        client_ctx_.add_certificate_authority(asio::buffer(ca_.cert_pem()));
+        client_ctx_.set_verify_mode(ssl::verify_peer);
+    }
+    std::unique_ptr<ssl::stream<tcp::socket>> tls_connect() {
+        auto s = std::make_unique<ssl::stream<tcp::socket>>(connect(), client_ctx_);
+        SSL_set_tlsext_host_name(s->native_handle(), "inference.local");
+        SSL_set1_host(s->native_handle(), "inference.local");
+        s->handshake(ssl::stream_base::client);
+        return s;
+    }
+    ssl::context client_ctx_{ssl::context::tls_client};
+};
+
+TEST_F(TlsGatewayTest, ServesHttpsWithTheGivenServerContext) {
     use("mock", "m", {});
-    server_ctx_ = std::make_unique<ssl::context>(ssl::context::tls_server);
-    auto leaf = ca_.issue("inference.local", "DNS:inference.local");
-    server_ctx_->use_certificate_chain(asio::buffer(leaf.cert_pem));
-    server_ctx_->use_private_key(asio::buffer(leaf.key_pem), ssl::context::pem);
-    start({}, Mode::Tls);
-    ssl::context cctx(ssl::context::tls_client);
-    cctx.add_certificate_authority(asio::buffer(ca_.cert_pem()));
-    cctx.set_verify_mode(ssl::verify_peer);
-    ssl::stream<tcp::socket> s(connect(), cctx);
-    SSL_set_tlsext_host_name(s.native_handle(), "inference.local");
-    SSL_set1_host(s.native_handle(), "inference.local");
-    s.handshake(ssl::stream_base::client);
+    start_tls();
+    auto sp = tls_connect();
+    auto& s = *sp;
     auto res = roundtrip(s, http::request<http::string_body>{http::verb::get, "/v1/models", 11});
     EXPECT_EQ(res.result_int(), 200);
     EXPECT_TRUE(contains(res.body(), R"("id":"m")"));
+}
+
+// Over TLS the client is watched while the provider streams (a concurrent
+// read on the SSL stream); the connection must stay usable afterwards.
+TEST_F(TlsGatewayTest, ProxiedStreamsKeepTheConnectionUsable) {
+    use_openai();
+    start_tls();
+    fake_->set_handler([](const Received&, FakeProvider::Conn& c) {
+        c.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for (int i = 0; i < 3; ++i) {
+            std::this_thread::sleep_for(30ms);
+            c.write(chunk("data: x\n\n"));
+        }
+        return c.write("0\r\n\r\n");
+    });
+    auto sp = tls_connect();
+    for (int i = 0; i < 3; ++i) {
+        http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+        req.body() = R"({"stream":true})";
+        auto res = roundtrip(*sp, req);
+        EXPECT_EQ(res.result_int(), 200);
+        EXPECT_EQ(res.body(), "data: x\n\ndata: x\n\ndata: x\n\n");
+    }
+    EXPECT_EQ(fake_->connections(), 1);
+}
+
+TEST_F(TlsGatewayTest, ClientHangingUpOverTlsClosesTheProviderRequest) {
+    use_openai();
+    start_tls();
+    std::atomic<bool> provider_saw_close{false};
+    fake_->set_handler([&](const Received&, FakeProvider::Conn& c) {
+        c.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for (int i = 0; i < 100; ++i) {
+            if (!c.write(chunk("data: x\n\n"))) {
+                provider_saw_close = true;
+                return false;
+            }
+            std::this_thread::sleep_for(50ms);
+        }
+        return false;
+    });
+    {
+        auto sp = tls_connect();
+        http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+        req.set(http::field::host, "i");
+        req.body() = R"({"stream":true})";
+        req.prepare_payload();
+        http::write(*sp, req);
+        char b[512];
+        sp->read_some(asio::buffer(b));
+        beast::error_code ec;
+        sp->next_layer().close(ec);
+    }
+    auto deadline = Clock::now() + 3s;
+    while (!provider_saw_close && Clock::now() < deadline) std::this_thread::sleep_for(20ms);
+    EXPECT_TRUE(provider_saw_close);
 }
 
 TEST_F(GatewayTest, PlainHttpIsRefusedWithAPointerToHttps) {
