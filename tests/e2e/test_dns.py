@@ -121,6 +121,10 @@ class DnsE2E(unittest.TestCase):
         recs = [r for r in self.agent.audit_records() if r.get("event") == "dns" and r.get("name") == "evil.example"]
         self.assertTrue(recs)
         self.assertEqual(recs[-1]["verdict"], "denied")
+        self.assertIn(recs[-1]["type"], ("A", "AAAA"))
+        # The process that asked is named: pid and comm of the sandbox socket's owner.
+        self.assertGreater(recs[-1]["pid"], 0, recs[-1])
+        self.assertTrue(recs[-1]["comm"].startswith("python") or recs[-1]["comm"] == "getent", recs[-1])
 
     def test_cname_chain_admits_final_address(self):
         self.assertEqual(self.resolve(self.cg_a, "alias.example"), {"alias.example": ["203.0.113.82"]})
@@ -201,6 +205,26 @@ class DnsE2E(unittest.TestCase):
         finally:
             self.agent.ctl("detach", "--cgroup", cg.path)
             cg.remove()
+
+    def test_unconnected_udp_reply_appears_to_come_from_the_resolver_asked(self):
+        code = r'''
+import socket, struct, sys
+q = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + b"\x03api\x06github\x03com\x00" + struct.pack("!HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(q, ("192.0.2.77", 53))
+data, src = s.recvfrom(4096)
+print(src[0], src[1], struct.unpack("!H", data[:2])[0] == 0x4242, data[3] & 15)
+'''
+        r = self.cg_a.run([sys.executable, "-c", code])
+        self.assertEqual(r.stdout.split(), ["192.0.2.77", "53", "True", "0"], r.stderr)
+
+    def test_ipv6_resolver_address(self):
+        resolv6 = os.path.join(self.tmp, "resolv6.conf")
+        with open(resolv6, "w") as f:
+            f.write("nameserver 2001:db8::53\noptions attempts:1 timeout:2\n")
+        r = self.cg_a.run_resolving([sys.executable, "-c", RESOLVE, "api.github.com"], resolv6, timeout=30)
+        self.assertEqual(json.loads(r.stdout), {"api.github.com": ["203.0.113.80"]}, r.stderr)
 
     def test_other_udp_denied(self):
         code = ("import socket,errno\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"

@@ -204,7 +204,7 @@ void Agent::restore() {
         redir_attach_val v{};  // unknown policy: id 0 has no entries, so everything is denied
         const ActivePolicy* ap = nullptr;
         if (auto it = policies_.find(a.policy); it != policies_.end()) ap = &it->second;
-        uint16_t dport = dns_->add(cg.id, compiled_of(ap), ap ? ap->id : 0);
+        uint16_t dport = dns_->add(cg.id, cg.path, compiled_of(ap), ap ? ap->id : 0);
         if (ap) v = attach_val_for(*ap, dport);
         v.dns_port = dport;
         // Adopt: the links stay attached throughout; only the program behind
@@ -380,7 +380,7 @@ std::string Agent::cmd_attach(const std::string& cgroup, const std::string& poli
     auto it = policies_.find(name);
     if (it == policies_.end())
         return error_response("no policy named \"" + name + "\" is loaded; load it with `redirctl policy load FILE`");
-    uint16_t dport = dns_->add(cg.id, compiled_of(&it->second), it->second.id);
+    uint16_t dport = dns_->add(cg.id, cg.path, compiled_of(&it->second), it->second.id);
     try {
         dp_->attach(cg, attach_val_for(it->second, dport));
     } catch (...) {

@@ -11,6 +11,7 @@
 
 #include "agent/audit_log.hpp"
 #include "agent/json_out.hpp"
+#include "agent/socket_owner.hpp"
 #include "common/addr.hpp"
 #include "common/error.hpp"
 #include "dns/server.hpp"
@@ -90,6 +91,12 @@ struct DnsService::Sandbox : dns::Admitter {
     };
     std::map<std::array<uint8_t, 16>, Admitted> admitted;
     std::unique_ptr<dns::Responder> responder;
+    std::unique_ptr<dns::Responder> responder6;  // same port on ::1, for sandboxes asking over IPv6
+
+    void stop() {
+        responder->stop();
+        if (responder6) responder6->stop();
+    }
 
     uint32_t intern(std::string_view name) {
         std::lock_guard lk(mu);
@@ -197,11 +204,11 @@ DnsService::DnsService(asio::io_context& io, loader::Datapath& dp, AuditLog& aud
 }
 
 DnsService::~DnsService() {
-    for (auto& [id, sb] : sandboxes_) sb->responder->stop();
+    for (auto& [id, sb] : sandboxes_) sb->stop();
 }
 
-uint16_t DnsService::add(uint64_t cgroup_id, std::shared_ptr<const policy::CompiledPolicy> compiled,
-                         uint32_t policy_id) {
+uint16_t DnsService::add(uint64_t cgroup_id, const std::string& cgroup_path,
+                         std::shared_ptr<const policy::CompiledPolicy> compiled, uint32_t policy_id) {
     auto sb = std::make_unique<Sandbox>();
     sb->cgroup_id = cgroup_id;
     sb->dp = &dp_;
@@ -213,7 +220,17 @@ uint16_t DnsService::add(uint64_t cgroup_id, std::shared_ptr<const policy::Compi
     cfg.ttl.ceiling_seconds = opts_.ttl_ceiling_s;
     auto* audit = &audit_;
     uint64_t cg = cgroup_id;
-    auto hook = [audit, cg](std::string_view name, uint16_t qtype, dns::Verdict v) {
+    auto* sbp = sb.get();
+    auto hook = [audit, cg, cgroup_path, sbp](std::string_view name, uint16_t qtype, dns::Verdict v,
+                                              const dns::QueryOrigin& from) {
+        // The responder saw a datagram; the process behind it is found from
+        // its source address among the sandbox's processes.
+        std::optional<ProcessInfo> owner;
+        if (auto peer = addr_parse(from.address.to_string())) {
+            auto local = addr_parse(from.address.is_v4() ? "127.0.0.1" : "::1");
+            owner = find_socket_owner(from.tcp, *peer, from.port, *local, sbp->responder ? sbp->responder->port() : 0,
+                                      cgroup_path);
+        }
         JsonOut j;
         j.begin()
             .num("ts_ms", static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -225,12 +242,25 @@ uint16_t DnsService::add(uint64_t cgroup_id, std::shared_ptr<const policy::Compi
             .str("type", qtype_name(qtype))
             .num("qtype", qtype)
             .num("cgroup_id", cg)
+            .num("pid", owner ? owner->pid : 0)
+            .str("comm", owner ? owner->comm : "")
+            .str("protocol", from.tcp ? "tcp" : "udp")
             .end();
         audit->write(j.take());
     };
     sb->responder = std::make_unique<dns::Responder>(io_, cfg, sb->view(opts_), *sb, hook);
     sb->responder->start();
     uint16_t port = sb->responder->port();
+    try {
+        dns::ResponderConfig cfg6 = cfg;
+        cfg6.listen = asio::ip::make_address("::1");
+        cfg6.port = port;
+        sb->responder6 = std::make_unique<dns::Responder>(io_, cfg6, sb->view(opts_), *sb, hook);
+        sb->responder6->start();
+    } catch (const std::exception& e) {
+        sb->responder6.reset();
+        spdlog::warn("no IPv6 DNS listener for cgroup {} ({}); IPv6 resolvers will fail closed", cgroup_id, e.what());
+    }
     sandboxes_[cgroup_id] = std::move(sb);
     return port;
 }
@@ -246,13 +276,14 @@ void DnsService::update(uint64_t cgroup_id, std::shared_ptr<const policy::Compil
         sb.policy_id = policy_id;
     }
     sb.responder->set_view(sb.view(opts_));
+    if (sb.responder6) sb.responder6->set_view(sb.view(opts_));
     sb.revalidate();
 }
 
 void DnsService::remove(uint64_t cgroup_id) {
     auto it = sandboxes_.find(cgroup_id);
     if (it == sandboxes_.end()) return;
-    it->second->responder->stop();
+    it->second->stop();
     sandboxes_.erase(it);
     dp_.delete_dns_allow_for(cgroup_id);
 }

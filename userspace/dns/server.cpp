@@ -96,15 +96,15 @@ struct Responder::Impl : std::enable_shared_from_this<Impl> {
         return view;
     }
 
-    void event(std::string_view name, uint16_t qtype, Verdict v) {
+    void event(std::string_view name, uint16_t qtype, Verdict v, const QueryOrigin& origin) {
         ++n_refused;
         std::lock_guard lk(cb_mu);
-        if (!stopped && on_event) on_event(name, qtype, v);
+        if (!stopped && on_event) on_event(name, qtype, v, origin);
     }
 
     // Decides one query. Exactly one of the two callbacks runs, at once or when
     // the lookup ends; empty bytes mean nothing is to be sent (Drop, stop()).
-    void handle(const uint8_t* data, size_t len, std::function<void(Bytes)> deliver,
+    void handle(const uint8_t* data, size_t len, const QueryOrigin& origin, std::function<void(Bytes)> deliver,
                 std::function<void(Bytes, const Forward&)> deliver_forwarded);
 
     void bind();
@@ -125,6 +125,7 @@ struct Responder::Impl::Lookup : std::enable_shared_from_this<Lookup> {
 
     std::shared_ptr<Impl> owner;
     Forward fwd;
+    QueryOrigin origin;  // the sandbox socket that asked
     std::function<void(Bytes, const Forward&)> deliver;
     udp::socket usock;
     tcp::socket tsock;
@@ -203,12 +204,12 @@ struct Responder::Impl::Lookup : std::enable_shared_from_this<Lookup> {
         if (v->match_host) match = v->match_host(fwd.name);
         if (!match || match->deny) {
             // The policy was reloaded during the lookup and no longer allows the name.
-            owner->event(fwd.name, fwd.qtype, Verdict::denied);
+            owner->event(fwd.name, fwd.qtype, Verdict::denied, origin);
             return finish(make_error_reply(fwd, kNxdomain));
         }
         UpstreamResult r = process_upstream_answer(fwd, ans, *match, owner->cfg.ttl);
         if (!r.ok) {
-            owner->event(fwd.name, fwd.qtype, Verdict::upstream_error);
+            owner->event(fwd.name, fwd.qtype, Verdict::upstream_error, origin);
             return finish(std::move(r.reply));
         }
         if (!r.admissions.empty()) {
@@ -219,7 +220,7 @@ struct Responder::Impl::Lookup : std::enable_shared_from_this<Lookup> {
                 owner->n_admissions += r.admissions.size();
             } catch (...) {
                 lk.unlock();
-                owner->event(fwd.name, fwd.qtype, Verdict::upstream_error);
+                owner->event(fwd.name, fwd.qtype, Verdict::upstream_error, origin);
                 return finish(make_servfail(fwd));
             }
         }
@@ -228,7 +229,7 @@ struct Responder::Impl::Lookup : std::enable_shared_from_this<Lookup> {
 
     void fail() {
         if (done) return;
-        owner->event(fwd.name, fwd.qtype, Verdict::upstream_error);
+        owner->event(fwd.name, fwd.qtype, Verdict::upstream_error, origin);
         finish(make_servfail(fwd));
     }
 
@@ -294,7 +295,10 @@ struct Responder::Impl::TcpConn : std::enable_shared_from_this<TcpConn> {
                 auto reply = [self](Bytes b) { self->send(std::move(b)); };
                 auto forwarded = [self](Bytes b, const Forward&) { self->send(std::move(b)); };
                 Bytes q = std::move(self->body);
-                self->owner->handle(q.data(), q.size(), reply, forwarded);
+                error_code pe;
+                auto rp = self->sock.remote_endpoint(pe);
+                QueryOrigin origin{rp.address(), rp.port(), true};
+                self->owner->handle(q.data(), q.size(), origin, reply, forwarded);
                 if (!self->closed && self->pending < self->owner->cfg.max_tcp_pipeline) self->read_query();
             });
         });
@@ -331,7 +335,8 @@ struct Responder::Impl::TcpConn : std::enable_shared_from_this<TcpConn> {
     }
 };
 
-void Responder::Impl::handle(const uint8_t* data, size_t len, std::function<void(Bytes)> deliver,
+void Responder::Impl::handle(const uint8_t* data, size_t len, const QueryOrigin& origin,
+                             std::function<void(Bytes)> deliver,
                              std::function<void(Bytes, const Forward&)> deliver_forwarded) {
     ++n_queries;
     auto v = current_view();
@@ -340,7 +345,7 @@ void Responder::Impl::handle(const uint8_t* data, size_t len, std::function<void
         if (r->verdict == Verdict::inference) {
             ++n_local;
         } else {
-            event(r->name, r->qtype, r->verdict);
+            event(r->name, r->qtype, r->verdict, origin);
         }
         deliver(std::move(r->wire));
         return;
@@ -351,12 +356,13 @@ void Responder::Impl::handle(const uint8_t* data, size_t len, std::function<void
     }
     auto& fwd = std::get<Forward>(act);
     if (lookups.size() >= cfg.max_inflight) {
-        event(fwd.name, fwd.qtype, Verdict::overloaded);
+        event(fwd.name, fwd.qtype, Verdict::overloaded, origin);
         deliver(make_servfail(fwd));
         return;
     }
     ++n_forwarded;
     auto l = std::make_shared<Lookup>(shared_from_this(), std::move(fwd), std::move(deliver_forwarded));
+    l->origin = origin;
     lookups.emplace(l.get(), l);
     l->start();
 }
@@ -424,7 +430,7 @@ void Responder::Impl::udp_receive() {
                 if (b.empty()) return;
                 send(b.size() > f.client_udp_size ? make_truncated(f) : b);
             };
-            self->handle(self->udp_buf.data(), n, reply, forwarded);
+            self->handle(self->udp_buf.data(), n, QueryOrigin{peer.address(), peer.port(), false}, reply, forwarded);
         }
         // Errors on an unconnected UDP socket (e.g. ICMP from a vanished
         // client) concern one datagram, not the socket: keep serving.

@@ -30,7 +30,15 @@ public:
 // Every query not answered normally: verdicts denied, refused, malformed,
 // upstream_error, overloaded. `name` is lower-case without the trailing dot
 // ("" if the query could not be parsed).
-using EventHook = std::function<void(std::string_view name, uint16_t qtype, Verdict verdict)>;
+// `client` is the sandbox socket that asked, so the agent can name the
+// process (its pid and comm) in the audit record.
+struct QueryOrigin {
+    boost::asio::ip::address address;
+    uint16_t port = 0;
+    bool tcp = false;
+};
+using EventHook =
+    std::function<void(std::string_view name, uint16_t qtype, Verdict verdict, const QueryOrigin& client)>;
 
 struct ResponderConfig {
     boost::asio::ip::address listen = boost::asio::ip::make_address("127.0.0.1");

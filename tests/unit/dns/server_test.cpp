@@ -191,7 +191,7 @@ protected:
         if (cfg.upstream.port() == 0) cfg.upstream = {boost::asio::ip::make_address("127.0.0.1"), upstream.port()};
         cfg.listen = boost::asio::ip::make_address("127.0.0.1");
         responder = std::make_unique<Responder>(io, cfg, std::move(view), admitter,
-                                                [this](std::string_view n, uint16_t t, Verdict v) {
+                                                [this](std::string_view n, uint16_t t, Verdict v, const QueryOrigin&) {
                                                     std::lock_guard lk(mu);
                                                     events.push_back({std::string(n), t, v});
                                                 });
