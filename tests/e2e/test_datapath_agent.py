@@ -50,7 +50,7 @@ class DatapathAgentTest(unittest.TestCase):
         harness.enter_netns()
         cls.tmp = tempfile.mkdtemp(prefix="redir-e2e-pol-")
         cls.policy_file = write_policy(cls.tmp, "e2e-basic", POLICY)
-        cls.agent = Agent("dp").start()
+        cls.agent = Agent("dp", ["--metrics", "127.0.0.1:19100"]).start()
         cls.cg = Cgroup("dp")
         cls.agent.ctl("attach", "--cgroup", cls.cg.path, "--policy", cls.policy_file)
         cls.servers = [TcpServer("203.0.113.5", 80), TcpServer("203.0.113.5", 8100), TcpServer("203.0.113.5", 8101),
@@ -125,6 +125,15 @@ class DatapathAgentTest(unittest.TestCase):
         finally:
             for s in servers:
                 s.close()
+
+    def test_metrics_exposition(self):
+        import urllib.request
+        connect_errno(self.cg, "203.0.113.66", 80)
+        text = urllib.request.urlopen("http://127.0.0.1:19100/metrics", timeout=5).read().decode()
+        deny = [l for l in text.splitlines() if l.startswith('redir_verdicts_total{verdict="deny"}')]
+        self.assertEqual(len(deny), 1, text)
+        self.assertGreater(int(deny[0].split()[-1]), 0)
+        self.assertIn("redir_attachments 1", text)
 
     def test_status_lists_attachment(self):
         st = self.agent.status()

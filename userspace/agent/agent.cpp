@@ -15,6 +15,7 @@
 #include "agent/dns_service.hpp"
 #include "agent/inference_service.hpp"
 #include "agent/json_out.hpp"
+#include "agent/metrics.hpp"
 #include "agent/listeners.hpp"
 #include "common/addr.hpp"
 #include "common/atomic_file.hpp"
@@ -130,6 +131,8 @@ void Agent::start() {
     restore();
 
     dp_->open_events([this](const redir_event& e) { on_event(e); });
+    if (!opts_.metrics.empty())
+        metrics_ = std::make_unique<MetricsServer>(io_, opts_.metrics, [this] { return render_metrics(); });
     control_ = std::make_unique<ControlServer>(
         io_, opts_.run_dir + "/redird.sock",
         [this](const std::string& line, const std::shared_ptr<ControlConn>& c) { return handle(line, c); });
@@ -300,6 +303,29 @@ std::string Agent::handle(const std::string& line, const std::shared_ptr<Control
     } catch (const std::exception& e) {
         return error_response(e.what());
     }
+}
+
+std::string Agent::render_metrics() {
+    auto c = dp_->counters();
+    std::string o;
+    auto counter = [&](const char* name, const char* help, const std::string& labels, uint64_t v) {
+        o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n";
+        o += std::string(name) + labels + " " + std::to_string(v) + "\n";
+    };
+    o += "# HELP redir_verdicts_total connect()/sendmsg() verdicts in sandboxes\n# TYPE redir_verdicts_total counter\n";
+    o += "redir_verdicts_total{verdict=\"allow\"} " + std::to_string(c[REDIR_CNT_ALLOW]) + "\n";
+    o += "redir_verdicts_total{verdict=\"deny\"} " + std::to_string(c[REDIR_CNT_DENY]) + "\n";
+    o += "redir_verdicts_total{verdict=\"redirect\"} " + std::to_string(c[REDIR_CNT_REDIRECT]) + "\n";
+    counter("redir_sockets_refused_total", "raw, packet and ping sockets refused at creation", "",
+            c[REDIR_CNT_SOCKET_DENY]);
+    counter("redir_events_dropped_total", "kernel events lost because the ring buffer was full", "",
+            c[REDIR_CNT_EVENTS_DROPPED]);
+    counter("redir_audit_records_total", "audit records written", "", audit_->written());
+    o += "# HELP redir_attachments attached sandbox cgroups\n# TYPE redir_attachments gauge\nredir_attachments " +
+         std::to_string(attachments_.size()) + "\n";
+    o += "# HELP redir_policies loaded policies\n# TYPE redir_policies gauge\nredir_policies " +
+         std::to_string(policies_.size()) + "\n";
+    return o;
 }
 
 std::string Agent::cmd_status() {

@@ -25,10 +25,12 @@ struct AgentOptions {
     std::string inference_vip = "198.18.0.1";
     std::string dns_upstream;  // empty: first nameserver of /etc/resolv.conf
     std::string audit_log;     // empty: <state_dir>/audit.log
+    std::string metrics;       // ADDR:PORT for Prometheus text; empty: off
 };
 
 class InferenceService;
 class DnsService;
+class MetricsServer;
 
 struct ActivePolicy {
     StoredPolicy stored;
@@ -83,6 +85,8 @@ private:
     std::unique_ptr<Listeners> listeners_;
     std::unique_ptr<InferenceService> inference_;
     std::unique_ptr<DnsService> dns_;
+    std::unique_ptr<MetricsServer> metrics_;
+    std::string render_metrics();
 
     std::map<std::string, ActivePolicy> policies_;
     std::vector<StoredAttachment> attachments_;

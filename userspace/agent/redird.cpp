@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
     CLI::App app{"redird: the redir node agent. Loads the kernel datapath, serves the control API, "
                  "the inference terminator and the DNS responder."};
     redir::agent::AgentOptions o;
-    std::string config_file, log_format = "text", log_level = "info", metrics;
+    std::string log_format = "text", log_level = "info";
     app.set_config("--config", "", "read options from an INI/TOML file");
     app.add_option("--state-dir", o.state_dir, "CA, providers, policies, attachments")->capture_default_str();
     app.add_option("--run-dir", o.run_dir, "control socket redird.sock (mode 0600)")->capture_default_str();
@@ -35,7 +35,7 @@ int main(int argc, char** argv) {
     app.add_option("--inference-vip", o.inference_vip, "what inference.local resolves to in sandboxes")
         ->capture_default_str();
     app.add_option("--dns-upstream", o.dns_upstream, "IP:PORT; default: first nameserver of /etc/resolv.conf");
-    app.add_option("--metrics", metrics, "ADDR:PORT for Prometheus text exposition (off unless given)");
+    app.add_option("--metrics", o.metrics, "ADDR:PORT for Prometheus text exposition (off unless given)");
     app.add_option("--audit-log", o.audit_log, "audit records, one JSON object per line; default <state-dir>/audit.log");
     app.add_option("--log-format", log_format, "text or json")->check(CLI::IsMember({"text", "json"}))->capture_default_str();
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
@@ -48,7 +48,6 @@ int main(int argc, char** argv) {
     spdlog::set_level(spdlog::level::from_str(log_level));
     if (log_format == "json")
         spdlog::set_pattern(R"({"ts":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l","msg":"%v"})");
-    if (!metrics.empty()) spdlog::warn("--metrics is not implemented yet; counters are in `redirctl status --json`");
 
     asio::io_context io;
     redir::agent::Agent agent(io, o);
