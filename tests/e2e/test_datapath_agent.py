@@ -275,6 +275,13 @@ class CliErrorTest(unittest.TestCase):
         finally:
             cg.remove()
 
+    def test_agent_own_cgroup_refused(self):
+        pol = write_policy(self.tmp, "p3", {})
+        msg = self.assertOneSentence(self.agent.ctl("attach", "--cgroup", harness.cgroup2_mount(), "--policy", pol,
+                                                    check=False))
+        self.assertIn("redird itself runs in it", msg)
+        self.assertEqual(self.agent.status()["attachments"], [])
+
     def test_help(self):
         r = subprocess.run([harness.REDIRCTL, "--help"], capture_output=True, text=True)
         self.assertEqual(r.returncode, 0)

@@ -390,6 +390,14 @@ std::string Agent::cmd_attach(const std::string& cgroup, const std::string& poli
                               const std::string& policy_text, const std::string& source_name) {
     if (cgroup.empty()) return error_response("attach needs a cgroup path");
     auto cg = loader::open_cgroup(cgroup);
+    // The agent's own sockets must never be decided by a sandbox policy.
+    if (auto mine = loader::current_cgroup_path()) {
+        std::error_code ec;
+        auto own = std::filesystem::weakly_canonical(*mine, ec).string();
+        if (own == cg.path || own.rfind(cg.path + "/", 0) == 0)
+            return error_response("refusing to attach " + cg.path + ": redird itself runs in it (" + own +
+                                  "); attach a cgroup that holds only the sandbox");
+    }
     for (auto& a : attachments_)
         if (a.cgroup_id == cg.id)
             return error_response(cg.path + " is already attached (policy " + a.policy +
