@@ -507,6 +507,43 @@ TEST_F(GatewayTest, StreamsEachEventAsItArrives) {
     EXPECT_TRUE(contains(got, "Transfer-Encoding: chunked"));
 }
 
+TEST_F(GatewayTest, CompressedBodiesAreRelayedUntouched) {
+    use_openai();
+    start();
+    // Not valid gzip on purpose: the gateway must not look inside.
+    const std::string bytes("\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xff\x00\x01\x02", 14);
+    fake_->set_handler([&](const Received& r, FakeProvider::Conn& c) {
+        EXPECT_EQ(r.header("accept-encoding"), "gzip, br");
+        return c.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+                       "Content-Length: 14\r\n\r\n" + bytes);
+    });
+    auto res = post("/v1/chat/completions", "{}", {{"Accept-Encoding", "gzip, br"}});
+    EXPECT_EQ(res.result_int(), 200);
+    EXPECT_EQ(res[http::field::content_encoding], "gzip");
+    EXPECT_EQ(res[http::field::content_length], "14");
+    EXPECT_EQ(res.body(), bytes);
+}
+
+TEST_F(GatewayTest, UsageFromTheFinalSseChunkIsLogged) {
+    use_openai();
+    start();
+    fake_->set_handler([](const Received&, FakeProvider::Conn& c) {
+        return c.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+                       "Transfer-Encoding: chunked\r\n\r\n" +
+                       chunk("data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n") +
+                       chunk("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,") +
+                       chunk("\"completion_tokens\":1,\"total_tokens\":10}}\n\n") + chunk("data: [DONE]\n\n") +
+                       "0\r\n\r\n");
+    });
+    auto res = post("/v1/chat/completions", R"({"stream":true,"stream_options":{"include_usage":true}})");
+    EXPECT_EQ(res.result_int(), 200);
+    auto l = wait_logs(1);
+    ASSERT_EQ(l.size(), 1u);
+    EXPECT_TRUE(l[0].stream);
+    EXPECT_EQ(l[0].usage.counts.at("total_tokens"), 10u);
+    EXPECT_EQ(l[0].bytes_out, res.body().size());
+}
+
 TEST_F(GatewayTest, ProviderBreakingOffMidStreamEndsWithErrorEvent) {
     use("anthropic", "claude", {{"ANTHROPIC_API_KEY", "sk-ant-provider-secret"}}, "");
     start();
