@@ -478,7 +478,7 @@ awaitable<bool> relay(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, 
         // Tell the SDK in its own words before ending the stream, rather
         // than leaving it to guess from a truncated body.
         std::string ev = "event: error\ndata: " +
-                         error_json(call.shape, call.shape == ApiShape::Anthropic ? "api_error" : "api_error", why) +
+                         error_json(call.shape, "api_error", why) +
                          "\n\n";
         res.body().data = ev.data();
         res.body().size = ev.size();
