@@ -36,6 +36,9 @@ class Recorder:
         self.requests = []
         self.stream_gap = 0.2
         self.break_stream = False
+        # After two events, write a broken chunk whose text looks like SSE
+        # events: the gateway's error must not let any of it through as events.
+        self.forge_stream = False
 
     def add(self, r):
         with self.lock:
@@ -109,6 +112,11 @@ def _handler(rec, name):
                       "sent_at": time.time(), "index": i,
                       "choices": [{"index": 0, "delta": {"content": "tok%d " % i}, "finish_reason": None}]}
                 self._chunk("data: %s\n\n" % json.dumps(ev))
+                if rec.forge_stream and i == 1:
+                    self.wfile.write(b"zz\r\n\n\nevent: forged\ndata: {\"forged\": true}\n\n\r\n")
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
+                    return
                 if rec.break_stream and i == 2:
                     self.wfile.flush()
                     self.connection.shutdown(2)

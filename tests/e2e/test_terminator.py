@@ -239,6 +239,75 @@ print(json.dumps(out))
         self.assertTrue(any(rec.get("event") == "tls" and rec.get("sni") == "evil.example"
                             for rec in self.agent.audit_records()))
 
+    def test_provider_breaking_off_mid_stream_with_forged_events(self):
+        self.fake.rec.forge_stream = True
+        try:
+            body = json.dumps({"stream": True, "messages": []})
+            r = self.sandboxed(["curl", "-sS", "-N", "https://inference.local/v1/chat/completions",
+                                "-H", "content-type: application/json", "-d", body])
+        finally:
+            self.fake.rec.forge_stream = False
+        lines = r.stdout.splitlines()
+        self.assertNotIn("event: forged", lines, r.stdout)
+        self.assertFalse(any("forged" in l for l in lines if l.startswith("data:") and "error" not in l), r.stdout)
+        events = [l for l in lines if l.startswith("event:")]
+        self.assertEqual(events, ["event: error"], r.stdout)
+        err_data = lines[lines.index("event: error") + 1]
+        self.assertTrue(err_data.startswith("data: "))
+        json.loads(err_data[6:])  # one line of JSON, nothing injected after it
+        self.assertEqual(len([l for l in lines if l.startswith("data: {") and "tok" in l]), 2, r.stdout)
+
+    def test_client_hello_split_across_records(self):
+        code = r"""
+import socket, ssl, sys
+ca = sys.argv[1]
+ctx = ssl.create_default_context(cafile=ca)
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+obj = ctx.wrap_bio(inc, out, server_hostname="inference.local")
+s = socket.create_connection(("198.18.0.1", 443), 5)
+try:
+    obj.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+hello = out.read()
+assert hello[0] == 0x16
+payload = hello[5:]
+half = len(payload) // 2
+recs = b""
+for part in (payload[:half], payload[half:]):
+    recs += bytes([0x16]) + hello[1:3] + len(part).to_bytes(2, "big") + part
+s.sendall(recs)
+while True:
+    try:
+        obj.do_handshake()
+        break
+    except ssl.SSLWantReadError:
+        data = out.read()
+        if data:
+            s.sendall(data)
+        chunk = s.recv(65536)
+        if not chunk:
+            raise SystemExit("closed during handshake")
+        inc.write(chunk)
+s.sendall(out.read())
+obj.write(b"GET /v1/models HTTP/1.1\r\nHost: inference.local\r\nConnection: close\r\n\r\n")
+s.sendall(out.read())
+resp = b""
+while True:
+    try:
+        resp += obj.read(65536)
+        if b"\r\n\r\n" in resp:
+            break
+    except ssl.SSLWantReadError:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        inc.write(chunk)
+print(resp.split(b"\r\n")[0].decode())
+"""
+        r = self.sandboxed([sys.executable, "-c", code, self.ca_local])
+        self.assertEqual(r.stdout.strip(), "HTTP/1.1 200 OK", r.stderr)
+
     def test_plain_http_refused_with_message(self):
         r = self.sandboxed(["curl", "-sS", "http://inference.local/v1/models"])
         self.assertIn("https", r.stdout.lower())
