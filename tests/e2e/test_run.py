@@ -60,6 +60,16 @@ class RunE2E(unittest.TestCase):
         r = self.run_cmd([sys.executable, "-c", code])
         self.assertEqual(r.returncode, 7, r.stderr)
 
+    def test_root_in_run_sandbox_cannot_open_packet_or_raw_sockets(self):
+        code = ("import socket,os\nres=[]\n"
+                "for a in [(socket.AF_PACKET,socket.SOCK_RAW,768),(socket.AF_PACKET,socket.SOCK_DGRAM,768),"
+                "(socket.AF_INET,socket.SOCK_RAW,1)]:\n"
+                "    try:\n        socket.socket(*a).close(); res.append('created')\n"
+                "    except PermissionError: res.append('EPERM')\n"
+                "print(os.geteuid(), ' '.join(res))\n")
+        r = self.run_cmd([sys.executable, "-c", code])
+        self.assertEqual(r.stdout.split(), ["0", "EPERM", "EPERM", "EPERM"], r.stderr)
+
     def test_environment_and_cleanup(self):
         r = self.run_cmd([sys.executable, "-c", "import os,json; print(json.dumps(dict(os.environ)))"])
         env = json.loads(r.stdout)

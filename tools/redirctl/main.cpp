@@ -1,5 +1,8 @@
 // redirctl: the command line client of redird's control API.
+#include <linux/capability.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <csignal>
@@ -137,6 +140,23 @@ std::string read_policy_file(const std::string& path) {
     }
 }
 
+// Packet sockets bypass every connect/sendmsg hook and no cgroup hook sees
+// their creation (only BPF LSM does, where the kernel allows it). A transient
+// sandbox can do better than an attached cgroup: nothing in it, root included,
+// keeps CAP_NET_RAW, so packet and raw sockets cannot be opened at all.
+void drop_net_raw() {
+    ::prctl(PR_CAPBSET_DROP, CAP_NET_RAW, 0, 0, 0);
+    __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[2] = {};
+    if (::syscall(SYS_capget, &hdr, data) == 0) {
+        data[0].effective &= ~(1u << CAP_NET_RAW);
+        data[0].permitted &= ~(1u << CAP_NET_RAW);
+        data[0].inheritable &= ~(1u << CAP_NET_RAW);
+        ::syscall(SYS_capset, &hdr, data);
+    }
+    ::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_LOWER, CAP_NET_RAW, 0, 0);
+}
+
 // Exit code of a child as a shell would report it.
 int wait_child(pid_t pid) {
     int status = 0;
@@ -197,6 +217,7 @@ int run_sandboxed(Client& client, const std::string& socket_path, const std::str
     pid_t pid = ::fork();
     if (pid == 0) {
         std::ofstream(cg + "/cgroup.procs") << ::getpid() << std::endl;
+        drop_net_raw();
         ::setenv("SSL_CERT_FILE", bundle.c_str(), 1);
         ::setenv("REQUESTS_CA_BUNDLE", bundle.c_str(), 1);
         ::setenv("CURL_CA_BUNDLE", bundle.c_str(), 1);
