@@ -341,6 +341,7 @@ std::string Agent::cmd_status() {
         .num("terminator_port", inference_->tls_port())
         .num("plain_http_port", inference_->plain_port())
         .str("dns_upstream", dns_->upstream())
+        .boolean("packet_socket_refusal", dp_->lsm_available())
         .num("uptime_s", static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
                                                    std::chrono::steady_clock::now() - started_)
                                                    .count()))

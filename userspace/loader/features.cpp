@@ -51,9 +51,12 @@ std::vector<FeatureCheck> check_kernel_features(const std::string& bpffs_dir) {
     std::getline(lsm, lsms);
     bool has_bpf_lsm = ("," + lsms + ",").find(",bpf,") != std::string::npos;
     out.push_back({"bpf_lsm", has_bpf_lsm, false,
-                   has_bpf_lsm ? "BPF LSM enabled: packet sockets are refused in sandboxes"
+                   has_bpf_lsm ? "BPF LSM listed: packet sockets are refused in attached cgroups if the kernel also "
+                                 "accepts LSM programs (redirctl status shows packet_socket_refusal); "
+                                 "`redirctl run` sandboxes drop CAP_NET_RAW either way"
                                : "BPF LSM not enabled (boot with lsm=...,bpf): AF_PACKET sockets cannot be refused "
-                                 "in sandboxes; raw and ping sockets still are"});
+                                 "in attached cgroups (raw and ping sockets still are; `redirctl run` sandboxes "
+                                 "drop CAP_NET_RAW)"});
     return out;
 }
 
