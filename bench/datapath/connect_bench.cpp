@@ -31,15 +31,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-uint64_t netns_cookie() {
-    int s = ::socket(AF_INET, SOCK_DGRAM, 0);
-    uint64_t c = 0;
-    socklen_t l = sizeof(c);
-    ::getsockopt(s, SOL_SOCKET, 71 /* SO_NETNS_COOKIE */, &c, &l);
-    ::close(s);
-    return c;
-}
-
 // N rules: N-1 scattered /32s and /24s in public-looking space that no test
 // address uses, plus the one that admits the benchmark's destination.
 std::string make_policy(const std::string& name, size_t n) {
@@ -137,7 +128,7 @@ int main(int argc, char** argv) {
     {
         auto dp = loader::Datapath::open({bpffs});
         redir_config cfg{};
-        cfg.agent_netns_cookie = netns_cookie();
+        cfg.agent_netns_cookie = testsupport::current_netns_cookie();
         dp->set_config(cfg);
 
         const size_t sizes[] = {10, 1000, 100000};

@@ -29,15 +29,6 @@ namespace {
 
 constexpr uint32_t kPolicy = 7;
 
-uint64_t netns_cookie() {
-    int s = ::socket(AF_INET, SOCK_DGRAM, 0);
-    uint64_t c = 0;
-    socklen_t l = sizeof(c);
-    ::getsockopt(s, SOL_SOCKET, 71 /* SO_NETNS_COOKIE */, &c, &l);
-    ::close(s);
-    return c;
-}
-
 // A listening TCP socket on ADDR:PORT (port 0 = any); returns fd and port.
 int listen_on(const std::string& addr, uint16_t& port) {
     auto a = addr_parse(addr);
@@ -115,7 +106,7 @@ protected:
         dp_ = loader::Datapath::open({bpffs_});
         cg_ = std::make_unique<TempCgroup>("dp");
         redir_config cfg{};
-        cfg.agent_netns_cookie = netns_cookie();
+        cfg.agent_netns_cookie = redir::testsupport::current_netns_cookie();
         cfg.terminator4 = *addr_parse("127.0.0.1");
         cfg.terminator6 = *addr_parse("::1");
         relay_fd_ = listen_on("127.0.0.1", relay_port_);

@@ -4,6 +4,7 @@
 #include <netlink/route/addr.h>
 #include <netlink/route/link.h>
 #include <sched.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -42,6 +43,15 @@ void enter_private_netns(const std::vector<std::string>& lo_addrs) {
         if (err != 0) throw std::runtime_error("cannot add " + a + " to lo: " + nl_geterror(err));
     }
     nl_socket_free(sk);
+}
+
+uint64_t current_netns_cookie() {
+    int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    uint64_t c = 0;
+    socklen_t l = sizeof(c);
+    ::getsockopt(s, SOL_SOCKET, 71 /* SO_NETNS_COOKIE */, &c, &l);
+    ::close(s);
+    return c;
 }
 
 TempCgroup::TempCgroup(const std::string& tag, const std::string& parent) {

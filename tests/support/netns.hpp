@@ -1,6 +1,7 @@
 #pragma once
 // Test isolation: every kernel test runs in a network namespace it creates,
 // with fake addresses on that namespace's lo. Nothing leaves it.
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -10,6 +11,9 @@ namespace redir::testsupport {
 // unshare(CLONE_NEWNET), bring lo up, add each "addr/prefix" to lo (rtnetlink
 // via libnl). Throws on failure.
 void enter_private_netns(const std::vector<std::string>& lo_addrs);
+
+// Cookie of the calling thread's network namespace (SO_NETNS_COOKIE).
+uint64_t current_netns_cookie();
 
 // A uniquely named cgroup v2 directory under the cgroup2 mount, removed
 // (after its processes exit) by the destructor.

@@ -176,7 +176,8 @@ ActivePolicy Agent::install_policy(const StoredPolicy& sp) {
 
 void Agent::restore() {
     // Ids never go backwards: the maps may hold ids from a previous agent.
-    next_id_ = std::max(store_->load_next_policy_id(), dp_->max_policy_id() + 1);
+    auto ids = dp_->policy_ids();
+    next_id_ = std::max(store_->load_next_policy_id(), ids.empty() ? 1u : *ids.rbegin() + 1);
 
     for (auto& [name, sp] : store_->load_policies()) {
         try {
@@ -234,24 +235,7 @@ void Agent::collect_garbage() {
     // that died mid-load or mid-flip.
     std::map<uint32_t, bool> live;
     for (auto& [n, p] : policies_) live[p.id] = true;
-    std::map<uint32_t, bool> seen;
-    int fd = dp_->map_fd("portsets");
-    redir_portset_key cur{}, next{};
-    redir_portset_key* prev = nullptr;
-    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-        seen[next.policy_id] = true;
-        cur = next;
-        prev = &cur;
-    }
-    int lfd = dp_->map_fd("policy_lpm");
-    redir_lpm_key lcur{}, lnext{};
-    redir_lpm_key* lprev = nullptr;
-    while (bpf_map_get_next_key(lfd, lprev, &lnext) == 0) {
-        seen[lnext.policy_id] = true;
-        lcur = lnext;
-        lprev = &lcur;
-    }
-    for (auto& [id, _] : seen)
+    for (auto id : dp_->policy_ids())
         if (!live.count(id)) dp_->delete_policy(id);
 }
 

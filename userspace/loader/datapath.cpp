@@ -282,17 +282,24 @@ size_t Datapath::delete_policy(uint32_t policy_id) {
     return n;
 }
 
-uint32_t Datapath::max_policy_id() const {
-    uint32_t m = 0;
-    int fd = bpf_map__fd(skel_->maps.portsets);
-    redir_portset_key cur{}, next{};
-    redir_portset_key* prev = nullptr;
+namespace {
+template <typename Key>
+void collect_policy_ids(int fd, std::set<uint32_t>& out) {
+    Key cur{}, next{};
+    Key* prev = nullptr;
     while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-        m = std::max(m, next.policy_id);
+        out.insert(next.policy_id);
         cur = next;
         prev = &cur;
     }
-    return m;
+}
+}  // namespace
+
+std::set<uint32_t> Datapath::policy_ids() const {
+    std::set<uint32_t> ids;
+    collect_policy_ids<redir_portset_key>(bpf_map__fd(skel_->maps.portsets), ids);
+    collect_policy_ids<redir_lpm_key>(bpf_map__fd(skel_->maps.policy_lpm), ids);
+    return ids;
 }
 
 void Datapath::put_dns_allow(const redir_dns_allow_key& k, const redir_dns_allow_val& v) {

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -67,8 +68,8 @@ public:
     void put_portset(const redir_portset_key& k, const redir_portset& v);
     // Removes every entry whose key carries POLICY_ID (after the flip).
     size_t delete_policy(uint32_t policy_id);
-    // Highest policy id present in the maps (so a restarted agent never reuses one).
-    uint32_t max_policy_id() const;
+    // Every policy id that has entries in the policy maps.
+    std::set<uint32_t> policy_ids() const;
 
     // DNS admissions.
     void put_dns_allow(const redir_dns_allow_key& k, const redir_dns_allow_val& v);
