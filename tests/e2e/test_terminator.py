@@ -257,6 +257,26 @@ print(json.dumps(out))
         json.loads(err_data[6:])  # one line of JSON, nothing injected after it
         self.assertEqual(len([l for l in lines if l.startswith("data: {") and "tok" in l]), 2, r.stdout)
 
+    def test_stream_idle_timeout_is_configurable(self):
+        agent = Agent("term-idle", ["--stream-idle-timeout", "1"]).start()
+        cg = Cgroup("term-idle")
+        self.fake.rec.stream_gap = 1.6
+        try:
+            agent.ctl("provider", "create", "--name", "pa", "--type", "openai-compatible", "--base-url",
+                      "https://%s:8443/v1" % PROVIDER_IP, "--ca-file", self.ca, "--credential", "OPENAI_API_KEY=k")
+            agent.ctl("inference", "set", "--provider", "pa", "--model", "m")
+            agent.ctl("attach", "--cgroup", cg.path, "--policy", self.policy)
+            ca = os.path.join(self.tmp, "ca-idle.pem")
+            agent.ctl("ca", "export", "--out", ca)
+            r = cg.run(["curl", "-sS", "-N", "--cacert", ca, "--resolve", "inference.local:443:" + VIP,
+                        "https://inference.local/v1/chat/completions", "-d", '{"stream":true,"messages":[]}'],
+                       timeout=60)
+            self.assertIn("event: error", r.stdout)
+            self.assertEqual(len([l for l in r.stdout.splitlines() if "tok" in l]), 1, r.stdout)
+        finally:
+            self.fake.rec.stream_gap = 0.2
+            agent.cleanup([cg])
+
     def test_client_hello_split_across_records(self):
         code = r"""
 import socket, ssl, sys

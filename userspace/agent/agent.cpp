@@ -107,7 +107,8 @@ void Agent::start() {
     listeners_->relay =
         std::make_unique<RedirectListener>(io_, "relay", 0, lookup, *audit_, make_relay_handler(io_, *audit_));
 
-    inference_ = std::make_unique<InferenceService>(io_, opts_.state_dir, lookup, *audit_);
+    inference_ = std::make_unique<InferenceService>(io_, opts_.state_dir, lookup, *audit_,
+                                                    std::chrono::seconds(opts_.stream_idle_timeout_s));
     DnsOptions dopts;
     dopts.upstream = opts_.dns_upstream;
     if (auto v = addr_parse(opts_.inference_vip); v && addr_is_v4(*v)) std::memcpy(dopts.vip4.data(), &v->b[12], 4);

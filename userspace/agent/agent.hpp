@@ -26,6 +26,7 @@ struct AgentOptions {
     std::string dns_upstream;  // empty: first nameserver of /etc/resolv.conf
     std::string audit_log;     // empty: <state_dir>/audit.log
     std::string metrics;       // ADDR:PORT for Prometheus text; empty: off
+    unsigned stream_idle_timeout_s = 120;  // silence allowed between two pieces of a streamed answer
 };
 
 class InferenceService;

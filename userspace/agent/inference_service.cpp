@@ -45,7 +45,7 @@ void provider_json(JsonOut& j, const terminator::Provider& p) {
 }  // namespace
 
 InferenceService::InferenceService(boost::asio::io_context& io, const std::string& state_dir, OrigDstLookup lookup,
-                                   AuditLog& audit)
+                                   AuditLog& audit, std::chrono::seconds stream_idle_timeout)
     : audit_(audit) {
     ca_ = std::make_unique<tls::LocalCa>(tls::LocalCa::load_or_create(state_dir, {}));
     if (ca_->created()) spdlog::info("created the local CA in {}/ca (export it with `redirctl ca export`)", state_dir);
@@ -63,6 +63,7 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
     store_ = std::make_shared<terminator::Store>(state_dir);
 
     terminator::GatewayOptions go;
+    go.stream_idle_timeout = stream_idle_timeout;  // no total cap: long tool-call streams must arrive whole
     // Request records go to the audit log (one place to read), not twice.
     go.access_log = std::make_shared<spdlog::logger>("access", std::make_shared<spdlog::sinks::null_sink_mt>());
     go.on_request = [&audit](const terminator::RequestLog& r) { audit.write(terminator::request_log_json(r)); };

@@ -3,6 +3,7 @@
 // its leaf cache, the provider store, the gateway, and the two listeners the
 // kernel redirects the inference VIP to (443 → TLS, 80 → refusal).
 #include <boost/asio/io_context.hpp>
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -25,7 +26,7 @@ class AuditLog;
 class InferenceService {
 public:
     InferenceService(boost::asio::io_context& io, const std::string& state_dir, OrigDstLookup lookup,
-                     AuditLog& audit);
+                     AuditLog& audit, std::chrono::seconds stream_idle_timeout);
     ~InferenceService();
 
     uint16_t tls_port() const;

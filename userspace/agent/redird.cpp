@@ -37,6 +37,10 @@ int main(int argc, char** argv) {
     app.add_option("--dns-upstream", o.dns_upstream, "IP:PORT; default: first nameserver of /etc/resolv.conf");
     app.add_option("--metrics", o.metrics, "ADDR:PORT for Prometheus text exposition (off unless given)");
     app.add_option("--audit-log", o.audit_log, "audit records, one JSON object per line; default <state-dir>/audit.log");
+    app.add_option("--stream-idle-timeout", o.stream_idle_timeout_s,
+                   "seconds of provider silence allowed inside a streamed answer (no total cap)")
+        ->check(CLI::Range(1u, 86400u))
+        ->capture_default_str();
     app.add_option("--log-format", log_format, "text or json")->check(CLI::IsMember({"text", "json"}))->capture_default_str();
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
