@@ -18,9 +18,9 @@ if [[ -x build/bench/bench_policy_compile ]]; then
   echo "== policy compile"
   build/bench/bench_policy_compile --benchmark_min_time=0.2 || rc=1
 fi
-for b in build/bench/*/bench_* ; do
+for b in build/bench/*/bench_*; do
   case "$b" in */bench_connect|*/bench_tls_leaf|*/bench_dns) continue;; esac
-  [[ -x "$b" ]] || continue
+  [[ -f "$b" && -x "$b" ]] || continue
   echo "== $(basename "$b")"
   "$b" || rc=1
 done
