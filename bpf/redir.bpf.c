@@ -288,8 +288,8 @@ static __always_inline void decide(const struct redir_config *cfg, const struct 
 	d->verdict = v;
 }
 
-static __always_inline void emit(__u8 kind, const struct decision *d, __u64 cg,
-				 const struct redir_addr *dst, __u16 port, __u8 proto, __u8 family,
+static __always_inline void emit(__u8 kind, const struct decision *d, const struct redir_addr *dst,
+				 __u16 port, __u8 proto, __u8 family,
 				 __u8 sock_type)
 {
 	struct redir_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -313,7 +313,6 @@ static __always_inline void emit(__u8 kind, const struct decision *d, __u64 cg,
 	e->proto = proto;
 	e->family = family;
 	e->sock_type = sock_type;
-	(void)cg;
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -369,7 +368,7 @@ static __always_inline int handle_sock_addr(struct bpf_sock_addr *ctx, bool v6, 
 	}
 	if (d.verdict != REDIR_VERDICT_REDIRECT) {
 		count(REDIR_CNT_DENY);
-		emit(kind, &d, attach_cg, &dst, port, proto, v6 ? AF_INET6 : AF_INET, 0);
+		emit(kind, &d, &dst, port, proto, v6 ? AF_INET6 : AF_INET, 0);
 		return CG_DENY;
 	}
 
@@ -381,7 +380,7 @@ static __always_inline int handle_sock_addr(struct bpf_sock_addr *ctx, bool v6, 
 	if (!st) {
 		count(REDIR_CNT_DENY);
 		d.verdict = REDIR_VERDICT_DENY;
-		emit(kind, &d, attach_cg, &dst, port, proto, v6 ? AF_INET6 : AF_INET, 0);
+		emit(kind, &d, &dst, port, proto, v6 ? AF_INET6 : AF_INET, 0);
 		return CG_DENY;
 	}
 	st->orig_addr = dst;
@@ -568,7 +567,7 @@ static __always_inline void emit_socket_refusal(int family, int type, int protoc
 	if (att)
 		d.policy_id = att->policy_id;
 	count(REDIR_CNT_SOCKET_DENY);
-	emit(REDIR_EV_SOCKET, &d, cg, NULL, 0, (__u8)protocol, (__u8)family, (__u8)type);
+	emit(REDIR_EV_SOCKET, &d, NULL, 0, (__u8)protocol, (__u8)family, (__u8)type);
 }
 
 /* Inet sockets: always available (cgroup/sock_create runs from inet_create). */

@@ -336,11 +336,11 @@ std::string Agent::cmd_status() {
         j.begin().str("name", c.name).boolean("ok", c.ok).boolean("required", c.required).str("detail", c.detail).end();
     j.end_array();
     j.begin_array("attachments");
+    auto pinned = dp_->pinned_attachments();
     for (auto& a : attachments_) {
         j.begin().str("cgroup", a.cgroup_path).num("cgroup_id", a.cgroup_id).str("policy", a.policy);
         auto v = dp_->attachment(a.cgroup_id);
         j.num("policy_id", v ? v->policy_id : 0);
-        auto pinned = dp_->pinned_attachments();
         size_t nprog = 0;
         for (auto& p : pinned)
             if (p.cgroup_id == a.cgroup_id) nprog = p.programs.size();
