@@ -5,6 +5,7 @@
 #include <random>
 
 #include "policy/compile.hpp"
+#include "random_cidr.hpp"
 #include "policy/parse.hpp"
 
 using namespace redir::policy;
@@ -20,18 +21,7 @@ Policy make_policy(int n, uint32_t seed) {
     p.source = "bench.json";
     for (int i = 0; i < n; ++i) {
         Rule r;
-        Cidr c;
-        c.v4 = rng() % 4 != 0;
-        if (c.v4) {
-            c.addr = v4_mapped(static_cast<uint32_t>(rng()));
-            c.len = static_cast<uint8_t>(96 + 16 + rng() % 17);
-        } else {
-            c.addr = *parse_addr("2001:db8::");
-            for (int b = 4; b < 16; ++b) c.addr[b] = static_cast<uint8_t>(rng());
-            c.len = static_cast<uint8_t>(48 + rng() % 81);
-        }
-        for (int b = c.len; b < 128; ++b) c.addr[b / 8] &= static_cast<uint8_t>(~(0x80 >> (b % 8)));
-        r.cidr = c;
+        r.cidr = redir::testsupport::random_cidr(rng);
         uint16_t port = static_cast<uint16_t>(1000 + 20 * (rng() % 200));  // a few hundred distinct services
         r.ports = {{port, port}};
         if (rng() % 3 == 0) r.ports.push_back({static_cast<uint16_t>(port + 1), static_cast<uint16_t>(port + 10)});

@@ -1,11 +1,11 @@
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <cstring>
 #include <random>
 #include <string>
 
 #include "policy/compile.hpp"
+#include "random_cidr.hpp"
 #include "policy/parse.hpp"
 
 using namespace redir::policy;
@@ -498,36 +498,22 @@ TEST(PolicyCompile, RandomPoliciesMatchReference) {
     }
 }
 
-TEST(PolicyCompile, HundredThousandRulesCompileQuickly) {
+TEST(PolicyCompile, HundredThousandRulesCompile) {
     std::mt19937 rng(7);
     Policy p;
     p.name = "big";
     p.source = "big.json";
     for (int i = 0; i < 100000; ++i) {
         Rule r;
-        Cidr c;
-        c.v4 = rng() % 4 != 0;
-        if (c.v4) {
-            c.addr = v4_mapped(static_cast<uint32_t>(rng()));
-            c.len = static_cast<uint8_t>(96 + 16 + rng() % 17);
-        } else {
-            c.addr = *parse_addr("2001:db8::");
-            for (int b = 4; b < 16; ++b) c.addr[b] = static_cast<uint8_t>(rng());
-            c.len = static_cast<uint8_t>(48 + rng() % 81);
-        }
-        for (int b = c.len; b < 128; ++b) c.addr[b / 8] &= static_cast<uint8_t>(~(0x80 >> (b % 8)));
-        r.cidr = c;
+        r.cidr = redir::testsupport::random_cidr(rng);
         uint16_t port = static_cast<uint16_t>(1 + rng() % 60000);
         r.ports = {{port, port}};
         (i % 10 == 0 ? p.deny : p.allow).push_back(std::move(r));
     }
-    auto t0 = std::chrono::steady_clock::now();
+    // Speed is asserted by bench/datapath/connect_bench (parse + compile + map
+    // writes of 100k rules under 1 s), not in a timed unit test.
     auto cp = compile(p, 1);
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
     EXPECT_GT(cp.lpm.size(), 50000u);
-    EXPECT_LT(ms, 1000) << "compiling 100k rules took " << ms << " ms";
-    std::printf("compile(100k cidr rules): %lld ms, %zu LPM entries, %zu port sets\n", static_cast<long long>(ms),
-                cp.lpm.size(), cp.portsets.size());
 }
 
 }  // namespace
