@@ -550,9 +550,7 @@ void Agent::on_event(const redir_event& e) {
         if (p.id == e.policy_id) policy = n;
     JsonOut j;
     j.begin()
-        .num("ts_ms", static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                std::chrono::system_clock::now().time_since_epoch())
-                                                .count()))
+        .num("ts_ms", now_ms())
         .str("event", kind_name(e.kind))
         .str("verdict", verdict_name(e.verdict))
         .str("reason", reason_name(e.reason))

@@ -111,10 +111,15 @@ struct DnsService::Sandbox : dns::Admitter {
         return static_cast<uint32_t>(names.size() - 1);
     }
 
-    void write(const std::array<uint8_t, 16>& addr, uint32_t portset, uint64_t expires) {
+    redir_dns_allow_key key_for(const std::array<uint8_t, 16>& addr) const {
         redir_dns_allow_key k{};
         k.cgroup_id = cgroup_id;
         std::memcpy(k.addr.b, addr.data(), 16);
+        return k;
+    }
+
+    void write(const std::array<uint8_t, 16>& addr, uint32_t portset, uint64_t expires) {
+        redir_dns_allow_key k = key_for(addr);
         redir_dns_allow_val v{};
         v.policy_id = policy_id;
         v.portset_id = portset;
@@ -174,10 +179,7 @@ struct DnsService::Sandbox : dns::Admitter {
                 write(it->first, *ps, it->second.expires_ns);
                 ++it;
             } else {
-                redir_dns_allow_key k{};
-                k.cgroup_id = cgroup_id;
-                std::memcpy(k.addr.b, it->first.data(), 16);
-                bpf_delete(k);
+                bpf_delete(key_for(it->first));
                 it = admitted.erase(it);
             }
         }
@@ -233,9 +235,7 @@ uint16_t DnsService::add(uint64_t cgroup_id, const std::string& cgroup_path,
         }
         JsonOut j;
         j.begin()
-            .num("ts_ms", static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                    std::chrono::system_clock::now().time_since_epoch())
-                                                    .count()))
+            .num("ts_ms", now_ms())
             .str("event", "dns")
             .str("verdict", dns::to_string(v))
             .str("name", name)
@@ -309,10 +309,7 @@ void DnsService::expire() {
         std::lock_guard lk(sb->mu);
         for (auto it = sb->admitted.begin(); it != sb->admitted.end();) {
             if (it->second.expires_ns <= now) {
-                redir_dns_allow_key k{};
-                k.cgroup_id = id;
-                std::memcpy(k.addr.b, it->first.data(), 16);
-                sb->bpf_delete(k);
+                sb->bpf_delete(sb->key_for(it->first));
                 it = sb->admitted.erase(it);
             } else {
                 ++it;

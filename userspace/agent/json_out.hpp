@@ -4,6 +4,8 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <chrono>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -41,6 +43,13 @@ private:
     rapidjson::StringBuffer sb_;
     rapidjson::Writer<rapidjson::StringBuffer> w_;
 };
+
+// Wall-clock milliseconds since the epoch: the "ts_ms" of every audit record.
+inline uint64_t now_ms() {
+    return static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count());
+}
 
 inline std::string error_response(std::string_view msg) {
     JsonOut j;

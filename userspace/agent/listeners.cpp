@@ -12,6 +12,7 @@
 #include <chrono>
 
 #include "agent/audit_log.hpp"
+#include "agent/json_out.hpp"
 #include "common/addr.hpp"
 
 namespace asio = boost::asio;
@@ -40,9 +41,7 @@ std::string json_record(std::initializer_list<std::pair<const char*, std::string
     rapidjson::Writer<rapidjson::StringBuffer> w(sb);
     w.StartObject();
     w.Key("ts_ms");
-    w.Uint64(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                       std::chrono::system_clock::now().time_since_epoch())
-                                       .count()));
+    w.Uint64(now_ms());
     for (auto& [k, v] : strs) {
         w.Key(k);
         w.String(v.c_str());
