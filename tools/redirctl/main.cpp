@@ -1,14 +1,4 @@
 // redirctl: the command line client of redird's control API.
-#include <linux/capability.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/syscall.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <csignal>
-#include <fstream>
-#include <sys/un.h>
-#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdlib>
@@ -28,85 +18,15 @@
 #include "common/fd.hpp"
 #include "loader/cgroup.hpp"
 #include "loader/features.hpp"
+#include "client.hpp"
+#include "run.hpp"
 
 namespace {
 
-using redir::Error;
-
-struct Failure {
-    std::string message;
-};
-
-class Client {
-public:
-    explicit Client(std::string path) : path_(std::move(path)) {}
-
-    void connect() {
-        fd_ = redir::UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-        sockaddr_un sa{};
-        sa.sun_family = AF_UNIX;
-        if (path_.size() >= sizeof(sa.sun_path)) throw Failure{"socket path " + path_ + " is too long"};
-        std::strcpy(sa.sun_path, path_.c_str());
-        if (::connect(fd_.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0)
-            throw Failure{"cannot reach redird at " + path_ + ": " + std::strerror(errno) +
-                          "; is the agent running? (start it with `redird`, or pass --socket / REDIR_SOCKET)"};
-    }
-
-    void send(const std::string& line) {
-        std::string l = line + "\n";
-        const char* p = l.data();
-        size_t left = l.size();
-        while (left) {
-            ssize_t n = ::write(fd_.get(), p, left);
-            if (n < 0) {
-                if (errno == EINTR) continue;
-                throw Failure{"lost the connection to redird at " + path_ + ": " + std::strerror(errno)};
-            }
-            p += n;
-            left -= static_cast<size_t>(n);
-        }
-    }
-
-    // Next line from the agent; empty optional at end of stream.
-    std::optional<std::string> read_line() {
-        for (;;) {
-            auto nl = buf_.find('\n');
-            if (nl != std::string::npos) {
-                std::string line = buf_.substr(0, nl);
-                buf_.erase(0, nl + 1);
-                return line;
-            }
-            char tmp[65536];
-            ssize_t n = ::read(fd_.get(), tmp, sizeof(tmp));
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) return std::nullopt;
-            buf_.append(tmp, static_cast<size_t>(n));
-        }
-    }
-
-    rapidjson::Document call(const std::string& req) {
-        connect();
-        send(req);
-        auto line = read_line();
-        if (!line) throw Failure{"redird at " + path_ + " closed the connection without answering"};
-        rapidjson::Document d;
-        d.Parse(line->c_str());
-        if (d.HasParseError() || !d.IsObject()) throw Failure{"redird sent a malformed answer"};
-        return d;
-    }
-
-private:
-    std::string path_;
-    redir::UniqueFd fd_;
-    std::string buf_;
-};
-
-std::string json_escape(const std::string& s) {
-    rapidjson::StringBuffer sb;
-    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-    w.String(s.c_str(), static_cast<rapidjson::SizeType>(s.size()));
-    return sb.GetString();
-}
+using redir::ctl::Client;
+using redir::ctl::Failure;
+using redir::ctl::json_escape;
+using redir::ctl::report_error;
 
 std::string pretty(const rapidjson::Value& v) {
     rapidjson::StringBuffer sb;
@@ -122,14 +42,16 @@ std::string compact(const rapidjson::Value& v) {
     return sb.GetString();
 }
 
-// Prints the agent's error(s) and returns the exit code.
-int report_error(const rapidjson::Document& d) {
-    if (d.HasMember("errors") && d["errors"].IsArray() && d["errors"].Size() > 0) {
-        for (auto& e : d["errors"].GetArray()) std::cerr << e.GetString() << "\n";
-    } else {
-        std::cerr << "redirctl: " << (d.HasMember("error") ? d["error"].GetString() : "request failed") << "\n";
+// The status lines for an attachment's processes that hold capabilities
+// able to undo its enforcement.
+void print_capable(const rapidjson::Value& at) {
+    if (!at.HasMember("capable") || !at["capable"].IsArray()) return;
+    for (auto& p : at["capable"].GetArray()) {
+        std::string caps;
+        for (auto& c : p["caps"].GetArray()) caps += (caps.empty() ? "" : ",") + std::string(c.GetString());
+        std::cout << "    WARNING: pid " << p["pid"].GetUint64() << " (" << p["comm"].GetString() << ") holds " << caps
+                  << " in the host user namespace: it can undo this sandbox's enforcement\n";
     }
-    return 1;
 }
 
 std::string read_policy_file(const std::string& path) {
@@ -138,114 +60,6 @@ std::string read_policy_file(const std::string& path) {
     } catch (const std::exception& e) {
         throw Failure{std::string(e.what()) + "; check the path and permissions"};
     }
-}
-
-// Packet sockets bypass every connect/sendmsg hook and no cgroup hook sees
-// their creation (only BPF LSM does, where the kernel allows it). A transient
-// sandbox can do better than an attached cgroup: nothing in it, root included,
-// keeps CAP_NET_RAW, so packet and raw sockets cannot be opened at all.
-void drop_net_raw() {
-    ::prctl(PR_CAPBSET_DROP, CAP_NET_RAW, 0, 0, 0);
-    __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
-    __user_cap_data_struct data[2] = {};
-    if (::syscall(SYS_capget, &hdr, data) == 0) {
-        data[0].effective &= ~(1u << CAP_NET_RAW);
-        data[0].permitted &= ~(1u << CAP_NET_RAW);
-        data[0].inheritable &= ~(1u << CAP_NET_RAW);
-        ::syscall(SYS_capset, &hdr, data);
-    }
-    ::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_LOWER, CAP_NET_RAW, 0, 0);
-}
-
-// Exit code of a child as a shell would report it.
-int wait_child(pid_t pid) {
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    if (WIFEXITED(status)) return WEXITSTATUS(status);
-    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-    return 1;
-}
-
-std::string attach_request(const std::string& cgroup, const std::string& policy_arg) {
-    std::string req = "{\"cmd\":\"attach\",\"cgroup\":" + json_escape(cgroup);
-    if (policy_arg.empty()) {
-        // Nothing but inference.local: the safest default for an agent.
-        req += ",\"policy_text\":" +
-               json_escape("{\"version\": 1, \"name\": \"redirctl-run-default\", \"inference\": {\"enabled\": true}}") +
-               ",\"source_name\":\"(built-in run policy)\"";
-    } else if (std::filesystem::is_regular_file(policy_arg)) {
-        req += ",\"policy_text\":" + json_escape(read_policy_file(policy_arg)) + ",\"source_name\":" + json_escape(policy_arg);
-    } else {
-        req += ",\"policy_name\":" + json_escape(policy_arg);
-    }
-    return req + "}";
-}
-
-int run_sandboxed(Client& client, const std::string& socket_path, const std::string& policy_arg,
-                  const std::vector<std::string>& cmd) {
-    auto mnt = redir::loader::find_cgroup2_mount();
-    if (!mnt) throw Failure{"no cgroup v2 hierarchy is mounted; redir sandboxes are cgroup v2 directories"};
-    std::string cg = *mnt + "/redir-run-" + std::to_string(::getpid());
-    if (::mkdir(cg.c_str(), 0755) != 0) throw Failure{"cannot create sandbox cgroup " + cg + ": " + std::strerror(errno)};
-    auto cleanup_cg = [&] { ::rmdir(cg.c_str()); };
-
-    auto d = client.call(attach_request(cg, policy_arg));
-    if (!d["ok"].GetBool()) {
-        cleanup_cg();
-        return report_error(d);
-    }
-    // CA material for the tools inside: the local CA alone, and a bundle of
-    // the system roots plus the local CA for tools that take one file.
-    Client ca_client(socket_path);
-    auto ca = ca_client.call("{\"cmd\":\"ca.export\"}");
-    char tmpl[] = "/tmp/redir-run-XXXXXX";
-    std::string dir = ::mkdtemp(tmpl) ? tmpl : "";
-    if (!dir.empty()) ::chmod(dir.c_str(), 0755);
-    std::string ca_file = dir + "/inference-ca.pem", bundle = dir + "/ca-bundle.pem";
-    if (ca["ok"].GetBool() && !dir.empty()) {
-        std::string pem = ca["pem"].GetString();
-        std::string roots;
-        try {
-            roots = redir::read_file("/etc/ssl/certs/ca-certificates.crt");
-        } catch (...) {
-        }
-        redir::write_file_atomic(ca_file, pem, 0644);
-        redir::write_file_atomic(bundle, roots + (roots.empty() || roots.back() == '\n' ? "" : "\n") + pem, 0644);
-    }
-
-    pid_t pid = ::fork();
-    if (pid == 0) {
-        std::ofstream(cg + "/cgroup.procs") << ::getpid() << std::endl;
-        drop_net_raw();
-        ::setenv("SSL_CERT_FILE", bundle.c_str(), 1);
-        ::setenv("REQUESTS_CA_BUNDLE", bundle.c_str(), 1);
-        ::setenv("CURL_CA_BUNDLE", bundle.c_str(), 1);
-        ::setenv("GIT_SSL_CAINFO", bundle.c_str(), 1);
-        ::setenv("NODE_EXTRA_CA_CERTS", ca_file.c_str(), 1);
-        ::setenv("DENO_CERT", ca_file.c_str(), 1);
-        ::setenv("OPENAI_BASE_URL", "https://inference.local/v1", 1);
-        ::setenv("ANTHROPIC_BASE_URL", "https://inference.local", 1);
-        // The SDKs insist on a key; the terminator drops it and adds the real one.
-        ::setenv("OPENAI_API_KEY", "redir-placeholder", 1);
-        ::setenv("ANTHROPIC_API_KEY", "redir-placeholder", 1);
-        std::vector<char*> argv;
-        for (auto& a : cmd) argv.push_back(const_cast<char*>(a.c_str()));
-        argv.push_back(nullptr);
-        ::execvp(argv[0], argv.data());
-        std::fprintf(stderr, "redirctl: cannot run %s: %s\n", argv[0], std::strerror(errno));
-        ::_exit(127);
-    }
-    // The child owns the terminal's signals; we only wait for it.
-    ::signal(SIGINT, SIG_IGN);
-    ::signal(SIGQUIT, SIG_IGN);
-    int rc = wait_child(pid);
-    Client detach_client(socket_path);
-    auto dd = detach_client.call("{\"cmd\":\"detach\",\"cgroup\":" + json_escape(cg) + "}");
-    if (!dd["ok"].GetBool()) report_error(dd);
-    cleanup_cg();
-    if (!dir.empty()) std::filesystem::remove_all(dir);
-    return rc;
 }
 
 }  // namespace
@@ -347,11 +161,20 @@ int main(int argc, char** argv) {
     ca_export->add_option("--out", ca_out, "write to FILE instead of stdout");
 
     // run
-    std::string run_policy;
-    std::vector<std::string> run_cmd;
-    auto* run = app.add_subcommand("run", "run CMD in a transient sandbox cgroup with what tools need for inference.local");
-    run->add_option("--policy", run_policy, "policy NAME or FILE (default: inference only, everything else denied)");
-    run->add_option("CMD", run_cmd, "command and arguments (after --)")->required();
+    redir::ctl::RunOptions run_opts;
+    auto* run = app.add_subcommand(
+        "run",
+        "run CMD in a transient sandbox cgroup with what tools need for inference.local. CMD starts inside the "
+        "sandbox (clone3 into the cgroup), as an unprivileged user with no capability and no_new_privs, in a "
+        "private cgroup namespace; when it exits, or run gets SIGTERM/SIGHUP (passed on, then SIGKILL to all "
+        "after 3 s), every process left in the sandbox is killed before it is detached and removed. Exit code: "
+        "CMD's (128+signal when killed); 125 when run could not start it, 126/127 when it cannot be executed.");
+    run->add_option("--policy", run_opts.policy, "policy NAME or FILE (default: inference only, everything else denied)");
+    run->add_option("--user", run_opts.user,
+                    "USER[:GROUP] to run CMD as (default: the sudo caller from SUDO_UID/SUDO_GID, else nobody; "
+                    "no supplementary groups). \"root\" is root of a private user namespace, mapped to the "
+                    "default user outside");
+    run->add_option("CMD", run_opts.command, "command and arguments (after --)")->required();
     run->prefix_command(false);
 
     CLI11_PARSE(app, argc, argv);
@@ -396,6 +219,8 @@ int main(int argc, char** argv) {
             if (!d["ok"].GetBool()) return report_error(d);
             std::cout << "attached " << d["cgroup"].GetString() << " (cgroup id " << d["cgroup_id"].GetUint64()
                       << ") with policy " << d["policy"].GetString() << "\n";
+            if (d.HasMember("warnings"))
+                for (auto& w : d["warnings"].GetArray()) std::cerr << "redirctl: warning: " << w.GetString() << "\n";
             return 0;
         }
         if (*detach) {
@@ -423,6 +248,7 @@ int main(int argc, char** argv) {
                     std::cout << ", " << at["host_rules"].Size() << " host rules (DNS port " << at["dns_port"].GetUint64()
                               << ")";
                 std::cout << "\n";
+                print_capable(at);
             }
             auto& c = d["counters"];
             std::cout << "counters: allow " << c["allow"].GetUint64() << ", deny " << c["deny"].GetUint64()
@@ -590,7 +416,10 @@ int main(int argc, char** argv) {
             }
             return 0;
         }
-        if (*run) return run_sandboxed(client, socket_path, run_policy, run_cmd);
+        if (*run) {
+            run_opts.socket_path = socket_path;
+            return redir::ctl::run_sandboxed(run_opts);
+        }
         if (*events) {
             client.connect();
             client.send("{\"cmd\":\"events\",\"count\":" + std::to_string(count) +

@@ -1,0 +1,397 @@
+// `redirctl run`: a transient sandbox around one command, from before its
+// first instruction until nothing in it is left.
+#include "run.hpp"
+
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <optional>
+
+#include "client.hpp"
+#include "common/atomic_file.hpp"
+#include "common/fd.hpp"
+#include "loader/cgroup.hpp"
+#include "run_user.hpp"
+#include "sandbox_reaper.hpp"
+
+namespace redir::ctl {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr int kRunFailed = 125;                  // run's own failure, before the command started
+constexpr auto kGrace = std::chrono::seconds(3);  // after SIGTERM/SIGHUP to run, before SIGKILL to all
+constexpr auto kKillTimeout = std::chrono::seconds(10);
+
+// REDIR_RUN_FALLBACKS=clone3,cgroup.kill makes run take the paths older
+// kernels need even where the new ones exist, so tests cover both.
+struct Fallbacks {
+    bool no_clone3 = false;
+    bool no_cgroup_kill = false;
+};
+
+Fallbacks fallbacks_from_env() {
+    Fallbacks f;
+    if (const char* v = std::getenv("REDIR_RUN_FALLBACKS")) {
+        std::string s = v;
+        f.no_clone3 = s.find("clone3") != std::string::npos;
+        f.no_cgroup_kill = s.find("cgroup.kill") != std::string::npos;
+    }
+    return f;
+}
+
+std::string attach_request(const std::string& cgroup, const std::string& policy_arg) {
+    std::string req = "{\"cmd\":\"attach\",\"cgroup\":" + json_escape(cgroup);
+    if (policy_arg.empty()) {
+        // Nothing but inference.local: the safest default for an agent.
+        req += ",\"policy_text\":" +
+               json_escape("{\"version\": 1, \"name\": \"redirctl-run-default\", \"inference\": {\"enabled\": true}}") +
+               ",\"source_name\":\"(built-in run policy)\"";
+    } else if (std::filesystem::is_regular_file(policy_arg)) {
+        std::string text;
+        try {
+            text = redir::read_file(policy_arg);
+        } catch (const std::exception& e) {
+            throw Failure{std::string(e.what()) + "; check the path and permissions"};
+        }
+        req += ",\"policy_text\":" + json_escape(text) + ",\"source_name\":" + json_escape(policy_arg);
+    } else {
+        req += ",\"policy_name\":" + json_escape(policy_arg);
+    }
+    return req + "}";
+}
+
+// Files the command reads: the local CA alone, a bundle of the system roots
+// plus the local CA, and a private home when the user has none of its own.
+// World-readable (the command is not root); the directory is run's own.
+struct RunFiles {
+    std::string dir, ca_file, bundle, home;
+    ~RunFiles() {
+        std::error_code ec;
+        if (!dir.empty()) std::filesystem::remove_all(dir, ec);
+    }
+};
+
+void write_run_files(RunFiles& f, Client& client, const RunUser& user) {
+    char tmpl[] = "/tmp/redir-run-XXXXXX";
+    if (!::mkdtemp(tmpl)) throw Failure{std::string("cannot create a directory in /tmp for the CA bundle: ") +
+                                        std::strerror(errno)};
+    f.dir = tmpl;
+    ::chmod(f.dir.c_str(), 0755);
+    f.ca_file = f.dir + "/inference-ca.pem";
+    f.bundle = f.dir + "/ca-bundle.pem";
+    auto ca = client.call("{\"cmd\":\"ca.export\"}");
+    if (!ca["ok"].GetBool()) throw Failure{"cannot fetch the local CA from redird for the sandbox's CA bundle"};
+    std::string pem = ca["pem"].GetString();
+    std::string roots;
+    try {
+        roots = redir::read_file("/etc/ssl/certs/ca-certificates.crt");
+    } catch (...) {
+        // No system roots: the bundle still lets tools reach inference.local.
+    }
+    redir::write_file_atomic(f.ca_file, pem, 0644);
+    redir::write_file_atomic(f.bundle, roots + (roots.empty() || roots.back() == '\n' ? "" : "\n") + pem, 0644);
+    if (user.home) {
+        f.home = *user.home;
+    } else {
+        f.home = f.dir + "/home";
+        if (::mkdir(f.home.c_str(), 0700) != 0 || ::chown(f.home.c_str(), user.uid, user.gid) != 0)
+            throw Failure{"cannot create a home directory for the sandboxed user in " + f.dir + ": " +
+                          std::strerror(errno)};
+    }
+}
+
+void set_sandbox_env(const RunFiles& f, const RunUser& user, const std::string& cgroup) {
+    ::setenv("SSL_CERT_FILE", f.bundle.c_str(), 1);
+    ::setenv("REQUESTS_CA_BUNDLE", f.bundle.c_str(), 1);
+    ::setenv("CURL_CA_BUNDLE", f.bundle.c_str(), 1);
+    ::setenv("GIT_SSL_CAINFO", f.bundle.c_str(), 1);
+    ::setenv("NODE_EXTRA_CA_CERTS", f.ca_file.c_str(), 1);
+    ::setenv("DENO_CERT", f.ca_file.c_str(), 1);
+    ::setenv("OPENAI_BASE_URL", "https://inference.local/v1", 1);
+    ::setenv("ANTHROPIC_BASE_URL", "https://inference.local", 1);
+    // The SDKs insist on a key; the terminator drops it and adds the real one.
+    ::setenv("OPENAI_API_KEY", "redir-placeholder", 1);
+    ::setenv("ANTHROPIC_API_KEY", "redir-placeholder", 1);
+    ::setenv("HOME", f.home.c_str(), 1);
+    ::setenv("USER", user.name.c_str(), 1);
+    ::setenv("LOGNAME", user.name.c_str(), 1);
+    ::setenv("REDIR_SANDBOX", cgroup.c_str(), 1);
+    // sudo's record of the caller means nothing inside.
+    ::unsetenv("SUDO_UID");
+    ::unsetenv("SUDO_GID");
+    ::unsetenv("SUDO_USER");
+    ::unsetenv("SUDO_COMMAND");
+}
+
+// ---- the child, between clone and exec --------------------------------------
+// It speaks to the parent over a socketpair: 'U' = "write my uid/gid maps",
+// answered by 'G'; 'E' + text = it failed and exits; end of stream = exec'd.
+
+struct ChildPlan {
+    std::string cgroup;      // absolute path of the sandbox cgroup
+    std::string cgroup_rel;  // as /proc/self/cgroup names it ("/redir-run-…")
+    bool entered = false;    // placed by clone3(CLONE_INTO_CGROUP)
+    pid_t parent = 0;
+    RunUser user;
+    const RunFiles* files = nullptr;
+    const std::vector<std::string>* command = nullptr;
+};
+
+[[noreturn]] void child_fail(int chan, const std::string& msg, int code = kRunFailed) {
+    std::string m = "E" + msg;
+    [[maybe_unused]] auto n = ::write(chan, m.data(), m.size());
+    ::_exit(code);
+}
+
+std::string own_cgroup() {
+    std::ifstream in("/proc/self/cgroup");
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind("0::", 0) == 0) return line.substr(3);
+    return "";
+}
+
+// The fallback for kernels without CLONE_INTO_CGROUP: the child moves itself,
+// and a failed move ends it before anything of the command runs.
+void enter_cgroup(int chan, const ChildPlan& p) {
+    int fd = ::open((p.cgroup + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || ::write(fd, "0", 1) != 1)
+        child_fail(chan, "cannot move the command into sandbox cgroup " + p.cgroup + ": " + std::strerror(errno) +
+                             "; nothing was run");
+    ::close(fd);
+}
+
+void reset_signals() {
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    for (int s : {SIGINT, SIGQUIT, SIGTERM, SIGHUP, SIGCHLD, SIGPIPE}) ::signal(s, SIG_DFL);
+}
+
+[[noreturn]] void child_main(int chan, const ChildPlan& p) {
+    if (!p.entered) enter_cgroup(chan, p);
+    // Checked either way: the command never runs anywhere but in the sandbox.
+    if (std::string now = own_cgroup(); now != p.cgroup_rel)
+        child_fail(chan, "the command is in cgroup " + now + " instead of sandbox " + p.cgroup_rel + "; nothing was run");
+    reset_signals();
+    auto need_maps = [&]() -> std::string {
+        char c = 'U';
+        if (::write(chan, &c, 1) != 1 || ::read(chan, &c, 1) != 1 || c != 'G')
+            return "redirctl did not map the user namespace for --user root";
+        return "";
+    };
+    if (auto err = become_run_user(p.user, need_maps); !err.empty())
+        child_fail(chan, err + "; nothing was run (the sandbox never runs a command with host privileges)");
+    // If run dies, its command dies with it (the rest of the sandbox stays
+    // enforced). Set after the credential switch, which clears it.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (::getppid() != p.parent) ::_exit(kRunFailed);
+    set_sandbox_env(*p.files, p.user, p.cgroup);
+    std::vector<char*> argv;
+    for (auto& a : *p.command) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execvp(argv[0], argv.data());
+    int e = errno;
+    child_fail(chan, "cannot run " + p.command->front() + " as uid " + std::to_string(::getuid()) + ": " +
+                         std::strerror(e),
+               e == ENOENT ? 127 : 126);
+}
+
+// clone3(CLONE_INTO_CGROUP) starts the child inside the sandbox, so not one
+// instruction of it runs outside; fork() + a checked move where the kernel
+// (before 5.7) or the caller's REDIR_RUN_FALLBACKS says otherwise.
+pid_t spawn(int cgroup_fd, bool use_clone3, bool& entered) {
+    if (use_clone3) {
+        clone_args args{};
+        args.flags = CLONE_INTO_CGROUP;
+        args.exit_signal = SIGCHLD;
+        args.cgroup = static_cast<uint64_t>(cgroup_fd);
+        entered = true;
+        long pid = ::syscall(SYS_clone3, &args, sizeof(args));
+        if (pid >= 0) return static_cast<pid_t>(pid);
+    }
+    entered = false;
+    return ::fork();
+}
+
+// ---- the parent --------------------------------------------------------------
+
+void write_id_maps(pid_t child, const RunUser& u) {
+    auto put = [&](const char* file, unsigned id) {
+        std::string path = "/proc/" + std::to_string(child) + "/" + file;
+        std::string line = "0 " + std::to_string(id) + " 1\n";
+        int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+        bool ok = fd >= 0 && ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+        if (fd >= 0) ::close(fd);
+        return ok;
+    };
+    if (!put("uid_map", u.uid) || !put("gid_map", u.gid))
+        throw Failure{"cannot map root of the command's user namespace to uid " + std::to_string(u.uid) + ": " +
+                      std::strerror(errno)};
+}
+
+// Serves the child's requests until it has exec'd (end of stream); returns
+// its error text, empty when the command started.
+std::string await_exec(int chan, pid_t child, const RunUser& user) {
+    std::string err;
+    char c;
+    for (;;) {
+        ssize_t n = ::read(chan, &c, 1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return err;
+        if (c == 'U') {
+            try {
+                write_id_maps(child, user);
+                c = 'G';
+            } catch (const Failure& f) {
+                err = f.message;
+                c = 'N';
+            }
+            [[maybe_unused]] auto w = ::write(chan, &c, 1);
+        } else if (c == 'E') {
+            char buf[4096];
+            while ((n = ::read(chan, buf, sizeof(buf))) > 0) err.append(buf, static_cast<size_t>(n));
+            return err;
+        }
+    }
+}
+
+int exit_code(int status) {
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return 1;
+}
+
+// Waits for the command. SIGTERM/SIGHUP (and SIGINT/SIGQUIT sent to run by
+// kill) are passed to the command; if it has not exited KGRACE later, the
+// whole sandbox is killed. A terminal's ^C reaches the command by itself and
+// is left to it. Returns the command's exit code.
+int supervise(pid_t child, int sigfd, const std::string& cgroup, bool use_cgroup_kill) {
+    std::optional<Clock::time_point> kill_at;
+    for (;;) {
+        int status = 0;
+        pid_t r = ::waitpid(child, &status, WNOHANG);
+        if (r == child) return exit_code(status);
+        int timeout = -1;
+        if (kill_at) {
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*kill_at - Clock::now()).count();
+            if (left <= 0) {
+                kill_subtree(cgroup, kKillTimeout, use_cgroup_kill);
+                kill_at = Clock::now() + kKillTimeout;  // keep reaping; do not loop on kill
+                continue;
+            }
+            timeout = static_cast<int>(left);
+        }
+        pollfd pfd{sigfd, POLLIN, 0};
+        if (::poll(&pfd, 1, timeout) <= 0) continue;
+        signalfd_siginfo si{};
+        if (::read(sigfd, &si, sizeof(si)) != sizeof(si)) continue;
+        int sig = static_cast<int>(si.ssi_signo);
+        if (sig == SIGCHLD) continue;
+        bool from_tty = si.ssi_code == SI_KERNEL && (sig == SIGINT || sig == SIGQUIT);
+        if (from_tty) continue;
+        if (kill_at) {
+            kill_at = Clock::now();  // a second signal: no more grace
+        } else {
+            ::kill(child, sig);
+            kill_at = Clock::now() + kGrace;
+        }
+    }
+}
+
+// Kills what is left, then detaches and removes the sandbox — only once it
+// is empty: a process still inside must stay enforced.
+void end_sandbox(Client& client, const std::string& cgroup, bool use_cgroup_kill) {
+    if (!kill_subtree(cgroup, kKillTimeout, use_cgroup_kill)) {
+        std::cerr << "redirctl: processes in sandbox " << cgroup << " survived SIGKILL for "
+                  << kKillTimeout.count() << " s; it stays attached (enforced) — detach it with "
+                  << "`redirctl detach --cgroup " << cgroup << "` once its cgroup.procs is empty\n";
+        return;
+    }
+    try {
+        auto d = client.call("{\"cmd\":\"detach\",\"cgroup\":" + json_escape(cgroup) + "}");
+        if (!d["ok"].GetBool()) report_error(d);
+    } catch (const Failure& f) {
+        std::cerr << "redirctl: " << f.message << "\n";
+    }
+    if (!remove_subtree(cgroup))
+        std::cerr << "redirctl: cannot remove sandbox cgroup " << cgroup << ": " << std::strerror(errno) << "\n";
+}
+
+}  // namespace
+
+int run_sandboxed(const RunOptions& opts) {
+    RunUser user = resolve_run_user(opts.user, std::getenv("SUDO_UID"), std::getenv("SUDO_GID"));
+    Fallbacks fb = fallbacks_from_env();
+    auto mnt = redir::loader::find_cgroup2_mount();
+    if (!mnt) throw Failure{"no cgroup v2 hierarchy is mounted; redir sandboxes are cgroup v2 directories"};
+    std::string rel = "/redir-run-" + std::to_string(::getpid());
+    std::string cg = *mnt + rel;
+    // Root-owned and 0755: the command can neither leave it nor create cgroups in it.
+    if (::mkdir(cg.c_str(), 0755) != 0)
+        throw Failure{"cannot create sandbox cgroup " + cg + ": " + std::strerror(errno)};
+
+    Client client(opts.socket_path);
+    rapidjson::Document d;
+    try {
+        d = client.call(attach_request(cg, opts.policy));
+    } catch (...) {
+        ::rmdir(cg.c_str());
+        throw;
+    }
+    if (!d["ok"].GetBool()) {
+        ::rmdir(cg.c_str());
+        return report_error(d);
+    }
+
+    RunFiles files;
+    int rc = kRunFailed;
+    try {
+        write_run_files(files, client, user);
+        // Blocked before the child exists, so no signal is lost; the child unblocks.
+        sigset_t mask;
+        sigemptyset(&mask);
+        for (int s : {SIGCHLD, SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&mask, s);
+        ::sigprocmask(SIG_BLOCK, &mask, nullptr);
+        redir::UniqueFd sigfd(::signalfd(-1, &mask, SFD_CLOEXEC));
+        redir::UniqueFd cgfd(::open(cg.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+        int sv[2];
+        if (!sigfd || !cgfd || ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+            throw Failure{std::string("cannot prepare to start the command: ") + std::strerror(errno)};
+        redir::UniqueFd mine(sv[0]), theirs(sv[1]);
+
+        ChildPlan plan{cg, rel, false, ::getpid(), user, &files, &opts.command};
+        pid_t pid = spawn(cgfd.get(), !fb.no_clone3, plan.entered);
+        if (pid < 0) throw Failure{std::string("cannot start the command: ") + std::strerror(errno)};
+        if (pid == 0) {
+            mine.reset();
+            child_main(theirs.get(), plan);
+        }
+        theirs.reset();
+        std::string err = await_exec(mine.get(), pid, user);
+        if (!err.empty()) std::cerr << "redirctl: " << err << "\n";
+        rc = supervise(pid, sigfd.get(), cg, !fb.no_cgroup_kill);
+    } catch (...) {
+        end_sandbox(client, cg, !fb.no_cgroup_kill);
+        throw;
+    }
+    end_sandbox(client, cg, !fb.no_cgroup_kill);
+    return rc;
+}
+
+}  // namespace redir::ctl

@@ -1,0 +1,20 @@
+#pragma once
+// `redirctl run`: a transient sandbox around one command, from before its
+// first instruction until nothing in it is left.
+#include <string>
+#include <vector>
+
+namespace redir::ctl {
+
+struct RunOptions {
+    std::string socket_path;
+    std::string policy;               // NAME or FILE; empty: inference only
+    std::string user;                 // --user USER[:GROUP]; empty: sudo caller, else nobody
+    std::vector<std::string> command;
+};
+
+// Runs the command sandboxed; returns its exit code (128+signal when killed),
+// or 125 when run itself failed before the command could start.
+int run_sandboxed(const RunOptions& opts);
+
+}  // namespace redir::ctl
