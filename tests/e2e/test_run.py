@@ -1,11 +1,16 @@
 """`redirctl run`: a transient sandbox in which tools reach inference.local with
 no configuration of their own (DNS through the agent, CA and base URLs from
-the environment run sets), and nothing else."""
+the environment run sets), and nothing else; the command starts inside the
+sandbox, unprivileged, and nothing it leaves behind outlives the sandbox."""
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -13,6 +18,73 @@ import harness  # noqa: E402
 from harness import Agent, TcpServer  # noqa: E402
 
 NODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node")
+NOBODY = 65534
+# Commands in a sandbox run unprivileged: a python every user may execute.
+PY = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+
+# What a process reports about itself, as JSON: ids, groups, capability sets,
+# no_new_privs, user namespace map, cgroup, and the sandbox run named.
+IDENTITY = r"""
+import json, os
+st = {}
+for line in open('/proc/self/status'):
+    k, _, v = line.partition(':')
+    st[k] = v.strip()
+print(json.dumps({'uid': os.getuid(), 'euid': os.geteuid(), 'gid': os.getgid(), 'groups': os.getgroups(),
+                  'CapEff': st['CapEff'], 'CapPrm': st['CapPrm'], 'CapInh': st['CapInh'],
+                  'CapBnd': st['CapBnd'], 'CapAmb': st['CapAmb'], 'NoNewPrivs': st['NoNewPrivs'],
+                  'uid_map': open('/proc/self/uid_map').read().split(),
+                  'cgroup': open('/proc/self/cgroup').read(), 'cgroupns': os.readlink('/proc/self/ns/cgroup'),
+                  'sandbox': os.environ.get('REDIR_SANDBOX'), 'home': os.environ.get('HOME'),
+                  'home_writable': os.access(os.environ.get('HOME', '/'), os.W_OK)}))
+"""
+
+
+class CountingListener:
+    """TCP listener that records every connection it accepts."""
+
+    def __init__(self, addr):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((addr, 0))
+        self.sock.listen(64)
+        self.addr, self.port = self.sock.getsockname()
+        self.accepted = []
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self):
+        while True:
+            try:
+                c, peer = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(peer)
+            c.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def pid_alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
+def wait_for(pred, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
 
 
 class RunE2E(unittest.TestCase):
@@ -24,6 +96,7 @@ class RunE2E(unittest.TestCase):
         cls.resolv = os.path.join(cls.tmp, "resolv.conf")
         with open(cls.resolv, "w") as f:
             f.write("nameserver 192.0.2.99\noptions attempts:1 timeout:2\n")
+        os.chmod(cls.resolv, 0o644)
         cls.agent = Agent("run").start()
         cls.agent.ctl("provider", "create", "--name", "m", "--type", "mock")
         cls.agent.ctl("inference", "set", "--provider", "m", "--model", "mock-served")
@@ -34,19 +107,50 @@ class RunE2E(unittest.TestCase):
         cls.srv.close()
         cls.agent.cleanup()
 
-    def run_cmd(self, argv, env_extra=None):
+    def argv(self, argv, run_args=()):
+        script = 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
+        return ["unshare", "--mount", "sh", "-c", script, "sh", self.resolv, harness.REDIRCTL, "run"] + \
+            list(run_args) + ["--"] + list(argv)
+
+    def env(self, env_extra=None):
         env = dict(os.environ)
         env["REDIR_SOCKET"] = self.agent.socket
+        for k in ("SUDO_UID", "SUDO_GID", "SUDO_USER", "REDIR_RUN_FALLBACKS"):
+            env.pop(k, None)
         env.update(env_extra or {})
-        script = 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
-        return subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", self.resolv, harness.REDIRCTL, "run",
-                               "--"] + argv, capture_output=True, text=True, timeout=60, env=env)
+        return env
+
+    def run_cmd(self, argv, env_extra=None, run_args=(), timeout=60):
+        return subprocess.run(self.argv(argv, run_args), capture_output=True, text=True, timeout=timeout,
+                              env=self.env(env_extra))
+
+    def identity(self, run_args=(), env_extra=None):
+        r = self.run_cmd([PY, "-c", IDENTITY], env_extra, run_args)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return json.loads(r.stdout)
+
+    def assert_sandbox_gone(self, cgroup):
+        self.assertTrue(cgroup and os.path.basename(cgroup).startswith("redir-run-"), cgroup)
+        self.assertFalse(os.path.exists(cgroup), "run left its sandbox cgroup %s behind" % cgroup)
+        attached = [a["cgroup"] for a in self.agent.status()["attachments"]]
+        self.assertNotIn(cgroup, attached)
+
+    # ---- what tools inside see ------------------------------------------------
 
     def test_curl_reaches_inference_with_no_flags(self):
         r = self.run_cmd(["curl", "-sS", "https://inference.local/v1/chat/completions", "-H",
                           "content-type: application/json", "-d", '{"messages":[{"role":"user","content":"hi"}]}'])
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(json.loads(r.stdout)["model"], "mock-served")
+
+    def test_ca_bundle_works_for_curl_as_unprivileged_user(self):
+        script = ('id -u; curl -sS https://inference.local/v1/chat/completions -H "content-type: application/json" '
+                  '-d \'{"messages":[{"role":"user","content":"hi"}]}\'')
+        r = self.run_cmd(["sh", "-c", script])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        uid, body = r.stdout.split("\n", 1)
+        self.assertEqual(int(uid), NOBODY)
+        self.assertEqual(json.loads(body)["model"], "mock-served")
 
     def test_node_sdk_uses_environment(self):
         r = self.run_cmd(["node", os.path.join(NODE_DIR, "openai_client.js"), "plain"],
@@ -57,8 +161,159 @@ class RunE2E(unittest.TestCase):
     def test_everything_else_denied_and_exit_code_kept(self):
         code = ("import socket,sys\ntry:\n    socket.create_connection(('203.0.113.9',80),3)\n    sys.exit(0)\n"
                 "except PermissionError:\n    sys.exit(7)\n")
-        r = self.run_cmd([sys.executable, "-c", code])
+        r = self.run_cmd([PY, "-c", code])
         self.assertEqual(r.returncode, 7, r.stderr)
+
+    def test_environment_and_cleanup(self):
+        r = self.run_cmd([PY, "-c", "import os,json; print(json.dumps(dict(os.environ)))"])
+        env = json.loads(r.stdout)
+        self.assertEqual(env["OPENAI_BASE_URL"], "https://inference.local/v1")
+        self.assertEqual(env["ANTHROPIC_BASE_URL"], "https://inference.local")
+        for k in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "NODE_EXTRA_CA_CERTS"):
+            self.assertIn(k, env)
+        # The transient cgroup this run created is detached and removed afterwards.
+        self.assert_sandbox_gone(env["REDIR_SANDBOX"])
+
+    # ---- lifecycle ------------------------------------------------------------
+
+    def test_exit_codes(self):
+        self.assertEqual(self.run_cmd(["true"]).returncode, 0)
+        self.assertEqual(self.run_cmd(["sh", "-c", "exit 3"]).returncode, 3)
+        self.assertEqual(self.run_cmd(["sh", "-c", "kill -KILL $$"]).returncode, 128 + signal.SIGKILL)
+        self.assertEqual(self.run_cmd(["sh", "-c", "kill -TERM $$"]).returncode, 128 + signal.SIGTERM)
+        r = self.run_cmd(["/nonexistent/command"])
+        self.assertEqual(r.returncode, 127)
+        self.assertIn("/nonexistent/command", r.stderr)
+
+    def check_starts_inside(self, fallbacks):
+        env = {"REDIR_RUN_FALLBACKS": fallbacks} if fallbacks else {}
+        # The command itself (no shell in between) reads where it is: the root
+        # of a private cgroup namespace, not the caller's.
+        r = self.run_cmd(["cat", "/proc/self/cgroup"], env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.strip().splitlines()[-1], "0::/")
+        ident = self.identity(env_extra=env)
+        self.assertNotEqual(ident["cgroupns"], os.readlink("/proc/self/ns/cgroup"))
+        # Seen from outside, an exec'd command is in the sandbox cgroup run made.
+        p = subprocess.Popen(self.argv(["sleep", "30"]), env=self.env(env), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            def child():
+                try:
+                    with open("/proc/%d/task/%d/children" % (p.pid, p.pid)) as f:
+                        kids = f.read().split()
+                    return int(kids[0]) if kids else None
+                except (FileNotFoundError, ValueError):
+                    return None
+            self.assertTrue(wait_for(lambda: child() is not None and
+                                     read_text("/proc/%d/comm" % child()).strip() == "sleep"))
+            with open("/proc/%d/cgroup" % child()) as f:
+                cg = f.read().strip().splitlines()[-1]
+            self.assertRegex(cg, r"^0::/redir-run-%d$" % p.pid)
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.communicate(timeout=20)
+
+    def test_command_starts_inside_sandbox_clone3(self):
+        self.check_starts_inside("")
+
+    def test_command_starts_inside_sandbox_fallback_checked_write(self):
+        self.check_starts_inside("clone3")
+
+    def check_orphan_killed(self, how, fallbacks=""):
+        lst = CountingListener("203.0.113.9")
+        try:
+            # The orphan waits until run has returned, then tries to connect.
+            connect = ("import socket,time; time.sleep(1.5); "
+                       "socket.create_connection(('%s',%d),3)" % (lst.addr, lst.port))
+            scripts = {
+                "background": '%s -c "$0" & echo $!',
+                "setsid": 'setsid %s -c "$0" & echo $!',
+                "double-fork": '(%s -c "$0" & echo $!) ; true',
+            }
+            script = scripts[how] % PY
+            env = {"REDIR_RUN_FALLBACKS": fallbacks} if fallbacks else {}
+            r = subprocess.run(self.argv(["sh", "-c", script, connect]), capture_output=True, text=True,
+                               timeout=60, env=self.env(env))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            orphan = int(r.stdout.split()[0])
+            self.assertFalse(pid_alive(orphan), "%s orphan %d outlived run" % (how, orphan))
+            time.sleep(2.5)  # past the moment the orphan would have connected
+            self.assertEqual(lst.accepted, [], "an orphan reached the denied listener after run returned")
+        finally:
+            lst.close()
+
+    def test_orphan_background_killed(self):
+        self.check_orphan_killed("background")
+
+    def test_orphan_setsid_killed(self):
+        self.check_orphan_killed("setsid")
+
+    def test_orphan_double_fork_killed_by_freeze_loop(self):
+        self.check_orphan_killed("double-fork", fallbacks="cgroup.kill")
+
+    def start_long_run(self, script, env_extra=None):
+        p = subprocess.Popen(self.argv(["sh", "-c", script]), env=self.env(env_extra), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        line = p.stdout.readline().split()
+        self.assertEqual(len(line), 2, p.stderr.read() if p.poll() is not None else line)
+        return p, int(line[0]), line[1]
+
+    def test_sigterm_to_run_kills_the_sandbox(self):
+        p, bg, cg = self.start_long_run('sleep 300 & echo $! "$REDIR_SANDBOX"; exec sleep 300')
+        self.assertTrue(pid_alive(bg))
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=20)
+        self.assertEqual(p.returncode, 128 + signal.SIGTERM)
+        self.assertFalse(pid_alive(bg))
+        self.assert_sandbox_gone(cg)
+
+    def test_sigterm_ignored_by_command_still_ends_sandbox(self):
+        p, bg, cg = self.start_long_run("trap '' TERM HUP; sleep 300 & echo $! \"$REDIR_SANDBOX\"; "
+                                        "while :; do sleep 1; done")
+        p.send_signal(signal.SIGHUP)
+        p.communicate(timeout=20)
+        self.assertEqual(p.returncode, 128 + signal.SIGKILL)
+        self.assertFalse(pid_alive(bg))
+        self.assert_sandbox_gone(cg)
+
+    # ---- privileges -----------------------------------------------------------
+
+    def assert_unprivileged(self, ident, uid, gid):
+        self.assertEqual((ident["uid"], ident["euid"], ident["gid"]), (uid, uid, gid))
+        self.assertEqual(ident["groups"], [gid])
+        for k in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"):
+            self.assertEqual(int(ident[k], 16), 0, "%s is %s" % (k, ident[k]))
+        self.assertEqual(ident["NoNewPrivs"], "1")
+        self.assertTrue(ident["home_writable"], ident["home"])
+
+    def test_default_user_is_nobody_without_capabilities(self):
+        self.assert_unprivileged(self.identity(), NOBODY, NOBODY)
+
+    def test_default_user_is_the_sudo_caller(self):
+        ident = self.identity(env_extra={"SUDO_UID": "4242", "SUDO_GID": "4343", "SUDO_USER": "someone"})
+        self.assert_unprivileged(ident, 4242, 4343)
+
+    def test_explicit_user_and_group(self):
+        self.assert_unprivileged(self.identity(run_args=["--user", "4242:4343"]), 4242, 4343)
+        self.assert_unprivileged(self.identity(run_args=["--user", "nobody"]), NOBODY, NOBODY)
+
+    def test_user_root_is_root_of_a_private_user_namespace_only(self):
+        ident = self.identity(run_args=["--user", "root"])
+        self.assertEqual((ident["uid"], ident["gid"]), (0, 0))
+        # uid 0 inside is nobody outside: no capability in the host namespace.
+        self.assertEqual(ident["uid_map"], ["0", str(NOBODY), "1"])
+        self.assertEqual(ident["NoNewPrivs"], "1")
+        ident = self.identity(run_args=["--user", "root"], env_extra={"SUDO_UID": "4242", "SUDO_GID": "4343"})
+        self.assertEqual(ident["uid_map"], ["0", "4242", "1"])
+
+    def test_bad_user_specs_are_refused(self):
+        for spec, words in (("root:root", "takes no group"), ("no-such-user-xyz", "no user named"),
+                            ("4242:0", "gid 0"), ("4242:no-such-group-xyz", "no group named")):
+            r = self.run_cmd(["true"], run_args=["--user", spec])
+            self.assertNotEqual(r.returncode, 0, spec)
+            self.assertIn(words, r.stderr, spec)
+            self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
 
     def test_root_in_run_sandbox_cannot_open_packet_or_raw_sockets(self):
         code = ("import socket,os\nres=[]\n"
@@ -67,20 +322,145 @@ class RunE2E(unittest.TestCase):
                 "    try:\n        socket.socket(*a).close(); res.append('created')\n"
                 "    except PermissionError: res.append('EPERM')\n"
                 "print(os.geteuid(), ' '.join(res))\n")
-        r = self.run_cmd([sys.executable, "-c", code])
+        r = self.run_cmd([PY, "-c", code], run_args=["--user", "root"])
         self.assertEqual(r.stdout.split(), ["0", "EPERM", "EPERM", "EPERM"], r.stderr)
 
-    def test_environment_and_cleanup(self):
-        r = self.run_cmd([sys.executable, "-c", "import os,json; print(json.dumps(dict(os.environ)))"])
-        env = json.loads(r.stdout)
-        self.assertEqual(env["OPENAI_BASE_URL"], "https://inference.local/v1")
-        self.assertEqual(env["ANTHROPIC_BASE_URL"], "https://inference.local")
-        for k in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "NODE_EXTRA_CA_CERTS"):
-            self.assertIn(k, env)
-        # The transient cgroup is detached and removed afterwards.
-        self.assertEqual(self.agent.status()["attachments"], [])
+    def test_sandboxed_user_cannot_leave_its_cgroup(self):
         mnt = harness.cgroup2_mount()
-        self.assertFalse([d for d in os.listdir(mnt) if d.startswith("redir-run-")])
+        code = ("import os,sys\nres=[]\n"
+                "for t in sys.argv[1:]:\n"
+                "    try:\n        open(t,'w').write(str(os.getpid())); res.append('moved')\n"
+                "    except OSError as e: res.append(type(e).__name__)\n"
+                "print(' '.join(res))\n")
+        targets = [os.path.join(mnt, "cgroup.procs"), "/sys/fs/cgroup/cgroup.procs"]
+        for user in ([], ["--user", "root"]):
+            r = self.run_cmd([PY, "-c", code] + targets, run_args=user)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertNotIn("moved", r.stdout, user)
+
+
+class ControlAndCapsE2E(unittest.TestCase):
+    """The agent's side of containment: the control socket refuses sandboxed
+    peers whatever their uid, status names capable sandboxed processes, and
+    the agent's directories are root-only."""
+
+    @classmethod
+    def setUpClass(cls):
+        harness.enter_netns()
+        cls.tmp = tempfile.mkdtemp(prefix="redir-e2e-ctl-")
+        cls.policy = harness.write_policy(cls.tmp, "ctl-deny-all", {"inference": {"enabled": False}})
+        cls.agent = Agent("ctl").start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.agent.cleanup()
+
+    def ctl_argv(self, *args):
+        return [harness.REDIRCTL, "--socket", self.agent.socket] + list(args)
+
+    def attached(self, tag):
+        cg = harness.Cgroup(tag)
+        self.addCleanup(cg.remove)
+        self.agent.ctl("attach", "--cgroup", cg.path, "--policy", self.policy)
+        self.addCleanup(self.agent.ctl, "detach", "--cgroup", cg.path, check=False)
+        return cg
+
+    def test_root_inside_attached_sandbox_is_refused_by_control_socket(self):
+        cg = self.attached("ctlpeer")
+        inner = harness.Cgroup("inner", parent=cg)
+        self.addCleanup(inner.remove)
+        for where in (cg, inner):
+            for args in (("status",), ("detach", "--cgroup", cg.path)):
+                r = where.run(self.ctl_argv(*args))
+                self.assertNotEqual(r.returncode, 0, r.stdout)
+                self.assertIn("inside a sandbox are refused", r.stderr)
+                self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+        self.assertIn(cg.path, [a["cgroup"] for a in self.agent.status()["attachments"]])
+        # The same command from outside any sandbox is served.
+        self.assertEqual(subprocess.run(self.ctl_argv("status"), capture_output=True).returncode, 0)
+
+    def test_connection_opened_before_attach_is_refused_after(self):
+        cg = harness.Cgroup("ctlearly")
+        self.addCleanup(cg.remove)
+        code = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nf=s.makefile('rw')\n"
+                "def ask():\n    f.write('{\"cmd\":\"status\"}\\n'); f.flush(); return f.readline().strip()\n"
+                "print(ask()[:12], flush=True)\nsys.stdin.readline()\nprint(ask(), flush=True)\n")
+        p = cg.popen([PY, "-c", code, self.agent.socket], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                     text=True)
+        self.assertEqual(p.stdout.readline().strip(), '{"ok":true,"')
+        self.agent.ctl("attach", "--cgroup", cg.path, "--policy", self.policy)
+        self.addCleanup(self.agent.ctl, "detach", "--cgroup", cg.path, check=False)
+        p.stdin.write("\n")
+        p.stdin.flush()
+        reply = json.loads(p.communicate(timeout=10)[0])
+        self.assertFalse(reply["ok"])
+        self.assertIn("inside a sandbox are refused", reply["error"])
+
+    def test_status_and_attach_name_capable_process(self):
+        cg = harness.Cgroup("caps")
+        self.addCleanup(cg.remove)
+        p = cg.popen(["sleep", "60"])
+        self.addCleanup(p.wait)
+        self.addCleanup(p.kill)
+        self.assertTrue(wait_for(lambda: str(p.pid) in read_text(os.path.join(cg.path, "cgroup.procs")).split()))
+        r = self.agent.ctl("attach", "--cgroup", cg.path, "--policy", self.policy)
+        self.addCleanup(self.agent.ctl, "detach", "--cgroup", cg.path, check=False)
+        self.assertIn("warning", r.stderr)
+        self.assertIn("pid %d (sleep)" % p.pid, r.stderr)
+        att = [a for a in self.agent.status()["attachments"] if a["cgroup"] == cg.path][0]
+        flagged = {c["pid"]: c["caps"] for c in att["capable"]}
+        self.assertIn(p.pid, flagged)
+        for cap in ("CAP_SYS_ADMIN", "CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_BPF"):
+            self.assertIn(cap, flagged[p.pid])
+        self.assertIn("WARNING: pid %d (sleep)" % p.pid, self.agent.ctl("status").stdout)
+
+    def test_status_does_not_flag_run_sandboxes(self):
+        for user in ([], ["--user", "root"]):
+            env = dict(os.environ, REDIR_SOCKET=self.agent.socket)
+            env.pop("SUDO_UID", None)
+            q = subprocess.Popen([harness.REDIRCTL, "run"] + user + ["--", "sh", "-c",
+                                 'echo "$REDIR_SANDBOX"; exec sleep 60'], env=env, stdout=subprocess.PIPE, text=True)
+            try:
+                sandbox = q.stdout.readline().strip()
+                att = [a for a in self.agent.status()["attachments"] if a["cgroup"] == sandbox]
+                self.assertEqual(len(att), 1, sandbox)
+                self.assertEqual(att[0]["capable"], [], user)
+            finally:
+                q.send_signal(signal.SIGTERM)
+                q.communicate(timeout=20)
+
+    def test_agent_dirs_are_root_only(self):
+        for d in (self.agent.state, self.agent.run_dir, self.agent.bpffs):
+            self.assertEqual(os.stat(d).st_mode & 0o777, 0o700, d)
+            for root, dirs, files in os.walk(d):
+                for n in dirs + files:
+                    path = os.path.join(root, n)
+                    if not os.path.islink(path):
+                        self.assertEqual(os.lstat(path).st_mode & 0o077, 0, path)
+
+    def test_loose_state_dir_is_fixed_and_foreign_one_refused(self):
+        loose = Agent("loose")
+        os.makedirs(loose.state, 0o755)
+        os.chmod(loose.state, 0o755)
+        secret = os.path.join(loose.state, "leftover.json")
+        with open(secret, "w") as f:
+            f.write("{}")
+        os.chmod(secret, 0o644)
+        try:
+            loose.start()
+            self.assertEqual(os.stat(loose.state).st_mode & 0o777, 0o700)
+            self.assertEqual(os.stat(secret).st_mode & 0o777, 0o600)
+        finally:
+            loose.cleanup()
+        foreign = Agent("foreign")
+        os.makedirs(foreign.state, 0o700)
+        os.chown(foreign.state, 4242, 4242)
+        try:
+            with self.assertRaises(RuntimeError) as ctx:
+                foreign.start()
+            self.assertIn("not root", str(ctx.exception))
+        finally:
+            foreign.cleanup()
 
 
 if __name__ == "__main__":

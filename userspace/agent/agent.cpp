@@ -1,4 +1,5 @@
 #include "agent/agent.hpp"
+#include "agent/containment.hpp"
 
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
@@ -134,9 +135,12 @@ void Agent::start() {
     dp_->open_events([this](const redir_event& e) { on_event(e); });
     if (!opts_.metrics.empty())
         metrics_ = std::make_unique<MetricsServer>(io_, opts_.metrics, [this] { return render_metrics(); });
+    // Last, so it covers what the services above created (the CA, pins).
+    secure_private_dirs();
     control_ = std::make_unique<ControlServer>(
         io_, opts_.run_dir + "/redird.sock",
-        [this](const std::string& line, const std::shared_ptr<ControlConn>& c) { return handle(line, c); });
+        [this](const std::string& line, const std::shared_ptr<ControlConn>& c) { return handle(line, c); },
+        [this](pid_t pid) { return control_peer_refusal(pid); });
     spdlog::info("redird ready: state {}, control {}/redird.sock, bpffs {}, {} policies, {} attachments",
                  opts_.state_dir, opts_.run_dir, opts_.bpffs_dir, policies_.size(), attachments_.size());
 }
@@ -147,6 +151,36 @@ std::shared_ptr<const policy::CompiledPolicy> compiled_of(const ActivePolicy* p)
     return std::static_pointer_cast<const policy::CompiledPolicy>(p->info.compiled);
 }
 }  // namespace
+
+void Agent::secure_private_dirs() {
+    // Credentials, the CA key, the control socket and the pins that keep
+    // sandboxes enforced: nobody but root may read or change any of them.
+    const std::pair<std::string, const char*> dirs[] = {
+        {opts_.state_dir, "state dir"}, {opts_.run_dir, "run dir"}, {opts_.bpffs_dir, "bpffs dir"}};
+    for (auto& [dir, what] : dirs)
+        if (make_private_tree(dir, what))
+            spdlog::warn("{} {} was open to other users; it and everything in it are now root-only (0700/0600)", what,
+                         dir);
+}
+
+std::optional<std::string> Agent::control_peer_refusal(pid_t pid) {
+    auto cg = process_cgroup(pid);
+    if (!cg) return "cannot read the cgroup of control peer pid " + std::to_string(pid) + "; refused";
+    for (uint64_t id : cgroup_lineage_ids(*cg)) {
+        bool attached = dp_->attachment(id).has_value() ||
+                        std::find(orphans_.begin(), orphans_.end(), id) != orphans_.end();
+        std::string where = "cgroup id " + std::to_string(id);
+        for (auto& a : attachments_)
+            if (a.cgroup_id == id) {
+                attached = true;
+                where = a.cgroup_path;
+            }
+        if (attached)
+            return "control requests from inside a sandbox are refused (pid " + std::to_string(pid) + " is in " +
+                   *cg + ", under sandbox " + where + "): a sandbox may not change its own enforcement";
+    }
+    return std::nullopt;
+}
 
 uint32_t Agent::next_policy_id() {
     uint32_t id = next_id_++;
@@ -313,6 +347,18 @@ std::string Agent::render_metrics() {
     return o;
 }
 
+// "capable": the sandbox's processes that hold capabilities able to undo
+// enforcement in the host user namespace (DESIGN: containment).
+void Agent::write_capable(JsonOut& j, const std::string& cgroup) const {
+    j.begin_array("capable");
+    for (auto& p : capable_processes(cgroup)) {
+        j.begin().num("pid", static_cast<uint64_t>(p.pid)).str("comm", p.comm).begin_array("caps");
+        for (auto& n : cap_names(p.caps)) j.str(n);
+        j.end_array().end();
+    }
+    j.end_array();
+}
+
 std::string Agent::cmd_status() {
     JsonOut j;
     j.begin().boolean("ok", true);
@@ -346,6 +392,7 @@ std::string Agent::cmd_status() {
             if (p.cgroup_id == a.cgroup_id) nprog = p.programs.size();
         j.num("programs", nprog);
         j.num("dns_port", dns_->port(a.cgroup_id));
+        write_capable(j, a.cgroup_path);
         if (auto it = policies_.find(a.policy); it != policies_.end()) {
             // Enforced through this sandbox's DNS responder.
             j.begin_array("host_rules");
@@ -417,7 +464,11 @@ std::string Agent::cmd_attach(const std::string& cgroup, const std::string& poli
         throw;
     }
     JsonOut j;
-    j.begin().boolean("ok", true).str("cgroup", cg.path).num("cgroup_id", cg.id).str("policy", name).end();
+    j.begin().boolean("ok", true).str("cgroup", cg.path).num("cgroup_id", cg.id).str("policy", name);
+    j.begin_array("warnings");
+    if (auto procs = capable_processes(cg.path); !procs.empty()) j.str(capable_warning(cg.path, procs));
+    j.end_array();
+    j.end();
     return j.take();
 }
 

@@ -30,6 +30,7 @@ struct AgentOptions {
 };
 
 class InferenceService;
+class JsonOut;
 class DnsService;
 class MetricsServer;
 
@@ -75,6 +76,11 @@ private:
     void on_event(const redir_event& e);
     void save_attachments();
     uint32_t next_policy_id();
+    // State, run and bpffs directories root-only; refuses to start otherwise.
+    void secure_private_dirs();
+    // Why process PID may not use the control API (it is inside a sandbox).
+    std::optional<std::string> control_peer_refusal(pid_t pid);
+    void write_capable(JsonOut& j, const std::string& cgroup) const;
 
     boost::asio::io_context& io_;
     AgentOptions opts_;

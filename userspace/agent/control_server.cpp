@@ -10,7 +10,12 @@
 #include <deque>
 #include <istream>
 
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+#include <sys/syscall.h>
+
 #include "common/error.hpp"
+#include "common/fd.hpp"
 
 namespace asio = boost::asio;
 using asio::local::stream_protocol;
@@ -20,9 +25,63 @@ namespace {
 
 constexpr size_t kMaxRequest = 64 << 20;  // a 100k-rule policy is a few MB
 
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+std::string refusal_line(const std::string& why) {
+    rapidjson::StringBuffer sb;
+    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
+    w.StartObject();
+    w.Key("ok");
+    w.Bool(false);
+    w.Key("error");
+    w.String(why.c_str(), static_cast<rapidjson::SizeType>(why.size()));
+    w.EndObject();
+    return sb.GetString();
+}
+
+// Who is at the other end: the pid that connected and, where the kernel has
+// SO_PEERPIDFD (6.5+), a pidfd that tells whether that very process still
+// lives (so a recycled pid is never mistaken for it).
+struct Peer {
+    uid_t uid = 65535;
+    pid_t pid = 0;
+    UniqueFd pidfd;
+
+    static Peer of(int fd) {
+        Peer p;
+        struct ucred cred {};
+        socklen_t len = sizeof(cred);
+        if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+            p.uid = cred.uid;
+            p.pid = cred.pid;
+        }
+        int pfd = -1;
+        len = sizeof(pfd);
+        if (::getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pfd, &len) == 0) p.pidfd = UniqueFd(pfd);
+        return p;
+    }
+
+    // Why this peer may not send requests now, or nullopt.
+    std::optional<std::string> refusal(const PeerCheck& check) const {
+        if (uid != 0) return std::string("the control API is for root only");
+        if (!check) return std::nullopt;
+        if (pid <= 0) return std::string("cannot tell which process is talking to the control socket; refused");
+        auto why = check(pid);
+        if (why) return why;
+        // Checked after reading /proc/PID: the pid still names the process that connected.
+        if (pidfd && ::syscall(SYS_pidfd_send_signal, pidfd.get(), 0, nullptr, 0) != 0)
+            return std::string("the process that opened this control connection (pid " + std::to_string(pid) +
+                               ") has exited; open a new connection");
+        return std::nullopt;
+    }
+};
+
 class Conn : public ControlConn, public std::enable_shared_from_this<Conn> {
 public:
-    Conn(stream_protocol::socket s, ControlHandler& h) : sock_(std::move(s)), handler_(h), buf_(kMaxRequest) {}
+    Conn(stream_protocol::socket s, ControlHandler& h, const PeerCheck& check, Peer peer)
+        : sock_(std::move(s)), handler_(h), check_(check), peer_(std::move(peer)), buf_(kMaxRequest) {}
 
     void start() { read(); }
 
@@ -51,6 +110,12 @@ private:
             std::getline(is, line);
             std::string resp;
             try {
+                // Again per request: the peer's cgroup may have been attached since it connected.
+                if (auto why = self->peer_.refusal(self->check_)) {
+                    self->send(refusal_line(*why));
+                    self->alive_ = false;
+                    return;
+                }
                 resp = self->handler_(line, self);
             } catch (const std::exception& e) {
                 resp = std::string("{\"ok\":false,\"error\":\"internal error: ") + e.what() + "\"}";
@@ -75,6 +140,8 @@ private:
 
     stream_protocol::socket sock_;
     ControlHandler& handler_;
+    const PeerCheck& check_;
+    Peer peer_;
     asio::streambuf buf_;
     std::deque<std::string> out_;
     bool alive_ = true;
@@ -82,8 +149,8 @@ private:
 
 }  // namespace
 
-ControlServer::ControlServer(asio::io_context& io, const std::string& path, ControlHandler handler)
-    : io_(io), path_(path), acceptor_(io), handler_(std::move(handler)) {
+ControlServer::ControlServer(asio::io_context& io, const std::string& path, ControlHandler handler, PeerCheck check)
+    : io_(io), path_(path), acceptor_(io), handler_(std::move(handler)), check_(std::move(check)) {
     ::unlink(path_.c_str());
     // Created with no access for anyone but the owner (root) from the first instant.
     mode_t old = ::umask(0177);
@@ -106,14 +173,13 @@ void ControlServer::accept() {
     acceptor_.async_accept([this](boost::system::error_code ec, stream_protocol::socket s) {
         if (ec == asio::error::operation_aborted) return;
         if (!ec) {
-            struct ucred cred {};
-            socklen_t len = sizeof(cred);
-            if (::getsockopt(s.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.uid == 0) {
-                std::make_shared<Conn>(std::move(s), handler_)->start();
-            } else {
-                std::string msg = "{\"ok\":false,\"error\":\"the control API is for root only\"}\n";
+            Peer peer = Peer::of(s.native_handle());
+            if (auto why = peer.refusal(check_)) {
+                std::string msg = refusal_line(*why) + "\n";
                 boost::system::error_code ig;
                 asio::write(s, asio::buffer(msg), ig);
+            } else {
+                std::make_shared<Conn>(std::move(s), handler_, check_, std::move(peer))->start();
             }
         }
         accept();

@@ -1,10 +1,14 @@
 #pragma once
 // The control API: a root-only unix socket (mode 0600, and the peer's uid is
-// checked with SO_PEERCRED) speaking one JSON object per line each way.
+// checked with SO_PEERCRED) speaking one JSON object per line each way. A
+// peer is also refused when the agent's PeerCheck says so (a process inside
+// a sandbox, whatever its uid): at accept and again before every request.
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <sys/types.h>
 #include <string>
 
 namespace redir::agent {
@@ -21,9 +25,13 @@ public:
 // lines later (events --follow).
 using ControlHandler = std::function<std::string(const std::string& line, const std::shared_ptr<ControlConn>& conn)>;
 
+// Why the process PID may not use the control API (one sentence), or nullopt.
+using PeerCheck = std::function<std::optional<std::string>(pid_t pid)>;
+
 class ControlServer {
 public:
-    ControlServer(boost::asio::io_context& io, const std::string& socket_path, ControlHandler handler);
+    ControlServer(boost::asio::io_context& io, const std::string& socket_path, ControlHandler handler,
+                  PeerCheck check = {});
     ~ControlServer();
 
 private:
@@ -32,6 +40,7 @@ private:
     std::string path_;
     boost::asio::local::stream_protocol::acceptor acceptor_;
     ControlHandler handler_;
+    PeerCheck check_;
 };
 
 }  // namespace redir::agent

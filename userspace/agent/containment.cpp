@@ -1,0 +1,174 @@
+// What the agent checks about processes and files so that nothing inside a
+// sandbox can switch it off.
+#include "agent/containment.hpp"
+
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "common/error.hpp"
+#include "loader/cgroup.hpp"
+
+namespace fs = std::filesystem;
+
+namespace redir::agent {
+namespace {
+
+struct CapName {
+    int cap;
+    const char* name;
+};
+
+// Each one can detach programs, leave the cgroup, edit maps or pins, read
+// the agent's secrets, or send packets no socket hook sees.
+constexpr CapName kBreaking[] = {
+    {CAP_SYS_ADMIN, "CAP_SYS_ADMIN"},     {CAP_NET_ADMIN, "CAP_NET_ADMIN"},
+    {CAP_NET_RAW, "CAP_NET_RAW"},         {39 /* CAP_BPF */, "CAP_BPF"},
+    {38 /* CAP_PERFMON */, "CAP_PERFMON"}, {CAP_SYS_PTRACE, "CAP_SYS_PTRACE"},
+    {CAP_SYS_MODULE, "CAP_SYS_MODULE"},   {CAP_DAC_OVERRIDE, "CAP_DAC_OVERRIDE"},
+    {CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"}, {CAP_FOWNER, "CAP_FOWNER"},
+    {CAP_CHOWN, "CAP_CHOWN"},             {CAP_SETUID, "CAP_SETUID"},
+    {CAP_SETGID, "CAP_SETGID"},           {CAP_SETPCAP, "CAP_SETPCAP"},
+    {CAP_SYS_RAWIO, "CAP_SYS_RAWIO"},     {CAP_SYS_CHROOT, "CAP_SYS_CHROOT"},
+    {CAP_MKNOD, "CAP_MKNOD"},             {CAP_SYS_BOOT, "CAP_SYS_BOOT"},
+};
+
+std::optional<uint64_t> cgroup_id(const std::string& path) {
+    struct {
+        struct file_handle fh;
+        uint64_t id;
+    } h{};
+    h.fh.handle_bytes = sizeof(uint64_t);
+    int mount_id = 0;
+    if (::name_to_handle_at(AT_FDCWD, path.c_str(), &h.fh, &mount_id, 0) != 0) return std::nullopt;
+    uint64_t id;
+    std::memcpy(&id, h.fh.f_handle, sizeof(id));
+    return id;
+}
+
+std::string user_ns(const std::string& pid) {
+    std::error_code ec;
+    return fs::read_symlink("/proc/" + pid + "/ns/user", ec).string();
+}
+
+// CapEff of PID from /proc/PID/status; nullopt once the process is gone.
+std::optional<uint64_t> effective_caps(const std::string& pid) {
+    std::ifstream in("/proc/" + pid + "/status");
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind("CapEff:", 0) == 0) return std::stoull(line.substr(7), nullptr, 16);
+    return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<std::string> process_cgroup(pid_t pid) {
+    auto mnt = loader::find_cgroup2_mount();
+    if (!mnt) return std::nullopt;
+    std::ifstream in("/proc/" + std::to_string(pid) + "/cgroup");
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind("0::/", 0) == 0) return *mnt + (line.size() > 4 ? line.substr(3) : std::string());
+    return std::nullopt;
+}
+
+std::vector<uint64_t> cgroup_lineage_ids(const std::string& cgroup) {
+    std::vector<uint64_t> out;
+    auto mnt = loader::find_cgroup2_mount();
+    if (!mnt) return out;
+    fs::path p(cgroup);
+    for (;;) {
+        if (auto id = cgroup_id(p.string())) out.push_back(*id);
+        if (p.string().size() <= mnt->size() || !p.has_parent_path()) break;
+        p = p.parent_path();
+    }
+    return out;
+}
+
+uint64_t enforcement_breaking_caps() {
+    uint64_t m = 0;
+    for (auto& c : kBreaking) m |= 1ULL << c.cap;
+    return m;
+}
+
+std::vector<std::string> cap_names(uint64_t mask) {
+    std::vector<std::string> out;
+    for (auto& c : kBreaking)
+        if (mask & (1ULL << c.cap)) out.emplace_back(c.name);
+    return out;
+}
+
+std::string capable_warning(const std::string& cgroup, const std::vector<CapableProcess>& procs) {
+    std::string who;
+    for (auto& p : procs) {
+        auto names = cap_names(p.caps);
+        std::string caps;
+        for (auto& n : names) caps += (caps.empty() ? "" : ",") + n;
+        who += (who.empty() ? "" : "; ") + std::string("pid ") + std::to_string(p.pid) + " (" + p.comm + ") holds " + caps;
+    }
+    return "sandbox " + cgroup + " holds processes with capabilities that can undo its enforcement (" + who +
+           "); run sandboxed commands unprivileged (`redirctl run --user`) or drop those capabilities";
+}
+
+std::vector<CapableProcess> capable_processes(const std::string& cgroup, size_t limit) {
+    std::vector<CapableProcess> out;
+    // Init's user namespace; where /proc/1 is not readable (a container's
+    // init holding more than we do), the agent's own, which is the host's.
+    std::string host_ns = user_ns("1");
+    if (host_ns.empty()) host_ns = user_ns("self");
+    std::vector<std::string> dirs{cgroup};
+    std::error_code ec;
+    for (auto it = fs::recursive_directory_iterator(cgroup, fs::directory_options::skip_permission_denied, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
+        if (it->is_directory(ec) && !it->is_symlink(ec)) dirs.push_back(it->path().string());
+    for (auto& d : dirs) {
+        std::ifstream in(d + "/cgroup.procs");
+        std::string pid;
+        while (in >> pid && out.size() < limit) {
+            auto caps = effective_caps(pid);
+            if (!caps || !(*caps & enforcement_breaking_caps())) continue;
+            // Capabilities count only in the namespace they are held in.
+            // (An unreadable namespace counts as the host's: flagged, not missed.)
+            if (auto ns = user_ns(pid); !ns.empty() && ns != host_ns) continue;
+            CapableProcess p;
+            p.pid = static_cast<pid_t>(std::stol(pid));
+            std::ifstream comm("/proc/" + pid + "/comm");
+            std::getline(comm, p.comm);
+            p.caps = *caps & enforcement_breaking_caps();
+            out.push_back(std::move(p));
+        }
+    }
+    return out;
+}
+
+bool make_private_tree(const std::string& dir, const std::string& what) {
+    struct stat st {};
+    if (::lstat(dir.c_str(), &st) != 0) throw sys_error("cannot inspect " + what + " " + dir);
+    if (!S_ISDIR(st.st_mode))
+        throw Error(what + " " + dir + " is not a directory (a symlink or file?); point the option at a directory");
+    if (st.st_uid != 0)
+        throw Error(what + " " + dir + " is owned by uid " + std::to_string(st.st_uid) +
+                    ", not root: its owner could read or replace what redird keeps there; "
+                    "`chown -R root:root` it or choose another directory");
+    bool was_open = (st.st_mode & 077) != 0;
+    if (was_open && ::chmod(dir.c_str(), st.st_mode & 07700) != 0)
+        throw sys_error("cannot make " + what + " " + dir + " private (chmod 0700)");
+    std::error_code ec;
+    for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
+         it.increment(ec)) {
+        struct stat es {};
+        const std::string p = it->path().string();
+        if (::lstat(p.c_str(), &es) != 0 || S_ISLNK(es.st_mode) || S_ISSOCK(es.st_mode)) continue;
+        if ((es.st_mode & 077) && ::chmod(p.c_str(), es.st_mode & 07700) != 0)
+            throw sys_error("cannot make " + p + " private to root");
+    }
+    if (ec) throw Error("cannot walk " + what + " " + dir + ": " + ec.message());
+    return was_open;
+}
+
+}  // namespace redir::agent
