@@ -19,14 +19,12 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+#define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
-#define AF_PACKET 17
+#define AF_NETLINK 16
 #define SOCK_STREAM 1
 #define SOCK_DGRAM 2
-#define SOCK_RAW 3
-#define IPPROTO_ICMP 1
-#define IPPROTO_ICMPV6 58
 
 /* cgroup hooks: 1 lets the call proceed, 0 fails it with EPERM. */
 #define CG_ALLOW 1
@@ -288,31 +286,53 @@ static __always_inline void decide(const struct redir_config *cfg, const struct 
 	d->verdict = v;
 }
 
+/* A connect()/sendmsg() verdict for the audit log. */
 static __always_inline void emit(__u8 kind, const struct decision *d, const struct redir_addr *dst,
-				 __u16 port, __u8 proto, __u8 family,
-				 __u8 sock_type)
+				 __u16 port, __u8 proto, __u8 family)
 {
 	struct redir_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(REDIR_CNT_EVENTS_DROPPED);
 		return;
 	}
+	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_ns = bpf_ktime_get_boot_ns();
 	e->cgroup_id = bpf_get_current_cgroup_id();
 	e->pid = bpf_get_current_pid_tgid() >> 32;
-	e->policy_id = d ? d->policy_id : 0;
+	e->policy_id = d->policy_id;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	if (dst)
-		__builtin_memcpy(e->addr.b, dst->b, 16);
-	else
-		__builtin_memset(e->addr.b, 0, 16);
+	__builtin_memcpy(e->addr.b, dst->b, 16);
 	e->port = port;
 	e->kind = kind;
-	e->verdict = d ? d->verdict : REDIR_VERDICT_DENY;
-	e->reason = d ? d->reason : REDIR_REASON_SOCKET_TYPE;
+	e->verdict = d->verdict;
+	e->reason = d->reason;
 	e->proto = proto;
 	e->family = family;
-	e->sock_type = sock_type;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* socket() refusals carry no destination; the full protocol number (MPTCP is
+ * 262) goes in sock_protocol. */
+static __always_inline void emit_socket(const struct decision *d, int family, int type, int protocol)
+{
+	struct redir_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(REDIR_CNT_EVENTS_DROPPED);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->policy_id = d->policy_id;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->kind = REDIR_EV_SOCKET;
+	e->verdict = REDIR_VERDICT_DENY;
+	e->reason = REDIR_REASON_SOCKET_TYPE;
+	e->proto = (__u8)protocol;
+	e->family = (__u8)family;
+	e->sock_type = (__u8)type;
+	e->sock_protocol = (__u16)protocol;
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -368,7 +388,7 @@ static __always_inline int handle_sock_addr(struct bpf_sock_addr *ctx, bool v6, 
 	}
 	if (d.verdict != REDIR_VERDICT_REDIRECT) {
 		count(REDIR_CNT_DENY);
-		emit(kind, &d, &dst, port, proto, v6 ? AF_INET6 : AF_INET, 0);
+		emit(kind, &d, &dst, port, proto, v6 ? AF_INET6 : AF_INET);
 		return CG_DENY;
 	}
 
@@ -380,7 +400,7 @@ static __always_inline int handle_sock_addr(struct bpf_sock_addr *ctx, bool v6, 
 	if (!st) {
 		count(REDIR_CNT_DENY);
 		d.verdict = REDIR_VERDICT_DENY;
-		emit(kind, &d, &dst, port, proto, v6 ? AF_INET6 : AF_INET, 0);
+		emit(kind, &d, &dst, port, proto, v6 ? AF_INET6 : AF_INET);
 		return CG_DENY;
 	}
 	st->orig_addr = dst;
@@ -543,19 +563,29 @@ int redir_sockops(struct bpf_sock_ops *skops)
 
 /* ---- sockets that would bypass connect/sendmsg ---- */
 
-static __always_inline bool forbidden_socket(int family, int type, int protocol)
+/* An allowlist, not a blocklist: connect/sendmsg govern exactly TCP stream
+ * and UDP datagram sockets, so every other inet socket (raw, ICMP ping,
+ * MPTCP, UDP-Lite, SCTP, DCCP, L2TP/IP, SEQPACKET, whatever a module adds
+ * next) would carry data past them. PROTOCOL 0 means "the default for the
+ * type" only where the kernel has not resolved it yet (the LSM hook). */
+static __always_inline bool inet_socket_governed(int type, int protocol, bool resolved)
 {
-	if (family == AF_PACKET)
+	if (type == SOCK_STREAM)
+		return protocol == IPPROTO_TCP || (!resolved && protocol == 0);
+	if (type == SOCK_DGRAM)
+		return protocol == IPPROTO_UDP || (!resolved && protocol == 0);
+	return false;
+}
+
+/* Families a sandbox keeps: local IPC, routing-table queries (getaddrinfo
+ * asks netlink), and inet under the allowlist above. Packet, vsock, XDP,
+ * CAN, Bluetooth, TIPC, RDS, ... reach past every socket-address hook. */
+static __always_inline bool socket_admitted(int family, int type, int protocol, bool resolved)
+{
+	if (family == AF_UNIX || family == AF_NETLINK)
 		return true;
-	if (family != AF_INET && family != AF_INET6)
-		return false;
-	if (type == SOCK_RAW)
-		return true;
-	/* ping sockets (ICMP over SOCK_DGRAM) carry data past every hook */
-	if (type == SOCK_DGRAM &&
-	    ((family == AF_INET && protocol == IPPROTO_ICMP) ||
-	     (family == AF_INET6 && protocol == IPPROTO_ICMPV6)))
-		return true;
+	if (family == AF_INET || family == AF_INET6)
+		return inet_socket_governed(type, protocol, resolved);
 	return false;
 }
 
@@ -567,32 +597,34 @@ static __always_inline void emit_socket_refusal(int family, int type, int protoc
 	if (att)
 		d.policy_id = att->policy_id;
 	count(REDIR_CNT_SOCKET_DENY);
-	emit(REDIR_EV_SOCKET, &d, NULL, 0, (__u8)protocol, (__u8)family, (__u8)type);
+	emit_socket(&d, family, type, protocol);
 }
 
-/* Inet sockets: always available (cgroup/sock_create runs from inet_create). */
+/* Inet sockets: always available (cgroup/sock_create runs from inet_create
+ * and inet6_create, after the protocol is resolved). */
 SEC("cgroup/sock_create")
 int redir_sock_create(struct bpf_sock *sk)
 {
-	if (forbidden_socket(sk->family, sk->type, sk->protocol)) {
-		emit_socket_refusal(sk->family, sk->type, sk->protocol);
-		return CG_DENY;
-	}
-	return CG_ALLOW;
+	int family = sk->family, type = sk->type, protocol = sk->protocol;
+	if (family != AF_INET && family != AF_INET6)
+		return CG_ALLOW; /* not reached: only inet families run this hook */
+	if (inet_socket_governed(type, protocol, true))
+		return CG_ALLOW;
+	emit_socket_refusal(family, type, protocol);
+	return CG_DENY;
 }
 
-/* AF_PACKET never reaches cgroup/sock_create; the per-cgroup LSM hook covers it
- * (and everything else again) where the kernel has BPF LSM enabled. */
+/* Every other family never reaches cgroup/sock_create; the per-cgroup LSM
+ * hook covers them (and inet again, before the protocol module even loads)
+ * where the kernel accepts BPF LSM programs. */
 SEC("lsm_cgroup/socket_create")
 int BPF_PROG(redir_lsm_socket_create, int family, int type, int protocol, int kern)
 {
 	if (kern)
 		return 1;
 	type &= 0xf; /* strip SOCK_NONBLOCK / SOCK_CLOEXEC */
-	if (forbidden_socket(family, type, protocol)) {
-		if (family == AF_PACKET)
-			emit_socket_refusal(family, type, protocol);
-		return 0;
-	}
-	return 1;
+	if (socket_admitted(family, type, protocol, false))
+		return 1;
+	emit_socket_refusal(family, type, protocol);
+	return 0;
 }

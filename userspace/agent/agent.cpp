@@ -373,6 +373,7 @@ std::string Agent::cmd_status() {
         .num("plain_http_port", inference_->plain_port())
         .str("dns_upstream", dns_->upstream())
         .boolean("packet_socket_refusal", dp_->lsm_available())
+        .str("lsm_cgroup", std::string(loader::to_string(dp_->lsm_probe().state)))
         .num("uptime_s", static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
                                                    std::chrono::steady_clock::now() - started_)
                                                    .count()))
@@ -610,9 +611,9 @@ void Agent::on_event(const redir_event& e) {
         .num("cgroup_id", e.cgroup_id)
         .str("policy", policy);
     if (e.kind == REDIR_EV_SOCKET) {
-        j.str("family", e.family == AF_INET ? "ipv4" : e.family == AF_INET6 ? "ipv6" : e.family == 17 ? "packet" : "other")
+        j.str("family", loader::socket_family_name(e.family))
             .num("type", e.sock_type)
-            .num("protocol", e.proto);
+            .num("protocol", e.sock_protocol);
     } else {
         j.str("protocol", e.proto == REDIR_PROTO_UDP ? "udp" : "tcp")
             .str("family", e.family == AF_INET6 ? "ipv6" : "ipv4")

@@ -12,10 +12,10 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
+#include "loader/features.hpp"
 #include "redir.skel.h"
 
 namespace fs = std::filesystem;
@@ -26,20 +26,6 @@ namespace {
 bool is_bpffs(const std::string& path) {
     struct statfs s {};
     return ::statfs(path.c_str(), &s) == 0 && s.f_type == BPF_FS_MAGIC;
-}
-
-bool kernel_has_bpf_lsm() {
-    std::ifstream in("/sys/kernel/security/lsm");
-    std::string lsms;
-    std::getline(in, lsms);
-    size_t pos = 0;
-    while (pos <= lsms.size()) {
-        size_t end = lsms.find(',', pos);
-        if (end == std::string::npos) end = lsms.size();
-        if (lsms.substr(pos, end - pos) == "bpf") return true;
-        pos = end + 1;
-    }
-    return false;
 }
 
 struct ProgRef {
@@ -59,11 +45,8 @@ std::vector<ProgRef> programs(redir_bpf* s, bool with_lsm) {
     return v;
 }
 
-// libbpf's own messages, minus the expected refusal of the optional LSM
-// program on kernels without BPF LSM.
-bool g_quiet_libbpf = false;
 int libbpf_print(enum libbpf_print_level level, const char* fmt, va_list args) {
-    if (level == LIBBPF_DEBUG || g_quiet_libbpf) return 0;
+    if (level == LIBBPF_DEBUG) return 0;
     return vfprintf(stderr, fmt, args);
 }
 
@@ -101,27 +84,23 @@ std::unique_ptr<Datapath> Datapath::open(const DatapathOptions& opts) {
     make_dirs(opts.bpffs_dir + "/links", 0700);
 
     std::unique_ptr<Datapath> dp(new Datapath(opts));
-    // The per-cgroup LSM program is optional: kernels without BPF LSM (or with
-    // tracing programs locked down) refuse it, and everything else still works.
-    bool want_lsm = kernel_has_bpf_lsm();
+    // The per-cgroup LSM program is loaded exactly when the kernel accepts the
+    // program type; then any failure to load it is a real error (a verifier
+    // rejection must not quietly turn packet-socket refusal off).
+    dp->lsm_probe_ = probe_lsm_cgroup();
+    dp->lsm_ = dp->lsm_probe_.state == LsmCgroup::enforced;
     libbpf_set_print(libbpf_print);
-    for (int attempt = 0; attempt < 2; attempt++) {
-        g_quiet_libbpf = want_lsm;
-        LIBBPF_OPTS(bpf_object_open_opts, oo, .pin_root_path = maps_dir.c_str());
-        dp->skel_ = redir_bpf__open_opts(&oo);
-        if (!dp->skel_) throw sys_error("cannot open the embedded BPF object");
-        dp->lsm_ = want_lsm;
-        if (!want_lsm) bpf_program__set_autoload(dp->skel_->progs.redir_lsm_socket_create, false);
-        int err = redir_bpf__load(dp->skel_);
-        g_quiet_libbpf = false;
-        if (!err) break;
+    LIBBPF_OPTS(bpf_object_open_opts, oo, .pin_root_path = maps_dir.c_str());
+    dp->skel_ = redir_bpf__open_opts(&oo);
+    if (!dp->skel_) throw sys_error("cannot open the embedded BPF object");
+    if (!dp->lsm_) bpf_program__set_autoload(dp->skel_->progs.redir_lsm_socket_create, false);
+    if (int err = redir_bpf__load(dp->skel_)) {
         redir_bpf__destroy(dp->skel_);
         dp->skel_ = nullptr;
-        if (want_lsm) {
-            want_lsm = false;
-            continue;
-        }
-        throw Error("loading the BPF programs failed: " + errno_text(err) +
+        std::string lsm_note = dp->lsm_ ? " (this kernel accepts lsm_cgroup programs, so the socket_create LSM program "
+                                          "was loaded too: if the log above names it, the program is at fault)"
+                                        : "";
+        throw Error("loading the BPF programs failed: " + errno_text(err) + lsm_note +
                     " (run `redirctl doctor`; if maps under " + maps_dir +
                     " come from an incompatible version, remove them after detaching every sandbox)");
     }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "loader/cgroup.hpp"
+#include "loader/features.hpp"
 #include "redir/attach.h"
 #include "redir/config.h"
 #include "redir/dns.h"
@@ -44,7 +45,10 @@ public:
     Datapath(const Datapath&) = delete;
     Datapath& operator=(const Datapath&) = delete;
 
+    // Whether lsm_cgroup/socket_create is loaded (non-inet families refused),
+    // and if not, the kernel's reason.
     bool lsm_available() const { return lsm_; }
+    const LsmProbe& lsm_probe() const { return lsm_probe_; }
     const std::string& bpffs_dir() const { return opts_.bpffs_dir; }
 
     void set_config(const redir_config& cfg);
@@ -99,6 +103,7 @@ private:
     ring_buffer* rb_ = nullptr;
     std::function<void(const redir_event&)> on_event_;
     bool lsm_ = false;
+    LsmProbe lsm_probe_;
 };
 
 // Mounts bpffs at /sys/fs/bpf if nothing is mounted there.

@@ -10,7 +10,7 @@
 enum redir_event_kind {
 	REDIR_EV_CONNECT = 1,  /* connect() verdict */
 	REDIR_EV_SENDMSG = 2,  /* unconnected UDP sendmsg() verdict */
-	REDIR_EV_SOCKET = 3,   /* socket() refused */
+	REDIR_EV_SOCKET = 3,   /* socket() refused: a kind the hooks do not govern */
 };
 
 struct redir_event {
@@ -27,6 +27,8 @@ struct redir_event {
 	__u8 proto;             /* IPPROTO_* ; for socket(): the protocol argument */
 	__u8 family;            /* AF_* of the socket */
 	__u8 sock_type;         /* SOCK_* for socket() events */
+	__u16 sock_protocol;    /* socket() events: the full protocol argument (MPTCP is 262) */
+	__u8 _pad[6];
 };
 
 enum redir_counter {

@@ -27,7 +27,7 @@ enum redir_reason {
 	REDIR_REASON_LINK_LOCAL = 2,    /* link-local / metadata: never reachable */
 	REDIR_REASON_LOOPBACK = 3,      /* loopback decided by network-namespace rule */
 	REDIR_REASON_INFERENCE = 4,     /* inference VIP -> terminator */
-	REDIR_REASON_SOCKET_TYPE = 5,   /* raw / packet / ping socket refused at creation */
+	REDIR_REASON_SOCKET_TYPE = 5,   /* socket kind outside the allowlist (raw, ping, MPTCP, packet, ...) refused at creation */
 	REDIR_REASON_DNS = 6,           /* port 53 -> DNS responder */
 };
 
