@@ -73,6 +73,41 @@ def pid_alive(pid):
         return False
 
 
+def procs_with(token):
+    """Host pids whose command line contains TOKEN (live ones only)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % d, "rb") as f:
+                    if token.encode() in f.read() and pid_alive(int(d)):
+                        out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def descendants(pid):
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open("/proc/%d/task/%d/children" % (p, p)) as f:
+                kids = [int(k) for k in f.read().split()]
+        except (OSError, ValueError):
+            kids = []
+        out += kids
+        todo += kids
+    return out
+
+
+def harness_subtree_empty(cgroup):
+    try:
+        return "populated 0" in read_text(os.path.join(cgroup, "cgroup.events"))
+    except FileNotFoundError:
+        return True
+
+
 def read_text(path):
     with open(path) as f:
         return f.read()
@@ -194,22 +229,21 @@ class RunE2E(unittest.TestCase):
         self.assertEqual(r.stdout.strip().splitlines()[-1], "0::/")
         ident = self.identity(env_extra=env)
         self.assertNotEqual(ident["cgroupns"], os.readlink("/proc/self/ns/cgroup"))
-        # Seen from outside, an exec'd command is in the sandbox cgroup run made.
+        # Seen from outside, the exec'd command is in the sandbox cgroup run made.
         p = subprocess.Popen(self.argv(["sleep", "30"]), env=self.env(env), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         try:
-            def child():
-                try:
-                    with open("/proc/%d/task/%d/children" % (p.pid, p.pid)) as f:
-                        kids = f.read().split()
-                    return int(kids[0]) if kids else None
-                except (FileNotFoundError, ValueError):
-                    return None
-            self.assertTrue(wait_for(lambda: child() is not None and
-                                     read_text("/proc/%d/comm" % child()).strip() == "sleep"))
-            with open("/proc/%d/cgroup" % child()) as f:
-                cg = f.read().strip().splitlines()[-1]
-            self.assertRegex(cg, r"^0::/redir-run-%d$" % p.pid)
+            def sleeper():
+                for d in descendants(p.pid):
+                    try:
+                        if read_text("/proc/%d/comm" % d).strip() == "sleep":
+                            return d
+                    except OSError:
+                        pass
+                return None
+            self.assertTrue(wait_for(lambda: sleeper() is not None))
+            cg = read_text("/proc/%d/cgroup" % sleeper()).strip().splitlines()[-1]
+            self.assertEqual(cg, "0::/redir-run-%d" % p.pid)
         finally:
             p.send_signal(signal.SIGTERM)
             p.communicate(timeout=20)
@@ -222,22 +256,22 @@ class RunE2E(unittest.TestCase):
 
     def check_orphan_killed(self, how, fallbacks=""):
         lst = CountingListener("203.0.113.9")
+        token = "redir-orphan-%s-%d" % (how, time.time_ns())
         try:
             # The orphan waits until run has returned, then tries to connect.
             connect = ("import socket,time; time.sleep(1.5); "
                        "socket.create_connection(('%s',%d),3)" % (lst.addr, lst.port))
             scripts = {
-                "background": '%s -c "$0" & echo $!',
-                "setsid": 'setsid %s -c "$0" & echo $!',
-                "double-fork": '(%s -c "$0" & echo $!) ; true',
+                "background": '%s -c "$0" "$1" &',
+                "setsid": 'setsid %s -c "$0" "$1" &',
+                "double-fork": '(%s -c "$0" "$1" &) ; true',
             }
             script = scripts[how] % PY
             env = {"REDIR_RUN_FALLBACKS": fallbacks} if fallbacks else {}
-            r = subprocess.run(self.argv(["sh", "-c", script, connect]), capture_output=True, text=True,
+            r = subprocess.run(self.argv(["sh", "-c", script, connect, token]), capture_output=True, text=True,
                                timeout=60, env=self.env(env))
             self.assertEqual(r.returncode, 0, r.stderr)
-            orphan = int(r.stdout.split()[0])
-            self.assertFalse(pid_alive(orphan), "%s orphan %d outlived run" % (how, orphan))
+            self.assertEqual(procs_with(token), [], "%s orphan outlived run" % how)
             time.sleep(2.5)  # past the moment the orphan would have connected
             self.assertEqual(lst.accepted, [], "an orphan reached the denied listener after run returned")
         finally:
@@ -252,30 +286,66 @@ class RunE2E(unittest.TestCase):
     def test_orphan_double_fork_killed_by_freeze_loop(self):
         self.check_orphan_killed("double-fork", fallbacks="cgroup.kill")
 
-    def start_long_run(self, script, env_extra=None):
-        p = subprocess.Popen(self.argv(["sh", "-c", script]), env=self.env(env_extra), stdout=subprocess.PIPE,
+    def start_long_run(self, script):
+        """Starts run with SCRIPT, which leaves a background process carrying
+        a token; returns (run, token, sandbox cgroup)."""
+        token = "redir-bg-%d" % time.time_ns()
+        bg = '%s -c "import time; time.sleep(300)" %s & echo "$REDIR_SANDBOX"; ' % (PY, token)
+        p = subprocess.Popen(self.argv(["sh", "-c", bg + script]), env=self.env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-        line = p.stdout.readline().split()
-        self.assertEqual(len(line), 2, p.stderr.read() if p.poll() is not None else line)
-        return p, int(line[0]), line[1]
+        cg = p.stdout.readline().strip()
+        self.assertTrue(cg, p.stderr.read() if p.poll() is not None else "no sandbox named")
+        self.assertTrue(wait_for(lambda: procs_with(token)))
+        return p, token, cg
 
     def test_sigterm_to_run_kills_the_sandbox(self):
-        p, bg, cg = self.start_long_run('sleep 300 & echo $! "$REDIR_SANDBOX"; exec sleep 300')
-        self.assertTrue(pid_alive(bg))
+        p, token, cg = self.start_long_run("exec sleep 300")
         p.send_signal(signal.SIGTERM)
         p.communicate(timeout=20)
         self.assertEqual(p.returncode, 128 + signal.SIGTERM)
-        self.assertFalse(pid_alive(bg))
+        self.assertEqual(procs_with(token), [])
         self.assert_sandbox_gone(cg)
 
     def test_sigterm_ignored_by_command_still_ends_sandbox(self):
-        p, bg, cg = self.start_long_run("trap '' TERM HUP; sleep 300 & echo $! \"$REDIR_SANDBOX\"; "
-                                        "while :; do sleep 1; done")
+        p, token, cg = self.start_long_run("trap '' TERM HUP; while :; do sleep 1; done")
         p.send_signal(signal.SIGHUP)
         p.communicate(timeout=20)
         self.assertEqual(p.returncode, 128 + signal.SIGKILL)
-        self.assertFalse(pid_alive(bg))
+        self.assertEqual(procs_with(token), [])
         self.assert_sandbox_gone(cg)
+
+    def test_sigkill_to_run_still_ends_the_sandbox_processes(self):
+        # run itself cannot clean up; its pid namespace's init dies with it
+        # and takes every process of the sandbox along.
+        p, token, cg = self.start_long_run("exec sleep 300")
+        p.kill()
+        p.communicate(timeout=20)
+        self.assertTrue(wait_for(lambda: not procs_with(token)), "a sandbox process outlived run's SIGKILL")
+        self.assertTrue(wait_for(lambda: harness_subtree_empty(cg)))
+        # Left attached (enforced) because run could not detach it: detach and remove here.
+        self.agent.ctl("detach", "--cgroup", cg)
+        os.rmdir(cg)
+
+    def test_command_cannot_see_same_uid_processes_outside(self):
+        token = "redir-outside-%d" % time.time_ns()
+        outside = subprocess.Popen([PY, "-c", "import time; time.sleep(60)", token],
+                                   preexec_fn=lambda: (os.setgid(NOBODY), os.setuid(NOBODY)))
+        try:
+            code = ("import os,sys\nseen=[]\n"
+                    "for d in os.listdir('/proc'):\n"
+                    "    if d.isdigit():\n"
+                    "        try: seen.append(open('/proc/%s/cmdline'%d,'rb').read())\n"
+                    "        except OSError: pass\n"
+                    "print(any(sys.argv[1].encode() in c for c in seen if b'import os' not in c))\n"
+                    "try:\n    os.kill(int(sys.argv[2]),0); print('signalable')\n"
+                    "except ProcessLookupError: print('ESRCH')\n"
+                    "except PermissionError: print('EPERM')\n")
+            r = self.run_cmd([PY, "-c", code, token, str(outside.pid)])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout.split(), ["False", "ESRCH"])
+        finally:
+            outside.kill()
+            outside.wait()
 
     # ---- privileges -----------------------------------------------------------
 

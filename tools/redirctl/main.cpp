@@ -165,8 +165,8 @@ int main(int argc, char** argv) {
     auto* run = app.add_subcommand(
         "run",
         "run CMD in a transient sandbox cgroup with what tools need for inference.local. CMD starts inside the "
-        "sandbox (clone3 into the cgroup), as an unprivileged user with no capability and no_new_privs, in a "
-        "private cgroup namespace; when it exits, or run gets SIGTERM/SIGHUP (passed on, then SIGKILL to all "
+        "sandbox (clone3 into the cgroup), as an unprivileged user with no capability and no_new_privs, in "
+        "private cgroup and pid namespaces (its own /proc); when it exits, or run gets SIGTERM/SIGHUP (passed on, then SIGKILL to all "
         "after 3 s), every process left in the sandbox is killed before it is detached and removed. Exit code: "
         "CMD's (128+signal when killed); 125 when run could not start it, 126/127 when it cannot be executed.");
     run->add_option("--policy", run_opts.policy, "policy NAME or FILE (default: inference only, everything else denied)");

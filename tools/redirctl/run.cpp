@@ -6,6 +6,7 @@
 #include <linux/sched.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -146,7 +147,6 @@ struct ChildPlan {
     std::string cgroup;      // absolute path of the sandbox cgroup
     std::string cgroup_rel;  // as /proc/self/cgroup names it ("/redir-run-…")
     bool entered = false;    // placed by clone3(CLONE_INTO_CGROUP)
-    pid_t parent = 0;
     RunUser user;
     const RunFiles* files = nullptr;
     const std::vector<std::string>* command = nullptr;
@@ -176,31 +176,32 @@ void enter_cgroup(int chan, const ChildPlan& p) {
     ::close(fd);
 }
 
+constexpr int kForwarded[] = {SIGINT, SIGQUIT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH};
+
 void reset_signals() {
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    for (int s : {SIGINT, SIGQUIT, SIGTERM, SIGHUP, SIGCHLD, SIGPIPE}) ::signal(s, SIG_DFL);
+    for (int s : kForwarded) ::signal(s, SIG_DFL);
+    ::signal(SIGCHLD, SIG_DFL);
+    ::signal(SIGPIPE, SIG_DFL);
 }
 
-[[noreturn]] void child_main(int chan, const ChildPlan& p) {
-    if (!p.entered) enter_cgroup(chan, p);
-    // Checked either way: the command never runs anywhere but in the sandbox.
-    if (std::string now = own_cgroup(); now != p.cgroup_rel)
-        child_fail(chan, "the command is in cgroup " + now + " instead of sandbox " + p.cgroup_rel + "; nothing was run");
+// The sandbox's own pid namespace gets its own /proc: the command can name
+// (ptrace, signal, open /proc/PID/mem) only processes of its sandbox, not
+// same-uid processes outside it (the sudo caller's shell, another sandbox).
+std::string private_proc() {
+    if (::getpid() != 1) return "the sandbox did not get a pid namespace of its own";
+    if (::unshare(CLONE_NEWNS) != 0) return std::string("cannot give the sandbox a mount namespace: ") + std::strerror(errno);
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
+        return std::string("cannot make the sandbox's mounts private: ") + std::strerror(errno);
+    if (::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
+        return std::string("cannot mount the sandbox's own /proc: ") + std::strerror(errno);
+    return "";
+}
+
+[[noreturn]] void exec_command(int chan, const ChildPlan& p) {
     reset_signals();
-    auto need_maps = [&]() -> std::string {
-        char c = 'U';
-        if (::write(chan, &c, 1) != 1 || ::read(chan, &c, 1) != 1 || c != 'G')
-            return "redirctl did not map the user namespace for --user root";
-        return "";
-    };
-    if (auto err = become_run_user(p.user, need_maps); !err.empty())
-        child_fail(chan, err + "; nothing was run (the sandbox never runs a command with host privileges)");
-    // If run dies, its command dies with it (the rest of the sandbox stays
-    // enforced). Set after the credential switch, which clears it.
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    if (::getppid() != p.parent) ::_exit(kRunFailed);
     set_sandbox_env(*p.files, p.user, p.cgroup);
     std::vector<char*> argv;
     for (auto& a : *p.command) argv.push_back(const_cast<char*>(a.c_str()));
@@ -212,13 +213,70 @@ void reset_signals() {
                e == ENOENT ? 127 : 126);
 }
 
+// Pid 1 of the sandbox: passes run's signals to the command, reaps orphans,
+// and exits with the command's status (128+N when signal N killed it). Its
+// exit makes the kernel kill everything else in the pid namespace.
+sigset_t init_signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    for (int s : kForwarded) sigaddset(&set, s);
+    return set;
+}
+
+[[noreturn]] void init_loop(pid_t command) {
+    sigset_t set = init_signals();
+    for (;;) {
+        int status = 0;
+        pid_t r;
+        while ((r = ::waitpid(-1, &status, WNOHANG)) > 0)
+            if (r == command) ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+        siginfo_t si{};
+        int sig = ::sigwaitinfo(&set, &si);
+        if (sig <= 0 || sig == SIGCHLD) continue;
+        // A terminal's ^C / ^\ already reached the command (same process group).
+        if (si.si_code == SI_KERNEL && (sig == SIGINT || sig == SIGQUIT)) continue;
+        ::kill(command, sig);
+    }
+}
+
+[[noreturn]] void child_main(int chan, const ChildPlan& p) {
+    if (!p.entered) enter_cgroup(chan, p);
+    // Checked either way: the command never runs anywhere but in the sandbox.
+    if (std::string now = own_cgroup(); now != p.cgroup_rel)
+        child_fail(chan, "the command is in cgroup " + now + " instead of sandbox " + p.cgroup_rel + "; nothing was run");
+    if (auto err = private_proc(); !err.empty()) child_fail(chan, err + "; nothing was run");
+    auto need_maps = [&]() -> std::string {
+        char c = 'U';
+        if (::write(chan, &c, 1) != 1 || ::read(chan, &c, 1) != 1 || c != 'G')
+            return "redirctl did not map the user namespace for --user root";
+        return "";
+    };
+    if (auto err = become_run_user(p.user, need_maps); !err.empty())
+        child_fail(chan, err + "; nothing was run (the sandbox never runs a command with host privileges)");
+    // If run dies, the sandbox dies with it. Set after the credential switch,
+    // which clears it; run's end of CHAN tells whether run is already gone.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    pollfd pfd{chan, POLLRDHUP, 0};
+    if (::poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLRDHUP))) ::_exit(kRunFailed);
+    // Blocked before the fork so none is lost or acted on by default; the command unblocks.
+    sigset_t set = init_signals();
+    ::sigprocmask(SIG_BLOCK, &set, nullptr);
+    pid_t command = ::fork();
+    if (command < 0) child_fail(chan, std::string("cannot start the command: ") + std::strerror(errno));
+    if (command == 0) exec_command(chan, p);
+    ::close(chan);  // the command's copy closes at exec: run then sees end of stream
+    init_loop(command);
+}
+
 // clone3(CLONE_INTO_CGROUP) starts the child inside the sandbox, so not one
 // instruction of it runs outside; fork() + a checked move where the kernel
-// (before 5.7) or the caller's REDIR_RUN_FALLBACKS says otherwise.
+// (before 5.7) or the caller's REDIR_RUN_FALLBACKS says otherwise. Either way
+// the child is pid 1 of a new pid namespace.
 pid_t spawn(int cgroup_fd, bool use_clone3, bool& entered) {
     if (use_clone3) {
         clone_args args{};
-        args.flags = CLONE_INTO_CGROUP;
+        args.flags = CLONE_INTO_CGROUP | CLONE_NEWPID;
         args.exit_signal = SIGCHLD;
         args.cgroup = static_cast<uint64_t>(cgroup_fd);
         entered = true;
@@ -226,6 +284,8 @@ pid_t spawn(int cgroup_fd, bool use_clone3, bool& entered) {
         if (pid >= 0) return static_cast<pid_t>(pid);
     }
     entered = false;
+    // Our next child is pid 1 of a new namespace; run itself stays where it is.
+    if (::unshare(CLONE_NEWPID) != 0) return -1;
     return ::fork();
 }
 
@@ -375,7 +435,7 @@ int run_sandboxed(const RunOptions& opts) {
             throw Failure{std::string("cannot prepare to start the command: ") + std::strerror(errno)};
         redir::UniqueFd mine(sv[0]), theirs(sv[1]);
 
-        ChildPlan plan{cg, rel, false, ::getpid(), user, &files, &opts.command};
+        ChildPlan plan{cg, rel, false, user, &files, &opts.command};
         pid_t pid = spawn(cgfd.get(), !fb.no_clone3, plan.entered);
         if (pid < 0) throw Failure{std::string("cannot start the command: ") + std::strerror(errno)};
         if (pid == 0) {
