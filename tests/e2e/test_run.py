@@ -326,6 +326,20 @@ class RunE2E(unittest.TestCase):
         self.agent.ctl("detach", "--cgroup", cg)
         os.rmdir(cg)
 
+    def test_sandbox_holds_none_of_runs_descriptors(self):
+        # The connection to redird (accepted as run's, outside the sandbox)
+        # must not be reachable from inside, nor the cgroup or signal fds.
+        p, token, cg = self.start_long_run("exec sleep 300")
+        try:
+            inside = [int(x) for x in read_text(os.path.join(cg, "cgroup.procs")).split()]
+            self.assertTrue(inside)
+            for pid in inside:
+                fds = {int(fd) for fd in os.listdir("/proc/%d/fd" % pid)}
+                self.assertLessEqual(fds, {0, 1, 2}, "pid %d in the sandbox holds %s" % (pid, sorted(fds)))
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.communicate(timeout=20)
+
     def test_command_cannot_see_same_uid_processes_outside(self):
         token = "redir-outside-%d" % time.time_ns()
         outside = subprocess.Popen([PY, "-c", "import time; time.sleep(60)", token],
@@ -483,6 +497,26 @@ class ControlAndCapsE2E(unittest.TestCase):
         for cap in ("CAP_SYS_ADMIN", "CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_BPF"):
             self.assertIn(cap, flagged[p.pid])
         self.assertIn("WARNING: pid %d (sleep)" % p.pid, self.agent.ctl("status").stdout)
+
+    def test_status_flags_root_that_can_regain_caps_but_not_fully_dropped_root(self):
+        cg = self.attached("capsroot")
+        # uid 0 with empty effective/permitted sets: one exec gives them back.
+        regain = ("import ctypes,time\nlibc=ctypes.CDLL(None)\n"
+                  "hdr=(ctypes.c_uint32*2)(0x20080522,0); data=(ctypes.c_uint32*6)()\n"
+                  "assert libc.capset(hdr,data)==0\nprint('ready',flush=True)\ntime.sleep(60)\n")
+        p = cg.popen([PY, "-c", regain], stdout=subprocess.PIPE, text=True)
+        self.addCleanup(p.communicate)
+        self.addCleanup(p.kill)
+        self.assertEqual(p.stdout.readline().strip(), "ready")
+        # uid 0 with an empty bounding set: nothing to regain.
+        q = cg.popen(["setpriv", "--bounding-set", "-all", "sleep", "60"])
+        self.addCleanup(q.wait)
+        self.addCleanup(q.kill)
+        self.assertTrue(wait_for(lambda: read_text("/proc/%d/comm" % q.pid).strip() == "sleep"))
+        att = [a for a in self.agent.status()["attachments"] if a["cgroup"] == cg.path][0]
+        flagged = {c["pid"]: c["caps"] for c in att["capable"]}
+        self.assertIn("CAP_SYS_ADMIN", flagged.get(p.pid, []))
+        self.assertNotIn(q.pid, flagged)
 
     def test_status_does_not_flag_run_sandboxes(self):
         for user in ([], ["--user", "root"]):

@@ -240,7 +240,25 @@ sigset_t init_signals() {
     }
 }
 
+// Pid 1 never execs, so run's own descriptors (the connection to redird —
+// accepted as run's, outside the sandbox —, the signalfd, the cgroup) would
+// stay open in the sandbox: close every close-on-exec descriptor now, which
+// changes nothing for the command, as exec would close them anyway.
+void close_run_descriptors(int keep) {
+    std::vector<int> fds;
+    std::error_code ec;
+    for (auto& e : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+        int fd = std::atoi(e.path().filename().c_str());
+        if (fd > 2 && fd != keep) fds.push_back(fd);
+    }
+    for (int fd : fds) {
+        int flags = ::fcntl(fd, F_GETFD);
+        if (flags >= 0 && (flags & FD_CLOEXEC)) ::close(fd);
+    }
+}
+
 [[noreturn]] void child_main(int chan, const ChildPlan& p) {
+    close_run_descriptors(chan);
     if (!p.entered) enter_cgroup(chan, p);
     // Checked either way: the command never runs anywhere but in the sandbox.
     if (std::string now = own_cgroup(); now != p.cgroup_rel)

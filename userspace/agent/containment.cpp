@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "common/error.hpp"
 #include "loader/cgroup.hpp"
@@ -56,13 +57,29 @@ std::string user_ns(const std::string& pid) {
     return fs::read_symlink("/proc/" + pid + "/ns/user", ec).string();
 }
 
-// CapEff of PID from /proc/PID/status; nullopt once the process is gone.
-std::optional<uint64_t> effective_caps(const std::string& pid) {
+// What PID holds or can take back without help, from /proc/PID/status:
+// its effective and permitted sets, and — while any of its uids is 0 — its
+// bounding set, which an exec as uid 0 turns into effective capabilities.
+// nullopt once the process is gone.
+std::optional<uint64_t> reachable_caps(const std::string& pid) {
     std::ifstream in("/proc/" + pid + "/status");
     std::string line;
-    while (std::getline(in, line))
-        if (line.rfind("CapEff:", 0) == 0) return std::stoull(line.substr(7), nullptr, 16);
-    return std::nullopt;
+    uint64_t eff = 0, prm = 0, bnd = 0;
+    bool uid0 = false, seen = false;
+    auto hex = [&](size_t at) { return std::stoull(line.substr(at), nullptr, 16); };
+    while (std::getline(in, line)) {
+        if (line.rfind("CapEff:", 0) == 0) eff = hex(7), seen = true;
+        if (line.rfind("CapPrm:", 0) == 0) prm = hex(7);
+        if (line.rfind("CapBnd:", 0) == 0) bnd = hex(7);
+        if (line.rfind("Uid:", 0) == 0) {
+            std::istringstream ss(line.substr(4));
+            unsigned long r = 1, e = 1, s = 1;
+            ss >> r >> e >> s;
+            uid0 = r == 0 || e == 0 || s == 0;
+        }
+    }
+    if (!seen) return std::nullopt;
+    return eff | prm | (uid0 ? bnd : 0);
 }
 
 }  // namespace
@@ -130,7 +147,7 @@ std::vector<CapableProcess> capable_processes(const std::string& cgroup, size_t 
         std::ifstream in(d + "/cgroup.procs");
         std::string pid;
         while (in >> pid && out.size() < limit) {
-            auto caps = effective_caps(pid);
+            auto caps = reachable_caps(pid);
             if (!caps || !(*caps & enforcement_breaking_caps())) continue;
             // Capabilities count only in the namespace they are held in.
             // (An unreadable namespace counts as the host's: flagged, not missed.)

@@ -30,12 +30,13 @@ std::string capable_warning(const std::string& cgroup, const std::vector<struct 
 struct CapableProcess {
     pid_t pid = 0;
     std::string comm;
-    uint64_t caps = 0;  // the enforcement-breaking part of CapEff
+    uint64_t caps = 0;  // enforcement-breaking part of CapEff|CapPrm (|CapBnd while a uid is 0)
 };
 
 // Processes in CGROUP's subtree that hold an enforcement-breaking capability
-// in the initial user namespace (root of a user namespace of its own holds
-// none there and is not listed). At most LIMIT are returned.
+// in the initial user namespace, or can take one back (permitted set; the
+// bounding set of a uid-0 process, which exec restores). Root of a user
+// namespace of its own holds none there and is not listed. At most LIMIT.
 std::vector<CapableProcess> capable_processes(const std::string& cgroup, size_t limit = 32);
 
 // Makes DIR and everything below it private to root: it must be owned by
