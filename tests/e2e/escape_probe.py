@@ -34,12 +34,20 @@ def family(addr):
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
+def sa(addr, port):
+    """Socket address tuple; "fe80::1%lo" carries its scope as an interface index."""
+    if "%" in addr:
+        a, scope = addr.split("%", 1)
+        return (a, int(port), 0, socket.if_nametoindex(scope))
+    return (addr, int(port))
+
+
 def tcp_connect(addr, port, proto=0, fam=None):
     def go():
         s = socket.socket(fam or family(addr), socket.SOCK_STREAM, proto)
         s.settimeout(3)
         try:
-            s.connect((addr, int(port)))
+            s.connect(sa(addr, port))
             s.sendall(PAYLOAD)
         finally:
             s.close()
@@ -50,7 +58,7 @@ def udp_sendto(addr, port, proto=0, fam=None):
     def go():
         s = socket.socket(fam or family(addr), socket.SOCK_DGRAM, proto)
         try:
-            s.sendto(PAYLOAD, (addr, int(port)))
+            s.sendto(PAYLOAD, sa(addr, port))
         finally:
             s.close()
     return attempt(go)
@@ -58,7 +66,7 @@ def udp_sendto(addr, port, proto=0, fam=None):
 
 def udp_connect(addr, port, proto=0):
     s = socket.socket(family(addr), socket.SOCK_DGRAM, proto)
-    res = {"connect": attempt(lambda: s.connect((addr, int(port))))}
+    res = {"connect": attempt(lambda: s.connect(sa(addr, port)))}
     res["send"] = attempt(lambda: s.send(PAYLOAD) and None)
     s.close()
     return res
@@ -91,11 +99,11 @@ def cmd_udp_switch(allowed_addr, allowed_port, addr, port):
     """Connect to an allowed UDP peer, then name a different destination."""
     s = socket.socket(family(addr), socket.SOCK_DGRAM)
     res = {"connect_allowed": attempt(lambda: s.connect((allowed_addr, int(allowed_port))))}
-    res["sendto_other"] = attempt(lambda: s.sendto(PAYLOAD, (addr, int(port))) and None)
+    res["sendto_other"] = attempt(lambda: s.sendto(PAYLOAD, sa(addr, port)) and None)
     # Disconnect (AF_UNSPEC) and try again unconnected.
     sa = struct.pack("H", socket.AF_UNSPEC) + b"\0" * 14
     res["disconnect"] = "OK" if libc.connect(s.fileno(), sa, len(sa)) == 0 else errno.errorcode[ctypes.get_errno()]
-    res["sendto_after_disconnect"] = attempt(lambda: s.sendto(PAYLOAD, (addr, int(port))) and None)
+    res["sendto_after_disconnect"] = attempt(lambda: s.sendto(PAYLOAD, sa(addr, port)) and None)
     s.close()
     return res
 
@@ -105,7 +113,7 @@ def cmd_quic(addr, port):
     initial = bytes([0xC3]) + b"\x00\x00\x00\x01" + bytes([8]) + os.urandom(8) + bytes([0]) + b"\x00" + os.urandom(1180)
     s = socket.socket(family(addr), socket.SOCK_DGRAM)
     res = {"sendto": attempt(lambda: s.sendto(initial, (addr, int(port))) and None)}
-    res["connect"] = attempt(lambda: s.connect((addr, int(port))))
+    res["connect"] = attempt(lambda: s.connect(sa(addr, port)))
     res["send"] = attempt(lambda: s.send(initial) and None)
     s.close()
     return res
@@ -122,7 +130,7 @@ def cmd_tfo(addr, port):
     s = socket.socket(family(addr), socket.SOCK_STREAM)
     s.settimeout(3)
     res["fastopen_connect_opt"] = attempt(lambda: s.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1))
-    res["connect"] = attempt(lambda: s.connect((addr, int(port))))
+    res["connect"] = attempt(lambda: s.connect(sa(addr, port)))
     res["send"] = attempt(lambda: s.send(PAYLOAD) and None)
     s.close()
     return res
@@ -321,6 +329,19 @@ def cgroup2_mount():
 
 
 def own_cgroup_dir(mount):
+    """Our cgroup's directory. /proc/self/cgroup lies inside a private cgroup
+    namespace, so look for the cgroup.procs that lists us (pids are shown in
+    our own pid namespace), as an attacker would."""
+    me = str(os.getpid())
+    for dirpath, dirs, files in os.walk(mount):
+        if dirpath.count("/") - mount.count("/") > 4:
+            dirs[:] = []
+            continue
+        try:
+            if me in open(os.path.join(dirpath, "cgroup.procs")).read().split():
+                return dirpath
+        except OSError:
+            pass
     rel = [ln for ln in open("/proc/self/cgroup").read().splitlines() if ln.startswith("0::")][0][3:]
     return mount + rel
 
@@ -401,14 +422,45 @@ def cmd_control(sock_path, request):
     return res
 
 
+def cmd_detach(redirctl, sock_path, addr, port):
+    """`redirctl detach` of the sandbox we are in, then connect."""
+    import subprocess
+    cg = own_cgroup_dir(cgroup2_mount())
+    r = subprocess.run([redirctl, "--socket", sock_path, "detach", "--cgroup", cg], capture_output=True, text=True)
+    return {"detach_rc": r.returncode, "detach_err": r.stderr.strip(), "cgroup": cg,
+            "connect": tcp_connect(addr, port), "sendto": udp_sendto(addr, port)}
+
+
+def cmd_policy_load(redirctl, sock_path, policy_file, name, addr, port):
+    """Replace the policy our sandbox runs under with one that allows everything."""
+    import subprocess
+    r = subprocess.run([redirctl, "--socket", sock_path, "policy", "load", policy_file, "--name", name],
+                       capture_output=True, text=True)
+    return {"load_rc": r.returncode, "load_err": r.stderr.strip(),
+            "connect": tcp_connect(addr, port), "sendto": udp_sendto(addr, port)}
+
+
+def cmd_kill_parent(addr, port):
+    """SIGKILL whatever started us (`redirctl run`), then try the network."""
+    import signal
+    ppid = os.getppid()
+    # ppid 0: run is outside our pid namespace, out of sight (kill(0) would hit us).
+    res = {"ppid": ppid, "kill": attempt(lambda: os.kill(ppid, signal.SIGKILL)) if ppid > 1 else "invisible"}
+    time.sleep(0.2)
+    res["connect"] = tcp_connect(addr, port)
+    res["sendto"] = udp_sendto(addr, port)
+    return res
+
+
 def cmd_identity():
     status = dict(ln.split(":\t", 1) for ln in open("/proc/self/status").read().splitlines() if ":\t" in ln)
     return {k: status.get(k, "").strip() for k in ("Uid", "Gid", "CapEff", "CapPrm", "CapBnd", "CapAmb", "NoNewPrivs")}
 
 
 def cmd_pidfd_steal(pid, fd, addr, port):
-    """pidfd_getfd(2): take a UDP socket that a same-uid process outside the
-    sandbox created (so no sandbox hook runs for it) and send through it."""
+    """pidfd_getfd(2): take a datagram socket that a process outside the sandbox
+    created (so no sandbox hook runs for it) and send through it. FD "any"
+    tries every descriptor of PID."""
     SYS_pidfd_getfd = 438
     res = {}
     try:
@@ -417,13 +469,31 @@ def cmd_pidfd_steal(pid, fd, addr, port):
         return {"pidfd_open": ename(e)}
     res["pidfd_open"] = "OK"
     libc.syscall.restype = ctypes.c_long
-    nfd = libc.syscall(SYS_pidfd_getfd, pidfd, int(fd), 0)
-    if nfd < 0:
-        res["getfd"] = errno.errorcode.get(ctypes.get_errno(), "?")
-        return res
-    res["getfd"] = "OK"
-    s = socket.socket(fileno=nfd)
-    res["sendto"] = attempt(lambda: s.sendto(PAYLOAD, (addr, int(port))) and None)
+    fds = range(3, 256) if fd == "any" else [int(fd)]
+    res["getfd"] = "none"
+    for n in fds:
+        nfd = libc.syscall(SYS_pidfd_getfd, pidfd, n, 0)
+        if nfd < 0:
+            err = errno.errorcode.get(ctypes.get_errno(), "?")
+            if err != "EBADF":
+                res["getfd"] = err
+            continue
+        res["getfd"] = "OK"
+        try:
+            s = socket.socket(fileno=nfd)
+        except OSError:
+            os.close(nfd)
+            continue
+        if s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_DGRAM:
+            dst = addr if s.family == socket.AF_INET6 or ":" not in addr else addr
+            if s.family == socket.AF_INET6 and ":" not in addr:
+                dst = "::ffff:" + addr
+            res["stolen_fd"] = n
+            res["sendto"] = attempt(lambda: s.sendto(PAYLOAD, (dst, int(port))) and None)
+            s.detach()
+            break
+        s.detach()
+        os.close(nfd)
     return res
 
 

@@ -39,12 +39,21 @@ def add_lo_addrs(addrs):
                        check=True, capture_output=True)
 
 
+def sa(addr, port):
+    """Socket address tuple; "fe80::1%lo" carries its scope as an interface index."""
+    if "%" in addr:
+        a, scope = addr.split("%", 1)
+        return (a, port, 0, socket.if_nametoindex(scope))
+    return (addr, port)
+
+
 class Witness:
     """A real TCP listener and UDP socket on ADDR:PORT that record every
     connection and datagram they get."""
 
-    def __init__(self, addr, port=0, tcp=True, udp=True):
+    def __init__(self, addr, port=0, tcp=True, udp=True, udp_proto=0):
         self.addr = addr
+        self.udp_proto = udp_proto  # 136 (UDP-Lite) to witness UDP-Lite datagrams
         self.fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
         self.events = []
         self.lock = threading.Lock()
@@ -64,12 +73,12 @@ class Witness:
         if tcp:
             self.tcp = socket.socket(self.fam, socket.SOCK_STREAM)
             self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.tcp.bind((self.addr, port))
+            self.tcp.bind(sa(self.addr, port))
             self.tcp.listen(64)
             port = self.tcp.getsockname()[1]
         if udp:
-            self.udp = socket.socket(self.fam, socket.SOCK_DGRAM)
-            self.udp.bind((self.addr, port))
+            self.udp = socket.socket(self.fam, socket.SOCK_DGRAM, self.udp_proto)
+            self.udp.bind(sa(self.addr, port))
             port = self.udp.getsockname()[1]
         self.port = port
         if self.tcp:
@@ -105,12 +114,12 @@ class Witness:
         if self.tcp:
             s = socket.socket(self.fam, socket.SOCK_STREAM)
             s.settimeout(5)
-            s.connect((self.addr, self.port))
+            s.connect(sa(self.addr, self.port))
             sentinels.add(("tcp", s.getsockname()[:2]))
             s.close()
         if self.udp:
-            s = socket.socket(self.fam, socket.SOCK_DGRAM)
-            s.connect((self.addr, self.port))  # fixes the source address we match on
+            s = socket.socket(self.fam, socket.SOCK_DGRAM, self.udp_proto)
+            s.connect(sa(self.addr, self.port))  # fixes the source address we match on
             s.send(b"sentinel")
             sentinels.add(("udp", s.getsockname()[:2]))
             s.close()
@@ -166,9 +175,14 @@ class EscapeCase(unittest.TestCase):
             w.close()
         cls.agent.cleanup(cls.cgroups)
 
+    def setUp(self):
+        # A test that failed early leaves its intrusions behind: start clean.
+        for w in self.witnesses:
+            w.intrusions()
+
     @classmethod
-    def witness(cls, addr, port=0, tcp=True, udp=True):
-        w = Witness(addr, port, tcp, udp)
+    def witness(cls, addr, port=0, tcp=True, udp=True, udp_proto=0):
+        w = Witness(addr, port, tcp, udp, udp_proto)
         cls.witnesses.append(w)
         return w
 

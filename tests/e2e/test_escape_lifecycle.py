@@ -42,7 +42,10 @@ class OrphanCatcher:
         words = line.decode().split()
         if len(words) < 2 or words[0] != "armed":
             raise AssertionError("the orphan never armed itself: %r" % line)
-        self.pid = int(words[1])
+        # The orphan may live in a private pid namespace: its pid as we see it.
+        import struct
+        cred = self.conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        self.pid = struct.unpack("3i", cred)[0]
         return self.pid
 
     def go(self):
