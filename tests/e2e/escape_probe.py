@@ -101,8 +101,8 @@ def cmd_udp_switch(allowed_addr, allowed_port, addr, port):
     res = {"connect_allowed": attempt(lambda: s.connect((allowed_addr, int(allowed_port))))}
     res["sendto_other"] = attempt(lambda: s.sendto(PAYLOAD, sa(addr, port)) and None)
     # Disconnect (AF_UNSPEC) and try again unconnected.
-    sa = struct.pack("H", socket.AF_UNSPEC) + b"\0" * 14
-    res["disconnect"] = "OK" if libc.connect(s.fileno(), sa, len(sa)) == 0 else errno.errorcode[ctypes.get_errno()]
+    unspec = struct.pack("H", socket.AF_UNSPEC) + b"\0" * 14
+    res["disconnect"] = "OK" if libc.connect(s.fileno(), unspec, len(unspec)) == 0 else errno.errorcode[ctypes.get_errno()]
     res["sendto_after_disconnect"] = attempt(lambda: s.sendto(PAYLOAD, sa(addr, port)) and None)
     s.close()
     return res
@@ -178,7 +178,7 @@ def cmd_packet():
     return res
 
 
-def cmd_raw(addr):
+def cmd_raw(addr, port=4444):
     res = {}
     for name, fam, proto in (("raw4_udp", socket.AF_INET, socket.IPPROTO_UDP),
                              ("raw4_tcp", socket.AF_INET, socket.IPPROTO_TCP),
@@ -189,7 +189,7 @@ def cmd_raw(addr):
     # If one were created, really send through it (an IPPROTO_RAW datagram).
     if res["raw4_udp"] == "OK":
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
-        res["raw_sendto"] = attempt(lambda: s.sendto(struct.pack("!HHHH", 4444, 9, 8 + len(PAYLOAD), 0) + PAYLOAD,
+        res["raw_sendto"] = attempt(lambda: s.sendto(struct.pack("!HHHH", 4444, int(port), 8 + len(PAYLOAD), 0) + PAYLOAD,
                                                      (addr, 0)) and None)
         s.close()
     res["euid"] = os.geteuid()
