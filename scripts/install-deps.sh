@@ -9,7 +9,7 @@ PKGS=(
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
   libssl-dev libboost1.81-dev rapidjson-dev libspdlog-dev libfmt-dev
   libnl-3-dev libnl-route-3-dev libcli11-dev libldns-dev
-  libgtest-dev libgmock-dev libbenchmark-dev libclang-rt-14-dev liburing-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libclang-rt-14-dev liburing-dev libseccomp-dev
   iproute2 curl ca-certificates python3 nodejs npm dnsutils
 )
 missing=()

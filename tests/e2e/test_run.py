@@ -409,6 +409,36 @@ class RunE2E(unittest.TestCase):
         r = self.run_cmd([PY, "-c", code], run_args=["--user", "root"])
         self.assertEqual(r.stdout.split(), ["0", "EPERM", "EPERM", "EPERM"], r.stderr)
 
+    def test_seccomp_refuses_other_socket_families_and_io_uring(self):
+        code = r"""
+import ctypes, errno, json, socket
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(*a):
+    r = libc.syscall(*[ctypes.c_long(x) for x in a])
+    return 'ok' if r >= 0 else errno.errorcode[ctypes.get_errno()]
+SOCKET, SOCKETPAIR, IO_URING_SETUP = 41, 53, 425
+fams = {'unix': 1, 'inet': 2, 'inet6': 10, 'netlink': 16, 'appletalk': 5, 'key': 15, 'packet': 17,
+        'rds': 21, 'can': 29, 'tipc': 30, 'bluetooth': 31, 'alg': 38, 'vsock': 40, 'xdp': 44, 'future': 200}
+out = {n: call(SOCKET, f, socket.SOCK_DGRAM if n != 'netlink' else socket.SOCK_RAW, 0) for n, f in fams.items()}
+out['inet-high-bits'] = call(SOCKET, (1 << 32) | 2, socket.SOCK_STREAM, 0)
+sv = (ctypes.c_int * 2)()
+out['pair-unix'] = 'ok' if libc.socketpair(1, socket.SOCK_STREAM, 0, sv) == 0 else 'fail'
+out['pair-vsock'] = errno.errorcode.get(-1 if libc.socketpair(40, socket.SOCK_STREAM, 0, sv) == 0 else ctypes.get_errno())
+params = ctypes.create_string_buffer(120)
+out['io_uring_setup'] = call(IO_URING_SETUP, 4, ctypes.addressof(params))
+print(json.dumps(out))
+"""
+        for user in ([], ["--user", "root"]):
+            r = self.run_cmd([PY, "-c", code], run_args=user)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            out = json.loads(r.stdout)
+            for name in ("unix", "inet", "inet6", "netlink", "pair-unix"):
+                self.assertEqual(out[name], "ok", (user, name, out))
+            for name in ("appletalk", "key", "packet", "rds", "can", "tipc", "bluetooth", "alg", "vsock", "xdp",
+                         "future", "inet-high-bits", "pair-vsock", "io_uring_setup"):
+                self.assertEqual(out[name], "EPERM", (user, name, out))
+
     def test_sandboxed_user_cannot_leave_its_cgroup(self):
         mnt = harness.cgroup2_mount()
         code = ("import os,sys\nres=[]\n"

@@ -20,6 +20,7 @@
 #include "loader/features.hpp"
 #include "client.hpp"
 #include "run.hpp"
+#include "run_seccomp.hpp"
 
 namespace {
 
@@ -183,6 +184,7 @@ int main(int argc, char** argv) {
         Client client(socket_path);
         if (*doctor) {
             auto checks = redir::loader::check_kernel_features("/sys/fs/bpf/redir");
+            checks.push_back(redir::ctl::run_sandbox_check());
             int rc = 0;
             for (auto& c : checks) {
                 if (json) {
