@@ -1,0 +1,41 @@
+#!/bin/sh
+# PID 1 of a kernel-matrix guest (busybox): mounts the host's root read-only
+# over 9p under a tmpfs overlay, runs tests/vm/guest-run.sh in it, reports.
+# /config (written by scripts/kernel-matrix.sh) sets REPO, BUILD, OUT, MODDIR.
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+. /config
+echo "REDIR-VM: init reached on $(uname -r) after $(cut -d' ' -f1 /proc/uptime) s"
+
+# Why: virtio, 9p and overlay are modules in distribution kernels.
+for m in /mods/*.ko; do
+  insmod "$m" 2>/dev/null || echo "REDIR-VM: insmod $m failed"
+done
+
+report() {
+  echo "REDIR-VM-RESULT rc=$1"
+  poweroff -f
+  sleep 60
+}
+
+mkdir -p /lower /upper /newroot
+# cache=loose: the share is read-only for the guest's lifetime.
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=524288,cache=loose hostroot /lower \
+  || { echo "REDIR-VM: cannot mount the host root over 9p"; report 90; }
+mount -t tmpfs -o size=1g tmpfs /upper
+mkdir -p /upper/u /upper/w
+mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper/u,workdir=/upper/w /newroot \
+  || { echo "REDIR-VM: cannot mount the overlay root"; report 91; }
+mkdir -p "/newroot$OUT"
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 out "/newroot$OUT" \
+  || { echo "REDIR-VM: cannot mount the results share"; report 92; }
+
+mount -t proc proc /newroot/proc
+mount -t sysfs sys /newroot/sys
+mount -t devtmpfs dev /newroot/dev
+chroot /newroot /bin/bash "$REPO/tests/vm/guest-run.sh" </dev/console >/dev/console 2>&1
+rc=$?
+sync
+report "$rc"
