@@ -12,7 +12,7 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev libclang-rt-14-dev liburing-dev libseccomp-dev
   iproute2 curl ca-certificates python3 nodejs npm dnsutils
   # kernel matrix (scripts/kernel-matrix.sh fetches the guest kernels itself)
-  qemu-system-x86 busybox-static kmod cpio
+  qemu-system-x86 busybox-static kmod cpio xz-utils zstd
 )
 missing=()
 for p in "${PKGS[@]}"; do

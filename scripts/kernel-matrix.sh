@@ -18,10 +18,11 @@ CACHE=${REDIR_VM_CACHE:-/var/cache/redir-vm}
 TIMEOUT=${REDIR_VM_TIMEOUT:-600}
 BOOT_DEADLINE=${REDIR_VM_BOOT_DEADLINE:-150}
 SKIP=77
-TOOLS=(qemu-system-x86 busybox-static kmod cpio)
+TOOLS=(qemu-system-x86 busybox-static kmod cpio xz-utils zstd)
 # The guest's modules loaded by its /init, in this order with their dependencies.
-GUEST_MODULES=(kernel/net/9p/9pnet_virtio.ko kernel/drivers/virtio/virtio_pci.ko kernel/fs/9p/9p.ko
-               kernel/fs/overlayfs/overlay.ko)
+# (Paths under lib/modules/<ver>, without the .ko[.xz|.zst|.gz] suffix.)
+GUEST_MODULES=(kernel/net/9p/9pnet_virtio kernel/drivers/virtio/virtio_pci kernel/fs/9p/9p
+               kernel/fs/overlayfs/overlay)
 LSM_CMDLINE="lsm=lockdown,capability,landlock,yama,apparmor,bpf"
 
 skip() { echo "kernel-matrix: SKIPPED: $*" >&2; exit "$SKIP"; }
@@ -77,12 +78,31 @@ fetch_kernel() {
   fi
 }
 
-# Adds module $1 (a path under lib/modules/<ver>) after its dependencies.
+# Appends module $2 (its modules.dep name) to MOD_ORDER after its dependencies.
 declare -a MOD_ORDER
 add_module() {
   local moddir=$1 m=$2 d
   for d in $(grep "^$m:" "$moddir/modules.dep" | cut -d: -f2); do add_module "$moddir" "$d"; done
   [[ " ${MOD_ORDER[*]} " == *" $m "* ]] || MOD_ORDER+=("$m")
+}
+
+# modules.dep name of module $2 (a path without suffix), empty when built in;
+# distributions compress modules differently (6.1: none, 6.12: xz).
+module_name() {
+  local name
+  name=$(grep -oE "^$2\.ko(\.xz|\.zst|\.gz)?:" "$1/modules.dep" | tr -d :) || true
+  [[ -n $name ]] || grep -qE "^$2\.ko$" "$1/modules.builtin" || return 1
+  echo "$name"
+}
+
+# Copies module $1 to $2 uncompressed (busybox insmod takes plain .ko only).
+copy_module() {
+  case $1 in
+    *.xz) xz -dc "$1" >"$2" ;;
+    *.zst) zstd -qdc "$1" >"$2" ;;
+    *.gz) gzip -dc "$1" >"$2" ;;
+    *) cp "$1" "$2" ;;
+  esac
 }
 
 # initramfs: busybox, the modules /init needs, /init and its /config.
@@ -93,10 +113,14 @@ build_initramfs() {
   cp /usr/bin/busybox "$root/bin/"
   for m in sh mount insmod echo cat cut mkdir sleep sync poweroff chroot; do ln -s busybox "$root/bin/$m"; done
   MOD_ORDER=()
-  for m in "${GUEST_MODULES[@]}"; do add_module "$kdir/lib/modules/$kver" "$m"; done
+  local moddir=$kdir/lib/modules/$kver name
+  for m in "${GUEST_MODULES[@]}"; do
+    name=$(module_name "$moddir" "$m") || die "module $m is neither in $moddir/modules.dep nor built in: this kernel cannot mount the guest's root"
+    [[ -z $name ]] || add_module "$moddir" "$name"
+  done
   for m in "${MOD_ORDER[@]}"; do
     i=$((i + 1))
-    cp "$kdir/lib/modules/$kver/$m" "$root/mods/$(printf %02d "$i")-$(basename "$m")"
+    copy_module "$kdir/lib/modules/$kver/$m" "$root/mods/$(printf %02d "$i")-$(basename "${m%.ko*}").ko"
   done
   cp "$REPO/tests/vm/init.sh" "$root/init"
   cat >"$root/config" <<EOF

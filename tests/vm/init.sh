@@ -11,6 +11,7 @@ echo "REDIR-VM: init reached on $(uname -r) after $(cut -d' ' -f1 /proc/uptime) 
 
 # Why: virtio, 9p and overlay are modules in distribution kernels.
 for m in /mods/*.ko; do
+  [ -e "$m" ] || continue
   insmod "$m" 2>/dev/null || echo "REDIR-VM: insmod $m failed"
 done
 
