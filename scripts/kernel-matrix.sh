@@ -7,13 +7,15 @@
 # Exit code: 0 all kernels passed, 1 a test failed or a guest did not finish,
 # 77 skipped (this host cannot boot the guest in time, or cannot get qemu or
 # the kernel package); the reason is printed.
-# Environment: REDIR_BUILD (build dir, default ./build), REDIR_VM_CACHE
+# Environment: REDIR_BUILD (build dir, default ./build), REDIR_VM_RESULTS
+# (results, default $REDIR_BUILD/kernel-matrix), REDIR_VM_CACHE
 # (extracted kernels, default /var/cache/redir-vm), REDIR_VM_TIMEOUT (seconds
 # per guest, default 600), REDIR_VM_BOOT_DEADLINE (seconds to reach the
 # guest's /init before skipping, default 150), REDIR_VM_ACCEL (kvm|tcg).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$(cd "${REDIR_BUILD:-$REPO/build}" 2>/dev/null && pwd) || { echo "kernel-matrix: build directory ${REDIR_BUILD:-$REPO/build} missing: run scripts/build.sh first" >&2; exit 1; }
+RESULTS=${REDIR_VM_RESULTS:-$BUILD/kernel-matrix}
 CACHE=${REDIR_VM_CACHE:-/var/cache/redir-vm}
 TIMEOUT=${REDIR_VM_TIMEOUT:-600}
 BOOT_DEADLINE=${REDIR_VM_BOOT_DEADLINE:-150}
@@ -111,7 +113,7 @@ build_initramfs() {
   root=$(mktemp -d)
   mkdir -p "$root"/{bin,proc,sys,dev,mods}
   cp /usr/bin/busybox "$root/bin/"
-  for m in sh mount insmod echo cat cut mkdir sleep sync poweroff chroot; do ln -s busybox "$root/bin/$m"; done
+  for m in sh mount insmod echo cat cut mkdir chmod printf sleep sync poweroff chroot; do ln -s busybox "$root/bin/$m"; done
   MOD_ORDER=()
   local moddir=$kdir/lib/modules/$kver name
   for m in "${GUEST_MODULES[@]}"; do
@@ -213,7 +215,7 @@ run_kernel() {
   fetch_kernel "$pkg"
   kdir=$CACHE/$pkg
   kver=$(ls "$kdir/lib/modules")
-  out=$BUILD/kernel-matrix/$kernel
+  out=$RESULTS/$kernel
   rm -rf "$out" && mkdir -p "$out"
   build_initramfs "$kdir" "$kver" "$out" "$out/initrd.gz"
   echo "kernel-matrix: booting $kernel ($pkg) with $(accel_args), timeout ${TIMEOUT} s"

@@ -29,9 +29,15 @@ mount -t tmpfs -o size=1g tmpfs /upper
 mkdir -p /upper/u /upper/w
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper/u,workdir=/upper/w /newroot \
   || { echo "REDIR-VM: cannot mount the overlay root"; report 91; }
-mkdir -p "/newroot$OUT"
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 out "/newroot$OUT" \
-  || { echo "REDIR-VM: cannot mount the results share"; report 92; }
+
+# The guest kernel's modules at /lib/modules; the kernel's module autoload
+# (socket(AF_VSOCK), SCTP, ...) runs its helper in this initramfs' root, so
+# the helper is a wrapper running the host's modprobe in the new root.
+mkdir -p /newroot/lib/modules
+mount -o bind "/newroot$MODDIR" /newroot/lib/modules
+printf '#!/bin/sh\nexec /bin/chroot /newroot /sbin/modprobe "$@"\n' >/bin/modprobe-in-root
+chmod +x /bin/modprobe-in-root
+echo /bin/modprobe-in-root >/proc/sys/kernel/modprobe
 
 mount -t proc proc /newroot/proc
 mount -t sysfs sys /newroot/sys

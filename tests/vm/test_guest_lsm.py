@@ -24,8 +24,12 @@ POLICY = {"allow": [{"cidr": "203.0.113.0/24", "ports": [80]}]}
 # Sockets a sandbox must not open (they carry data past every socket-address
 # hook), and sockets it keeps. Each: (label, family, type, protocol).
 REFUSED = [
-    ("packet/raw", 17, 3, 0x0300),   # AF_PACKET, SOCK_RAW, htons(ETH_P_ALL)
+    ("packet/raw", 17, 3, 0x0300),    # AF_PACKET, SOCK_RAW, htons(ETH_P_ALL)
     ("packet/dgram", 17, 2, 0x0300),  # AF_PACKET, SOCK_DGRAM
+    ("vsock/stream", 40, 1, 0),       # AF_VSOCK: reaches the host past every inet hook
+    ("inet/mptcp", 2, 1, 262),        # IPPROTO_MPTCP: not the TCP that connect4 governs
+    ("inet/udplite", 2, 2, 136),      # IPPROTO_UDPLITE
+    ("inet/raw", 2, 3, 1),            # SOCK_RAW, IPPROTO_ICMP
 ]
 KEPT = [
     ("unix/stream", 1, 1, 0),
@@ -148,12 +152,11 @@ class GuestLsmTest(unittest.TestCase):
         self.require_enforced()
         agent = self.agent.status()["agent"]
         self.assertIs(agent["packet_socket_refusal"], True)
-        if "lsm_cgroup" in agent:
-            self.assertEqual(agent["lsm_cgroup"], "enforced")
+        self.assertEqual(agent["lsm_cgroup"], "enforced")
         r = subprocess.run([harness.REDIRCTL, "doctor", "--json"], capture_output=True, text=True)
         checks = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
-        lsm = [c for c in checks if c["name"] in ("lsm_cgroup", "bpf_lsm")]
-        self.assertTrue(lsm, "redirctl doctor has no BPF LSM line: %s" % r.stdout)
+        lsm = [c for c in checks if c["name"] == "socket_other_families"]
+        self.assertTrue(lsm, "redirctl doctor has no socket_other_families line: %s" % r.stdout)
         for c in lsm:
             self.assertTrue(c["ok"], "redirctl doctor: %s" % c)
         print("redirctl doctor:\n" + subprocess.run([harness.REDIRCTL, "doctor"], capture_output=True,
