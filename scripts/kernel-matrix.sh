@@ -10,14 +10,14 @@
 # Environment: REDIR_BUILD (build dir, default ./build), REDIR_VM_RESULTS
 # (results, default $REDIR_BUILD/kernel-matrix), REDIR_VM_CACHE
 # (extracted kernels, default /var/cache/redir-vm), REDIR_VM_TIMEOUT (seconds
-# per guest, default 600), REDIR_VM_BOOT_DEADLINE (seconds to reach the
+# per guest, default 780), REDIR_VM_BOOT_DEADLINE (seconds to reach the
 # guest's /init before skipping, default 150), REDIR_VM_ACCEL (kvm|tcg).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$(cd "${REDIR_BUILD:-$REPO/build}" 2>/dev/null && pwd) || { echo "kernel-matrix: build directory ${REDIR_BUILD:-$REPO/build} missing: run scripts/build.sh first" >&2; exit 1; }
 RESULTS=${REDIR_VM_RESULTS:-$BUILD/kernel-matrix}
 CACHE=${REDIR_VM_CACHE:-/var/cache/redir-vm}
-TIMEOUT=${REDIR_VM_TIMEOUT:-600}
+TIMEOUT=${REDIR_VM_TIMEOUT:-780}
 BOOT_DEADLINE=${REDIR_VM_BOOT_DEADLINE:-150}
 SKIP=77
 TOOLS=(qemu-system-x86 busybox-static kmod cpio xz-utils zstd)
