@@ -8,4 +8,8 @@ scripts/install-deps.sh
 scripts/build.sh
 grep -q ' /sys/fs/bpf bpf ' /proc/mounts || mount -t bpf bpf /sys/fs/bpf
 cd build
-ctest --output-on-failure --timeout 900 "$@"
+rc=0
+ctest --output-on-failure --timeout 900 "$@" || rc=$?
+# CTest names skipped tests but not why: print each reason, then the counts.
+python3 ../tests/skip_reasons.py . || true
+exit "$rc"

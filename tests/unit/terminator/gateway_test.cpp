@@ -565,11 +565,11 @@ TEST_F(GatewayTest, ProviderBreakingOffMidStreamEndsWithErrorEvent) {
 }
 
 TEST_F(GatewayTest, ProviderDownIs502) {
-    uint16_t port;
-    {
-        tcp::acceptor a(client_io_, {kLoopback, 0});
-        port = a.local_endpoint().port();
-    }
+    // Bound (so the port stays ours) but not listening: every connect is refused.
+    tcp::socket held(client_io_);
+    held.open(tcp::v4());
+    held.bind({kLoopback, 0});
+    const uint16_t port = held.local_endpoint().port();
     store_->create_provider(Provider{"p", "openai", "https://127.0.0.1:" + std::to_string(port) + "/v1", ca_file_,
                                      {{"OPENAI_API_KEY", "sk-provider-secret-0001"}}});
     store_->set_inference("p", "m");

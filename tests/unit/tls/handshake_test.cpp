@@ -73,12 +73,33 @@ TEST_F(HandshakeTest, Tls12WorksWithAnAeadEcdsaSuite) {
     EXPECT_TRUE(test::exchange(h.client.get(), h.server.get()));
 }
 
-TEST_F(HandshakeTest, OlderThanTls12IsRefused) {
+// The server's own TLS 1.2 minimum, not the host's OpenSSL policy, refuses
+// TLS 1.1: the server context is dropped to security level 0 (what a host's
+// openssl.cnf may do), the client offers TLS 1.1 with a suite TLS 1.1 can use,
+// and the refusal must be the protocol_version alert, not a cipher mismatch.
+TEST_F(HandshakeTest, OlderThanTls12IsRefusedBecauseOfTheVersion) {
     ServerContext server = make_server();
-    SslCtxPtr client = test::client_ctx(ca.cert(), TLS1_1_VERSION);
-    SSL_CTX_set_security_level(client.get(), 0);
-    Handshake h = connect(client.get(), server.get());
+    SSL_CTX_set_security_level(server.get(), 0);
+    auto tls11_client = [&](int max_version) {
+        SslCtxPtr c = test::client_ctx(ca.cert());
+        SSL_CTX_set_security_level(c.get(), 0);
+        SSL_CTX_set_min_proto_version(c.get(), TLS1_1_VERSION);
+        SSL_CTX_set_max_proto_version(c.get(), max_version);
+        EXPECT_EQ(SSL_CTX_set_cipher_list(c.get(), "ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES128-GCM-SHA256:@SECLEVEL=0"),
+                  1);
+        return c;
+    };
+    // Control: the same client allowed TLS 1.2 connects, so nothing else stands in the way.
+    SslCtxPtr up_to_12 = tls11_client(TLS1_2_VERSION);
+    Handshake ok = connect(up_to_12.get(), server.get());
+    ASSERT_TRUE(ok.ok) << ERR_reason_error_string(ok.client_error);
+    EXPECT_EQ(SSL_version(ok.client.get()), TLS1_2_VERSION);
+
+    SslCtxPtr only_11 = tls11_client(TLS1_1_VERSION);
+    Handshake h = connect(only_11.get(), server.get());
     EXPECT_FALSE(h.ok);
+    EXPECT_EQ(ERR_GET_REASON(h.client_error), SSL_R_TLSV1_ALERT_PROTOCOL_VERSION)
+        << "expected the server's protocol_version alert, got: " << ERR_reason_error_string(h.client_error);
 }
 
 TEST_F(HandshakeTest, ClientWithoutAlpnStillConnects) {
