@@ -13,7 +13,7 @@ import sys
 
 def blocks(log):
     """Yields (test name, output, pass reason, whole block) per test in LastTest.log."""
-    for m in re.finditer(r'^\d+/\d+ Test: (\S+)\n(.*?)(?=^\d+/\d+ Testing: |\Z)', log, re.S | re.M):
+    for m in re.finditer(r'^\d+/\d+ Test: ([^\n]+)\n(.*?)(?=^\d+/\d+ Testing: |\Z)', log, re.S | re.M):
         name, body = m.group(1), m.group(2)
         out = body.split("Output:\n", 1)[-1].split("<end of output>", 1)[0]
         reason = body.split("Test Pass Reason:\n", 1)[1].split("\n", 1)[0] if "Test Pass Reason:" in body else ""

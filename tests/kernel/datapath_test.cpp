@@ -299,8 +299,8 @@ TEST_F(DatapathTest, RawAndPingSocketsRefusedEvenForRoot) {
 // runs without it and this case is a visible skip, never a pass.
 TEST_F(DatapathTest, PacketSocketsRefusedEvenForRoot) {
     if (!dp_->lsm_available())
-        GTEST_SKIP() << "this kernel refuses the BPF LSM program type (lsm_cgroup/socket_create), so AF_PACKET "
-                        "refusal cannot be enforced or tested here";
+        GTEST_SKIP() << "AF_PACKET refusal needs lsm_cgroup/socket_create, which this kernel does not run: lsm_cgroup "
+                     << loader::to_string(dp_->lsm_probe().state) << ": " << dp_->lsm_probe().detail;
     attach(cg_->path());
     auto make = [&](int fam, int type, int proto) { return make_socket_in(cg_->path(), fam, type, proto); };
     EXPECT_EQ(make(AF_PACKET, SOCK_RAW, htons(0x0003)), EPERM);
