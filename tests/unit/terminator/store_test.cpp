@@ -2,6 +2,7 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <functional>
 #include <fstream>
 
 #include "common/atomic_file.hpp"
@@ -111,20 +112,41 @@ TEST_F(StoreTest, UpdateChangesOnlyWhatIsGiven) {
     EXPECT_EQ(s.get_provider("c")->credentials.size(), 1u);
 }
 
+// The sentence a failed call throws ("" when it does not throw).
+std::string error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "";
+}
+
+// Each refusal is its own sentence: it names what is wrong and what to do, so
+// a refusal for another reason (or none) fails here.
 TEST_F(StoreTest, ValidationSentences) {
     Store s(dir_);
-    EXPECT_THROW(s.create_provider(Provider{"x", "bogus", "", "", {}}), Error);
-    EXPECT_THROW(s.create_provider(Provider{"x", "openai-compatible", "", "", {}}), Error);  // base URL required
-    EXPECT_THROW(s.create_provider(Provider{"x", "openai-compatible", "http://plain.test/v1", "", {}}), Error);
-    EXPECT_THROW(s.create_provider(Provider{"x", "openai", "", "", {}}), Error);  // credential required
-    EXPECT_THROW(s.create_provider(Provider{"x", "openai", "", "", {{"OPENAI_API_KEY", "a\r\nX-Evil: 1"}}}), Error);
-    EXPECT_THROW(s.create_provider(Provider{"bad name", "mock", "", "", {}}), Error);
-    EXPECT_THROW(s.create_provider(Provider{"x", "openai", "", "/nonexistent/ca.pem", {{"OPENAI_API_KEY", "k"}}}),
-                 Error);
-    EXPECT_THROW(s.set_inference("nope", "m"), Error);
+    auto create = [&](Provider p) { return error_of([&] { s.create_provider(std::move(p)); }); };
+    auto has = [](const std::string& msg, std::initializer_list<const char*> parts) {
+        for (const char* part : parts)
+            if (msg.find(part) == std::string::npos) return ::testing::AssertionFailure() << "\"" << msg << "\" lacks \"" << part << "\"";
+        return ::testing::AssertionSuccess();
+    };
+    EXPECT_TRUE(has(create(Provider{"x", "bogus", "", "", {}}), {"unknown provider type \"bogus\"", "use one of", "openai"}));
+    EXPECT_TRUE(has(create(Provider{"x", "openai-compatible", "", "", {}}), {"provider x", "needs --base-url"}));
+    EXPECT_TRUE(has(create(Provider{"x", "openai-compatible", "http://plain.test/v1", "", {}}),
+                    {"provider x", "http://plain.test/v1", "must start with https://"}));
+    EXPECT_TRUE(has(create(Provider{"x", "openai", "", "", {}}), {"provider x", "needs a credential", "OPENAI_API_KEY"}));
+    const std::string injected = create(Provider{"x", "openai", "", "", {{"OPENAI_API_KEY", "a\r\nX-Evil: 1"}}});
+    EXPECT_TRUE(has(injected, {"credential OPENAI_API_KEY", "control characters"}));
+    EXPECT_EQ(injected.find("X-Evil"), std::string::npos) << "the refused value is not echoed: " << injected;
+    EXPECT_TRUE(has(create(Provider{"bad name", "mock", "", "", {}}), {"invalid provider name \"bad name\"", "letters"}));
+    EXPECT_TRUE(has(create(Provider{"x", "openai", "", "/nonexistent/ca.pem", {{"OPENAI_API_KEY", "k"}}}),
+                    {"provider x", "cannot read CA file /nonexistent/ca.pem"}));
+    EXPECT_TRUE(has(error_of([&] { s.set_inference("nope", "m"); }), {"no provider named nope", "redirctl provider create"}));
     s.create_provider(openai());
-    EXPECT_THROW(s.create_provider(openai()), Error);
-    EXPECT_THROW(s.delete_provider("nope"), Error);
+    EXPECT_TRUE(has(create(openai()), {"provider oa already exists", "redirctl provider update oa"}));
+    EXPECT_TRUE(has(error_of([&] { s.delete_provider("nope"); }), {"no provider named nope", "redirctl provider list"}));
     EXPECT_FALSE(s.inference());
     // A failed change leaves nothing on disk.
     Store again(dir_);
