@@ -40,7 +40,8 @@ def main(build):
     passed = failed = 0
     skipped = []
     for name, out, reason, body in blocks(log):
-        if reason.startswith("Skip"):
+        # GoogleTest skips carry a pass reason; SKIP_RETURN_CODE skips only their "SKIPPED " lines.
+        if reason.startswith("Skip") or re.search(r"^SKIPPED ", out, re.M):
             skipped.append((name, why(out)))
         elif "\nTest Passed." in body:
             passed += 1
