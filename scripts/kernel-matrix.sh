@@ -11,7 +11,8 @@
 # (results, default $REDIR_BUILD/kernel-matrix), REDIR_VM_CACHE
 # (extracted kernels, default /var/cache/redir-vm), REDIR_VM_TIMEOUT (seconds
 # per guest, default 780), REDIR_VM_BOOT_DEADLINE (seconds to reach the
-# guest's /init before skipping, default 150), REDIR_VM_ACCEL (kvm|tcg).
+# guest's /init before skipping, default 150), REDIR_VM_ACCEL (kvm|tcg),
+# REDIR_VM_GTEST=0 (only the guest end-to-end checks, for quick iteration).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$(cd "${REDIR_BUILD:-$REPO/build}" 2>/dev/null && pwd) || { echo "kernel-matrix: build directory ${REDIR_BUILD:-$REPO/build} missing: run scripts/build.sh first" >&2; exit 1; }
@@ -126,7 +127,7 @@ build_initramfs() {
   done
   cp "$REPO/tests/vm/init.sh" "$root/init"
   cat >"$root/config" <<EOF
-export REPO='$REPO' BUILD='$BUILD' OUT='$out' MODDIR='$kdir/lib/modules' KVER='$kver'
+export REPO='$REPO' BUILD='$BUILD' OUT='$out' MODDIR='$kdir/lib/modules' KVER='$kver' RUN_GTEST='${REDIR_VM_GTEST:-1}'
 EOF
   (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$dest"
   rm -rf "$root"

@@ -19,6 +19,7 @@ import harness  # noqa: E402
 from harness import Agent, Cgroup, TcpServer, connect_errno, write_policy  # noqa: E402
 
 OUT = os.environ.get("REDIR_VM_OUT")
+URING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "uring_socket.py")
 POLICY = {"allow": [{"cidr": "203.0.113.0/24", "ports": [80]}]}
 
 # Sockets a sandbox must not open (they carry data past every socket-address
@@ -134,6 +135,22 @@ class GuestLsmTest(unittest.TestCase):
         inside = probe_in(self.child, REFUSED)
         for label, *_ in REFUSED:
             self.assertEqual(inside[label], "EPERM", "a child cgroup of the sandbox opened a %s socket" % label)
+
+    def test_io_uring_socket_cannot_bypass_refusal(self):
+        """Escape attempt: create the sockets through io_uring (IORING_OP_SOCKET), inline and
+        from an io-wq worker thread (IOSQE_ASYNC), instead of socket(2)."""
+        self.require_enforced()
+        attempts = [[label + via, fam, typ, proto, flags]
+                    for label, fam, typ, proto in REFUSED[:3] for via, flags in (("", 0), ("/async", 16))]
+        outside = json.loads(subprocess.run([sys.executable, URING, json.dumps(attempts)],
+                                            capture_output=True, text=True).stdout)
+        if any(str(v).startswith("setup:") or v == "EINVAL" for v in outside.values()):
+            self.skipTest("io_uring socket creation unavailable on this kernel: %s" % outside)
+        r = self.cg.run([sys.executable, URING, json.dumps(attempts)])
+        inside = json.loads(r.stdout)
+        for label, *_ in attempts:
+            self.assertEqual(outside[label], 0, "outside the sandbox io_uring could not make %s" % label)
+            self.assertEqual(inside[label], "EPERM", "io_uring made a %s socket inside the sandbox" % label)
 
     def test_refusal_is_audited(self):
         self.require_enforced()
