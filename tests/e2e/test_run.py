@@ -439,6 +439,33 @@ print(json.dumps(out))
                          "future", "inet-high-bits", "pair-vsock", "io_uring_setup"):
                 self.assertEqual(out[name], "EPERM", (user, name, out))
 
+    def test_host_abstract_unix_socket_unreachable_inside_reachable(self):
+        libc = __import__("ctypes").CDLL(None, use_errno=True)
+        abi = libc.syscall(444, None, 0, 1)
+        if abi < 6:
+            self.skipTest("Landlock ABI %d < 6 (Linux 6.12): abstract unix sockets cannot be scoped here" % abi)
+        name = "redir-test-host-%d" % time.time_ns()
+        host = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        host.bind("\0" + name)
+        host.listen(4)
+        self.addCleanup(host.close)
+        code = r"""
+import socket, sys, errno
+def connect(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect("\0" + n); return "OK"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+own = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+own.bind("\0" + sys.argv[1] + "-inside"); own.listen(1)
+print(connect(sys.argv[1]), connect(sys.argv[1] + "-inside"))
+"""
+        for user in ([], ["--user", "root"]):
+            r = self.run_cmd([PY, "-c", code, name], run_args=user)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout.split(), ["EPERM", "OK"], user)
+
     def test_sandboxed_user_cannot_leave_its_cgroup(self):
         mnt = harness.cgroup2_mount()
         code = ("import os,sys\nres=[]\n"

@@ -26,6 +26,7 @@
 #include "common/atomic_file.hpp"
 #include "common/fd.hpp"
 #include "loader/cgroup.hpp"
+#include "run_landlock.hpp"
 #include "run_seccomp.hpp"
 #include "run_user.hpp"
 #include "sandbox_reaper.hpp"
@@ -274,6 +275,8 @@ void close_run_descriptors(int keep) {
     if (auto err = become_run_user(p.user, need_maps); !err.empty())
         child_fail(chan, err + "; nothing was run (the sandbox never runs a command with host privileges)");
     if (auto err = install_run_seccomp(); !err.empty()) child_fail(chan, err + "; nothing was run");
+    // Best effort: older kernels cannot scope; doctor says so (run_sandbox).
+    scope_to_sandbox();
     // If run dies, the sandbox dies with it. Set after the credential switch,
     // which clears it; run's end of CHAN tells whether run is already gone.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);

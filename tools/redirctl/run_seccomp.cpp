@@ -2,6 +2,8 @@
 // kernel hooks govern, and no io_uring, on any kernel.
 #include "run_seccomp.hpp"
 
+#include "run_landlock.hpp"
+
 #include <seccomp.h>
 #include <sys/prctl.h>
 
@@ -63,6 +65,11 @@ loader::FeatureCheck run_sandbox_check() {
     c.detail = c.ok ? "`redirctl run` sandboxes refuse every socket family but unix/inet/inet6/netlink, and "
                       "io_uring, through seccomp (on any kernel; attached cgroups rely on lsm_cgroup for this)"
                     : "this kernel has no seccomp filters: `redirctl run` refuses to start commands";
+    int abi = landlock_abi();
+    c.detail += abi >= 6 ? "; Landlock (ABI " + std::to_string(abi) + ") confines them to their own abstract unix "
+                           "sockets and signals"
+                         : "; LIMITED: without Landlock ABI 6 (Linux 6.12) they can connect to host services on "
+                           "abstract unix sockets (shared per network namespace)";
     return c;
 }
 
