@@ -168,6 +168,14 @@ class EscapeProtocols(EscapeCase):
         self.assertEqual(self.probe_run("ping", DENIED, user="root")["socket"], "EPERM")
         self.assert_untouched(self.denied)
 
+    def test_vsock_and_xdp_sockets_under_run(self):
+        """Families no inet hook sees: AF_VSOCK reaches the hypervisor's host, AF_XDP
+        sends frames. Refused by the LSM program, or (without BPF LSM) by privilege."""
+        res = {"vsock": self.probe_run("socket", 40, 1, 0)["socket"],
+               "vsock_dgram": self.probe_run("socket", 40, 2, 0)["socket"],
+               "xdp": self.probe_run("socket", 44, 3, 0, user="root")["socket"]}
+        self.assertFalse({k: v for k, v in res.items() if v == "OK"}, "created under run: %s" % res)
+
     def test_packet_socket_holder_in_an_attached_cgroup_is_named_by_status(self):
         """Without BPF LSM a process holding CAP_NET_RAW can open packet sockets in
         any cgroup: status must either refuse them or name the process."""
