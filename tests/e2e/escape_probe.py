@@ -136,6 +136,21 @@ def cmd_tfo(addr, port):
     return res
 
 
+def cmd_lsrr(hop, addr, port, proto):
+    """IPv4 loose source route: the hooks check ADDR (allowed), but the kernel
+    routes the packet to the first hop HOP, which is what the IP header names."""
+    opt = bytes([0x83, 7, 4]) + socket.inet_aton(hop) + b"\x00"  # LSRR [HOP], then END
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
+    s.settimeout(1)
+    res = {"setsockopt": attempt(lambda: s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, opt))}
+    if proto == "udp":
+        res["send"] = attempt(lambda: s.sendto(PAYLOAD, (addr, int(port))) and None)
+    else:
+        res["send"] = attempt(lambda: s.connect((addr, int(port))))
+    s.close()
+    return res
+
+
 def cmd_mptcp(addr, port):
     IPPROTO_MPTCP = 262
     res = {"socket": attempt(lambda: socket.socket(family(addr), socket.SOCK_STREAM, IPPROTO_MPTCP).close())}

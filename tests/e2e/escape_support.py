@@ -144,6 +144,49 @@ class Witness:
                 s.close()
 
 
+class PacketWitness:
+    """Every IPv4 packet on this namespace's lo addressed to ADDR, captured below
+    IP (an AF_PACKET socket of the test, outside any sandbox): proves what was
+    put on the wire toward ADDR even when no socket there would accept it."""
+
+    def __init__(self, addr):
+        self.addr = addr
+        self.packets = []
+        self.lock = threading.Lock()
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+        self.sock.bind(("lo", 0))
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self):
+        while True:
+            try:
+                pkt, info = self.sock.recvfrom(65535)
+            except OSError:
+                return
+            # Loopback shows each packet once as outgoing and once as incoming; keep one.
+            if info[2] != socket.PACKET_OUTGOING and len(pkt) >= 20 and socket.inet_ntoa(pkt[16:20]) == self.addr:
+                with self.lock:
+                    self.packets.append(pkt)
+
+    def intrusions(self):
+        nonce = os.urandom(8).hex().encode()
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.sendto(b"sentinel " + nonce, (self.addr, 9))
+        s.close()
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            with self.lock:
+                if any(nonce in p for p in self.packets):
+                    out = [p for p in self.packets if nonce not in p]
+                    self.packets = []
+                    return out
+            time.sleep(0.01)
+        raise AssertionError("the packet capture on lo never saw its own sentinel to %s" % self.addr)
+
+    def close(self):
+        self.sock.close()
+
+
 class EscapeCase(unittest.TestCase):
     """One agent per class; subclasses name their addresses and policies."""
 

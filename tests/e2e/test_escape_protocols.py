@@ -9,7 +9,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from escape_support import ESCAPE_PROBE_BIN, EscapeCase, parse_kv  # noqa: E402
+from escape_support import EscapeCase, PacketWitness  # noqa: E402
 
 DENIED = "198.51.100.160"
 TCP_ONLY = "203.0.113.160"     # allowed for TCP 443 only
@@ -37,6 +37,8 @@ class EscapeProtocols(EscapeCase):
         cls.denied_lite = cls.witness(DENIED, tcp=False, udp_proto=IPPROTO_UDPLITE)
         cls.quic = cls.witness(TCP_ONLY, 443)
         cls.udp_peer = cls.witness(UDP_PEER, 4000, tcp=False)
+        cls.wire = PacketWitness(DENIED)
+        cls.witnesses.append(cls.wire)
 
     def d(self):
         return [DENIED, self.denied.port]
@@ -152,6 +154,23 @@ class EscapeProtocols(EscapeCase):
         self.assertFalse({k: v for k, v in tried.items() if v == "OK"}, "created inside a sandbox: %s" % tried)
         if all(v in absent for v in tried.values()):
             self.skipTest("none of SCTP, DCCP, L2TP/IP exists on this kernel: %s" % tried)
+
+    def test_loose_source_route_through_a_denied_first_hop(self):
+        """IP_OPTIONS LSRR: connect()/sendto() name an allowed destination, the
+        packet's IP header names DENIED. Host root holds CAP_NET_RAW, which the
+        kernel requires for source routes."""
+        for proto, addr, port in (("udp", UDP_PEER, 4000), ("tcp", TCP_ONLY, 443), ("tcp", "198.18.0.1", 443)):
+            res = self.probe_in(self.cg, "lsrr", DENIED, addr, port, proto)
+            got = self.wire.intrusions()
+            self.assertEqual(got, [], "%s to %s:%d left addressed to %s (%s)" % (proto, addr, port, DENIED, res))
+        self.udp_peer.intrusions()
+        self.quic.intrusions()
+
+    def test_loose_source_route_under_run(self):
+        for proto, addr, port in (("udp", UDP_PEER, 4000), ("tcp", "198.18.0.1", 443)):
+            res = self.probe_run("lsrr", DENIED, addr, port, proto)
+            self.assertEqual(res["setsockopt"], "EPERM", res)
+            self.assertEqual(self.wire.intrusions(), [])
 
     def test_packet_sockets_under_run_default_user(self):
         res = self.probe_run("packet")
