@@ -145,6 +145,12 @@ def cmd_lsrr(hop, addr, port, proto):
     res = {"setsockopt": attempt(lambda: s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, opt))}
     if proto == "udp":
         res["send"] = attempt(lambda: s.sendto(PAYLOAD, (addr, int(port))) and None)
+    elif proto == "udp-cmsg":  # the same option per message, as ancillary data
+        s.close()
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        IP_RETOPTS = 7
+        res["send"] = attempt(lambda: s.sendmsg([PAYLOAD], [(socket.IPPROTO_IP, IP_RETOPTS, opt)], 0,
+                                               (addr, int(port))) and None)
     else:
         res["send"] = attempt(lambda: s.connect((addr, int(port))))
     s.close()
@@ -464,6 +470,17 @@ def cmd_kill_parent(addr, port):
     time.sleep(0.2)
     res["connect"] = tcp_connect(addr, port)
     res["sendto"] = udp_sendto(addr, port)
+    return res
+
+
+def cmd_abstract_unix(name):
+    """Connect to a host service's abstract unix socket (shared per network namespace)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(3)
+    res = {"connect": attempt(lambda: s.connect("\0" + name))}
+    if res["connect"] == "OK":
+        res["send"] = attempt(lambda: s.sendall(PAYLOAD))
+    s.close()
     return res
 
 

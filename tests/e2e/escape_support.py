@@ -144,6 +144,47 @@ class Witness:
                 s.close()
 
 
+class UnixWitness:
+    """A host service on an abstract unix socket (as X11, containerd shims or
+    local proxies offer): records every connection it gets."""
+
+    def __init__(self, name):
+        self.name = name
+        self.events = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind("\0" + name)
+        self.sock.listen(16)
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            c.settimeout(2)
+            try:
+                self.events.append(c.recv(256))
+            except OSError:
+                self.events.append(b"")
+            c.close()
+
+    def intrusions(self):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect("\0" + self.name)
+        c.sendall(b"sentinel")
+        c.close()
+        deadline = time.time() + 5
+        while time.time() < deadline and b"sentinel" not in self.events:
+            time.sleep(0.01)
+        out = [e for e in self.events if e != b"sentinel"]
+        self.events = []
+        return out
+
+    def close(self):
+        self.sock.close()
+
+
 class PacketWitness:
     """Every IPv4 packet on this namespace's lo addressed to ADDR, captured below
     IP (an AF_PACKET socket of the test, outside any sandbox): proves what was

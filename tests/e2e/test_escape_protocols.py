@@ -159,7 +159,8 @@ class EscapeProtocols(EscapeCase):
         """IP_OPTIONS LSRR: connect()/sendto() name an allowed destination, the
         packet's IP header names DENIED. Host root holds CAP_NET_RAW, which the
         kernel requires for source routes."""
-        for proto, addr, port in (("udp", UDP_PEER, 4000), ("tcp", TCP_ONLY, 443), ("tcp", "198.18.0.1", 443)):
+        for proto, addr, port in (("udp", UDP_PEER, 4000), ("udp-cmsg", UDP_PEER, 4000), ("tcp", TCP_ONLY, 443),
+                                  ("tcp", "198.18.0.1", 443)):
             res = self.probe_in(self.cg, "lsrr", DENIED, addr, port, proto)
             got = self.wire.intrusions()
             self.assertEqual(got, [], "%s to %s:%d left addressed to %s (%s)" % (proto, addr, port, DENIED, res))
@@ -170,7 +171,9 @@ class EscapeProtocols(EscapeCase):
         for proto, addr, port in (("udp", UDP_PEER, 4000), ("tcp", "198.18.0.1", 443)):
             res = self.probe_run("lsrr", DENIED, addr, port, proto)
             self.assertEqual(res["setsockopt"], "EPERM", res)
-            self.assertEqual(self.wire.intrusions(), [])
+        res = self.probe_run("lsrr", DENIED, UDP_PEER, 4000, "udp-cmsg")
+        self.assertEqual(res["send"], "EPERM", res)
+        self.assertEqual(self.wire.intrusions(), [])
 
     def test_packet_sockets_under_run_default_user(self):
         res = self.probe_run("packet")
