@@ -9,7 +9,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from escape_support import EscapeCase, PacketWitness  # noqa: E402
+from escape_support import ESCAPE_PROBE_BIN, EscapeCase, PacketWitness, parse_kv  # noqa: E402
 
 DENIED = "198.51.100.160"
 TCP_ONLY = "203.0.113.160"     # allowed for TCP 443 only
@@ -197,6 +197,15 @@ class EscapeProtocols(EscapeCase):
                "vsock_dgram": self.probe_run("socket", 40, 2, 0)["socket"],
                "xdp": self.probe_run("socket", 44, 3, 0, user="root")["socket"]}
         self.assertFalse({k: v for k, v in res.items() if v == "OK"}, "created under run: %s" % res)
+
+    def test_vsock_through_the_32_bit_and_x32_syscall_abis_under_run(self):
+        """A seccomp filter for the native ABI alone would miss int $0x80 and x32."""
+        for abi in ("ia32", "x32"):
+            r = self.run_cmd([ESCAPE_PROBE_BIN, "other-abi-socket", abi, 40, 1])
+            res = parse_kv(r, self)
+            self.assertEqual(res.get("attempt"), abi, res)
+            self.assertNotEqual(res.get("socket"), "OK", "AF_VSOCK created through the %s ABI under run: %s" %
+                                (abi, r.returncode))
 
     def test_packet_socket_holder_in_an_attached_cgroup_is_named_by_status(self):
         """Without BPF LSM a process holding CAP_NET_RAW can open packet sockets in

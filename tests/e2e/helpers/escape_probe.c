@@ -209,12 +209,36 @@ static int do_setuid_escape(const char *cgroot, const char *addr, const char *po
 	return 0;
 }
 
+/* socket() through the 32-bit (int $0x80) and x32 system call ABIs: a
+ * seccomp filter written for the native ABI only would not see these. */
+static int do_other_abi_socket(const char *abi, int family, int type)
+{
+	printf("attempt=%s\n", abi);
+	fflush(stdout);
+	long ret;
+#if defined(__x86_64__)
+	if (!strcmp(abi, "ia32")) {
+		asm volatile("int $0x80" : "=a"(ret) : "a"(359L), "b"((long)family), "c"((long)type), "d"(0L) : "memory");
+	} else {
+		asm volatile("syscall" : "=a"(ret) : "a"(0x40000000L | 41L), "D"((long)family), "S"((long)type), "d"(0L)
+			     : "rcx", "r11", "memory");
+	}
+#else
+	(void)family;
+	(void)type;
+	ret = -ENOSYS;
+#endif
+	printf("socket=%s\n", ret >= 0 ? "OK" : err_name((int)-ret));
+	return 0;
+}
+
 static void usage(void)
 {
 	fprintf(stderr,
 		"usage: escape_probe connect ADDR PORT tcp|udp | uring-connect ADDR PORT | uring-sendmsg ADDR PORT |\n"
 		"       uring-socket-connect ADDR PORT | sendmmsg ADDR PORT | vfork-connect ADDR PORT |\n"
-		"       clone-into-cgroup CGDIR ADDR PORT | setuid-escape CGROOT ADDR PORT\n");
+		"       clone-into-cgroup CGDIR ADDR PORT | setuid-escape CGROOT ADDR PORT |\n"
+		"       other-abi-socket ia32|x32 FAMILY TYPE\n");
 	exit(2);
 }
 
@@ -243,6 +267,8 @@ int main(int argc, char **argv)
 		return do_clone_into(argv[2], argv[3], argv[4]);
 	if (!strcmp(mode, "setuid-escape") && argc == 5)
 		return do_setuid_escape(argv[2], argv[3], argv[4]);
+	if (!strcmp(mode, "other-abi-socket") && argc == 5)
+		return do_other_abi_socket(argv[2], atoi(argv[3]), atoi(argv[4]));
 	usage();
 	return 2;
 }
