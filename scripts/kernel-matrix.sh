@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Boots each kernel of the matrix under qemu (BPF LSM on, no network) and runs
+# Boots each kernel of the matrix under qemu (no network) and runs
 # redir's kernel tests and guest end-to-end checks inside it; see docs/kernels.md.
 #
 #   scripts/kernel-matrix.sh [KERNEL...]      KERNEL: debian-6.1 (default), debian-6.12
@@ -12,7 +12,8 @@
 # (extracted kernels, default /var/cache/redir-vm), REDIR_VM_TIMEOUT (seconds
 # per guest, default 780), REDIR_VM_BOOT_DEADLINE (seconds to reach the
 # guest's /init before skipping, default 150), REDIR_VM_ACCEL (kvm|tcg),
-# REDIR_VM_GTEST=0 (only the guest end-to-end checks, for quick iteration).
+# REDIR_VM_GTEST=0 (only the guest end-to-end checks, for quick iteration),
+# REDIR_VM_KERNEL_ARGS (added to the guest kernel's command line).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$(cd "${REDIR_BUILD:-$REPO/build}" 2>/dev/null && pwd) || { echo "kernel-matrix: build directory ${REDIR_BUILD:-$REPO/build} missing: run scripts/build.sh first" >&2; exit 1; }
@@ -26,7 +27,9 @@ TOOLS=(qemu-system-x86 busybox-static kmod cpio xz-utils zstd)
 # (Paths under lib/modules/<ver>, without the .ko[.xz|.zst|.gz] suffix.)
 GUEST_MODULES=(kernel/net/9p/9pnet_virtio kernel/drivers/virtio/virtio_pci kernel/fs/9p/9p
                kernel/fs/overlayfs/overlay)
-LSM_CMDLINE="lsm=lockdown,capability,landlock,yama,apparmor,bpf"
+# The distribution's own LSM list (Debian's CONFIG_LSM includes bpf), as its
+# users boot it; REDIR_VM_KERNEL_ARGS adds to the command line, e.g. lsm=...
+KERNEL_ARGS=${REDIR_VM_KERNEL_ARGS:-}
 
 skip() { echo "kernel-matrix: SKIPPED: $*" >&2; exit "$SKIP"; }
 die() { echo "kernel-matrix: $*" >&2; exit 1; }
@@ -37,6 +40,15 @@ package_regex() {
     debian-6.1) echo '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' ;;
     debian-6.12) echo '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' ;;
     *) die "unknown kernel '$1': known kernels are debian-6.1 and debian-6.12" ;;
+  esac
+}
+
+# Whether the kernel, booted as its distribution does, must enforce the
+# refusal of packet and other non-inet sockets (lsm_cgroup: 6.0+, BPF LSM on).
+expects_lsm_enforced() {
+  case "$1" in
+    debian-6.1 | debian-6.12) return 0 ;;
+    *) return 1 ;;
   esac
 }
 
@@ -159,7 +171,7 @@ boot_guest() {
   qemu-system-x86_64 $(accel_args) -m 2048 -smp 2 -nographic -no-reboot -nic none \
     -monitor none -serial "file:$log" \
     -kernel "$vmlinuz" -initrd "$initrd" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=4 $LSM_CMDLINE" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4 $KERNEL_ARGS" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -virtfs local,path="$out",mount_tag=out,security_model=none,multidevs=remap \
     </dev/null >"$out/qemu.log" 2>&1 &
@@ -227,6 +239,10 @@ run_kernel() {
   local refusal="not measured"
   [[ -f $out/packet_socket_refusal ]] && refusal=$(cat "$out/packet_socket_refusal")
   echo "kernel_matrix.$kernel ($kver): packet_socket_refusal: $refusal"
+  if ((rc == 0)) && expects_lsm_enforced "$kernel" && [[ $refusal != enforced ]]; then
+    echo "kernel-matrix: $kernel must enforce packet-socket refusal (BPF LSM is on in its default LSM list) but the guest says: $refusal"
+    rc=1
+  fi
   return "$rc"
 }
 

@@ -19,9 +19,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 out "$OUT" \
   || { echo "guest: cannot mount the results share on $OUT"; exit 92; }
 ip link set lo up
 
-echo "guest: kernel $(uname -r); lsm=$(cat /sys/kernel/security/lsm)"
 summary="$OUT/summary.txt"
-: >"$summary"
+echo "kernel $(uname -r); lsm=$(cat /sys/kernel/security/lsm)" | tee "$summary"
 rc=0
 
 # Every gtest binary of tests/kernel, all cases, two at a time (the guest has
