@@ -466,6 +466,35 @@ print(connect(sys.argv[1]), connect(sys.argv[1] + "-inside"))
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertEqual(r.stdout.split(), ["EPERM", "OK"], user)
 
+    def test_users_session_sockets_are_hidden(self):
+        # The sudo caller's systemd/D-Bus session sockets would let the command
+        # start processes outside the sandbox (systemd-run --user).
+        uid = 42000 + os.getpid() % 1000
+        rundir = "/run/user/%d" % uid
+        if not os.path.isdir("/run/user"):
+            self.skipTest("no /run/user on this host")
+        os.makedirs(rundir, exist_ok=False)
+        self.addCleanup(lambda: __import__("shutil").rmtree(rundir, ignore_errors=True))
+        os.chown(rundir, uid, uid)
+        bus = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        bus.bind(rundir + "/bus")
+        bus.listen(4)
+        self.addCleanup(bus.close)
+        os.chown(rundir + "/bus", uid, uid)
+        code = ("import socket,sys,errno,os\ns=socket.socket(socket.AF_UNIX)\n"
+                "try:\n    s.connect(sys.argv[1]); print('OK')\n"
+                "except OSError as e: print(errno.errorcode[e.errno])\n"
+                "print(os.environ.get('DBUS_SESSION_BUS_ADDRESS'), os.environ.get('XDG_RUNTIME_DIR'))\n")
+        env = {"SUDO_UID": str(uid), "SUDO_GID": str(uid), "XDG_RUNTIME_DIR": rundir,
+               "DBUS_SESSION_BUS_ADDRESS": "unix:path=%s/bus" % rundir}
+        r = self.run_cmd([PY, "-c", code, rundir + "/bus"], env_extra=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.split(), ["ENOENT", "None", "None"])
+        # The same uid outside the sandbox reaches it: the test can fail.
+        out = subprocess.run([PY, "-c", code, rundir + "/bus"], capture_output=True, text=True,
+                             preexec_fn=lambda: (os.setgid(uid), os.setuid(uid)))
+        self.assertEqual(out.stdout.split()[0], "OK", out.stderr)
+
     def test_sandboxed_user_cannot_leave_its_cgroup(self):
         mnt = harness.cgroup2_mount()
         code = ("import os,sys\nres=[]\n"

@@ -134,6 +134,8 @@ void set_sandbox_env(const RunFiles& f, const RunUser& user, const std::string& 
     ::setenv("USER", user.name.c_str(), 1);
     ::setenv("LOGNAME", user.name.c_str(), 1);
     ::setenv("REDIR_SANDBOX", cgroup.c_str(), 1);
+    // Their sockets are hidden (hide_session_sockets); do not point at them.
+    for (const char* v : {"XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "DISPLAY", "WAYLAND_DISPLAY"}) ::unsetenv(v);
     // sudo's record of the caller means nothing inside.
     ::unsetenv("SUDO_UID");
     ::unsetenv("SUDO_GID");
@@ -189,6 +191,23 @@ void reset_signals() {
     ::signal(SIGPIPE, SIG_DFL);
 }
 
+// Directories of per-user session sockets: the user's systemd instance and
+// session bus (`systemd-run --user` starts a process outside the sandbox),
+// X11 and ICE (keystrokes into the user's terminals). The command shares the
+// default user's uid, so file permissions do not keep it out: in the
+// sandbox's mount namespace they are empty (locked) tmpfs.
+constexpr const char* kSessionSocketDirs[] = {"/run/user", "/var/run/user", "/tmp/.X11-unix", "/tmp/.ICE-unix"};
+
+std::string hide_session_sockets() {
+    for (const char* dir : kSessionSocketDirs) {
+        struct stat st {};
+        if (::lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) continue;
+        if (::mount("tmpfs", dir, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=16k") != 0)
+            return std::string("cannot hide the session sockets in ") + dir + ": " + std::strerror(errno);
+    }
+    return "";
+}
+
 // The sandbox's own pid namespace gets its own /proc: the command can name
 // (ptrace, signal, open /proc/PID/mem) only processes of its sandbox, not
 // same-uid processes outside it (the sudo caller's shell, another sandbox).
@@ -199,7 +218,7 @@ std::string private_proc() {
         return std::string("cannot make the sandbox's mounts private: ") + std::strerror(errno);
     if (::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
         return std::string("cannot mount the sandbox's own /proc: ") + std::strerror(errno);
-    return "";
+    return hide_session_sockets();
 }
 
 [[noreturn]] void exec_command(int chan, const ChildPlan& p) {
