@@ -495,6 +495,23 @@ print(connect(sys.argv[1]), connect(sys.argv[1] + "-inside"))
                              preexec_fn=lambda: (os.setgid(uid), os.setuid(uid)))
         self.assertEqual(out.stdout.split()[0], "OK", out.stderr)
 
+    def test_command_cannot_type_into_the_users_terminal(self):
+        # TIOCSTI would queue input for the user's shell, which runs it outside
+        # the sandbox after run returns. stdin here is no tty: outside the
+        # sandbox the same ioctl fails with ENOTTY, inside seccomp answers
+        # EPERM before the tty layer is asked (the high bits must not matter).
+        code = ("import fcntl,errno,sys\nres=[]\n"
+                "for req in (0x5412, 0x5412 | (1 << 32), 0x541C):\n"
+                "    try: fcntl.ioctl(0, req, b'x'); res.append('OK')\n"
+                "    except OSError as e: res.append(errno.errorcode[e.errno])\n"
+                "print(' '.join(res))\n")
+        outside = subprocess.run([PY, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        self.assertEqual(outside.stdout.split()[0], "ENOTTY", outside.stderr)
+        for user in ([], ["--user", "root"]):
+            r = subprocess.run(self.argv([PY, "-c", code], user), capture_output=True, text=True, timeout=60,
+                               env=self.env(), stdin=subprocess.DEVNULL)
+            self.assertEqual(r.stdout.split(), ["EPERM", "EPERM", "EPERM"], (user, r.stderr))
+
     def test_sandboxed_user_cannot_leave_its_cgroup(self):
         mnt = harness.cgroup2_mount()
         code = ("import os,sys\nres=[]\n"

@@ -20,6 +20,8 @@ struct CtxFree {
 };
 using Ctx = std::unique_ptr<void, CtxFree>;
 
+constexpr unsigned long kTiocsti = 0x5412;    // TIOCSTI
+constexpr unsigned long kTioclinux = 0x541C;  // TIOCLINUX
 constexpr int kHighestAllowed = 16;  // AF_NETLINK: every family above it is refused by one rule
 
 bool allowed(int family) {
@@ -50,6 +52,14 @@ std::string install_run_seccomp() {
     if (!rc) rc = refuse_other_families(ctx.get(), SCMP_SYS(socketpair));
     for (int sc : {SCMP_SYS(io_uring_setup), SCMP_SYS(io_uring_enter), SCMP_SYS(io_uring_register)})
         if (!rc) rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(EPERM), sc, 0);
+    // TIOCSTI pushes input into the terminal the command shares with the
+    // user's shell, which runs it outside the sandbox after run returns;
+    // TIOCLINUX can do the same on a virtual console. The request is an
+    // unsigned int: only the low 32 bits count.
+    for (unsigned long req : {kTiocsti, kTioclinux})
+        if (!rc)
+            rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(EPERM), SCMP_SYS(ioctl), 1,
+                                  SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffUL, req));
     if (rc) return std::string("cannot build the sandbox's seccomp filter: ") + std::strerror(-rc);
     if ((rc = seccomp_load(ctx.get())))
         return std::string("cannot install the sandbox's seccomp filter: ") + std::strerror(-rc);
