@@ -512,6 +512,26 @@ print(connect(sys.argv[1]), connect(sys.argv[1] + "-inside"))
                                env=self.env(), stdin=subprocess.DEVNULL)
             self.assertEqual(r.stdout.split(), ["EPERM", "EPERM", "EPERM"], (user, r.stderr))
 
+    def test_command_gets_fresh_session_keyring_and_ipc_namespace(self):
+        # A key in the caller's session keyring: inside, it is not possessed
+        # (fresh session keyring) so not even visible; SysV IPC is private.
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        token = b"redir-test-key-%d" % time.time_ns()
+        # keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL), then add_key to @s (-3): this test process only.
+        self.assertGreaterEqual(libc.syscall(250, 1, None), 0, ctypes.get_errno())
+        self.assertGreater(libc.syscall(248, b"user", token, b"secret", 6, ctypes.c_long(-3)), 0, ctypes.get_errno())
+        self.assertIn(token.decode(), read_text("/proc/keys"))
+        code = ("import os,sys\nprint(os.readlink('/proc/self/ns/ipc'))\n"
+                "print(open('/proc/keys').read().count(sys.argv[1]))\n")
+        for user in ([], ["--user", "root"]):
+            r = self.run_cmd([PY, "-c", code, token.decode()], run_args=user)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            ipc, keys = r.stdout.split()
+            self.assertNotEqual(ipc, os.readlink("/proc/self/ns/ipc"))
+            self.assertEqual(keys, "0", user)
+
     def test_sandboxed_user_cannot_leave_its_cgroup(self):
         mnt = harness.cgroup2_mount()
         code = ("import os,sys\nres=[]\n"

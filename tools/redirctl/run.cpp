@@ -213,7 +213,14 @@ std::string hide_session_sockets() {
 // same-uid processes outside it (the sudo caller's shell, another sandbox).
 std::string private_proc() {
     if (::getpid() != 1) return "the sandbox did not get a pid namespace of its own";
-    if (::unshare(CLONE_NEWNS) != 0) return std::string("cannot give the sandbox a mount namespace: ") + std::strerror(errno);
+    // Its own SysV IPC / POSIX message queues too: shared memory and queues of
+    // same-uid processes outside are out of reach.
+    if (::unshare(CLONE_NEWNS | CLONE_NEWIPC) != 0)
+        return std::string("cannot give the sandbox mount and IPC namespaces: ") + std::strerror(errno);
+    // A fresh session keyring: the one inherited from root would let the
+    // command use (possess) whatever keys root's session holds.
+    if (::syscall(SYS_keyctl, 1 /* KEYCTL_JOIN_SESSION_KEYRING */, nullptr) < 0)
+        return std::string("cannot give the sandbox its own session keyring: ") + std::strerror(errno);
     if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
         return std::string("cannot make the sandbox's mounts private: ") + std::strerror(errno);
     if (::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
