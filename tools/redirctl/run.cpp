@@ -173,11 +173,10 @@ std::string own_cgroup() {
 // The fallback for kernels without CLONE_INTO_CGROUP: the child moves itself,
 // and a failed move ends it before anything of the command runs.
 void enter_cgroup(int chan, const ChildPlan& p) {
-    int fd = ::open((p.cgroup + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd < 0 || ::write(fd, "0", 1) != 1)
+    redir::UniqueFd fd(::open((p.cgroup + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC));
+    if (!fd || ::write(fd.get(), "0", 1) != 1)
         child_fail(chan, "cannot move the command into sandbox cgroup " + p.cgroup + ": " + std::strerror(errno) +
                              "; nothing was run");
-    ::close(fd);
 }
 
 constexpr int kForwarded[] = {SIGINT, SIGQUIT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH};
@@ -344,10 +343,8 @@ void write_id_maps(pid_t child, const RunUser& u) {
     auto put = [&](const char* file, unsigned id) {
         std::string path = "/proc/" + std::to_string(child) + "/" + file;
         std::string line = "0 " + std::to_string(id) + " 1\n";
-        int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-        bool ok = fd >= 0 && ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
-        if (fd >= 0) ::close(fd);
-        return ok;
+        redir::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+        return fd && ::write(fd.get(), line.data(), line.size()) == static_cast<ssize_t>(line.size());
     };
     if (!put("uid_map", u.uid) || !put("gid_map", u.gid))
         throw Failure{"cannot map root of the command's user namespace to uid " + std::to_string(u.uid) + ": " +

@@ -1,6 +1,8 @@
 // Landlock scoping for `redirctl run` sandboxes (see run_landlock.hpp).
 #include "run_landlock.hpp"
 
+#include "common/fd.hpp"
+
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -41,12 +43,10 @@ std::string scope_to_sandbox() {
                         : "this kernel's Landlock (ABI " + std::to_string(abi) + ") cannot scope abstract unix "
                           "sockets (ABI 6, Linux 6.12, needed)";
     RulesetAttr attr{0, 0, kScopeAbstractUnixSocket | kScopeSignal};
-    long fd = ::syscall(SYS_landlock_create_ruleset, &attr, sizeof(attr), 0);
-    if (fd < 0) return std::string("cannot create a Landlock ruleset: ") + std::strerror(errno);
-    long rc = ::syscall(SYS_landlock_restrict_self, fd, 0);
-    int err = errno;
-    ::close(static_cast<int>(fd));
-    if (rc != 0) return std::string("cannot apply the Landlock scope: ") + std::strerror(err);
+    redir::UniqueFd fd(static_cast<int>(::syscall(SYS_landlock_create_ruleset, &attr, sizeof(attr), 0)));
+    if (!fd) return std::string("cannot create a Landlock ruleset: ") + std::strerror(errno);
+    if (::syscall(SYS_landlock_restrict_self, fd.get(), 0) != 0)
+        return std::string("cannot apply the Landlock scope: ") + std::strerror(errno);
     return "";
 }
 

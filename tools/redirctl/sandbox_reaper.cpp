@@ -2,6 +2,8 @@
 // removed — nothing may outlive the sandbox once it is detached.
 #include "sandbox_reaper.hpp"
 
+#include "common/fd.hpp"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -20,11 +22,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 bool write_control(const std::string& file, const char* value) {
-    int fd = ::open(file.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd < 0) return false;
-    bool ok = ::write(fd, value, std::strlen(value)) == static_cast<ssize_t>(std::strlen(value));
-    ::close(fd);
-    return ok;
+    redir::UniqueFd fd(::open(file.c_str(), O_WRONLY | O_CLOEXEC));
+    return fd && ::write(fd.get(), value, std::strlen(value)) == static_cast<ssize_t>(std::strlen(value));
 }
 
 // Value of KEY in a "key value" file such as cgroup.events; -1 if absent.
