@@ -2,7 +2,8 @@
 # Boots each kernel of the matrix under qemu (no network) and runs
 # redir's kernel tests and guest end-to-end checks inside it; see docs/kernels.md.
 #
-#   scripts/kernel-matrix.sh [KERNEL...]      KERNEL: debian-6.1 (default), debian-6.12
+#   scripts/kernel-matrix.sh [KERNEL...]      KERNEL: debian-6.1 (default), debian-6.12,
+#                                             or either + "-nolsm" (booted without BPF LSM)
 #
 # Exit code: 0 all kernels passed, 1 a test failed or a guest did not finish,
 # 77 skipped (this host cannot boot the guest in time, or cannot get qemu or
@@ -27,28 +28,36 @@ TOOLS=(qemu-system-x86 busybox-static kmod cpio xz-utils zstd)
 # (Paths under lib/modules/<ver>, without the .ko[.xz|.zst|.gz] suffix.)
 GUEST_MODULES=(kernel/net/9p/9pnet_virtio kernel/drivers/virtio/virtio_pci kernel/fs/9p/9p
                kernel/fs/overlayfs/overlay)
-# The distribution's own LSM list (Debian's CONFIG_LSM includes bpf), as its
-# users boot it; REDIR_VM_KERNEL_ARGS adds to the command line, e.g. lsm=...
-KERNEL_ARGS=${REDIR_VM_KERNEL_ARGS:-}
 
 skip() { echo "kernel-matrix: SKIPPED: $*" >&2; exit "$SKIP"; }
 die() { echo "kernel-matrix: $*" >&2; exit 1; }
 
-# Debian package name (a regex over package names) for each matrix kernel.
+# Debian package name (a regex over package names) for each matrix kernel;
+# "<kernel>-nolsm" is the same kernel booted without bpf in its LSM list.
 package_regex() {
-  case "$1" in
+  case "${1%-nolsm}" in
     debian-6.1) echo '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' ;;
     debian-6.12) echo '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' ;;
-    *) die "unknown kernel '$1': known kernels are debian-6.1 and debian-6.12" ;;
+    *) die "unknown kernel '$1': known kernels are debian-6.1 and debian-6.12, each also as <kernel>-nolsm" ;;
   esac
 }
 
-# Whether the kernel, booted as its distribution does, must enforce the
-# refusal of packet and other non-inet sockets (lsm_cgroup: 6.0+, BPF LSM on).
-expects_lsm_enforced() {
+# Kernel command line additions per matrix entry.
+kernel_args() {
   case "$1" in
-    debian-6.1 | debian-6.12) return 0 ;;
-    *) return 1 ;;
+    *-nolsm) echo "lsm=lockdown,capability,landlock,yama,apparmor,tomoyo ${REDIR_VM_KERNEL_ARGS:-}" ;;
+    *) echo "${REDIR_VM_KERNEL_ARGS:-}" ;;
+  esac
+}
+
+# What the guest must report for packet-socket refusal: Debian kernels as
+# their distribution boots them enforce it (lsm_cgroup: 6.0+, bpf in their
+# LSM list); without bpf the agent must run and say why it cannot.
+expected_refusal() {
+  case "$1" in
+    *-nolsm) echo "not enforced" ;;
+    debian-6.1 | debian-6.12) echo "enforced" ;;
+    *) echo "" ;;
   esac
 }
 
@@ -171,7 +180,7 @@ boot_guest() {
   qemu-system-x86_64 $(accel_args) -m 2048 -smp 2 -nographic -no-reboot -nic none \
     -monitor none -serial "file:$log" \
     -kernel "$vmlinuz" -initrd "$initrd" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=4 $KERNEL_ARGS" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4 $(kernel_args "$kernel")" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -virtfs local,path="$out",mount_tag=out,security_model=none,multidevs=remap \
     </dev/null >"$out/qemu.log" 2>&1 &
@@ -239,8 +248,10 @@ run_kernel() {
   local refusal="not measured"
   [[ -f $out/packet_socket_refusal ]] && refusal=$(cat "$out/packet_socket_refusal")
   echo "kernel_matrix.$kernel ($kver): packet_socket_refusal: $refusal"
-  if ((rc == 0)) && expects_lsm_enforced "$kernel" && [[ $refusal != enforced ]]; then
-    echo "kernel-matrix: $kernel must enforce packet-socket refusal (BPF LSM is on in its default LSM list) but the guest says: $refusal"
+  local want
+  want=$(expected_refusal "$kernel")
+  if ((rc == 0)) && [[ -n $want && $refusal != "$want"* ]]; then
+    echo "kernel-matrix: $kernel must report packet_socket_refusal '$want', but the guest says: $refusal"
     rc=1
   fi
   return "$rc"
