@@ -16,6 +16,7 @@
 #include "redir/origdst.h"
 #include "redir/events.h"
 #include "redir/dns.h"
+#include "redir/special_gen.h" /* generated from userspace/common/special.cpp */
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -145,23 +146,6 @@ static __always_inline bool addr_is_zero(const struct redir_addr *a)
 	return x[0] == 0 && x[1] == 0;
 }
 
-/* 169.254/16 (cloud metadata lives there) and fe80::/10: never reachable,
- * whatever a policy says. */
-static __always_inline bool addr_is_link_local(const struct redir_addr *a)
-{
-	if (addr_is_v4mapped(a))
-		return a->b[12] == 169 && a->b[13] == 254;
-	return a->b[0] == 0xfe && (a->b[1] & 0xc0) == 0x80;
-}
-
-static __always_inline bool addr_is_loopback(const struct redir_addr *a)
-{
-	if (addr_is_v4mapped(a))
-		return a->b[12] == 127;
-	const __u32 *w = (const __u32 *)a->b;
-	return w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(1);
-}
-
 struct decision {
 	__u8 verdict;
 	__u8 reason;
@@ -188,7 +172,8 @@ static __always_inline __u8 portset_verdict(__u32 policy_id, __u32 portset_id, _
 
 /* Policy lookup: one LPM hit gives the effective port set of every covering
  * rule (the compiler folded them); DNS-learned addresses come second and
- * still lose to any covering deny. */
+ * still lose to any covering deny. The node's loopback is never admitted
+ * through DNS (only a cidr rule names it), whatever the agent wrote. */
 static __always_inline __u8 policy_verdict(__u32 policy_id, __u64 attach_cg,
 					   const struct redir_addr *dst, __u16 port, __u8 proto)
 {
@@ -202,6 +187,8 @@ static __always_inline __u8 policy_verdict(__u32 policy_id, __u64 attach_cg,
 			return v;
 	}
 
+	if (redir_is_loopback(dst))
+		return REDIR_VERDICT_DENY;
 	struct redir_dns_allow_key dk = { .cgroup_id = attach_cg };
 	__builtin_memcpy(dk.addr.b, dst->b, 16);
 	struct redir_dns_allow_val *dv = bpf_map_lookup_elem(&dns_allow, &dk);
@@ -246,7 +233,7 @@ static __always_inline void decide(const struct redir_config *cfg, const struct 
 	d->target = NULL;
 	d->policy_id = att->policy_id;
 
-	if (addr_is_link_local(dst)) {
+	if (redir_never_reachable(dst)) {
 		d->reason = REDIR_REASON_LINK_LOCAL;
 		return;
 	}
@@ -270,7 +257,7 @@ static __always_inline void decide(const struct redir_config *cfg, const struct 
 		return;
 	}
 	/* A sandbox in its own network namespace only talks to itself on loopback. */
-	if (own_netns && addr_is_loopback(dst)) {
+	if (own_netns && redir_is_loopback(dst)) {
 		d->verdict = REDIR_VERDICT_ALLOW;
 		d->reason = REDIR_REASON_LOOPBACK;
 		return;

@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
     cfg.upstream = {boost::asio::ip::make_address("127.0.0.1"), upstream.port()};
     SandboxView view;
     view.match_host = [](std::string_view name) -> std::optional<HostMatch> {
-        if (name == "api.example") return HostMatch{1, false, {}};
+        if (name == "api.example") return HostMatch{1, false};
         return std::nullopt;
     };
     Responder responder(io, cfg, view, admitter);

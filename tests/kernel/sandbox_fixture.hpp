@@ -1,9 +1,9 @@
 #pragma once
-// Shared fixture of the kernel tests written for containment: a freshly
-// loaded datapath pinned under its own bpffs directory, one attached cgroup,
-// rules written straight into the maps, real sockets opened by children
-// placed in the cgroup, and the audit events the kernel emitted. main() (in
-// each test file) enters a private network namespace first.
+// Shared fixture of the kernel tests written for containment: a datapath
+// pinned under its own bpffs directory, one attached cgroup per case, rules
+// written straight into the maps, real sockets opened by children placed in
+// the cgroup, and the audit events the kernel emitted. main()
+// (kernel_main.cpp) enters a private network namespace first.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -84,42 +84,71 @@ inline int try_connect(const std::string& addr, uint16_t port) {
     return err;
 }
 
+// One datapath per test binary (loading it runs the verifier on every
+// program: seconds under emulation), one fresh cgroup, attachment and policy
+// id per case, so cases share nothing they could observe.
 class SandboxTest : public ::testing::Test {
 protected:
+    static loader::Datapath& datapath() {
+        struct Shared {
+            std::string dir = "/sys/fs/bpf/redir-ktest-" + std::to_string(::getpid());
+            std::unique_ptr<loader::Datapath> dp = loader::Datapath::open({dir});
+            ~Shared() {
+                dp.reset();  // closes our fds; then the pins go
+                std::error_code ec;
+                std::filesystem::remove_all(dir, ec);
+            }
+        };
+        static Shared shared;
+        static bool configured = [] {
+            redir_config cfg{};
+            cfg.agent_netns_cookie = testsupport::current_netns_cookie();
+            cfg.terminator4 = *addr_parse("127.0.0.1");
+            cfg.terminator6 = *addr_parse("::1");
+            shared.dp->set_config(cfg);
+            shared.dp->open_events([](const redir_event& e) {
+                if (sink()) sink()->push_back(e);
+            });
+            return true;
+        }();
+        (void)configured;
+        return *shared.dp;
+    }
+    static std::vector<redir_event>*& sink() {
+        static std::vector<redir_event>* s = nullptr;
+        return s;
+    }
+
     void SetUp() override {
-        std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
-        std::replace(name.begin(), name.end(), '/', '_');  // parameterised names carry '/'
-        bpffs_ = "/sys/fs/bpf/redir-ktest-" + std::to_string(::getpid()) + "-" + name;
-        dp_ = loader::Datapath::open({bpffs_});
+        static uint32_t next_policy = kPolicy;
+        policy_id_ = next_policy++;
+        dp_ = &datapath();
+        dp_->consume_events();  // whatever an earlier case left
+        sink() = &events_;
+        events_.clear();
         cg_ = std::make_unique<TempCgroup>("ktest");
-        redir_config cfg{};
-        cfg.agent_netns_cookie = testsupport::current_netns_cookie();
-        cfg.terminator4 = *addr_parse("127.0.0.1");
-        cfg.terminator6 = *addr_parse("::1");
-        dp_->set_config(cfg);
-        dp_->open_events([this](const redir_event& e) { events_.push_back(e); });
-        auto c = loader::open_cgroup(cg_->path());
         redir_attach_val v{};
-        v.policy_id = kPolicy;
-        dp_->attach(c, v);
+        v.policy_id = policy_id_;
+        dp_->attach(loader::open_cgroup(cg_->path()), v);
+        bpffs_ = dp_->bpffs_dir();
     }
 
     void TearDown() override {
-        if (dp_ && cg_) dp_->detach(loader::open_cgroup(cg_->path()).id);
-        dp_.reset();
+        if (cg_) dp_->detach(loader::open_cgroup(cg_->path()).id);
+        dp_->delete_policy(policy_id_);
+        dp_->consume_events();
+        sink() = nullptr;
         cg_.reset();
-        std::error_code ec;
-        std::filesystem::remove_all(bpffs_, ec);
     }
 
-    // Allow every TCP port on ADDR/PREFIX (prefix in 128-bit terms: v4 /n is 96 + n).
-    void allow_all_ports(const std::string& addr, int prefix) {
+    // Allow every port of PROTO on ADDR/PREFIX (prefix in 128-bit terms: v4 /n is 96 + n).
+    void allow_all_ports(const std::string& addr, int prefix, uint8_t proto = REDIR_PROTO_TCP) {
         redir_portset ps{};
         ps.count = 1;
-        ps.r[0] = {1, 65535, REDIR_PROTO_TCP, REDIR_VERDICT_ALLOW, 0};
-        dp_->put_portset({kPolicy, next_set_}, ps);
+        ps.r[0] = {1, 65535, proto, REDIR_VERDICT_ALLOW, 0};
+        dp_->put_portset({policy_id_, next_set_}, ps);
         redir_lpm_key k{};
-        k.policy_id = kPolicy;
+        k.policy_id = policy_id_;
         k.prefixlen = 32 + prefix;
         std::memcpy(k.addr, addr_parse(addr)->b, 16);
         dp_->put_lpm(k, {next_set_, 0, 0, 0});
@@ -134,27 +163,14 @@ protected:
         return std::move(events_);
     }
 
+    uint64_t cgroup_id() const { return loader::open_cgroup(cg_->path()).id; }
+
     std::string bpffs_;
-    std::unique_ptr<loader::Datapath> dp_;
+    loader::Datapath* dp_ = nullptr;
     std::unique_ptr<TempCgroup> cg_;
     std::vector<redir_event> events_;
+    uint32_t policy_id_ = 0;
     uint32_t next_set_ = 1;
 };
-
-// main() for a kernel test binary: listing needs nothing; running needs root
-// and happens inside a fresh network namespace with LO_ADDRS on its lo,
-// after IN_NETNS (namespace sysctls) has run there.
-inline int kernel_test_main(int argc, char** argv, const std::vector<std::string>& lo_addrs,
-                            const std::function<void()>& in_netns = {}) {
-    ::testing::InitGoogleTest(&argc, argv);
-    if (::testing::GTEST_FLAG(list_tests)) return RUN_ALL_TESTS();
-    if (::geteuid() != 0) {
-        std::fprintf(stderr, "%s needs root (BPF, cgroups, network namespaces)\n", argv[0]);
-        return 1;
-    }
-    testsupport::enter_private_netns(lo_addrs);
-    if (in_netns) in_netns();
-    return RUN_ALL_TESTS();
-}
 
 }  // namespace redir::kerneltest

@@ -158,10 +158,8 @@ struct DnsService::Sandbox : dns::Admitter {
             if (!c || !c->match_host(name)) return std::nullopt;
             dns::HostMatch hm;
             hm.portset_id = intern(name);
-            // Let every non-link-local address through to admit(), where the
-            // compiled policy decides (special ranges, allowed_ips).
-            hm.allowed_ips.push_back(dns::Cidr{{}, 0});
-            return hm;
+            return hm;  // admit() decides each address with the compiled policy
+
         };
         return v;
     }

@@ -28,15 +28,6 @@ std::string_view to_string(Verdict v) {
     return "unknown";
 }
 
-bool Cidr::contains(const Addr16& a) const {
-    const unsigned full = len / 8, rest = len % 8;
-    if (len > 128) return false;
-    if (std::memcmp(a.data(), addr.data(), full) != 0) return false;
-    if (rest == 0) return true;
-    const uint8_t mask = static_cast<uint8_t>(0xff << (8 - rest));
-    return (a[full] & mask) == (addr[full] & mask);
-}
-
 namespace {
 
 constexpr uint16_t kMinUdp = 512;
@@ -44,51 +35,6 @@ constexpr uint16_t kMinUdp = 512;
 // avoids IP fragmentation on the way from the upstream.
 constexpr uint16_t kMaxUpstreamUdp = 1232;
 constexpr uint16_t kOurUdp = 1232;
-
-Cidr v4(uint8_t a, uint8_t b, uint8_t c, uint8_t d, uint8_t len) {
-    Cidr r;
-    r.addr[10] = r.addr[11] = 0xff;
-    r.addr[12] = a, r.addr[13] = b, r.addr[14] = c, r.addr[15] = d;
-    r.len = static_cast<uint8_t>(96 + len);
-    return r;
-}
-
-Cidr v6(std::initializer_list<uint16_t> groups, uint8_t len) {
-    Cidr r;
-    size_t i = 0;
-    for (uint16_t g : groups) {
-        r.addr[i++] = static_cast<uint8_t>(g >> 8);
-        r.addr[i++] = static_cast<uint8_t>(g);
-    }
-    r.len = len;
-    return r;
-}
-
-// INTERFACE.md's special ranges (the same list the policy compiler uses), plus
-// the rest of ::/96 (IPv4-compatible, deprecated), 100::/64 (discard) and
-// fec0::/10 (site-local, deprecated): none of them is a public destination.
-const std::vector<Cidr>& special_ranges() {
-    static const std::vector<Cidr> r = {
-        v4(0, 0, 0, 0, 8),       v4(10, 0, 0, 0, 8),    v4(100, 64, 0, 0, 10),
-        v4(127, 0, 0, 0, 8),     v4(172, 16, 0, 0, 12), v4(192, 0, 0, 0, 24),
-        v4(192, 168, 0, 0, 16),  v4(198, 18, 0, 0, 15), v4(224, 0, 0, 0, 4),
-        v4(240, 0, 0, 0, 4),     // includes 255.255.255.255
-        v6({0}, 96),             // ::, ::1, IPv4-compatible
-        v6({0x64, 0xff9b}, 96),  v6({0x64, 0xff9b, 1}, 48), v6({0x100}, 64),
-        v6({0x2002}, 16),        v6({0xfc00}, 7),           v6({0xfec0}, 10),
-        v6({0xff00}, 8),
-    };
-    return r;
-}
-
-const std::vector<Cidr>& link_local_ranges() {
-    static const std::vector<Cidr> r = {v4(169, 254, 0, 0, 16), v6({0xfe80}, 10)};
-    return r;
-}
-
-bool in_any(const Addr16& a, const std::vector<Cidr>& ranges) {
-    return std::any_of(ranges.begin(), ranges.end(), [&](const Cidr& c) { return c.contains(a); });
-}
 
 char lower(uint8_t c) { return static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c); }
 
@@ -189,15 +135,6 @@ Reply make_reply(const ldns_pkt* q, ldns_pkt_rcode rcode, Verdict v, std::string
 }
 
 }  // namespace
-
-bool is_special_address(const Addr16& a) { return in_any(a, special_ranges()); }
-bool is_link_local_address(const Addr16& a) { return in_any(a, link_local_ranges()); }
-
-bool admissible(const Addr16& a, const HostMatch& m) {
-    if (m.deny || is_link_local_address(a)) return false;
-    if (!m.allowed_ips.empty()) return in_any(a, m.allowed_ips);
-    return !is_special_address(a);
-}
 
 uint32_t clamp_ttl(uint32_t ttl, const TtlLimits& l) {
     return std::max(l.floor_seconds, std::min(ttl, l.ceiling_seconds));
@@ -417,7 +354,6 @@ UpstreamResult process_upstream_answer(const Forward& fwd, std::span<const uint8
             } else {
                 continue;
             }
-            if (!admissible(adm.addr, match)) continue;
             adm.ttl_seconds = clamp_ttl(std::min(owner->second, ldns_rr_ttl(rr)), ttl);
             auto dup = std::find_if(res.admissions.begin(), res.admissions.end(),
                                     [&](const Admission& x) { return x.addr == adm.addr; });

@@ -60,9 +60,10 @@ struct UpstreamResult {
 // or reachable from it through CNAMEs in that section, with the smallest TTL
 // along the chain clamped to `ttl`. Records of other owners are ignored: an
 // upstream cannot admit addresses for names the sandbox did not ask about.
-// Special addresses are admitted only inside match.allowed_ips, link-local
-// never. A deny match admits nothing. `match` is normally fwd.match; the
-// server passes the current policy's so a reload during the lookup counts.
+// These are candidates: the Admitter decides each one with the compiled
+// policy (special ranges, rebinding, metadata). A deny match admits nothing.
+// `match` is normally fwd.match; the server passes the current policy's so a
+// reload during the lookup counts.
 UpstreamResult process_upstream_answer(const Forward& fwd, std::span<const uint8_t> answer,
                                        const HostMatch& match, const TtlLimits& ttl = {});
 
@@ -80,11 +81,6 @@ std::vector<uint8_t> make_servfail(const Forward& fwd);
 // Header and question only, TC set: the answer did not fit client_udp_size.
 std::vector<uint8_t> make_truncated(const Forward& fwd);
 
-// Both in 16-byte form; exposed for tests and for the agent's diagnostics.
-bool is_special_address(const Addr16& a);
-bool is_link_local_address(const Addr16& a);
-// Whether an address from an answer for a name with this match may be admitted.
-bool admissible(const Addr16& a, const HostMatch& match);
 // clamp(ttl, floor, ceiling)
 uint32_t clamp_ttl(uint32_t ttl, const TtlLimits& limits);
 

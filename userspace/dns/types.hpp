@@ -11,27 +11,20 @@
 #include <string_view>
 #include <vector>
 
+#include "common/cidr.hpp"
+
 namespace redir::dns {
 
 // 16 bytes, IPv4 as v4-mapped IPv6: the layout of struct redir_addr.
-using Addr16 = std::array<uint8_t, 16>;
+using Addr16 = redir::Addr;
 
-// A prefix in the 128-bit space; an IPv4 /n is its v4-mapped form with
-// len = 96 + n, so one containment test serves both families.
-struct Cidr {
-    Addr16 addr{};
-    uint8_t len = 0;  // 0..128
-    bool contains(const Addr16& a) const;
-    bool operator==(const Cidr&) const = default;
-};
-
-// What the policy says about one name.
+// What the policy says about one name. Which of its addresses may be
+// admitted (special ranges, DNS rebinding, allowed_ips, metadata) is not the
+// responder's call: the Admitter decides with the compiled policy and the
+// one special-address table (policy::CompiledPolicy::admit).
 struct HostMatch {
     uint32_t portset_id = 0;  // stored with each admission (redir_dns_allow_val)
     bool deny = false;        // a deny rule matched: NXDOMAIN, nothing forwarded
-    // Empty: any non-special address may be admitted. Non-empty: only addresses
-    // inside these prefixes are, special ones included (never link-local).
-    std::vector<Cidr> allowed_ips;
 };
 
 // Everything the responder needs to know about the sandbox it serves.

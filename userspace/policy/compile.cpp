@@ -375,7 +375,8 @@ std::optional<HostMatch> CompiledPolicy::match_host(std::string_view name) const
 }
 
 std::optional<uint32_t> CompiledPolicy::admit(const HostMatch& m, const Addr& addr) const {
-    if (is_link_local(addr)) return std::nullopt;
+    // Metadata never; the node's loopback only through a cidr rule, never a name.
+    if (is_never_reachable(addr) || is_loopback(addr)) return std::nullopt;
     bool special = is_special(addr);
     Ports allow, inspect, deny;
     for (uint32_t i : m.rules) {

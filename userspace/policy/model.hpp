@@ -9,38 +9,20 @@
 #include <string_view>
 #include <vector>
 
+#include "common/cidr.hpp"
+#include "common/special.hpp"
+
 namespace redir::policy {
 
-// Every address is 16 bytes, IPv4 as v4-mapped IPv6 (::ffff:a.b.c.d), the same
-// layout the kernel maps use.
-using Addr = std::array<uint8_t, 16>;
-
-// A prefix in the 128-bit space. For IPv4, `addr` is v4-mapped and `len` is
-// 96 + the IPv4 prefix length, so one containment test serves both families.
-struct Cidr {
-    Addr addr{};
-    uint8_t len = 0;  // 0..128, host bits always zero
-    bool v4 = false;  // written (and shown) as IPv4
-
-    // Canonical text: "10.0.0.0/8", "2001:db8::/32".
-    std::string to_string() const;
-    bool contains(const Addr& a) const;
-    bool contains(const Cidr& inner) const { return inner.len >= len && contains(inner.addr); }
-    bool operator==(const Cidr&) const = default;
-};
-
-// Parses "a.b.c.d/n", "x:y::/n", or a bare address (a host route). Returns an
-// error message (without location) on failure; host bits set is an error that
-// names the canonical prefix. A v6 prefix inside ::ffff:0:0/96 becomes IPv4.
-struct CidrParse {
-    std::optional<Cidr> cidr;
-    std::string error;
-};
-CidrParse parse_cidr(std::string_view text);
-
-std::optional<Addr> parse_addr(std::string_view text);  // v4 returned v4-mapped
-std::string addr_to_string(const Addr& a);               // v4-mapped shown as v4
-Addr v4_mapped(uint32_t host_order_v4);
+// Addresses and prefixes are the common ones (common/cidr.hpp): 16 bytes,
+// IPv4 as v4-mapped IPv6, the layout of the kernel maps.
+using redir::Addr;
+using redir::addr_to_string;
+using redir::Cidr;
+using redir::CidrParse;
+using redir::parse_addr;
+using redir::parse_cidr;
+using redir::v4_mapped;
 
 enum class Protocol : uint8_t { tcp, udp, any };
 std::string_view to_string(Protocol p);
@@ -87,17 +69,15 @@ struct Policy {
     std::string source;         // file name it was parsed from (for messages), not serialised
 };
 
-// Special address ranges (INTERFACE.md): reachable only through a rule whose
-// cidr lies inside the innermost special range containing the destination.
-struct SpecialRange {
-    Cidr cidr;
-    std::string_view what;
-    bool link_local;  // never reachable; rules inside it are rejected
-};
-const std::vector<SpecialRange>& special_ranges();
-// Innermost special range containing `a`, or nullptr.
-const SpecialRange* innermost_special(const Addr& a);
-bool is_special(const Addr& a);
-bool is_link_local(const Addr& a);
+// The special-address table (common/special.hpp) is the policy's too: a
+// cidr rule counts for an address only inside the innermost special range
+// containing it; never-reachable addresses are never admitted.
+using redir::AddrClass;
+using redir::innermost_special;
+using redir::is_loopback;
+using redir::is_never_reachable;
+using redir::is_special;
+using redir::special_ranges;
+using redir::SpecialRange;
 
 }  // namespace redir::policy

@@ -407,6 +407,9 @@ private:
         if (!expect(n, JNode::T::object, path)) return std::nullopt;
         size_t before = errors_.size();
         Rule r;
+        // A deny that left UDP open because its author did not say "any"
+        // would be a hole; allow and inspect stay TCP unless told.
+        if (kind == RuleKind::deny) r.protocol = Protocol::any;
         auto [line, col] = li_.at(n.off);
         r.loc = {line, col, path};
         auto f = fields(n, path, {"host", "cidr", "ports", "protocol", "allowed_ips", "comment"});
@@ -477,7 +480,7 @@ private:
                 for (size_t i = 0; i < ips->items.size(); ++i) {
                     std::string ep = index_path(ipath, i);
                     if (!expect(ips->items[i], JNode::T::string, ep)) continue;
-                    if (auto c = check_cidr(ips->items[i], ep)) r.allowed_ips.push_back(*c);
+                    if (auto c = check_cidr(ips->items[i], ep, true)) r.allowed_ips.push_back(*c);
                 }
             }
         }
@@ -490,17 +493,27 @@ private:
         return r;
     }
 
-    std::optional<Cidr> check_cidr(const JNode& n, const std::string& path) {
+    // A prefix that names only never-reachable addresses can only be a
+    // mistake; one in allowed_ips naming only loopback too (a name never
+    // admits the node's loopback: a cidr rule with address and port does).
+    std::optional<Cidr> check_cidr(const JNode& n, const std::string& path, bool allowed_ips = false) {
         auto res = parse_cidr(n.s);
         if (!res.cidr) {
             error(n.off, path, res.error);
             return std::nullopt;
         }
-        for (const auto& s : special_ranges()) {
-            if (s.link_local && s.cidr.contains(*res.cidr)) {
+        if (auto* s = redir::range_containing(*res.cidr, AddrClass::never_reachable)) {
+            error(n.off, path,
+                  "CIDR " + json_quote(n.s) + " is inside " + std::string(s->what) + " " + s->cidr.to_string() +
+                      ", which is never reachable");
+            return std::nullopt;
+        }
+        if (allowed_ips) {
+            if (auto* s = redir::range_containing(*res.cidr, AddrClass::loopback)) {
                 error(n.off, path,
-                      "CIDR " + json_quote(n.s) + " is inside link-local " + s.cidr.to_string() +
-                          ", which is never reachable");
+                      "CIDR " + json_quote(n.s) + " is inside " + std::string(s->what) + " " + s->cidr.to_string() +
+                          ", which a host entry never admits; allow it with a cidr entry naming the address "
+                          "and port");
                 return std::nullopt;
             }
         }

@@ -24,7 +24,7 @@ enum redir_verdict {
 enum redir_reason {
 	REDIR_REASON_POLICY = 0,        /* a policy rule (or the default deny) decided */
 	REDIR_REASON_NO_ATTACHMENT = 1, /* program ran but no attachment entry: fail closed */
-	REDIR_REASON_LINK_LOCAL = 2,    /* link-local / metadata: never reachable */
+	REDIR_REASON_LINK_LOCAL = 2,    /* metadata / link-local (never_reachable in the special table) */
 	REDIR_REASON_LOOPBACK = 3,      /* loopback decided by network-namespace rule */
 	REDIR_REASON_INFERENCE = 4,     /* inference VIP -> terminator */
 	REDIR_REASON_SOCKET_TYPE = 5,   /* socket kind outside the allowlist (raw, ping, MPTCP, packet, ...) refused at creation */

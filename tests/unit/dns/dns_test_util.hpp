@@ -69,13 +69,6 @@ inline Addr16 addr(const std::string& text) {
     return a;
 }
 
-inline Cidr cidr(const std::string& text, int len) {
-    Cidr c;
-    c.addr = addr(text);
-    c.len = static_cast<uint8_t>(text.find(':') == std::string::npos ? 96 + len : len);
-    return c;
-}
-
 // Answer-section A/AAAA addresses of a reply, as text.
 inline std::vector<std::string> answer_addrs(const Bytes& b) {
     std::vector<std::string> out;

@@ -38,7 +38,7 @@ bool rule_matches(const Rule& r, const Addr& a, uint16_t port, uint8_t proto) {
 
 // Verdict for a cidr-rule decision (what the LPM lookup must return).
 uint8_t reference(const Policy& p, const Addr& a, uint16_t port, uint8_t proto) {
-    if (is_link_local(a)) return REDIR_VERDICT_DENY;
+    if (is_never_reachable(a)) return REDIR_VERDICT_DENY;
     for (const auto& r : p.deny) {
         if (rule_matches(r, a, port, proto)) return REDIR_VERDICT_DENY;
     }
@@ -89,7 +89,7 @@ uint8_t portset_verdict(const CompiledPolicy& cp, uint32_t id, uint16_t port, ui
 }
 
 uint8_t kernel(const CompiledPolicy& cp, const Addr& a, uint16_t port, uint8_t proto) {
-    if (is_link_local(a)) return REDIR_VERDICT_DENY;
+    if (is_never_reachable(a)) return REDIR_VERDICT_DENY;
     const redir_lpm_val* v = lpm_lookup(cp, a);
     return v ? portset_verdict(cp, v->portset_id, port, proto) : uint8_t{REDIR_VERDICT_DENY};
 }
@@ -341,6 +341,8 @@ TEST(PolicyCompile, HostMatching) {
     EXPECT_FALSE(cp.admit("x.github.com", ip("10.0.0.5")));
     EXPECT_FALSE(cp.admit("x.github.com", ip("127.0.0.1")));
     EXPECT_FALSE(cp.admit("x.github.com", ip("169.254.169.254")));
+    EXPECT_FALSE(cp.admit("x.github.com", ip("0.0.0.0")));
+    EXPECT_FALSE(cp.admit("x.github.com", ip("::1")));
     // allowed_ips pins the addresses a name may resolve to.
     EXPECT_TRUE(cp.admit("registry.internal.example", ip("10.20.3.4")));
     EXPECT_FALSE(cp.admit("registry.internal.example", ip("10.21.3.4")));
@@ -575,7 +577,7 @@ bool host_admits(const Rule& r, const Addr& a) {
 }
 
 uint8_t host_reference(const Policy& p, const std::string& name, const Addr& a, uint16_t port, uint8_t proto) {
-    if (is_link_local(a)) return DENY;
+    if (is_never_reachable(a) || is_loopback(a)) return DENY;  // loopback: only a cidr rule names it
     auto covers = [&](const Rule& r) { return host_matches(r, name) && port_matches(r, port) && proto_matches(r, proto); };
     for (const auto& r : p.deny)
         if (r.is_host() && covers(r)) return DENY;
@@ -616,10 +618,13 @@ TEST(PolicyCompile, RandomHostPoliciesMatchReference) {
     const std::vector<std::string> names = {"x.test", "a.x.test", "b.a.x.test", "c.b.a.x.test", "q.x.test",
                                             "q.a.x.test", "y.test", "z.test", "test", "other.example"};
     const std::vector<std::string> ip_sets = {"10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "203.0.113.0/24",
-                                              "203.0.113.128/25", "2001:db8::/32", "127.0.0.1/32"};
+                                              "203.0.113.128/25", "2001:db8::/32", "126.0.0.0/7", "0.0.0.0/0",
+                                              "fd00::/8", "64:ff9b::/96"};
     const std::vector<Addr> addrs = {ip("10.0.0.1"),     ip("10.1.0.1"),    ip("10.1.2.3"),  ip("203.0.113.1"),
                                      ip("203.0.113.200"), ip("198.51.100.1"), ip("2001:db8::5"), ip("127.0.0.1"),
-                                     ip("192.168.1.1"),   ip("169.254.169.254"), ip("2001:db9::1")};
+                                     ip("192.168.1.1"),   ip("169.254.169.254"), ip("2001:db9::1"),
+                                     ip("0.0.0.0"),       ip("fd00:ec2::254"), ip("fd00::5"), ip("64:ff9b::a9fe:a9fe"),
+                                     ip("64:ff9b::cb00:7101"), ip("126.0.0.1")};
     std::mt19937 rng(99);
     auto rule = [&](bool tcp_only, bool may_pin) {
         static const char* protos[] = {"tcp", "udp", "any"};
@@ -666,6 +671,51 @@ TEST(PolicyCompile, RandomHostPoliciesMatchReference) {
             }
         }
     }
+}
+
+}  // namespace
+
+namespace {
+
+// The one admission path for resolved addresses (the DNS core hands every
+// address to it): rebinding, metadata in every embedding, loopback.
+TEST(PolicyAdmit, WideAllowedIpsNeverAdmitMetadataOrLoopback) {
+    auto p = load(doc(R"({"host":"wide.example","allowed_ips":["0.0.0.0/0","::/0","100.64.0.0/10","fd00::/8",)"
+                      R"("64:ff9b::/96","2002::/16","::/96","::ffff:0:0/96"]},)"
+                      R"({"host":"public.example"})"));
+    auto cp = compile(p, 1);
+    for (const char* never : {"169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254", "100.100.100.200",
+                              "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1", "::a9fe:a9fe", "fe80::1",
+                              "127.0.0.1", "127.1.2.3", "::1", "0.0.0.0", "::"}) {
+        EXPECT_FALSE(cp.admit("wide.example", ip(never))) << never;
+        EXPECT_FALSE(cp.admit("public.example", ip(never))) << never;
+    }
+    for (const char* ok : {"100.64.0.5", "fd00::5", "fd00:ec2::253", "100.100.100.201", "64:ff9b::cb00:7105",
+                           "2002:cb00:7105::1", "10.0.0.1"})
+        EXPECT_TRUE(cp.admit("wide.example", ip(ok))) << ok;
+    // Without allowed_ips only public addresses: DNS rebinding to any special range is refused.
+    for (const char* special : {"10.0.0.5", "100.64.1.1", "198.18.0.1", "::ffff:10.0.0.5", "fd00::1",
+                                "64:ff9b::a00:5", "2002:a00:5::1", "224.0.0.1", "255.255.255.255", "fec0::1",
+                                "100::1", "::a00:5"})
+        EXPECT_FALSE(cp.admit("public.example", ip(special))) << special;
+    EXPECT_TRUE(cp.admit("public.example", ip("140.82.112.5")));
+    EXPECT_TRUE(cp.admit("public.example", ip("2001:db8::5")));
+}
+
+// The table itself: classes of representative addresses.
+TEST(SpecialTable, Classes) {
+    for (const char* s : {"10.1.2.3", "172.31.255.255", "192.0.0.8", "198.19.255.1", "0.1.2.3", "240.0.0.1",
+                          "64:ff9b::1", "2002::1", "ff02::1", "100.64.0.1", "fc00::1", "255.255.255.255"})
+        EXPECT_TRUE(is_special(ip(s))) << s;
+    for (const char* s : {"172.32.0.1", "192.0.1.1", "198.20.0.1", "203.0.113.5", "2001:db8::1", "8.8.8.8"})
+        EXPECT_FALSE(is_special(ip(s))) << s;
+    for (const char* s : {"169.254.0.1", "fe80::1", "fd00:ec2::254", "100.100.100.200", "64:ff9b::a9fe:1",
+                          "2002:a9fe:1::", "::a9fe:1"})
+        EXPECT_TRUE(is_never_reachable(ip(s))) << s;
+    for (const char* s : {"fec0::1", "fd00:ec2::253", "100.100.100.199", "64:ff9b::a9ff:1", "2002:a9ff::1"})
+        EXPECT_FALSE(is_never_reachable(ip(s))) << s;
+    for (const char* s : {"127.0.0.1", "127.255.255.255", "::1", "0.0.0.0", "::"}) EXPECT_TRUE(is_loopback(ip(s))) << s;
+    for (const char* s : {"0.0.0.1", "::2", "126.255.255.255"}) EXPECT_FALSE(is_loopback(ip(s))) << s;
 }
 
 }  // namespace

@@ -152,6 +152,35 @@ std::vector<BadCase> bad_cases() {
          "never reachable"},
         {"v6 link-local", D(R"({"cidr":"fe80::/64"})"),
          "p.json:1:41: deny[0].cidr: CIDR \"fe80::/64\" is inside link-local fe80::/10, which is never reachable"},
+        // Every never-reachable range of the special table: a rule naming only such addresses.
+        {"AWS IMDSv6", A(R"({"cidr":"fd00:ec2::254"})"),
+         "p.json:1:42: allow[0].cidr: CIDR \"fd00:ec2::254\" is inside AWS IMDSv6 metadata fd00:ec2::254/128, "
+         "which is never reachable"},
+        {"Alibaba metadata", A(R"({"cidr":"100.100.100.200/32"})"),
+         "p.json:1:42: allow[0].cidr: CIDR \"100.100.100.200/32\" is inside Alibaba Cloud metadata "
+         "100.100.100.200/32, which is never reachable"},
+        {"v4-mapped metadata", A(R"({"cidr":"::ffff:169.254.169.254/128"})"),
+         "p.json:1:42: allow[0].cidr: CIDR \"::ffff:169.254.169.254/128\" is inside link-local 169.254.0.0/16, "
+         "which is never reachable"},
+        {"NAT64 metadata", A(R"({"cidr":"64:ff9b::a9fe:a9fe/128"})"),
+         "p.json:1:42: allow[0].cidr: CIDR \"64:ff9b::a9fe:a9fe/128\" is inside link-local embedded in NAT64 "
+         "64:ff9b::a9fe:0/112, which is never reachable"},
+        {"6to4 metadata", A(R"({"cidr":"2002:a9fe:a9fe::/48"})"),
+         "p.json:1:42: allow[0].cidr: CIDR \"2002:a9fe:a9fe::/48\" is inside link-local embedded in 6to4 "
+         "2002:a9fe::/32, which is never reachable"},
+        {"IPv4-compatible metadata", A(R"({"cidr":"::a9fe:a9fe/128"})"),
+         "p.json:1:42: allow[0].cidr: CIDR \"::a9fe:a9fe/128\" is inside link-local embedded in IPv4-compatible "
+         "IPv6 ::169.254.0.0/112, which is never reachable"},
+        {"allowed_ips metadata", A(R"({"host":"a.com","allowed_ips":["fd00:ec2::254/128"]})"),
+         "p.json:1:65: allow[0].allowed_ips[0]: CIDR \"fd00:ec2::254/128\" is inside AWS IMDSv6 metadata "
+         "fd00:ec2::254/128, which is never reachable"},
+        // Loopback only through a cidr entry; a name never admits it.
+        {"allowed_ips loopback v4", A(R"({"host":"a.com","allowed_ips":["127.0.0.0/8"]})"),
+         "p.json:1:65: allow[0].allowed_ips[0]: CIDR \"127.0.0.0/8\" is inside loopback 127.0.0.0/8, which a "
+         "host entry never admits; allow it with a cidr entry naming the address and port"},
+        {"allowed_ips loopback v6", A(R"({"host":"a.com","allowed_ips":["::1"]})"),
+         "p.json:1:65: allow[0].allowed_ips[0]: CIDR \"::1\" is inside loopback ::1/128, which a host entry "
+         "never admits; allow it with a cidr entry naming the address and port"},
         // ports
         {"port 0", A(R"({"cidr":"10.0.0.0/8","ports":[0]})"),
          "p.json:1:64: allow[0].ports[0]: port 0 is out of range 1-65535"},
@@ -207,6 +236,27 @@ std::vector<BadCase> bad_cases() {
         {"comment wrong type", A(R"({"host":"a.com","comment":1})"),
          "p.json:1:60: allow[0].comment: expected a string, got a number"},
     };
+}
+
+// Wider prefixes that merely contain never-reachable or loopback addresses
+// are fine: they never reach them (CompiledPolicy::admit, the kernel).
+TEST(PolicyParse, WiderPrefixesAroundNeverReachableAreAccepted) {
+    for (const char* c : {"100.64.0.0/10", "fd00::/8", "64:ff9b::/96", "2002::/16", "169.0.0.0/8", "::/0", "0.0.0.0/0",
+                          "127.0.0.1/32", "::1/128"}) {
+        auto r = parse_policy(A(std::string(R"({"cidr":")") + c + R"("})"), "p.json");
+        EXPECT_TRUE(r.ok()) << c << ": " << r.error_text();
+    }
+    auto r = parse_policy(A(R"({"host":"a.com","allowed_ips":["0.0.0.0/0","::/0","fd00::/8"]})"), "p.json");
+    EXPECT_TRUE(r.ok()) << r.error_text();
+}
+
+TEST(PolicyParse, DenyWithoutProtocolDeniesEveryProtocol) {
+    auto r = parse_policy(D(R"({"cidr":"203.0.113.66/32"})"), "p.json");
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r.policy->deny[0].protocol, Protocol::any);
+    auto a = parse_policy(A(R"({"cidr":"203.0.113.0/24"})"), "p.json");
+    ASSERT_TRUE(a.ok());
+    EXPECT_EQ(a.policy->allow[0].protocol, Protocol::tcp);
 }
 
 TEST(PolicyParse, MalformedPoliciesReportExactMessages) {
@@ -302,7 +352,7 @@ TEST(PolicyParse, GoodPolicyIsNormalised) {
     {"cidr": "192.0.2.7/32", "protocol": "tcp"}
   ],
   "deny": [
-    {"cidr": "203.0.113.66/32", "protocol": "tcp"}
+    {"cidr": "203.0.113.66/32", "protocol": "any"}
   ],
   "inspect": [
     {"host": "*.example.org", "protocol": "tcp"}
