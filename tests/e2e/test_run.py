@@ -286,12 +286,12 @@ class RunE2E(unittest.TestCase):
     def test_orphan_double_fork_killed_by_freeze_loop(self):
         self.check_orphan_killed("double-fork", fallbacks="cgroup.kill")
 
-    def start_long_run(self, script):
-        """Starts run with SCRIPT, which leaves a background process carrying
-        a token; returns (run, token, sandbox cgroup)."""
+    def start_long_run(self, script, setup=""):
+        """Starts run with SETUP, a background process carrying a token, then
+        SCRIPT; returns (run, token, sandbox cgroup) once SETUP has run."""
         token = "redir-bg-%d" % time.time_ns()
         bg = '%s -c "import time; time.sleep(300)" %s & echo "$REDIR_SANDBOX"; ' % (PY, token)
-        p = subprocess.Popen(self.argv(["sh", "-c", bg + script]), env=self.env(), stdout=subprocess.PIPE,
+        p = subprocess.Popen(self.argv(["sh", "-c", setup + bg + script]), env=self.env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         cg = p.stdout.readline().strip()
         self.assertTrue(cg, p.stderr.read() if p.poll() is not None else "no sandbox named")
@@ -307,7 +307,7 @@ class RunE2E(unittest.TestCase):
         self.assert_sandbox_gone(cg)
 
     def test_sigterm_ignored_by_command_still_ends_sandbox(self):
-        p, token, cg = self.start_long_run("trap '' TERM HUP; while :; do sleep 1; done")
+        p, token, cg = self.start_long_run("while :; do sleep 1; done", setup="trap '' TERM HUP; ")
         p.send_signal(signal.SIGHUP)
         p.communicate(timeout=20)
         self.assertEqual(p.returncode, 128 + signal.SIGKILL)
@@ -331,11 +331,12 @@ class RunE2E(unittest.TestCase):
         # must not be reachable from inside, nor the cgroup or signal fds.
         p, token, cg = self.start_long_run("exec sleep 300")
         try:
-            inside = [int(x) for x in read_text(os.path.join(cg, "cgroup.procs")).split()]
-            self.assertTrue(inside)
-            for pid in inside:
-                fds = {int(fd) for fd in os.listdir("/proc/%d/fd" % pid)}
-                self.assertLessEqual(fds, {0, 1, 2}, "pid %d in the sandbox holds %s" % (pid, sorted(fds)))
+            # The sandbox's pid 1 is run's code and never execs: it is where
+            # run's descriptors would stay (the command's close at exec).
+            init = descendants(p.pid)[0]
+            self.assertIn(str(init), read_text(os.path.join(cg, "cgroup.procs")).split())
+            fds = {int(fd) for fd in os.listdir("/proc/%d/fd" % init)}
+            self.assertLessEqual(fds, {0, 1, 2}, "the sandbox's pid 1 holds %s" % sorted(fds))
         finally:
             p.send_signal(signal.SIGTERM)
             p.communicate(timeout=20)
