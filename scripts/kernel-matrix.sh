@@ -82,8 +82,9 @@ kernel_package() {
   echo "$pkg"
 }
 
-# Downloads and unpacks the kernel package into $CACHE/<package> (not installed
-# on the host: no initramfs or bootloader hooks run), with modules.dep.
+# Downloads and unpacks kernel package $1 into $CACHE/<package> (not installed
+# on the host: no initramfs or bootloader hooks run), with modules.dep; drops
+# older packages matching regex $2.
 fetch_kernel() {
   local pkg=$1 dir=$CACHE/$1 tmp
   if [[ ! -f $dir/.complete ]]; then
@@ -99,6 +100,11 @@ fetch_kernel() {
     mv "$tmp/root" "$dir"
     rm -rf "$tmp"
     touch "$dir/.complete"
+    # Older builds of the same kernel series are superseded (~400 MB each).
+    local old
+    for old in "$CACHE"/*; do
+      if [[ $old != "$dir" && -d $old ]] && grep -qE "$2" <<<"$(basename "$old")"; then rm -rf "$old"; fi
+    done
   fi
 }
 
@@ -195,12 +201,13 @@ boot_guest() {
     fi
     if ((!booted && SECONDS - t0 > BOOT_DEADLINE)); then
       kill "$qpid"; wait "$qpid" 2>/dev/null || true; wait "$tpid" 2>/dev/null || true
-      echo "kernel-matrix: $kernel did not reach /init within $BOOT_DEADLINE s (qemu: $(tail -n3 "$out/qemu.log" | tr '\n' ' '))"
+      printf '\nkernel-matrix: %s did not reach /init within %s s (qemu: %s)\n' "$kernel" "$BOOT_DEADLINE" \
+        "$(tail -n3 "$out/qemu.log" | tr '\n' ' ')"
       return "$SKIP"
     fi
     if ((SECONDS - t0 > TIMEOUT)); then
       kill "$qpid"; wait "$qpid" 2>/dev/null || true; wait "$tpid" 2>/dev/null || true
-      echo "kernel-matrix: $kernel did not finish within $TIMEOUT s (REDIR_VM_TIMEOUT); killed"
+      printf '\nkernel-matrix: %s did not finish within %s s (REDIR_VM_TIMEOUT); killed\n' "$kernel" "$TIMEOUT"
       return 124
     fi
     sleep 1
@@ -234,7 +241,7 @@ run_kernel() {
   re=$(package_regex "$kernel")
   pkg=$(kernel_package "$re")
   [[ -n $pkg ]] || skip "no package matching $re in apt's lists (is deb.debian.org bookworm configured?)"
-  fetch_kernel "$pkg"
+  fetch_kernel "$pkg" "$re"
   kdir=$CACHE/$pkg
   kver=$(ls "$kdir/lib/modules")
   out=$RESULTS/$kernel

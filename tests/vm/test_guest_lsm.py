@@ -92,7 +92,7 @@ class GuestLsmTest(unittest.TestCase):
         harness.enter_netns()
         cls.tmp = tempfile.mkdtemp(prefix="redir-vm-")
         cls.policy_file = write_policy(cls.tmp, "vm-basic", POLICY)
-        cls.agent = Agent("vm").start()
+        cls.agent = Agent("vm").start(timeout=120)  # TCG: loading and verifying every program takes a while
         cls.cg = Cgroup("vm")
         cls.child = None
         cls.agent.ctl("attach", "--cgroup", cls.cg.path, "--policy", cls.policy_file)
