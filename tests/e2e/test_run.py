@@ -496,6 +496,32 @@ print(connect(sys.argv[1]), connect(sys.argv[1] + "-inside"))
                              preexec_fn=lambda: (os.setgid(uid), os.setuid(uid)))
         self.assertEqual(out.stdout.split()[0], "OK", out.stderr)
 
+    def test_source_route_options_refused(self):
+        # The hooks judge the first hop; a routing header (SRH needs no
+        # capability) or IP options would carry the packet past it. Outside
+        # the sandbox the same calls are not refused with EPERM.
+        code = r"""
+import socket, errno, struct
+def attempt(fam, level, name, val):
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(level, name, val); return 'OK'
+    except OSError as e:
+        return errno.errorcode[e.errno]
+seg = socket.inet_pton(socket.AF_INET6, '2001:db8::66')
+srh = struct.pack('!BBBBBBH', 17, 4, 4, 1, 1, 0, 0) + seg + seg
+print(attempt(socket.AF_INET6, 41, 57, srh), attempt(socket.AF_INET6, 41, 5, srh),
+      attempt(socket.AF_INET6, 41, 6, b''), attempt(socket.AF_INET, 0, 4, b''))
+"""
+        outside = subprocess.run([PY, "-c", code], capture_output=True, text=True,
+                                 preexec_fn=lambda: (os.setgid(NOBODY), os.setuid(NOBODY)))
+        self.assertEqual(outside.returncode, 0, outside.stderr)
+        self.assertEqual(outside.stdout.split()[0], "OK", "an unprivileged SRH is accepted outside: %s" % outside.stdout)
+        self.assertEqual(outside.stdout.split()[3], "OK")
+        for user in ([], ["--user", "root"]):
+            r = self.run_cmd([PY, "-c", code], run_args=user)
+            self.assertEqual(r.stdout.split(), ["EPERM"] * 4, (user, r.stderr))
+
     def test_command_cannot_type_into_the_users_terminal(self):
         # TIOCSTI would queue input for the user's shell, which runs it outside
         # the sandbox after run returns. stdin here is no tty: outside the

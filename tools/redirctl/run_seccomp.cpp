@@ -20,6 +20,15 @@ struct CtxFree {
 };
 using Ctx = std::unique_ptr<void, CtxFree>;
 
+struct SockOpt {
+    unsigned long level, name;
+};
+constexpr SockOpt kSourceRouteOptions[] = {
+    {0 /* IPPROTO_IP */, 4 /* IP_OPTIONS */},
+    {41 /* IPPROTO_IPV6 */, 57 /* IPV6_RTHDR */},
+    {41, 5 /* IPV6_2292RTHDR */},
+    {41, 6 /* IPV6_2292PKTOPTIONS */},
+};
 constexpr unsigned long kTiocsti = 0x5412;    // TIOCSTI
 constexpr unsigned long kTioclinux = 0x541C;  // TIOCLINUX
 constexpr int kHighestAllowed = 16;  // AF_NETLINK: every family above it is refused by one rule
@@ -52,6 +61,14 @@ std::string install_run_seccomp() {
     if (!rc) rc = refuse_other_families(ctx.get(), SCMP_SYS(socketpair));
     for (int sc : {SCMP_SYS(io_uring_setup), SCMP_SYS(io_uring_enter), SCMP_SYS(io_uring_register)})
         if (!rc) rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(EPERM), sc, 0);
+    // Source routing: the connect/sendmsg programs judge the first hop only.
+    // An IPv6 routing header (a Segment Routing Header needs no capability)
+    // or IPv4 IP_OPTIONS would carry the packet on to a denied address.
+    for (auto [level, name] : kSourceRouteOptions)
+        if (!rc)
+            rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(EPERM), SCMP_SYS(setsockopt), 2,
+                                  SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffUL, level),
+                                  SCMP_A2(SCMP_CMP_MASKED_EQ, 0xffffffffUL, name));
     // TIOCSTI pushes input into the terminal the command shares with the
     // user's shell, which runs it outside the sandbox after run returns;
     // TIOCLINUX can do the same on a virtual console. The request is an

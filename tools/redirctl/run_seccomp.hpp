@@ -16,8 +16,9 @@ inline constexpr int kRunSocketFamilies[] = {1 /* AF_UNIX */, 2 /* AF_INET */, 1
 // Installs the filter on the calling thread (inherited by every child and
 // kept across exec): socket()/socketpair() with any other family and
 // io_uring_setup/enter/register (IORING_OP_SOCKET/CONNECT would skip the
-// socket() rule) and ioctl TIOCSTI/TIOCLINUX (typing into the user's
-// terminal) fail with EPERM; syscalls of another ABI (i386, x32) kill
+// socket() rule), setsockopt of source routes (IP_OPTIONS, IPV6_RTHDR,
+// IPV6_2292RTHDR, IPV6_2292PKTOPTIONS: only the first hop is judged) and
+// ioctl TIOCSTI/TIOCLINUX (typing into the user's terminal) fail with EPERM; syscalls of another ABI (i386, x32) kill
 // the process. Needs no_new_privs or CAP_SYS_ADMIN. Returns "" or what failed.
 std::string install_run_seccomp();
 
