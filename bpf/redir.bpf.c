@@ -323,6 +323,29 @@ static __always_inline void emit_socket(const struct decision *d, int family, in
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* A refused setsockopt(): the level in proto, the option in sock_protocol. */
+static __always_inline void emit_sockopt(const struct decision *d, int family, int level, int optname)
+{
+	struct redir_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(REDIR_CNT_EVENTS_DROPPED);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_boot_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->policy_id = d->policy_id;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->kind = REDIR_EV_SETSOCKOPT;
+	e->verdict = REDIR_VERDICT_DENY;
+	e->reason = d->reason;
+	e->proto = (__u8)level;
+	e->family = (__u8)family;
+	e->sock_protocol = (__u16)optname;
+	bpf_ringbuf_submit(e, 0);
+}
+
 /* ---- connect / sendmsg ---- */
 
 /* Returns the cgroup verdict; rewrites the destination for REDIRECT. */
@@ -614,4 +637,57 @@ int BPF_PROG(redir_lsm_socket_create, int family, int type, int protocol, int ke
 		return 1;
 	emit_socket_refusal(family, type, protocol);
 	return 0;
+}
+
+/* ---- options that route packets past the checked destination ---- */
+
+#define SOL_IP 0
+#define SOL_IPV6 41
+#define IP_OPTIONS 4
+#define IPV6_2292HOPOPTS 3
+#define IPV6_2292DSTOPTS 4
+#define IPV6_2292RTHDR 5
+#define IPV6_2292PKTOPTIONS 6
+#define IPV6_HOPOPTS 54
+#define IPV6_RTHDRDSTOPTS 55
+#define IPV6_RTHDR 57
+#define IPV6_DSTOPTS 59
+#define REDIR_PAGE_SIZE 4096
+
+/* connect/sendmsg judge the first hop only. IPv4 source routing (LSRR/SSRR
+ * in IP_OPTIONS) and IPv6 routing headers (a Segment Routing Header needs no
+ * capability) send the packet on to hops nobody checked; the extension
+ * header options around them are refused with them (no ordinary client
+ * sets any of these). */
+static __always_inline bool source_routing_option(int level, int optname)
+{
+	if (level == SOL_IP)
+		return optname == IP_OPTIONS;
+	if (level == SOL_IPV6)
+		return optname == IPV6_RTHDR || optname == IPV6_2292RTHDR || optname == IPV6_2292PKTOPTIONS ||
+		       optname == IPV6_HOPOPTS || optname == IPV6_2292HOPOPTS || optname == IPV6_DSTOPTS ||
+		       optname == IPV6_2292DSTOPTS || optname == IPV6_RTHDRDSTOPTS;
+	return false;
+}
+
+SEC("cgroup/setsockopt")
+int redir_setsockopt(struct bpf_sockopt *ctx)
+{
+	int level = ctx->level, optname = ctx->optname;
+	if (source_routing_option(level, optname)) {
+		struct bpf_sock *sk = ctx->sk;
+		struct decision d = { .verdict = REDIR_VERDICT_DENY, .reason = REDIR_REASON_SOURCE_ROUTE };
+		__u64 cg = 0;
+		struct redir_attach_val *att = find_attachment(&cg);
+		if (att)
+			d.policy_id = att->policy_id;
+		count(REDIR_CNT_SOCKOPT_DENY);
+		emit_sockopt(&d, sk ? sk->family : 0, level, optname);
+		return CG_DENY;
+	}
+	/* The program sees at most a page of optval; 0 tells the kernel to use
+	 * the caller's value untouched rather than fail a large option. */
+	if (ctx->optlen > REDIR_PAGE_SIZE)
+		ctx->optlen = 0;
+	return CG_ALLOW;
 }

@@ -66,6 +66,7 @@ const char* reason_name(uint8_t r) {
         case REDIR_REASON_INFERENCE: return "inference";
         case REDIR_REASON_SOCKET_TYPE: return "socket-type";
         case REDIR_REASON_DNS: return "dns";
+        case REDIR_REASON_SOURCE_ROUTE: return "source-route";
         default: return "unknown";
     }
 }
@@ -75,6 +76,7 @@ const char* kind_name(uint8_t k) {
         case REDIR_EV_CONNECT: return "connect";
         case REDIR_EV_SENDMSG: return "sendmsg";
         case REDIR_EV_SOCKET: return "socket";
+        case REDIR_EV_SETSOCKOPT: return "setsockopt";
         default: return "unknown";
     }
 }
@@ -614,6 +616,8 @@ void Agent::on_event(const redir_event& e) {
         j.str("family", loader::socket_family_name(e.family))
             .num("type", e.sock_type)
             .num("protocol", e.sock_protocol);
+    } else if (e.kind == REDIR_EV_SETSOCKOPT) {
+        j.str("family", loader::socket_family_name(e.family)).num("level", e.proto).num("option", e.sock_protocol);
     } else {
         j.str("protocol", e.proto == REDIR_PROTO_UDP ? "udp" : "tcp")
             .str("family", e.family == AF_INET6 ? "ipv6" : "ipv4")

@@ -40,6 +40,7 @@ std::vector<ProgRef> programs(redir_bpf* s, bool with_lsm) {
         {"recvmsg4", s->progs.redir_recvmsg4},       {"recvmsg6", s->progs.redir_recvmsg6},
         {"getpeername4", s->progs.redir_getpeername4}, {"getpeername6", s->progs.redir_getpeername6},
         {"sockops", s->progs.redir_sockops},         {"sock_create", s->progs.redir_sock_create},
+        {"setsockopt", s->progs.redir_setsockopt},
     };
     if (with_lsm) v.push_back({"lsm_socket_create", s->progs.redir_lsm_socket_create});
     return v;

@@ -212,6 +212,8 @@ std::vector<FeatureCheck> check_kernel_features(const std::string& bpffs_dir) {
         out.push_back({"cgroup_sock_addr", probe_prog(BPF_PROG_TYPE_CGROUP_SOCK_ADDR), true,
                        "connect4/6, sendmsg4/6, recvmsg4/6, getpeername4/6 programs"});
         out.push_back({"cgroup_sock", probe_prog(BPF_PROG_TYPE_CGROUP_SOCK), true, "sock_create program"});
+        out.push_back({"cgroup_sockopt", probe_prog(BPF_PROG_TYPE_CGROUP_SOCKOPT), true,
+                       "setsockopt program (refuses IP options and IPv6 routing headers)"});
         out.push_back({"sock_ops", probe_prog(BPF_PROG_TYPE_SOCK_OPS), true, "original destination of redirected connections"});
         out.push_back({"ringbuf", probe_map(BPF_MAP_TYPE_RINGBUF), true, "audit events"});
         out.push_back({"sk_storage", probe_map(BPF_MAP_TYPE_SK_STORAGE), true, "per-socket redirect state"});

@@ -11,6 +11,7 @@ enum redir_event_kind {
 	REDIR_EV_CONNECT = 1,  /* connect() verdict */
 	REDIR_EV_SENDMSG = 2,  /* unconnected UDP sendmsg() verdict */
 	REDIR_EV_SOCKET = 3,   /* socket() refused: a kind the hooks do not govern */
+	REDIR_EV_SETSOCKOPT = 4, /* setsockopt() refused: a source-routing option */
 };
 
 struct redir_event {
@@ -24,10 +25,10 @@ struct redir_event {
 	__u8 kind;
 	__u8 verdict;
 	__u8 reason;
-	__u8 proto;             /* IPPROTO_* ; for socket(): the protocol argument */
+	__u8 proto;             /* IPPROTO_* ; socket(): the protocol argument; setsockopt(): the level */
 	__u8 family;            /* AF_* of the socket */
 	__u8 sock_type;         /* SOCK_* for socket() events */
-	__u16 sock_protocol;    /* socket() events: the full protocol argument (MPTCP is 262) */
+	__u16 sock_protocol;    /* socket(): the full protocol argument (MPTCP is 262); setsockopt(): the option */
 	__u8 _pad[6];
 };
 
@@ -37,6 +38,7 @@ enum redir_counter {
 	REDIR_CNT_REDIRECT = 2,
 	REDIR_CNT_SOCKET_DENY = 3,
 	REDIR_CNT_EVENTS_DROPPED = 4,
+	REDIR_CNT_SOCKOPT_DENY = 5,
 	REDIR_CNT_MAX = 8,
 };
 

@@ -29,6 +29,7 @@ enum redir_reason {
 	REDIR_REASON_INFERENCE = 4,     /* inference VIP -> terminator */
 	REDIR_REASON_SOCKET_TYPE = 5,   /* socket kind outside the allowlist (raw, ping, MPTCP, packet, ...) refused at creation */
 	REDIR_REASON_DNS = 6,           /* port 53 -> DNS responder */
+	REDIR_REASON_SOURCE_ROUTE = 7,  /* IP options / IPv6 routing headers would send packets past the checked hop */
 };
 
 #define REDIR_PROTO_TCP 6
