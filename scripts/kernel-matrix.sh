@@ -14,7 +14,8 @@
 # per guest, default 780), REDIR_VM_BOOT_DEADLINE (seconds to reach the
 # guest's /init before skipping, default 150), REDIR_VM_ACCEL (kvm|tcg),
 # REDIR_VM_GTEST=0 (only the guest end-to-end checks, for quick iteration),
-# REDIR_VM_KERNEL_ARGS (added to the guest kernel's command line).
+# REDIR_VM_KERNEL_ARGS (added to the guest kernel's command line),
+# REDIR_VM_CPU (TCG CPU model, default max).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$(cd "${REDIR_BUILD:-$REPO/build}" 2>/dev/null && pwd) || { echo "kernel-matrix: build directory ${REDIR_BUILD:-$REPO/build} missing: run scripts/build.sh first" >&2; exit 1; }
@@ -172,7 +173,7 @@ accel_args() {
   fi
   case $want in
     kvm) echo "-accel kvm -cpu host" ;;
-    tcg) echo "-accel tcg,thread=multi -cpu max" ;;
+    tcg) echo "-accel tcg,thread=multi -cpu ${REDIR_VM_CPU:-max}" ;;
     *) die "REDIR_VM_ACCEL must be kvm or tcg, not '$want'" ;;
   esac
 }
