@@ -99,6 +99,14 @@ struct {
 } events SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, REDIR_MAX_ATTACHMENTS);
+	__type(key, __u64);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} event_drops SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, REDIR_CNT_MAX);
 	__type(key, __u32);
@@ -151,6 +159,7 @@ struct decision {
 	__u8 reason;
 	__u16 target_port;  /* host order, for REDIRECT */
 	__u32 policy_id;
+	__u64 attach_cg;    /* the attached ancestor's cgroup id, 0 if none */
 	const struct redir_addr *target; /* for REDIRECT; NULL = terminator address for the family */
 };
 
@@ -273,14 +282,26 @@ static __always_inline void decide(const struct redir_config *cfg, const struct 
 	d->verdict = v;
 }
 
-/* A connect()/sendmsg() verdict for the audit log. */
-static __always_inline void emit(__u8 kind, const struct decision *d, const struct redir_addr *dst,
-				 __u16 port, __u8 proto, __u8 family)
+/* Events lost because the ring buffer was full, per attached sandbox, so
+ * the agent can tell which sandbox is flooding (or being starved). */
+static __always_inline void count_drop(__u64 attach_cg)
+{
+	__u64 one = 1;
+	__u64 *n = bpf_map_lookup_elem(&event_drops, &attach_cg);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	else
+		bpf_map_update_elem(&event_drops, &attach_cg, &one, BPF_NOEXIST);
+}
+
+/* A reserved event with the fields every kind shares, or NULL (counted). */
+static __always_inline struct redir_event *event_begin(__u8 kind, const struct decision *d)
 {
 	struct redir_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(REDIR_CNT_EVENTS_DROPPED);
-		return;
+		count_drop(d->attach_cg);
+		return NULL;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_ns = bpf_ktime_get_boot_ns();
@@ -288,11 +309,21 @@ static __always_inline void emit(__u8 kind, const struct decision *d, const stru
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->policy_id = d->policy_id;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	__builtin_memcpy(e->addr.b, dst->b, 16);
-	e->port = port;
 	e->kind = kind;
 	e->verdict = d->verdict;
 	e->reason = d->reason;
+	return e;
+}
+
+/* A connect()/sendmsg() verdict for the audit log. */
+static __always_inline void emit(__u8 kind, const struct decision *d, const struct redir_addr *dst,
+				 __u16 port, __u8 proto, __u8 family)
+{
+	struct redir_event *e = event_begin(kind, d);
+	if (!e)
+		return;
+	__builtin_memcpy(e->addr.b, dst->b, 16);
+	e->port = port;
 	e->proto = proto;
 	e->family = family;
 	bpf_ringbuf_submit(e, 0);
@@ -302,20 +333,9 @@ static __always_inline void emit(__u8 kind, const struct decision *d, const stru
  * 262) goes in sock_protocol. */
 static __always_inline void emit_socket(const struct decision *d, int family, int type, int protocol)
 {
-	struct redir_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count(REDIR_CNT_EVENTS_DROPPED);
+	struct redir_event *e = event_begin(REDIR_EV_SOCKET, d);
+	if (!e)
 		return;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-	e->ts_ns = bpf_ktime_get_boot_ns();
-	e->cgroup_id = bpf_get_current_cgroup_id();
-	e->pid = bpf_get_current_pid_tgid() >> 32;
-	e->policy_id = d->policy_id;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	e->kind = REDIR_EV_SOCKET;
-	e->verdict = REDIR_VERDICT_DENY;
-	e->reason = REDIR_REASON_SOCKET_TYPE;
 	e->proto = (__u8)protocol;
 	e->family = (__u8)family;
 	e->sock_type = (__u8)type;
@@ -326,20 +346,9 @@ static __always_inline void emit_socket(const struct decision *d, int family, in
 /* A refused setsockopt(): the level in proto, the option in sock_protocol. */
 static __always_inline void emit_sockopt(const struct decision *d, int family, int level, int optname)
 {
-	struct redir_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count(REDIR_CNT_EVENTS_DROPPED);
+	struct redir_event *e = event_begin(REDIR_EV_SETSOCKOPT, d);
+	if (!e)
 		return;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-	e->ts_ns = bpf_ktime_get_boot_ns();
-	e->cgroup_id = bpf_get_current_cgroup_id();
-	e->pid = bpf_get_current_pid_tgid() >> 32;
-	e->policy_id = d->policy_id;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	e->kind = REDIR_EV_SETSOCKOPT;
-	e->verdict = REDIR_VERDICT_DENY;
-	e->reason = d->reason;
 	e->proto = (__u8)level;
 	e->family = (__u8)family;
 	e->sock_protocol = (__u16)optname;
@@ -388,6 +397,7 @@ static __always_inline int handle_sock_addr(struct bpf_sock_addr *ctx, bool v6, 
 	} else {
 		bool own_netns = bpf_get_netns_cookie(ctx) != cfg->agent_netns_cookie;
 		decide(cfg, att, attach_cg, &dst, port, proto, own_netns, &d);
+		d.attach_cg = attach_cg;
 	}
 
 	if (d.verdict == REDIR_VERDICT_ALLOW) {
@@ -602,8 +612,7 @@ static __always_inline bool socket_admitted(int family, int type, int protocol, 
 static __always_inline void emit_socket_refusal(int family, int type, int protocol)
 {
 	struct decision d = { .verdict = REDIR_VERDICT_DENY, .reason = REDIR_REASON_SOCKET_TYPE };
-	__u64 cg = 0;
-	struct redir_attach_val *att = find_attachment(&cg);
+	struct redir_attach_val *att = find_attachment(&d.attach_cg);
 	if (att)
 		d.policy_id = att->policy_id;
 	count(REDIR_CNT_SOCKET_DENY);
@@ -677,8 +686,7 @@ int redir_setsockopt(struct bpf_sockopt *ctx)
 	if (source_routing_option(level, optname)) {
 		struct bpf_sock *sk = ctx->sk;
 		struct decision d = { .verdict = REDIR_VERDICT_DENY, .reason = REDIR_REASON_SOURCE_ROUTE };
-		__u64 cg = 0;
-		struct redir_attach_val *att = find_attachment(&cg);
+		struct redir_attach_val *att = find_attachment(&d.attach_cg);
 		if (att)
 			d.policy_id = att->policy_id;
 		count(REDIR_CNT_SOCKOPT_DENY);

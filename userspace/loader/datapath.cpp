@@ -207,6 +207,7 @@ void Datapath::detach(uint64_t cgroup_id) {
     }
     redir_attach_key k{cgroup_id};
     bpf_map__delete_elem(skel_->maps.attach_map, &k, sizeof(k), 0);
+    bpf_map__delete_elem(skel_->maps.event_drops, &cgroup_id, sizeof(cgroup_id), 0);
     delete_dns_allow_for(cgroup_id);
 }
 
@@ -299,6 +300,12 @@ std::optional<redir_origdst_val> Datapath::take_origdst(const redir_tuple_key& k
     if (bpf_map__lookup_elem(skel_->maps.origdst_map, &k, sizeof(k), &v, sizeof(v), 0) != 0) return std::nullopt;
     bpf_map__delete_elem(skel_->maps.origdst_map, &k, sizeof(k), 0);
     return v;
+}
+
+uint64_t Datapath::event_drops(uint64_t cgroup_id) const {
+    uint64_t n = 0;
+    bpf_map__lookup_elem(skel_->maps.event_drops, &cgroup_id, sizeof(cgroup_id), &n, sizeof(n), 0);
+    return n;
 }
 
 std::array<uint64_t, REDIR_CNT_MAX> Datapath::counters() const {

@@ -84,6 +84,9 @@ public:
     std::optional<redir_origdst_val> take_origdst(const redir_tuple_key& k);
 
     std::array<uint64_t, REDIR_CNT_MAX> counters() const;
+    // Audit events of this attached sandbox lost to a full ring buffer
+    // (kept until detach).
+    uint64_t event_drops(uint64_t cgroup_id) const;
 
     // Ring buffer of struct redir_event. poll_fd() becomes readable when events
     // are waiting; consume() calls the handler for each.

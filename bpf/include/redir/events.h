@@ -1,6 +1,7 @@
 /* Map redir_events: RINGBUF of struct redir_event, read by the agent's event
  * reader and written to the audit log. redir_counters: PERCPU_ARRAY of __u64
- * indexed by enum redir_counter. */
+ * indexed by enum redir_counter. event_drops: LRU_HASH attached cgroup id ->
+ * __u64 events lost to a full ring buffer (0 = no attachment found). */
 #ifndef REDIR_EVENTS_H
 #define REDIR_EVENTS_H
 #include "types.h"
