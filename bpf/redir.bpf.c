@@ -294,8 +294,9 @@ static __always_inline void count_drop(__u64 attach_cg)
 		bpf_map_update_elem(&event_drops, &attach_cg, &one, BPF_NOEXIST);
 }
 
-/* A reserved event with the fields every kind shares, or NULL (counted). */
-static __always_inline struct redir_event *event_begin(__u8 kind, const struct decision *d)
+/* A reserved event with the fields every kind shares, or NULL (counted).
+ * BASIC leaves out pid and comm (helpers some program types lack on old kernels). */
+static __always_inline struct redir_event *event_begin_from(__u8 kind, const struct decision *d, bool basic)
 {
 	struct redir_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -306,13 +307,20 @@ static __always_inline struct redir_event *event_begin(__u8 kind, const struct d
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_ns = bpf_ktime_get_boot_ns();
 	e->cgroup_id = bpf_get_current_cgroup_id();
-	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->policy_id = d->policy_id;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	if (!basic) {
+		e->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
+	}
 	e->kind = kind;
 	e->verdict = d->verdict;
 	e->reason = d->reason;
 	return e;
+}
+
+static __always_inline struct redir_event *event_begin(__u8 kind, const struct decision *d)
+{
+	return event_begin_from(kind, d, false);
 }
 
 /* A connect()/sendmsg() verdict for the audit log. */
@@ -344,9 +352,10 @@ static __always_inline void emit_socket(const struct decision *d, int family, in
 }
 
 /* A refused setsockopt(): the level in proto, the option in sock_protocol. */
-static __always_inline void emit_sockopt(const struct decision *d, int family, int level, int optname)
+static __always_inline void emit_sockopt(const struct decision *d, int family, int level, int optname,
+					bool basic)
 {
-	struct redir_event *e = event_begin(REDIR_EV_SETSOCKOPT, d);
+	struct redir_event *e = event_begin_from(REDIR_EV_SETSOCKOPT, d, basic);
 	if (!e)
 		return;
 	e->proto = (__u8)level;
@@ -679,18 +688,22 @@ static __always_inline bool source_routing_option(int level, int optname)
 	return false;
 }
 
-SEC("cgroup/setsockopt")
-int redir_setsockopt(struct bpf_sockopt *ctx)
+/* BASIC: before 6.0 sockopt programs have neither the task helpers (pid,
+ * comm) nor the ancestor cgroup id, so the event names only the cgroup;
+ * the loader picks the variant the kernel verifies (5.8 floor). */
+static __always_inline int handle_setsockopt(struct bpf_sockopt *ctx, bool basic)
 {
 	int level = ctx->level, optname = ctx->optname;
 	if (source_routing_option(level, optname)) {
 		struct bpf_sock *sk = ctx->sk;
 		struct decision d = { .verdict = REDIR_VERDICT_DENY, .reason = REDIR_REASON_SOURCE_ROUTE };
-		struct redir_attach_val *att = find_attachment(&d.attach_cg);
-		if (att)
-			d.policy_id = att->policy_id;
+		if (!basic) {
+			struct redir_attach_val *att = find_attachment(&d.attach_cg);
+			if (att)
+				d.policy_id = att->policy_id;
+		}
 		count(REDIR_CNT_SOCKOPT_DENY);
-		emit_sockopt(&d, sk ? sk->family : 0, level, optname);
+		emit_sockopt(&d, sk ? sk->family : 0, level, optname, basic);
 		return CG_DENY;
 	}
 	/* The program sees at most a page of optval; 0 tells the kernel to use
@@ -698,4 +711,16 @@ int redir_setsockopt(struct bpf_sockopt *ctx)
 	if (ctx->optlen > REDIR_PAGE_SIZE)
 		ctx->optlen = 0;
 	return CG_ALLOW;
+}
+
+SEC("cgroup/setsockopt")
+int redir_setsockopt(struct bpf_sockopt *ctx)
+{
+	return handle_setsockopt(ctx, false);
+}
+
+SEC("cgroup/setsockopt")
+int redir_setsockopt_basic(struct bpf_sockopt *ctx)
+{
+	return handle_setsockopt(ctx, true);
 }

@@ -33,6 +33,19 @@ struct ProgRef {
     bpf_program* prog;
 };
 
+// Kernels before 6.0 lack the task and ancestor-cgroup helpers in sockopt
+// programs; there the variant whose events name only the cgroup is loaded.
+bool sockopt_has_task_helpers() {
+    for (auto h : {BPF_FUNC_get_current_pid_tgid, BPF_FUNC_get_current_comm, BPF_FUNC_get_current_ancestor_cgroup_id})
+        if (libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SOCKOPT, h, nullptr) != 1) return false;
+    return true;
+}
+
+bpf_program* setsockopt_program(redir_bpf* s) {
+    return bpf_program__autoload(s->progs.redir_setsockopt) ? s->progs.redir_setsockopt
+                                                            : s->progs.redir_setsockopt_basic;
+}
+
 std::vector<ProgRef> programs(redir_bpf* s, bool with_lsm) {
     std::vector<ProgRef> v = {
         {"connect4", s->progs.redir_connect4},       {"connect6", s->progs.redir_connect6},
@@ -40,7 +53,7 @@ std::vector<ProgRef> programs(redir_bpf* s, bool with_lsm) {
         {"recvmsg4", s->progs.redir_recvmsg4},       {"recvmsg6", s->progs.redir_recvmsg6},
         {"getpeername4", s->progs.redir_getpeername4}, {"getpeername6", s->progs.redir_getpeername6},
         {"sockops", s->progs.redir_sockops},         {"sock_create", s->progs.redir_sock_create},
-        {"setsockopt", s->progs.redir_setsockopt},
+        {"setsockopt", setsockopt_program(s)},
     };
     if (with_lsm) v.push_back({"lsm_socket_create", s->progs.redir_lsm_socket_create});
     return v;
@@ -95,6 +108,9 @@ std::unique_ptr<Datapath> Datapath::open(const DatapathOptions& opts) {
     dp->skel_ = redir_bpf__open_opts(&oo);
     if (!dp->skel_) throw sys_error("cannot open the embedded BPF object");
     if (!dp->lsm_) bpf_program__set_autoload(dp->skel_->progs.redir_lsm_socket_create, false);
+    bool rich_sockopt = sockopt_has_task_helpers();
+    bpf_program__set_autoload(dp->skel_->progs.redir_setsockopt, rich_sockopt);
+    bpf_program__set_autoload(dp->skel_->progs.redir_setsockopt_basic, !rich_sockopt);
     if (int err = redir_bpf__load(dp->skel_)) {
         redir_bpf__destroy(dp->skel_);
         dp->skel_ = nullptr;
