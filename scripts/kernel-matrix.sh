@@ -15,7 +15,8 @@
 # guest's /init before skipping, default 150), REDIR_VM_ACCEL (kvm|tcg),
 # REDIR_VM_GTEST=0 (only the guest end-to-end checks, for quick iteration),
 # REDIR_VM_KERNEL_ARGS (added to the guest kernel's command line),
-# REDIR_VM_CPU (TCG CPU model, default max).
+# REDIR_VM_CPU (TCG CPU model, default max), REDIR_VM_E2E (tests/e2e modules
+# to run in the guest too, e.g. "test_escape_protocols test_datapath_agent").
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$(cd "${REDIR_BUILD:-$REPO/build}" 2>/dev/null && pwd) || { echo "kernel-matrix: build directory ${REDIR_BUILD:-$REPO/build} missing: run scripts/build.sh first" >&2; exit 1; }
@@ -142,7 +143,7 @@ build_initramfs() {
   root=$(mktemp -d)
   mkdir -p "$root"/{bin,proc,sys,dev,mods}
   cp /usr/bin/busybox "$root/bin/"
-  for m in sh mount insmod echo cat cut mkdir chmod printf sleep sync poweroff chroot; do ln -s busybox "$root/bin/$m"; done
+  for m in sh mount insmod echo cat cut mkdir chmod printf sleep sync poweroff chroot unshare; do ln -s busybox "$root/bin/$m"; done
   MOD_ORDER=()
   local moddir=$kdir/lib/modules/$kver name
   for m in "${GUEST_MODULES[@]}"; do
@@ -155,7 +156,7 @@ build_initramfs() {
   done
   cp "$REPO/tests/vm/init.sh" "$root/init"
   cat >"$root/config" <<EOF
-export REPO='$REPO' BUILD='$BUILD' OUT='$out' MODDIR='$kdir/lib/modules' KVER='$kver' RUN_GTEST='${REDIR_VM_GTEST:-1}'
+export REPO='$REPO' BUILD='$BUILD' OUT='$out' MODDIR='$kdir/lib/modules' KVER='$kver' RUN_GTEST='${REDIR_VM_GTEST:-1}' E2E='${REDIR_VM_E2E:-}'
 EOF
   (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$dest"
   rm -rf "$root"

@@ -2,7 +2,7 @@
 # Runs inside a kernel-matrix guest (as root, on an overlay of the host's
 # root): mounts what redir needs, runs every tests/kernel gtest binary and the
 # guest end-to-end checks, writes JUnit XML and a summary to $OUT.
-# Environment (from the guest's /config): REPO, BUILD, OUT, MODDIR, KVER, RUN_GTEST.
+# Environment (from the guest's /config): REPO, BUILD, OUT, MODDIR, KVER, RUN_GTEST, E2E.
 set -uo pipefail
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
 
@@ -56,6 +56,17 @@ t0=$SECONDS
 r=$?
 echo "e2e test_guest_lsm rc=$r seconds=$((SECONDS - t0))" | tee -a "$summary"
 ((r == 0)) || rc=1
+
+# Chosen end-to-end modules of tests/e2e (REDIR_VM_E2E on the host): each
+# starts its own redird, so under TCG they cost a minute or more apiece.
+for m in ${E2E:-}; do
+  echo "guest: === e2e $m ==="
+  t0=$SECONDS
+  (cd "$REPO/tests/e2e" && REDIR_BUILD="$BUILD" PYTHONDONTWRITEBYTECODE=1 python3 -m unittest -v "$m")
+  r=$?
+  echo "e2e $m rc=$r seconds=$((SECONDS - t0))" | tee -a "$summary"
+  ((r == 0)) || rc=1
+done
 
 echo "guest rc=$rc" >>"$summary"
 exit "$rc"

@@ -42,7 +42,12 @@ echo /bin/modprobe-in-root >/proc/sys/kernel/modprobe
 mount -t proc proc /newroot/proc
 mount -t sysfs sys /newroot/sys
 mount -t devtmpfs dev /newroot/dev
-chroot /newroot /bin/bash "$REPO/tests/vm/guest-run.sh" </dev/console >/dev/console 2>&1
+# Not a plain chroot: the kernel refuses user namespaces to chrooted callers
+# (EPERM), which `redirctl run --user root` needs. In a mount namespace of
+# its own the overlay is moved onto / as switch_root does; this PID 1 keeps
+# the initramfs (for poweroff and the modprobe wrapper above).
+unshare -m sh -c 'cd /newroot && mount -o move . / && exec chroot . /bin/bash "$0"' \
+  "$REPO/tests/vm/guest-run.sh" </dev/console >/dev/console 2>&1
 rc=$?
 sync
 report "$rc"
