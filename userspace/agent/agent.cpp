@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/dns_service.hpp"
+#include "agent/fd_reserve.hpp"
 #include "agent/inference_service.hpp"
 #include "agent/json_out.hpp"
 #include "agent/metrics.hpp"
@@ -100,7 +101,9 @@ void Agent::start() {
 
     make_dirs(opts_.run_dir, 0700);
     store_ = std::make_unique<StateStore>(opts_.state_dir);
-    audit_ = std::make_unique<AuditLog>(opts_.audit_log.empty() ? opts_.state_dir + "/audit.log" : opts_.audit_log);
+    audit_ = std::make_unique<AuditLog>(opts_.audit_log.empty() ? opts_.state_dir + "/audit.log" : opts_.audit_log,
+                                        opts_.audit);
+    FdReserve::instance().init(opts_.fd_reserve);
 
     dp_ = loader::Datapath::open({opts_.bpffs_dir});
     netns_cookie_ = own_netns_cookie();
@@ -112,8 +115,11 @@ void Agent::start() {
 
     inference_ = std::make_unique<InferenceService>(io_, opts_.state_dir, lookup, *audit_,
                                                     std::chrono::seconds(opts_.stream_idle_timeout_s));
-    DnsOptions dopts;
+    DnsOptions dopts = opts_.dns;
     dopts.upstream = opts_.dns_upstream;
+    // Beside the pinned maps' lifetime: /run is emptied at boot, like bpffs.
+    dopts.journal_path = opts_.run_dir + "/dns-admissions";
+    dopts.accept_allowed = [] { return FdReserve::instance().full(); };
     if (auto v = addr_parse(opts_.inference_vip); v && addr_is_v4(*v)) std::memcpy(dopts.vip4.data(), &v->b[12], 4);
     dns_ = std::make_unique<DnsService>(io_, *dp_, *audit_, dopts);
 
@@ -141,8 +147,16 @@ void Agent::start() {
     secure_private_dirs();
     control_ = std::make_unique<ControlServer>(
         io_, opts_.run_dir + "/redird.sock",
-        [this](const std::string& line, const std::shared_ptr<ControlConn>& c) { return handle(line, c); },
+        [this](const std::string& line, const std::shared_ptr<ControlConn>& c) {
+            // The operator's request (state writes included) may use the spare
+            // descriptors; the data plane waits until they are back.
+            FdReserve::instance().release();
+            auto resp = handle(line, c);
+            FdReserve::instance().refill();
+            return resp;
+        },
         [this](pid_t pid) { return control_peer_refusal(pid); });
+    schedule_housekeeping();
     spdlog::info("redird ready: state {}, control {}/redird.sock, bpffs {}, {} policies, {} attachments",
                  opts_.state_dir, opts_.run_dir, opts_.bpffs_dir, policies_.size(), attachments_.size());
 }
@@ -251,6 +265,8 @@ void Agent::restore() {
         // Adopt: the links stay attached throughout; only the program behind
         // them and the policy id change, each atomically.
         dp_->adopt(cg, v);
+        // At once, and before old ids are deleted: DNS admissions move to the new id.
+        dns_->adopt_admissions(cg.id);
         attachments_.push_back(a);
     }
     for (auto& p : pinned) {
@@ -263,8 +279,20 @@ void Agent::restore() {
         spdlog::warn("pinned attachment for cgroup id {} has no record; it denies everything until detached",
                      p.cgroup_id);
     }
+    dns_->finish_restore();
     save_attachments();
     collect_garbage();
+}
+
+void Agent::schedule_housekeeping() {
+    if (!housekeeping_) housekeeping_ = std::make_unique<boost::asio::steady_timer>(io_);
+    housekeeping_->expires_after(std::chrono::seconds(1));
+    housekeeping_->async_wait([this](boost::system::error_code ec) {
+        if (ec) return;
+        audit_->flush_suppressed();
+        FdReserve::instance().refill();
+        schedule_housekeeping();
+    });
 }
 
 void Agent::collect_garbage() {
@@ -342,6 +370,40 @@ std::string Agent::render_metrics() {
     counter("redir_events_dropped_total", "kernel events lost because the ring buffer was full", "",
             c[REDIR_CNT_EVENTS_DROPPED]);
     counter("redir_audit_records_total", "audit records written", "", audit_->written());
+    counter("redir_audit_suppressed_total", "repeated identical audit records counted instead of written", "",
+            audit_->suppressed());
+    counter("redir_audit_write_errors_total", "audit records the file did not take (disk full?)", "",
+            audit_->write_errors());
+    auto d = dns_->counters();
+    counter("redir_dns_queries_total", "DNS queries received from sandboxes", "", d.queries);
+    counter("redir_dns_refused_total", "DNS queries not answered normally (each raised an event)", "", d.refused);
+    counter("redir_dns_admissions_total", "addresses admitted through DNS", "", d.admissions);
+    counter("redir_dns_quota_refusals_total", "answers refused because the sandbox held its admission quota", "",
+            d.quota_refusals);
+    counter("redir_dns_tcp_refused_total", "DNS-over-TCP connections closed on accept (cap or fds short)", "",
+            d.tcp_refused);
+    counter("redir_dns_tcp_cut_total", "DNS-over-TCP connections closed with answers the client never read", "",
+            d.tcp_cut);
+    counter("redir_accept_backoffs_total", "accept errors (EMFILE, ENFILE) that paused an accept loop", "{listener=\"dns\"}",
+            d.accept_backoffs);
+    counter("redir_dns_owner_lookups_total", "refusal records whose process was looked up", "", d.owner_lookups);
+    counter("redir_dns_owner_lookups_skipped_total", "refusal records written without a pid (lookup queue full)", "",
+            d.owner_lookups_skipped);
+    counter("redir_dns_restored_total", "DNS admissions re-keyed under new policy ids at start", "", d.restored);
+    counter("redir_dns_restore_withdrawn_total", "DNS admissions withdrawn at start (expired, no longer allowed)",
+            "", d.restore_withdrawn);
+    counter("redir_dns_journal_errors_total", "failed writes of the DNS admission journal", "", d.journal_errors);
+    auto gauge = [&](const char* name, const char* help, uint64_t v) {
+        o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " gauge\n";
+        o += std::string(name) + " " + std::to_string(v) + "\n";
+    };
+    gauge("redir_dns_tcp_connections", "DNS-over-TCP connections open", d.tcp_open);
+    gauge("redir_dns_admissions", "live DNS admissions held by the agent", d.admissions_live);
+    rlimit rl{};
+    ::getrlimit(RLIMIT_NOFILE, &rl);
+    gauge("redir_open_fds", "file descriptors redird has open", count_open_fds());
+    gauge("redir_fd_limit", "RLIMIT_NOFILE (soft) of redird", rl.rlim_cur);
+    gauge("redir_fd_reserve", "spare descriptors held for the control socket", FdReserve::instance().held());
     o += "# HELP redir_attachments attached sandbox cgroups\n# TYPE redir_attachments gauge\nredir_attachments " +
          std::to_string(attachments_.size()) + "\n";
     o += "# HELP redir_policies loaded policies\n# TYPE redir_policies gauge\nredir_policies " +
@@ -599,6 +661,16 @@ std::string Agent::cmd_events(size_t n, bool follow, const std::shared_ptr<Contr
 }
 
 void Agent::on_event(const redir_event& e) {
+    // Repeated identical events of one sandbox (a connect() loop to a denied
+    // address) are counted and summarised, not written one by one. The pid
+    // is not part of the key: a fork loop must not evade the limit.
+    std::string key = std::string(kind_name(e.kind)) + " " + verdict_name(e.verdict) + " " + reason_name(e.reason);
+    if (e.kind == REDIR_EV_SOCKET)
+        key += " family " + std::to_string(e.family) + " type " + std::to_string(e.sock_type);
+    else
+        key += std::string(e.proto == REDIR_PROTO_UDP ? " udp " : " tcp ") + addr_to_string(e.addr) + " port " +
+               std::to_string(e.port);
+    if (!audit_->admit(e.cgroup_id, key)) return;
     std::string policy;
     for (auto& [n, p] : policies_)
         if (p.id == e.policy_id) policy = n;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "agent/audit_log.hpp"
+#include "agent/dns_service.hpp"
 #include "agent/control_server.hpp"
 #include "agent/policy_engine.hpp"
 #include "agent/state_store.hpp"
@@ -27,6 +28,9 @@ struct AgentOptions {
     std::string audit_log;     // empty: <state_dir>/audit.log
     std::string metrics;       // ADDR:PORT for Prometheus text; empty: off
     unsigned stream_idle_timeout_s = 120;  // silence allowed between two pieces of a streamed answer
+    AuditOptions audit;                    // rotation, rate limit, tail
+    DnsOptions dns;                        // limits of the DNS responders (upstream and VIP set by start())
+    size_t fd_reserve = 32;                // descriptors kept for the control socket and state writes
 };
 
 class InferenceService;
@@ -73,6 +77,7 @@ private:
     redir_attach_val attach_val_for(const ActivePolicy& p, uint16_t dns_port) const;
     void restore();
     void collect_garbage();
+    void schedule_housekeeping();
     void on_event(const redir_event& e);
     void save_attachments();
     uint32_t next_policy_id();
@@ -101,6 +106,7 @@ private:
     uint32_t next_id_ = 1;
     uint64_t netns_cookie_ = 0;
     std::chrono::steady_clock::time_point started_;
+    std::unique_ptr<boost::asio::steady_timer> housekeeping_;
 };
 
 }  // namespace redir::agent

@@ -16,6 +16,8 @@
 
 #include "common/error.hpp"
 #include "common/fd.hpp"
+#include "agent/fd_reserve.hpp"
+#include <boost/asio/steady_timer.hpp>
 
 namespace asio = boost::asio;
 using asio::local::stream_protocol;
@@ -172,6 +174,20 @@ ControlServer::~ControlServer() { ::unlink(path_.c_str()); }
 void ControlServer::accept() {
     acceptor_.async_accept([this](boost::system::error_code ec, stream_protocol::socket s) {
         if (ec == asio::error::operation_aborted) return;
+        if (ec) {
+            // Out of descriptors (EMFILE, ENFILE, ...): the operator must still
+            // get in, so free the spare descriptors and retry at once; without
+            // spares, pause instead of spinning on an error that persists.
+            if (FdReserve::instance().held() > 0) {
+                FdReserve::instance().release();
+                return accept();
+            }
+            auto t = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(100));
+            t->async_wait([this, t](boost::system::error_code e) {
+                if (!e) accept();
+            });
+            return;
+        }
         if (!ec) {
             Peer peer = Peer::of(s.native_handle());
             if (auto why = peer.refusal(check_)) {

@@ -1,5 +1,6 @@
 #include "agent/dns_service.hpp"
 
+#include <bpf/bpf.h>
 #include <time.h>
 
 #include <cstring>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "agent/audit_log.hpp"
+#include "agent/owner_lookup.hpp"
 #include "agent/json_out.hpp"
 #include "agent/socket_owner.hpp"
 #include "common/addr.hpp"
@@ -77,9 +79,13 @@ std::string default_dns_upstream() {
 // Admissions of one sandbox. The responder's HostMatch carries an index into
 // `names` so admit() knows which name was resolved and lets the policy
 // compiler (the one source of truth) decide each address.
-struct DnsService::Sandbox : dns::Admitter {
+// Shared ownership: the responder's callbacks hold it weakly, so a callback
+// racing a detach finds it gone instead of freed.
+struct DnsService::Sandbox : dns::Admitter, std::enable_shared_from_this<DnsService::Sandbox> {
     uint64_t cgroup_id = 0;
     loader::Datapath* dp = nullptr;
+    AdmissionJournal* journal = nullptr;
+    size_t quota = 0;
     std::mutex mu;
     std::shared_ptr<const policy::CompiledPolicy> compiled;
     uint32_t policy_id = 0;
@@ -87,9 +93,12 @@ struct DnsService::Sandbox : dns::Admitter {
     std::unordered_map<std::string, uint32_t> name_ids;
     struct Admitted {
         std::string name;
-        uint64_t expires_ns;
+        uint64_t expires_ns = 0;
     };
     std::map<std::array<uint8_t, 16>, Admitted> admitted;
+    std::shared_ptr<dns::ConnectionBudget> tcp_budget;  // both families' TCP connections
+    std::atomic<uint64_t> quota_refusals{0};
+    std::atomic<uint16_t> port{0};
     std::unique_ptr<dns::Responder> responder;
     std::unique_ptr<dns::Responder> responder6;  // same port on ::1, for sandboxes asking over IPv6
 
@@ -127,39 +136,81 @@ struct DnsService::Sandbox : dns::Admitter {
         dp->put_dns_allow(k, v);
     }
 
+    void bpf_delete(const std::array<uint8_t, 16>& addr) {
+        auto k = key_for(addr);
+        bpf_map_delete_elem(dp->map_fd("dns_allow"), &k);
+    }
+
+    // Frees expired admissions (the kernel already ignores them). Holds mu.
+    void purge_expired_locked(uint64_t now) {
+        for (auto it = admitted.begin(); it != admitted.end();) {
+            if (it->second.expires_ns <= now) {
+                bpf_delete(it->first);
+                it = admitted.erase(it);
+            } else {
+                ++it;
+            }
+        }
+    }
+
     void admit(const std::vector<dns::Admission>& as, const dns::HostMatch& m) override {
         std::lock_guard lk(mu);
         if (m.portset_id >= names.size() || !compiled) return;
-        const std::string& name = names[m.portset_id];
-        uint64_t now = boot_ns();
+        const std::string name = names[m.portset_id];
+        const uint64_t now = boot_ns();
+        struct Todo {
+            std::array<uint8_t, 16> addr;
+            uint32_t portset;
+            uint64_t expires;
+        };
+        std::vector<Todo> todo;
+        size_t fresh = 0;
         for (auto& a : as) {
             policy::Addr addr;
             std::memcpy(addr.data(), a.addr.data(), 16);
             auto ps = compiled->admit(name, addr);
             if (!ps) continue;  // rebinding defence, allowed_ips, or no ports left
-            uint64_t exp = now + static_cast<uint64_t>(a.ttl_seconds) * 1000000000ull;
-            auto& rec = admitted[a.addr];
+            todo.push_back({a.addr, *ps, now + static_cast<uint64_t>(a.ttl_seconds) * 1000000000ull});
+            fresh += !admitted.count(a.addr);
+        }
+        if (fresh && admitted.size() + fresh > quota) {
+            purge_expired_locked(now);
+            if (admitted.size() + fresh > quota) {
+                ++quota_refusals;
+                throw dns::QuotaExceeded("cgroup " + std::to_string(cgroup_id) + " holds its quota of " +
+                                         std::to_string(quota) + " DNS admissions");
+            }
+        }
+        for (auto& t : todo) {
+            auto it = admitted.find(t.addr);
+            const uint64_t exp = it == admitted.end() ? t.expires : std::max(it->second.expires_ns, t.expires);
+            write(t.addr, t.portset, exp);  // throws when the map is full: SERVFAIL
+            auto& rec = admitted[t.addr];
+            if (rec.name != name) journal->append(cgroup_id, t.addr, name);
             rec.name = name;
-            rec.expires_ns = std::max(rec.expires_ns, exp);
-            write(a.addr, *ps, rec.expires_ns);
+            rec.expires_ns = exp;
         }
     }
 
-    dns::SandboxView view(const DnsOptions& o) {
+    static dns::SandboxView view(const std::shared_ptr<Sandbox>& self, const DnsOptions& o) {
         dns::SandboxView v;
-        v.inference_enabled = compiled ? compiled->inference_enabled : false;
+        {
+            std::lock_guard lk(self->mu);
+            v.inference_enabled = self->compiled ? self->compiled->inference_enabled : false;
+        }
         v.vip4 = o.vip4;
-        v.match_host = [this](std::string_view name) -> std::optional<dns::HostMatch> {
+        v.match_host = [weak = std::weak_ptr<Sandbox>(self)](std::string_view name) -> std::optional<dns::HostMatch> {
+            auto sb = weak.lock();
+            if (!sb) return std::nullopt;  // detached meanwhile
             std::shared_ptr<const policy::CompiledPolicy> c;
             {
-                std::lock_guard lk(mu);
-                c = compiled;
+                std::lock_guard lk(sb->mu);
+                c = sb->compiled;
             }
             if (!c || !c->match_host(name)) return std::nullopt;
             dns::HostMatch hm;
-            hm.portset_id = intern(name);
+            hm.portset_id = sb->intern(name);
             return hm;  // admit() decides each address with the compiled policy
-
         };
         return v;
     }
@@ -177,29 +228,62 @@ struct DnsService::Sandbox : dns::Admitter {
                 write(it->first, *ps, it->second.expires_ns);
                 ++it;
             } else {
-                bpf_delete(key_for(it->first));
+                bpf_delete(it->first);
                 it = admitted.erase(it);
             }
         }
     }
 
-    void bpf_delete(const redir_dns_allow_key& k);
+    // Restart: one admission the previous agent left, re-decided under the
+    // current policy. False: withdrawn.
+    bool adopt(const redir_dns_allow_key& k, const redir_dns_allow_val& v, const std::string* name, uint64_t now) {
+        std::array<uint8_t, 16> a;
+        std::memcpy(a.data(), k.addr.b, 16);
+        std::lock_guard lk(mu);
+        std::optional<uint32_t> ps;
+        if (name && compiled && v.expires_ns > now && admitted.size() < quota) {
+            policy::Addr addr;
+            std::memcpy(addr.data(), a.data(), 16);
+            ps = compiled->admit(*name, addr);
+        }
+        if (!ps) {
+            bpf_delete(a);
+            return false;
+        }
+        try {
+            write(a, *ps, v.expires_ns);
+        } catch (const std::exception&) {
+            bpf_delete(a);
+            return false;
+        }
+        admitted[a] = Admitted{*name, v.expires_ns};
+        return true;
+    }
 };
 
-}  // namespace redir::agent
-
-#include <bpf/bpf.h>
-
-namespace redir::agent {
-
-void DnsService::Sandbox::bpf_delete(const redir_dns_allow_key& k) {
-    bpf_map_delete_elem(dp->map_fd("dns_allow"), &k);
-}
-
 DnsService::DnsService(asio::io_context& io, loader::Datapath& dp, AuditLog& audit, DnsOptions opts)
-    : io_(io), dp_(dp), audit_(audit), opts_(std::move(opts)), expiry_timer_(io) {
+    : io_(io),
+      dp_(dp),
+      audit_(audit),
+      opts_(std::move(opts)),
+      journal_(opts_.journal_path),
+      tcp_total_(std::make_shared<dns::ConnectionBudget>(opts_.tcp_total)),
+      owners_(std::make_unique<OwnerLookups>(io, opts_.owner_lookup_queue)),
+      expiry_timer_(io) {
     upstream_ = opts_.upstream.empty() ? default_dns_upstream() : opts_.upstream;
     parse_endpoint(upstream_);  // fail at start, not at the first query
+    // What a previous agent admitted stays in the pinned map; restore()
+    // re-keys it (adopt_admissions) or removes it (finish_restore).
+    int fd = dp_.map_fd("dns_allow");
+    redir_dns_allow_key cur{}, next{};
+    redir_dns_allow_key* prev = nullptr;
+    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+        redir_dns_allow_val v{};
+        if (bpf_map_lookup_elem(fd, &next, &v) == 0) inherited_[next.cgroup_id].push_back({next, v});
+        cur = next;
+        prev = &cur;
+    }
+    if (!inherited_.empty()) inherited_names_ = journal_.load();
     schedule_expiry();
 }
 
@@ -209,51 +293,72 @@ DnsService::~DnsService() {
 
 uint16_t DnsService::add(uint64_t cgroup_id, const std::string& cgroup_path,
                          std::shared_ptr<const policy::CompiledPolicy> compiled, uint32_t policy_id) {
-    auto sb = std::make_unique<Sandbox>();
+    auto sb = std::make_shared<Sandbox>();
     sb->cgroup_id = cgroup_id;
     sb->dp = &dp_;
+    sb->journal = &journal_;
+    sb->quota = opts_.max_admissions_per_sandbox;
     sb->compiled = std::move(compiled);
     sb->policy_id = policy_id;
+    sb->tcp_budget = std::make_shared<dns::ConnectionBudget>(opts_.tcp_per_sandbox);
     dns::ResponderConfig cfg;
     cfg.upstream = parse_endpoint(upstream_);
     cfg.ttl.floor_seconds = opts_.ttl_floor_s;
     cfg.ttl.ceiling_seconds = opts_.ttl_ceiling_s;
+    cfg.max_tcp_connections = opts_.tcp_per_sandbox;
+    cfg.max_tcp_queued_bytes = opts_.tcp_queued_bytes;
+    cfg.tcp_idle_timeout = opts_.tcp_idle_timeout;
+    cfg.tcp_budgets = {sb->tcp_budget, tcp_total_};
+    cfg.accept_allowed = opts_.accept_allowed;
     auto* audit = &audit_;
-    uint64_t cg = cgroup_id;
-    auto* sbp = sb.get();
-    auto hook = [audit, cg, cgroup_path, sbp](std::string_view name, uint16_t qtype, dns::Verdict v,
-                                              const dns::QueryOrigin& from) {
-        // The responder saw a datagram; the process behind it is found from
-        // its source address among the sandbox's processes.
-        std::optional<ProcessInfo> owner;
-        if (auto peer = addr_parse(from.address.to_string())) {
-            auto local = addr_parse(from.address.is_v4() ? "127.0.0.1" : "::1");
-            owner = find_socket_owner(from.tcp, *peer, from.port, *local, sbp->responder ? sbp->responder->port() : 0,
-                                      cgroup_path);
-        }
-        JsonOut j;
-        j.begin()
-            .num("ts_ms", now_ms())
-            .str("event", "dns")
-            .str("verdict", dns::to_string(v))
-            .str("name", name)
-            .str("type", qtype_name(qtype))
-            .num("qtype", qtype)
-            .num("cgroup_id", cg)
-            .num("pid", owner ? owner->pid : 0)
-            .str("comm", owner ? owner->comm : "")
-            .str("protocol", from.tcp ? "tcp" : "udp")
-            .end();
-        audit->write(j.take());
+    auto* owners = owners_.get();
+    std::weak_ptr<Sandbox> weak = sb;
+    auto hook = [audit, owners, weak, cgroup_id, cgroup_path](std::string_view name, uint16_t qtype,
+                                                               dns::Verdict v, const dns::QueryOrigin& from) {
+        // Repeated identical refusals are counted, not written (nor looked up).
+        std::string key = "dns " + std::string(dns::to_string(v)) + " " + std::string(name) + " " + qtype_name(qtype);
+        if (!audit->admit(cgroup_id, key)) return;
+        auto sb = weak.lock();
+        OwnerQuery q;
+        q.tcp = from.tcp;
+        auto peer = addr_parse(from.address.to_string());
+        auto local = addr_parse(from.address.is_v4() ? "127.0.0.1" : "::1");
+        if (peer) q.peer = *peer;
+        q.peer_port = from.port;
+        q.local = *local;
+        q.local_port = sb ? sb->port.load() : 0;
+        q.cgroup_path = cgroup_path;
+        auto record = [audit, cgroup_id, name = std::string(name), qtype, v,
+                       tcp = from.tcp](std::optional<ProcessInfo> owner) {
+            JsonOut j;
+            j.begin()
+                .num("ts_ms", now_ms())
+                .str("event", "dns")
+                .str("verdict", dns::to_string(v))
+                .str("name", name)
+                .str("type", qtype_name(qtype))
+                .num("qtype", qtype)
+                .num("cgroup_id", cgroup_id)
+                .num("pid", owner ? owner->pid : 0)
+                .str("comm", owner ? owner->comm : "")
+                .str("protocol", tcp ? "tcp" : "udp")
+                .end();
+            audit->write(j.take());
+        };
+        // The process behind the query is found off the io thread; without a
+        // peer address there is nothing to look up.
+        if (!peer || !sb) return record(std::nullopt);
+        owners->submit(std::move(q), std::move(record));
     };
-    sb->responder = std::make_unique<dns::Responder>(io_, cfg, sb->view(opts_), *sb, hook);
+    sb->responder = std::make_unique<dns::Responder>(io_, cfg, Sandbox::view(sb, opts_), *sb, hook);
     sb->responder->start();
     uint16_t port = sb->responder->port();
+    sb->port = port;
     try {
         dns::ResponderConfig cfg6 = cfg;
         cfg6.listen = asio::ip::make_address("::1");
         cfg6.port = port;
-        sb->responder6 = std::make_unique<dns::Responder>(io_, cfg6, sb->view(opts_), *sb, hook);
+        sb->responder6 = std::make_unique<dns::Responder>(io_, cfg6, Sandbox::view(sb, opts_), *sb, hook);
         sb->responder6->start();
     } catch (const std::exception& e) {
         sb->responder6.reset();
@@ -267,21 +372,33 @@ void DnsService::update(uint64_t cgroup_id, std::shared_ptr<const policy::Compil
                         uint32_t policy_id) {
     auto it = sandboxes_.find(cgroup_id);
     if (it == sandboxes_.end()) return;
-    auto& sb = *it->second;
+    auto& sb = it->second;
     {
-        std::lock_guard lk(sb.mu);
-        sb.compiled = std::move(compiled);
-        sb.policy_id = policy_id;
+        std::lock_guard lk(sb->mu);
+        sb->compiled = std::move(compiled);
+        sb->policy_id = policy_id;
     }
-    sb.responder->set_view(sb.view(opts_));
-    if (sb.responder6) sb.responder6->set_view(sb.view(opts_));
-    sb.revalidate();
+    sb->responder->set_view(Sandbox::view(sb, opts_));
+    if (sb->responder6) sb->responder6->set_view(Sandbox::view(sb, opts_));
+    sb->revalidate();
 }
 
 void DnsService::remove(uint64_t cgroup_id) {
     auto it = sandboxes_.find(cgroup_id);
     if (it == sandboxes_.end()) return;
-    it->second->stop();
+    auto& sb = *it->second;
+    sb.stop();
+    for (auto* r : {sb.responder.get(), sb.responder6.get()}) {
+        if (!r) continue;
+        auto st = r->stats();
+        retired_.queries += st.queries;
+        retired_.refused += st.refused;
+        retired_.admissions += st.admissions;
+        retired_.tcp_refused += st.tcp_refused;
+        retired_.tcp_cut += st.tcp_cut;
+        retired_.accept_backoffs += st.accept_backoffs;
+    }
+    retired_.quota_refusals += sb.quota_refusals;
     sandboxes_.erase(it);
     dp_.delete_dns_allow_for(cgroup_id);
 }
@@ -289,6 +406,76 @@ void DnsService::remove(uint64_t cgroup_id) {
 uint16_t DnsService::port(uint64_t cgroup_id) const {
     auto it = sandboxes_.find(cgroup_id);
     return it == sandboxes_.end() ? 0 : it->second->responder->port();
+}
+
+void DnsService::adopt_admissions(uint64_t cgroup_id) {
+    auto inh = inherited_.find(cgroup_id);
+    if (inh == inherited_.end()) return;
+    auto sit = sandboxes_.find(cgroup_id);
+    const uint64_t now = boot_ns();
+    for (auto& [k, v] : inh->second) {
+        AdmissionJournal::Addr a;
+        std::memcpy(a.data(), k.addr.b, 16);
+        auto n = inherited_names_.find({cgroup_id, a});
+        const std::string* name = n == inherited_names_.end() ? nullptr : &n->second;
+        bool kept = false;
+        if (sit != sandboxes_.end()) {
+            kept = sit->second->adopt(k, v, name, now);
+        } else {
+            bpf_map_delete_elem(dp_.map_fd("dns_allow"), &k);
+        }
+        kept ? ++restored_ : ++restore_withdrawn_;
+    }
+    inherited_.erase(inh);
+}
+
+void DnsService::finish_restore() {
+    // Cgroups detached or gone while no agent ran: their admissions go.
+    for (auto& [cg, entries] : inherited_) {
+        for (auto& [k, v] : entries) bpf_map_delete_elem(dp_.map_fd("dns_allow"), &k);
+        restore_withdrawn_ += entries.size();
+    }
+    inherited_.clear();
+    inherited_names_.clear();
+    compact_journal();
+    if (restored_ || restore_withdrawn_)
+        spdlog::info("DNS admissions after restart: {} re-keyed under the new policies, {} withdrawn", restored_,
+                     restore_withdrawn_);
+}
+
+void DnsService::compact_journal() {
+    AdmissionJournal::Names live;
+    for (auto& [id, sb] : sandboxes_) {
+        std::lock_guard lk(sb->mu);
+        for (auto& [addr, rec] : sb->admitted) live[{id, addr}] = rec.name;
+    }
+    journal_.rewrite(live);
+}
+
+DnsCounters DnsService::counters() const {
+    DnsCounters c = retired_;
+    for (auto& [id, sb] : sandboxes_) {
+        for (auto* r : {sb->responder.get(), sb->responder6.get()}) {
+            if (!r) continue;
+            auto st = r->stats();
+            c.queries += st.queries;
+            c.refused += st.refused;
+            c.admissions += st.admissions;
+            c.tcp_open += st.tcp_open;
+            c.tcp_refused += st.tcp_refused;
+            c.tcp_cut += st.tcp_cut;
+            c.accept_backoffs += st.accept_backoffs;
+        }
+        c.quota_refusals += sb->quota_refusals;
+        std::lock_guard lk(sb->mu);
+        c.admissions_live += sb->admitted.size();
+    }
+    c.owner_lookups = owners_->done();
+    c.owner_lookups_skipped = owners_->skipped();
+    c.restored = restored_;
+    c.restore_withdrawn = restore_withdrawn_;
+    c.journal_errors = journal_.write_errors();
+    return c;
 }
 
 void DnsService::schedule_expiry() {
@@ -303,17 +490,14 @@ void DnsService::schedule_expiry() {
 void DnsService::expire() {
     // The kernel ignores expired entries already; this only frees the memory.
     uint64_t now = boot_ns();
+    size_t live = 0;
     for (auto& [id, sb] : sandboxes_) {
         std::lock_guard lk(sb->mu);
-        for (auto it = sb->admitted.begin(); it != sb->admitted.end();) {
-            if (it->second.expires_ns <= now) {
-                sb->bpf_delete(sb->key_for(it->first));
-                it = sb->admitted.erase(it);
-            } else {
-                ++it;
-            }
-        }
+        sb->purge_expired_locked(now);
+        live += sb->admitted.size();
     }
+    // The journal only grows between compactions; keep it near the live set.
+    if (journal_.lines() > 2 * live + 1024) compact_journal();
 }
 
 }  // namespace redir::agent

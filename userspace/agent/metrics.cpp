@@ -1,6 +1,7 @@
 #include "agent/metrics.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
@@ -21,8 +22,15 @@ struct MetricsServer::Impl : std::enable_shared_from_this<Impl> {
     void accept() {
         acceptor.async_accept([self = shared_from_this()](beast::error_code ec, tcp::socket s) {
             if (ec == asio::error::operation_aborted) return;
-            if (!ec) serve(self, std::make_shared<beast::tcp_stream>(std::move(s)));
-            self->accept();
+            if (!ec) {
+                serve(self, std::make_shared<beast::tcp_stream>(std::move(s)));
+                return self->accept();
+            }
+            // EMFILE and the like persist: pause instead of spinning.
+            auto t = std::make_shared<asio::steady_timer>(self->acceptor.get_executor(), std::chrono::milliseconds(200));
+            t->async_wait([self, t](beast::error_code e) {
+                if (!e) self->accept();
+            });
         });
     }
 

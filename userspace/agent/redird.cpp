@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/agent.hpp"
+#include "agent/fd_reserve.hpp"
 
 namespace asio = boost::asio;
 
@@ -41,17 +42,68 @@ int main(int argc, char** argv) {
                    "seconds of provider silence allowed inside a streamed answer (no total cap)")
         ->check(CLI::Range(1u, 86400u))
         ->capture_default_str();
+    // Limits that keep one hostile sandbox from starving the others (docs/operations.md).
+    uint64_t max_open_files = 0;
+    unsigned dns_tcp_idle_ms = 10000, audit_window_ms = 10000;
+    app.add_option("--max-open-files", max_open_files, "RLIMIT_NOFILE to run with; 0: the hard limit")
+        ->capture_default_str();
+    app.add_option("--fd-reserve", o.fd_reserve, "descriptors kept for the control socket and state writes")
+        ->check(CLI::Range(size_t(1), size_t(1024)))
+        ->capture_default_str();
+    app.add_option("--dns-admissions-per-sandbox", o.dns.max_admissions_per_sandbox,
+                   "live DNS admissions one sandbox may hold (the node-wide map holds 262144)")
+        ->check(CLI::Range(size_t(1), size_t(262144)))
+        ->capture_default_str();
+    app.add_option("--dns-tcp-per-sandbox", o.dns.tcp_per_sandbox, "DNS-over-TCP connections per sandbox")
+        ->check(CLI::Range(size_t(1), size_t(1) << 20))
+        ->capture_default_str();
+    app.add_option("--dns-tcp-total", o.dns.tcp_total, "DNS-over-TCP connections, all sandboxes together")
+        ->check(CLI::Range(size_t(1), size_t(1) << 20))
+        ->capture_default_str();
+    app.add_option("--dns-tcp-queue-bytes", o.dns.tcp_queued_bytes,
+                   "answers queued for one DNS-over-TCP client before reading from it pauses")
+        ->check(CLI::Range(size_t(512), size_t(16) << 20))
+        ->capture_default_str();
+    app.add_option("--dns-tcp-idle-timeout-ms", dns_tcp_idle_ms,
+                   "a DNS-over-TCP connection with no progress (nothing read, nothing written) this long is closed")
+        ->check(CLI::Range(100u, 600000u))
+        ->capture_default_str();
+    app.add_option("--dns-owner-lookup-queue", o.dns.owner_lookup_queue,
+                   "refusal records waiting for their process lookup; beyond: written without a pid")
+        ->check(CLI::Range(size_t(1), size_t(65536)))
+        ->capture_default_str();
+    app.add_option("--audit-max-bytes", o.audit.max_file_bytes, "rotate the audit log past this size")
+        ->check(CLI::Range(size_t(4096), size_t(1) << 40))
+        ->capture_default_str();
+    app.add_option("--audit-keep", o.audit.keep_files, "rotated audit logs kept")
+        ->check(CLI::Range(size_t(1), size_t(1000)))
+        ->capture_default_str();
+    app.add_option("--audit-burst", o.audit.burst,
+                   "identical records per sandbox written per window; the rest are counted in one summary")
+        ->check(CLI::Range(1u, 1000000u))
+        ->capture_default_str();
+    app.add_option("--audit-window-ms", audit_window_ms, "rate-limit window of repeated audit records")
+        ->check(CLI::Range(100u, 3600000u))
+        ->capture_default_str();
     app.add_option("--log-format", log_format, "text or json")->check(CLI::IsMember({"text", "json"}))->capture_default_str();
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))
         ->capture_default_str();
     CLI11_PARSE(app, argc, argv);
+    o.dns.tcp_idle_timeout = std::chrono::milliseconds(dns_tcp_idle_ms);
+    o.audit.window = std::chrono::milliseconds(audit_window_ms);
 
     auto logger = spdlog::stderr_logger_mt("redird");
     spdlog::set_default_logger(logger);
     spdlog::set_level(spdlog::level::from_str(log_level));
     if (log_format == "json")
         spdlog::set_pattern(R"({"ts":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l","msg":"%v"})");
+
+    // Every sandbox connection costs a descriptor: run with the hard limit
+    // (or --max-open-files), a reserve of which stays for the operator.
+    auto nofile = redir::agent::raise_nofile_limit(static_cast<rlim_t>(max_open_files));
+    spdlog::info("file descriptor limit {} (hard {}), {} kept in reserve", static_cast<uint64_t>(nofile.soft),
+                 static_cast<uint64_t>(nofile.hard), o.fd_reserve);
 
     asio::io_context io;
     redir::agent::Agent agent(io, o);

@@ -60,42 +60,59 @@ std::optional<uint64_t> find_inode(bool tcp, const redir_addr& local, uint16_t l
             }
             if (lp != lport || !same(la, local)) continue;
             if (rp != 0 && (rp != rport || !same(ra, remote))) continue;
-            return std::stoull(inode);
+            try {
+                return std::stoull(inode);
+            } catch (...) {
+                continue;
+            }
         }
     }
     return std::nullopt;
 }
 
-void collect_pids(const fs::path& cg, std::vector<uint32_t>& out) {
+// Iterators advanced with error codes only: a cgroup or a process vanishing
+// mid-scan ends that branch of the scan, it never throws.
+void collect_pids(const fs::path& cg, std::vector<uint32_t>& out, size_t max_pids, int depth = 0) {
+    if (out.size() >= max_pids || depth > 32) return;
     std::ifstream in(cg / "cgroup.procs");
     uint32_t pid;
-    while (in >> pid) out.push_back(pid);
+    while (out.size() < max_pids && in >> pid) out.push_back(pid);
     std::error_code ec;
-    for (auto& e : fs::directory_iterator(cg, ec))
-        if (e.is_directory(ec)) collect_pids(e.path(), out);
+    fs::directory_iterator it(cg, ec), end;
+    for (; !ec && it != end; it.increment(ec)) {
+        std::error_code ec2;
+        if (it->is_directory(ec2)) collect_pids(it->path(), out, max_pids, depth + 1);
+    }
 }
 
 }  // namespace
 
 std::optional<ProcessInfo> find_socket_owner(bool tcp, const redir_addr& local, uint16_t local_port,
                                              const redir_addr& remote, uint16_t remote_port,
-                                             const std::string& cgroup_path) {
-    auto inode = find_inode(tcp, local, local_port, remote, remote_port);
-    if (!inode) return std::nullopt;
-    std::string want = "socket:[" + std::to_string(*inode) + "]";
-    std::vector<uint32_t> pids;
-    collect_pids(cgroup_path, pids);
-    for (auto pid : pids) {
-        std::error_code ec;
-        for (auto& fd : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
-            std::error_code ec2;
-            if (fs::read_symlink(fd.path(), ec2).string() != want) continue;
-            ProcessInfo p;
-            p.pid = pid;
-            std::ifstream c("/proc/" + std::to_string(pid) + "/comm");
-            std::getline(c, p.comm);
-            return p;
+                                             const std::string& cgroup_path, const ScanLimits& limits) noexcept {
+    try {
+        auto inode = find_inode(tcp, local, local_port, remote, remote_port);
+        if (!inode) return std::nullopt;
+        std::string want = "socket:[" + std::to_string(*inode) + "]";
+        std::vector<uint32_t> pids;
+        collect_pids(cgroup_path, pids, limits.max_pids);
+        size_t fds_seen = 0;
+        for (auto pid : pids) {
+            std::error_code ec;
+            fs::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec), end;
+            for (; !ec && it != end; it.increment(ec)) {
+                if (++fds_seen > limits.max_fds) return std::nullopt;
+                std::error_code ec2;
+                if (fs::read_symlink(it->path(), ec2).string() != want) continue;
+                ProcessInfo p;
+                p.pid = pid;
+                std::ifstream c("/proc/" + std::to_string(pid) + "/comm");
+                std::getline(c, p.comm);
+                return p;
+            }
         }
+    } catch (...) {
+        // Out of memory or an unexpected /proc format: the record goes without a pid.
     }
     return std::nullopt;
 }

@@ -24,6 +24,7 @@ std::string_view to_string(Verdict v) {
         case Verdict::malformed: return "malformed";
         case Verdict::upstream_error: return "upstream_error";
         case Verdict::overloaded: return "overloaded";
+        case Verdict::quota: return "quota";
     }
     return "unknown";
 }

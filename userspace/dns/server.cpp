@@ -15,6 +15,7 @@
 #include <mutex>
 #include <random>
 #include <map>
+#include <optional>
 
 #include "common/error.hpp"
 #include "dns/core.hpp"
@@ -90,6 +91,8 @@ struct Responder::Impl : std::enable_shared_from_this<Impl> {
     std::map<TcpConn*, std::weak_ptr<TcpConn>> conns;
 
     std::atomic<uint64_t> n_queries{0}, n_local{0}, n_forwarded{0}, n_refused{0}, n_admissions{0};
+    std::atomic<uint64_t> n_tcp_open{0}, n_tcp_refused{0}, n_tcp_cut{0}, n_accept_backoffs{0};
+    std::chrono::milliseconds backoff{0};
 
     std::shared_ptr<const SandboxView> current_view() const {
         std::lock_guard lk(view_mu);
@@ -109,6 +112,8 @@ struct Responder::Impl : std::enable_shared_from_this<Impl> {
 
     void bind();
     void close_all();
+    // Every connection cap at once, or none (nullopt).
+    std::optional<std::vector<std::shared_ptr<ConnectionBudget>>> take_budgets();
     void udp_receive();
     void tcp_accept();
 };
@@ -201,7 +206,12 @@ struct Responder::Impl::Lookup : std::enable_shared_from_this<Lookup> {
     void complete(std::span<const uint8_t> ans) {
         auto v = owner->current_view();
         std::optional<HostMatch> match;
-        if (v->match_host) match = v->match_host(fwd.name);
+        {
+            // The view's matcher may reference state its owner frees after stop().
+            std::lock_guard lk(owner->cb_mu);
+            if (owner->stopped) return finish({});
+            if (v->match_host) match = v->match_host(fwd.name);
+        }
         if (!match || match->deny) {
             // The policy was reloaded during the lookup and no longer allows the name.
             owner->event(fwd.name, fwd.qtype, Verdict::denied, origin);
@@ -218,6 +228,10 @@ struct Responder::Impl::Lookup : std::enable_shared_from_this<Lookup> {
             try {
                 owner->admitter.admit(r.admissions, *match);
                 owner->n_admissions += r.admissions.size();
+            } catch (const QuotaExceeded&) {
+                lk.unlock();
+                owner->event(fwd.name, fwd.qtype, Verdict::quota, origin);
+                return finish(make_servfail(fwd));
             } catch (...) {
                 lk.unlock();
                 owner->event(fwd.name, fwd.qtype, Verdict::upstream_error, origin);
@@ -250,14 +264,23 @@ struct Responder::Impl::Lookup : std::enable_shared_from_this<Lookup> {
 };
 
 struct Responder::Impl::TcpConn : std::enable_shared_from_this<TcpConn> {
-    TcpConn(std::shared_ptr<Impl> o, tcp::socket s) : owner(std::move(o)), sock(std::move(s)), idle(owner->strand) {}
+    TcpConn(std::shared_ptr<Impl> o, tcp::socket s, std::vector<std::shared_ptr<ConnectionBudget>> b)
+        : owner(std::move(o)), sock(std::move(s)), idle(owner->strand), budgets(std::move(b)) {
+        ++owner->n_tcp_open;
+    }
+    ~TcpConn() {
+        for (auto& b : budgets) b->give_back();
+        --owner->n_tcp_open;
+    }
 
     std::shared_ptr<Impl> owner;
     tcp::socket sock;
     asio::steady_timer idle;
+    std::vector<std::shared_ptr<ConnectionBudget>> budgets;  // taken on accept, given back when freed
     std::array<uint8_t, 2> len_buf{};
     Bytes body;
     std::deque<Bytes> out;
+    size_t out_bytes = 0;
     size_t pending = 0;  // lookups whose reply is still to come
     bool reading = false;
     bool closed = false;
@@ -267,18 +290,27 @@ struct Responder::Impl::TcpConn : std::enable_shared_from_this<TcpConn> {
         read_query();
     }
 
+    // Re-armed only by progress (a query read, an answer written). Queued
+    // output is not progress: a client that pipelines and never reads is cut
+    // off after the idle timeout, however much it still has to receive.
     void arm_idle() {
         idle.expires_after(owner->cfg.tcp_idle_timeout);
         idle.async_wait([self = shared_from_this()](error_code ec) {
             if (ec || self->closed) return;
-            // Idle means nothing read, nothing owed: a lookup in progress keeps it open.
-            if (self->pending == 0 && self->out.empty()) return self->close();
-            self->arm_idle();
+            // Waiting for the upstream only: lookups end within their own timeout.
+            if (self->pending > 0 && self->out.empty()) return self->arm_idle();
+            if (!self->out.empty()) ++self->owner->n_tcp_cut;
+            self->close();
         });
     }
 
+    bool may_read() const {
+        return !closed && !reading && pending < owner->cfg.max_tcp_pipeline &&
+               out_bytes < owner->cfg.max_tcp_queued_bytes;
+    }
+
     void read_query() {
-        if (closed || reading) return;
+        if (!may_read()) return;
         reading = true;
         asio::async_read(sock, asio::buffer(len_buf), [self = shared_from_this()](error_code ec, size_t) {
             if (self->closed) return;
@@ -299,7 +331,7 @@ struct Responder::Impl::TcpConn : std::enable_shared_from_this<TcpConn> {
                 auto rp = self->sock.remote_endpoint(pe);
                 QueryOrigin origin{rp.address(), rp.port(), true};
                 self->owner->handle(q.data(), q.size(), origin, reply, forwarded);
-                if (!self->closed && self->pending < self->owner->cfg.max_tcp_pipeline) self->read_query();
+                self->read_query();
             });
         });
     }
@@ -310,18 +342,21 @@ struct Responder::Impl::TcpConn : std::enable_shared_from_this<TcpConn> {
         if (closed) return;
         if (!msg.empty()) {
             out.push_back(framed(msg));
+            out_bytes += out.back().size();
             if (out.size() == 1) write_next();
         }
-        if (pending < owner->cfg.max_tcp_pipeline) read_query();
+        read_query();
     }
 
     void write_next() {
         asio::async_write(sock, asio::buffer(out.front()), [self = shared_from_this()](error_code ec, size_t) {
             if (self->closed) return;
             if (ec) return self->close();
+            self->out_bytes -= self->out.front().size();
             self->out.pop_front();
             self->arm_idle();
             if (!self->out.empty()) self->write_next();
+            self->read_query();
         });
     }
 
@@ -331,6 +366,8 @@ struct Responder::Impl::TcpConn : std::enable_shared_from_this<TcpConn> {
         error_code ignored;
         idle.cancel();
         sock.close(ignored);
+        out.clear();
+        out_bytes = 0;
         owner->conns.erase(this);
     }
 };
@@ -340,7 +377,13 @@ void Responder::Impl::handle(const uint8_t* data, size_t len, const QueryOrigin&
                              std::function<void(Bytes, const Forward&)> deliver_forwarded) {
     ++n_queries;
     auto v = current_view();
-    QueryAction act = handle_query(std::span<const uint8_t>(data, len), *v);
+    QueryAction act;
+    {
+        // The view's matcher may reference state its owner frees after stop().
+        std::lock_guard lk(cb_mu);
+        if (stopped) return deliver({});
+        act = handle_query(std::span<const uint8_t>(data, len), *v);
+    }
     if (auto* r = std::get_if<Reply>(&act)) {
         if (r->verdict == Verdict::inference) {
             ++n_local;
@@ -413,6 +456,19 @@ void Responder::Impl::close_all() {
     for (auto& c : cs) c->close();
 }
 
+std::optional<std::vector<std::shared_ptr<ConnectionBudget>>> Responder::Impl::take_budgets() {
+    if (conns.size() >= cfg.max_tcp_connections) return std::nullopt;
+    std::vector<std::shared_ptr<ConnectionBudget>> taken;
+    for (auto& b : cfg.tcp_budgets) {
+        if (!b->try_take()) {
+            for (auto& t : taken) t->give_back();
+            return std::nullopt;
+        }
+        taken.push_back(b);
+    }
+    return taken;
+}
+
 void Responder::Impl::udp_receive() {
     udp_sock.async_receive_from(asio::buffer(udp_buf), udp_peer, [self = shared_from_this()](error_code ec, size_t n) {
         if (ec == asio::error::operation_aborted || !self->udp_sock.is_open()) return;
@@ -442,18 +498,37 @@ void Responder::Impl::tcp_accept() {
     // Accepted sockets get our strand, so connection state is touched serially.
     acceptor.async_accept(strand, [self = shared_from_this()](error_code ec, auto s) {
         if (ec == asio::error::operation_aborted || !self->acceptor.is_open()) return;
-        if (!ec && self->conns.size() < self->cfg.max_tcp_connections) {
-            auto c = std::make_shared<TcpConn>(self, tcp::socket(std::move(s)));
+        // Short of file descriptors (EMFILE, ENFILE, or the agent keeping its
+        // reserve): the error persists for a while, so back off instead of
+        // spinning, doubling the pause up to 1 s.
+        const bool fd_short = ec || (self->cfg.accept_allowed && !self->cfg.accept_allowed());
+        if (fd_short) {
+            if (!ec) ++self->n_tcp_refused;  // `s` closes here
+            ++self->n_accept_backoffs;
+            self->backoff = std::min<std::chrono::milliseconds>(
+                std::chrono::milliseconds(1000),
+                self->backoff.count() ? self->backoff * 2 : self->cfg.accept_backoff);
+            self->accept_backoff.expires_after(self->backoff);
+            self->accept_backoff.async_wait([self](error_code e) {
+                if (!e && self->acceptor.is_open()) self->tcp_accept();
+            });
+            return;
+        }
+        self->backoff = std::chrono::milliseconds(0);
+        if (auto taken = self->take_budgets()) {
+            // The kernel's send buffer is output queued for the client too:
+            // bound it like ours, or a non-reading client parks megabytes there.
+            error_code ignored;
+            s.set_option(asio::socket_base::send_buffer_size(
+                             static_cast<int>(std::max<size_t>(self->cfg.max_tcp_queued_bytes, 4096))),
+                         ignored);
+            auto c = std::make_shared<TcpConn>(self, tcp::socket(std::move(s)), std::move(*taken));
             self->conns.emplace(c.get(), c);
             c->start();
+        } else {
+            ++self->n_tcp_refused;  // over a cap: `s` closes here
         }
-        // Over the cap, `s` closes here.
-        if (!ec) return self->tcp_accept();
-        // EMFILE and the like persist for a while: back off instead of spinning.
-        self->accept_backoff.expires_after(std::chrono::milliseconds(100));
-        self->accept_backoff.async_wait([self](error_code e) {
-            if (!e && self->acceptor.is_open()) self->tcp_accept();
-        });
+        self->tcp_accept();
     });
 }
 
@@ -499,6 +574,10 @@ ResponderStats Responder::stats() const {
     s.forwarded = impl_->n_forwarded;
     s.refused = impl_->n_refused;
     s.admissions = impl_->n_admissions;
+    s.tcp_open = impl_->n_tcp_open;
+    s.tcp_refused = impl_->n_tcp_refused;
+    s.tcp_cut = impl_->n_tcp_cut;
+    s.accept_backoffs = impl_->n_accept_backoffs;
     return s;
 }
 

@@ -10,12 +10,20 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <stdexcept>
+#include <atomic>
 #include <string_view>
 #include <vector>
 
 #include "dns/types.hpp"
 
 namespace redir::dns {
+
+// Thrown by an Admitter when the sandbox holds its quota of admissions: the
+// answer becomes SERVFAIL and the event's verdict is `quota`.
+struct QuotaExceeded : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
 
 // Receives the addresses a sandbox may now reach. Called before the answer is
 // sent to the sandbox, so a connect() right after resolution is admitted.
@@ -40,6 +48,29 @@ struct QueryOrigin {
 using EventHook =
     std::function<void(std::string_view name, uint16_t qtype, Verdict verdict, const QueryOrigin& client)>;
 
+// A connection count shared by several responders (both address families of
+// one sandbox; every sandbox of the node), so one sandbox cannot take all.
+class ConnectionBudget {
+public:
+    explicit ConnectionBudget(size_t limit) : limit_(limit) {}
+    bool try_take() {
+        size_t n = used_.load();
+        while (n < limit_)
+            if (used_.compare_exchange_weak(n, n + 1)) return true;
+        ++refused_;
+        return false;
+    }
+    void give_back() { --used_; }
+    size_t used() const { return used_; }
+    size_t limit() const { return limit_; }
+    uint64_t refused() const { return refused_; }
+
+private:
+    const size_t limit_;
+    std::atomic<size_t> used_{0};
+    std::atomic<uint64_t> refused_{0};
+};
+
 struct ResponderConfig {
     boost::asio::ip::address listen = boost::asio::ip::make_address("127.0.0.1");
     uint16_t port = 0;  // 0: any free port, the same for UDP and TCP
@@ -49,6 +80,17 @@ struct ResponderConfig {
     size_t max_inflight = 256;        // upstream lookups at once; beyond: SERVFAIL
     size_t max_tcp_connections = 64;  // beyond: closed on accept
     size_t max_tcp_pipeline = 16;     // lookups per TCP connection before reading pauses
+    // Answers queued for a TCP client that does not read: reading pauses above
+    // this, and a connection whose output makes no progress for the idle
+    // timeout is closed.
+    size_t max_tcp_queued_bytes = 64 * 1024;
+    // Shared caps checked on accept besides max_tcp_connections (per sandbox,
+    // node-wide). Over any of them the connection is closed at once.
+    std::vector<std::shared_ptr<ConnectionBudget>> tcp_budgets;
+    // Asked after each accept; false (file descriptors are short) closes the
+    // connection and backs the accept loop off.
+    std::function<bool()> accept_allowed;
+    std::chrono::milliseconds accept_backoff{100};  // first pause after EMFILE/ENFILE; doubles up to 1 s
     TtlLimits ttl;
 };
 
@@ -58,6 +100,10 @@ struct ResponderStats {
     uint64_t forwarded = 0;
     uint64_t refused = 0;  // every verdict that raised an event
     uint64_t admissions = 0;
+    uint64_t tcp_open = 0;           // TCP connections now open
+    uint64_t tcp_refused = 0;        // closed on accept: over a cap, or file descriptors short
+    uint64_t tcp_cut = 0;            // closed with answers the client never read
+    uint64_t accept_backoffs = 0;    // accept errors (EMFILE, ENFILE, ...) that paused the accept loop
 };
 
 class Responder {

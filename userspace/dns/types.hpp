@@ -63,6 +63,7 @@ enum class Verdict : uint8_t {
     malformed,       // FORMERR, or NOTIMP for opcodes other than QUERY
     upstream_error,  // upstream timed out, unreachable or answered garbage: SERVFAIL
     overloaded,      // too many queries in flight: SERVFAIL
+    quota,           // the sandbox holds its quota of DNS admissions: SERVFAIL
 };
 std::string_view to_string(Verdict v);
 

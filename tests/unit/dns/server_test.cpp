@@ -11,6 +11,7 @@
 #include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -64,7 +65,7 @@ Bytes frame(const Bytes& m) {
 // A resolver on 127.0.0.1 (UDP and TCP, same port) answering from a table.
 class FakeUpstream {
 public:
-    enum class Mode { answer, silent, spoof_first, truncate_udp };
+    enum class Mode { answer, silent, spoof_first, truncate_udp, delay };
 
     FakeUpstream() {
         for (int attempt = 0; attempt < 50; ++attempt) {
@@ -131,6 +132,7 @@ private:
                     Bytes spoof = make_answer(q, {std::string(nm.get()) + " 300 IN A 203.0.113.66"});
                     ::sendto(udp_.get(), spoof.data(), spoof.size(), 0, reinterpret_cast<sockaddr*>(&from), fl);
                 }
+                if (m == Mode::delay) std::this_thread::sleep_for(std::chrono::milliseconds(150));
                 Bytes a = answer_for(buf, m == Mode::truncate_udp);
                 ::sendto(udp_.get(), a.data(), a.size(), 0, reinterpret_cast<sockaddr*>(&from), fl);
             }
@@ -157,6 +159,7 @@ private:
 
 struct RecordingAdmitter : Admitter {
     void admit(const std::vector<Admission>& a, const HostMatch& m) override {
+        if (quota_full) throw QuotaExceeded("quota");
         std::lock_guard lk(mu);
         for (const auto& x : a) got.push_back({x, m.portset_id});
     }
@@ -166,6 +169,7 @@ struct RecordingAdmitter : Admitter {
     }
     std::mutex mu;
     std::vector<std::pair<Admission, uint32_t>> got;
+    std::atomic<bool> quota_full{false};
 };
 
 struct Event {
@@ -500,6 +504,135 @@ TEST_F(ResponderTest, FixedPortAndStopClosesIt) {
     UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     auto sa = loopback(port);
     EXPECT_EQ(::bind(s.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+}
+
+
+// A client that pipelines queries and never reads its answers: reading pauses
+// once the queued answers pass the cap, and since queued output is not
+// progress the idle timer closes the connection.
+TEST_F(ResponderTest, TcpNeverReadingClientIsCutOff) {
+    ResponderConfig cfg;
+    cfg.tcp_idle_timeout = 300ms;
+    cfg.max_tcp_queued_bytes = 4096;
+    start(cfg);
+    // A small receive window (set before connecting) so the kernel buffers
+    // between the responder and this client fill quickly.
+    UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    int small = 4096;
+    setsockopt(s.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    auto sa = loopback(responder->port());
+    ASSERT_EQ(::connect(s.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+    Bytes q = frame(make_query("inference.local", LDNS_RR_TYPE_A, 7));
+    Bytes burst;
+    for (int i = 0; i < 200; ++i) burst.insert(burst.end(), q.begin(), q.end());
+    size_t sent = 0;
+    auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - t0 < 1500ms) {
+        ssize_t n = ::send(s.get(), burst.data(), burst.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n > 0) sent += static_cast<size_t>(n) / q.size();
+        if (n < 0 && errno != EAGAIN) break;  // reset: the responder cut us off
+        std::this_thread::sleep_for(5ms);
+    }
+    auto deadline = std::chrono::steady_clock::now() + 3s;
+    while (responder->stats().tcp_open != 0 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(20ms);
+    auto st = responder->stats();
+    EXPECT_EQ(st.tcp_open, 0u) << "the non-reading client was not cut off";
+    EXPECT_EQ(st.tcp_cut, 1u);
+    // Reading paused: far fewer queries were taken than the client pushed.
+    EXPECT_LT(st.queries, sent);
+    EXPECT_LT(st.queries, 2000u);
+}
+
+// The shared caps (per sandbox across both address families, node-wide):
+// over any of them a connection is closed at once, and closing gives it back.
+TEST_F(ResponderTest, SharedTcpBudgetCapsConnections) {
+    ResponderConfig cfg;
+    auto budget = std::make_shared<ConnectionBudget>(1);
+    cfg.tcp_budgets.push_back(budget);
+    start(cfg);
+    {
+        UniqueFd first = tcp_connect();
+        ASSERT_TRUE(write_full(first.get(), frame(make_query("inference.local", LDNS_RR_TYPE_A, 1))));
+        EXPECT_EQ(id_of(tcp_read(first.get())), 1);
+        EXPECT_EQ(budget->used(), 1u);
+        UniqueFd second = tcp_connect();
+        uint8_t b;
+        EXPECT_LE(::recv(second.get(), &b, 1, 0), 0) << "over the shared cap: closed";
+        EXPECT_EQ(budget->refused(), 1u);
+    }
+    auto deadline = std::chrono::steady_clock::now() + 3s;
+    while (budget->used() != 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(budget->used(), 0u) << "a closed connection gives its place back";
+    UniqueFd third = tcp_connect();
+    ASSERT_TRUE(write_full(third.get(), frame(make_query("inference.local", LDNS_RR_TYPE_A, 3))));
+    EXPECT_EQ(id_of(tcp_read(third.get())), 3);
+}
+
+// The agent frees the state behind the view's matcher and the Admitter right
+// after stop() returns (detach). An upstream answer already queued behind a
+// busy strand must not call into either afterwards.
+TEST_F(ResponderTest, NoCallbackAfterStopWhileAnswerQueued) {
+    upstream.set("api.example.", {"api.example. 300 IN A 203.0.113.10"});
+    upstream.mode = FakeUpstream::Mode::delay;
+    std::mutex latch_mu;
+    std::condition_variable latch_cv;
+    bool released = false;
+    std::atomic<bool> blocking{false}, after_stop{false};
+    std::atomic<int> violations{0};
+    SandboxView v;
+    v.match_host = [&](std::string_view n) -> std::optional<HostMatch> {
+        if (after_stop) ++violations;
+        if (n == "block.example") {
+            blocking = true;
+            std::unique_lock lk(latch_mu);
+            latch_cv.wait(lk, [&] { return released; });
+            return std::nullopt;
+        }
+        if (n == "api.example") return HostMatch{42, false, {}};
+        return std::nullopt;
+    };
+    start({}, v);
+    UniqueFd c(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    auto sa = loopback(responder->port());
+    Bytes qa = make_query("api.example", LDNS_RR_TYPE_A, 1);
+    ::sendto(c.get(), qa.data(), qa.size(), 0, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+    auto deadline = std::chrono::steady_clock::now() + 3s;
+    while (upstream.udp_queries == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(5ms);
+    // Occupy the strand, and let the upstream answer queue up behind it.
+    Bytes qb = make_query("block.example", LDNS_RR_TYPE_A, 2);
+    ::sendto(c.get(), qb.data(), qb.size(), 0, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+    while (!blocking && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(5ms);
+    ASSERT_TRUE(blocking);
+    std::this_thread::sleep_for(400ms);
+    std::thread stopper([&] {
+        responder->stop();
+        after_stop = true;
+    });
+    std::this_thread::sleep_for(100ms);
+    {
+        std::lock_guard lk(latch_mu);
+        released = true;
+    }
+    latch_cv.notify_all();
+    stopper.join();
+    std::this_thread::sleep_for(300ms);
+    EXPECT_EQ(violations, 0) << "the matcher was called after stop() returned";
+    size_t admitted = admitter.count();
+    std::this_thread::sleep_for(100ms);
+    EXPECT_EQ(admitter.count(), admitted);
+}
+
+TEST_F(ResponderTest, AdmissionQuotaIsServfailWithQuotaEvent) {
+    upstream.set("api.example.", {"api.example. 300 IN A 203.0.113.10"});
+    admitter.quota_full = true;
+    start();
+    Bytes r = udp(make_query("api.example", LDNS_RR_TYPE_A, 9));
+    EXPECT_EQ(rcode_of(r), LDNS_RCODE_SERVFAIL);
+    auto ev = events_copy();
+    ASSERT_EQ(ev.size(), 1u);
+    EXPECT_EQ(ev[0].verdict, Verdict::quota);
+    EXPECT_EQ(ev[0].name, "api.example");
 }
 
 }  // namespace
