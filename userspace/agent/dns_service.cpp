@@ -313,11 +313,16 @@ uint16_t DnsService::add(uint64_t cgroup_id, const std::string& cgroup_path,
     auto* audit = &audit_;
     auto* owners = owners_.get();
     std::weak_ptr<Sandbox> weak = sb;
+    // The refusal's reply waits for its record: the asking process is named
+    // while its socket still exists (a client exits as soon as it has its
+    // NXDOMAIN). The lookup runs on the worker; with its queue full, or for a
+    // rate-limited repeat, the reply goes at once.
     auto hook = [audit, owners, weak, cgroup_id, cgroup_path](std::string_view name, uint16_t qtype,
-                                                               dns::Verdict v, const dns::QueryOrigin& from) {
+                                                               dns::Verdict v, const dns::QueryOrigin& from,
+                                                               std::function<void()> resume) {
         // Repeated identical refusals are counted, not written (nor looked up).
         std::string key = "dns " + std::string(dns::to_string(v)) + " " + std::string(name) + " " + qtype_name(qtype);
-        if (!audit->admit(cgroup_id, key)) return;
+        if (!audit->admit(cgroup_id, key)) return resume();
         auto sb = weak.lock();
         OwnerQuery q;
         q.tcp = from.tcp;
@@ -328,8 +333,8 @@ uint16_t DnsService::add(uint64_t cgroup_id, const std::string& cgroup_path,
         q.local = *local;
         q.local_port = sb ? sb->port.load() : 0;
         q.cgroup_path = cgroup_path;
-        auto record = [audit, cgroup_id, name = std::string(name), qtype, v,
-                       tcp = from.tcp](std::optional<ProcessInfo> owner) {
+        auto record = [audit, cgroup_id, name = std::string(name), qtype, v, tcp = from.tcp,
+                       resume](std::optional<ProcessInfo> owner) {
             JsonOut j;
             j.begin()
                 .num("ts_ms", now_ms())
@@ -344,13 +349,15 @@ uint16_t DnsService::add(uint64_t cgroup_id, const std::string& cgroup_path,
                 .str("protocol", tcp ? "tcp" : "udp")
                 .end();
             audit->write(j.take());
+            resume();
         };
         // The process behind the query is found off the io thread; without a
         // peer address there is nothing to look up.
         if (!peer || !sb) return record(std::nullopt);
         owners->submit(std::move(q), std::move(record));
     };
-    sb->responder = std::make_unique<dns::Responder>(io_, cfg, Sandbox::view(sb, opts_), *sb, hook);
+    sb->responder = std::make_unique<dns::Responder>(io_, cfg, Sandbox::view(sb, opts_), *sb);
+    sb->responder->set_deferring_event_hook(hook);
     sb->responder->start();
     uint16_t port = sb->responder->port();
     sb->port = port;
@@ -358,7 +365,8 @@ uint16_t DnsService::add(uint64_t cgroup_id, const std::string& cgroup_path,
         dns::ResponderConfig cfg6 = cfg;
         cfg6.listen = asio::ip::make_address("::1");
         cfg6.port = port;
-        sb->responder6 = std::make_unique<dns::Responder>(io_, cfg6, Sandbox::view(sb, opts_), *sb, hook);
+        sb->responder6 = std::make_unique<dns::Responder>(io_, cfg6, Sandbox::view(sb, opts_), *sb);
+        sb->responder6->set_deferring_event_hook(hook);
         sb->responder6->start();
     } catch (const std::exception& e) {
         sb->responder6.reset();

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -76,6 +77,7 @@ struct Responder::Impl : std::enable_shared_from_this<Impl> {
     bool stopped = false;
     Admitter& admitter;
     EventHook on_event;
+    DeferringEventHook on_event_deferring;
 
     udp::socket udp_sock;
     tcp::acceptor acceptor;
@@ -99,10 +101,25 @@ struct Responder::Impl : std::enable_shared_from_this<Impl> {
         return view;
     }
 
-    void event(std::string_view name, uint16_t qtype, Verdict v, const QueryOrigin& origin) {
+    // Reports a refusal, then runs THEN on the strand: posted at once, or
+    // when the deferring hook resumes. Never run inline: THEN may re-enter
+    // the responder (a TCP connection reads its next query).
+    void event_then(std::string_view name, uint16_t qtype, Verdict v, const QueryOrigin& origin,
+                    std::function<void()> then) {
         ++n_refused;
-        std::lock_guard lk(cb_mu);
-        if (!stopped && on_event) on_event(name, qtype, v, origin);
+        std::unique_lock lk(cb_mu);
+        if (stopped || !on_event_deferring) {
+            if (!stopped && on_event) on_event(name, qtype, v, origin);
+            lk.unlock();
+            asio::post(strand, std::move(then));
+            return;
+        }
+        auto once = std::make_shared<std::atomic<bool>>(false);
+        std::weak_ptr<Impl> weak = shared_from_this();
+        on_event_deferring(name, qtype, v, origin, [weak, once, then = std::move(then)] {
+            if (once->exchange(true)) return;
+            if (auto self = weak.lock()) asio::post(self->strand, then);
+        });
     }
 
     // Decides one query. Exactly one of the two callbacks runs, at once or when
@@ -140,6 +157,7 @@ struct Responder::Impl::Lookup : std::enable_shared_from_this<Lookup> {
     Bytes buf = Bytes(65536);
     std::array<uint8_t, 2> len_buf{};
     bool done = false;
+    bool refused = false;  // reported; the reply waits for the report
 
     void start() {
         upstream_id = random_id();
@@ -214,14 +232,10 @@ struct Responder::Impl::Lookup : std::enable_shared_from_this<Lookup> {
         }
         if (!match || match->deny) {
             // The policy was reloaded during the lookup and no longer allows the name.
-            owner->event(fwd.name, fwd.qtype, Verdict::denied, origin);
-            return finish(make_error_reply(fwd, kNxdomain));
+            return refuse(Verdict::denied, make_error_reply(fwd, kNxdomain));
         }
         UpstreamResult r = process_upstream_answer(fwd, ans, *match, owner->cfg.ttl);
-        if (!r.ok) {
-            owner->event(fwd.name, fwd.qtype, Verdict::upstream_error, origin);
-            return finish(std::move(r.reply));
-        }
+        if (!r.ok) return refuse(Verdict::upstream_error, std::move(r.reply));
         if (!r.admissions.empty()) {
             std::unique_lock lk(owner->cb_mu);
             if (owner->stopped) return finish({});
@@ -230,21 +244,29 @@ struct Responder::Impl::Lookup : std::enable_shared_from_this<Lookup> {
                 owner->n_admissions += r.admissions.size();
             } catch (const QuotaExceeded&) {
                 lk.unlock();
-                owner->event(fwd.name, fwd.qtype, Verdict::quota, origin);
-                return finish(make_servfail(fwd));
+                return refuse(Verdict::quota, make_servfail(fwd));
             } catch (...) {
                 lk.unlock();
-                owner->event(fwd.name, fwd.qtype, Verdict::upstream_error, origin);
-                return finish(make_servfail(fwd));
+                return refuse(Verdict::upstream_error, make_servfail(fwd));
             }
         }
         finish(std::move(r.reply));
     }
 
     void fail() {
-        if (done) return;
-        owner->event(fwd.name, fwd.qtype, Verdict::upstream_error, origin);
-        finish(make_servfail(fwd));
+        if (done || refused) return;
+        refuse(Verdict::upstream_error, make_servfail(fwd));
+    }
+
+    // The refusal is reported first; REPLY goes out once the report is done.
+    void refuse(Verdict v, Bytes reply) {
+        refused = true;
+        error_code ignored;
+        timer.cancel();
+        usock.close(ignored);
+        tsock.close(ignored);
+        owner->event_then(fwd.name, fwd.qtype, v, origin,
+                          [self = shared_from_this(), reply = std::move(reply)]() mutable { self->finish(std::move(reply)); });
     }
 
     void cancel() { finish({}); }
@@ -385,11 +407,11 @@ void Responder::Impl::handle(const uint8_t* data, size_t len, const QueryOrigin&
         act = handle_query(std::span<const uint8_t>(data, len), *v);
     }
     if (auto* r = std::get_if<Reply>(&act)) {
-        if (r->verdict == Verdict::inference) {
-            ++n_local;
-        } else {
-            event(r->name, r->qtype, r->verdict, origin);
+        if (r->verdict != Verdict::inference) {
+            return event_then(r->name, r->qtype, r->verdict, origin,
+                              [deliver, w = std::move(r->wire)]() mutable { deliver(std::move(w)); });
         }
+        ++n_local;
         deliver(std::move(r->wire));
         return;
     }
@@ -399,9 +421,8 @@ void Responder::Impl::handle(const uint8_t* data, size_t len, const QueryOrigin&
     }
     auto& fwd = std::get<Forward>(act);
     if (lookups.size() >= cfg.max_inflight) {
-        event(fwd.name, fwd.qtype, Verdict::overloaded, origin);
-        deliver(make_servfail(fwd));
-        return;
+        return event_then(fwd.name, fwd.qtype, Verdict::overloaded, origin,
+                          [deliver, w = make_servfail(fwd)]() mutable { deliver(std::move(w)); });
     }
     ++n_forwarded;
     auto l = std::make_shared<Lookup>(shared_from_this(), std::move(fwd), std::move(deliver_forwarded));
@@ -537,6 +558,11 @@ Responder::Responder(asio::io_context& io, ResponderConfig cfg, SandboxView view
     : impl_(std::make_shared<Impl>(io, std::move(cfg), std::move(view), admitter, std::move(on_event))) {}
 
 Responder::~Responder() { stop(); }
+
+void Responder::set_deferring_event_hook(DeferringEventHook hook) {
+    std::lock_guard lk(impl_->cb_mu);
+    impl_->on_event_deferring = std::move(hook);
+}
 
 void Responder::start() {
     auto impl = impl_;

@@ -47,6 +47,12 @@ struct QueryOrigin {
 };
 using EventHook =
     std::function<void(std::string_view name, uint16_t qtype, Verdict verdict, const QueryOrigin& client)>;
+// Like EventHook, but the reply to the sandbox waits until RESUME is called
+// (from any thread, at most once; it is posted to the responder's strand), so
+// the hook can name the asking process while its socket still exists without
+// blocking the responder. A refusal whose RESUME never comes gets no reply.
+using DeferringEventHook = std::function<void(std::string_view name, uint16_t qtype, Verdict verdict,
+                                              const QueryOrigin& client, std::function<void()> resume)>;
 
 // A connection count shared by several responders (both address families of
 // one sandbox; every sandbox of the node), so one sandbox cannot take all.
@@ -116,6 +122,8 @@ public:
     Responder(const Responder&) = delete;
     Responder& operator=(const Responder&) = delete;
 
+    // Replaces the EventHook; call before start().
+    void set_deferring_event_hook(DeferringEventHook hook);
     // Binds UDP and TCP and starts serving. Throws redir::Error naming the address.
     void start();
     // Stops serving and cancels lookups; no Admitter or EventHook call starts

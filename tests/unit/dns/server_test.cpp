@@ -200,6 +200,7 @@ protected:
                                                     std::lock_guard lk(mu);
                                                     events.push_back({std::string(n), t, v});
                                                 });
+        if (deferring) responder->set_deferring_event_hook(deferring);
         responder->start();
         runner = std::thread([this] { io.run(); });
         for (int i = 1; i < io_threads; ++i) extra.emplace_back([this] { io.run(); });
@@ -252,6 +253,7 @@ protected:
     boost::asio::io_context io;
     std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work{io.get_executor()};
     RecordingAdmitter admitter;
+    DeferringEventHook deferring;
     std::unique_ptr<Responder> responder;
     std::thread runner;
     int io_threads = 1;
@@ -633,6 +635,39 @@ TEST_F(ResponderTest, AdmissionQuotaIsServfailWithQuotaEvent) {
     ASSERT_EQ(ev.size(), 1u);
     EXPECT_EQ(ev[0].verdict, Verdict::quota);
     EXPECT_EQ(ev[0].name, "api.example");
+}
+
+
+// The agent names the asking process before the refusal goes out (the client
+// exits once it has its answer); the reply waits for the hook to resume,
+// and the responder keeps serving meanwhile.
+TEST_F(ResponderTest, RefusalReplyWaitsForTheDeferringHook) {
+    std::mutex m;
+    std::vector<std::function<void()>> resumes;
+    deferring = [&](std::string_view, uint16_t, Verdict, const QueryOrigin&, std::function<void()> resume) {
+        std::lock_guard lk(m);
+        resumes.push_back(std::move(resume));
+    };
+    start();
+    UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    auto sa = loopback(responder->port());
+    Bytes q = make_query("nope.example", LDNS_RR_TYPE_A, 0x0b01);
+    ::sendto(s.get(), q.data(), q.size(), 0, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+    EXPECT_TRUE(udp_recv(s.get(), 300ms).empty()) << "answered before the hook resumed";
+    EXPECT_EQ(answer_addrs(udp(make_query("inference.local", LDNS_RR_TYPE_A, 2))),
+              std::vector<std::string>{"198.18.0.1"});
+    std::function<void()> resume;
+    {
+        std::lock_guard lk(m);
+        ASSERT_EQ(resumes.size(), 1u);
+        resume = resumes[0];
+    }
+    resume();
+    resume();  // at most once
+    Bytes r = udp_recv(s.get(), 2000ms);
+    EXPECT_EQ(id_of(r), 0x0b01);
+    EXPECT_EQ(rcode_of(r), LDNS_RCODE_NXDOMAIN);
+    EXPECT_TRUE(udp_recv(s.get(), 200ms).empty()) << "a second reply";
 }
 
 }  // namespace
