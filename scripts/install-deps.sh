@@ -10,7 +10,7 @@ PKGS=(
   libssl-dev libboost1.81-dev rapidjson-dev libspdlog-dev libfmt-dev
   libnl-3-dev libnl-route-3-dev libcli11-dev libldns-dev
   libgtest-dev libgmock-dev libbenchmark-dev libclang-rt-14-dev liburing-dev libseccomp-dev
-  iproute2 curl ca-certificates python3 nodejs npm dnsutils
+  iproute2 curl ca-certificates python3 nodejs npm dnsutils ccache
   # kernel matrix (scripts/kernel-matrix.sh fetches the guest kernels itself)
   qemu-system-x86 busybox-static kmod cpio xz-utils zstd
 )

@@ -37,8 +37,9 @@ def decode_question(msg):
 class FakeDns:
     """ZONE: name -> list of (type, value, ttl); value is an IP or a CNAME target."""
 
-    def __init__(self, addr, zone, port=53):
+    def __init__(self, addr, zone, port=53, delays=None):
         self.zone = zone
+        self.delays = delays or {}  # name -> seconds to wait before answering over UDP
         self.queries = []
         self.lock = threading.Lock()
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -84,9 +85,19 @@ class FakeDns:
             except OSError:
                 return
             try:
+                delay = self.delays.get(decode_question(msg)[1])
+                if delay:
+                    threading.Timer(delay, self._send_late, (msg, peer)).start()
+                    continue
                 self.udp.sendto(self.answer(msg), peer)
             except Exception:
                 pass
+
+    def _send_late(self, msg, peer):
+        try:
+            self.udp.sendto(self.answer(msg), peer)
+        except Exception:
+            pass
 
     def _tcp_loop(self):
         while True:
