@@ -591,7 +591,7 @@ TEST_F(ResponderTest, NoCallbackAfterStopWhileAnswerQueued) {
             latch_cv.wait(lk, [&] { return released; });
             return std::nullopt;
         }
-        if (n == "api.example") return HostMatch{42, false, {}};
+        if (n == "api.example") return HostMatch{42, false};
         return std::nullopt;
     };
     start({}, v);
