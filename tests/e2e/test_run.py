@@ -392,6 +392,14 @@ class RunE2E(unittest.TestCase):
         ident = self.identity(run_args=["--user", "root"], env_extra={"SUDO_UID": "4242", "SUDO_GID": "4343"})
         self.assertEqual(ident["uid_map"], ["0", "4242", "1"])
 
+    def test_under_sudo_user_is_limited_to_the_caller(self):
+        sudo = {"SUDO_UID": "4242", "SUDO_GID": "4343"}
+        for spec in ("4444", "4242:4444", "daemon"):
+            r = self.run_cmd(["true"], env_extra=sudo, run_args=["--user", spec])
+            self.assertNotEqual(r.returncode, 0, spec)
+            self.assertIn("under sudo", r.stderr, spec)
+        self.assert_unprivileged(self.identity(run_args=["--user", "nobody"], env_extra=sudo), NOBODY, NOBODY)
+
     def test_bad_user_specs_are_refused(self):
         for spec, words in (("root:root", "takes no group"), ("no-such-user-xyz", "no user named"),
                             ("4242:0", "gid 0"), ("4242:no-such-group-xyz", "no group named")):

@@ -129,6 +129,15 @@ RunUser resolve_run_user(const std::string& spec, const char* sudo_uid, const ch
     if (u.gid == 0)
         throw Failure{"--user " + spec + ": group root (gid 0) would give the sandbox root's group rights; "
                       "name another group with --user USER:GROUP"};
+    // A sudo rule that allows `redirctl run` must not become a way to act as
+    // another user or group (--user postgres, --user me:shadow).
+    RunUser nob = nobody();
+    bool from_sudo = def.uid != nob.uid || def.gid != nob.gid;
+    if (from_sudo && !((u.uid == def.uid || u.uid == nob.uid) && (u.gid == def.gid || u.gid == nob.gid)))
+        throw Failure{"--user " + spec + ": under sudo, run may only use the calling user (uid " +
+                      std::to_string(def.uid) + ", gid " + std::to_string(def.gid) +
+                      "), nobody, or root of a private user namespace; run it as root without sudo to choose "
+                      "another user"};
     return u;
 }
 

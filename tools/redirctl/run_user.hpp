@@ -17,8 +17,9 @@ struct RunUser {
 
 // Resolves --user SPEC ("" = default: the sudo caller from SUDO_UID/SUDO_GID, else
 // nobody). "root" (or uid 0) means root of a private user namespace mapped to
-// the default user. Throws Failure with one sentence on an unknown user/group
-// or a group that would hand out root's group rights.
+// the default user. Throws Failure with one sentence on an unknown user/group,
+// a group that would hand out root's group rights, or — under sudo — any user
+// or group other than the caller's, nobody's or root-of-a-user-namespace.
 RunUser resolve_run_user(const std::string& spec, const char* sudo_uid, const char* sudo_gid);
 
 // Child side, after it is in the sandbox cgroup and before exec: drops to U

@@ -63,3 +63,21 @@ TEST(RunUser, RefusesWhatWouldHandOutPrivilege) {
     EXPECT_NE(refusal("4242:no-such-group-xyz").find("no group named"), std::string::npos);
     EXPECT_NE(refusal("-1").find("no user named"), std::string::npos);
 }
+
+TEST(RunUser, UnderSudoOnlyTheCallerNobodyOrNamespaceRoot) {
+    auto refused = [](const std::string& spec) {
+        try {
+            resolve_run_user(spec, "4242", "4343");
+        } catch (const Failure& f) {
+            return f.message.find("under sudo") != std::string::npos;
+        }
+        return false;
+    };
+    EXPECT_FALSE(refused("4242:4343"));
+    EXPECT_FALSE(refused("nobody"));
+    EXPECT_FALSE(refused("4242:65534"));
+    EXPECT_FALSE(refused("root"));
+    EXPECT_TRUE(refused("4444"));        // another user
+    EXPECT_TRUE(refused("4242:4444"));   // another group (shadow, disk, docker ...)
+    EXPECT_FALSE(refused(""));
+}
