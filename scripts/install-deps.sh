@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(
-  build-essential cmake pkg-config git
+  build-essential cmake pkg-config git ccache
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
   libssl-dev libboost1.81-dev rapidjson-dev libspdlog-dev libfmt-dev
   libnl-3-dev libnl-route-3-dev libcli11-dev libldns-dev

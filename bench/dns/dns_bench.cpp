@@ -3,8 +3,10 @@
 // run. Runs as root in a private network namespace it creates.
 //
 // Reported: sequential round-trip latency (p50, p99) and queries/s through
-// the responder and direct, and with 4 concurrent clients. Asserted: the
-// responder adds less than 1 ms at the median (it forwards, it does not cache).
+// the responder and direct, and with 4 concurrent clients, counting only
+// replies that carry the query's ID, NOERROR and the expected A record.
+// Asserted: the responder adds less than 1 ms at the median (it forwards, it
+// does not cache), and no query times out or gets a wrong reply.
 #include <arpa/inet.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -73,10 +75,21 @@ private:
 };
 
 struct Result {
-    double p50_us, p99_us, qps;
+    double p50_us = 0, p99_us = 0, qps = 0;
+    int timeouts = 0;  // no reply within 2 s
+    int wrong = 0;     // a reply with another ID, an RCODE other than NOERROR, or not the one A record
 };
 
-// N sequential queries from one socket; latency per query.
+// True when REPLY answers query ID with NOERROR and exactly the upstream's A record.
+bool valid_reply(const redir::dns::test::Bytes& reply, uint16_t id) {
+    using namespace redir::dns::test;
+    return id_of(reply) == id && rcode_of(reply) == LDNS_RCODE_NOERROR &&
+           answer_addrs(reply) == std::vector<std::string>{"203.0.113.80"};
+}
+
+// N sequential queries from one socket; latency per validated reply. Every
+// timeout and every invalid reply is counted (and fails the benchmark): an
+// instant SERVFAIL must not look fast.
 Result run_client(uint16_t port, int n, uint16_t id_base) {
     int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
     timeval tv{2, 0};
@@ -86,35 +99,56 @@ Result run_client(uint16_t port, int n, uint16_t id_base) {
     sa.sin_port = htons(port);
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
+    Result res;
     std::vector<double> lat;
     lat.reserve(n);
     std::vector<uint8_t> buf(4096);
     auto t0 = Clock::now();
     for (int i = 0; i < n; i++) {
-        auto q = redir::dns::test::make_query("api.example", 1, static_cast<uint16_t>(id_base + i));
+        const auto id = static_cast<uint16_t>(id_base + i);
+        auto q = redir::dns::test::make_query("api.example", 1, id);
         auto s = Clock::now();
         ::send(fd, q.data(), q.size(), 0);
-        if (::recv(fd, buf.data(), buf.size(), 0) <= 0) continue;
+        ssize_t got = ::recv(fd, buf.data(), buf.size(), 0);
+        if (got <= 0) {
+            res.timeouts++;
+            continue;
+        }
+        if (!valid_reply(redir::dns::test::Bytes(buf.begin(), buf.begin() + got), id)) {
+            res.wrong++;
+            continue;
+        }
         lat.push_back(std::chrono::duration<double, std::micro>(Clock::now() - s).count());
     }
     double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     ::close(fd);
     std::sort(lat.begin(), lat.end());
-    if (lat.empty()) return {0, 0, 0};
-    return {lat[lat.size() / 2], lat[lat.size() * 99 / 100], lat.size() / secs};
+    if (lat.empty()) return res;
+    res.p50_us = lat[lat.size() / 2];
+    res.p99_us = lat[lat.size() * 99 / 100];
+    res.qps = lat.size() / secs;
+    return res;
 }
 
-double parallel_qps(uint16_t port, int clients, int n) {
+struct Parallel {
+    double qps = 0;
+    int failures = 0;
+};
+
+// CLIENTS concurrent sequential clients; valid replies per second.
+Parallel parallel_qps(uint16_t port, int clients, int n) {
     std::vector<std::thread> ts;
-    std::atomic<uint64_t> done{0};
+    std::atomic<uint64_t> valid{0};
+    std::atomic<int> failures{0};
     auto t0 = Clock::now();
     for (int c = 0; c < clients; c++)
         ts.emplace_back([&, c] {
             auto r = run_client(port, n, static_cast<uint16_t>(c * 10000));
-            done += static_cast<uint64_t>(r.qps > 0 ? n : 0);
+            valid += static_cast<uint64_t>(n - r.timeouts - r.wrong);
+            failures += r.timeouts + r.wrong;
         });
     for (auto& t : ts) t.join();
-    return done / std::chrono::duration<double>(Clock::now() - t0).count();
+    return {valid / std::chrono::duration<double>(Clock::now() - t0).count(), failures.load()};
 }
 
 }  // namespace
@@ -160,21 +194,37 @@ int main(int argc, char** argv) {
     double d50 = med(direct, &Result::p50_us), v50 = med(via, &Result::p50_us);
     double d99 = med(direct, &Result::p99_us), v99 = med(via, &Result::p99_us);
     double dq = med(direct, &Result::qps), vq = med(via, &Result::qps);
-    double pd = parallel_qps(upstream.port(), 4, n / 4), pv = parallel_qps(responder.port(), 4, n / 4);
+    Parallel pd = parallel_qps(upstream.port(), 4, n / 4), pv = parallel_qps(responder.port(), 4, n / 4);
+    int timeouts = 0, wrong = 0;
+    for (auto* v : {&direct, &via})
+        for (auto& r : *v) {
+            timeouts += r.timeouts;
+            wrong += r.wrong;
+        }
 
-    std::printf("DNS, allowed name, %d sequential queries x 3 rounds (medians)\n", n);
+    std::printf("DNS, allowed name, %d sequential queries x 3 rounds (medians); every reply checked: ID, NOERROR, "
+                "the one A record\n", n);
     std::printf("  %-28s p50 %7.1f us  p99 %7.1f us  %9.0f q/s\n", "upstream directly", d50, d99, dq);
     std::printf("  %-28s p50 %7.1f us  p99 %7.1f us  %9.0f q/s\n", "through the responder", v50, v99, vq);
     std::printf("  added latency p50 %.1f us (ratio %.2f), throughput ratio %.2f\n", v50 - d50, v50 / d50, vq / dq);
-    std::printf("  4 concurrent clients: direct %.0f q/s, responder %.0f q/s (ratio %.2f)\n", pd, pv, pv / pd);
+    std::printf("  4 concurrent clients: direct %.0f q/s, responder %.0f q/s (ratio %.2f)\n", pd.qps, pv.qps,
+                pv.qps / pd.qps);
     std::printf("  admissions made: %lu\n", static_cast<unsigned long>(admitter.n.load()));
+    std::printf("  failed queries: %d timeouts, %d wrong replies (sequential); %d (concurrent)\n", timeouts, wrong,
+                pd.failures + pv.failures);
 
     responder.stop();
     io.stop();
     io_thread.join();
+    int rc = 0;
     if (v50 - d50 > 1000) {
         std::printf("FAIL: the responder adds more than 1 ms at the median\n");
-        return 1;
+        rc = 1;
     }
-    return 0;
+    if (timeouts + wrong + pd.failures + pv.failures > 0) {
+        std::printf("FAIL: %d queries timed out or got a wrong reply (target: none)\n",
+                    timeouts + wrong + pd.failures + pv.failures);
+        rc = 1;
+    }
+    return rc;
 }

@@ -50,6 +50,17 @@ def cgroup_v1_dir():
 _entered = False
 
 
+def wait_until(predicate, timeout=5.0, interval=0.02):
+    """Polls PREDICATE until it returns something truthy or TIMEOUT seconds pass;
+    returns its last value (so a caller asserts on what it saw)."""
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value or time.time() >= deadline:
+            return value
+        time.sleep(interval)
+
+
 def enter_netns(extra_addrs=()):
     """Moves this process (and every child it starts later) into a fresh netns."""
     global _entered
@@ -166,6 +177,14 @@ class Agent:
                 if line:
                     out.append(json.loads(line))
         return out
+
+    def wait_audit(self, match, since=0, count=1, timeout=5.0):
+        """Audit records after the first SINCE that satisfy MATCH, polled until
+        there are at least COUNT of them or TIMEOUT seconds pass."""
+        def found():
+            recs = [r for r in self.audit_records()[since:] if match(r)]
+            return recs if len(recs) >= count else None
+        return wait_until(found, timeout) or [r for r in self.audit_records()[since:] if match(r)]
 
     def cleanup(self, cgroups=()):
         self.stop()

@@ -65,7 +65,7 @@ except OSError as e:
 class DnsE2E(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        harness.enter_netns(extra_addrs=["10.0.0.5/32", "10.0.0.6/32"])
+        harness.enter_netns(extra_addrs=["10.0.0.5/32", "10.0.0.6/32", "2001:db8::80/128"])
         cls.tmp = tempfile.mkdtemp(prefix="redir-e2e-dns-")
         os.chmod(cls.tmp, 0o755)
         cls.fake_dns = FakeDns(harness.FAKE_RESOLVER, ZONE)
@@ -75,7 +75,7 @@ class DnsE2E(unittest.TestCase):
             f.write("nameserver 192.0.2.99\noptions attempts:1 timeout:2\n")
         cls.servers = [TcpServer(ip, 80, http=True) for ip in
                        ("203.0.113.80", "203.0.113.81", "203.0.113.82", "203.0.113.83", "203.0.113.84",
-                        "203.0.113.85", "10.0.0.5", "10.0.0.6", "2001:db8::1")]
+                        "203.0.113.85", "10.0.0.5", "10.0.0.6", "2001:db8::1", "2001:db8::80")]
         cls.agent = Agent("dns").start()
         cls.pol_a = write_policy(cls.tmp, "dns-a", POLICY_A)
         cls.pol_b = write_policy(cls.tmp, "dns-b", {"allow": [{"host": "evil.example", "ports": [80]}]})
@@ -117,8 +117,7 @@ class DnsE2E(unittest.TestCase):
         # A name no policy allows is never even forwarded upstream.
         self.resolve(self.cg_a, "never.example")
         self.assertNotIn("never.example", {q[0] for q in self.fake_dns.queries})
-        time.sleep(0.3)
-        recs = [r for r in self.agent.audit_records() if r.get("event") == "dns" and r.get("name") == "evil.example"]
+        recs = self.agent.wait_audit(lambda r: r.get("event") == "dns" and r.get("name") == "evil.example")
         self.assertTrue(recs)
         self.assertEqual(recs[-1]["verdict"], "denied")
         self.assertIn(recs[-1]["type"], ("A", "AAAA"))
@@ -139,9 +138,13 @@ class DnsE2E(unittest.TestCase):
 
     def test_ttl_expiry(self):
         self.assertEqual(self.resolve(self.cg_a, "short.example"), {"short.example": ["203.0.113.85"]})
+        admitted_at = time.time()
         self.assertEqual(self.connect(self.cg_a, "203.0.113.85"), "OK")
-        time.sleep(6.5)  # TTL 1 s, raised to the 5 s floor
-        self.assertEqual(self.connect(self.cg_a, "203.0.113.85"), "EPERM")
+        # TTL 1 s, raised to the 5 s floor: refused again soon after 5 s, not before.
+        expired = harness.wait_until(lambda: self.connect(self.cg_a, "203.0.113.85") == "EPERM", timeout=12,
+                                     interval=0.25)
+        self.assertTrue(expired, "the admission outlived its TTL")
+        self.assertGreaterEqual(time.time() - admitted_at, 4.5, "the admission expired before the 5 s floor")
         self.resolve(self.cg_a, "short.example")
         self.assertEqual(self.connect(self.cg_a, "203.0.113.85"), "OK")
 
@@ -151,9 +154,12 @@ class DnsE2E(unittest.TestCase):
         self.assertEqual(self.connect(self.cg_a, "10.0.0.6"), "OK")
 
     def test_ipv6_answer_admitted(self):
-        # AAAA for an allowed name is admitted like A.
+        # AAAA for an allowed name is admitted like A: refused before the
+        # answer, connectable after it.
+        self.assertEqual(self.connect(self.cg_a, "2001:db8::80"), "EPERM")
         out = self.resolve(self.cg_a, "v6.example")
         self.assertEqual(out["v6.example"], ["2001:db8::80"])
+        self.assertEqual(self.connect(self.cg_a, "2001:db8::80"), "OK")
 
     def test_two_sandboxes_each_get_only_their_own_admission(self):
         self.resolve(self.cg_a, "api.github.com")

@@ -104,6 +104,21 @@ TEST(Headers, ProfileExtrasNeverNameCredentials) {
     }
 }
 
+// Defence in depth: even a profile whose pass-through list named a credential
+// header never forwards the sandbox's value of it.
+TEST(Headers, CredentialHeadersDroppedEvenWhenAProfileNamesThem) {
+    Profile prof = *find_profile("openai");
+    for (auto h : {"authorization", "x-api-key", "cookie", "x-goog-api-key", "proxy-authorization"})
+        prof.extra_headers.push_back(h);
+    Provider p{"o", "openai", "https://api.openai.com/v1", "", {{"OPENAI_API_KEY", "sk-real"}}};
+    HeaderList client = {{"authorization", "Bearer sandbox"}, {"x-api-key", "sandbox"}, {"cookie", "c=sandbox"},
+                         {"x-goog-api-key", "sandbox"},       {"proxy-authorization", "Basic sandbox"}};
+    for (const auto& [n, v] : upstream_headers(client, prof, p)) {
+        EXPECT_EQ(v.find("sandbox"), std::string::npos) << n << ": " << v;
+        if (n == "authorization") EXPECT_EQ(v, "Bearer sk-real");
+    }
+}
+
 TEST(Upstream, TargetJoinAndQueryFilter) {
     std::string err;
     auto oa = *parse_base_url("https://api.openai.com/v1", &err);

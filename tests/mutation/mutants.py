@@ -1,0 +1,126 @@
+"""The mutants: for each guarded security property, an edit that removes the
+guard and the named test that must fail with it applied (tests/mutation/run.py).
+
+Each edit replaces one small, exact code fragment; when the fragment is no
+longer in the file (the code moved on), the run fails with "mutant does not
+apply" naming the file and fragment, so the mutant is updated, never skipped.
+`ci=True` mutants are the cheap ones CTest runs (label `mutation`): their
+libraries (TLS, policy) build in well under a minute from cold; the others
+need the gateway (Boost.Beast, minutes to compile) or root and BPF.
+
+test: ("gtest", <binary under build/>, <gtest filter>, <build targets>)
+      ("e2e", <module>, <class>, <method>, <build targets>)
+"""
+from dataclasses import dataclass
+
+
+@dataclass
+class Mutant:
+    id: str
+    prop: str          # the security property, as docs/threat-model.md names it
+    file: str          # path from the repository root
+    find: str          # exact fragment that must be present once
+    replace: str
+    test: tuple
+    ci: bool = False
+
+
+MUTANTS = [
+    Mutant("tls-min-version", "TLS 1.2 minimum on the inference front",
+           "userspace/tls/leaf_cache.cpp",
+           'ensure(SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION), "cannot set minimum TLS version");',
+           "/* mutant: no TLS 1.2 minimum */",
+           ("gtest", "tests/unit/tls/redir_tls_tests", "HandshakeTest.OlderThanTls12IsRefusedBecauseOfTheVersion",
+            ["redir_tls_tests"]), ci=True),
+    Mutant("tls-cbc-suites", "only AEAD forward-secret suites for TLS 1.2",
+           "userspace/tls/leaf_cache.cpp",
+           '"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384"',
+           '"ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305"',
+           ("gtest", "tests/unit/tls/redir_tls_tests", "HandshakeTest.Tls12WorksWithAnAeadEcdsaSuite",
+            ["redir_tls_tests"])),
+    Mutant("sni-refusal", "only inference.local is served (unknown SNI refused)",
+           "userspace/tls/server_context.cpp",
+           "SSL_CTX_set_tlsext_servername_callback(ctx_.get(), on_servername);",
+           "/* mutant: no SNI check */",
+           ("gtest", "tests/unit/tls/redir_tls_tests", "HandshakeTest.UnservedSniGetsUnrecognizedNameAndFiresTheHook",
+            ["redir_tls_tests"]), ci=True),
+    Mutant("duplicate-key", "a request body repeating a top-level key is refused",
+           "userspace/terminator/request.cpp",
+           "if (!keys.insert(k).second) {",
+           "if (!keys.insert(k).second && false) {",
+           ("gtest", "tests/unit/terminator/redir_terminator_tests", "Rewrite.RejectsNonObjectsAndDuplicates",
+            ["redir_terminator_tests"])),
+    Mutant("header-allowlist", "only allowlisted client headers reach the provider",
+           "userspace/terminator/request.cpp",
+           "if (allowed) out.emplace_back(n, v);",
+           "(void)allowed; out.emplace_back(n, v);",
+           ("gtest", "tests/unit/terminator/redir_terminator_tests", "Headers.AllowlistCredentialsDefaultsAndHopByHop",
+            ["redir_terminator_tests"])),
+    Mutant("sandbox-credential-dropped", "the sandbox's own credential headers never reach the provider",
+           "userspace/terminator/request.cpp",
+           "if (is_hop_by_hop(n) || conn.count(n) || is_credential_header(n)) continue;",
+           "if (is_hop_by_hop(n) || conn.count(n)) continue;",
+           ("gtest", "tests/unit/terminator/redir_terminator_tests",
+            "Headers.CredentialHeadersDroppedEvenWhenAProfileNamesThem", ["redir_terminator_tests"])),
+    Mutant("credential-never-echoed", "the provider's credential is never echoed to the sandbox",
+           "userspace/terminator/gateway.cpp",
+           "if (uh.result_int() == 401) {",
+           "if (uh.result_int() == 401 && false) {",
+           ("gtest", "tests/unit/terminator/redir_gateway_tests",
+            "GatewayTest.ProviderRejectingTheCredentialIsReportedWithoutEchoingIt", ["redir_gateway_tests"])),
+    Mutant("smuggling-te", "ambiguous request framing (Transfer-Encoding other than one \"chunked\") is refused",
+           "userspace/terminator/gateway.cpp",
+           "if (te_count > 1 || (te_count == 1 && !iequals(trim(req[http::field::transfer_encoding]), \"chunked\")))",
+           "if (false)",
+           ("gtest", "tests/unit/terminator/redir_gateway_tests", "GatewayTest.SmugglingVariantsAreRefused",
+            ["redir_gateway_tests"])),
+    Mutant("upstream-tls-verify", "the provider's certificate is verified",
+           "userspace/terminator/upstream_tls.cpp",
+           "SSL_CTX_set_verify(c, SSL_VERIFY_PEER, nullptr);",
+           "SSL_CTX_set_verify(c, SSL_VERIFY_NONE, nullptr);",
+           ("gtest", "tests/unit/terminator/redir_gateway_tests", "GatewayTest.UntrustedProviderCertificateIs502",
+            ["redir_gateway_tests"])),
+    Mutant("dns-denied-nxdomain", "a name no rule allows is NXDOMAIN and never forwarded",
+           "userspace/dns/core.cpp",
+           "if (!match || match->deny) {",
+           "if (false) {",
+           ("gtest", "tests/unit/dns/test_dns", "DnsQuery.DeniedNameIsNxdomainWithName", ["test_dns"])),
+    Mutant("dns-tcp-cap", "the DNS responder caps TCP connections per sandbox",
+           "userspace/dns/server.cpp",
+           "if (!ec && self->conns.size() < self->cfg.max_tcp_connections) {",
+           "if (!ec) {",
+           ("gtest", "tests/unit/dns/test_dns", "ResponderTest.TcpConnectionCap", ["test_dns"])),
+    Mutant("policy-duplicate-key", "a policy file repeating a key is refused (no last-one-wins surprise)",
+           "userspace/policy/parse.cpp",
+           "if (f.by_name.count(k)) {",
+           "if (false) {",
+           ("gtest", "tests/unit/policy/test_policy", "PolicyParse.MalformedPoliciesReportExactMessages",
+            ["test_policy"]), ci=True),
+    Mutant("policy-link-local-rule", "never-reachable metadata: a rule naming link-local is refused",
+           "userspace/policy/parse.cpp",
+           "if (s.link_local && s.cidr.contains(*res.cidr)) {",
+           "if (false) {",
+           ("gtest", "tests/unit/policy/test_policy", "PolicyParse.MalformedPoliciesReportExactMessages",
+            ["test_policy"])),
+    Mutant("dns-rebinding", "DNS rebinding: a public name answering a special address is not admitted",
+           "userspace/policy/compile.cpp",
+           "bool special = is_special(addr);",
+           "bool special = false;",
+           ("gtest", "tests/unit/policy/test_policy", "PolicyCompile.HostMatching", ["test_policy"])),
+    Mutant("dns-admits-link-local", "never-reachable metadata: no DNS answer admits link-local",
+           "userspace/policy/compile.cpp",
+           "if (is_link_local(addr)) return std::nullopt;",
+           "/* mutant: link-local admissible */",
+           ("gtest", "tests/unit/policy/test_policy", "PolicyCompile.HostMatching", ["test_policy"])),
+    Mutant("default-deny", "default deny: a destination no rule allows gets EPERM",
+           "bpf/redir.bpf.c",
+           "dv->expires_ns <= bpf_ktime_get_boot_ns())\n\t\treturn REDIR_VERDICT_DENY;",
+           "dv->expires_ns <= bpf_ktime_get_boot_ns())\n\t\treturn REDIR_VERDICT_ALLOW;",
+           ("gtest", "tests/kernel/datapath_test", "DatapathTest.DefaultDenyGivesEpermAndOneEvent", ["datapath_test"])),
+    Mutant("link-local-never", "never-reachable metadata: link-local is denied whatever the policy says",
+           "bpf/redir.bpf.c",
+           "if (addr_is_link_local(dst)) {",
+           "if (0 && addr_is_link_local(dst)) {",
+           ("gtest", "tests/kernel/datapath_test", "DatapathTest.LinkLocalDeniedEvenWhenARuleCoversIt",
+            ["datapath_test"])),
+]
