@@ -43,6 +43,17 @@ std::string compact(const rapidjson::Value& v) {
     return sb.GetString();
 }
 
+// The status lines saying which socket kinds attached sandboxes are refused
+// on this kernel, and why not where they are not (from the kernel checks).
+void print_socket_families(const rapidjson::Value& status) {
+    if (!status.HasMember("kernel") || !status["kernel"].IsArray()) return;
+    for (auto& k : status["kernel"].GetArray()) {
+        std::string name = k["name"].GetString();
+        if (name != "socket_inet" && name != "socket_other_families") continue;
+        std::cout << (k["ok"].GetBool() ? "sockets: " : "sockets (limited): ") << k["detail"].GetString() << "\n";
+    }
+}
+
 // The status lines for an attachment's processes that hold capabilities
 // able to undo its enforcement.
 void print_capable(const rapidjson::Value& at) {
@@ -252,10 +263,12 @@ int main(int argc, char** argv) {
                 std::cout << "\n";
                 print_capable(at);
             }
+            print_socket_families(d);
             auto& c = d["counters"];
             std::cout << "counters: allow " << c["allow"].GetUint64() << ", deny " << c["deny"].GetUint64()
                       << ", redirect " << c["redirect"].GetUint64() << ", socket denied "
-                      << c["socket_deny"].GetUint64() << ", events dropped " << c["events_dropped"].GetUint64()
+                      << c["socket_deny"].GetUint64() << ", setsockopt denied " << c["sockopt_deny"].GetUint64()
+                      << ", events dropped " << c["events_dropped"].GetUint64()
                       << "\n";
             return 0;
         }

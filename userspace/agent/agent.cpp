@@ -365,8 +365,10 @@ std::string Agent::render_metrics() {
     o += "redir_verdicts_total{verdict=\"allow\"} " + std::to_string(c[REDIR_CNT_ALLOW]) + "\n";
     o += "redir_verdicts_total{verdict=\"deny\"} " + std::to_string(c[REDIR_CNT_DENY]) + "\n";
     o += "redir_verdicts_total{verdict=\"redirect\"} " + std::to_string(c[REDIR_CNT_REDIRECT]) + "\n";
-    counter("redir_sockets_refused_total", "raw, packet and ping sockets refused at creation", "",
+    counter("redir_sockets_refused_total", "socket() of a kind outside the allowlist refused at creation", "",
             c[REDIR_CNT_SOCKET_DENY]);
+    counter("redir_sockopts_refused_total", "setsockopt() of source-routing options refused", "",
+            c[REDIR_CNT_SOCKOPT_DENY]);
     counter("redir_events_dropped_total", "kernel events lost because the ring buffer was full", "",
             c[REDIR_CNT_EVENTS_DROPPED]);
     counter("redir_audit_records_total", "audit records written", "", audit_->written());
@@ -477,6 +479,7 @@ std::string Agent::cmd_status() {
         .num("deny", c[REDIR_CNT_DENY])
         .num("redirect", c[REDIR_CNT_REDIRECT])
         .num("socket_deny", c[REDIR_CNT_SOCKET_DENY])
+        .num("sockopt_deny", c[REDIR_CNT_SOCKOPT_DENY])
         .num("events_dropped", c[REDIR_CNT_EVENTS_DROPPED])
         .num("audit_records", audit_->written())
         .end();

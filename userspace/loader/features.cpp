@@ -159,7 +159,8 @@ SocketFamilies socket_families(const LsmProbe& lsm) {
     f.lsm = lsm;
     f.inet =
         "IPv4/IPv6: only TCP stream and UDP datagram sockets are admitted; raw, ICMP ping, MPTCP, UDP-Lite, SCTP, "
-        "DCCP, L2TP/IP, SEQPACKET and any other protocol are refused with EPERM (cgroup/sock_create)";
+        "DCCP, L2TP/IP, SEQPACKET and any other protocol are refused with EPERM (cgroup/sock_create); so is "
+        "setsockopt() of IP_OPTIONS and IPv6 routing/extension headers (cgroup/setsockopt)";
     if (lsm.state == LsmCgroup::enforced)
         f.non_inet = "packet, vsock and every other family but unix and netlink are refused with EPERM "
                      "(lsm_cgroup/socket_create)";
