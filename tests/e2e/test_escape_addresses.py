@@ -125,8 +125,23 @@ class EscapeMetadata(EscapeCase):
     def test_ecs_task_metadata(self):
         self.blocked("169.254.170.2", self.w["169.254.170.2"])
 
+    def test_aws_imds_v6(self):
+        self.blocked("fd00:ec2::254", self.w["fd00:ec2::254"])
+
+    def test_alibaba_metadata(self):
+        self.blocked("100.100.100.200", self.w["100.100.100.200"])
+
+    def test_alibaba_metadata_v4_mapped(self):
+        self.blocked("::ffff:100.100.100.200", self.w["100.100.100.200"], tcp6=True)
+
     def test_imds_v4_mapped(self):
         self.blocked("::ffff:169.254.169.254", self.w["169.254.169.254"], tcp6=True)
+
+    def test_imds_inside_nat64(self):
+        self.blocked("64:ff9b::a9fe:a9fe", self.w["64:ff9b::a9fe:a9fe"])
+
+    def test_imds_inside_6to4(self):
+        self.blocked("2002:a9fe:a9fe::1", self.w["2002:a9fe:a9fe::1"])
 
     def test_ipv6_link_local(self):
         w = self.w["fe80::a9fe:a9fe"]

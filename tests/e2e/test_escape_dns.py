@@ -135,5 +135,21 @@ class EscapeDns(EscapeCase):
     def test_rebinding_to_the_unspecified_address(self):
         self.rebinding_blocked("rebind-zero.example")
 
+    def test_allowed_ips_naming_loopback_does_not_open_node_loopback(self):
+        """Node loopback only through a cidr rule naming address and port, never via allowed_ips."""
+        from harness import Cgroup, write_policy
+        path = write_policy(self.tmp, "esc-dns-lo", {"allow": [
+            {"host": "lo-allowed.example", "ports": [80], "allowed_ips": ["127.0.0.0/8"]}]})
+        cg = Cgroup("esc-dns-lo")
+        self.cgroups.append(cg)
+        r = self.agent.ctl("attach", "--cgroup", cg.path, "--policy", path, check=False)
+        if r.returncode != 0:
+            self.assertIn("allowed_ips", r.stderr, "refused, but not for its loopback allowed_ips: " + r.stderr)
+            return
+        res = self.probe_in(cg, "rebind", OTHER_RESOLVER, "lo-allowed.example", A, 80, "127.0.0.2")
+        self.assertEqual(res["connect_literal"], "EPERM", res)
+        self.assert_untouched(self.targets["127.0.0.2"])
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -16,7 +16,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from escape_support import ESCAPE_PROBE_BIN, NOBODY, PYTHON, EscapeCase, parse_kv, write_policy  # noqa: E402
+from escape_support import ESCAPE_PROBE_BIN, NOBODY, PYTHON, EscapeCase, UnixWitness, parse_kv, write_policy  # noqa: E402
 
 SECRET = "sk-escape-corpus-secret-0123456789"
 
@@ -194,6 +194,16 @@ class EscapePrivilege(EscapeCase):
         fd = victim.stdout.readline().strip()
         res = self.probe_run("pidfd-steal", victim.pid, fd, *self.t())
         self.assert_blocked(res, "sendto")
+
+    def test_default_user_reaches_a_host_abstract_unix_socket(self):
+        """Abstract unix sockets belong to the network namespace, not the filesystem:
+        a sandbox sharing the host's reaches every host service listening on one
+        (X11's @/tmp/.X11-unix/X0, container shims, local proxies), past every inet hook."""
+        w = UnixWitness("redir-escape-host-service-%d" % os.getpid())
+        self.addCleanup(w.close)
+        res = self.probe_run("abstract-unix", w.name)
+        self.assertNotEqual(res["connect"], "OK", "the sandbox reached a host service: %s" % res)
+        self.assertEqual(w.intrusions(), [])
 
     def default_uid(self):
         """The uid `run` gives a command by default (no SUDO_UID here: nobody)."""

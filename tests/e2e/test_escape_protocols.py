@@ -155,6 +155,18 @@ class EscapeProtocols(EscapeCase):
         if all(v in absent for v in tried.values()):
             self.skipTest("none of SCTP, DCCP, L2TP/IP exists on this kernel: %s" % tried)
 
+    def test_loose_source_route_through_a_denied_first_hop(self):
+        """IP_OPTIONS LSRR: connect()/sendto() name an allowed destination, the
+        packet's IP header names DENIED. Host root holds CAP_NET_RAW, which the
+        kernel requires for source routes."""
+        for proto, addr, port in (("udp", UDP_PEER, 4000), ("udp-cmsg", UDP_PEER, 4000), ("tcp", TCP_ONLY, 443),
+                                  ("tcp", "198.18.0.1", 443)):
+            res = self.probe_in(self.cg, "lsrr", DENIED, addr, port, proto)
+            got = self.wire.intrusions()
+            self.assertEqual(got, [], "%s to %s:%d left addressed to %s (%s)" % (proto, addr, port, DENIED, res))
+        self.udp_peer.intrusions()
+        self.quic.intrusions()
+
     def test_loose_source_route_under_run(self):
         for proto, addr, port in (("udp", UDP_PEER, 4000), ("tcp", "198.18.0.1", 443)):
             res = self.probe_run("lsrr", DENIED, addr, port, proto)
