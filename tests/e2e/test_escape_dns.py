@@ -9,7 +9,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from escape_support import EscapeCase  # noqa: E402
-from fake_dns import A, AAAA, FakeDns  # noqa: E402
+from fake_dns import A, AAAA, CNAME, FakeDns  # noqa: E402
 
 OTHER_RESOLVER, OTHER_RESOLVER6 = "198.51.100.53", "2001:db8:53::53"
 NXDOMAIN = 3
@@ -31,19 +31,22 @@ ZONE.update({
     "ok.example": [(A, "203.0.113.44", 300)],
     "lo-allowed.example": [(A, "127.0.0.2", 300)],
     "exfil.example": [(A, "203.0.113.45", 300)],
+    "cname-private.example": [(CNAME, "hidden.internal", 300)],
+    "hidden.internal": [(A, "10.0.0.8", 300)],
 })
 
 
 class EscapeDns(EscapeCase):
     TAG = "esc-dns"
-    LO_ADDRS = ("203.0.113.44", "10.0.0.7", "169.254.169.254", "fd00:ec2::254", "100.100.100.200",
+    LO_ADDRS = ("203.0.113.44", "10.0.0.7", "10.0.0.8", "169.254.169.254", "fd00:ec2::254", "100.100.100.200",
                 "64:ff9b::a9fe:a9fe", "100.64.0.9", OTHER_RESOLVER, OTHER_RESOLVER6)
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
         cls.upstream = FakeDns(harness.FAKE_RESOLVER, ZONE)
-        cls.cg = cls.attached("names", {"allow": [{"host": n, "ports": [80]} for n in list(REBIND) + ["ok.example"]]})
+        cls.cg = cls.attached("names", {"allow": [{"host": n, "ports": [80]}
+                                                  for n in list(REBIND) + ["ok.example", "cname-private.example"]]})
         cls.resolver = cls.witness(OTHER_RESOLVER, 53)
         cls.resolver6 = cls.witness(OTHER_RESOLVER6, 53)
         cls.resolver_alt = {p: cls.witness(OTHER_RESOLVER, p) for p in (853, 5353, 443)}
@@ -53,6 +56,8 @@ class EscapeDns(EscapeCase):
                 cls.targets[real] = cls.witness(real, 80)
         cls.targets["127.0.0.2"] = cls.witness("127.0.0.2", 80)
         cls.ok = cls.witness("203.0.113.44", 80)
+        cls.ok_other = cls.witness("203.0.113.44")
+        cls.hidden = cls.witness("10.0.0.8", 80)
 
     @classmethod
     def tearDownClass(cls):
@@ -134,6 +139,23 @@ class EscapeDns(EscapeCase):
 
     def test_rebinding_to_the_unspecified_address(self):
         self.rebinding_blocked("rebind-zero.example")
+
+    def test_rebinding_through_a_cname_to_a_private_address(self):
+        """An allowed name whose CNAME target (a name no rule allows) answers 10.0.0.8."""
+        res = self.probe_in(self.cg, "rebind", OTHER_RESOLVER, "cname-private.example", A, 80, "10.0.0.8")
+        for addr, got in res.get("connect_answers", {}).items():
+            self.assertEqual(got, "EPERM", res)
+        self.assertEqual(res["connect_literal"], "EPERM", res)
+        self.assert_untouched(self.hidden)
+
+    def test_admitted_address_on_another_port_and_protocol(self):
+        """A DNS admission is for the rule's ports and protocol only (TCP 80 here)."""
+        res = self.probe_in(self.cg, "rebind", OTHER_RESOLVER, "ok.example", A, self.ok_other.port, "203.0.113.44")
+        self.assertEqual(res["answers"], ["203.0.113.44"], res)
+        self.assertEqual(res["connect_literal"], "EPERM", res)
+        self.assertEqual(self.probe_in(self.cg, "udp-sendto", "203.0.113.44", 80)["sendto"], "EPERM")
+        self.assert_untouched(self.ok_other)
+        self.assertEqual([e for e in self.ok.intrusions() if e[0] == "udp"], [])
 
     def test_allowed_ips_naming_loopback_does_not_open_node_loopback(self):
         """Node loopback only through a cidr rule naming address and port, never via allowed_ips."""
