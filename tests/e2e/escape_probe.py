@@ -157,6 +157,23 @@ def cmd_lsrr(hop, addr, port, proto):
     return res
 
 
+def cmd_srh(hop, addr, port, proto):
+    """IPv6 segment routing header (IPV6_RTHDR, type 4, no privilege needed):
+    the hooks check ADDR, but the kernel sends the packet to the segment left
+    to visit, HOP, which is what the IPv6 header names."""
+    segs = socket.inet_pton(socket.AF_INET6, addr) + socket.inet_pton(socket.AF_INET6, hop)
+    srh = struct.pack("!BBBBBBH", 0, 4, 4, 1, 1, 0, 0) + segs  # hdrlen 4 (2 segments), type 4, left 1
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    s.settimeout(1)
+    res = {"setsockopt": attempt(lambda: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RTHDR, srh))}
+    if proto == "tcp":
+        res["send"] = attempt(lambda: s.connect(sa(addr, port)))
+    else:
+        res["send"] = attempt(lambda: s.sendto(PAYLOAD, sa(addr, port)) and None)
+    s.close()
+    return res
+
+
 def cmd_mptcp(addr, port):
     IPPROTO_MPTCP = 262
     res = {"socket": attempt(lambda: socket.socket(family(addr), socket.SOCK_STREAM, IPPROTO_MPTCP).close())}

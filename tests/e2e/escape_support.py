@@ -186,17 +186,25 @@ class UnixWitness:
 
 
 class PacketWitness:
-    """Every IPv4 packet on this namespace's lo addressed to ADDR, captured below
-    IP (an AF_PACKET socket of the test, outside any sandbox): proves what was
-    put on the wire toward ADDR even when no socket there would accept it."""
+    """Every IP packet on this namespace's lo addressed to ADDR (v4 or v6),
+    captured below IP (an AF_PACKET socket of the test, outside any sandbox):
+    proves what was put on the wire toward ADDR even when no socket there
+    would accept it."""
 
     def __init__(self, addr):
         self.addr = addr
+        self.v6 = ":" in addr
+        self.fam = socket.AF_INET6 if self.v6 else socket.AF_INET
         self.packets = []
         self.lock = threading.Lock()
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x86DD if self.v6 else 0x0800))
         self.sock.bind(("lo", 0))
         threading.Thread(target=self._loop, daemon=True).start()
+
+    def _dst(self, pkt):
+        if self.v6:
+            return socket.inet_ntop(socket.AF_INET6, pkt[24:40]) if len(pkt) >= 40 else None
+        return socket.inet_ntoa(pkt[16:20]) if len(pkt) >= 20 else None
 
     def _loop(self):
         while True:
@@ -205,13 +213,13 @@ class PacketWitness:
             except OSError:
                 return
             # Loopback shows each packet once as outgoing and once as incoming; keep one.
-            if info[2] != socket.PACKET_OUTGOING and len(pkt) >= 20 and socket.inet_ntoa(pkt[16:20]) == self.addr:
+            if info[2] != socket.PACKET_OUTGOING and self._dst(pkt) == self.addr:
                 with self.lock:
                     self.packets.append(pkt)
 
     def intrusions(self):
         nonce = os.urandom(8).hex().encode()
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(self.fam, socket.SOCK_DGRAM)
         s.sendto(b"sentinel " + nonce, (self.addr, 9))
         s.close()
         deadline = time.time() + 5

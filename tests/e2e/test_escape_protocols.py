@@ -12,6 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from escape_support import ESCAPE_PROBE_BIN, EscapeCase, PacketWitness, parse_kv  # noqa: E402
 
 DENIED = "198.51.100.160"
+DENIED6 = "2001:db8:66::160"
+ALLOWED6 = "2001:db8:a::160"  # allowed for TCP 443 and UDP 4000
 TCP_ONLY = "203.0.113.160"     # allowed for TCP 443 only
 UDP_PEER = "203.0.113.161"     # allowed for UDP 4000 only
 IPPROTO_UDPLITE = 136
@@ -22,7 +24,7 @@ class EscapeProtocols(EscapeCase):
     alone must stop); packet sockets are tried under `redirctl run`."""
 
     TAG = "esc-proto"
-    LO_ADDRS = (DENIED, TCP_ONLY, UDP_PEER)
+    LO_ADDRS = (DENIED, TCP_ONLY, UDP_PEER, DENIED6, ALLOWED6)
 
     @classmethod
     def setUpClass(cls):
@@ -32,13 +34,17 @@ class EscapeProtocols(EscapeCase):
             f.write("3")
         cls.cg = cls.attached("tcp443", {"allow": [
             {"cidr": TCP_ONLY + "/32", "ports": [443], "protocol": "tcp"},
-            {"cidr": UDP_PEER + "/32", "ports": [4000], "protocol": "udp"}]})
+            {"cidr": UDP_PEER + "/32", "ports": [4000], "protocol": "udp"},
+            {"cidr": ALLOWED6 + "/128", "ports": [443], "protocol": "tcp"},
+            {"cidr": ALLOWED6 + "/128", "ports": [4000], "protocol": "udp"}]})
         cls.denied = cls.witness(DENIED)
         cls.denied_lite = cls.witness(DENIED, tcp=False, udp_proto=IPPROTO_UDPLITE)
         cls.quic = cls.witness(TCP_ONLY, 443)
         cls.udp_peer = cls.witness(UDP_PEER, 4000, tcp=False)
         cls.wire = PacketWitness(DENIED)
-        cls.witnesses.append(cls.wire)
+        cls.wire6 = PacketWitness(DENIED6)
+        cls.witnesses += [cls.wire, cls.wire6]
+        cls.allowed6 = [cls.witness(ALLOWED6, 443, udp=False), cls.witness(ALLOWED6, 4000, tcp=False)]
 
     def d(self):
         return [DENIED, self.denied.port]
@@ -174,6 +180,30 @@ class EscapeProtocols(EscapeCase):
         res = self.probe_run("lsrr", DENIED, UDP_PEER, 4000, "udp-cmsg")
         self.assertEqual(res["send"], "EPERM", res)
         self.assertEqual(self.wire.intrusions(), [])
+
+    def srh_cases(self):
+        # An allowed v6 destination, and DNS to any v6 address: port 53 is
+        # always redirected to the agent, so every sandbox has that one.
+        return (("udp", ALLOWED6, 4000), ("tcp", ALLOWED6, 443), ("udp", "2001:db8:53::1", 53),
+                ("tcp", "2001:db8:53::1", 53))
+
+    def assert_srh_blocked(self, probe):
+        for proto, addr, port in self.srh_cases():
+            res = probe(proto, addr, port)
+            got = self.wire6.intrusions()
+            self.assertEqual(len(got), 0, "%s to [%s]:%d left addressed to %s through a segment routing header (%s)" %
+                             (proto, addr, port, DENIED6, res))
+        for w in self.allowed6:
+            w.intrusions()
+
+    def test_ipv6_segment_routing_header_through_a_denied_hop(self):
+        """IPV6_RTHDR with an SRH needs no capability: the hooks see the allowed
+        destination, the IPv6 header names the denied next segment."""
+        self.assert_srh_blocked(lambda proto, addr, port: self.probe_in(self.cg, "srh", DENIED6, addr, port, proto))
+
+    def test_ipv6_segment_routing_header_under_run(self):
+        """The same from an inference-only `run` sandbox, through its DNS redirect."""
+        self.assert_srh_blocked(lambda proto, addr, port: self.probe_run("srh", DENIED6, addr, port, proto))
 
     def test_packet_sockets_under_run_default_user(self):
         res = self.probe_run("packet")
