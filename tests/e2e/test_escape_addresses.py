@@ -4,7 +4,6 @@ metadata address of INTERFACE.md under a policy that allows everything else,
 the agent's own listeners, and the inference VIP on ports other than 443/80.
 Each denied address carries a real TCP+UDP listener that must see nothing."""
 import os
-import socket
 import sys
 import unittest
 

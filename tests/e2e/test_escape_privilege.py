@@ -8,10 +8,8 @@ the control API."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
