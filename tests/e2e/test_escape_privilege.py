@@ -14,7 +14,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from escape_support import ESCAPE_PROBE_BIN, NOBODY, PYTHON, EscapeCase, UnixWitness, parse_kv, write_policy  # noqa: E402
+from escape_support import (ESCAPE_PROBE_BIN, NOBODY, PYTHON, EscapeCase, UnixWitness, parse_kv,  # noqa: E402
+                            write_policy)
 
 SECRET = "sk-escape-corpus-secret-0123456789"
 
