@@ -165,13 +165,20 @@ class EscapeProtocols(EscapeCase):
         """IP_OPTIONS LSRR: connect()/sendto() name an allowed destination, the
         packet's IP header names DENIED. Host root holds CAP_NET_RAW, which the
         kernel requires for source routes."""
-        for proto, addr, port in (("udp", UDP_PEER, 4000), ("udp-cmsg", UDP_PEER, 4000), ("tcp", TCP_ONLY, 443),
-                                  ("tcp", "198.18.0.1", 443)):
+        for proto, addr, port in (("udp", UDP_PEER, 4000), ("tcp", TCP_ONLY, 443), ("tcp", "198.18.0.1", 443)):
             res = self.probe_in(self.cg, "lsrr", DENIED, addr, port, proto)
             got = self.wire.intrusions()
-            self.assertEqual(got, [], "%s to %s:%d left addressed to %s (%s)" % (proto, addr, port, DENIED, res))
+            self.assertEqual(len(got), 0, "%s to %s:%d left addressed to %s (%s)" % (proto, addr, port, DENIED, res))
         self.udp_peer.intrusions()
         self.quic.intrusions()
+
+    def test_loose_source_route_as_ancillary_data(self):
+        """The same source route given per message (IP_RETOPTS in sendmsg), which
+        neither cgroup/sendmsg4 nor cgroup/setsockopt sees."""
+        res = self.probe_in(self.cg, "lsrr", DENIED, UDP_PEER, 4000, "udp-cmsg")
+        got = self.wire.intrusions()
+        self.assertEqual(len(got), 0, "udp to %s:4000 left addressed to %s (%s)" % (UDP_PEER, DENIED, res))
+        self.udp_peer.intrusions()
 
     def test_loose_source_route_under_run(self):
         for proto, addr, port in (("udp", UDP_PEER, 4000), ("tcp", "198.18.0.1", 443)):
