@@ -172,14 +172,6 @@ class EscapeProtocols(EscapeCase):
         self.udp_peer.intrusions()
         self.quic.intrusions()
 
-    def test_loose_source_route_as_ancillary_data(self):
-        """The same source route given per message (IP_RETOPTS in sendmsg), which
-        neither cgroup/sendmsg4 nor cgroup/setsockopt sees."""
-        res = self.probe_in(self.cg, "lsrr", DENIED, UDP_PEER, 4000, "udp-cmsg")
-        got = self.wire.intrusions()
-        self.assertEqual(len(got), 0, "udp to %s:4000 left addressed to %s (%s)" % (UDP_PEER, DENIED, res))
-        self.udp_peer.intrusions()
-
     def test_loose_source_route_under_run(self):
         for proto, addr, port in (("udp", UDP_PEER, 4000), ("tcp", "198.18.0.1", 443)):
             res = self.probe_run("lsrr", DENIED, addr, port, proto)
