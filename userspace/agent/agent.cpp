@@ -19,6 +19,7 @@
 #include "agent/json_out.hpp"
 #include "agent/metrics.hpp"
 #include "agent/listeners.hpp"
+#include "agent/relay.hpp"
 #include "common/addr.hpp"
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
@@ -30,6 +31,7 @@ namespace fs = std::filesystem;
 namespace redir::agent {
 
 struct Agent::Listeners {
+    std::unique_ptr<Relay> relay_service;  // declared first: outlives the listener that feeds it
     std::unique_ptr<RedirectListener> relay;
 };
 
@@ -110,11 +112,13 @@ void Agent::start() {
 
     listeners_ = std::make_unique<Listeners>();
     auto lookup = [this](const redir_tuple_key& k) { return dp_->take_origdst(k); };
+    listeners_->relay_service = std::make_unique<Relay>(io_, *audit_, relay_options(opts_.gateway_limits));
     listeners_->relay =
-        std::make_unique<RedirectListener>(io_, "relay", 0, lookup, *audit_, make_relay_handler(io_, *audit_));
+        std::make_unique<RedirectListener>(io_, "relay", 0, lookup, *audit_, listeners_->relay_service->handler());
 
     inference_ = std::make_unique<InferenceService>(io_, opts_.state_dir, lookup, *audit_,
-                                                    std::chrono::seconds(opts_.stream_idle_timeout_s));
+                                                    std::chrono::seconds(opts_.stream_idle_timeout_s),
+                                                    opts_.gateway_limits);
     DnsOptions dopts = opts_.dns;
     dopts.upstream = opts_.dns_upstream;
     // Beside the pinned maps' lifetime: /run is emptied at boot, like bpffs.
@@ -410,6 +414,9 @@ std::string Agent::render_metrics() {
          std::to_string(attachments_.size()) + "\n";
     o += "# HELP redir_policies loaded policies\n# TYPE redir_policies gauge\nredir_policies " +
          std::to_string(policies_.size()) + "\n";
+    o += inference_->metrics();
+    o += relay_metrics(listeners_->relay_service->stats(), listeners_->relay_service->connections());
+    o += listener_metrics({&inference_->tls_listener(), &inference_->plain_listener(), listeners_->relay.get()});
     return o;
 }
 

@@ -13,6 +13,7 @@
 #include "agent/audit_log.hpp"
 #include "agent/dns_service.hpp"
 #include "agent/control_server.hpp"
+#include "agent/gateway_limits.hpp"
 #include "agent/policy_engine.hpp"
 #include "agent/state_store.hpp"
 #include "loader/datapath.hpp"
@@ -31,6 +32,7 @@ struct AgentOptions {
     AuditOptions audit;                    // rotation, rate limit, tail
     DnsOptions dns;                        // limits of the DNS responders (upstream and VIP set by start())
     size_t fd_reserve = 32;                // descriptors kept for the control socket and state writes
+    GatewayLimits gateway_limits;          // terminator and relay caps and timeouts
 };
 
 class InferenceService;

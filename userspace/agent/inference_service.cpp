@@ -45,7 +45,8 @@ void provider_json(JsonOut& j, const terminator::Provider& p) {
 }  // namespace
 
 InferenceService::InferenceService(boost::asio::io_context& io, const std::string& state_dir, OrigDstLookup lookup,
-                                   AuditLog& audit, std::chrono::seconds stream_idle_timeout)
+                                   AuditLog& audit, std::chrono::seconds stream_idle_timeout,
+                                   const GatewayLimits& limits)
     : audit_(audit) {
     ca_ = std::make_unique<tls::LocalCa>(tls::LocalCa::load_or_create(state_dir, {}));
     if (ca_->created()) spdlog::info("created the local CA in {}/ca (export it with `redirctl ca export`)", state_dir);
@@ -67,6 +68,23 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
     // Request records go to the audit log (one place to read), not twice.
     go.access_log = std::make_shared<spdlog::logger>("access", std::make_shared<spdlog::sinks::null_sink_mt>());
     go.on_request = [&audit](const terminator::RequestLog& r) { audit.write(terminator::request_log_json(r)); };
+    apply_gateway_limits(limits, go);
+    go.on_refused = [&audit](const terminator::ConnectionInfo& ci, const terminator::LimitRefusal& r) {
+        audit.write(JsonOut()
+                        .begin()
+                        .num("ts_ms", now_ms())
+                        .str("event", "inference")
+                        .str("verdict", "refused")
+                        .str("reason", "sandbox over a terminator limit")
+                        .str("limit", r.limit)
+                        .num("cap", r.cap)
+                        .num("suppressed", r.suppressed)
+                        .str("client", ci.client)
+                        .num("pid", ci.pid)
+                        .num("cgroup_id", ci.cgroup_id)
+                        .end()
+                        .take());
+    };
     gateway_ = std::make_unique<terminator::Gateway>(io.get_executor(), store_, go);
 
     SSL_CTX* sctx = server_ctx_->get();
@@ -84,6 +102,10 @@ InferenceService::~InferenceService() = default;
 uint16_t InferenceService::tls_port() const { return tls_listener_->port(); }
 uint16_t InferenceService::plain_port() const { return plain_listener_->port(); }
 bool InferenceService::has_v6() const { return tls_listener_->has_v6(); }
+
+std::string InferenceService::metrics() const {
+    return terminator_metrics(gateway_->stats(), gateway_->connections());
+}
 
 std::string InferenceService::handle(const std::string& cmd, const std::string& line) {
     rapidjson::Document req;

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "agent/gateway_limits.hpp"
 #include "agent/listeners.hpp"
 
 namespace redir::tls {
@@ -26,12 +27,16 @@ class AuditLog;
 class InferenceService {
 public:
     InferenceService(boost::asio::io_context& io, const std::string& state_dir, OrigDstLookup lookup,
-                     AuditLog& audit, std::chrono::seconds stream_idle_timeout);
+                     AuditLog& audit, std::chrono::seconds stream_idle_timeout, const GatewayLimits& limits = {});
     ~InferenceService();
 
     uint16_t tls_port() const;
     uint16_t plain_port() const;
     bool has_v6() const;
+    // Prometheus text: the terminator's limits and its listeners.
+    std::string metrics() const;
+    const RedirectListener& tls_listener() const { return *tls_listener_; }
+    const RedirectListener& plain_listener() const { return *plain_listener_; }
 
     // Control API commands provider.*, inference.* and ca.export, given the
     // whole request line; "" when CMD is not one of them.

@@ -4,11 +4,13 @@
 // sockops before the SYN left) and hand the socket on.
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
 
+#include "agent/accept_backoff.hpp"
 #include "agent/conn_info.hpp"
 #include "redir/origdst.h"
 
@@ -26,9 +28,18 @@ public:
                      AuditLog& audit, AcceptHandler handler);
     uint16_t port() const { return port_; }
     bool has_v6() const { return acceptors_.size() > 1; }
+    // Failed accept() calls so far (each followed by a backoff wait).
+    uint64_t accept_failures() const { return accept_failures_; }
+    const std::string& what() const { return what_; }
 
 private:
-    void accept(boost::asio::ip::tcp::acceptor& a);
+    struct Slot {
+        explicit Slot(boost::asio::io_context& io) : acceptor(io), timer(io) {}
+        boost::asio::ip::tcp::acceptor acceptor;
+        boost::asio::steady_timer timer;
+        AcceptBackoff backoff;
+    };
+    void accept(Slot& slot);
 
     boost::asio::io_context& io_;
     std::string what_;
@@ -36,12 +47,8 @@ private:
     OrigDstLookup lookup_;
     AuditLog& audit_;
     AcceptHandler handler_;
-    std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors_;
+    std::vector<std::unique_ptr<Slot>> acceptors_;
+    uint64_t accept_failures_ = 0;
 };
-
-// "inspect" verdict: relay bytes to the original destination, with an audit
-// record per connection. The agent's own socket is outside every sandbox, so
-// it is not redirected again.
-AcceptHandler make_relay_handler(boost::asio::io_context& io, AuditLog& audit);
 
 }  // namespace redir::agent

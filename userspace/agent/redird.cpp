@@ -85,6 +85,7 @@ int main(int argc, char** argv) {
     app.add_option("--audit-window-ms", audit_window_ms, "rate-limit window of repeated audit records")
         ->check(CLI::Range(100u, 3600000u))
         ->capture_default_str();
+    redir::agent::add_gateway_limit_flags(app, o.gateway_limits);
     app.add_option("--log-format", log_format, "text or json")->check(CLI::IsMember({"text", "json"}))->capture_default_str();
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))

@@ -54,25 +54,6 @@ std::string seconds(std::chrono::milliseconds d) {
     return std::to_string(d.count()) + " ms";
 }
 
-// What Beast accepts but a front-end parser must not: bare LF line endings
-// and obs-fold continuation lines both let two parsers disagree about where
-// a header (or the header block) ends.
-enum class Lint { Incomplete, Complete, BareLf, ObsFold };
-Lint lint_header(const beast::flat_buffer& buf, std::size_t& header_end) {
-    auto d = static_cast<const char*>(buf.data().data());
-    std::size_t n = buf.size();
-    for (std::size_t i = 0; i < n; ++i) {
-        if (d[i] != '\n') continue;
-        if (i == 0 || d[i - 1] != '\r') return Lint::BareLf;
-        if (i >= 3 && d[i - 2] == '\n' && d[i - 3] == '\r') {
-            header_end = i + 1;
-            return Lint::Complete;
-        }
-        if (i + 1 < n && (d[i + 1] == ' ' || d[i + 1] == '\t')) return Lint::ObsFold;
-    }
-    return Lint::Incomplete;
-}
-
 struct UpstreamConn {
     std::shared_ptr<asio::ssl::context> ctx;
     TlsStream s;
@@ -150,7 +131,9 @@ void close_stream(Stream& s) {
 
 struct Gateway::Impl {
     Impl(asio::any_io_executor ex, std::shared_ptr<Store> st, GatewayOptions o)
-        : strand(asio::make_strand(ex)), store(std::move(st)), opts(std::move(o)) {}
+        : strand(asio::make_strand(ex)), store(std::move(st)), opts(std::move(o)),
+          conns(Quota::make({opts.max_connections_per_sandbox, opts.max_connections_total})),
+          body_bytes(Quota::make({opts.body_bytes_per_sandbox, opts.body_bytes_total})) {}
 
     asio::strand<asio::any_io_executor> strand;
     std::shared_ptr<Store> store;
@@ -162,6 +145,31 @@ struct Gateway::Impl {
     };
     std::map<std::string, CtxEntry> ctxs;
     bool stopped = false;
+    std::shared_ptr<Quota> conns;       // connections per sandbox and in total
+    std::shared_ptr<Quota> body_bytes;  // request bodies in memory
+    RefusalThrottle throttle;
+    GatewayStats stats;
+
+    void refused(const ConnectionInfo& info, std::string limit, std::uint64_t cap) {
+        LimitRefusal r{std::move(limit), cap, 0};
+        if (opts.on_refused && throttle.should_record(info.cgroup_id, r.suppressed)) opts.on_refused(info, r);
+    }
+
+    // A connection ticket for INFO's sandbox, or an empty one (refusal reported).
+    Quota::Ticket admit(const ConnectionInfo& info) {
+        Quota::Refusal why{};
+        auto t = conns->try_acquire(info.cgroup_id, 1, &why);
+        if (t) {
+            ++stats.connections_accepted;
+        } else if (why == Quota::Refusal::Sandbox) {
+            ++stats.refused_sandbox_connections;
+            refused(info, "connections_per_sandbox", conns->caps().per_sandbox);
+        } else {
+            ++stats.refused_total_connections;
+            refused(info, "connections_total", conns->caps().total);
+        }
+        return t;
+    }
 
     // Rebuilt when the CA file changes, so a rotated provider CA applies
     // without a restart.
@@ -192,6 +200,12 @@ namespace {
 using Impl = Gateway::Impl;
 using Request = http::request<http::string_body>;
 
+// A write to the sandbox that hit the write timeout: the sandbox stopped
+// reading, and the connection (with its bounded output) is dropped.
+void note_write(Impl& gw, const beast::error_code& ec) {
+    if (ec == beast::error::timeout) ++gw.stats.write_timeouts;
+}
+
 template <class Stream>
 awaitable<bool> send_body(Impl& gw, Stream& s, int status, std::string content_type, std::string body,
                           bool keep_alive, RequestLog& log, const HeaderList& extra = {}) {
@@ -205,6 +219,7 @@ awaitable<bool> send_body(Impl& gw, Stream& s, int status, std::string content_t
     log.bytes_out += res.body().size();
     beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
     auto [ec, n] = co_await http::async_write(s, res, use_tuple);
+    note_write(gw, ec);
     co_return !ec && keep_alive;
 }
 
@@ -324,6 +339,7 @@ struct ProxyCall {
     http::request<http::string_body>& upstream_req;
     ApiShape shape;
     bool client_keep_alive;
+    Quota::Ticket* body_room;  // given back once the provider has answered
 };
 
 template <class Stream>
@@ -377,6 +393,10 @@ awaitable<bool> relay(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, 
         }
         break;
     }
+    // Answered: the request body will not be sent again, and a long stream
+    // must not keep its memory (or the sandbox's share of it).
+    std::string().swap(call.upstream_req.body());
+    call.body_room->release();
 
     const auto& uh = up->get();
     if (uh.result_int() == 401) {
@@ -421,6 +441,7 @@ awaitable<bool> relay(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, 
     http::response_serializer<http::buffer_body> sr{res};
     low.expires_after(o.write_timeout);
     auto [hec, hn] = co_await http::async_write_header(s, sr, use_tuple);
+    note_write(gw, hec);
     if (hec) {
         log.error = "client closed the connection";
         conn->close();
@@ -458,6 +479,7 @@ awaitable<bool> relay(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, 
         low.expires_after(o.write_timeout);
         auto [wec, wn] = co_await http::async_write(s, sr, use_tuple);
         if (wec == http::error::need_buffer) wec = {};
+        note_write(gw, wec);
         if (wec) {
             log.error = "client closed the connection";
             conn->close();
@@ -562,6 +584,7 @@ awaitable<bool> send_mock(Impl& gw, Stream& s, const MockReply& m, bool keep_ali
         res.body().more = true;
         low.expires_after(gw.opts.write_timeout);
         auto [wec, wn] = co_await http::async_write(s, sr, use_tuple);
+        note_write(gw, wec);
         if (wec && wec != http::error::need_buffer) co_return false;
         log.bytes_out += p.size();
     }
@@ -572,13 +595,26 @@ awaitable<bool> send_mock(Impl& gw, Stream& s, const MockReply& m, bool keep_ali
     co_return !fec && keep_alive;
 }
 
-constexpr std::string_view kServed =
-    "POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages; GET /v1/models, "
-    "/v1/models/{id}";
+// The routing facts of a parsed header, as views into it.
+RequestHead head_of(const http::request_parser<http::string_body>::value_type& req) {
+    RequestHead h;
+    h.method = req.method_string();
+    h.target = req.target();
+    h.version = req.version();
+    h.transfer_encoding_count = req.count(http::field::transfer_encoding);
+    if (h.transfer_encoding_count) h.transfer_encoding = req[http::field::transfer_encoding];
+    h.host_count = req.count(http::field::host);
+    if (auto e = req.find(http::field::expect); e != req.end()) {
+        h.has_expect = true;
+        h.expect = e->value();
+    }
+    h.anthropic_client = req.count("anthropic-version") > 0;
+    return h;
+}
 
 // One request on a connection. Returns whether the connection stays open.
 template <class Stream>
-awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestLog& log) {
+awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestLog& log, const ConnectionInfo& info) {
     const auto& o = gw.opts;
     auto& low = beast::get_lowest_layer(s);
     if (buf.size() == 0) {
@@ -590,25 +626,26 @@ awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestL
     log.method = "-";
     const auto deadline = Clock::now() + o.header_timeout;
     ApiShape shape = ApiShape::OpenAI;
+    const std::string header_too_large = "request header is larger than " + std::to_string(o.header_limit) + " bytes";
 
     // Header: gathered whole first so it can be checked as bytes before Beast
     // parses it.
     for (;;) {
         std::size_t end = 0;
-        Lint l = lint_header(buf, end);
-        if (l == Lint::BareLf)
+        auto l = lint_header({static_cast<const char*>(buf.data().data()), buf.size()}, end);
+        if (l == HeaderLint::BareLf)
             co_return co_await send_error(gw, s, shape, 400, "request line or header ends in a bare LF; HTTP requires CRLF",
                                           false, log);
-        if (l == Lint::ObsFold)
+        if (l == HeaderLint::ObsFold)
             co_return co_await send_error(gw, s, shape, 400,
                                           "request header uses obsolete line folding (a line starting with "
                                           "whitespace); send each header on one line",
                                           false, log);
-        if (l == Lint::Complete && end <= o.header_limit) break;
-        if (buf.size() > o.header_limit)
-            co_return co_await send_error(gw, s, shape, 431,
-                                          "request header is larger than " + std::to_string(o.header_limit) + " bytes",
-                                          false, log);
+        if (l == HeaderLint::Complete && end <= o.header_limit) break;
+        if (buf.size() > o.header_limit) {
+            ++gw.stats.header_too_large;
+            co_return co_await send_error(gw, s, shape, 431, header_too_large, false, log);
+        }
         low.expires_at(deadline);
         auto [ec, n] = co_await s.async_read_some(buf.prepare(8192), use_tuple);
         // On a timeout Beast has already closed the socket: a slow client
@@ -623,77 +660,56 @@ awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestL
     low.expires_at(deadline);
     auto [hec, hn] = co_await http::async_read_header(s, buf, p, use_tuple);
     if (hec) {
-        if (hec == http::error::body_limit)
+        if (hec == http::error::body_limit) {
+            ++gw.stats.body_too_large;
             co_return co_await send_error(gw, s, shape, 413,
                                           "request body is larger than " + std::to_string(o.body_limit) + " bytes",
                                           false, log);
-        if (hec == http::error::header_limit)
-            co_return co_await send_error(gw, s, shape, 431,
-                                          "request header is larger than " + std::to_string(o.header_limit) + " bytes",
-                                          false, log);
+        }
+        if (hec == http::error::header_limit) {
+            ++gw.stats.header_too_large;
+            co_return co_await send_error(gw, s, shape, 431, header_too_large, false, log);
+        }
         co_return co_await send_error(gw, s, shape, 400, "malformed HTTP request: " + hec.message(), false, log);
     }
     auto& req = p.get();
-    log.method = std::string(req.method_string());
-    const bool anthropic_client = req.count("anthropic-version") > 0;
-    auto target = normalise_target(req.target());
-    log.path = target ? target->path.substr(0, 256) : std::string(req.target().substr(0, 256));
-    shape = shape_for(log.path, anthropic_client);
-
-    // Framing the parser tolerates but a proxy must not (request smuggling).
-    const auto te_count = req.count(http::field::transfer_encoding);
-    if (te_count > 1 || (te_count == 1 && !iequals(trim(req[http::field::transfer_encoding]), "chunked")))
-        co_return co_await send_error(gw, s, shape, 400,
-                                      "Transfer-Encoding must be exactly \"chunked\" (sent once)", false, log);
-    if (req.version() == 11 && req.count(http::field::host) != 1)
-        co_return co_await send_error(gw, s, shape, 400, "an HTTP/1.1 request needs exactly one Host header", false, log);
-
-    bool expect_continue = false;
-    if (auto e = req.find(http::field::expect); e != req.end()) {
-        if (!iequals(trim(e->value()), "100-continue"))
-            co_return co_await send_error(gw, s, shape, 417, "only \"Expect: 100-continue\" is supported", false, log);
-        expect_continue = true;
-    }
+    auto route = decide_route(head_of(req), o.log_string_max);
+    log.method = clip(req.method_string(), 32);
+    log.path = clip(route.path, o.log_string_max);
+    bool truncated = clipped(route.path, o.log_string_max);
+    shape = route.shape;
+    if (route.framing_status)
+        co_return co_await send_error(gw, s, shape, route.framing_status, std::move(route.message), false, log);
+    const bool expect_continue = route.expect_continue;
 
     // Decide from the header alone whether the request can be served.
-    int reject_status = 0;
-    std::string reject_msg;
-    HeaderList reject_headers;
-    std::string model_id;
-    std::optional<Endpoint> ep;
+    int reject_status = route.route_status;
+    std::string reject_msg = std::move(route.message);
+    HeaderList reject_headers = std::move(route.headers);
+    const std::string& model_id = route.model_id;
+    const std::optional<Endpoint> ep = route.endpoint;
     auto snap = gw.store->snapshot();
     const Profile* profile = nullptr;
-    if (!target) {
+    if (reject_status) {
+        // decided by the route
+    } else if (!snap->inference || !snap->provider) {
+        reject_status = 503;
+        reject_msg = "no inference provider is configured on this node: an operator must run `redirctl inference "
+                     "set --provider NAME --model MODEL`";
+    } else if (!(profile = find_profile(snap->provider->type))) {
+        reject_status = 503;
+        reject_msg = "provider " + snap->provider->name + " has an unknown type " + snap->provider->type;
+    } else if (!profile->serves(*ep)) {
         reject_status = 400;
-        reject_msg = "request target must be a path such as /v1/chat/completions";
-    } else if (!(ep = match_route(target->path, &model_id))) {
+        reject_msg = "provider " + snap->provider->name + " (type " + snap->provider->type +
+                     ") does not speak " + std::string(endpoint_description(*ep)) + " (" +
+                     std::string(endpoint_path(*ep)) + "); call an endpoint it serves or configure another "
+                     "provider with `redirctl inference set`";
+    } else if (*ep == Endpoint::ModelById && model_id != snap->inference->model) {
         reject_status = 404;
-        reject_msg = "no such endpoint: " + log.method + " " + log.path + "; inference.local serves " +
-                     std::string(kServed);
-    } else {
-        const bool is_get = *ep == Endpoint::Models || *ep == Endpoint::ModelById;
-        if (req.method() != (is_get ? http::verb::get : http::verb::post)) {
-            reject_status = 405;
-            reject_msg = std::string(log.path) + " accepts " + (is_get ? "GET" : "POST") + " only";
-            reject_headers.emplace_back("allow", is_get ? "GET" : "POST");
-        } else if (!snap->inference || !snap->provider) {
-            reject_status = 503;
-            reject_msg = "no inference provider is configured on this node: an operator must run `redirctl inference "
-                         "set --provider NAME --model MODEL`";
-        } else if (!(profile = find_profile(snap->provider->type))) {
-            reject_status = 503;
-            reject_msg = "provider " + snap->provider->name + " has an unknown type " + snap->provider->type;
-        } else if (!profile->serves(*ep)) {
-            reject_status = 400;
-            reject_msg = "provider " + snap->provider->name + " (type " + snap->provider->type +
-                         ") does not speak " + std::string(endpoint_description(*ep)) + " (" +
-                         std::string(endpoint_path(*ep)) + "); call an endpoint it serves or configure another "
-                         "provider with `redirctl inference set`";
-        } else if (*ep == Endpoint::ModelById && model_id != snap->inference->model) {
-            reject_status = 404;
-            reject_msg = "model " + model_id + " is not served here; inference.local serves " +
-                         snap->inference->model + " (requests for any model are answered by it)";
-        }
+        truncated |= clipped(model_id, o.log_string_max);
+        reject_msg = "model " + clip(model_id, o.log_string_max) + " is not served here; inference.local serves " +
+                     snap->inference->model + " (requests for any model are answered by it)";
     }
     if (snap->inference) {
         log.model_used = snap->inference->model;
@@ -704,10 +720,33 @@ awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestL
         log.provider_type = snap->provider->type;
     }
 
+    if (truncated) ++gw.stats.log_strings_truncated;
     if (reject_status && expect_continue) {
         // The client is waiting to be told whether to send the body: it is
         // not read, so the connection cannot be reused.
         co_return co_await send_error(gw, s, shape, reject_status, reject_msg, false, log, reject_headers);
+    }
+    // Room for the body is reserved before it is read, so one sandbox cannot
+    // hold more than its share of the agent's memory in request bodies.
+    Quota::Ticket body_room;
+    if (!p.is_done()) {
+        const std::uint64_t want = p.content_length().value_or(o.body_limit);
+        Quota::Refusal why{};
+        body_room = gw.body_bytes->try_acquire(info.cgroup_id, want, &why);
+        if (!body_room) {
+            ++gw.stats.refused_body_budget;
+            const bool mine = why == Quota::Refusal::Sandbox;
+            const auto cap = mine ? gw.body_bytes->caps().per_sandbox : gw.body_bytes->caps().total;
+            gw.refused(info, mine ? "body_bytes_per_sandbox" : "body_bytes_total", cap);
+            // Named, not braced in the call: GCC 12 cannot build the
+            // coroutine frame around an initializer-list temporary.
+            HeaderList retry;
+            retry.emplace_back("retry-after", "1");
+            std::string why_msg = std::string(mine ? "this sandbox's" : "all sandboxes'") +
+                                  " request bodies in flight would pass " + std::to_string(cap) +
+                                  " bytes: retry when earlier requests have finished";
+            co_return co_await send_error(gw, s, shape, 503, std::move(why_msg), false, log, retry);
+        }
     }
     if (expect_continue && !p.is_done()) {
         http::response<http::empty_body> cont{http::status::continue_, 11};
@@ -718,6 +757,7 @@ awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestL
     if (!p.is_done()) {
         low.expires_after(o.body_timeout);
         auto [bec, bn] = co_await http::async_read(s, buf, p, use_tuple);
+        if (bec == http::error::body_limit) ++gw.stats.body_too_large;
         if (bec == http::error::body_limit)
             co_return co_await send_error(gw, s, shape, 413,
                                           "request body is larger than " + std::to_string(o.body_limit) + " bytes",
@@ -744,9 +784,12 @@ awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestL
     if (*ep == Endpoint::ModelById)
         co_return co_await send_body(gw, s, 200, "application/json", model_json(shape, cfg), keep_alive, log);
 
-    auto rw = rewrite_model(req.body(), cfg.model);
-    if (!rw.ok) co_return co_await send_error(gw, s, shape, 400, rw.error, keep_alive, log);
-    log.model_requested = rw.model_requested;
+    auto rw = rewrite_model(req.body(), cfg.model, o.log_string_max);
+    // The client's body is no longer needed: only the rewritten copy lives on.
+    std::string().swap(req.body());
+    if (rw.truncated) ++gw.stats.log_strings_truncated;
+    if (!rw.ok) co_return co_await send_error(gw, s, shape, 400, std::move(rw.error), keep_alive, log);
+    log.model_requested = std::move(rw.model_requested);
     log.stream = rw.stream;
 
     if (profile->local) {
@@ -761,19 +804,19 @@ awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestL
                                       keep_alive, log);
     HeaderList client_headers;
     for (const auto& f : req) client_headers.emplace_back(lower(f.name_string()), std::string(f.value()));
-    http::request<http::string_body> ureq{http::verb::post, upstream_target(*base, *profile, target->path, target->query),
+    http::request<http::string_body> ureq{http::verb::post, upstream_target(*base, *profile, route.path, route.query),
                                           11};
     ureq.set(http::field::host, base->host_header);
     for (const auto& [n, v] : upstream_headers(client_headers, *profile, provider)) ureq.insert(n, v);
     ureq.body() = std::move(rw.body);
     ureq.keep_alive(true);
     ureq.prepare_payload();
-    ProxyCall call{provider, *profile, *base, ureq, shape, keep_alive};
+    ProxyCall call{provider, *profile, *base, ureq, shape, keep_alive, &body_room};
     co_return co_await proxy(gw, s, buf, call, log);
 }
 
 template <class Stream>
-awaitable<void> session(std::shared_ptr<Impl> gw, Stream s, ConnectionInfo info) {
+awaitable<void> session(std::shared_ptr<Impl> gw, Stream s, ConnectionInfo info, Quota::Ticket = {}) {
     beast::flat_buffer buf;
     try {
         for (;;) {
@@ -782,7 +825,7 @@ awaitable<void> session(std::shared_ptr<Impl> gw, Stream s, ConnectionInfo info)
             log.pid = info.pid;
             log.client = info.client;
             const auto start = Clock::now();
-            bool keep = co_await serve_one(*gw, s, buf, log);
+            bool keep = co_await serve_one(*gw, s, buf, log, info);
             if (log.status != 0) {
                 log.duration_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
                 gw->record(log);
@@ -812,10 +855,16 @@ tcp::socket rebind(Impl& gw, tcp::socket sock) {
     return out;
 }
 
-awaitable<void> tls_session(std::shared_ptr<Impl> gw, TlsStream s, ConnectionInfo info) {
+// Each session coroutine owns its connection ticket: the sandbox's slot is
+// given back whenever and however the session ends.
+awaitable<void> tls_session(std::shared_ptr<Impl> gw, TlsStream s, ConnectionInfo info, Quota::Ticket) {
     beast::get_lowest_layer(s).expires_after(gw->opts.handshake_timeout);
     auto [ec] = co_await s.async_handshake(asio::ssl::stream_base::server, use_tuple);
     if (ec) {
+        if (ec == beast::error::timeout)
+            ++gw->stats.tls_handshake_timeouts;
+        else
+            ++gw->stats.tls_handshake_failures;
         spdlog::debug("terminator: TLS handshake from {} (cgroup {}) failed: {}", info.client, info.cgroup_id,
                       ec.message());
         close_stream(s);
@@ -824,7 +873,7 @@ awaitable<void> tls_session(std::shared_ptr<Impl> gw, TlsStream s, ConnectionInf
     co_await session(std::move(gw), std::move(s), std::move(info));
 }
 
-awaitable<void> refusal_session(std::shared_ptr<Impl> gw, beast::tcp_stream s, ConnectionInfo info) {
+awaitable<void> refusal_session(std::shared_ptr<Impl> gw, beast::tcp_stream s, ConnectionInfo info, Quota::Ticket) {
     beast::flat_buffer buf;
     http::request_parser<http::empty_body> p;
     p.header_limit(static_cast<std::uint32_t>(gw->opts.header_limit));
@@ -842,7 +891,8 @@ awaitable<void> refusal_session(std::shared_ptr<Impl> gw, beast::tcp_stream s, C
     log.pid = info.pid;
     log.client = info.client;
     log.method = ec ? "-" : std::string(p.get().method_string());
-    log.path = path.substr(0, 256);
+    log.method = clip(log.method, 32);
+    log.path = clip(path, gw->opts.log_string_max);
     co_await send_error(*gw, s, shape, 400,
                         "inference.local is served over HTTPS only: use https://inference.local/v1 (plain HTTP is "
                         "refused so that prompts and replies never cross the network in clear)",
@@ -864,24 +914,45 @@ Gateway::~Gateway() {
     });
 }
 
+namespace {
+// Over a cap the connection is closed before any byte is read: cheaper than
+// a TLS handshake, and the client's SDK retries as for any dropped connection.
+void turn_away(tcp::socket& socket) {
+    beast::error_code ig;
+    socket.close(ig);
+}
+}  // namespace
+
 void Gateway::serve_tls(tcp::socket socket, SSL_CTX* server_ctx, ConnectionInfo info) {
+    auto ticket = impl_->admit(info);
+    if (!ticket) return turn_away(socket);
     SSL* ssl = SSL_new(server_ctx);
     if (!ssl) {
         spdlog::error("terminator: SSL_new failed for a connection from cgroup {}", info.cgroup_id);
         return;
     }
     TlsStream s(beast::tcp_stream(rebind(*impl_, std::move(socket))), ssl);
-    asio::co_spawn(impl_->strand, tls_session(impl_, std::move(s), std::move(info)), asio::detached);
+    asio::co_spawn(impl_->strand, tls_session(impl_, std::move(s), std::move(info), std::move(ticket)),
+                   asio::detached);
 }
 
 void Gateway::serve_plain_refusal(tcp::socket socket, ConnectionInfo info) {
+    auto ticket = impl_->admit(info);
+    if (!ticket) return turn_away(socket);
     beast::tcp_stream s(rebind(*impl_, std::move(socket)));
-    asio::co_spawn(impl_->strand, refusal_session(impl_, std::move(s), std::move(info)), asio::detached);
+    asio::co_spawn(impl_->strand, refusal_session(impl_, std::move(s), std::move(info), std::move(ticket)),
+                   asio::detached);
 }
 
 void Gateway::serve_cleartext_for_tests(tcp::socket socket, ConnectionInfo info) {
+    auto ticket = impl_->admit(info);
+    if (!ticket) return turn_away(socket);
     beast::tcp_stream s(rebind(*impl_, std::move(socket)));
-    asio::co_spawn(impl_->strand, session(impl_, std::move(s), std::move(info)), asio::detached);
+    asio::co_spawn(impl_->strand, session(impl_, std::move(s), std::move(info), std::move(ticket)), asio::detached);
 }
+
+const GatewayStats& Gateway::stats() const { return impl_->stats; }
+std::uint64_t Gateway::connections() const { return impl_->conns->total_in_use(); }
+std::uint64_t Gateway::connections_of(std::uint64_t cgroup_id) const { return impl_->conns->in_use(cgroup_id); }
 
 }  // namespace redir::terminator

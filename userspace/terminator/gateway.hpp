@@ -7,6 +7,7 @@
 #include <openssl/ssl.h>
 
 #include <boost/asio/any_io_executor.hpp>
+#include <atomic>
 #include <boost/asio/ip/tcp.hpp>
 #include <chrono>
 #include <cstdint>
@@ -15,6 +16,7 @@
 #include <memory>
 #include <string>
 
+#include "terminator/limits.hpp"
 #include "terminator/request.hpp"
 #include "terminator/store.hpp"
 
@@ -30,6 +32,27 @@ struct ConnectionInfo {
     uint32_t pid = 0;        // process that connected
     std::string client;      // "ip:port" of the sandbox socket
     std::string orig;        // "ip:port" the sandbox asked for
+};
+
+// A request or connection refused by one of the fairness caps.
+struct LimitRefusal {
+    std::string limit;            // e.g. "connections_per_sandbox" (the redird flag's subject)
+    std::uint64_t cap = 0;
+    std::uint64_t suppressed = 0;  // refusals of this sandbox not reported since the last one
+};
+
+// Counters for --metrics; read from any thread.
+struct GatewayStats {
+    std::atomic<std::uint64_t> connections_accepted{0};
+    std::atomic<std::uint64_t> refused_sandbox_connections{0};  // over the per-sandbox connection cap
+    std::atomic<std::uint64_t> refused_total_connections{0};    // over the terminator-wide cap
+    std::atomic<std::uint64_t> refused_body_budget{0};          // 503: sandbox's request bytes in flight
+    std::atomic<std::uint64_t> header_too_large{0};             // 431
+    std::atomic<std::uint64_t> body_too_large{0};               // 413
+    std::atomic<std::uint64_t> tls_handshake_timeouts{0};
+    std::atomic<std::uint64_t> tls_handshake_failures{0};       // other than timeouts
+    std::atomic<std::uint64_t> write_timeouts{0};               // sandbox stopped reading its answer
+    std::atomic<std::uint64_t> log_strings_truncated{0};        // requests whose logged client text was clipped
 };
 
 struct GatewayOptions {
@@ -49,12 +72,24 @@ struct GatewayOptions {
     ms stream_idle_timeout{120'000};       // between two pieces of a response body; no total cap
     ms pool_idle_timeout{60'000};          // idle kept-alive provider connection lifetime
     std::size_t pool_max_idle_per_host = 16;
+    // Fairness between sandboxes (the sandbox is ConnectionInfo::cgroup_id); 0 = no cap.
+    std::size_t max_connections_per_sandbox = 256;  // over it: the new connection is closed at once
+    std::size_t max_connections_total = 4096;
+    // Request bodies held in memory at once (Content-Length, or body_limit
+    // when chunked), reserved before the body is read; over it: 503.
+    std::uint64_t body_bytes_per_sandbox = 128ull * 1024 * 1024;
+    std::uint64_t body_bytes_total = 512ull * 1024 * 1024;
+    // Client-supplied text (model, path, method, keys) quoted in a log line or error.
+    std::size_t log_string_max = kLogStringMax;
     // Host name → IP literal used instead of DNS (tests; pinned providers).
     std::map<std::string, std::string> resolve_overrides;
     // Access log (one JSON line per request); nullptr = spdlog's default logger.
     std::shared_ptr<spdlog::logger> access_log;
     // Called with each request's record after it was logged (metrics, tests).
     std::function<void(const RequestLog&)> on_request;
+    // Called when a cap refuses a connection or request (at most once per
+    // sandbox per second; the others are counted in LimitRefusal::suppressed).
+    std::function<void(const ConnectionInfo&, const LimitRefusal&)> on_refused;
 };
 
 class Gateway {
@@ -80,6 +115,11 @@ public:
     // The full gateway over cleartext HTTP. For tests only: never expose it
     // to sandboxes (prompts and replies would cross the wire unencrypted).
     void serve_cleartext_for_tests(boost::asio::ip::tcp::socket socket, ConnectionInfo info);
+
+    const GatewayStats& stats() const;
+    // Connections held now, by every sandbox / by one.
+    std::uint64_t connections() const;
+    std::uint64_t connections_of(std::uint64_t cgroup_id) const;
 
     struct Impl;
 

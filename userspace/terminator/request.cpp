@@ -33,17 +33,38 @@ bool is_hop_by_hop(std::string_view n) {
     return std::find(std::begin(names), std::end(names), n) != std::end(names);
 }
 
+bool iequals(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i])))
+            return false;
+    return true;
+}
+
 using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
 
-void put(Writer& w, std::string_view s) { w.String(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
-void key(Writer& w, std::string_view s) { w.Key(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
+// RapidJSON output straight into a std::string: the rewritten body is built
+// where it is returned, never copied out of a staging buffer.
+struct StringOut {
+    using Ch = char;
+    std::string& s;
+    void Put(char c) { s.push_back(c); }
+    void Flush() {}
+};
+using BodyWriter = rapidjson::Writer<StringOut>;
+
+template <class W>
+void put(W& w, std::string_view s) { w.String(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
+template <class W>
+void key(W& w, std::string_view s) { w.Key(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
 
 // Streams the request through the writer, replacing the top-level "model".
 // SAX keeps number text and key order as the client wrote them, and the
 // iterative parser bounds stack use whatever the nesting.
 struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewriter> {
-    Writer& w;
+    BodyWriter& w;
     std::string_view model;
+    std::size_t log_max;
     int depth = 0;
     int skip = 0;  // >0 while dropping the client's model value
     bool skipping = false;
@@ -55,8 +76,9 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
     std::string error;
     std::string model_requested;
     bool stream = false;
+    bool truncated = false;
 
-    ModelRewriter(Writer& w_, std::string_view m) : w(w_), model(m) {}
+    ModelRewriter(BodyWriter& w_, std::string_view m, std::size_t lm) : w(w_), model(m), log_max(lm) {}
 
     // Common entry for every value: false aborts the parse.
     bool value_start(bool container) {
@@ -102,7 +124,11 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
         bool was_model = depth == 1 && next_is_model;
         if (!value_start(false)) return false;
         next_is_stream = false;
-        if (was_model) model_requested.assign(s, n);
+        // Only a clipped copy: the client's model string is for the log.
+        if (was_model) {
+            model_requested = clip(std::string_view(s, n), log_max);
+            truncated |= n > log_max;
+        }
         if (dropping()) return after_scalar(), true;
         return w.String(s, n);
     }
@@ -118,7 +144,8 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
         if (depth == 1) {
             std::string k(s, n);
             if (!keys.insert(k).second) {
-                error = "request body repeats the top-level key \"" + k + "\"";
+                truncated |= k.size() > log_max;
+                error = "request body repeats the top-level key \"" + clip(k, log_max) + "\"";
                 return false;
             }
             if (k == "model") {
@@ -320,7 +347,7 @@ std::string error_json(ApiShape shape, std::string_view type, std::string_view m
     return std::string(sb.GetString(), sb.GetSize());
 }
 
-RewriteResult rewrite_model(std::string_view body, std::string_view model) {
+RewriteResult rewrite_model(std::string_view body, std::string_view model, std::size_t log_max) {
     RewriteResult r;
     std::string_view t = body;
     while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.remove_prefix(1);
@@ -328,27 +355,101 @@ RewriteResult rewrite_model(std::string_view body, std::string_view model) {
         r.error = "request body is empty: expected a JSON object";
         return r;
     }
-    rapidjson::StringBuffer sb;
-    Writer w(sb);
-    ModelRewriter h(w, model);
+    r.body.reserve(body.size() + model.size() + 16);
+    StringOut out{r.body};
+    BodyWriter w(out);
+    ModelRewriter h(w, model, log_max);
     rapidjson::MemoryStream ms(body.data(), body.size());
     rapidjson::Reader reader;
     constexpr unsigned flags =
         rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag | rapidjson::kParseValidateEncodingFlag;
     rapidjson::ParseResult pr = reader.Parse<flags>(ms, h);
+    r.truncated = h.truncated;
     if (!pr) {
         if (!h.error.empty())
             r.error = h.error;
         else
             r.error = std::string("request body is not valid JSON: ") + rapidjson::GetParseError_En(pr.Code()) +
                       " at offset " + std::to_string(pr.Offset());
+        r.body = std::string();  // give the memory back now, not when the 400 is sent
         return r;
     }
     r.ok = true;
-    r.body.assign(sb.GetString(), sb.GetSize());
+    // A huge client model was dropped: do not hold its room for the whole call.
+    if (r.body.capacity() > 2 * r.body.size() + 4096) r.body.shrink_to_fit();
     r.model_requested = std::move(h.model_requested);
     r.stream = h.stream;
     return r;
+}
+
+HeaderLint lint_header(std::string_view d, std::size_t& header_end) {
+    const std::size_t n = d.size();
+    for (std::size_t i = 0; i < n; ++i) {
+        if (d[i] != '\n') continue;
+        if (i == 0 || d[i - 1] != '\r') return HeaderLint::BareLf;
+        if (i >= 3 && d[i - 2] == '\n' && d[i - 3] == '\r') {
+            header_end = i + 1;
+            return HeaderLint::Complete;
+        }
+        if (i + 1 < n && (d[i + 1] == ' ' || d[i + 1] == '\t')) return HeaderLint::ObsFold;
+    }
+    return HeaderLint::Incomplete;
+}
+
+namespace {
+constexpr std::string_view kServed =
+    "POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages; GET /v1/models, "
+    "/v1/models/{id}";
+}  // namespace
+
+RouteDecision decide_route(const RequestHead& h, std::size_t log_max) {
+    RouteDecision d;
+    auto target = normalise_target(h.target);
+    if (target) {
+        d.path = std::move(target->path);
+        d.query = std::move(target->query);
+    } else {
+        d.path = std::string(h.target);
+    }
+    d.shape = shape_for(d.path, h.anthropic_client);
+
+    // Framing the parser tolerates but a proxy must not (request smuggling).
+    if (h.transfer_encoding_count > 1 ||
+        (h.transfer_encoding_count == 1 && !iequals(trim(h.transfer_encoding), "chunked"))) {
+        d.framing_status = 400;
+        d.message = "Transfer-Encoding must be exactly \"chunked\" (sent once)";
+        return d;
+    }
+    if (h.version == 11 && h.host_count != 1) {
+        d.framing_status = 400;
+        d.message = "an HTTP/1.1 request needs exactly one Host header";
+        return d;
+    }
+    if (h.has_expect) {
+        if (!iequals(trim(h.expect), "100-continue")) {
+            d.framing_status = 417;
+            d.message = "only \"Expect: 100-continue\" is supported";
+            return d;
+        }
+        d.expect_continue = true;
+    }
+
+    if (!target) {
+        d.route_status = 400;
+        d.message = "request target must be a path such as /v1/chat/completions";
+    } else if (!(d.endpoint = match_route(d.path, &d.model_id))) {
+        d.route_status = 404;
+        d.message = "no such endpoint: " + clip(h.method, 32) + " " + clip(d.path, log_max) +
+                    "; inference.local serves " + std::string(kServed);
+    } else {
+        const bool is_get = *d.endpoint == Endpoint::Models || *d.endpoint == Endpoint::ModelById;
+        if (h.method != (is_get ? "GET" : "POST")) {
+            d.route_status = 405;
+            d.message = clip(d.path, log_max) + " accepts " + (is_get ? "GET" : "POST") + " only";
+            d.headers.emplace_back("allow", is_get ? "GET" : "POST");
+        }
+    }
+    return d;
 }
 
 std::optional<std::string> pick_credential(const Profile& profile, const Provider& provider) {

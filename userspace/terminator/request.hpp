@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "terminator/limits.hpp"
 #include "terminator/profiles.hpp"
 #include "terminator/store.hpp"
 
@@ -46,13 +47,53 @@ std::string_view error_type_for_status(ApiShape shape, int status);
 struct RewriteResult {
     bool ok = false;
     std::string body;             // re-serialised request with model set
-    std::string error;            // one sentence for the 400 when !ok
-    std::string model_requested;  // "" when absent or not a string
+    std::string error;            // one sentence for the 400 when !ok (client text clipped)
+    std::string model_requested;  // "" when absent or not a string; clipped to LOG_MAX
     bool stream = false;          // top-level "stream": true
+    bool truncated = false;       // model_requested or error had client text clipped
 };
 // Sets the top-level "model" to MODEL (inserted when absent). Everything else
-// keeps its meaning: numbers keep their exact text, order is kept.
-RewriteResult rewrite_model(std::string_view body, std::string_view model);
+// keeps its meaning: numbers keep their exact text, order is kept. The body
+// is written once, straight into RESULT.body (no second copy), and client
+// strings quoted in RESULT (model_requested, error) are clip()ped to LOG_MAX.
+RewriteResult rewrite_model(std::string_view body, std::string_view model, std::size_t log_max = kLogStringMax);
+
+// A request header block checked as bytes before any parser sees it: bare LF
+// line endings and obs-fold continuation lines both let two parsers disagree
+// about where a header (or the header block) ends.
+enum class HeaderLint { Incomplete, Complete, BareLf, ObsFold };
+// HEADER_END receives the size of the block (through the blank line) when Complete.
+HeaderLint lint_header(std::string_view bytes, std::size_t& header_end);
+
+// The parts of a parsed request header that decide how it is routed.
+struct RequestHead {
+    std::string_view method;  // as sent (methods are case-sensitive)
+    std::string_view target;
+    unsigned version = 11;    // 10 or 11
+    std::size_t transfer_encoding_count = 0;
+    std::string_view transfer_encoding;  // the first Transfer-Encoding value
+    std::size_t host_count = 0;
+    bool has_expect = false;
+    std::string_view expect;
+    bool anthropic_client = false;  // an anthropic-version header was sent
+};
+
+// What the header alone decides. A framing refusal is answered at once and
+// closes the connection (the body is never read: request smuggling); a route
+// refusal is answered after the body was read, on a kept-alive connection.
+struct RouteDecision {
+    int framing_status = 0;  // 400 / 417, or 0
+    int route_status = 0;    // 400 / 404 / 405, or 0
+    std::string message;     // for whichever refusal; client text clipped
+    HeaderList headers;      // extra response headers (allow)
+    ApiShape shape = ApiShape::OpenAI;
+    std::string path;        // normalised path, or the raw target when it is neither form
+    std::string query;
+    std::optional<Endpoint> endpoint;
+    std::string model_id;    // {id} of /v1/models/{id}
+    bool expect_continue = false;
+};
+RouteDecision decide_route(const RequestHead& head, std::size_t log_max = kLogStringMax);
 
 // The request headers that go to the provider: allowlisted client headers,
 // the provider's credential, its default headers. Client credentials and

@@ -1,0 +1,305 @@
+// The gateway against a hostile sandbox: connection caps and body budgets
+// that refuse only the offending sandbox, client text clipped in logs, and
+// sessions that survive the gateway being destroyed mid-request (run these
+// under the ASan build too: redir_gateway_hostile_asan_tests).
+#include <gtest/gtest.h>
+#include <sys/resource.h>
+
+#include <atomic>
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "terminator/gateway.hpp"
+#include "terminator/store.hpp"
+#include "test_certs.hpp"
+
+namespace redir::terminator {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+const auto kLoopback = asio::ip::make_address("127.0.0.1");
+constexpr std::uint64_t kHostile = 101, kVictim = 202;
+
+// One acceptor per sandbox: the port a client dials says which sandbox it is
+// (the agent learns it from the kernel instead).
+class HostileGatewayTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        char tmpl[] = "/tmp/redir-term-hostile-XXXXXX";
+        ASSERT_NE(::mkdtemp(tmpl), nullptr);
+        dir_ = tmpl;
+        store_ = std::make_shared<Store>(dir_ + "/state");
+        store_->create_provider(Provider{"p", "mock", "", "", {}});
+        store_->set_inference("p", "served");
+    }
+    void TearDown() override {
+        stop_io();
+        gw_.reset();
+        std::filesystem::remove_all(dir_);
+    }
+    void stop_io() {
+        io_.stop();
+        if (io_thread_.joinable()) io_thread_.join();
+    }
+
+    void start(GatewayOptions o) {
+        o.on_request = [this](const RequestLog& r) {
+            std::lock_guard lk(mu_);
+            logs_.push_back(r);
+        };
+        o.on_refused = [this](const ConnectionInfo& ci, const LimitRefusal& r) {
+            std::lock_guard lk(mu_);
+            refusals_.emplace_back(ci.cgroup_id, r.limit);
+        };
+        gw_ = std::make_unique<Gateway>(io_.get_executor(), store_, std::move(o));
+        accept(hostile_, kHostile);
+        accept(victim_, kVictim);
+        io_thread_ = std::thread([this] { io_.run(); });
+    }
+    void accept(tcp::acceptor& a, std::uint64_t cg) {
+        a.async_accept([this, &a, cg](beast::error_code ec, tcp::socket s) {
+            if (ec) return;
+            if (gw_) gw_->serve_cleartext_for_tests(std::move(s), ConnectionInfo{cg, 1, "127.0.0.1:1", "198.18.0.1:443"});
+            accept(a, cg);
+        });
+    }
+    tcp::socket connect(std::uint64_t cg) {
+        tcp::socket s(client_io_);
+        s.connect({kLoopback, (cg == kHostile ? hostile_ : victim_).local_endpoint().port()});
+        return s;
+    }
+    static std::string request(const std::string& body, const std::string& target = "/v1/chat/completions") {
+        return "POST " + target + " HTTP/1.1\r\nHost: inference.local\r\nContent-Type: application/json\r\n"
+               "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    }
+    static http::response<http::string_body> exchange(tcp::socket& s, const std::string& req) {
+        asio::write(s, asio::buffer(req));
+        beast::flat_buffer buf;
+        http::response<http::string_body> res;
+        http::read(s, buf, res);
+        return res;
+    }
+    int post_status(std::uint64_t cg, const std::string& body) {
+        auto s = connect(cg);
+        return exchange(s, request(body)).result_int();
+    }
+    // Whether the server closed S (EOF or reset) within D.
+    static bool closed_within(tcp::socket& s, std::chrono::milliseconds d) {
+        s.non_blocking(true);
+        auto deadline = Clock::now() + d;
+        char b[64];
+        while (Clock::now() < deadline) {
+            beast::error_code ec;
+            s.read_some(asio::buffer(b), ec);
+            if (ec && ec != asio::error::would_block) return true;
+            std::this_thread::sleep_for(5ms);
+        }
+        return false;
+    }
+    bool wait_for(const std::function<bool()>& cond, std::chrono::milliseconds d = 3s) {
+        auto deadline = Clock::now() + d;
+        while (!cond()) {
+            if (Clock::now() > deadline) return false;
+            std::this_thread::sleep_for(5ms);
+        }
+        return true;
+    }
+    std::vector<std::pair<std::uint64_t, std::string>> refusals() {
+        std::lock_guard lk(mu_);
+        return refusals_;
+    }
+    std::vector<RequestLog> logs() {
+        std::lock_guard lk(mu_);
+        return logs_;
+    }
+
+    std::string dir_;
+    std::shared_ptr<Store> store_;
+    asio::io_context io_, client_io_;
+    tcp::acceptor hostile_{io_, {kLoopback, 0}}, victim_{io_, {kLoopback, 0}};
+    std::unique_ptr<Gateway> gw_;
+    std::thread io_thread_;
+    std::mutex mu_;
+    std::vector<RequestLog> logs_;
+    std::vector<std::pair<std::uint64_t, std::string>> refusals_;
+};
+
+const std::string kChat = R"({"messages":[{"role":"user","content":"hi"}]})";
+
+TEST_F(HostileGatewayTest, PerSandboxConnectionCapRefusesOnlyThatSandbox) {
+    GatewayOptions o;
+    o.max_connections_per_sandbox = 4;
+    start(o);
+    std::vector<tcp::socket> idle;
+    for (int i = 0; i < 4; ++i) idle.push_back(connect(kHostile));
+    ASSERT_TRUE(wait_for([&] { return gw_->connections_of(kHostile) == 4; }));
+
+    auto extra = connect(kHostile);
+    EXPECT_TRUE(closed_within(extra, 2s)) << "the fifth connection of the hostile sandbox must be closed";
+    EXPECT_EQ(gw_->stats().refused_sandbox_connections.load(), 1u);
+    EXPECT_EQ(post_status(kVictim, kChat), 200) << "another sandbox is not affected";
+    auto r = refusals();
+    ASSERT_EQ(r.size(), 1u);
+    EXPECT_EQ(r[0], std::make_pair(kHostile, std::string("connections_per_sandbox")));
+
+    // Giving a connection back gives the slot back.
+    idle.pop_back();
+    ASSERT_TRUE(wait_for([&] { return gw_->connections_of(kHostile) == 3; }));
+    EXPECT_EQ(post_status(kHostile, kChat), 200);
+}
+
+TEST_F(HostileGatewayTest, TotalConnectionCapIsReportedAsSuch) {
+    GatewayOptions o;
+    o.max_connections_total = 3;
+    start(o);
+    std::vector<tcp::socket> idle;
+    for (int i = 0; i < 3; ++i) idle.push_back(connect(kHostile));
+    ASSERT_TRUE(wait_for([&] { return gw_->connections() == 3; }));
+    auto late = connect(kVictim);
+    EXPECT_TRUE(closed_within(late, 2s));
+    EXPECT_EQ(gw_->stats().refused_total_connections.load(), 1u);
+    ASSERT_EQ(refusals().size(), 1u);
+    EXPECT_EQ(refusals()[0].second, "connections_total");
+}
+
+TEST_F(HostileGatewayTest, RefusalRecordsAreThrottledPerSandbox) {
+    GatewayOptions o;
+    o.max_connections_per_sandbox = 1;
+    start(o);
+    auto held = connect(kHostile);
+    ASSERT_TRUE(wait_for([&] { return gw_->connections_of(kHostile) == 1; }));
+    for (int i = 0; i < 50; ++i) {
+        auto s = connect(kHostile);
+        closed_within(s, 1s);
+    }
+    EXPECT_EQ(gw_->stats().refused_sandbox_connections.load(), 50u);
+    EXPECT_LE(refusals().size(), 3u) << "50 refusals within a second give one record (plus one per second)";
+}
+
+TEST_F(HostileGatewayTest, BodyBudgetRefusesTheSandboxHoldingTooMuch) {
+    GatewayOptions o;
+    o.body_bytes_per_sandbox = 1000;
+    start(o);
+    // A request whose 800-byte body never comes holds 800 bytes of room.
+    auto slow = connect(kHostile);
+    asio::write(slow, asio::buffer(std::string("POST /v1/chat/completions HTTP/1.1\r\nHost: inference.local\r\n"
+                                               "Content-Length: 800\r\n\r\n{")));
+    std::this_thread::sleep_for(100ms);
+    auto s = connect(kHostile);
+    auto res = exchange(s, request(std::string(R"({"pad":")") + std::string(400, 'x') + "\"}"));
+    EXPECT_EQ(res.result_int(), 503);
+    EXPECT_EQ(res[http::field::retry_after], "1");
+    EXPECT_NE(res.body().find("request bodies in flight would pass 1000 bytes"), std::string::npos) << res.body();
+    EXPECT_EQ(gw_->stats().refused_body_budget.load(), 1u);
+    EXPECT_EQ(post_status(kVictim, std::string(R"({"pad":")") + std::string(400, 'x') + "\"}"), 200);
+    // The room comes back with the request.
+    slow.close();
+    ASSERT_TRUE(wait_for([&] {
+        return post_status(kHostile, std::string(R"({"pad":")") + std::string(400, 'x') + "\"}") == 200;
+    }));
+}
+
+std::size_t rss_bytes() {
+    std::ifstream f("/proc/self/statm");
+    std::size_t pages = 0, resident = 0;
+    f >> pages >> resident;
+    return resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+// Measured before: 20 requests with a 5 MB model grew the agent's RSS by
+// ~150 MB and its audit log by 100 MB (the model was copied into every
+// record). Now each record carries a clipped model, and no request keeps
+// more than one rewritten copy of its body.
+TEST_F(HostileGatewayTest, HugeModelStringsStayOutOfTheLogAndDoNotAccumulate) {
+    GatewayOptions o;
+    start(o);
+    const std::string body =
+        R"({"model":")" + std::string(5 * 1024 * 1024, 'M') + R"(","messages":[{"role":"user","content":"hi"}]})";
+    auto s = connect(kHostile);
+    ASSERT_EQ(exchange(s, request(body)).result_int(), 200);  // warm up the allocator
+    const auto before = rss_bytes();
+    for (int i = 0; i < 20; ++i) ASSERT_EQ(exchange(s, request(body)).result_int(), 200);
+    const auto grown = rss_bytes() > before ? rss_bytes() - before : 0;
+    EXPECT_LT(grown, 32u * 1024 * 1024) << "RSS grew by " << grown / 1024 << " KiB over 20 requests";
+
+    ASSERT_TRUE(wait_for([&] { return logs().size() >= 21; }));
+    std::size_t log_bytes = 0;
+    for (const auto& l : logs()) {
+        log_bytes += request_log_json(l).size();
+        EXPECT_NE(l.model_requested.find("(truncated, 5242880 bytes)"), std::string::npos);
+    }
+    EXPECT_LT(log_bytes, 21u * 1024) << "the access records quote at most a clipped model";
+    EXPECT_GE(gw_->stats().log_strings_truncated.load(), 21u);
+}
+
+// A provider that accepts and then says nothing: the request stays in flight
+// in the TLS handshake with it.
+struct SilentProvider {
+    explicit SilentProvider(asio::io_context& io) : acceptor(io, {kLoopback, 0}) { loop(); }
+    void loop() {
+        acceptor.async_accept([this](beast::error_code ec, tcp::socket s) {
+            if (ec) return;
+            held.push_back(std::move(s));
+            loop();
+        });
+    }
+    tcp::acceptor acceptor;
+    std::vector<tcp::socket> held;
+};
+
+TEST_F(HostileGatewayTest, GatewayDestroyedWithRequestsInFlight) {
+    test::TestCa ca;
+    std::ofstream(dir_ + "/ca.pem") << ca.cert_pem();
+    asio::io_context prov_io;
+    SilentProvider prov(prov_io);
+    std::thread prov_thread([&] { prov_io.run(); });
+    store_->create_provider(Provider{"slow", "openai", "https://127.0.0.1:" + std::to_string(prov.acceptor.local_endpoint().port()) + "/v1",
+                                     dir_ + "/ca.pem", {{"OPENAI_API_KEY", "sk-x"}}});
+    store_->set_inference("slow", "served");
+    GatewayOptions o;
+    start(o);
+
+    // One request waiting on the provider, one with half a body, one idle.
+    auto waiting = connect(kHostile);
+    asio::write(waiting, asio::buffer(request(kChat)));
+    auto half = connect(kHostile);
+    asio::write(half, asio::buffer(std::string("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                                               "Content-Length: 100\r\n\r\n{\"a\":")));
+    auto idle = connect(kVictim);
+    ASSERT_TRUE(wait_for([&] { return gw_->connections() == 3; }));
+    ASSERT_TRUE(wait_for([&] { return !prov.held.empty(); }));  // the provider call is in flight
+
+    // Destroyed from the io thread, as the agent would.
+    std::promise<void> gone;
+    asio::post(io_, [&] {
+        gw_.reset();
+        gone.set_value();
+    });
+    gone.get_future().wait();
+
+    // Every session ends by itself and nothing it touches was freed (ASan):
+    // the sandbox hanging up still stops the provider call.
+    waiting.close();
+    half.close();
+    idle.close();
+    prov_io.stop();
+    prov_thread.join();
+    ASSERT_FALSE(prov.held.empty());
+    EXPECT_TRUE(closed_within(prov.held.front(), 3s)) << "the provider call outlived its sandbox connection";
+    stop_io();
+}
+
+}  // namespace
+}  // namespace redir::terminator
