@@ -19,6 +19,7 @@
 #include <filesystem>
 
 #include "common/error.hpp"
+#include "terminator/head.hpp"
 #include "terminator/mock.hpp"
 #include "terminator/upstream_tls.hpp"
 
@@ -593,23 +594,6 @@ awaitable<bool> send_mock(Impl& gw, Stream& s, const MockReply& m, bool keep_ali
     res.body().more = false;
     auto [fec, fn] = co_await http::async_write(s, sr, use_tuple);
     co_return !fec && keep_alive;
-}
-
-// The routing facts of a parsed header, as views into it.
-RequestHead head_of(const http::request_parser<http::string_body>::value_type& req) {
-    RequestHead h;
-    h.method = req.method_string();
-    h.target = req.target();
-    h.version = req.version();
-    h.transfer_encoding_count = req.count(http::field::transfer_encoding);
-    if (h.transfer_encoding_count) h.transfer_encoding = req[http::field::transfer_encoding];
-    h.host_count = req.count(http::field::host);
-    if (auto e = req.find(http::field::expect); e != req.end()) {
-        h.has_expect = true;
-        h.expect = e->value();
-    }
-    h.anthropic_client = req.count("anthropic-version") > 0;
-    return h;
 }
 
 // One request on a connection. Returns whether the connection stays open.
