@@ -392,6 +392,8 @@ std::string Agent::render_metrics() {
             d.tcp_cut);
     counter("redir_accept_backoffs_total", "accept errors (EMFILE, ENFILE) that paused an accept loop", "{listener=\"dns\"}",
             d.accept_backoffs);
+    // Same family, so its samples follow without a second HELP/TYPE.
+    o += listener_metrics({&inference_->tls_listener(), &inference_->plain_listener(), listeners_->relay.get()});
     counter("redir_dns_owner_lookups_total", "refusal records whose process was looked up", "", d.owner_lookups);
     counter("redir_dns_owner_lookups_skipped_total", "refusal records written without a pid (lookup queue full)", "",
             d.owner_lookups_skipped);
@@ -416,7 +418,6 @@ std::string Agent::render_metrics() {
          std::to_string(policies_.size()) + "\n";
     o += inference_->metrics();
     o += relay_metrics(listeners_->relay_service->stats(), listeners_->relay_service->connections());
-    o += listener_metrics({&inference_->tls_listener(), &inference_->plain_listener(), listeners_->relay.get()});
     return o;
 }
 

@@ -133,10 +133,8 @@ std::string relay_metrics(const RelayStats& s, std::uint64_t connections) {
 
 std::string listener_metrics(const std::vector<const RedirectListener*>& listeners) {
     Text t;
-    t.head("redir_accept_failures_total", "counter",
-           "failed accept() calls on a redirect listener (EMFILE/ENFILE...), each followed by a backoff");
     for (const auto* l : listeners)
-        if (l) t.sample("redir_accept_failures_total", "{listener=\"" + l->what() + "\"}", l->accept_failures());
+        if (l) t.sample("redir_accept_backoffs_total", "{listener=\"" + l->what() + "\"}", l->accept_failures());
     return t.o;
 }
 

@@ -47,6 +47,7 @@ RelayOptions relay_options(const GatewayLimits& l);
 // Prometheus text for the terminator's and the relay's counters and gauges.
 std::string terminator_metrics(const terminator::GatewayStats& s, std::uint64_t connections);
 std::string relay_metrics(const RelayStats& s, std::uint64_t connections);
+// Samples of redir_accept_backoffs_total (its HELP/TYPE are the agent's) for LISTENERS.
 std::string listener_metrics(const std::vector<const RedirectListener*>& listeners);
 
 }  // namespace redir::agent
