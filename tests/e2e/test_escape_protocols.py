@@ -173,11 +173,12 @@ class EscapeProtocols(EscapeCase):
         self.quic.intrusions()
 
     def test_loose_source_route_under_run(self):
-        for proto, addr, port in (("udp", UDP_PEER, 4000), ("tcp", "198.18.0.1", 443)):
-            res = self.probe_run("lsrr", DENIED, addr, port, proto)
-            self.assertEqual(res["setsockopt"], "EPERM", res)
-        res = self.probe_run("lsrr", DENIED, UDP_PEER, 4000, "udp-cmsg")
-        self.assertEqual(res["send"], "EPERM", res)
+        for user in (None, "root"):
+            for proto, addr, port in (("udp", UDP_PEER, 4000), ("tcp", "198.18.0.1", 443)):
+                res = self.probe_run("lsrr", DENIED, addr, port, proto, user=user)
+                self.assertEqual(res["setsockopt"], "EPERM", res)
+            res = self.probe_run("lsrr", DENIED, UDP_PEER, 4000, "udp-cmsg", user=user)
+            self.assertEqual(res["send"], "EPERM", res)
         self.assertEqual(self.wire.intrusions(), [])
 
     def srh_cases(self):
