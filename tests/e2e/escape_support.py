@@ -11,6 +11,7 @@ been seen.
 """
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -248,13 +249,16 @@ class EscapeCase(unittest.TestCase):
         harness.enter_netns()
         add_lo_addrs(cls.LO_ADDRS)
         cls.tmp = tempfile.mkdtemp(prefix="redir-e2e-%s-" % cls.TAG)
+        cls.witnesses = []
+        cls.cgroups = []
+        cls.agent = None
+        # Class cleanups run even when setUpClass fails half-way (tearDownClass does not).
+        cls.addClassCleanup(cls._release)
         os.chmod(cls.tmp, 0o755)
         cls.probe = os.path.join(cls.tmp, "escape_probe.py")
         with open(PROBE_SRC) as src, open(cls.probe, "w") as dst:
             dst.write(src.read())
         os.chmod(cls.probe, 0o644)
-        cls.witnesses = []
-        cls.cgroups = []
         cls.agent = Agent(cls.TAG)
         cls.agent.start()
         # The agent's own directories must protect themselves: open the
@@ -262,10 +266,12 @@ class EscapeCase(unittest.TestCase):
         os.chmod(cls.agent.tmp, 0o755)
 
     @classmethod
-    def tearDownClass(cls):
+    def _release(cls):
         for w in cls.witnesses:
             w.close()
-        cls.agent.cleanup(cls.cgroups)
+        if cls.agent:
+            cls.agent.cleanup(cls.cgroups)
+        shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def setUp(self):
         # A test that failed early leaves its intrusions behind: start clean.
