@@ -6,7 +6,18 @@
 set -uo pipefail
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
 
+# A tree cloned under /tmp (CI may clone there) stays visible: carried over
+# the fresh tmpfs with bind mounts.
+kept=()
+for d in "$REPO" "$BUILD"; do
+  case "$d/" in
+    /tmp/*) k=/mnt/redir-keep/${#kept[@]}; mkdir -p "$k"; mount --bind "$d" "$k"; kept+=("$k:$d") ;;
+  esac
+done
 mount -t tmpfs tmpfs /tmp
+for kd in "${kept[@]}"; do
+  mkdir -p "${kd#*:}"; mount --bind "${kd%%:*}" "${kd#*:}"
+done
 mount -t tmpfs tmpfs /run
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
