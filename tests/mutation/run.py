@@ -48,9 +48,15 @@ def check_applies(mutants, src):
 
 
 def copy_tree(src, dst):
-    """Tracked and untracked-but-not-ignored files of SRC, as they are on disk."""
-    files = subprocess.run(["git", "-C", src, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           check=True, capture_output=True).stdout.split(b"\0")
+    """Tracked and untracked-but-not-ignored files of SRC, as they are on disk
+    (without git: everything but build trees and node_modules)."""
+    r = subprocess.run(["git", "-C", src, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                       capture_output=True)
+    if r.returncode != 0:
+        shutil.copytree(src, dst, dirs_exist_ok=True, symlinks=True,
+                        ignore=shutil.ignore_patterns("build", "build-*", "node_modules", ".git"))
+        return
+    files = r.stdout.split(b"\0")
     for f in files:
         if not f:
             continue
