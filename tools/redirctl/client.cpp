@@ -8,8 +8,8 @@
 #include <cerrno>
 #include <cstring>
 #include <iostream>
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
+
+#include "common/json_out.hpp"
 
 namespace redir::ctl {
 
@@ -69,12 +69,7 @@ rapidjson::Document Client::call(const std::string& req) {
     return d;
 }
 
-std::string json_escape(const std::string& s) {
-    rapidjson::StringBuffer sb;
-    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-    w.String(s.c_str(), static_cast<rapidjson::SizeType>(s.size()));
-    return sb.GetString();
-}
+std::string json_escape(const std::string& s) { return json_quote(s); }
 
 int report_error(const rapidjson::Document& d) {
     if (d.HasMember("errors") && d["errors"].IsArray() && d["errors"].Size() > 0) {

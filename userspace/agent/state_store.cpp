@@ -1,13 +1,12 @@
 #include "agent/state_store.hpp"
 
 #include <rapidjson/document.h>
-#include <rapidjson/prettywriter.h>
-#include <rapidjson/stringbuffer.h>
 
 #include <filesystem>
 
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
+#include "common/json_state.hpp"
 
 namespace fs = std::filesystem;
 
@@ -38,17 +37,9 @@ std::map<std::string, StoredPolicy> StateStore::load_policies() const {
 }
 
 void StateStore::save_policy(const StoredPolicy& p) {
-    rapidjson::StringBuffer sb;
-    rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
-    w.StartObject();
-    w.Key("name");
-    w.String(p.name.c_str());
-    w.Key("source_name");
-    w.String(p.source_name.c_str());
-    w.Key("source");
-    w.String(p.source.c_str(), static_cast<rapidjson::SizeType>(p.source.size()));
-    w.EndObject();
-    write_file_atomic(dir_ + "/policies/" + p.name + ".json", sb.GetString(), 0600);
+    write_json_state(dir_ + "/policies/" + p.name + ".json", [&](PrettyJsonOut& j) {
+        j.begin().str("name", p.name).str("source_name", p.source_name).str("source", p.source).end();
+    });
 }
 
 void StateStore::delete_policy(const std::string& name) {
@@ -76,21 +67,12 @@ std::vector<StoredAttachment> StateStore::load_attachments() const {
 }
 
 void StateStore::save_attachments(const std::vector<StoredAttachment>& as) {
-    rapidjson::StringBuffer sb;
-    rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
-    w.StartArray();
-    for (auto& a : as) {
-        w.StartObject();
-        w.Key("cgroup");
-        w.String(a.cgroup_path.c_str());
-        w.Key("cgroup_id");
-        w.Uint64(a.cgroup_id);
-        w.Key("policy");
-        w.String(a.policy.c_str());
-        w.EndObject();
-    }
-    w.EndArray();
-    write_file_atomic(dir_ + "/attachments.json", sb.GetString(), 0600);
+    write_json_state(dir_ + "/attachments.json", [&](PrettyJsonOut& j) {
+        j.begin_array();
+        for (const auto& a : as)
+            j.begin().str("cgroup", a.cgroup_path).num("cgroup_id", a.cgroup_id).str("policy", a.policy).end();
+        j.end_array();
+    });
 }
 
 uint32_t StateStore::load_next_policy_id() const {
@@ -104,7 +86,7 @@ uint32_t StateStore::load_next_policy_id() const {
 }
 
 void StateStore::save_next_policy_id(uint32_t id) {
-    write_file_atomic(dir_ + "/agent.json", "{\"next_policy_id\": " + std::to_string(id) + "}\n", 0600);
+    write_json_state(dir_ + "/agent.json", [&](PrettyJsonOut& j) { j.begin().num("next_policy_id", id).end(); });
 }
 
 }  // namespace redir::agent

@@ -1,3 +1,4 @@
+// Temp-file + fsync + rename writes, so readers never see a torn file.
 #include "atomic_file.hpp"
 
 #include <fcntl.h>
@@ -47,6 +48,10 @@ void write_file_atomic(const std::string& path, std::string_view data, mode_t mo
         ::unlink(tmpl.c_str());
         throw sys_error("cannot rename " + tmpl + " to " + path, e);
     }
+    fsync_dir(dir);
+}
+
+void fsync_dir(const std::string& dir) {
     UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (dfd) ::fsync(dfd.get());
 }

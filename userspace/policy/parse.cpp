@@ -2,8 +2,6 @@
 
 #include <rapidjson/error/en.h>
 #include <rapidjson/reader.h>
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 
 #include <algorithm>
 #include <charconv>
@@ -11,6 +9,7 @@
 
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
+#include "common/json_out.hpp"
 
 namespace redir::policy {
 
@@ -132,13 +131,6 @@ bool plain_key(std::string_view k) {
     if (k.empty() || !(std::isalpha(static_cast<unsigned char>(k[0])) || k[0] == '_')) return false;
     return std::all_of(k.begin(), k.end(),
                        [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; });
-}
-
-std::string json_quote(std::string_view s) {
-    rapidjson::StringBuffer sb;
-    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-    w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-    return std::string(sb.GetString(), sb.GetSize());
 }
 
 std::string child_path(const std::string& parent, std::string_view key) {

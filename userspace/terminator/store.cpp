@@ -2,8 +2,6 @@
 
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
-#include <rapidjson/prettywriter.h>
-#include <rapidjson/stringbuffer.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +10,7 @@
 
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
+#include "common/json_state.hpp"
 #include "terminator/profiles.hpp"
 
 namespace redir::terminator {
@@ -343,51 +342,26 @@ void Store::publish_locked() {
 }
 
 void Store::save_providers(const std::map<std::string, Provider>& ps) const {
-    rapidjson::StringBuffer sb;
-    rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
-    w.StartObject();
-    w.Key("version");
-    w.Uint(1);
-    w.Key("providers");
-    w.StartArray();
-    for (const auto& [n, p] : ps) {
-        w.StartObject();
-        w.Key("name");
-        w.String(p.name.c_str());
-        w.Key("type");
-        w.String(p.type.c_str());
-        w.Key("base_url");
-        w.String(p.base_url.c_str());
-        w.Key("ca_file");
-        w.String(p.ca_file.c_str());
-        w.Key("credentials");
-        w.StartObject();
-        for (const auto& [k, v] : p.credentials) {
-            w.Key(k.c_str());
-            w.String(v.c_str(), static_cast<rapidjson::SizeType>(v.size()));
+    write_json_state(providers_path(), [&](PrettyJsonOut& j) {
+        j.begin().num("version", 1).begin_array("providers");
+        for (const auto& [n, p] : ps) {
+            j.begin()
+                .str("name", p.name)
+                .str("type", p.type)
+                .str("base_url", p.base_url)
+                .str("ca_file", p.ca_file)
+                .begin_object("credentials");
+            for (const auto& [k, v] : p.credentials) j.str(k, v);
+            j.end().end();
         }
-        w.EndObject();
-        w.EndObject();
-    }
-    w.EndArray();
-    w.EndObject();
-    make_dirs(dir_);
-    write_file_atomic(providers_path(), std::string_view(sb.GetString(), sb.GetSize()) , 0600);
+        j.end_array().end();
+    });
 }
 
 void Store::save_inference(const InferenceConfig& c) const {
-    rapidjson::StringBuffer sb;
-    rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
-    w.StartObject();
-    w.Key("provider");
-    w.String(c.provider.c_str());
-    w.Key("model");
-    w.String(c.model.c_str(), static_cast<rapidjson::SizeType>(c.model.size()));
-    w.Key("version");
-    w.Uint64(c.version);
-    w.EndObject();
-    make_dirs(dir_);
-    write_file_atomic(inference_path(), std::string_view(sb.GetString(), sb.GetSize()), 0600);
+    write_json_state(inference_path(), [&](PrettyJsonOut& j) {
+        j.begin().str("provider", c.provider).str("model", c.model).num("version", c.version).end();
+    });
 }
 
 }  // namespace redir::terminator

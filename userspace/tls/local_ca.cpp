@@ -119,11 +119,6 @@ bool exists(const std::string& path) {
     throw sys_error("cannot inspect " + path);
 }
 
-void fsync_dir(const std::string& dir) {
-    UniqueFd dfd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (dfd) ::fsync(dfd.get());
-}
-
 // Staging directories left by a crash mid-creation hold a key nobody ever
 // trusted; nothing else may reuse them.
 void remove_stale_staging(const std::string& state_dir) {
