@@ -291,7 +291,11 @@ class HostileSandbox(unittest.TestCase):
         self.assertLess(len(written), 100, len(written))
         self.assertGreater(sum(s["count"] for s in sums), 2000)
         self.assertEqual(connect_errno(self.cg_b, "203.0.113.66", 80), "EPERM")
-        self.assertGreater(metrics(self.mport)["redir_audit_suppressed_total"], 2000)
+        m = metrics(self.mport)
+        self.assertGreater(m["redir_audit_suppressed_total"], 2000)
+        # Ring-buffer losses are counted per sandbox (and audited when they happen).
+        cg_id = next(a["cgroup_id"] for a in self.agent.status()["attachments"] if a["cgroup"] == self.cg_a.path)
+        self.assertIn('redir_sandbox_events_dropped_total{cgroup_id="%d"}' % cg_id, m)
 
 
 class FdExhaustion(unittest.TestCase):

@@ -288,12 +288,37 @@ void Agent::restore() {
     collect_garbage();
 }
 
+// A sandbox flooding the shared ring buffer loses its own events and may
+// lose others': each sandbox's losses (counted by the kernel) become one
+// audit record per second at most, so a gap in its record is visible.
+void Agent::report_event_drops() {
+    std::map<uint64_t, uint64_t> now;
+    for (auto& a : attachments_) {
+        uint64_t n = dp_->event_drops(a.cgroup_id);
+        now[a.cgroup_id] = n;
+        uint64_t before = drops_seen_.count(a.cgroup_id) ? drops_seen_[a.cgroup_id] : 0;
+        if (n > before)
+            audit_->write(JsonOut()
+                              .begin()
+                              .num("ts_ms", now_ms())
+                              .str("event", "events_dropped")
+                              .num("cgroup_id", a.cgroup_id)
+                              .str("cgroup", a.cgroup_path)
+                              .num("count", n - before)
+                              .num("total", n)
+                              .end()
+                              .take());
+    }
+    drops_seen_ = std::move(now);
+}
+
 void Agent::schedule_housekeeping() {
     if (!housekeeping_) housekeeping_ = std::make_unique<boost::asio::steady_timer>(io_);
     housekeeping_->expires_after(std::chrono::seconds(1));
     housekeeping_->async_wait([this](boost::system::error_code ec) {
         if (ec) return;
         audit_->flush_suppressed();
+        report_event_drops();
         FdReserve::instance().refill();
         schedule_housekeeping();
     });
@@ -380,6 +405,11 @@ std::string Agent::render_metrics() {
             audit_->suppressed());
     counter("redir_audit_write_errors_total", "audit records the file did not take (disk full?)", "",
             audit_->write_errors());
+    o += "# HELP redir_sandbox_events_dropped_total kernel events of one sandbox lost to a full ring buffer\n"
+         "# TYPE redir_sandbox_events_dropped_total counter\n";
+    for (auto& a : attachments_)
+        o += "redir_sandbox_events_dropped_total{cgroup_id=\"" + std::to_string(a.cgroup_id) + "\"} " +
+             std::to_string(dp_->event_drops(a.cgroup_id)) + "\n";
     auto d = dns_->counters();
     counter("redir_dns_queries_total", "DNS queries received from sandboxes", "", d.queries);
     counter("redir_dns_refused_total", "DNS queries not answered normally (each raised an event)", "", d.refused);

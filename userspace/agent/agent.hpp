@@ -109,6 +109,8 @@ private:
     uint64_t netns_cookie_ = 0;
     std::chrono::steady_clock::time_point started_;
     std::unique_ptr<boost::asio::steady_timer> housekeeping_;
+    std::map<uint64_t, uint64_t> drops_seen_;  // per sandbox: kernel events lost, as last reported
+    void report_event_drops();
 };
 
 }  // namespace redir::agent
