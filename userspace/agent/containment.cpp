@@ -39,19 +39,6 @@ constexpr CapName kBreaking[] = {
     {CAP_MKNOD, "CAP_MKNOD"},             {CAP_SYS_BOOT, "CAP_SYS_BOOT"},
 };
 
-std::optional<uint64_t> cgroup_id(const std::string& path) {
-    struct {
-        struct file_handle fh;
-        uint64_t id;
-    } h{};
-    h.fh.handle_bytes = sizeof(uint64_t);
-    int mount_id = 0;
-    if (::name_to_handle_at(AT_FDCWD, path.c_str(), &h.fh, &mount_id, 0) != 0) return std::nullopt;
-    uint64_t id;
-    std::memcpy(&id, h.fh.f_handle, sizeof(id));
-    return id;
-}
-
 std::string user_ns(const std::string& pid) {
     std::error_code ec;
     return fs::read_symlink("/proc/" + pid + "/ns/user", ec).string();
@@ -100,7 +87,7 @@ std::vector<uint64_t> cgroup_lineage_ids(const std::string& cgroup) {
     if (!mnt) return out;
     fs::path p(cgroup);
     for (;;) {
-        if (auto id = cgroup_id(p.string())) out.push_back(*id);
+        if (auto id = loader::cgroup_id_of(p.string())) out.push_back(*id);
         if (p.string().size() <= mnt->size() || !p.has_parent_path()) break;
         p = p.parent_path();
     }

@@ -42,18 +42,24 @@ Cgroup open_cgroup(const std::string& path) {
                     (sfs.f_type == CGROUP_SUPER_MAGIC ? " (it is on cgroup v1)" : "") +
                     "; use a cgroup under " + (mnt ? *mnt : std::string("a cgroup2 mount")));
     }
-    // On cgroup2 the file handle of the directory is the 64-bit cgroup id that
-    // bpf_get_current_cgroup_id() returns.
+    auto id = cgroup_id_of(cg.path);
+    if (!id) throw sys_error("cannot read the cgroup id of " + cg.path);
+    cg.id = *id;
+    return cg;
+}
+
+std::optional<uint64_t> cgroup_id_of(const std::string& path) {
+    // On cgroup2 the file handle of the directory is the 64-bit cgroup id.
     struct {
         struct file_handle fh;
         uint64_t id;
     } h{};
     h.fh.handle_bytes = sizeof(uint64_t);
     int mount_id = 0;
-    if (::name_to_handle_at(AT_FDCWD, cg.path.c_str(), &h.fh, &mount_id, 0) != 0)
-        throw sys_error("cannot read the cgroup id of " + cg.path);
-    std::memcpy(&cg.id, h.fh.f_handle, sizeof(cg.id));
-    return cg;
+    if (::name_to_handle_at(AT_FDCWD, path.c_str(), &h.fh, &mount_id, 0) != 0) return std::nullopt;
+    uint64_t id;
+    std::memcpy(&id, h.fh.f_handle, sizeof(id));
+    return id;
 }
 
 std::optional<std::string> current_cgroup_path() {

@@ -23,6 +23,10 @@ struct Cgroup {
 // when the path does not exist, is not a directory, or is on cgroup v1.
 Cgroup open_cgroup(const std::string& path);
 
+// The cgroup id of the cgroup2 directory PATH (its file handle, the value
+// bpf_get_current_cgroup_id() returns); nullopt when it cannot be read.
+std::optional<uint64_t> cgroup_id_of(const std::string& path);
+
 // Cgroup id of the calling process's own cgroup (from /proc/self/cgroup).
 std::optional<std::string> current_cgroup_path();
 
