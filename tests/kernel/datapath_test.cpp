@@ -20,6 +20,7 @@
 #include "loader/datapath.hpp"
 #include "kernel_main.hpp"
 #include "netns.hpp"
+#include "sandbox_fixture.hpp"
 
 using namespace redir;
 using redir::testsupport::run_in_cgroup;
@@ -65,21 +66,8 @@ int try_connect(const std::string& addr, uint16_t port, int type = SOCK_STREAM, 
     bool v6 = addr.find(':') != std::string::npos;
     int fd = ::socket(v6 ? AF_INET6 : AF_INET, type | SOCK_CLOEXEC, 0);
     if (fd < 0) return errno;
-    sockaddr_storage ss{};
     socklen_t len;
-    if (v6) {
-        auto* s = reinterpret_cast<sockaddr_in6*>(&ss);
-        s->sin6_family = AF_INET6;
-        s->sin6_port = htons(port);
-        inet_pton(AF_INET6, addr.c_str(), &s->sin6_addr);
-        len = sizeof(*s);
-    } else {
-        auto* s = reinterpret_cast<sockaddr_in*>(&ss);
-        s->sin_family = AF_INET;
-        s->sin_port = htons(port);
-        inet_pton(AF_INET, addr.c_str(), &s->sin_addr);
-        len = sizeof(*s);
-    }
+    sockaddr_storage ss = kerneltest::sockaddr_for(addr, port, len);
     int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&ss), len);
     int err = rc == 0 ? 0 : errno;
     if (out_fd && rc == 0)
