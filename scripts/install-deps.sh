@@ -8,7 +8,7 @@ PKGS=(
   build-essential cmake pkg-config git ccache
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
   libssl-dev libboost1.81-dev rapidjson-dev libspdlog-dev libfmt-dev
-  libnl-3-dev libnl-route-3-dev libcli11-dev libldns-dev
+  libnl-3-dev libnl-route-3-dev libnftables-dev libcli11-dev libldns-dev
   libgtest-dev libgmock-dev libbenchmark-dev libclang-rt-14-dev liburing-dev libseccomp-dev
   iproute2 curl ca-certificates python3 nodejs npm dnsutils ccache
   # kernel matrix (scripts/kernel-matrix.sh fetches the guest kernels itself)

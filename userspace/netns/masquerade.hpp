@@ -1,0 +1,45 @@
+#pragma once
+// A sandbox's egress in the agent's namespace, through libnftables: allowed
+// traffic leaving the veth is masqueraded, and the sandbox reaches nothing of
+// the host but the agent's address, and no other sandbox.
+#include <memory>
+#include <string>
+
+struct nft_ctx;
+
+namespace redir::netns {
+
+struct EgressPlan {
+    std::string table;       // nftables table name, unique per sandbox
+    std::string host_if;     // host end of the sandbox's veth
+    std::string subnet;      // sandbox subnet (IPv4 CIDR), masqueraded when it leaves by another interface
+    std::string agent_addr;  // the one local address the sandbox may reach (redirect target)
+    std::string pool;        // every sandbox subnet: forwarding into it from the sandbox is dropped
+};
+
+// The nftables text of PLAN: one table, three chains (input, forward, postrouting).
+std::string egress_ruleset(const EgressPlan& plan, bool kernel_owned);
+
+class Masquerade {
+public:
+    // Installs the table in the calling thread's namespace. Where the kernel
+    // supports it (5.12+) the table is an nftables "owner" table: the kernel
+    // removes it when this process dies, even by SIGKILL.
+    explicit Masquerade(const EgressPlan& plan);
+    ~Masquerade();  // deletes the table
+
+    bool kernel_owned() const { return kernel_owned_; }
+    const std::string& table() const { return table_; }
+
+private:
+    std::unique_ptr<nft_ctx, void (*)(nft_ctx*)> ctx_;  // its netlink socket owns the table
+    std::string table_;
+    bool kernel_owned_ = false;
+};
+
+// Runs nftables COMMANDS with a fresh context; returns "" or nft's error text.
+std::string nft_run(const std::string& commands);
+// `nft list tables` output (tests and diagnostics).
+std::string nft_list_tables();
+
+}  // namespace redir::netns

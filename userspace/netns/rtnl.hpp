@@ -1,0 +1,56 @@
+#pragma once
+// rtnetlink through libnl-route: veth pairs, addresses, links up, default
+// routes, and the default-route gateway of any namespace.
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "netns/namespace.hpp"
+
+struct nl_sock;
+
+namespace redir::netns {
+
+// A NETLINK_ROUTE socket bound for good to the namespace it was opened in.
+class Rtnl {
+public:
+    // In the calling thread's namespace.
+    Rtnl();
+    // Inside NS (the caller's thread stays where it is).
+    explicit Rtnl(const Namespace& ns);
+
+    // Index of interface NAME; throws if there is none.
+    int ifindex(const std::string& name);
+    bool has_link(const std::string& name);
+    // A veth pair: NAME here, PEER_NAME created directly in PEER_NS.
+    void add_veth(const std::string& name, const std::string& peer_name, const Namespace& peer_ns);
+    void set_up(const std::string& name);
+    // Waits (up to LIMIT) until NAME is operationally up: the kernel drops
+    // packets on a link that is up but not yet activated (linkwatch, up to 1 s).
+    void wait_operational(const std::string& name, std::chrono::milliseconds limit = std::chrono::seconds(3));
+    // CIDR "a.b.c.d/n" or "x::y/n" on interface NAME (no duplicate detection wait).
+    void add_address(const std::string& name, const std::string& cidr);
+    // Default route through GATEWAY (v4 or v6) on interface NAME.
+    void add_default_route(const std::string& name, const std::string& gateway);
+    // Deletes interface NAME (a veth takes its peer with it); false if absent.
+    bool delete_link(const std::string& name);
+
+    struct DefaultRoute {
+        std::string gateway;  // empty for a device-only route
+        int ifindex = 0;
+    };
+    // Default routes of the main table, IPv4 first.
+    std::vector<DefaultRoute> default_routes();
+
+private:
+    std::string where_;  // "in network namespace X", for messages
+    std::unique_ptr<nl_sock, void (*)(nl_sock*)> sock_;
+};
+
+// Gateways of the default routes in the namespace at NETNS_PATH, IPv4 first;
+// empty when it has none. For a sandbox joined by a veth pair this is the
+// host side's address: where the agent's redirects for it must land.
+std::vector<std::string> default_gateways(const std::string& netns_path);
+
+}  // namespace redir::netns
