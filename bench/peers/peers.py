@@ -1,0 +1,826 @@
+"""bench/peers (issue #11): redir's inference terminator side by side with
+nginx, mitmproxy and squid doing the same job, against a direct baseline, all
+measured in one run inside a private network and mount namespace this script
+creates (fake addresses on its lo only). Prints one table with PASS/FAIL per
+target; exit 0 all targets met, 1 a target missed, 2 a peer produced no numbers.
+--check: exit status only says whether every peer produced numbers (CTest).
+
+Knobs (environment): BENCH_SECONDS (per measurement, default 10), BENCH_ROUNDS
+(interleaved rounds, best kept; default 2, 1 when BENCH_SECONDS < 5),
+BENCH_SSE_STREAMS (1000), BENCH_SSE_GAP_MS (250), BENCH_PEERS (default
+direct,redir,nginx,mitmproxy,squid), BENCH_PERF=1 (perf profile of redird),
+BENCH_JSON=FILE (all numbers), REDIR_THREADS_FLAG (redird's io-thread flag;
+detected from --help when unset), REDIR_BUILD (build directory).
+"""
+import ctypes
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
+import harness  # noqa: E402
+from harness import Agent, Cgroup, write_policy, wait_until  # noqa: E402
+
+SECONDS = max(1, int(float(os.environ.get("BENCH_SECONDS", "10"))))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if SECONDS < 5 else "2"))
+SSE_STREAMS = int(os.environ.get("BENCH_SSE_STREAMS", "1000"))
+SSE_GAP_MS = float(os.environ.get("BENCH_SSE_GAP_MS", "250"))
+PEERS = os.environ.get("BENCH_PEERS", "direct,redir,nginx,mitmproxy,squid").split(",")
+PERF = os.environ.get("BENCH_PERF") == "1"
+CHECK_ONLY = "--check" in sys.argv
+PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+SECRET = "sk-bench-credential-0123456789"
+# Fake addresses on this namespace's lo, and the names /etc/hosts gives them
+# (a private bind mount: redird resolves its provider by name, like in production).
+HOSTS = {
+    "provider.bench.test": "203.0.113.100",  # nginx serving fixed JSON
+    "sse.bench.test": "203.0.113.101",       # sse_provider.py, pacing events
+    "nginx.bench.test": "203.0.113.10",      # nginx as the TLS-terminating proxy
+    "mitm.bench.test": "203.0.113.11",
+    "squid.bench.test": "203.0.113.12",
+    "inference.local": "198.18.0.1",         # redird's VIP: connections to it are redirected in the kernel
+}
+RESOLVER = "192.0.2.53"  # any resolver: sandbox DNS is redirected to the agent's responder
+CHAT = "/v1/chat/completions"
+PROVIDER_JSON = ('{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"served-model",'
+                 '"choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],'
+                 '"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}')
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print("[bench %s] %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
+
+
+# -- namespace and certificates ------------------------------------------------
+
+def enter_namespaces(tmp):
+    """A private mount namespace (for /etc/hosts) and harness's private netns."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS) failed: run as root")
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    harness.enter_netns(extra_addrs=[a + "/32" for n, a in HOSTS.items() if a.startswith("203.")])
+    hosts = os.path.join(tmp, "hosts")
+    with open(hosts, "w") as f:
+        f.write("127.0.0.1 localhost\n" + "".join("%s %s\n" % (a, n) for n, a in HOSTS.items()))
+    subprocess.run(["mount", "--bind", hosts, "/etc/hosts"], check=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def make_certs(d):
+    """Test CA and one ECDSA P-256 server certificate for every fake name."""
+    def run(*args):
+        subprocess.run(list(args), check=True, capture_output=True, cwd=d)
+    run("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key")
+    run("openssl", "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=redir bench provider CA", "-days", "2",
+        "-out", "ca.pem", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    run("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "srv.key")
+    run("openssl", "req", "-new", "-key", "srv.key", "-subj", "/CN=provider.bench.test", "-out", "srv.csr")
+    with open(os.path.join(d, "ext.cnf"), "w") as f:
+        f.write("subjectAltName=%s\nextendedKeyUsage=serverAuth\n" % ",".join("DNS:" + n for n in HOSTS))
+    run("openssl", "x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-out", "srv.pem", "-extfile", "ext.cnf")
+    with open(os.path.join(d, "srv-combined.pem"), "w") as f:  # mitmproxy wants key and cert in one file
+        f.write(open(os.path.join(d, "srv.key")).read() + open(os.path.join(d, "srv.pem")).read())
+    return {k: os.path.join(d, v) for k, v in
+            {"ca": "ca.pem", "cert": "srv.pem", "key": "srv.key", "combined": "srv-combined.pem"}.items()}
+
+
+# -- processes: CPU and memory of a process tree -------------------------------
+
+def descendants(pid):
+    kids = {}
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open("/proc/%s/stat" % p) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                kids.setdefault(ppid, []).append(int(p))
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += kids.get(p, [])
+    return out
+
+
+def cpu_seconds(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open("/proc/%d/stat" % p) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLK_TCK
+
+
+def rss_mb(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open("/proc/%d/status" % p) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024.0
+
+
+class Usage:
+    """CPU seconds and peak RSS of a process tree while a measurement runs."""
+
+    def __init__(self, pid):
+        self.pids = descendants(pid) if pid else []
+        self.peak = rss_mb(self.pids)
+        self.cpu0 = cpu_seconds(self.pids)
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._sample, daemon=True)
+        self._t.start()
+
+    def _sample(self):
+        while not self._stop.wait(0.25):
+            self.peak = max(self.peak, rss_mb(self.pids))
+
+    def finish(self):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, rss_mb(self.pids))
+        return cpu_seconds(self.pids) - self.cpu0, self.peak
+
+
+def wait_listening(addr, port, what, timeout=20):
+    import socket
+
+    def up():
+        try:
+            socket.create_connection((addr, port), 0.5).close()
+            return True
+        except OSError:
+            return False
+    if not wait_until(up, timeout, 0.05):
+        raise RuntimeError("%s did not listen on %s:%d within %d s: see its log in the run directory"
+                           % (what, addr, port, timeout))
+
+
+# -- the fake providers and the peers ------------------------------------------
+
+class Nginx:
+    """One nginx instance (master + WORKERS) with a server block BODY."""
+
+    def __init__(self, tmp, name, workers, servers, upstreams=""):
+        self.dir = os.path.join(tmp, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.conf = os.path.join(self.dir, "nginx.conf")
+        d = self.dir
+        with open(self.conf, "w") as f:
+            f.write("""# %(name)s, generated by bench/peers/peers.py
+user root;
+worker_processes %(workers)d;
+daemon off;
+pid %(d)s/nginx.pid;
+error_log %(d)s/error.log warn;
+events { worker_connections 16384; }
+http {
+  client_body_temp_path %(d)s/body; proxy_temp_path %(d)s/proxy; fastcgi_temp_path %(d)s/fcgi;
+  uwsgi_temp_path %(d)s/uwsgi; scgi_temp_path %(d)s/scgi;
+  keepalive_requests 1000000; keepalive_timeout 120s;
+  %(upstreams)s
+  %(servers)s
+}
+""" % {"name": name, "workers": workers, "d": d, "upstreams": upstreams, "servers": servers})
+        self.log = open(os.path.join(self.dir, "stderr.log"), "ab")
+        self.proc = subprocess.Popen(["nginx", "-c", self.conf, "-p", self.dir], stdout=self.log, stderr=self.log)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def start_provider(tmp, certs):
+    a = HOSTS["provider.bench.test"]
+    servers = """server {
+    listen %s:443 ssl backlog=4096;
+    ssl_certificate %s; ssl_certificate_key %s;
+    access_log off;
+    location = %s { default_type application/json; return 200 '%s'; }
+    location / { return 404; }
+  }""" % (a, certs["cert"], certs["key"], CHAT, PROVIDER_JSON)
+    n = Nginx(tmp, "provider", 2, servers)
+    wait_listening(a, 443, "the fake provider (nginx)")
+    return n
+
+
+def start_sse_provider(tmp, certs):
+    a = HOSTS["sse.bench.test"]
+    logf = open(os.path.join(tmp, "sse-provider.log"), "ab")
+    p = subprocess.Popen([PY, os.path.join(HERE, "sse_provider.py"), "--addr", a, "--cert", certs["cert"],
+                          "--key", certs["key"], "--gap-ms", str(SSE_GAP_MS)], stdout=logf, stderr=logf)
+    wait_listening(a, 443, "the SSE provider")
+    return p
+
+
+class Peer:
+    name = "?"
+    url_host = None
+    cgroup = None
+    threads = 1
+
+    @property
+    def pid(self):
+        return None
+
+    def url(self):
+        return "https://%s%s" % (self.url_host, CHAT)
+
+    def stop(self):
+        pass
+
+
+class Direct(Peer):
+    name = "direct"
+    url_host = "provider.bench.test"
+
+    def __init__(self, provider):
+        self.provider = provider
+
+    @property
+    def pid(self):
+        return self.provider.pid
+
+
+class NginxProxy(Peer):
+    """nginx for redir's job: TLS termination, the credential header, proxy to
+    the provider over verified TLS with a keep-alive upstream pool, unbuffered."""
+    url_host = "nginx.bench.test"
+
+    def __init__(self, tmp, certs, workers):
+        self.threads = workers
+        self.name = "nginx"
+        a = HOSTS["nginx.bench.test"]
+        upstreams = "upstream provider { server %s:443; keepalive 512; keepalive_requests 1000000; }" % \
+            HOSTS["provider.bench.test"]
+        servers = """server {
+    listen %(a)s:443 ssl backlog=4096;
+    ssl_certificate %(cert)s; ssl_certificate_key %(key)s;
+    access_log %(dir)s/access.log;
+    location /v1/ {
+      proxy_pass https://provider;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host provider.bench.test;
+      proxy_set_header Authorization "Bearer %(secret)s";
+      proxy_ssl_server_name on;
+      proxy_ssl_name provider.bench.test;
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate %(ca)s;
+      proxy_ssl_session_reuse on;
+      proxy_buffering off;
+    }
+  }""" % {"a": a, "cert": certs["cert"], "key": certs["key"], "secret": SECRET, "ca": certs["ca"],
+          "dir": os.path.join(tmp, "nginx-%d" % workers)}
+        self.nginx = Nginx(tmp, "nginx-%d" % workers, workers, servers, upstreams)
+        wait_listening(a, 443, "nginx (the proxy peer)")
+
+    @property
+    def pid(self):
+        return self.nginx.pid
+
+    def stop(self):
+        self.nginx.stop()
+
+
+class Mitmproxy(Peer):
+    """mitmdump as a reverse proxy: TLS termination, header set, verified upstream TLS."""
+    name = "mitmproxy"
+    url_host = "mitm.bench.test"
+
+    def __init__(self, tmp, certs):
+        a = HOSTS["mitm.bench.test"]
+        conf = os.path.join(tmp, "mitm")
+        os.makedirs(conf, exist_ok=True)
+        self.logf = open(os.path.join(conf, "mitmdump.log"), "ab")
+        self.proc = subprocess.Popen(
+            ["mitmdump", "-q", "--mode", "reverse:https://provider.bench.test:443/", "--listen-host", a,
+             "--listen-port", "443", "--set", "confdir=" + conf, "--certs", "*=" + certs["combined"],
+             "--set", "ssl_verify_upstream_trusted_ca=" + certs["ca"], "--set", "flow_detail=0",
+             "--modify-headers", "/~q/Authorization/Bearer " + SECRET],
+            stdout=self.logf, stderr=self.logf)
+        wait_listening(a, 443, "mitmdump", timeout=60)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.logf.close()
+
+
+class Squid(Peer):
+    """squid (OpenSSL build) as a TLS-terminating accelerator for the provider:
+    https_port accel + a TLS cache_peer verified against the test CA + the credential header."""
+    name = "squid"
+    url_host = "squid.bench.test"
+
+    def __init__(self, tmp, certs):
+        a = HOSTS["squid.bench.test"]
+        d = os.path.join(tmp, "squid")
+        os.makedirs(d, exist_ok=True)
+        os.chmod(certs["key"], 0o644)  # squid's workers run as proxy
+        conf = os.path.join(d, "squid.conf")
+        with open(conf, "w") as f:
+            f.write("""# generated by bench/peers/peers.py
+https_port %(a)s:443 accel defaultsite=provider.bench.test tls-cert=%(cert)s tls-key=%(key)s
+cache_peer %(prov)s parent 443 0 no-query originserver no-digest name=provider tls tls-cafile=%(ca)s \
+tls-domain=provider.bench.test
+cache_peer_access provider allow all
+never_direct allow all
+http_access allow all
+request_header_access Authorization deny all
+request_header_add Authorization "Bearer %(secret)s" all
+cache deny all
+cache_mem 8 MB
+workers 1
+pid_filename %(d)s/squid.pid
+access_log stdio:%(d)s/access.log
+cache_log %(d)s/cache.log
+cache_store_log none
+coredump_dir %(d)s
+shutdown_lifetime 1 seconds
+via off
+forwarded_for delete
+""" % {"a": a, "cert": certs["cert"], "key": certs["key"], "prov": HOSTS["provider.bench.test"], "ca": certs["ca"],
+       "secret": SECRET, "d": d})
+        subprocess.run(["chown", "-R", "proxy:proxy", d], check=False)
+        self.logf = open(os.path.join(d, "stderr.log"), "ab")
+        self.proc = subprocess.Popen(["squid", "-N", "-f", conf], stdout=self.logf, stderr=self.logf)
+        wait_listening(a, 443, "squid", timeout=30)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.logf.close()
+
+
+def threads_flag():
+    """redird's flag for its io-thread count, or None when it has one io thread."""
+    flag = os.environ.get("REDIR_THREADS_FLAG")
+    if flag is not None:
+        return flag or None
+    out = subprocess.run([harness.REDIRD, "--help"], capture_output=True, text=True).stdout
+    m = re.search(r"(--(?:io-|terminator-|gateway-|worker-)?threads)\b", out)
+    return m.group(1) if m else None
+
+
+class Redir(Peer):
+    """A real redird: BPF programs attached to a cgroup of our own, wrk runs in
+    that cgroup and dials https://inference.local (the VIP; redirected in the kernel)."""
+    name = "redir"
+    url_host = "inference.local"
+
+    def __init__(self, tmp, certs, threads):
+        self.threads = threads
+        flag = threads_flag()
+        extra = ["--max-connections-per-sandbox", "8192", "--max-connections", "16384"]
+        if flag and threads:
+            extra += [flag, str(threads)]
+        self.agent = Agent("bench", extra).start()
+        a = self.agent
+        for name, host in (("fixed", "provider.bench.test"), ("sse", "sse.bench.test")):
+            a.ctl("provider", "create", "--name", name, "--type", "openai-compatible", "--base-url",
+                  "https://%s/v1" % host, "--ca-file", certs["ca"], "--credential", "OPENAI_API_KEY=" + SECRET)
+        self.use_provider("fixed")
+        policy = write_policy(tmp, "bench-inference-only-%s" % threads, {"inference": {"enabled": True}})
+        self.cgroup = Cgroup("bench")
+        a.ctl("attach", "--cgroup", self.cgroup.path, "--policy", policy)
+        self.ca_local = os.path.join(tmp, "inference-ca-%s.pem" % threads)
+        a.ctl("ca", "export", "--out", self.ca_local)
+
+    def use_provider(self, name):
+        self.agent.ctl("inference", "set", "--provider", name, "--model", "served-model")
+
+    @property
+    def pid(self):
+        return self.agent.proc.pid
+
+    def stop(self):
+        self.agent.cleanup([self.cgroup])
+
+
+# -- load generators ---------------------------------------------------------
+
+def wrk(peer, conns, threads, seconds, close=False):
+    """wrk POSTing a chat completion; returns its numbers plus the peer's CPU and peak RSS."""
+    argv = ["wrk", "-t", str(threads), "-c", str(conns), "-d", "%ds" % seconds, "--timeout", "5s",
+            "-s", os.path.join(HERE, "wrk_post.lua"), peer.url()]
+    env = dict(os.environ, WRK_CLOSE="1" if close else "0")
+    usage = Usage(peer.pid)
+    kw = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = peer.cgroup.popen(argv, **kw) if peer.cgroup else subprocess.Popen(argv, **kw)
+    out, err = proc.communicate(timeout=seconds + 60)
+    cpu, peak = usage.finish()
+    m = re.search(r"^WRKJSON (.*)$", out, re.M)
+    if not m:
+        log("wrk against %s printed no numbers: %s %s" % (peer.name, out[-500:], err[-500:]))
+        return None
+    r = json.loads(m.group(1))
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6) if r["duration_us"] else 0.0
+    r["errors"] = sum(r[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
+    r["cpu_us_per_req"] = cpu * 1e6 / r["requests"] if r["requests"] else None
+    r["rss_peak_mb"] = peak
+    return r
+
+
+def best(results):
+    results = [r for r in results if r]
+    return max(results, key=lambda r: r["rps"]) if results else None
+
+
+def sse_run(peer, ca, seconds):
+    argv = [PY, os.path.join(HERE, "sse_client.py"), "--host", peer.url_host, "--sni", peer.url_host,
+            "--cafile", ca, "--streams", str(SSE_STREAMS), "--seconds", str(seconds), "--gap-ms", str(SSE_GAP_MS)]
+    usage = Usage(peer.pid)
+    kw = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = peer.cgroup.popen(argv, **kw) if peer.cgroup else subprocess.Popen(argv, **kw)
+    out, err = proc.communicate(timeout=seconds + 180)
+    cpu, peak = usage.finish()
+    try:
+        r = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        log("SSE client against %s printed no numbers: %s %s" % (peer.name, out[-500:], err[-800:]))
+        return None
+    r["rss_peak_mb"] = peak
+    r["cpu_s"] = cpu
+    return r
+
+
+def probe(redir, seconds):
+    """Control API latency (from outside the sandbox) and DNS latency (from inside it), concurrently."""
+    base = [PY, os.path.join(HERE, "probe.py"), "--seconds", str(seconds)]
+    kw = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(base + ["--control", redir.agent.socket], **kw),
+             redir.cgroup.popen(base + ["--resolver", RESOLVER], **kw)]
+    out = {}
+    for p in procs:
+        o, e = p.communicate(timeout=seconds + 60)
+        try:
+            out.update(json.loads(o.strip().splitlines()[-1]))
+        except (ValueError, IndexError):
+            log("probe printed no numbers: %s %s" % (o[-300:], e[-500:]))
+            return None
+    return out
+
+
+def probe_saturated(redir, seconds):
+    """The probe while 50 keep-alive wrk connections saturate the terminator."""
+    argv = ["wrk", "-t", "2", "-c", "50", "-d", "%ds" % (seconds + 2), "--timeout", "5s",
+            "-s", os.path.join(HERE, "wrk_post.lua"), redir.url()]
+    load = redir.cgroup.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
+    r = probe(redir, seconds)
+    out, _ = load.communicate(timeout=seconds + 60)
+    m = re.search(r"^WRKJSON (.*)$", out, re.M)
+    if r is not None and m:
+        w = json.loads(m.group(1))
+        r["load_rps"] = w["requests"] / (w["duration_us"] / 1e6)
+    return r
+
+
+def perf_profile(redir, seconds, out_dir):
+    """cpu-clock samples of redird while wrk saturates it; top symbols as text."""
+    data = os.path.join(out_dir, "perf.data")
+    argv = ["wrk", "-t", "2", "-c", "50", "-d", "%ds" % (seconds + 1), "--timeout", "5s",
+            "-s", os.path.join(HERE, "wrk_post.lua"), redir.url()]
+    load = redir.cgroup.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-o", data, "-p", str(redir.pid),
+                    "--", "sleep", str(seconds)], capture_output=True)
+    load.communicate(timeout=seconds + 60)
+    rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,sym",
+                          "-g", "none", "--percent-limit", "1"], capture_output=True, text=True)
+    lines = [l for l in rep.stdout.splitlines() if l.strip() and not l.startswith("#")]
+    return lines[:30]
+
+
+# -- the report ----------------------------------------------------------------
+
+def fmt(v, unit=""):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if abs(v) >= 100:
+            return "{:,.0f}{}".format(v, unit)
+        return "{:.2f}{}".format(v, unit)
+    return "{:,}{}".format(v, unit)
+
+
+def ms(us):
+    return None if us is None else us / 1000.0
+
+
+class Table:
+    def __init__(self):
+        self.rows = []
+        self.missing = []
+
+    def target(self, name, redir_v, base_v, ratio, bound, ok):
+        verdict = "-" if ok is None else ("PASS" if ok else "FAIL")
+        self.rows.append((name, redir_v, base_v, fmt(ratio) if isinstance(ratio, float) else (ratio or "-"),
+                          bound, verdict))
+
+    def print(self):
+        head = ("target (#11)", "redir", "baseline (same run)", "ratio", "bound", "verdict")
+        w = [max(len(str(r[i])) for r in self.rows + [head]) for i in range(6)]
+        line = lambda r: "| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(r)) + " |"
+        print(line(head))
+        print("|" + "|".join("-" * (x + 2) for x in w) + "|")
+        for r in self.rows:
+            print(line(r))
+
+
+def machine():
+    model = ""
+    try:
+        for l in open("/proc/cpuinfo"):
+            if l.startswith("model name"):
+                model = l.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    return "%s, kernel %s, %d vCPU (%s), load %s, redir %s" % (
+        time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), platform.release(), os.cpu_count(), model,
+        " ".join(open("/proc/loadavg").read().split()[:3]), commit or "?")
+
+
+def main():
+    if os.geteuid() != 0:
+        print("bench/peers needs root (network namespace, cgroup, BPF)", file=sys.stderr)
+        return 77
+    for tool in ("wrk", "nginx") + (("mitmdump",) if "mitmproxy" in PEERS else ()) + \
+            (("squid",) if "squid" in PEERS else ()):
+        if not shutil.which(tool):
+            print("bench/peers: %s is not installed: run scripts/install-deps.sh" % tool, file=sys.stderr)
+            return 77
+    if not os.path.exists(harness.REDIRD):
+        print("bench/peers: no redird at %s: build first (scripts/build.sh)" % harness.REDIRD, file=sys.stderr)
+        return 77
+    tmp = tempfile.mkdtemp(prefix="redir-bench-peers-")
+    os.chmod(tmp, 0o755)
+    enter_namespaces(tmp)
+    certs = make_certs(tmp)
+    res = {"machine": machine(), "seconds": SECONDS, "rounds": ROUNDS, "threads_flag": threads_flag(),
+           "keepalive": {}, "latency1": {}, "handshakes": {}, "sse": {}, "probe": {}, "rss": {}}
+    stoppers = []
+    try:
+        provider = start_provider(tmp, certs)
+        stoppers.append(provider.stop)
+        sse_provider = start_sse_provider(tmp, certs)
+        stoppers.append(sse_provider.kill)
+        direct = Direct(provider)
+        others = []
+        if "mitmproxy" in PEERS:
+            others.append(Mitmproxy(tmp, certs))
+            stoppers.append(others[-1].stop)
+        if "squid" in PEERS:
+            try:
+                others.append(Squid(tmp, certs))
+                stoppers.append(others[-1].stop)
+            except RuntimeError as e:
+                log("squid: %s" % e)
+                res["squid_error"] = str(e)
+        flag = res["threads_flag"]
+        for threads in (1, 2):
+            log("== %d thread(s): starting redird%s and nginx (%d worker%s)" % (
+                threads, " " + flag + " " + str(threads) if flag else " (one io thread: no threads flag)",
+                threads, "s" if threads > 1 else ""))
+            redir = Redir(tmp, certs, threads)
+            nginx = NginxProxy(tmp, certs, threads)
+            try:
+                key = str(threads)
+                res["rss"].setdefault("redir_idle_mb", {})[key] = rss_mb(descendants(redir.pid))
+                for p in (direct, redir, nginx) + (tuple(others) if threads == 1 else ()):
+                    wrk(p, 50, 2, 1)  # warm-up: pools, leaf cache, page faults
+                if threads == 1:
+                    for p in (redir,):
+                        res["probe"]["idle"] = probe(redir, min(SECONDS, 5))
+                ka, l1, hs = {}, {}, {}
+                for rnd in range(ROUNDS):
+                    log("round %d/%d: keep-alive, 50 connections" % (rnd + 1, ROUNDS))
+                    for p in (direct, redir, nginx) + (tuple(others) if threads == 1 else ()):
+                        ka.setdefault(p.name, []).append(wrk(p, 50, 2, SECONDS))
+                    if threads == 1:
+                        log("round %d/%d: one connection" % (rnd + 1, ROUNDS))
+                        for p in (direct, redir, nginx):
+                            l1.setdefault(p.name, []).append(wrk(p, 1, 1, SECONDS))
+                    log("round %d/%d: a new TLS connection per request" % (rnd + 1, ROUNDS))
+                    for p in (direct, redir, nginx):
+                        hs.setdefault(p.name, []).append(wrk(p, 50, 2, SECONDS, close=True))
+                res["keepalive"][key] = {n: best(v) for n, v in ka.items()}
+                res["handshakes"][key] = {n: best(v) for n, v in hs.items()}
+                if l1:
+                    # One connection: the round with the lowest median latency.
+                    res["latency1"] = {n: min((r for r in v if r), key=lambda r: r["p50_us"], default=None)
+                                       for n, v in l1.items()}
+                if threads == 1:
+                    log("control API and DNS while the terminator is saturated")
+                    res["probe"]["saturated"] = probe_saturated(redir, SECONDS)
+                    log("SSE: %d streams, an event every %g ms, direct then through redir" % (SSE_STREAMS,
+                                                                                              SSE_GAP_MS))
+                    sse_direct = Direct(sse_provider)
+                    sse_direct.url_host = "sse.bench.test"
+                    res["sse"]["direct"] = sse_run(sse_direct, certs["ca"], SECONDS)
+                    redir.use_provider("sse")
+                    bundle = os.path.join(tmp, "bundle.pem")
+                    with open(bundle, "w") as f:
+                        f.write(open(redir.ca_local).read())
+                    res["sse"]["redir"] = sse_run(redir, bundle, SECONDS)
+                    redir.use_provider("fixed")
+                    if PERF:
+                        log("perf profile of redird under keep-alive load")
+                        res["perf"] = perf_profile(redir, min(SECONDS, 10), tmp)
+            finally:
+                redir.stop()
+                nginx.stop()
+    finally:
+        for s in reversed(stoppers):
+            try:
+                s()
+            except Exception as e:  # noqa: BLE001 - keep stopping the others
+                log("stopping: %s" % e)
+    out = os.environ.get("BENCH_JSON")
+    if out:
+        with open(out, "w") as f:
+            json.dump(res, f, indent=1)
+    rc = report(res)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return rc
+
+
+def report(res):
+    print("\nbench/peers: %s" % res["machine"])
+    print("%d s per measurement, best of %d interleaved round(s); wrk -t2 -c50 POST %s (keep-alive)\n" % (
+        res["seconds"], res["rounds"], CHAT))
+    missing = []
+    # Peers table.
+    head = ("peer", "threads", "req/s", "p50 ms", "p99 ms", "errors", "CPU us/req", "RSS MB", "vs direct",
+            "vs nginx")
+    rows = []
+    for key, peers in sorted(res["keepalive"].items()):
+        d = peers.get("direct")
+        ng = peers.get("nginx")
+        for name, r in peers.items():
+            label = name if name != "redir" or res["threads_flag"] else "redir (1 io thread)"
+            if r is None:
+                missing.append("%s at %s thread(s)" % (name, key))
+                rows.append((label, key) + ("no numbers",) + ("-",) * 7)
+                continue
+            rows.append((label, key, fmt(r["rps"]), fmt(ms(r["p50_us"])), fmt(ms(r["p99_us"])), fmt(r["errors"]),
+                         fmt(r["cpu_us_per_req"]) if name != "direct" else "(provider)",
+                         fmt(r["rss_peak_mb"]) if name != "direct" else "(provider)",
+                         fmt(r["rps"] / d["rps"]) if d and d["rps"] else "-",
+                         fmt(r["rps"] / ng["rps"]) if ng and ng["rps"] else "-"))
+    w = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(r)) + " |"
+    print(line(head))
+    print("|" + "|".join("-" * (x + 2) for x in w) + "|")
+    for r in rows:
+        print(line(r))
+    if "squid_error" in res:
+        print("squid: not measured: %s" % res["squid_error"])
+    print()
+
+    t = Table()
+    for key in ("1", "2"):
+        peers = res["keepalive"].get(key, {})
+        r, n = peers.get("redir"), peers.get("nginx")
+        if r and n:
+            ratio = r["rps"] / n["rps"]
+            t.target("keep-alive req/s, %s thread(s)" % key, fmt(r["rps"]), "nginx %s" % fmt(n["rps"]), ratio,
+                     ">= 1.0", ratio >= 1.0 and r["errors"] == 0)
+    l1 = res["latency1"]
+    if l1.get("redir") and l1.get("direct"):
+        added = l1["redir"]["p50_us"] - l1["direct"]["p50_us"]
+        nadd = l1["nginx"]["p50_us"] - l1["direct"]["p50_us"] if l1.get("nginx") else None
+        t.target("added latency p50, 1 connection", fmt(added, " us"),
+                 "direct %s us; nginx adds %s us" % (fmt(l1["direct"]["p50_us"]), fmt(nadd)), "-", "<= 100 us",
+                 added <= 100)
+    else:
+        missing.append("one-connection latency")
+    for key in ("1", "2"):
+        peers = res["keepalive"].get(key, {})
+        r, n = peers.get("redir"), peers.get("nginx")
+        if r and n:
+            ratio = r["p99_us"] / n["p99_us"] if n["p99_us"] else None
+            t.target("p99 at 50 connections, %s thread(s)" % key, fmt(ms(r["p99_us"]), " ms"),
+                     "nginx %s ms" % fmt(ms(n["p99_us"])), ratio, "<= 1.0", ratio is not None and ratio <= 1.0)
+    for key in ("1", "2"):
+        peers = res["handshakes"].get(key, {})
+        r, n = peers.get("redir"), peers.get("nginx")
+        if r and n:
+            ratio = r["rps"] / n["rps"]
+            t.target("new TLS connections/s (P-256), %s thread(s)" % key, fmt(r["rps"]),
+                     "nginx %s (direct %s)" % (fmt(n["rps"]), fmt(peers["direct"]["rps"]) if peers.get("direct")
+                                               else "-"), ratio, ">= 0.9", ratio >= 0.9 and r["errors"] == 0)
+        elif key == "1":
+            missing.append("handshakes")
+    sd, sr = res["sse"].get("direct"), res["sse"].get("redir")
+    if sd and sr and sd["p99_us"] is not None and sr["p99_us"] is not None:
+        added = sr["p99_us"] - sd["p99_us"]
+        t.target("SSE %d streams: added per-event delay p99" % SSE_STREAMS, fmt(ms(sr["p99_us"]), " ms"),
+                 "direct %s ms" % fmt(ms(sd["p99_us"])), "+%s ms" % fmt(ms(added)), "<= +2 ms", added <= 2000)
+        t.target("SSE %d streams: agent RSS" % SSE_STREAMS, fmt(sr["rss_peak_mb"], " MB"), "-", "-", "<= 150 MB",
+                 sr["rss_peak_mb"] <= 150)
+        errs = sum(sr["errors"].values())
+        t.target("SSE %d streams: errors" % SSE_STREAMS,
+                 "%d (%d/%d open, %d events)" % (errs, sr["opened"], sr["streams"], sr["events"]),
+                 "direct %d (%d/%d open, %d events)" % (sum(sd["errors"].values()), sd["opened"], sd["streams"],
+                                                        sd["events"]),
+                 "-", "0, all open", errs == 0 and sr["opened"] == sr["streams"] and
+                 sr["still_open_at_end"] == sr["streams"])
+    else:
+        missing.append("SSE")
+    pi, ps = res["probe"].get("idle"), res["probe"].get("saturated")
+    if pi and ps and pi.get("control") and ps.get("control"):
+        for what in ("control", "dns"):
+            a, b = ps[what], pi[what]
+            ratio = a["p99_us"] / b["p99_us"] if a["p99_us"] and b["p99_us"] else None
+            t.target("%s p99, terminator saturated (%s req/s)" % ("control API" if what == "control" else
+                                                                 "DNS responder", fmt(ps.get("load_rps"))),
+                     "%s ms (%d answers, %d errors)" % (fmt(ms(a["p99_us"])), a["count"], a["errors"]),
+                     "idle %s ms" % fmt(ms(b["p99_us"])), ratio, "answers, 0 errors, p99 < 100 ms",
+                     a["count"] > 0 and a["errors"] == 0 and (a["p99_us"] or 1e9) < 100000)
+    else:
+        missing.append("control/DNS probe")
+    idle = res["rss"].get("redir_idle_mb", {}).get("1")
+    r1 = res["keepalive"].get("1", {}).get("redir")
+    n1 = res["keepalive"].get("1", {}).get("nginx")
+    if idle is not None and r1:
+        t.target("redird RSS idle / under keep-alive load", "%s / %s MB" % (fmt(idle), fmt(r1["rss_peak_mb"])),
+                 "nginx 1 worker under load %s MB" % fmt(n1["rss_peak_mb"]) if n1 else "-", "-", "stated", None)
+    if r1 and n1 and r1["cpu_us_per_req"] and n1["cpu_us_per_req"]:
+        t.target("CPU per request (1 thread)", fmt(r1["cpu_us_per_req"], " us"),
+                 "nginx %s us" % fmt(n1["cpu_us_per_req"]), r1["cpu_us_per_req"] / n1["cpu_us_per_req"],
+                 "stated", None)
+    t.print()
+    if res.get("perf"):
+        print("\nwhere redird's time goes (perf, cpu-clock, keep-alive load):")
+        for l in res["perf"]:
+            print("  " + l)
+    fails = [r for r in t.rows if r[5] == "FAIL"]
+    print()
+    if missing:
+        print("NO NUMBERS: " + ", ".join(missing))
+    print("targets: %d PASS, %d FAIL" % (sum(1 for r in t.rows if r[5] == "PASS"), len(fails)))
+    if missing:
+        return 2
+    if CHECK_ONLY:
+        return 0
+    return 1 if fails else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
