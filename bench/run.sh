@@ -24,4 +24,6 @@ for b in build/bench/*/bench_*; do
   echo "== $(basename "$b")"
   "$b" || rc=1
 done
+echo "== inference terminator vs direct, nginx, mitmproxy, squid (bench/peers)"
+bench/peers/run.sh || rc=1
 exit $rc

@@ -13,7 +13,11 @@ PKGS=(
   iproute2 curl ca-certificates python3 nodejs npm dnsutils ccache
   # kernel matrix (scripts/kernel-matrix.sh fetches the guest kernels itself)
   qemu-system-x86 busybox-static kmod cpio xz-utils zstd
+  # bench/peers: the peers redir is measured against, and the load generator
+  nginx wrk mitmproxy squid-openssl
 )
+# Services these packages start on install: the benchmark runs its own instances.
+SERVICES=(nginx squid)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -27,6 +31,11 @@ if ((${#missing[@]})); then
     missing=("${missing[@]/npm}")
   fi
   apt-get install -y -qq --no-install-recommends ${missing[@]} >/dev/null
+  if command -v systemctl >/dev/null 2>&1; then
+    for s in "${SERVICES[@]}"; do
+      [[ " ${missing[*]} " == *" $s"* ]] && systemctl disable --now "$s" >/dev/null 2>&1 || true
+    done
+  fi
 fi
 
 # Node SDK clients for the end-to-end tests.

@@ -5,7 +5,7 @@
 # (BENCH_SECONDS=3 for a short run). Root needed. Exit 0: every target met.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[[ $(id -u) -eq 0 ]] || { echo "bench/peers: run as root (network namespace, cgroup, BPF)" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || { echo "bench/peers: run as root (network namespace, cgroup, BPF)" >&2; exit 77; }
 for t in nginx wrk mitmdump squid; do
   command -v "$t" >/dev/null || { echo "bench/peers: $t missing: run scripts/install-deps.sh" >&2; exit 1; }
 done
