@@ -81,22 +81,22 @@ def enter_namespaces(tmp):
 
 
 def make_certs(d):
-    """Test CA and one ECDSA P-256 server certificate for every fake name."""
-    def run(*args):
-        subprocess.run(list(args), check=True, capture_output=True, cwd=d)
-    run("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key")
-    run("openssl", "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=redir bench provider CA", "-days", "2",
-        "-out", "ca.pem", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
-    run("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "srv.key")
-    run("openssl", "req", "-new", "-key", "srv.key", "-subj", "/CN=provider.bench.test", "-out", "srv.csr")
-    with open(os.path.join(d, "ext.cnf"), "w") as f:
-        f.write("subjectAltName=%s\nextendedKeyUsage=serverAuth\n" % ",".join("DNS:" + n for n in HOSTS))
-    run("openssl", "x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", "2", "-out", "srv.pem", "-extfile", "ext.cnf")
-    with open(os.path.join(d, "srv-combined.pem"), "w") as f:  # mitmproxy wants key and cert in one file
-        f.write(open(os.path.join(d, "srv.key")).read() + open(os.path.join(d, "srv.pem")).read())
-    return {k: os.path.join(d, v) for k, v in
-            {"ca": "ca.pem", "cert": "srv.pem", "key": "srv.key", "combined": "srv-combined.pem"}.items()}
+    """Test CA and one ECDSA P-256 server certificate (signed by it) for every fake name."""
+    p256 = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"]
+    sans = ",".join("DNS:" + n for n in HOSTS)
+    steps = [
+        ["-x509", "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=redir bench provider CA",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"],
+        ["-x509", "-CA", "ca.pem", "-CAkey", "ca.key", "-keyout", "srv.key", "-out", "srv.pem",
+         "-subj", "/CN=provider.bench.test", "-addext", "subjectAltName=" + sans,
+         "-addext", "basicConstraints=critical,CA:FALSE", "-addext", "extendedKeyUsage=serverAuth"],
+    ]
+    for step in steps:
+        subprocess.run(["openssl", "req"] + p256 + step, check=True, capture_output=True, cwd=d)
+    path = lambda name: os.path.join(d, name)
+    with open(path("srv-combined.pem"), "w") as f:  # mitmproxy wants key and cert in one file
+        f.write(open(path("srv.key")).read() + open(path("srv.pem")).read())
+    return {"ca": path("ca.pem"), "cert": path("srv.pem"), "key": path("srv.key"), "combined": path("srv-combined.pem")}
 
 
 # -- processes: CPU and memory of a process tree -------------------------------
@@ -166,6 +166,38 @@ class Usage:
         return cpu_seconds(self.pids) - self.cpu0, self.peak
 
 
+def stop_process(proc, grace=10):
+    """SIGTERM, then SIGKILL if PROC is still there after GRACE seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        if not wait_until(lambda: proc.poll() is not None, grace, 0.05):
+            proc.kill()
+    proc.wait()
+
+
+def workdir(tmp, name):
+    d = os.path.join(tmp, name)
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+class Spawned:
+    """A server process with its stdout and stderr in LOG."""
+
+    def __init__(self, argv, log, grace=10):
+        self.logf = open(log, "ab")
+        self.proc = subprocess.Popen(argv, stdout=self.logf, stderr=self.logf)
+        self.grace = grace
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        stop_process(self.proc, self.grace)
+        self.logf.close()
+
+
 def wait_listening(addr, port, what, timeout=20):
     import socket
 
@@ -186,8 +218,7 @@ class Nginx:
     """One nginx instance (master + WORKERS) with a server block BODY."""
 
     def __init__(self, tmp, name, workers, servers, upstreams=""):
-        self.dir = os.path.join(tmp, name)
-        os.makedirs(self.dir, exist_ok=True)
+        self.dir = workdir(tmp, name)
         self.conf = os.path.join(self.dir, "nginx.conf")
         d = self.dir
         with open(self.conf, "w") as f:
@@ -206,22 +237,9 @@ http {
   %(servers)s
 }
 """ % {"name": name, "workers": workers, "d": d, "upstreams": upstreams, "servers": servers})
-        self.log = open(os.path.join(self.dir, "stderr.log"), "ab")
-        self.proc = subprocess.Popen(["nginx", "-c", self.conf, "-p", self.dir], stdout=self.log, stderr=self.log)
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        self.spawned = Spawned(["nginx", "-c", self.conf, "-p", self.dir], os.path.join(self.dir, "stderr.log"))
+        self.pid = self.spawned.pid
+        self.stop = self.spawned.stop
 
 
 def start_provider(tmp, certs):
@@ -240,9 +258,8 @@ def start_provider(tmp, certs):
 
 def start_sse_provider(tmp, certs):
     a = HOSTS["sse.bench.test"]
-    logf = open(os.path.join(tmp, "sse-provider.log"), "ab")
-    p = subprocess.Popen([PY, os.path.join(HERE, "sse_provider.py"), "--addr", a, "--cert", certs["cert"],
-                          "--key", certs["key"], "--gap-ms", str(SSE_GAP_MS)], stdout=logf, stderr=logf)
+    p = Spawned([PY, os.path.join(HERE, "sse_provider.py"), "--addr", a, "--cert", certs["cert"],
+                 "--key", certs["key"], "--gap-ms", str(SSE_GAP_MS)], os.path.join(tmp, "sse-provider.log"))
     wait_listening(a, 443, "the SSE provider")
     return p
 
@@ -252,16 +269,18 @@ class Peer:
     url_host = None
     cgroup = None
     threads = 1
+    server = None  # the Spawned (or Nginx) behind it
 
     @property
     def pid(self):
-        return None
+        return self.server.pid if self.server else None
 
     def url(self):
         return "https://%s%s" % (self.url_host, CHAT)
 
     def stop(self):
-        pass
+        if self.server:
+            self.server.stop()
 
 
 class Direct(Peer):
@@ -269,11 +288,14 @@ class Direct(Peer):
     url_host = "provider.bench.test"
 
     def __init__(self, provider):
-        self.provider = provider
+        self.provider_pid = provider.pid
 
     @property
     def pid(self):
-        return self.provider.pid
+        return self.provider_pid
+
+    def stop(self):
+        pass  # the provider outlives its direct peer
 
 
 class NginxProxy(Peer):
@@ -306,15 +328,8 @@ class NginxProxy(Peer):
     }
   }""" % {"a": a, "cert": certs["cert"], "key": certs["key"], "secret": SECRET, "ca": certs["ca"],
           "dir": os.path.join(tmp, "nginx-%d" % workers)}
-        self.nginx = Nginx(tmp, "nginx-%d" % workers, workers, servers, upstreams)
+        self.server = Nginx(tmp, "nginx-%d" % workers, workers, servers, upstreams)
         wait_listening(a, 443, "nginx (the proxy peer)")
-
-    @property
-    def pid(self):
-        return self.nginx.pid
-
-    def stop(self):
-        self.nginx.stop()
 
 
 class Mitmproxy(Peer):
@@ -323,31 +338,13 @@ class Mitmproxy(Peer):
     url_host = "mitm.bench.test"
 
     def __init__(self, tmp, certs):
-        a = HOSTS["mitm.bench.test"]
-        conf = os.path.join(tmp, "mitm")
-        os.makedirs(conf, exist_ok=True)
-        self.logf = open(os.path.join(conf, "mitmdump.log"), "ab")
-        self.proc = subprocess.Popen(
+        a, conf = HOSTS[self.url_host], workdir(tmp, "mitm")
+        self.server = Spawned(
             ["mitmdump", "-q", "--mode", "reverse:https://provider.bench.test:443/", "--listen-host", a,
              "--listen-port", "443", "--set", "confdir=" + conf, "--certs", "*=" + certs["combined"],
              "--set", "ssl_verify_upstream_trusted_ca=" + certs["ca"], "--set", "flow_detail=0",
-             "--modify-headers", "/~q/Authorization/Bearer " + SECRET],
-            stdout=self.logf, stderr=self.logf)
+             "--modify-headers", "/~q/Authorization/Bearer " + SECRET], os.path.join(conf, "mitmdump.log"))
         wait_listening(a, 443, "mitmdump", timeout=60)
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.logf.close()
 
 
 class Squid(Peer):
@@ -357,9 +354,7 @@ class Squid(Peer):
     url_host = "squid.bench.test"
 
     def __init__(self, tmp, certs):
-        a = HOSTS["squid.bench.test"]
-        d = os.path.join(tmp, "squid")
-        os.makedirs(d, exist_ok=True)
+        a, d = HOSTS[self.url_host], workdir(tmp, "squid")
         os.chmod(certs["key"], 0o644)  # squid's workers run as proxy
         conf = os.path.join(d, "squid.conf")
         with open(conf, "w") as f:
@@ -386,23 +381,8 @@ forwarded_for delete
 """ % {"a": a, "cert": certs["cert"], "key": certs["key"], "prov": HOSTS["provider.bench.test"], "ca": certs["ca"],
        "secret": SECRET, "d": d})
         subprocess.run(["chown", "-R", "proxy:proxy", d], check=False)
-        self.logf = open(os.path.join(d, "stderr.log"), "ab")
-        self.proc = subprocess.Popen(["squid", "-N", "-f", conf], stdout=self.logf, stderr=self.logf)
+        self.server = Spawned(["squid", "-N", "-f", conf], os.path.join(d, "stderr.log"), grace=15)
         wait_listening(a, 443, "squid", timeout=30)
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.logf.close()
 
 
 def threads_flag():
@@ -619,7 +599,7 @@ def main():
         provider = start_provider(tmp, certs)
         stoppers.append(provider.stop)
         sse_provider = start_sse_provider(tmp, certs)
-        stoppers.append(sse_provider.kill)
+        stoppers.append(sse_provider.stop)
         direct = Direct(provider)
         others = []
         if "mitmproxy" in PEERS:
@@ -714,7 +694,7 @@ def report(res):
         ng = peers.get("nginx")
         for name, r in peers.items():
             label = name if name != "redir" or res["threads_flag"] else "redir (1 io thread)"
-            if r is None:
+            if r is None or not r["requests"]:
                 missing.append("%s at %s thread(s)" % (name, key))
                 rows.append((label, key) + ("no numbers",) + ("-",) * 7)
                 continue

@@ -27,13 +27,9 @@ def control_loop(path, until, interval, out):
                 s.settimeout(5)
                 s.connect(path)
                 s.sendall(b'{"cmd":"policy.list"}\n')
-                buf = b""
-                while not buf.endswith(b"\n"):
-                    d = s.recv(65536)
-                    if not d:
-                        break
-                    buf += d
-                if not json.loads(buf).get("ok", True):
+                with s.makefile("rb") as f:
+                    reply = f.readline()
+                if not json.loads(reply).get("ok", True):
                     errors += 1
                 else:
                     lat.append(time.monotonic() - t)
