@@ -7,6 +7,7 @@ clients run inside that namespace; cgroups and bpffs pins are uniquely named
 and removed afterwards.
 """
 import ctypes
+import glob
 import sys
 import json
 import os
@@ -27,6 +28,7 @@ REDIRCTL = os.path.abspath(os.path.join(BUILD, "tools", "redirctl", "redirctl"))
 FAKE_V4 = ["203.0.113.1/24", "198.51.100.1/24", "192.0.2.53/32"]
 FAKE_RESOLVER = "192.0.2.53"
 FAKE_V6 = ["2001:db8::1/64"]
+UBSAN_SUPP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "soak", "ubsan.supp"))
 
 
 def cgroup2_mount():
@@ -275,6 +277,32 @@ def connect_errno(cg, addr, port, proto="tcp"):
     return r.stdout.strip() or r.stderr.strip()
 
 
+def free_port():
+    """A TCP port nobody in this namespace listens on (for --metrics)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
 def require_root(testcase):
     if os.geteuid() != 0:
         raise unittest.SkipTest("needs root")
+
+
+def sanitizer_reports_to(dirpath):
+    """Sends the ASan/UBSan reports of every redird and redirctl started after
+    this call to files under DIRPATH (nothing is written by an unsanitized
+    build); returns the prefix sanitizer_reports() reads. ASan's quarantine is
+    capped so RSS bounds stay meaningful."""
+    prefix = os.path.join(dirpath, "san")
+    os.environ["ASAN_OPTIONS"] = "detect_leaks=1:quarantine_size_mb=16:malloc_context_size=8:log_path=" + prefix
+    os.environ["UBSAN_OPTIONS"] = "print_stacktrace=1:log_path=%s:suppressions=%s" % (prefix, UBSAN_SUPP)
+    return prefix
+
+
+def sanitizer_reports(prefix):
+    """The first reports written under PREFIX ("" when there are none)."""
+    found = sorted(glob.glob(prefix + "*"))
+    return "".join("== %s\n%s" % (f, open(f, errors="replace").read()[:4000]) for f in found[:3])

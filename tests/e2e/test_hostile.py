@@ -11,7 +11,6 @@ mount namespace with a tiny tmpfs.
 import ctypes
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 from fake_dns import A, FakeDns  # noqa: E402
-from harness import Agent, Cgroup, TcpServer, connect_errno, write_policy  # noqa: E402
+from harness import Agent, Cgroup, TcpServer, connect_errno, free_port, write_policy  # noqa: E402
 
 QUOTA = 20
 ZONE = {"b.example": [(A, "203.0.113.70", 600)]}
@@ -164,14 +163,6 @@ def fake_dns():
     if _fake_dns is None:
         _fake_dns = FakeDns(harness.FAKE_RESOLVER, ZONE)
     return _fake_dns
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def metrics(port):

@@ -69,6 +69,9 @@ def call(body, conn=None):
 if mode == "huge":
     body = b'{"model":"' + b"M" * int(sys.argv[3]) + b'","messages":[{"role":"user","content":"hi"}]}'
     conn, out = None, []
+    if len(sys.argv) > 5:  # connect first, then say so: later connections of this sandbox may meet its cap
+        conn = ctx.wrap_socket(socket.create_connection(("198.18.0.1", 443), 10), server_hostname="inference.local")
+        open(sys.argv[5], "w").close()
     for i in range(int(sys.argv[4])):
         st, dt, conn = call(body, conn)
         out.append(st)

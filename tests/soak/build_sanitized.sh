@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds redird, redirctl and the DNS unit tests with ASan + UBSan into a
-# second build directory (argument), for the soak test. Only those targets:
-# a sanitizer build of the whole tree costs too much of CI's 2 cores.
-# ccache (scripts/install-deps.sh installs it) makes a rebuild take seconds.
+# Builds, with ASan + UBSan, into a second build directory (argument) only
+# what the sanitizer tests run: redird and redirctl for the soak and the
+# detach-in-flight tests, and the DNS, gateway and relay unit tests. -O1 and
+# line-only debug info (-g1) keep the compile cheap on CI's 2 cores; ccache
+# (scripts/install-deps.sh installs it) makes a rebuild take seconds.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:?usage: build_sanitized.sh BUILD_DIR}
@@ -12,6 +13,9 @@ if command -v ccache >/dev/null 2>&1; then
   launch=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 fi
 san="-fsanitize=address,undefined -fno-omit-frame-pointer"
-cmake -S "$src" -B "$out" -DCMAKE_BUILD_TYPE=Debug "${launch[@]}" \
-  -DCMAKE_CXX_FLAGS="-O1 -g $san" -DCMAKE_EXE_LINKER_FLAGS="$san" >/dev/null
-cmake --build "$out" -j"${REDIR_SANITIZED_JOBS:-2}" --target redird redirctl test_dns
+# CMAKE_BUILD_TYPE=None: no per-type flags on top of ours.
+cmake -S "$src" -B "$out" -DCMAKE_BUILD_TYPE=None -DREDIR_SOAK=OFF "${launch[@]}" \
+  -DCMAKE_C_FLAGS="-O1 -g1" -DCMAKE_CXX_FLAGS="-O1 -g1 $san" -DCMAKE_EXE_LINKER_FLAGS="$san" >/dev/null
+cmake --build "$out" -j"${REDIR_SANITIZED_JOBS:-2}" --target \
+  redird redirctl test_dns redir_terminator_tests redir_terminator_limits_tests redir_gateway_tests \
+  redir_gateway_hostile_tests redir_relay_tests

@@ -9,13 +9,11 @@ minute and the end: at most 16 more file descriptors and 32 MiB more RSS
 (ASan's quarantine capped at 16 MiB). Everything runs in the test's own
 network namespace.
 """
-import glob
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 
@@ -133,11 +131,8 @@ class Soak(unittest.TestCase):
         harness.enter_netns()
         tmp = tempfile.mkdtemp(prefix="redir-soak-")
         os.chmod(tmp, 0o755)
-        reports = os.path.join(tmp, "san")
         # Reports of redird and redirctl go to files; the test fails on any.
-        os.environ["ASAN_OPTIONS"] = "detect_leaks=1:quarantine_size_mb=16:malloc_context_size=8:log_path=" + reports
-        os.environ["UBSAN_OPTIONS"] = "print_stacktrace=1:log_path=%s:suppressions=%s" % (
-            reports, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ubsan.supp"))
+        reports = harness.sanitizer_reports_to(tmp)
         fake = FakeDns(harness.FAKE_RESOLVER, ZONE, delays={"slow.example": 0.3})
         servers = [TcpServer("203.0.113.80", 80), TcpServer("203.0.113.81", 80)]
         agent = Agent("soak").start(timeout=60)
@@ -201,9 +196,7 @@ class Soak(unittest.TestCase):
                 s.close()
             fake.close()
             agent.cleanup([cg_a] + churned)
-        found = sorted(glob.glob(reports + "*"))
-        text = "".join(open(f).read()[:4000] for f in found[:3])
-        self.assertEqual(found, [], "sanitizer reports:\n" + text)
+        self.assertEqual(harness.sanitizer_reports(reports), "", "sanitizer reports")
 
 
 if __name__ == "__main__":
