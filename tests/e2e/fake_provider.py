@@ -172,3 +172,17 @@ class FakeProvider:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def serve_inference(agent, tmp, ip, name="fake"):
+    """A FakeProvider at IP:8443 (certificate from a test CA in TMP) made
+    AGENT's inference provider; returns it and the agent's CA file, which the
+    sandbox's clients trust for https://inference.local."""
+    ca, cert, key = make_test_ca(tmp, ip)
+    provider = FakeProvider(ip, 8443, cert, key, name=name)
+    agent.ctl("provider", "create", "--name", name, "--type", "openai-compatible", "--base-url",
+              "https://%s:8443/v1" % ip, "--ca-file", ca, "--credential", "OPENAI_API_KEY=k")
+    agent.ctl("inference", "set", "--provider", name, "--model", "served-model")
+    local_ca = os.path.join(tmp, "inference-ca.pem")
+    agent.ctl("ca", "export", "--out", local_ca)
+    return provider, local_ca

@@ -19,6 +19,8 @@ import tempfile
 import time
 import unittest
 
+from sandbox_client import read_until
+
 CLONE_NEWNET = 0x40000000
 BUILD = os.environ.get("REDIR_BUILD", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
 REDIRD = os.path.abspath(os.path.join(BUILD, "userspace", "agent", "redird"))
@@ -208,10 +210,13 @@ def write_policy(dirpath, name, body):
 
 
 class TcpServer:
-    """Accepts on ADDR:PORT and answers every connection with its own local address."""
+    """Accepts on ADDR:PORT and answers every connection with its own local
+    address (HTTP: as an HTTP answer; ECHO: echoes the bytes it gets instead
+    and closes once the client half-closes)."""
 
-    def __init__(self, addr, port, http=False):
+    def __init__(self, addr, port, http=False, echo=False):
         self.http = http
+        self.echo = echo
         fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
         self.sock = socket.socket(fam, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -228,9 +233,9 @@ class TcpServer:
                 c, _ = self.sock.accept()
             except OSError:
                 return
-            if self.http:
+            if self.http or self.echo:
                 import threading
-                threading.Thread(target=self._http, args=(c,), daemon=True).start()
+                threading.Thread(target=self._http if self.http else self._echo, args=(c,), daemon=True).start()
                 continue
             try:
                 la = c.getsockname()
@@ -242,15 +247,24 @@ class TcpServer:
         """Minimal HTTP/1.1: read the request head, answer with our address."""
         try:
             c.settimeout(5)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = c.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
+            if b"\r\n\r\n" not in read_until(c, b"\r\n\r\n"):
+                return
             la = c.getsockname()
             body = ("%s %d\n" % (la[0], la[1])).encode()
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    @staticmethod
+    def _echo(c):
+        try:
+            while True:
+                d = c.recv(4096)
+                if not d:
+                    break
+                c.sendall(d)
         except OSError:
             pass
         finally:
@@ -277,6 +291,34 @@ def connect_errno(cg, addr, port, proto="tcp"):
     return r.stdout.strip() or r.stderr.strip()
 
 
+def client_script(body):
+    """BODY as a `python3 -c` script for a sandbox, with tests/e2e/sandbox_client.py's
+    pieces in scope."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return "import sys\nsys.path.insert(0, %r)\nfrom sandbox_client import *  # noqa\n%s" % (here, body)
+
+
+def scratch_dir(tag):
+    """A private temporary directory the sandboxes may read (policies, CAs, scripts)."""
+    tmp = tempfile.mkdtemp(prefix="redir-e2e-%s-" % tag)
+    os.chmod(tmp, 0o755)
+    return tmp
+
+
+def close_all(*things):
+    """Test teardown: kills the processes still running, closes the servers;
+    None (never started) is skipped."""
+    for t in things:
+        if t is None:
+            continue
+        if isinstance(t, subprocess.Popen):
+            if t.poll() is None:
+                t.kill()
+                t.wait()
+        else:
+            t.close()
+
+
 def free_port():
     """A TCP port nobody in this namespace listens on (for --metrics)."""
     s = socket.socket()
@@ -300,6 +342,16 @@ def sanitizer_reports_to(dirpath):
     os.environ["ASAN_OPTIONS"] = "detect_leaks=1:quarantine_size_mb=16:malloc_context_size=8:log_path=" + prefix
     os.environ["UBSAN_OPTIONS"] = "print_stacktrace=1:log_path=%s:suppressions=%s" % (prefix, UBSAN_SUPP)
     return prefix
+
+
+def isolated(testcase, tag):
+    """A test's start: needs root, enters its own network namespace, makes a
+    scratch directory and sends sanitizer reports there. Returns (scratch
+    directory, report prefix for sanitizer_reports)."""
+    require_root(testcase)
+    enter_netns()
+    tmp = scratch_dir(tag)
+    return tmp, sanitizer_reports_to(tmp)
 
 
 def sanitizer_reports(prefix):

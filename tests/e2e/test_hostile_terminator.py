@@ -18,15 +18,14 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-from fake_provider import FakeProvider, make_test_ca  # noqa: E402
-from harness import Agent, Cgroup, write_policy  # noqa: E402
+from fake_provider import serve_inference  # noqa: E402
+from harness import Agent, Cgroup, client_script, write_policy  # noqa: E402
 
 VIP = "198.18.0.1"
 PROVIDER_IP = "203.0.113.100"
@@ -38,39 +37,24 @@ RSS_GROWTH_MAX = 64 * 1024 * 1024
 AUDIT_GROWTH_MAX = 512 * 1024
 
 # One HTTPS request over a fresh connection; prints status and seconds.
-CLIENT = r"""
+CLIENT = client_script(r"""
 import json, socket, ssl, sys, time, resource
+# Up to 10,000 idle connections: root raises both descriptor limits (up to fs.nr_open).
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(hard, 12000), max(hard, 12000)))
 ca, mode = sys.argv[1], sys.argv[2]
-ctx = ssl.create_default_context(cafile=ca)
+ctx = inference_context(ca)
 def call(body, conn=None):
     t0 = time.time()
-    s = conn or ctx.wrap_socket(socket.create_connection(("198.18.0.1", 443), 10), server_hostname="inference.local")
-    s.settimeout(30)
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: inference.local\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n" % len(body) + body)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ")[1]) if head else 0
-    m = [l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
-    n = int(m[0].split(b":")[1]) if m else 0
-    while len(rest) < n:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        rest += chunk
+    s = conn or tls_connect(ctx)
+    send_chat(s, body)
+    status, _ = read_response(s)
     return status, time.time() - t0, s
 if mode == "huge":
     body = b'{"model":"' + b"M" * int(sys.argv[3]) + b'","messages":[{"role":"user","content":"hi"}]}'
     conn, out = None, []
     if len(sys.argv) > 5:  # connect first, then say so: later connections of this sandbox may meet its cap
-        conn = ctx.wrap_socket(socket.create_connection(("198.18.0.1", 443), 10), server_hostname="inference.local")
+        conn = tls_connect(ctx)
         open(sys.argv[5], "w").close()
     for i in range(int(sys.argv[4])):
         st, dt, conn = call(body, conn)
@@ -108,7 +92,7 @@ elif mode == "idle":
             closed += 1
     print(json.dumps({"opened": len(held), "closed": closed}), flush=True)
     sys.stdin.read()  # hold the rest until the test is done
-"""
+""")
 
 
 def rss(pid):
@@ -129,21 +113,14 @@ class HostileTerminatorE2E(unittest.TestCase):
     def setUpClass(cls):
         harness.require_root(cls)
         harness.enter_netns()
-        cls.tmp = tempfile.mkdtemp(prefix="redir-e2e-hostile-")
-        os.chmod(cls.tmp, 0o755)
-        ca, cert, key = make_test_ca(cls.tmp, PROVIDER_IP)
-        cls.fake = FakeProvider(PROVIDER_IP, 8443, cert, key, name="fake-h")
+        cls.tmp = harness.scratch_dir("hostile")
         cls.agent = Agent("hostile", ["--metrics", METRICS, "--max-connections-per-sandbox", str(CAP)]).start()
         a = cls.agent
-        a.ctl("provider", "create", "--name", "pa", "--type", "openai-compatible", "--base-url",
-              "https://%s:8443/v1" % PROVIDER_IP, "--ca-file", ca, "--credential", "OPENAI_API_KEY=k")
-        a.ctl("inference", "set", "--provider", "pa", "--model", "served-model")
+        cls.fake, cls.ca_local = serve_inference(a, cls.tmp, PROVIDER_IP, "fake-h")
         policy = write_policy(cls.tmp, "inference-only", {"inference": {"enabled": True}})
         cls.hostile, cls.victim = Cgroup("hostile"), Cgroup("victim")
         for cg in (cls.hostile, cls.victim):
             a.ctl("attach", "--cgroup", cg.path, "--policy", policy)
-        cls.ca_local = os.path.join(cls.tmp, "inference-ca.pem")
-        a.ctl("ca", "export", "--out", cls.ca_local)
         cls.script = os.path.join(cls.tmp, "client.py")
         with open(cls.script, "w") as f:
             f.write(CLIENT)

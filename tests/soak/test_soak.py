@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
@@ -127,12 +126,8 @@ def proc_sample(pid):
 
 class Soak(unittest.TestCase):
     def test_mixed_traffic_under_sanitizers(self):
-        harness.require_root(self)
-        harness.enter_netns()
-        tmp = tempfile.mkdtemp(prefix="redir-soak-")
-        os.chmod(tmp, 0o755)
         # Reports of redird and redirctl go to files; the test fails on any.
-        reports = harness.sanitizer_reports_to(tmp)
+        tmp, reports = harness.isolated(self, "soak")
         fake = FakeDns(harness.FAKE_RESOLVER, ZONE, delays={"slow.example": 0.3})
         servers = [TcpServer("203.0.113.80", 80), TcpServer("203.0.113.81", 80)]
         agent = Agent("soak").start(timeout=60)
