@@ -174,37 +174,44 @@ def cmd_srh(hop, addr, port, proto):
     return res
 
 
+def opens(fam, typ, proto):
+    """Only creates the socket: what sock_create (or the kernel) says."""
+    return {"socket": attempt(lambda: socket.socket(fam, typ, proto).close())}
+
+
+def opens_then(fam, typ, proto, use):
+    """opens(), and when such a socket can be created, USE()'s results too."""
+    res = opens(fam, typ, proto)
+    if res["socket"] == "OK":
+        res.update(use())
+    return res
+
+
 def cmd_mptcp(addr, port):
     IPPROTO_MPTCP = 262
-    res = {"socket": attempt(lambda: socket.socket(family(addr), socket.SOCK_STREAM, IPPROTO_MPTCP).close())}
-    if res["socket"] == "OK":
-        res["connect"] = tcp_connect(addr, port, proto=IPPROTO_MPTCP)
-    return res
+    return opens_then(family(addr), socket.SOCK_STREAM, IPPROTO_MPTCP,
+                      lambda: {"connect": tcp_connect(addr, port, proto=IPPROTO_MPTCP)})
 
 
 def cmd_udplite(addr, port):
     IPPROTO_UDPLITE = 136
-    res = {"socket": attempt(lambda: socket.socket(family(addr), socket.SOCK_DGRAM, IPPROTO_UDPLITE).close())}
-    if res["socket"] == "OK":
-        res["sendto"] = udp_sendto(addr, port, proto=IPPROTO_UDPLITE)
-        c = udp_connect(addr, port, proto=IPPROTO_UDPLITE)
-        res["connect"], res["send"] = c["connect"], c["send"]
-    return res
+    return opens_then(family(addr), socket.SOCK_DGRAM, IPPROTO_UDPLITE,
+                      lambda: {"sendto": udp_sendto(addr, port, proto=IPPROTO_UDPLITE),
+                               **udp_connect(addr, port, proto=IPPROTO_UDPLITE)})
 
 
 def cmd_socket(fam, typ, proto):
-    """Only creates the socket: what sock_create (or the kernel) says."""
-    return {"socket": attempt(lambda: socket.socket(int(fam), int(typ), int(proto)).close())}
+    return opens(int(fam), int(typ), int(proto))
 
 
 def cmd_ping(addr):
     """An ICMP echo through a ping socket (SOCK_DGRAM, IPPROTO_ICMP)."""
-    res = {"socket": attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP).close())}
-    if res["socket"] == "OK":
+    def echo():
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
-        res["sendto"] = attempt(lambda: s.sendto(b"\x08\x00\x00\x00\x00\x01\x00\x01" + PAYLOAD, (addr, 0)) and None)
+        res = {"sendto": attempt(lambda: s.sendto(b"\x08\x00\x00\x00\x00\x01\x00\x01" + PAYLOAD, (addr, 0)) and None)}
         s.close()
-    return res
+        return res
+    return opens_then(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP, echo)
 
 
 def cmd_packet():
@@ -323,31 +330,30 @@ def cmd_rebind(resolver, name, qtype, port, literal):
     return res
 
 
-def cmd_thread(addr, port):
+def in_thread(fn):
+    """FN() run on a second thread of this process; what it put in its dict."""
     out = {}
-
-    def worker():
-        out["connect"] = tcp_connect(addr, port)
-        out["sendto"] = udp_sendto(addr, port)
-    t = threading.Thread(target=worker)
+    t = threading.Thread(target=fn, args=(out,))
     t.start()
     t.join()
     return out
+
+
+def cmd_thread(addr, port):
+    def worker(out):
+        out["connect"] = tcp_connect(addr, port)
+        out["sendto"] = udp_sendto(addr, port)
+    return in_thread(worker)
 
 
 def cmd_thread_move(cgroot, addr, port):
     """A thread tries to leave through cgroup.threads, then connects."""
-    out = {}
-
-    def worker():
+    def worker(out):
         tid = threading.get_native_id()
         out["move_thread"] = attempt(lambda: open(os.path.join(cgroot, "cgroup.threads"), "w").write("%d\n" % tid)
                                      and None)
         out["connect"] = tcp_connect(addr, port)
-    t = threading.Thread(target=worker)
-    t.start()
-    t.join()
-    return out
+    return in_thread(worker)
 
 
 def cmd_move(procs_file, addr, port):
@@ -546,12 +552,12 @@ def cmd_pidfd_steal(pid, fd, addr, port):
     return res
 
 
-def cmd_unshare_net(addr, port):
-    """New user + network namespace (root there), then try the network."""
-    CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
+def become_root_in_new_userns(more_flags):
+    """unshare(CLONE_NEWUSER | MORE_FLAGS) and map our ids to root there:
+    {"unshare": OK or errno, "map": errno when the id maps could not be written}."""
+    CLONE_NEWUSER = 0x10000000
     uid, gid = os.getuid(), os.getgid()
-    res = {"unshare": "OK" if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0
-           else errno.errorcode[ctypes.get_errno()]}
+    res = {"unshare": "OK" if libc.unshare(CLONE_NEWUSER | more_flags) == 0 else errno.errorcode[ctypes.get_errno()]}
     if res["unshare"] == "OK":
         try:
             open("/proc/self/setgroups", "w").write("deny")
@@ -559,6 +565,14 @@ def cmd_unshare_net(addr, port):
             open("/proc/self/gid_map", "w").write("0 %d 1" % gid)
         except OSError as e:
             res["map"] = ename(e)
+    return res
+
+
+def cmd_unshare_net(addr, port):
+    """New user + network namespace (root there), then try the network."""
+    CLONE_NEWNET = 0x40000000
+    res = become_root_in_new_userns(CLONE_NEWNET)
+    if res["unshare"] == "OK":
         os.system("ip link set lo up 2>/dev/null")
     res["euid"] = os.geteuid()
     res["connect"] = tcp_connect(addr, port)
@@ -571,16 +585,7 @@ def cmd_unshare_net(addr, port):
 
 def cmd_unshare_user(addr, port):
     """New user namespace only (the network namespace stays the host's)."""
-    CLONE_NEWUSER = 0x10000000
-    uid, gid = os.getuid(), os.getgid()
-    res = {"unshare": "OK" if libc.unshare(CLONE_NEWUSER) == 0 else errno.errorcode[ctypes.get_errno()]}
-    if res["unshare"] == "OK":
-        try:
-            open("/proc/self/setgroups", "w").write("deny")
-            open("/proc/self/uid_map", "w").write("0 %d 1" % uid)
-            open("/proc/self/gid_map", "w").write("0 %d 1" % gid)
-        except OSError as e:
-            res["map"] = ename(e)
+    res = become_root_in_new_userns(0)
     res["euid"] = os.geteuid()
     res["packet"] = attempt(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)).close())
     res["raw"] = attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP).close())

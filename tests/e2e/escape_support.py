@@ -329,6 +329,14 @@ class EscapeCase(unittest.TestCase):
         r = cg.run([ESCAPE_PROBE_BIN] + [str(a) for a in args], timeout=timeout)
         return parse_kv(r, self)
 
+    def blocked(self, addr, witness, tcp6=False):
+        """TCP connect and UDP sendto to ADDR from self.cg: both refused, WITNESS untouched."""
+        res = self.probe_in(self.cg, "tcp6" if tcp6 else "tcp", addr, witness.port)
+        self.assertEqual(res["connect"], "EPERM", "connect to %s: %s" % (addr, res))
+        res = self.probe_in(self.cg, "udp6-sendto" if tcp6 else "udp-sendto", addr, witness.port)
+        self.assertEqual(res["sendto"], "EPERM", "sendto %s: %s" % (addr, res))
+        self.assert_untouched(witness)
+
     def assert_untouched(self, *witnesses):
         for w in witnesses:
             got = w.intrusions()

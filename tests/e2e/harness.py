@@ -81,6 +81,28 @@ def enter_netns(extra_addrs=()):
     _entered = True
 
 
+# Resolves each name of argv with getaddrinfo; prints {name: addresses or "error N"}.
+GETADDRINFO = r"""
+import socket, sys, json
+out = {}
+for name in sys.argv[1:]:
+    try:
+        out[name] = sorted({ai[4][0] for ai in socket.getaddrinfo(name, 80, proto=socket.IPPROTO_TCP)})
+    except socket.gaierror as e:
+        out[name] = "error %d" % e.errno
+print(json.dumps(out))
+"""
+
+
+def write_resolv_conf(dirpath, nameserver="192.0.2.99", name="resolv.conf"):
+    """A resolv.conf for Cgroup.run_resolving: the sandbox believes its resolver
+    is NAMESERVER (any address: the kernel sends port 53 to the agent)."""
+    path = os.path.join(dirpath, name)
+    with open(path, "w") as f:
+        f.write("nameserver %s\noptions attempts:1 timeout:2\n" % nameserver)
+    return path
+
+
 class Cgroup:
     def __init__(self, tag, parent=None):
         base = parent.path if parent else cgroup2_mount()
@@ -108,6 +130,14 @@ class Cgroup:
         script = 'mount --bind "$1" /etc/resolv.conf && echo $$ > "$2/cgroup.procs" && shift 2 && exec "$@"'
         return subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", resolv_conf, self.path] + list(argv),
                               capture_output=True, text=True, **kw)
+
+    def getaddrinfo(self, resolv_conf, *names):
+        """glibc's answer for each of NAMES inside this cgroup, asking the resolver
+        RESOLV_CONF names: {name: sorted addresses, or "error N"}."""
+        r = self.run_resolving([sys.executable, "-c", GETADDRINFO] + list(names), resolv_conf, timeout=30)
+        if r.returncode != 0:
+            raise AssertionError("getaddrinfo in %s failed: %s" % (self.path, r.stderr))
+        return json.loads(r.stdout)
 
     def popen(self, argv, **kw):
         wrapper = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', self.path] + list(argv)

@@ -24,17 +24,6 @@ ZONE = {
     "other.example": [(A, "203.0.113.92", 600)],
 }
 
-RESOLVE = r"""
-import socket, sys, json
-out = {}
-for name in sys.argv[1:]:
-    try:
-        out[name] = sorted({ai[4][0] for ai in socket.getaddrinfo(name, 80, proto=socket.IPPROTO_TCP)})
-    except socket.gaierror as e:
-        out[name] = "error %d" % e.errno
-print(json.dumps(out))
-"""
-
 
 def dns_allow_entries(agent):
     """(cgroup_id, last 4 address bytes as a dotted string, policy_id) of every redir_dns_allow entry."""
@@ -60,9 +49,7 @@ class RestartKeepsDnsAdmissions(unittest.TestCase):
         cls.tmp = tempfile.mkdtemp(prefix="redir-e2e-restart-")
         os.chmod(cls.tmp, 0o755)
         cls.fake_dns = FakeDns(harness.FAKE_RESOLVER, ZONE)
-        cls.resolv = os.path.join(cls.tmp, "resolv.conf")
-        with open(cls.resolv, "w") as f:
-            f.write("nameserver 192.0.2.99\noptions attempts:1 timeout:2\n")
+        cls.resolv = harness.write_resolv_conf(cls.tmp)
         cls.servers = [TcpServer(ip, 80) for ip in ("203.0.113.90", "203.0.113.91", "203.0.113.92")]
 
     @classmethod
@@ -72,9 +59,7 @@ class RestartKeepsDnsAdmissions(unittest.TestCase):
         cls.fake_dns.close()
 
     def resolve(self, cg, *names):
-        r = cg.run_resolving([sys.executable, "-c", RESOLVE] + list(names), self.resolv, timeout=30)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        return json.loads(r.stdout)
+        return cg.getaddrinfo(self.resolv, *names)
 
     def test_kill9_restart_keeps_live_admissions_and_drops_expired_ones(self):
         agent = Agent("restart-dns").start()
