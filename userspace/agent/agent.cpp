@@ -118,7 +118,8 @@ void Agent::start() {
 
     inference_ = std::make_unique<InferenceService>(io_, opts_.state_dir, lookup, *audit_,
                                                     std::chrono::seconds(opts_.stream_idle_timeout_s),
-                                                    opts_.gateway_limits);
+                                                    opts_.gateway_limits,
+                                                    [this](uint64_t cg) { return provider_fetch_allowed(cg); });
     DnsOptions dopts = opts_.dns;
     dopts.upstream = opts_.dns_upstream;
     // Beside the pinned maps' lifetime: /run is emptied at boot, like bpffs.
@@ -171,6 +172,17 @@ std::shared_ptr<const policy::CompiledPolicy> compiled_of(const ActivePolicy* p)
     return std::static_pointer_cast<const policy::CompiledPolicy>(p->info.compiled);
 }
 }  // namespace
+
+// The gateway asks per request, so a policy reload applies to the next one.
+// Runs on the agent's only io thread, like every change to these maps.
+bool Agent::provider_fetch_allowed(uint64_t cgroup_id) const {
+    for (const auto& a : attachments_) {
+        if (a.cgroup_id != cgroup_id) continue;
+        auto it = policies_.find(a.policy);
+        return it != policies_.end() && it->second.info.provider_fetch;
+    }
+    return false;
+}
 
 void Agent::secure_private_dirs() {
     // Credentials, the CA key, the control socket and the pins that keep

@@ -87,6 +87,7 @@ private:
     void secure_private_dirs();
     // Why process PID may not use the control API (it is inside a sandbox).
     std::optional<std::string> control_peer_refusal(pid_t pid);
+    bool provider_fetch_allowed(uint64_t cgroup_id) const;
     void write_capable(JsonOut& j, const std::string& cgroup) const;
 
     boost::asio::io_context& io_;

@@ -46,7 +46,8 @@ void provider_json(JsonOut& j, const terminator::Provider& p) {
 
 InferenceService::InferenceService(boost::asio::io_context& io, const std::string& state_dir, OrigDstLookup lookup,
                                    AuditLog& audit, std::chrono::seconds stream_idle_timeout,
-                                   const GatewayLimits& limits)
+                                   const GatewayLimits& limits,
+                                   std::function<bool(uint64_t cgroup_id)> provider_fetch_allowed)
     : audit_(audit) {
     ca_ = std::make_unique<tls::LocalCa>(tls::LocalCa::load_or_create(state_dir, {}));
     if (ca_->created()) spdlog::info("created the local CA in {}/ca (export it with `redirctl ca export`)", state_dir);
@@ -69,6 +70,7 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
     go.access_log = std::make_shared<spdlog::logger>("access", std::make_shared<spdlog::sinks::null_sink_mt>());
     go.on_request = [&audit](const terminator::RequestLog& r) { audit.write(terminator::request_log_json(r)); };
     apply_gateway_limits(limits, go);
+    go.provider_fetch_allowed = std::move(provider_fetch_allowed);
     go.on_refused = [&audit](const terminator::ConnectionInfo& ci, const terminator::LimitRefusal& r) {
         audit.write(JsonOut()
                         .begin()

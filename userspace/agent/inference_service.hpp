@@ -4,6 +4,8 @@
 // kernel redirects the inference VIP to (443 → TLS, 80 → refusal).
 #include <boost/asio/io_context.hpp>
 #include <chrono>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -27,7 +29,8 @@ class AuditLog;
 class InferenceService {
 public:
     InferenceService(boost::asio::io_context& io, const std::string& state_dir, OrigDstLookup lookup,
-                     AuditLog& audit, std::chrono::seconds stream_idle_timeout, const GatewayLimits& limits = {});
+                     AuditLog& audit, std::chrono::seconds stream_idle_timeout, const GatewayLimits& limits = {},
+                     std::function<bool(uint64_t cgroup_id)> provider_fetch_allowed = {});
     ~InferenceService();
 
     uint16_t tls_port() const;

@@ -38,6 +38,7 @@ CompiledPolicyInfo compile_and_write(const std::string& text, const std::string&
     CompiledPolicyInfo info;
     info.name = p.name;
     info.inference_enabled = c->inference_enabled;
+    info.provider_fetch = p.inference_provider_fetch;
     info.normalized_json = policy::to_json(p);
     info.lpm_entries = c->lpm.size();
     info.portsets = c->portsets.size();

@@ -63,6 +63,9 @@ struct Policy {
     std::string name;
     std::string comment;
     bool inference_enabled = true;
+    // inference.provider_fetch: the provider may reach the network for the
+    // sandbox (MCP servers, web search/fetch tools, inputs given by URL).
+    bool inference_provider_fetch = false;
     std::vector<Rule> allow;
     std::vector<Rule> deny;
     std::vector<Rule> inspect;  // like allow, but TCP connections go through the inspecting relay

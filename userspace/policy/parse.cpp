@@ -318,9 +318,12 @@ public:
 
         if (auto* v = f.get("inference")) {
             if (expect(*v, JNode::T::object, "inference")) {
-                auto inf = fields(*v, "inference", {"enabled"});
+                auto inf = fields(*v, "inference", {"enabled", "provider_fetch"});
                 if (auto* e = inf.get("enabled")) {
                     if (expect(*e, JNode::T::boolean, "inference.enabled")) p.inference_enabled = e->b;
+                }
+                if (auto* e = inf.get("provider_fetch")) {
+                    if (expect(*e, JNode::T::boolean, "inference.provider_fetch")) p.inference_provider_fetch = e->b;
                 }
             }
         }
@@ -747,7 +750,8 @@ std::string to_json(const Policy& p) {
     o += "  \"version\": " + std::to_string(p.version) + ",\n";
     o += "  \"name\": " + json_quote(p.name) + ",\n";
     if (!p.comment.empty()) o += "  \"comment\": " + json_quote(p.comment) + ",\n";
-    o += std::string("  \"inference\": {\"enabled\": ") + (p.inference_enabled ? "true" : "false") + "},\n";
+    o += std::string("  \"inference\": {\"enabled\": ") + (p.inference_enabled ? "true" : "false") +
+         (p.inference_provider_fetch ? ", \"provider_fetch\": true" : "") + "},\n";
     rules_json(o, "allow", p.allow, false);
     rules_json(o, "deny", p.deny, false);
     rules_json(o, "inspect", p.inspect, true);

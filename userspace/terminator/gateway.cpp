@@ -1,6 +1,7 @@
 // All of the terminator's Beast code lives in this one translation unit: it
 // is by far the heaviest thing to compile, and the agent links it once.
 #include "terminator/gateway.hpp"
+#include "terminator/provider_fetch.hpp"
 
 #include <poll.h>
 #include <spdlog/spdlog.h>
@@ -775,6 +776,11 @@ awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestL
     if (!rw.ok) co_return co_await send_error(gw, s, shape, 400, std::move(rw.error), keep_alive, log);
     log.model_requested = std::move(rw.model_requested);
     log.stream = rw.stream;
+    HeaderList client_headers;
+    for (const auto& f : req) client_headers.emplace_back(lower(f.name_string()), std::string(f.value()));
+    if (!(o.provider_fetch_allowed && o.provider_fetch_allowed(info.cgroup_id)))
+        if (auto fetch = find_provider_fetch(rw.body, client_headers, o.log_string_max))
+            co_return co_await send_error(gw, s, shape, 400, provider_fetch_refusal(*fetch), keep_alive, log);
 
     if (profile->local) {
         auto m = mock_reply(*ep, rw.body, cfg.model, rw.stream);
@@ -786,8 +792,6 @@ awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestL
     if (!base)
         co_return co_await send_error(gw, s, shape, 502, "provider " + provider.name + " is misconfigured: " + err,
                                       keep_alive, log);
-    HeaderList client_headers;
-    for (const auto& f : req) client_headers.emplace_back(lower(f.name_string()), std::string(f.value()));
     http::request<http::string_body> ureq{http::verb::post, upstream_target(*base, *profile, route.path, route.query),
                                           11};
     ureq.set(http::field::host, base->host_header);

@@ -87,6 +87,9 @@ struct GatewayOptions {
     std::shared_ptr<spdlog::logger> access_log;
     // Called with each request's record after it was logged (metrics, tests).
     std::function<void(const RequestLog&)> on_request;
+    // Whether the policy of the sandbox (ConnectionInfo::cgroup_id) lets the
+    // provider reach the network for it (inference.provider_fetch); null: never.
+    std::function<bool(std::uint64_t cgroup_id)> provider_fetch_allowed;
     // Called when a cap refuses a connection or request (at most once per
     // sandbox per second; the others are counted in LimitRefusal::suppressed).
     std::function<void(const ConnectionInfo&, const LimitRefusal&)> on_refused;

@@ -21,7 +21,9 @@ const std::array<Profile, 5>& profiles() {
             .credential_keys = {"OPENAI_API_KEY", "API_KEY"},
             .credential_required = true,
             .default_headers = {},
-            .extra_headers = {"openai-organization", "openai-project", "openai-beta"},
+            // openai-organization / openai-project come from the provider's
+            // configuration only (provider_fetch.hpp add_account_headers).
+            .extra_headers = {"openai-beta"},
             .query_params = {},
             .endpoints = kOpenAiAll,
         },
@@ -63,7 +65,9 @@ const std::array<Profile, 5>& profiles() {
             // Self-hosted servers (vLLM, llama.cpp) often take no key.
             .credential_required = false,
             .default_headers = {},
-            .extra_headers = {"openai-organization", "openai-project", "openai-beta"},
+            // openai-organization / openai-project come from the provider's
+            // configuration only (provider_fetch.hpp add_account_headers).
+            .extra_headers = {"openai-beta"},
             .query_params = {},
             .endpoints = kOpenAiAll,
         },

@@ -1,5 +1,7 @@
 #include "terminator/request.hpp"
 
+#include "terminator/provider_fetch.hpp"
+
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
 #include <rapidjson/reader.h>
@@ -483,7 +485,8 @@ HeaderList upstream_headers(const HeaderList& client, const Profile& profile, co
     const auto& common = common_allowed_headers();
     HeaderList out;
     for (const auto& [n, v] : client) {
-        if (is_hop_by_hop(n) || conn.count(n) || is_credential_header(n)) continue;
+        // The billed organisation/project is the provider's choice, not the sandbox's.
+        if (is_hop_by_hop(n) || conn.count(n) || is_credential_header(n) || is_account_header(n)) continue;
         bool allowed = std::find(common.begin(), common.end(), n) != common.end() ||
                        std::find(profile.extra_headers.begin(), profile.extra_headers.end(), n) !=
                            profile.extra_headers.end();
@@ -495,6 +498,7 @@ HeaderList upstream_headers(const HeaderList& client, const Profile& profile, co
         else
             out.emplace_back(std::string(profile.auth_header), *cred);
     }
+    add_account_headers(out, provider);
     auto has = [&](std::string_view n) {
         return std::any_of(out.begin(), out.end(), [&](const auto& h) { return h.first == n; });
     };
