@@ -11,12 +11,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-from fake_provider import FakeProvider, make_test_ca  # noqa: E402
+from fake_provider import serve_inference  # noqa: E402
 from harness import Agent, Cgroup, write_policy  # noqa: E402
 
 VIP = "198.18.0.1"
@@ -28,25 +27,19 @@ FETCHES = ("mcp", "web_search", "input_image_url", "chat_image_url")
 class ProviderFetchE2E(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        harness.enter_netns()
-        cls.tmp = tempfile.mkdtemp(prefix="redir-e2e-fetch-")
-        os.chmod(cls.tmp, 0o755)
-        cls.ca, cert, key = make_test_ca(cls.tmp, PROVIDER_IP)
-        cls.fake = FakeProvider(PROVIDER_IP, 8443, cert, key, name="fake")
+        cls.tmp, _ = harness.isolated(cls, "fetch")
         cls.agent = Agent("fetch").start()
+        cls.fake, cls.ca_local = serve_inference(cls.agent, cls.tmp, PROVIDER_IP)
+        # The operator bills one organisation and project, whatever the sandbox asks for.
+        cls.agent.ctl("provider", "update", "fake", "--credential", "OPENAI_ORG_ID=org-operator",
+                      "--credential", "OPENAI_PROJECT_ID=proj-operator")
         a = cls.agent
-        a.ctl("provider", "create", "--name", "p", "--type", "openai-compatible", "--base-url",
-              "https://%s:8443/v1" % PROVIDER_IP, "--ca-file", cls.ca, "--credential", "OPENAI_API_KEY=sk-op",
-              "--credential", "OPENAI_ORG_ID=org-operator", "--credential", "OPENAI_PROJECT_ID=proj-operator")
-        a.ctl("inference", "set", "--provider", "p", "--model", "served-model")
         cls.closed_policy = write_policy(cls.tmp, "fetch-closed", {"inference": {"enabled": True}})
         cls.open_policy = write_policy(cls.tmp, "fetch-open", {"inference": {"provider_fetch": True}})
         cls.closed = Cgroup("fetch-closed")
         cls.open = Cgroup("fetch-open")
         a.ctl("attach", "--cgroup", cls.closed.path, "--policy", cls.closed_policy)
         a.ctl("attach", "--cgroup", cls.open.path, "--policy", cls.open_policy)
-        cls.ca_local = os.path.join(cls.tmp, "inference-ca.pem")
-        a.ctl("ca", "export", "--out", cls.ca_local)
         cls.hosts = os.path.join(cls.tmp, "hosts")
         with open(cls.hosts, "w") as f:
             f.write("127.0.0.1 localhost\n%s inference.local\n" % VIP)
