@@ -28,6 +28,10 @@ class ProviderFetchE2E(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp, _ = harness.isolated(cls, "fetch")
+        # inference.local through a private /etc/hosts: this test does not depend on the DNS responder.
+        cls.hosts = os.path.join(cls.tmp, "hosts")
+        with open(cls.hosts, "w") as f:
+            f.write("127.0.0.1 localhost\n%s inference.local\n" % VIP)
         cls.agent = Agent("fetch").start()
         cls.fake, cls.ca_local = serve_inference(cls.agent, cls.tmp, PROVIDER_IP)
         # The operator bills one organisation and project, whatever the sandbox asks for.
@@ -40,9 +44,6 @@ class ProviderFetchE2E(unittest.TestCase):
         cls.open = Cgroup("fetch-open")
         a.ctl("attach", "--cgroup", cls.closed.path, "--policy", cls.closed_policy)
         a.ctl("attach", "--cgroup", cls.open.path, "--policy", cls.open_policy)
-        cls.hosts = os.path.join(cls.tmp, "hosts")
-        with open(cls.hosts, "w") as f:
-            f.write("127.0.0.1 localhost\n%s inference.local\n" % VIP)
 
     @classmethod
     def tearDownClass(cls):
