@@ -31,6 +31,9 @@ sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
 import harness  # noqa: E402
 from harness import Agent, Cgroup, write_policy, wait_until  # noqa: E402
 
+sys.path.insert(0, HERE)
+from probe import pct as probe_pct  # noqa: E402
+
 SECONDS = max(1, int(float(os.environ.get("BENCH_SECONDS", "10"))))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if SECONDS < 5 else "2"))
 SSE_STREAMS = int(os.environ.get("BENCH_SSE_STREAMS", "1000"))
@@ -51,6 +54,7 @@ HOSTS = {
     "squid.bench.test": "203.0.113.12",
     "inference.local": "198.18.0.1",         # redird's VIP: connections to it are redirected in the kernel
 }
+DENIED = "198.51.100.7"  # the policy allows only inference: a connect() here is refused and audited
 RESOLVER = "192.0.2.53"  # any resolver: sandbox DNS is redirected to the agent's responder
 CHAT = "/v1/chat/completions"
 PROVIDER_JSON = ('{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"served-model",'
@@ -481,8 +485,10 @@ def probe(redir, seconds):
     """Control API latency (from outside the sandbox) and DNS latency (from inside it), concurrently."""
     base = [PY, os.path.join(HERE, "probe.py"), "--seconds", str(seconds)]
     kw = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    procs = [subprocess.Popen(base + ["--control", redir.agent.socket], **kw),
-             redir.cgroup.popen(base + ["--resolver", RESOLVER], **kw)]
+    procs = [subprocess.Popen(base + ["--control", redir.agent.socket, "--follow", redir.agent.socket,
+                                      "--deny-addr", DENIED], **kw)]
+    time.sleep(0.3)  # the follower is subscribed before the first denied connect()
+    procs.append(redir.cgroup.popen(base + ["--resolver", RESOLVER, "--deny", DENIED], **kw))
     out = {}
     for p in procs:
         o, e = p.communicate(timeout=seconds + 60)
@@ -491,6 +497,11 @@ def probe(redir, seconds):
         except (ValueError, IndexError):
             log("probe printed no numbers: %s %s" % (o[-300:], e[-500:]))
             return None
+    lat = sorted(out["deny_seen"][str(p)] - t for p, t, how in out["deny_sent"]
+                 if how == "EPERM" and str(p) in out["deny_seen"])
+    out["events"] = {"count": len(lat), "p50_us": probe_pct(lat, 50), "p99_us": probe_pct(lat, 99),
+                     "errors": len(out["deny_sent"]) - len(lat)}
+    del out["deny_sent"], out["deny_seen"]
     return out
 
 
@@ -518,10 +529,11 @@ def perf_profile(redir, seconds, out_dir):
     subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-o", data, "-p", str(redir.pid),
                     "--", "sleep", str(seconds)], capture_output=True)
     load.communicate(timeout=seconds + 60)
-    rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,sym",
-                          "-g", "none", "--percent-limit", "1"], capture_output=True, text=True)
-    lines = [l for l in rep.stdout.splitlines() if l.strip() and not l.startswith("#")]
-    return lines[:30]
+    def report(sort, limit):
+        rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", sort,
+                              "-g", "none", "--percent-limit", limit], capture_output=True, text=True)
+        return [l for l in rep.stdout.splitlines() if l.strip() and not l.startswith("#")]
+    return report("dso", "2") + [""] + report("dso,sym", "1")[:25]
 
 
 # -- the report ----------------------------------------------------------------
@@ -765,11 +777,12 @@ def report(res):
         missing.append("SSE")
     pi, ps = res["probe"].get("idle"), res["probe"].get("saturated")
     if pi and ps and pi.get("control") and ps.get("control"):
-        for what in ("control", "dns"):
+        for what in ("control", "dns", "events"):
             a, b = ps[what], pi[what]
             ratio = a["p99_us"] / b["p99_us"] if a["p99_us"] and b["p99_us"] else None
-            t.target("%s p99, terminator saturated (%s req/s)" % ("control API" if what == "control" else
-                                                                 "DNS responder", fmt(ps.get("load_rps"))),
+            label = {"control": "control API", "dns": "DNS responder",
+                     "events": "event reader (deny -> event)"}[what]
+            t.target("%s p99, terminator saturated (%s req/s)" % (label, fmt(ps.get("load_rps"))),
                      "%s ms (%d answers, %d errors)" % (fmt(ms(a["p99_us"])), a["count"], a["errors"]),
                      "idle %s ms" % fmt(ms(b["p99_us"])), ratio, "answers, 0 errors, p99 < 100 ms",
                      a["count"] > 0 and a["errors"] == 0 and (a["p99_us"] or 1e9) < 100000)
