@@ -252,9 +252,13 @@ def start_provider(tmp, certs):
     listen %s:443 ssl backlog=4096;
     ssl_certificate %s; ssl_certificate_key %s;
     access_log off;
-    location = %s { default_type application/json; return 200 '%s'; }
+    location = %s {
+      default_type application/json;
+      if ($http_authorization != "Bearer %s") { return 401 '{"error":"wrong credential"}'; }
+      return 200 '%s';
+    }
     location / { return 404; }
-  }""" % (a, certs["cert"], certs["key"], CHAT, PROVIDER_JSON)
+  }""" % (a, certs["cert"], certs["key"], CHAT, SECRET, PROVIDER_JSON)
     n = Nginx(tmp, "provider", 2, servers)
     wait_listening(a, 443, "the fake provider (nginx)")
     return n
@@ -263,7 +267,7 @@ def start_provider(tmp, certs):
 def start_sse_provider(tmp, certs):
     a = HOSTS["sse.bench.test"]
     p = Spawned([PY, os.path.join(HERE, "sse_provider.py"), "--addr", a, "--cert", certs["cert"],
-                 "--key", certs["key"], "--gap-ms", str(SSE_GAP_MS)], os.path.join(tmp, "sse-provider.log"))
+                 "--key", certs["key"], "--gap-ms", str(SSE_GAP_MS), "--credential", SECRET], os.path.join(tmp, "sse-provider.log"))
     wait_listening(a, 443, "the SSE provider")
     return p
 
@@ -340,6 +344,9 @@ class Mitmproxy(Peer):
     """mitmdump as a reverse proxy: TLS termination, header set, verified upstream TLS."""
     name = "mitmproxy"
     url_host = "mitm.bench.test"
+    # Seconds before its first answers under 50 new connections on a loaded
+    # machine: a short measurement would see none.
+    min_seconds = 10
 
     def __init__(self, tmp, certs):
         a, conf = HOSTS[self.url_host], workdir(tmp, "mitm")
@@ -438,9 +445,12 @@ class Redir(Peer):
 
 def wrk(peer, conns, threads, seconds, close=False):
     """wrk POSTing a chat completion; returns its numbers plus the peer's CPU and peak RSS."""
+    seconds = max(seconds, getattr(peer, "min_seconds", 0))
     argv = ["wrk", "-t", str(threads), "-c", str(conns), "-d", "%ds" % seconds, "--timeout", "5s",
             "-s", os.path.join(HERE, "wrk_post.lua"), peer.url()]
     env = dict(os.environ, WRK_CLOSE="1" if close else "0")
+    if isinstance(peer, Direct):
+        env["WRK_AUTH"] = SECRET  # every other peer must put it there itself
     usage = Usage(peer.pid)
     kw = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     proc = peer.cgroup.popen(argv, **kw) if peer.cgroup else subprocess.Popen(argv, **kw)
@@ -466,6 +476,8 @@ def best(results):
 def sse_run(peer, ca, seconds):
     argv = [PY, os.path.join(HERE, "sse_client.py"), "--host", peer.url_host, "--sni", peer.url_host,
             "--cafile", ca, "--streams", str(SSE_STREAMS), "--seconds", str(seconds), "--gap-ms", str(SSE_GAP_MS)]
+    if isinstance(peer, Direct):
+        argv += ["--auth", SECRET]
     usage = Usage(peer.pid)
     kw = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc = peer.cgroup.popen(argv, **kw) if peer.cgroup else subprocess.Popen(argv, **kw)

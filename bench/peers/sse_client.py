@@ -24,14 +24,15 @@ class Run:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
-async def stream(run, host, port, sni, ctx, gate, all_open):
+async def stream(run, host, port, sni, ctx, gate, all_open, auth):
     writer = None
     try:
         async with gate:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port, ssl=ctx, server_hostname=sni), 30)
             writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
-                         b"accept: text/event-stream\r\ncontent-length: %d\r\n\r\n%s" % (sni.encode(), len(BODY), BODY))
+                         b"accept: text/event-stream\r\nauthorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s"
+                         % (sni.encode(), auth.encode(), len(BODY), BODY))
             await writer.drain()
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
         if not head.startswith(b"HTTP/1.1 200"):
@@ -101,6 +102,7 @@ async def main():
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--gap-ms", type=float, default=250)
     ap.add_argument("--open-timeout", type=float, default=60)
+    ap.add_argument("--auth", default="sk-client-placeholder", help="the bearer this client sends")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -109,7 +111,7 @@ async def main():
     gate = asyncio.Semaphore(64)  # handshakes in flight while opening
     all_open = [a.streams, asyncio.Event()]
     t0 = time.monotonic()
-    tasks = [asyncio.create_task(stream(run, a.host, a.port, a.sni, ctx, gate, all_open)) for _ in range(a.streams)]
+    tasks = [asyncio.create_task(stream(run, a.host, a.port, a.sni, ctx, gate, all_open, a.auth)) for _ in range(a.streams)]
     try:
         await asyncio.wait_for(all_open[1].wait(), a.open_timeout)
     except asyncio.TimeoutError:

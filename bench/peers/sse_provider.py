@@ -13,14 +13,14 @@ import time
 
 async def read_request(reader):
     head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
+    fields = {}
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value.strip())
+        fields[name.strip().lower()] = value.strip()
+    length = int(fields.get(b"content-length", b"0"))
     if length:
         await reader.readexactly(length)
-    return head
+    return fields
 
 
 def chunk(text):
@@ -28,9 +28,13 @@ def chunk(text):
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-async def serve(reader, writer, gap, max_events):
+async def serve(reader, writer, gap, max_events, credential):
     try:
-        await read_request(reader)
+        fields = await read_request(reader)
+        if credential and fields.get(b"authorization") != b"Bearer " + credential.encode():
+            writer.write(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            await writer.drain()
+            return
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
                      b"transfer-encoding: chunked\r\n\r\n")
         await writer.drain()
@@ -60,12 +64,13 @@ async def main():
     ap.add_argument("--key", required=True)
     ap.add_argument("--gap-ms", type=float, default=250)
     ap.add_argument("--max-events", type=int, default=100000)
+    ap.add_argument("--credential", help="401 unless the request carries Authorization: Bearer CREDENTIAL")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(a.cert, a.key)
-    server = await asyncio.start_server(lambda r, w: serve(r, w, a.gap_ms / 1000.0, a.max_events),
+    server = await asyncio.start_server(lambda r, w: serve(r, w, a.gap_ms / 1000.0, a.max_events, a.credential),
                                         a.addr, a.port, ssl=ctx, backlog=4096)
     print("ready", flush=True)
     async with server:

@@ -3,8 +3,10 @@
 wrk.method = "POST"
 wrk.body = '{"model":"client-model","messages":[{"role":"user","content":"hi"}],"max_tokens":16}'
 wrk.headers["Content-Type"] = "application/json"
--- A bearer the client might send: every peer must drop or replace it.
-wrk.headers["Authorization"] = "Bearer sk-client-placeholder"
+-- A bearer the client might send: every proxy must replace it with the
+-- provider's credential (the fake provider answers 401 otherwise). The direct
+-- baseline sends the real one (WRK_AUTH).
+wrk.headers["Authorization"] = "Bearer " .. (os.getenv("WRK_AUTH") or "sk-client-placeholder")
 if os.getenv("WRK_CLOSE") == "1" then
   -- One request per connection: every request is a new TCP + TLS handshake.
   wrk.headers["Connection"] = "close"
