@@ -8,7 +8,8 @@ target; exit 0 all targets met, 1 a target missed, 2 a peer produced no numbers.
 Knobs (environment): BENCH_SECONDS (per measurement, default 10), BENCH_ROUNDS
 (interleaved rounds, best kept; default 2, 1 when BENCH_SECONDS < 5),
 BENCH_SSE_STREAMS (1000), BENCH_SSE_GAP_MS (250), BENCH_PEERS (default
-direct,redir,nginx,mitmproxy,squid), BENCH_PERF=1 (perf profile of redird),
+direct,redir,nginx,mitmproxy,squid), BENCH_PHASES (default
+keepalive,latency,handshakes,probe,sse), BENCH_THREADS (1,2), BENCH_PERF=1 (perf profile of redird),
 BENCH_JSON=FILE (all numbers), REDIR_THREADS_FLAG (redird's io-thread flag;
 detected from --help when unset), REDIR_BUILD (build directory).
 """
@@ -40,6 +41,9 @@ SSE_STREAMS = int(os.environ.get("BENCH_SSE_STREAMS", "1000"))
 SSE_GAP_MS = float(os.environ.get("BENCH_SSE_GAP_MS", "250"))
 PEERS = os.environ.get("BENCH_PEERS", "direct,redir,nginx,mitmproxy,squid").split(",")
 PERF = os.environ.get("BENCH_PERF") == "1"
+ALL_PHASES = ("keepalive", "latency", "handshakes", "probe", "sse")
+THREADS = [int(t) for t in os.environ.get("BENCH_THREADS", "1,2").split(",")]
+PHASES = set(os.environ.get("BENCH_PHASES", ",".join(ALL_PHASES)).split(","))
 CHECK_ONLY = "--check" in sys.argv
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
@@ -607,6 +611,59 @@ def machine():
         " ".join(open("/proc/loadavg").read().split()[:3]), commit or "?")
 
 
+def measure(res, key, direct, redir, nginx, others):
+    """The wrk phases at one thread count, ROUNDS interleaved rounds, best kept."""
+    res["rss"].setdefault("redir_idle_mb", {})[key] = rss_mb(descendants(redir.pid))
+    all_peers = [direct, redir, nginx] + others
+    for p in all_peers:
+        wrk(p, 50, 2, 1)  # warm-up: pools, leaf cache, page faults
+    ka, l1, hs = {}, {}, {}
+    for rnd in range(ROUNDS):
+        if "keepalive" in PHASES:
+            log("round %d/%d: keep-alive, 50 connections" % (rnd + 1, ROUNDS))
+            for p in all_peers:
+                ka.setdefault(p.name, []).append(wrk(p, 50, 2, SECONDS))
+        if "latency" in PHASES and key == str(THREADS[0]):
+            log("round %d/%d: one connection" % (rnd + 1, ROUNDS))
+            for p in (direct, redir, nginx):
+                l1.setdefault(p.name, []).append(wrk(p, 1, 1, SECONDS))
+        if "handshakes" in PHASES:
+            log("round %d/%d: a new TLS connection per request" % (rnd + 1, ROUNDS))
+            for p in (direct, redir, nginx):
+                hs.setdefault(p.name, []).append(wrk(p, 50, 2, SECONDS, close=True))
+    if ka:
+        res["keepalive"][key] = {n: best(v) for n, v in ka.items()}
+    if hs:
+        res["handshakes"][key] = {n: best(v) for n, v in hs.items()}
+    if l1:
+        # One connection: the round with the lowest median latency.
+        res["latency1"] = {n: min((r for r in v if r), key=lambda r: r["p50_us"], default=None)
+                           for n, v in l1.items()}
+
+
+def measure_redir_only(res, tmp, certs, redir, nginx, sse_provider):
+    """The phases measured once: probes, SSE, the profile."""
+    if "probe" in PHASES:
+        log("control API, DNS and event reader, idle then while the terminator is saturated")
+        res["probe"]["idle"] = probe(redir, min(SECONDS, 5))
+        res["probe"]["saturated"] = probe_saturated(redir, SECONDS)
+    if "sse" in PHASES:
+        log("SSE: %d streams, an event every %g ms, direct, through redir, through nginx" % (
+            SSE_STREAMS, SSE_GAP_MS))
+        sse_direct = Direct(sse_provider)
+        sse_direct.url_host = "sse.bench.test"
+        res["sse"]["direct"] = sse_run(sse_direct, certs["ca"], SECONDS)
+        redir.use_provider("sse")
+        res["sse"]["redir"] = sse_run(redir, redir.ca_local, SECONDS)
+        redir.use_provider("fixed")
+        nginx.url_host = "nginx-sse.bench.test"
+        res["sse"]["nginx"] = sse_run(nginx, certs["ca"], SECONDS)
+        del nginx.url_host
+    if PERF:
+        log("perf profile of redird under keep-alive load")
+        res["perf"] = perf_profile(redir, min(SECONDS, 10), tmp)
+
+
 def main():
     if os.geteuid() != 0:
         print("bench/peers needs root (network namespace, cgroup, BPF)", file=sys.stderr)
@@ -644,58 +701,16 @@ def main():
                 log("squid: %s" % e)
                 res["squid_error"] = str(e)
         flag = res["threads_flag"]
-        for threads in (1, 2):
+        for threads in THREADS:
             log("== %d thread(s): starting redird%s and nginx (%d worker%s)" % (
                 threads, " " + flag + " " + str(threads) if flag else " (one io thread: no threads flag)",
                 threads, "s" if threads > 1 else ""))
             redir = Redir(tmp, certs, threads)
             nginx = NginxProxy(tmp, certs, threads)
             try:
-                key = str(threads)
-                res["rss"].setdefault("redir_idle_mb", {})[key] = rss_mb(descendants(redir.pid))
-                for p in (direct, redir, nginx) + (tuple(others) if threads == 1 else ()):
-                    wrk(p, 50, 2, 1)  # warm-up: pools, leaf cache, page faults
-                if threads == 1:
-                    for p in (redir,):
-                        res["probe"]["idle"] = probe(redir, min(SECONDS, 5))
-                ka, l1, hs = {}, {}, {}
-                for rnd in range(ROUNDS):
-                    log("round %d/%d: keep-alive, 50 connections" % (rnd + 1, ROUNDS))
-                    for p in (direct, redir, nginx) + (tuple(others) if threads == 1 else ()):
-                        ka.setdefault(p.name, []).append(wrk(p, 50, 2, SECONDS))
-                    if threads == 1:
-                        log("round %d/%d: one connection" % (rnd + 1, ROUNDS))
-                        for p in (direct, redir, nginx):
-                            l1.setdefault(p.name, []).append(wrk(p, 1, 1, SECONDS))
-                    log("round %d/%d: a new TLS connection per request" % (rnd + 1, ROUNDS))
-                    for p in (direct, redir, nginx):
-                        hs.setdefault(p.name, []).append(wrk(p, 50, 2, SECONDS, close=True))
-                res["keepalive"][key] = {n: best(v) for n, v in ka.items()}
-                res["handshakes"][key] = {n: best(v) for n, v in hs.items()}
-                if l1:
-                    # One connection: the round with the lowest median latency.
-                    res["latency1"] = {n: min((r for r in v if r), key=lambda r: r["p50_us"], default=None)
-                                       for n, v in l1.items()}
-                if threads == 1:
-                    log("control API and DNS while the terminator is saturated")
-                    res["probe"]["saturated"] = probe_saturated(redir, SECONDS)
-                    log("SSE: %d streams, an event every %g ms, direct, through redir, through nginx" % (SSE_STREAMS,
-                                                                                              SSE_GAP_MS))
-                    sse_direct = Direct(sse_provider)
-                    sse_direct.url_host = "sse.bench.test"
-                    res["sse"]["direct"] = sse_run(sse_direct, certs["ca"], SECONDS)
-                    redir.use_provider("sse")
-                    bundle = os.path.join(tmp, "bundle.pem")
-                    with open(bundle, "w") as f:
-                        f.write(open(redir.ca_local).read())
-                    res["sse"]["redir"] = sse_run(redir, bundle, SECONDS)
-                    redir.use_provider("fixed")
-                    nginx.url_host = "nginx-sse.bench.test"
-                    res["sse"]["nginx"] = sse_run(nginx, certs["ca"], SECONDS)
-                    del nginx.url_host
-                    if PERF:
-                        log("perf profile of redird under keep-alive load")
-                        res["perf"] = perf_profile(redir, min(SECONDS, 10), tmp)
+                measure(res, str(threads), direct, redir, nginx, others if threads == THREADS[0] else [])
+                if threads == THREADS[0]:
+                    measure_redir_only(res, tmp, certs, redir, nginx, sse_provider)
             finally:
                 redir.stop()
                 nginx.stop()
@@ -763,7 +778,8 @@ def report(res):
                  "direct %s us; nginx adds %s us" % (fmt(l1["direct"]["p50_us"]), fmt(nadd)), "-", "<= 100 us",
                  added <= 100)
     else:
-        missing.append("one-connection latency")
+        if "latency" in PHASES:
+            missing.append("one-connection latency")
     for key in ("1", "2"):
         peers = res["keepalive"].get(key, {})
         r, n = peers.get("redir"), peers.get("nginx")
@@ -779,7 +795,7 @@ def report(res):
             t.target("new TLS connections/s (P-256), %s thread(s)" % key, fmt(r["rps"]),
                      "nginx %s (direct %s)" % (fmt(n["rps"]), fmt(peers["direct"]["rps"]) if peers.get("direct")
                                                else "-"), ratio, ">= 0.9", ratio >= 0.9 and r["errors"] == 0)
-        elif key == "1":
+        elif key == "1" and "handshakes" in PHASES:
             missing.append("handshakes")
     sd, sr = res["sse"].get("direct"), res["sse"].get("redir")
     if sd and sr and sd["p99_us"] is not None and sr["p99_us"] is not None:
@@ -799,7 +815,7 @@ def report(res):
                                                         sd["events"]),
                  "-", "0, all open", errs == 0 and sr["opened"] == sr["streams"] and
                  sr["still_open_at_end"] == sr["streams"])
-    else:
+    elif "sse" in PHASES:
         missing.append("SSE")
     pi, ps = res["probe"].get("idle"), res["probe"].get("saturated")
     if pi and ps and pi.get("control") and ps.get("control"):
@@ -812,7 +828,7 @@ def report(res):
                      "%s ms (%d answers, %d errors)" % (fmt(ms(a["p99_us"])), a["count"], a["errors"]),
                      "idle %s ms" % fmt(ms(b["p99_us"])), ratio, "answers, 0 errors, p99 < 100 ms",
                      a["count"] > 0 and a["errors"] == 0 and (a["p99_us"] or 1e9) < 100000)
-    else:
+    elif "probe" in PHASES:
         missing.append("control/DNS probe")
     idle = res["rss"].get("redir_idle_mb", {}).get("1")
     r1 = res["keepalive"].get("1", {}).get("redir")
