@@ -106,6 +106,9 @@ int main(int argc, char** argv) {
     auto* p_load = policy->add_subcommand("load", "load a policy; atomically replaces it wherever it is attached");
     p_load->add_option("FILE", file, "policy file")->required();
     p_load->add_option("--name", name, "load under this name instead of the file's \"name\"");
+    bool keep_established = false;
+    p_load->add_flag("--keep-established", keep_established,
+                     "leave established connections alone (default: reset those the new policy no longer allows)");
     p_load->add_flag("--json", json, "machine-readable output");
     auto* p_show = policy->add_subcommand("show", "print a loaded policy, normalised");
     p_show->add_option("NAME", name, "policy name")->required();
@@ -276,6 +279,7 @@ int main(int argc, char** argv) {
             std::string req = "{\"cmd\":\"policy.load\",\"policy_text\":" + json_escape(read_policy_file(file)) +
                               ",\"source_name\":" + json_escape(file);
             if (!name.empty()) req += ",\"name\":" + json_escape(name);
+            if (keep_established) req += ",\"keep_established\":true";
             auto d = client.call(req + "}");
             if (!d["ok"].GetBool()) return report_error(d);
             if (json) {
@@ -283,7 +287,12 @@ int main(int argc, char** argv) {
                 return 0;
             }
             std::cout << "loaded policy " << d["policy"].GetString() << " (id " << d["policy_id"].GetUint64()
-                      << "), in force on " << d["attachments"].GetUint64() << " attachment(s)\n";
+                      << "), in force on " << d["attachments"].GetUint64() << " attachment(s)";
+            if (d.HasMember("revoked") && d["revoked"].IsUint64())
+                std::cout << "; " << d["revoked"].GetUint64() << " connection(s) it no longer allows reset";
+            if (d.HasMember("revocation_unsupported") && d["revocation_unsupported"].IsString())
+                std::cout << "; established connections NOT examined: " << d["revocation_unsupported"].GetString();
+            std::cout << "\n";
             return 0;
         }
         if (*p_show) {

@@ -20,6 +20,7 @@
 #include "agent/metrics.hpp"
 #include "agent/listeners.hpp"
 #include "agent/relay.hpp"
+#include "agent/revoke.hpp"
 #include "common/addr.hpp"
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
@@ -370,7 +371,9 @@ std::string Agent::handle(const std::string& line, const std::shared_ptr<Control
                               get_str(req, "source_name"));
         if (cmd == "detach") return cmd_detach(get_str(req, "cgroup"));
         if (cmd == "policy.load")
-            return cmd_policy_load(get_str(req, "policy_text"), get_str(req, "source_name"), get_str(req, "name"));
+            return cmd_policy_load(get_str(req, "policy_text"), get_str(req, "source_name"), get_str(req, "name"),
+                                   req.HasMember("keep_established") && req["keep_established"].IsBool() &&
+                                       req["keep_established"].GetBool());
         if (cmd == "policy.show") return cmd_policy_show(get_str(req, "name"));
         if (cmd == "policy.list") return cmd_policy_list();
         if (cmd == "policy.delete") return cmd_policy_delete(get_str(req, "name"));
@@ -621,7 +624,8 @@ std::string Agent::cmd_detach(const std::string& cgroup) {
     return JsonOut().begin().boolean("ok", true).str("cgroup", path).end().take();
 }
 
-std::string Agent::cmd_policy_load(const std::string& text, const std::string& source_name, const std::string& name) {
+std::string Agent::cmd_policy_load(const std::string& text, const std::string& source_name, const std::string& name,
+                                   bool keep_established) {
     if (text.empty()) return error_response("policy load needs the policy file's content");
     StoredPolicy sp{name, text, source_name.empty() ? std::string("policy.json") : source_name};
     // Compile under a fresh id first: a rejected file changes nothing.
@@ -652,8 +656,45 @@ std::string Agent::cmd_policy_load(const std::string& text, const std::string& s
         .num("portsets", p.info.portsets)
         .begin_array("host_rules");
     for (auto& h : p.info.pending_hosts) j.str(h);
-    j.end_array().end();
+    j.end_array();
+    if (!keep_established) revoke_for(pname, j);
+    j.end();
     return j.take();
+}
+
+void Agent::revoke_for(const std::string& name, JsonOut& j) {
+    const auto& ap = policies_.at(name);
+    std::vector<RevokeTarget> targets;
+    std::map<uint64_t, std::string> paths;
+    for (auto& a : attachments_) {
+        if (a.policy != name) continue;
+        targets.push_back({a.cgroup_id, a.cgroup_path, attach_val_for(ap, dns_->port(a.cgroup_id))});
+        paths[a.cgroup_id] = a.cgroup_path;
+    }
+    RevokeMaps maps{dp_->map_fd("policy_lpm"), dp_->map_fd("portsets"), dp_->map_fd("dns_allow"),
+                    dp_->map_fd("sk_state")};
+    auto rep = revoke_established(maps, dp_->config(), targets);
+    size_t reset = 0;
+    for (const auto& r : rep.revoked) {
+        reset += r.error == 0;
+        JsonOut a;
+        a.begin()
+            .num("ts_ms", now_ms())
+            .str("event", "revoked")
+            .num("cgroup_id", r.cgroup_id)
+            .str("cgroup", paths[r.cgroup_id])
+            .str("policy", name)
+            .str("proto", r.proto)
+            .str("dst", r.dst);
+        if (r.error) a.str("error", std::strerror(r.error));
+        audit_->write(a.end().take());
+    }
+    for (const auto& n : rep.notes) spdlog::warn("policy {}: established connections not examined: {}", name, n);
+    if (!rep.unsupported.empty()) {
+        spdlog::warn("policy {}: established connections were not examined: {}", name, rep.unsupported);
+        j.str("revocation_unsupported", rep.unsupported);
+    }
+    j.num("revoked", reset).num("kept", rep.kept);
 }
 
 std::string Agent::cmd_policy_show(const std::string& name) {

@@ -65,7 +65,8 @@ private:
     std::string cmd_attach(const std::string& cgroup, const std::string& policy_name,
                            const std::string& policy_text, const std::string& source_name);
     std::string cmd_detach(const std::string& cgroup);
-    std::string cmd_policy_load(const std::string& text, const std::string& source_name, const std::string& name);
+    std::string cmd_policy_load(const std::string& text, const std::string& source_name, const std::string& name,
+                                bool keep_established = false);
     std::string cmd_policy_show(const std::string& name);
     std::string cmd_policy_list();
     std::string cmd_policy_delete(const std::string& name);
@@ -76,6 +77,9 @@ private:
     ActivePolicy install_policy(const StoredPolicy& sp);
     // Points every attachment of NAME at ACTIVE's id, then removes OLD_ID's entries.
     void flip_policy(const std::string& name, uint32_t old_id);
+    // After a flip: resets what policy NAME no longer allows (agent/revoke.hpp),
+    // one audit record per connection; adds "revoked" to the reply J.
+    void revoke_for(const std::string& name, JsonOut& j);
     redir_attach_val attach_val_for(const ActivePolicy& p, uint16_t dns_port) const;
     void restore();
     void collect_garbage();
