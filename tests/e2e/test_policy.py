@@ -26,8 +26,8 @@ while not os.path.exists(stop):
         x_fail += 1
     try:
         socket.create_connection(y, 2).close(); y_ok += 1
-    except PermissionError:
-        y_fail += 1
+    except (PermissionError, ConnectionAbortedError, ConnectionResetError):
+        y_fail += 1  # refused, or revoked by a reload that came while it was open
 print(x_ok, x_fail, y_ok, y_fail)
 """
 
