@@ -492,7 +492,7 @@ def sse_run(peer, ca, seconds):
     usage = Usage(peer.pid)
     kw = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc = peer.cgroup.popen(argv, **kw) if peer.cgroup else subprocess.Popen(argv, **kw)
-    out, err = proc.communicate(timeout=seconds + 180)
+    out, err = proc.communicate(timeout=seconds + 240)
     cpu, peak = usage.finish()
     try:
         r = json.loads(out.strip().splitlines()[-1])
@@ -810,9 +810,10 @@ def report(res):
                  sr["rss_peak_mb"] <= 150)
         errs = sum(sr["errors"].values())
         t.target("SSE %d streams: errors" % SSE_STREAMS,
-                 "%d (%d/%d open, %d events)" % (errs, sr["opened"], sr["streams"], sr["events"]),
-                 "direct %d (%d/%d open, %d events)" % (sum(sd["errors"].values()), sd["opened"], sd["streams"],
-                                                        sd["events"]),
+                 "%d (%d/%d open in %.0f s, %d events)" % (errs, sr["opened"], sr["streams"], sr["open_seconds"],
+                                                            sr["events"]),
+                 "direct %d (%d/%d open in %.0f s, %d events)" % (
+                     sum(sd["errors"].values()), sd["opened"], sd["streams"], sd["open_seconds"], sd["events"]),
                  "-", "0, all open", errs == 0 and sr["opened"] == sr["streams"] and
                  sr["still_open_at_end"] == sr["streams"])
     elif "sse" in PHASES:
