@@ -84,19 +84,26 @@ struct Text {
         head(name, type, help);
         sample(name, "", v);
     }
+    // PREFIX_connections, PREFIX_connections_accepted_total and
+    // PREFIX_connections_refused_total{limit}: the same four numbers for the
+    // terminator and the relay.
+    void connections(const std::string& prefix, const std::string& what, std::uint64_t open, std::uint64_t accepted,
+                     std::uint64_t refused_sandbox, std::uint64_t refused_total) {
+        const auto gauge = prefix + "_connections", acc = gauge + "_accepted_total", ref = gauge + "_refused_total";
+        one(gauge.c_str(), "gauge", (what + " connections open now").c_str(), open);
+        one(acc.c_str(), "counter", (what + " connections admitted").c_str(), accepted);
+        head(ref.c_str(), "counter", (what + " connections closed at once because a connection cap was reached").c_str());
+        sample(ref.c_str(), "{limit=\"per_sandbox\"}", refused_sandbox);
+        sample(ref.c_str(), "{limit=\"total\"}", refused_total);
+    }
 };
 
 }  // namespace
 
 std::string terminator_metrics(const terminator::GatewayStats& s, std::uint64_t connections) {
     Text t;
-    t.one("redir_terminator_connections", "gauge", "terminator connections open now", connections);
-    t.one("redir_terminator_connections_accepted_total", "counter", "terminator connections admitted",
-          s.connections_accepted);
-    t.head("redir_terminator_connections_refused_total", "counter",
-           "terminator connections closed at once because a connection cap was reached");
-    t.sample("redir_terminator_connections_refused_total", "{limit=\"per_sandbox\"}", s.refused_sandbox_connections);
-    t.sample("redir_terminator_connections_refused_total", "{limit=\"total\"}", s.refused_total_connections);
+    t.connections("redir_terminator", "terminator", connections, s.connections_accepted,
+                  s.refused_sandbox_connections, s.refused_total_connections);
     t.one("redir_terminator_body_budget_refused_total", "counter",
           "requests answered 503 because the sandbox's (or all) request bodies in memory would pass the cap",
           s.refused_body_budget);
@@ -115,13 +122,8 @@ std::string terminator_metrics(const terminator::GatewayStats& s, std::uint64_t 
 
 std::string relay_metrics(const RelayStats& s, std::uint64_t connections) {
     Text t;
-    t.one("redir_relay_connections", "gauge", "inspect-relay connections open now", connections);
-    t.one("redir_relay_connections_accepted_total", "counter", "inspect-relay connections admitted",
-          s.connections_accepted);
-    t.head("redir_relay_connections_refused_total", "counter",
-           "inspect-relay connections closed at once because a connection cap was reached");
-    t.sample("redir_relay_connections_refused_total", "{limit=\"per_sandbox\"}", s.refused_sandbox_connections);
-    t.sample("redir_relay_connections_refused_total", "{limit=\"total\"}", s.refused_total_connections);
+    t.connections("redir_relay", "inspect-relay", connections, s.connections_accepted, s.refused_sandbox_connections,
+                  s.refused_total_connections);
     t.one("redir_relay_connect_timeouts_total", "counter", "relayed connections whose destination was not reached in time",
           s.connect_timeouts);
     t.one("redir_relay_connect_failures_total", "counter", "relayed connections whose destination refused or failed",

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/audit_log.hpp"
+#include "agent/conn_audit.hpp"
 #include "agent/json_out.hpp"
 #include "common/error.hpp"
 #include "terminator/gateway.hpp"
@@ -15,15 +16,6 @@
 
 namespace redir::agent {
 namespace {
-
-terminator::ConnectionInfo to_terminator(const ConnInfo& ci) {
-    terminator::ConnectionInfo t;
-    t.cgroup_id = ci.cgroup_id;
-    t.pid = ci.pid;
-    t.client = ci.client;
-    t.orig = ci.orig;
-    return t;
-}
 
 std::string opt_str(const rapidjson::Value& v, const char* k) {
     return v.HasMember(k) && v[k].IsString() ? v[k].GetString() : std::string();
@@ -71,21 +63,9 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
     go.on_request = [&audit](const terminator::RequestLog& r) { audit.write(terminator::request_log_json(r)); };
     apply_gateway_limits(limits, go);
     go.provider_fetch_allowed = std::move(provider_fetch_allowed);
-    go.on_refused = [&audit](const terminator::ConnectionInfo& ci, const terminator::LimitRefusal& r) {
-        audit.write(JsonOut()
-                        .begin()
-                        .num("ts_ms", now_ms())
-                        .str("event", "inference")
-                        .str("verdict", "refused")
-                        .str("reason", "sandbox over a terminator limit")
-                        .str("limit", r.limit)
-                        .num("cap", r.cap)
-                        .num("suppressed", r.suppressed)
-                        .str("client", ci.client)
-                        .num("pid", ci.pid)
-                        .num("cgroup_id", ci.cgroup_id)
-                        .end()
-                        .take());
+    go.on_refused = [&audit](const ConnInfo& ci, const terminator::LimitRefusal& r) {
+        audit.write(refusal_record("inference", {"sandbox over a terminator limit", r.limit, r.cap, r.suppressed}, ci,
+                                   false));
     };
     gateway_ = std::make_unique<terminator::Gateway>(io.get_executor(), store_, go);
 
@@ -93,10 +73,10 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
     auto* gw = gateway_.get();
     tls_listener_ = std::make_unique<RedirectListener>(
         io, "terminator", 0, lookup, audit,
-        [gw, sctx](boost::asio::ip::tcp::socket s, ConnInfo ci) { gw->serve_tls(std::move(s), sctx, to_terminator(ci)); });
+        [gw, sctx](boost::asio::ip::tcp::socket s, ConnInfo ci) { gw->serve_tls(std::move(s), sctx, std::move(ci)); });
     plain_listener_ = std::make_unique<RedirectListener>(
         io, "plain-http", 0, lookup, audit,
-        [gw](boost::asio::ip::tcp::socket s, ConnInfo ci) { gw->serve_plain_refusal(std::move(s), to_terminator(ci)); });
+        [gw](boost::asio::ip::tcp::socket s, ConnInfo ci) { gw->serve_plain_refusal(std::move(s), std::move(ci)); });
 }
 
 InferenceService::~InferenceService() = default;

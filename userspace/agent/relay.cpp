@@ -13,7 +13,7 @@
 #include <list>
 
 #include "agent/audit_log.hpp"
-#include "agent/json_out.hpp"
+#include "agent/conn_audit.hpp"
 #include "common/addr.hpp"
 #include "terminator/limits.hpp"
 
@@ -176,21 +176,13 @@ struct RelaySession : std::enable_shared_from_this<RelaySession> {
         shared->live.erase(where);
         ticket.release();
         auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
-        shared->write(JsonOut()
-                          .begin()
-                          .num("ts_ms", now_ms())
-                          .str("event", "relay")
-                          .str("verdict", "inspect")
-                          .str("client", info.client)
-                          .str("orig_dst", info.orig)
-                          .str("result", result)
-                          .num("pid", info.pid)
-                          .num("cgroup_id", info.cgroup_id)
-                          .num("bytes_up", bytes_up)
-                          .num("bytes_down", bytes_down)
-                          .num("duration_ms", static_cast<uint64_t>(ms.count()))
-                          .end()
-                          .take());
+        JsonOut j;
+        conn_record(j, "relay", "inspect")
+            .str("result", result)
+            .num("bytes_up", bytes_up)
+            .num("bytes_down", bytes_down)
+            .num("duration_ms", static_cast<uint64_t>(ms.count()));
+        shared->write(conn_record_end(j, info, true));
     }
 };
 
@@ -215,38 +207,18 @@ void Relay::serve(tcp::socket s, ConnInfo info) {
         boost::system::error_code ig;
         s.close(ig);
         uint64_t suppressed = 0;
-        if (sh.throttle.should_record(info.cgroup_id, suppressed))
-            sh.write(JsonOut()
-                         .begin()
-                         .num("ts_ms", now_ms())
-                         .str("event", "relay")
-                         .str("verdict", "refused")
-                         .str("reason", mine ? "over the per-sandbox relay connection cap"
-                                             : "over the relay's total connection cap")
-                         .str("limit", mine ? "relay_connections_per_sandbox" : "relay_connections_total")
-                         .num("cap", mine ? sh.opts.max_connections_per_sandbox : sh.opts.max_connections_total)
-                         .num("suppressed", suppressed)
-                         .str("client", info.client)
-                         .str("orig_dst", info.orig)
-                         .num("pid", info.pid)
-                         .num("cgroup_id", info.cgroup_id)
-                         .end()
-                         .take());
+        if (sh.throttle.should_record(info.cgroup_id, suppressed)) {
+            CapRefusal r{mine ? "over the per-sandbox relay connection cap" : "over the relay's total connection cap",
+                         mine ? "relay_connections_per_sandbox" : "relay_connections_total",
+                         mine ? sh.opts.max_connections_per_sandbox : sh.opts.max_connections_total, suppressed};
+            sh.write(refusal_record("relay", r, info, true));
+        }
         return;
     }
     ++sh.stats.connections_accepted;
-    sh.write(JsonOut()
-                 .begin()
-                 .num("ts_ms", now_ms())
-                 .str("event", "relay")
-                 .str("verdict", "inspect")
-                 .str("phase", "open")
-                 .str("client", info.client)
-                 .str("orig_dst", info.orig)
-                 .num("pid", info.pid)
-                 .num("cgroup_id", info.cgroup_id)
-                 .end()
-                 .take());
+    JsonOut j;
+    conn_record(j, "relay", "inspect").str("phase", "open");
+    sh.write(conn_record_end(j, info, true));
     auto session = std::make_shared<RelaySession>(shared_, std::move(s), std::move(info), std::move(ticket));
     session->where = sh.live.insert(sh.live.end(), session);
     session->run();

@@ -43,14 +43,6 @@ std::string lower(std::string_view s) {
     return o;
 }
 
-bool iequals(std::string_view a, std::string_view b) { return beast::iequals(a, b); }
-
-std::string_view trim(std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-    return s;
-}
-
 std::string seconds(std::chrono::milliseconds d) {
     if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + " s";
     return std::to_string(d.count()) + " ms";
@@ -152,13 +144,13 @@ struct Gateway::Impl {
     RefusalThrottle throttle;
     GatewayStats stats;
 
-    void refused(const ConnectionInfo& info, std::string limit, std::uint64_t cap) {
+    void refused(const ConnInfo& info, std::string limit, std::uint64_t cap) {
         LimitRefusal r{std::move(limit), cap, 0};
         if (opts.on_refused && throttle.should_record(info.cgroup_id, r.suppressed)) opts.on_refused(info, r);
     }
 
     // A connection ticket for INFO's sandbox, or an empty one (refusal reported).
-    Quota::Ticket admit(const ConnectionInfo& info) {
+    Quota::Ticket admit(const ConnInfo& info) {
         Quota::Refusal why{};
         auto t = conns->try_acquire(info.cgroup_id, 1, &why);
         if (t) {
@@ -202,6 +194,19 @@ namespace {
 using Impl = Gateway::Impl;
 using Request = http::request<http::string_body>;
 
+// How a request ends early: an error answer (STATUS != 0), or the connection
+// simply closed (STATUS 0: nothing sensible can be sent any more).
+struct Stop {
+    int status = 0;
+    std::string message;
+    bool keep_alive = false;
+    HeaderList headers;
+};
+Stop close_silently() { return {}; }
+Stop refuse(int status, std::string message, bool keep_alive = false, HeaderList headers = {}) {
+    return Stop{status, std::move(message), keep_alive, std::move(headers)};
+}
+
 // A write to the sandbox that hit the write timeout: the sandbox stopped
 // reading, and the connection (with its bounded output) is dropped.
 void note_write(Impl& gw, const beast::error_code& ec) {
@@ -234,6 +239,14 @@ awaitable<bool> send_error(Impl& gw, Stream& s, ApiShape shape, int status, std:
                                  extra);
 }
 
+// Sends STOP's answer, if it has one. Returns whether the connection stays open.
+template <class Stream>
+awaitable<bool> answer(Impl& gw, Stream& s, ApiShape shape, Stop stop, RequestLog& log) {
+    if (stop.status == 0) co_return false;
+    co_return co_await send_error(gw, s, shape, stop.status, std::move(stop.message), stop.keep_alive, log,
+                                  stop.headers);
+}
+
 template <class Stream>
 awaitable<void> watch_client(Stream& s, beast::flat_buffer& buf, std::shared_ptr<ClientWatch> w) {
     auto [ec, n] = co_await s.async_read_some(buf.prepare(4096), use_tuple);
@@ -248,11 +261,48 @@ awaitable<void> watch_client(Stream& s, beast::flat_buffer& buf, std::shared_ptr
     w->done.cancel();
 }
 
+std::string provider_where(const Provider& p, const BaseUrl& b) {
+    return "provider " + p.name + " (" + b.host_header + ")";
+}
+
+// ---- Provider connections: resolve, connect, verify ----
+
+// Endpoints for B's host (an override, an IP literal, or DNS within the deadline).
+awaitable<std::vector<tcp::endpoint>> resolve_upstream(Impl& gw, const BaseUrl& b, Clock::time_point deadline,
+                                                       const std::string& where, Failure& f) {
+    const auto& o = gw.opts;
+    std::vector<tcp::endpoint> eps;
+    std::string host = b.host;
+    if (auto ov = o.resolve_overrides.find(b.host); ov != o.resolve_overrides.end()) host = ov->second;
+    beast::error_code aec;
+    auto literal = asio::ip::make_address(host, aec);
+    if (!aec) {
+        eps.emplace_back(literal, b.port);
+        co_return eps;
+    }
+    auto resolver = std::make_shared<tcp::resolver>(gw.strand);
+    asio::steady_timer t(gw.strand);
+    t.expires_at(deadline);
+    t.async_wait([r = resolver](beast::error_code ec) {
+        if (!ec) r->cancel();
+    });
+    auto [ec, res] = co_await resolver->async_resolve(host, std::to_string(b.port), use_tuple);
+    t.cancel();
+    if (ec) {
+        f = ec == asio::error::operation_aborted
+                ? Failure{504, "resolving " + where + " timed out after " + seconds(o.upstream_connect_timeout)}
+                : Failure{502, "cannot resolve " + where + ": " + ec.message()};
+        co_return eps;
+    }
+    for (const auto& e : res) eps.push_back(e.endpoint());
+    co_return eps;
+}
+
 awaitable<std::unique_ptr<UpstreamConn>> connect_upstream(Impl& gw, const Provider& p, const BaseUrl& b,
                                                           const std::string& key, ClientWatch& watch,
                                                           Failure& f) {
     const auto& o = gw.opts;
-    const std::string where = "provider " + p.name + " (" + b.host_header + ")";
+    const std::string where = provider_where(p, b);
     std::shared_ptr<asio::ssl::context> ctx;
     try {
         ctx = gw.client_ctx(p.ca_file);
@@ -272,31 +322,8 @@ awaitable<std::unique_ptr<UpstreamConn>> connect_upstream(Impl& gw, const Provid
     auto& low = beast::get_lowest_layer(conn->s);
     const auto deadline = Clock::now() + o.upstream_connect_timeout;
 
-    std::vector<tcp::endpoint> eps;
-    std::string host = b.host;
-    if (auto ov = o.resolve_overrides.find(b.host); ov != o.resolve_overrides.end()) host = ov->second;
-    beast::error_code aec;
-    auto literal = asio::ip::make_address(host, aec);
-    if (!aec) {
-        eps.emplace_back(literal, b.port);
-    } else {
-        auto resolver = std::make_shared<tcp::resolver>(gw.strand);
-        asio::steady_timer t(gw.strand);
-        t.expires_at(deadline);
-        t.async_wait([r = resolver](beast::error_code ec) {
-            if (!ec) r->cancel();
-        });
-        auto [ec, res] = co_await resolver->async_resolve(host, std::to_string(b.port), use_tuple);
-        t.cancel();
-        if (ec) {
-            f = ec == asio::error::operation_aborted
-                    ? Failure{504, "resolving " + where + " timed out after " + seconds(o.upstream_connect_timeout)}
-                    : Failure{502, "cannot resolve " + where + ": " + ec.message()};
-            co_return nullptr;
-        }
-        for (const auto& e : res) eps.push_back(e.endpoint());
-    }
-    if (watch.gone) co_return nullptr;
+    auto eps = co_await resolve_upstream(gw, b, deadline, where, f);
+    if (eps.empty() || watch.gone) co_return nullptr;
     low.expires_at(deadline);
     auto [cec, ep] = co_await low.async_connect(eps, use_tuple);
     if (cec) {
@@ -305,7 +332,8 @@ awaitable<std::unique_ptr<UpstreamConn>> connect_upstream(Impl& gw, const Provid
                 : Failure{502, "cannot connect to " + where + ": " + cec.message()};
         co_return nullptr;
     }
-    low.socket().set_option(tcp::no_delay(true), aec);
+    beast::error_code ig;
+    low.socket().set_option(tcp::no_delay(true), ig);
     try {
         prepare_client_ssl(conn->s.native_handle(), b.host, b.ip_literal);
     } catch (const std::exception& e) {
@@ -334,6 +362,8 @@ bool stale_connection_error(const beast::error_code& ec) {
            ec == asio::error::broken_pipe || ec == asio::ssl::error::stream_truncated;
 }
 
+// ---- The provider call: exchange, then the relayed response ----
+
 struct ProxyCall {
     const Provider& provider;
     const Profile& profile;
@@ -342,76 +372,77 @@ struct ProxyCall {
     ApiShape shape;
     bool client_keep_alive;
     Quota::Ticket* body_room;  // given back once the provider has answered
+    std::string where() const { return provider_where(provider, base); }
+    std::string pool_key() const { return base.host + "|" + std::to_string(base.port) + "|" + provider.ca_file; }
 };
 
-template <class Stream>
-awaitable<bool> relay(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, RequestLog& log) {
-    const auto& o = gw.opts;
-    const std::string where = "provider " + call.provider.name + " (" + call.base.host_header + ")";
-    const std::string key = call.base.host + "|" + std::to_string(call.base.port) + "|" + call.provider.ca_file;
-
+// The provider connection holding an answer whose header has been read.
+struct Upstream {
     std::unique_ptr<UpstreamConn> conn;
-    std::unique_ptr<http::response_parser<http::buffer_body>> up;
+    std::unique_ptr<http::response_parser<http::buffer_body>> parser;
+};
+
+// How one attempt to send the request and read the answer's header went.
+struct Attempt {
+    beast::error_code ec;
+    bool writing = false;  // failed while sending the request
+    std::size_t read = 0;  // bytes read of the answer before the failure
+    // A reused connection the provider had closed before seeing the request.
+    bool stale() const { return writing || (read == 0 && stale_connection_error(ec)); }
+};
+
+awaitable<Attempt> send_and_read_header(Impl& gw, ProxyCall& call, Upstream& up) {
+    const auto& o = gw.opts;
+    auto& low = beast::get_lowest_layer(up.conn->s);
+    low.expires_after(o.upstream_write_timeout);
+    auto [wec, wn] = co_await http::async_write(up.conn->s, call.upstream_req, use_tuple);
+    if (wec) co_return Attempt{wec, true, 0};
+    up.parser = std::make_unique<http::response_parser<http::buffer_body>>();
+    up.parser->body_limit(boost::none);
+    up.parser->header_limit(64 * 1024);
+    low.expires_after(o.upstream_response_timeout);
+    auto [rec, rn] = co_await http::async_read_header(up.conn->s, up.conn->buf, *up.parser, use_tuple);
+    co_return Attempt{rec, false, rn};
+}
+
+Stop attempt_failure(Impl& gw, const ProxyCall& call, const Attempt& a) {
+    const auto& ka = call.client_keep_alive;
+    if (a.writing)
+        return refuse(a.ec == beast::error::timeout ? 504 : 502,
+                      "sending the request to " + call.where() + " failed: " + a.ec.message(), ka);
+    if (a.ec == beast::error::timeout)
+        return refuse(504, call.where() + " did not answer within " + seconds(gw.opts.upstream_response_timeout), ka);
+    return refuse(502, call.where() + " closed the connection or sent an invalid response: " + a.ec.message(), ka);
+}
+
+// Sends the request on a pooled connection or a new one, once more on a new
+// one when a pooled connection turns out stale. nullopt: UP holds the answer.
+awaitable<std::optional<Stop>> exchange(Impl& gw, ProxyCall& call, ClientWatch& watch, Upstream& up) {
+    const std::string key = call.pool_key();
     for (int attempt = 0;; ++attempt) {
         // The watcher must never see a connection that is being destroyed.
         watch.upstream = nullptr;
-        conn.reset();
-        conn = attempt == 0 ? gw.pool.take(key, o.pool_idle_timeout) : nullptr;
-        if (!conn) {
+        up.conn.reset();
+        up.conn = attempt == 0 ? gw.pool.take(key, gw.opts.pool_idle_timeout) : nullptr;
+        if (!up.conn) {
             Failure f;
-            conn = co_await connect_upstream(gw, call.provider, call.base, key, watch, f);
-            watch.upstream = conn.get();
-            if (watch.gone) co_return false;
-            if (!conn) co_return co_await send_error(gw, s, call.shape, f.status, f.message, call.client_keep_alive, log);
+            up.conn = co_await connect_upstream(gw, call.provider, call.base, key, watch, f);
+            if (watch.gone) co_return close_silently();
+            if (!up.conn) co_return refuse(f.status, f.message, call.client_keep_alive);
         }
-        watch.upstream = conn.get();
-        auto& ulow = beast::get_lowest_layer(conn->s);
-        ulow.expires_after(o.upstream_write_timeout);
-        auto [wec, wn] = co_await http::async_write(conn->s, call.upstream_req, use_tuple);
-        if (watch.gone) co_return false;
-        if (wec) {
-            if (conn->reused && attempt == 0) continue;
-            co_return co_await send_error(gw, s, call.shape, wec == beast::error::timeout ? 504 : 502,
-                                          "sending the request to " + where + " failed: " + wec.message(),
-                                          call.client_keep_alive, log);
-        }
-        up = std::make_unique<http::response_parser<http::buffer_body>>();
-        up->body_limit(boost::none);
-        up->header_limit(64 * 1024);
-        ulow.expires_after(o.upstream_response_timeout);
-        auto [rec, rn] = co_await http::async_read_header(conn->s, conn->buf, *up, use_tuple);
-        if (watch.gone) co_return false;
-        if (rec) {
-            if (conn->reused && attempt == 0 && rn == 0 && stale_connection_error(rec)) continue;
-            if (rec == beast::error::timeout)
-                co_return co_await send_error(gw, s, call.shape, 504,
-                                              where + " did not answer within " +
-                                                  seconds(o.upstream_response_timeout),
-                                              call.client_keep_alive, log);
-            co_return co_await send_error(gw, s, call.shape, 502,
-                                          where + " closed the connection or sent an invalid response: " +
-                                              rec.message(),
-                                          call.client_keep_alive, log);
-        }
-        break;
+        watch.upstream = up.conn.get();
+        const Attempt a = co_await send_and_read_header(gw, call, up);
+        if (watch.gone) co_return close_silently();
+        if (!a.ec) co_return std::nullopt;
+        if (up.conn->reused && attempt == 0 && a.stale()) continue;
+        co_return attempt_failure(gw, call, a);
     }
-    // Answered: the request body will not be sent again, and a long stream
-    // must not keep its memory (or the sandbox's share of it).
-    std::string().swap(call.upstream_req.body());
-    call.body_room->release();
+}
 
-    const auto& uh = up->get();
-    if (uh.result_int() == 401) {
-        // The sandbox's key is never the one that was refused, and provider
-        // 401 bodies quote part of the key: answer in our own words.
-        conn->close();
-        co_return co_await send_error(gw, s, call.shape, 401,
-                                      "provider " + call.provider.name +
-                                          " rejected the credential configured for it: an operator must update it "
-                                          "with `redirctl provider update " +
-                                          call.provider.name + " --credential KEY=VALUE`",
-                                      call.client_keep_alive, log);
-    }
+// The sandbox's response header: the provider's, less hop-by-hop and
+// origin-specific headers, framed as PLAN says.
+http::response<http::buffer_body> response_head(const http::response_header<>& uh, const ResponsePlan& plan,
+                                                bool keep_alive) {
     HeaderList rh;
     for (const auto& f : uh) rh.emplace_back(lower(f.name_string()), std::string(f.value()));
     const auto ctoks = connection_tokens(rh);
@@ -421,111 +452,163 @@ awaitable<bool> relay(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, 
     res.reason(uh.reason());
     for (const auto& [n, v] : rh)
         if (relay_response_header(n, ctoks)) res.insert(n, v);
-    const auto ct = uh[http::field::content_type];
-    const bool sse = ct.size() >= 17 && iequals(ct.substr(0, 17), "text/event-stream");
-    const auto ce = trim(uh[http::field::content_encoding]);
-    const bool encoded = !ce.empty() && !iequals(ce, "identity");
-    const int status = uh.result_int();
-    const bool no_body = status / 100 == 1 || status == 204 || status == 304;
-    const bool has_length = up->content_length().has_value() && !up->chunked();
-    if (no_body) {
-    } else if (has_length) {
-        res.content_length(*up->content_length());
-    } else {
+    if (plan.content_length)
+        res.content_length(*plan.content_length);
+    else if (plan.chunked)
         res.chunked(true);
-    }
-    res.keep_alive(call.client_keep_alive);
-    log.status = status;
-
-    auto& low = beast::get_lowest_layer(s);
+    res.keep_alive(keep_alive);
     res.body().data = nullptr;
-    res.body().more = !no_body;
+    res.body().more = !plan.no_body;
+    return res;
+}
+
+// Reads usage from the body as it passes: per SSE event, or from a bounded
+// copy of a JSON body.
+class UsageTap {
+public:
+    explicit UsageTap(const ResponsePlan& plan) : sse_(plan.sse && !plan.encoded), json_(plan.json_body) {}
+    void feed(std::string_view data) {
+        if (sse_) scanner_.feed(data);
+        if (json_ && copy_.size() + data.size() <= kMaxCopy) copy_.append(data);
+    }
+    void finish(Usage& out) const {
+        if (sse_) out = scanner_.usage();
+        if (json_ && !copy_.empty()) extract_usage(copy_, out);
+    }
+
+private:
+    static constexpr std::size_t kMaxCopy = 4 << 20;
+    bool sse_, json_;
+    SseUsageScanner scanner_;
+    std::string copy_;
+};
+
+// Writes one piece of the response body (or, with DATA empty and MORE false,
+// its end) through SR.
+template <class Stream>
+awaitable<beast::error_code> write_piece(Impl& gw, Stream& s, http::response_serializer<http::buffer_body>& sr,
+                                         http::response<http::buffer_body>& res, std::string_view data, bool more) {
+    res.body().data = data.empty() ? nullptr : const_cast<char*>(data.data());
+    res.body().size = data.size();
+    res.body().more = more;
+    beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
+    auto [ec, n] = co_await http::async_write(s, sr, use_tuple);
+    if (ec == http::error::need_buffer) ec = {};
+    co_return ec;
+}
+
+enum class Pumped { Done, ClientGone, UpstreamBroke };
+
+// Relays the provider's body piece by piece as it arrives (an SSE stream is
+// never buffered). UPSTREAM_EC receives why the provider broke off.
+template <class Stream>
+awaitable<Pumped> pump_body(Impl& gw, Stream& s, http::response_serializer<http::buffer_body>& sr,
+                            http::response<http::buffer_body>& res, Upstream& up, ClientWatch& watch, UsageTap& tap,
+                            RequestLog& log, beast::error_code& upstream_ec) {
+    std::array<char, 16 * 1024> piece;
+    auto& p = *up.parser;
+    while (!p.is_done()) {
+        p.get().body().data = piece.data();
+        p.get().body().size = piece.size();
+        beast::get_lowest_layer(up.conn->s).expires_after(gw.opts.stream_idle_timeout);
+        auto [rec, rn] = co_await http::async_read_some(up.conn->s, up.conn->buf, p, use_tuple);
+        if (watch.gone) co_return Pumped::ClientGone;
+        if (rec == http::error::need_buffer) rec = {};
+        if (rec) {
+            upstream_ec = rec;
+            co_return Pumped::UpstreamBroke;
+        }
+        const std::size_t got = piece.size() - p.get().body().size;
+        if (got == 0) continue;
+        std::string_view data(piece.data(), got);
+        tap.feed(data);
+        auto wec = co_await write_piece(gw, s, sr, res, data, true);
+        note_write(gw, wec);
+        if (wec) {
+            up.conn->close();
+            co_return Pumped::ClientGone;
+        }
+        log.bytes_out += got;
+    }
+    co_return Pumped::Done;
+}
+
+// The provider broke off mid-response: an SSE client is told in its API's
+// words before the stream ends, rather than left to guess from a cut body.
+template <class Stream>
+awaitable<bool> end_broken_response(Impl& gw, Stream& s, ProxyCall& call, const ResponsePlan& plan,
+                                    http::response_serializer<http::buffer_body>& sr,
+                                    http::response<http::buffer_body>& res, const beast::error_code& ec,
+                                    RequestLog& log) {
+    const auto& o = gw.opts;
+    log.error = ec == beast::error::timeout
+                    ? call.where() + " sent nothing for " + seconds(o.stream_idle_timeout) + " mid-response"
+                    : call.where() + " broke off the response: " + ec.message();
+    if (!(plan.sse && plan.chunked)) co_return false;
+    const std::string ev = stream_error_event(call.shape, log.error);
+    if (co_await write_piece(gw, s, sr, res, ev, true)) co_return false;
+    co_await write_piece(gw, s, sr, res, {}, false);
+    co_return false;
+}
+
+template <class Stream>
+awaitable<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& up, ClientWatch& watch,
+                               RequestLog& log) {
+    // Answered: the request body will not be sent again, and a long stream
+    // must not keep its memory (or the sandbox's share of it).
+    std::string().swap(call.upstream_req.body());
+    call.body_room->release();
+
+    const auto& uh = up.parser->get();
+    if (uh.result_int() == 401) {
+        // The sandbox's key is never the one that was refused, and provider
+        // 401 bodies quote part of the key: answer in our own words.
+        up.conn->close();
+        co_return co_await send_error(gw, s, call.shape, 401, credential_rejected_message(call.provider),
+                                      call.client_keep_alive, log);
+    }
+    std::optional<std::uint64_t> length;
+    if (auto l = up.parser->content_length()) length = *l;
+    const auto plan = plan_response(uh.result_int(), uh[http::field::content_type],
+                                    uh[http::field::content_encoding], length, up.parser->chunked());
+    auto res = response_head(uh, plan, call.client_keep_alive);
+    log.status = uh.result_int();
+
     http::response_serializer<http::buffer_body> sr{res};
-    low.expires_after(o.write_timeout);
+    beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
     auto [hec, hn] = co_await http::async_write_header(s, sr, use_tuple);
     note_write(gw, hec);
     if (hec) {
         log.error = "client closed the connection";
-        conn->close();
+        up.conn->close();
         co_return false;
     }
 
-    SseUsageScanner scanner;
-    std::string json_copy;
-    constexpr std::size_t kMaxUsageCopy = 4 << 20;
-    const bool json_body = !sse && !encoded && ct.find("json") != std::string_view::npos;
-    std::array<char, 16 * 1024> piece;
+    UsageTap tap(plan);
     beast::error_code upstream_ec;
-    while (!up->is_done()) {
-        up->get().body().data = piece.data();
-        up->get().body().size = piece.size();
-        beast::get_lowest_layer(conn->s).expires_after(o.stream_idle_timeout);
-        auto [rec, rn] = co_await http::async_read_some(conn->s, conn->buf, *up, use_tuple);
-        if (watch.gone) {
-            log.error = "client closed the connection";
-            co_return false;
-        }
-        if (rec == http::error::need_buffer) rec = {};
-        if (rec) {
-            upstream_ec = rec;
-            break;
-        }
-        const std::size_t got = piece.size() - up->get().body().size;
-        if (got == 0) continue;
-        std::string_view data(piece.data(), got);
-        if (sse && !encoded) scanner.feed(data);
-        if (json_body && json_copy.size() + got <= kMaxUsageCopy) json_copy.append(data);
-        res.body().data = piece.data();
-        res.body().size = got;
-        res.body().more = true;
-        low.expires_after(o.write_timeout);
-        auto [wec, wn] = co_await http::async_write(s, sr, use_tuple);
-        if (wec == http::error::need_buffer) wec = {};
-        note_write(gw, wec);
-        if (wec) {
-            log.error = "client closed the connection";
-            conn->close();
-            co_return false;
-        }
-        log.bytes_out += got;
-    }
-    if (sse) log.usage = scanner.usage();
-    if (json_body && !json_copy.empty()) extract_usage(json_copy, log.usage);
-
-    if (upstream_ec) {
-        conn->close();
-        const std::string why = upstream_ec == beast::error::timeout
-                                    ? where + " sent nothing for " + seconds(o.stream_idle_timeout) + " mid-response"
-                                    : where + " broke off the response: " + upstream_ec.message();
-        log.error = why;
-        if (!(sse && res.chunked())) co_return false;
-        // Tell the SDK in its own words before ending the stream, rather
-        // than leaving it to guess from a truncated body.
-        std::string ev = "event: error\ndata: " +
-                         error_json(call.shape, "api_error", why) +
-                         "\n\n";
-        res.body().data = ev.data();
-        res.body().size = ev.size();
-        res.body().more = true;
-        low.expires_after(o.write_timeout);
-        auto [e1, n1] = co_await http::async_write(s, sr, use_tuple);
-        if (e1 && e1 != http::error::need_buffer) co_return false;
-        res.body().data = nullptr;
-        res.body().size = 0;
-        res.body().more = false;
-        co_await http::async_write(s, sr, use_tuple);
+    const auto pumped = co_await pump_body(gw, s, sr, res, up, watch, tap, log, upstream_ec);
+    if (pumped == Pumped::ClientGone) {
+        log.error = "client closed the connection";
         co_return false;
     }
-
-    res.body().data = nullptr;
-    res.body().size = 0;
-    res.body().more = false;
-    low.expires_after(o.write_timeout);
-    auto [fec, fn] = co_await http::async_write(s, sr, use_tuple);
+    tap.finish(log.usage);
+    if (pumped == Pumped::UpstreamBroke) {
+        up.conn->close();
+        co_return co_await end_broken_response(gw, s, call, plan, sr, res, upstream_ec, log);
+    }
+    const auto fec = co_await write_piece(gw, s, sr, res, {}, false);
     watch.upstream = nullptr;
-    if (up->keep_alive() && conn->buf.size() == 0 && !gw.stopped)
-        gw.pool.put(std::move(conn), o.pool_max_idle_per_host, o.pool_idle_timeout);
+    if (up.parser->keep_alive() && up.conn->buf.size() == 0 && !gw.stopped)
+        gw.pool.put(std::move(up.conn), gw.opts.pool_max_idle_per_host, gw.opts.pool_idle_timeout);
     co_return !fec && call.client_keep_alive;
+}
+
+template <class Stream>
+awaitable<bool> relay(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, RequestLog& log) {
+    Upstream up;
+    auto stop = co_await exchange(gw, call, watch, up);
+    if (stop) co_return co_await answer(gw, s, call.shape, std::move(*stop), log);
+    co_return co_await relay_response(gw, s, call, up, watch, log);
 }
 
 template <class Stream>
@@ -576,242 +659,250 @@ awaitable<bool> send_mock(Impl& gw, Stream& s, const MockReply& m, bool keep_ali
     res.body().more = true;
     log.status = m.status;
     http::response_serializer<http::buffer_body> sr{res};
-    auto& low = beast::get_lowest_layer(s);
-    low.expires_after(gw.opts.write_timeout);
+    beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
     auto [ec, n] = co_await http::async_write_header(s, sr, use_tuple);
     if (ec) co_return false;
     for (const auto& p : m.pieces) {
-        res.body().data = const_cast<char*>(p.data());
-        res.body().size = p.size();
-        res.body().more = true;
-        low.expires_after(gw.opts.write_timeout);
-        auto [wec, wn] = co_await http::async_write(s, sr, use_tuple);
+        auto wec = co_await write_piece(gw, s, sr, res, p, true);
         note_write(gw, wec);
-        if (wec && wec != http::error::need_buffer) co_return false;
+        if (wec) co_return false;
         log.bytes_out += p.size();
     }
-    res.body().data = nullptr;
-    res.body().size = 0;
-    res.body().more = false;
-    auto [fec, fn] = co_await http::async_write(s, sr, use_tuple);
+    auto fec = co_await write_piece(gw, s, sr, res, {}, false);
     co_return !fec && keep_alive;
 }
 
-// One request on a connection. Returns whether the connection stays open.
+// ---- One client request: header, decision, body, answer ----
+
+// The request being served: its parser (header, then body) and what its
+// header decided.
+struct Incoming {
+    http::request_parser<http::string_body> parser;
+    RouteDecision route;
+    ApiShape shape = ApiShape::OpenAI;
+    std::shared_ptr<const Snapshot> snap;
+    ServiceDecision service;
+    Quota::Ticket body_room;  // the body's share of the memory budget
+};
+
+std::string header_too_large(const GatewayOptions& o) {
+    return "request header is larger than " + std::to_string(o.header_limit) + " bytes";
+}
+std::string body_too_large(const GatewayOptions& o) {
+    return "request body is larger than " + std::to_string(o.body_limit) + " bytes";
+}
+
+// Waits for a whole header block in BUF and checks it as bytes before Beast
+// parses it (bare LF, obs-fold, size).
 template <class Stream>
-awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestLog& log, const ConnectionInfo& info) {
+awaitable<std::optional<Stop>> gather_header(Impl& gw, Stream& s, beast::flat_buffer& buf) {
     const auto& o = gw.opts;
     auto& low = beast::get_lowest_layer(s);
     if (buf.size() == 0) {
         low.expires_after(o.idle_timeout);
         auto [ec, n] = co_await s.async_read_some(buf.prepare(8192), use_tuple);
-        if (ec) co_return false;
+        if (ec) co_return close_silently();
         buf.commit(n);
     }
-    log.method = "-";
     const auto deadline = Clock::now() + o.header_timeout;
-    ApiShape shape = ApiShape::OpenAI;
-    const std::string header_too_large = "request header is larger than " + std::to_string(o.header_limit) + " bytes";
-
-    // Header: gathered whole first so it can be checked as bytes before Beast
-    // parses it.
     for (;;) {
         std::size_t end = 0;
         auto l = lint_header({static_cast<const char*>(buf.data().data()), buf.size()}, end);
         if (l == HeaderLint::BareLf)
-            co_return co_await send_error(gw, s, shape, 400, "request line or header ends in a bare LF; HTTP requires CRLF",
-                                          false, log);
+            co_return refuse(400, "request line or header ends in a bare LF; HTTP requires CRLF");
         if (l == HeaderLint::ObsFold)
-            co_return co_await send_error(gw, s, shape, 400,
-                                          "request header uses obsolete line folding (a line starting with "
-                                          "whitespace); send each header on one line",
-                                          false, log);
+            co_return refuse(400, "request header uses obsolete line folding (a line starting with whitespace); "
+                                  "send each header on one line");
         if (l == HeaderLint::Complete && end <= o.header_limit) break;
         if (buf.size() > o.header_limit) {
             ++gw.stats.header_too_large;
-            co_return co_await send_error(gw, s, shape, 431, header_too_large, false, log);
+            co_return refuse(431, header_too_large(o));
         }
         low.expires_at(deadline);
         auto [ec, n] = co_await s.async_read_some(buf.prepare(8192), use_tuple);
         // On a timeout Beast has already closed the socket: a slow client
         // gets no answer, just the end of the connection.
-        if (ec) co_return false;
+        if (ec) co_return close_silently();
         buf.commit(n);
     }
-
-    http::request_parser<http::string_body> p;
-    p.header_limit(static_cast<std::uint32_t>(o.header_limit));
-    p.body_limit(o.body_limit);
     low.expires_at(deadline);
-    auto [hec, hn] = co_await http::async_read_header(s, buf, p, use_tuple);
-    if (hec) {
-        if (hec == http::error::body_limit) {
-            ++gw.stats.body_too_large;
-            co_return co_await send_error(gw, s, shape, 413,
-                                          "request body is larger than " + std::to_string(o.body_limit) + " bytes",
-                                          false, log);
-        }
-        if (hec == http::error::header_limit) {
-            ++gw.stats.header_too_large;
-            co_return co_await send_error(gw, s, shape, 431, header_too_large, false, log);
-        }
-        co_return co_await send_error(gw, s, shape, 400, "malformed HTTP request: " + hec.message(), false, log);
+    co_return std::nullopt;
+}
+
+Stop header_parse_failure(Impl& gw, const beast::error_code& ec) {
+    if (ec == http::error::body_limit) {
+        ++gw.stats.body_too_large;
+        return refuse(413, body_too_large(gw.opts));
     }
-    auto& req = p.get();
-    auto route = decide_route(head_of(req), o.log_string_max);
+    if (ec == http::error::header_limit) {
+        ++gw.stats.header_too_large;
+        return refuse(431, header_too_large(gw.opts));
+    }
+    return refuse(400, "malformed HTTP request: " + ec.message());
+}
+
+// Parses the header gathered in BUF and decides from it alone where the
+// request goes (route, then configuration). Logs method and path.
+template <class Stream>
+awaitable<std::optional<Stop>> read_header(Impl& gw, Stream& s, beast::flat_buffer& buf, Incoming& in,
+                                           RequestLog& log) {
+    const auto& o = gw.opts;
+    log.method = "-";
+    if (auto stop = co_await gather_header(gw, s, buf)) co_return stop;
+    in.parser.header_limit(static_cast<std::uint32_t>(o.header_limit));
+    in.parser.body_limit(o.body_limit);
+    auto [ec, n] = co_await http::async_read_header(s, buf, in.parser, use_tuple);
+    if (ec) co_return header_parse_failure(gw, ec);
+    const auto& req = in.parser.get();
+    in.route = decide_route(head_of(req), o.log_string_max);
+    in.shape = in.route.shape;
     log.method = clip(req.method_string(), 32);
-    log.path = clip(route.path, o.log_string_max);
-    bool truncated = clipped(route.path, o.log_string_max);
-    shape = route.shape;
-    if (route.framing_status)
-        co_return co_await send_error(gw, s, shape, route.framing_status, std::move(route.message), false, log);
-    const bool expect_continue = route.expect_continue;
+    log.path = clip(in.route.path, o.log_string_max);
+    if (in.route.framing_status) co_return refuse(in.route.framing_status, std::move(in.route.message));
+    in.snap = gw.store->snapshot();
+    in.service = decide_service(in.route, *in.snap, o.log_string_max);
+    if (clipped(in.route.path, o.log_string_max) || in.service.truncated) ++gw.stats.log_strings_truncated;
+    if (in.snap->inference) {
+        log.model_used = in.snap->inference->model;
+        log.config_version = in.snap->inference->version;
+    }
+    if (in.snap->provider) {
+        log.provider = in.snap->provider->name;
+        log.provider_type = in.snap->provider->type;
+    }
+    // A client waiting to be told whether to send the body is refused now:
+    // the body is not read, so the connection cannot be reused.
+    if (in.service.status && in.route.expect_continue)
+        co_return refuse(in.service.status, in.service.message, false, in.route.headers);
+    co_return std::nullopt;
+}
 
-    // Decide from the header alone whether the request can be served.
-    int reject_status = route.route_status;
-    std::string reject_msg = std::move(route.message);
-    HeaderList reject_headers = std::move(route.headers);
-    const std::string& model_id = route.model_id;
-    const std::optional<Endpoint> ep = route.endpoint;
-    auto snap = gw.store->snapshot();
-    const Profile* profile = nullptr;
-    if (reject_status) {
-        // decided by the route
-    } else if (!snap->inference || !snap->provider) {
-        reject_status = 503;
-        reject_msg = "no inference provider is configured on this node: an operator must run `redirctl inference "
-                     "set --provider NAME --model MODEL`";
-    } else if (!(profile = find_profile(snap->provider->type))) {
-        reject_status = 503;
-        reject_msg = "provider " + snap->provider->name + " has an unknown type " + snap->provider->type;
-    } else if (!profile->serves(*ep)) {
-        reject_status = 400;
-        reject_msg = "provider " + snap->provider->name + " (type " + snap->provider->type +
-                     ") does not speak " + std::string(endpoint_description(*ep)) + " (" +
-                     std::string(endpoint_path(*ep)) + "); call an endpoint it serves or configure another "
-                     "provider with `redirctl inference set`";
-    } else if (*ep == Endpoint::ModelById && model_id != snap->inference->model) {
-        reject_status = 404;
-        truncated |= clipped(model_id, o.log_string_max);
-        reject_msg = "model " + clip(model_id, o.log_string_max) + " is not served here; inference.local serves " +
-                     snap->inference->model + " (requests for any model are answered by it)";
-    }
-    if (snap->inference) {
-        log.model_used = snap->inference->model;
-        log.config_version = snap->inference->version;
-    }
-    if (snap->provider) {
-        log.provider = snap->provider->name;
-        log.provider_type = snap->provider->type;
-    }
+// Room for the body is reserved before it is read, so one sandbox cannot hold
+// more than its share of the agent's memory in request bodies.
+std::optional<Stop> reserve_body(Impl& gw, Incoming& in, const ConnInfo& info) {
+    if (in.parser.is_done()) return std::nullopt;
+    const std::uint64_t want = in.parser.content_length().value_or(gw.opts.body_limit);
+    Quota::Refusal why{};
+    in.body_room = gw.body_bytes->try_acquire(info.cgroup_id, want, &why);
+    if (in.body_room) return std::nullopt;
+    ++gw.stats.refused_body_budget;
+    const bool mine = why == Quota::Refusal::Sandbox;
+    const auto cap = mine ? gw.body_bytes->caps().per_sandbox : gw.body_bytes->caps().total;
+    gw.refused(info, mine ? "body_bytes_per_sandbox" : "body_bytes_total", cap);
+    HeaderList retry;
+    retry.emplace_back("retry-after", "1");
+    return refuse(503, body_budget_message(mine, cap), false, std::move(retry));
+}
 
-    if (truncated) ++gw.stats.log_strings_truncated;
-    if (reject_status && expect_continue) {
-        // The client is waiting to be told whether to send the body: it is
-        // not read, so the connection cannot be reused.
-        co_return co_await send_error(gw, s, shape, reject_status, reject_msg, false, log, reject_headers);
+std::optional<Stop> body_read_failure(Impl& gw, const beast::error_code& ec, RequestLog& log) {
+    if (ec == http::error::body_limit) {
+        ++gw.stats.body_too_large;
+        return refuse(413, body_too_large(gw.opts));
     }
-    // Room for the body is reserved before it is read, so one sandbox cannot
-    // hold more than its share of the agent's memory in request bodies.
-    Quota::Ticket body_room;
-    if (!p.is_done()) {
-        const std::uint64_t want = p.content_length().value_or(o.body_limit);
-        Quota::Refusal why{};
-        body_room = gw.body_bytes->try_acquire(info.cgroup_id, want, &why);
-        if (!body_room) {
-            ++gw.stats.refused_body_budget;
-            const bool mine = why == Quota::Refusal::Sandbox;
-            const auto cap = mine ? gw.body_bytes->caps().per_sandbox : gw.body_bytes->caps().total;
-            gw.refused(info, mine ? "body_bytes_per_sandbox" : "body_bytes_total", cap);
-            // Named, not braced in the call: GCC 12 cannot build the
-            // coroutine frame around an initializer-list temporary.
-            HeaderList retry;
-            retry.emplace_back("retry-after", "1");
-            std::string why_msg = std::string(mine ? "this sandbox's" : "all sandboxes'") +
-                                  " request bodies in flight would pass " + std::to_string(cap) +
-                                  " bytes: retry when earlier requests have finished";
-            co_return co_await send_error(gw, s, shape, 503, std::move(why_msg), false, log, retry);
-        }
+    if (ec == beast::error::timeout) {
+        log.status = 408;
+        log.error = "request body not received within " + seconds(gw.opts.body_timeout);
+        return close_silently();
     }
-    if (expect_continue && !p.is_done()) {
+    if (ec == http::error::partial_message || ec == http::error::end_of_stream || ec == asio::error::eof ||
+        ec == asio::error::connection_reset)
+        return close_silently();
+    return refuse(400, "malformed request body: " + ec.message());
+}
+
+// Reserves room for the body, lets a 100-continue client send it, reads it.
+template <class Stream>
+awaitable<std::optional<Stop>> read_body(Impl& gw, Stream& s, beast::flat_buffer& buf, Incoming& in,
+                                         const ConnInfo& info, RequestLog& log) {
+    if (in.parser.is_done()) co_return std::nullopt;
+    if (auto stop = reserve_body(gw, in, info)) co_return stop;
+    auto& low = beast::get_lowest_layer(s);
+    if (in.route.expect_continue) {
         http::response<http::empty_body> cont{http::status::continue_, 11};
-        low.expires_after(o.write_timeout);
+        low.expires_after(gw.opts.write_timeout);
         auto [cec, cn] = co_await http::async_write(s, cont, use_tuple);
-        if (cec) co_return false;
+        if (cec) co_return close_silently();
     }
-    if (!p.is_done()) {
-        low.expires_after(o.body_timeout);
-        auto [bec, bn] = co_await http::async_read(s, buf, p, use_tuple);
-        if (bec == http::error::body_limit) ++gw.stats.body_too_large;
-        if (bec == http::error::body_limit)
-            co_return co_await send_error(gw, s, shape, 413,
-                                          "request body is larger than " + std::to_string(o.body_limit) + " bytes",
-                                          false, log);
-        if (bec == beast::error::timeout) {
-            log.status = 408;
-            log.error = "request body not received within " + seconds(o.body_timeout);
-            co_return false;
-        }
-        if (bec == http::error::partial_message || bec == http::error::end_of_stream ||
-            bec == asio::error::eof || bec == asio::error::connection_reset)
-            co_return false;
-        if (bec) co_return co_await send_error(gw, s, shape, 400, "malformed request body: " + bec.message(), false, log);
-    }
-    log.bytes_in = req.body().size();
-    const bool keep_alive = req.keep_alive() && !gw.stopped;
-    if (reject_status)
-        co_return co_await send_error(gw, s, shape, reject_status, reject_msg, keep_alive, log, reject_headers);
+    low.expires_after(gw.opts.body_timeout);
+    auto [ec, n] = co_await http::async_read(s, buf, in.parser, use_tuple);
+    if (ec) co_return body_read_failure(gw, ec, log);
+    co_return std::nullopt;
+}
 
-    const auto& cfg = *snap->inference;
-    const auto& provider = *snap->provider;
-    if (*ep == Endpoint::Models)
-        co_return co_await send_body(gw, s, 200, "application/json", models_list_json(shape, cfg), keep_alive, log);
-    if (*ep == Endpoint::ModelById)
-        co_return co_await send_body(gw, s, 200, "application/json", model_json(shape, cfg), keep_alive, log);
+// A served request: the models list, a mock answer, or the provider call.
+template <class Stream>
+awaitable<bool> respond(Impl& gw, Stream& s, beast::flat_buffer& buf, Incoming& in, const ConnInfo& info,
+                        bool keep_alive, RequestLog& log) {
+    const auto& o = gw.opts;
+    const auto& cfg = *in.snap->inference;
+    const auto& provider = *in.snap->provider;
+    const auto& profile = *in.service.profile;
+    const Endpoint ep = *in.route.endpoint;
+    if (ep == Endpoint::Models)
+        co_return co_await send_body(gw, s, 200, "application/json", models_list_json(in.shape, cfg), keep_alive, log);
+    if (ep == Endpoint::ModelById)
+        co_return co_await send_body(gw, s, 200, "application/json", model_json(in.shape, cfg), keep_alive, log);
 
+    auto& req = in.parser.get();
     auto rw = rewrite_model(req.body(), cfg.model, o.log_string_max);
     // The client's body is no longer needed: only the rewritten copy lives on.
     std::string().swap(req.body());
     if (rw.truncated) ++gw.stats.log_strings_truncated;
-    if (!rw.ok) co_return co_await send_error(gw, s, shape, 400, std::move(rw.error), keep_alive, log);
+    if (!rw.ok) co_return co_await send_error(gw, s, in.shape, 400, std::move(rw.error), keep_alive, log);
     log.model_requested = std::move(rw.model_requested);
     log.stream = rw.stream;
     HeaderList client_headers;
     for (const auto& f : req) client_headers.emplace_back(lower(f.name_string()), std::string(f.value()));
     if (!(o.provider_fetch_allowed && o.provider_fetch_allowed(info.cgroup_id)))
         if (auto fetch = find_provider_fetch(rw.body, client_headers, o.log_string_max))
-            co_return co_await send_error(gw, s, shape, 400, provider_fetch_refusal(*fetch), keep_alive, log);
+            co_return co_await send_error(gw, s, in.shape, 400, provider_fetch_refusal(*fetch), keep_alive, log);
 
-    if (profile->local) {
-        auto m = mock_reply(*ep, rw.body, cfg.model, rw.stream);
+    if (profile.local) {
+        auto m = mock_reply(ep, rw.body, cfg.model, rw.stream);
         co_return co_await send_mock(gw, s, m, keep_alive, log);
     }
 
     std::string err;
     auto base = parse_base_url(provider.base_url, &err);
     if (!base)
-        co_return co_await send_error(gw, s, shape, 502, "provider " + provider.name + " is misconfigured: " + err,
+        co_return co_await send_error(gw, s, in.shape, 502, "provider " + provider.name + " is misconfigured: " + err,
                                       keep_alive, log);
-    http::request<http::string_body> ureq{http::verb::post, upstream_target(*base, *profile, route.path, route.query),
-                                          11};
+    http::request<http::string_body> ureq{http::verb::post,
+                                          upstream_target(*base, profile, in.route.path, in.route.query), 11};
     ureq.set(http::field::host, base->host_header);
-    for (const auto& [n, v] : upstream_headers(client_headers, *profile, provider)) ureq.insert(n, v);
+    for (const auto& [n, v] : upstream_headers(client_headers, profile, provider)) ureq.insert(n, v);
     ureq.body() = std::move(rw.body);
     ureq.keep_alive(true);
     ureq.prepare_payload();
-    ProxyCall call{provider, *profile, *base, ureq, shape, keep_alive, &body_room};
+    ProxyCall call{provider, profile, *base, ureq, in.shape, keep_alive, &in.body_room};
     co_return co_await proxy(gw, s, buf, call, log);
 }
 
+// One request on a connection. Returns whether the connection stays open.
 template <class Stream>
-awaitable<void> session(std::shared_ptr<Impl> gw, Stream s, ConnectionInfo info, Quota::Ticket = {}) {
+awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestLog& log, const ConnInfo& info) {
+    Incoming in;
+    auto stop = co_await read_header(gw, s, buf, in, log);
+    if (!stop) stop = co_await read_body(gw, s, buf, in, info, log);
+    if (stop) co_return co_await answer(gw, s, in.shape, std::move(*stop), log);
+    log.bytes_in = in.parser.get().body().size();
+    const bool keep_alive = in.parser.get().keep_alive() && !gw.stopped;
+    if (in.service.status) {
+        auto refusal = refuse(in.service.status, std::move(in.service.message), keep_alive, in.route.headers);
+        co_return co_await answer(gw, s, in.shape, std::move(refusal), log);
+    }
+    co_return co_await respond(gw, s, buf, in, info, keep_alive, log);
+}
+
+// ---- Connections ----
+
+template <class Stream>
+awaitable<void> session(std::shared_ptr<Impl> gw, Stream s, ConnInfo info, Quota::Ticket = {}) {
     beast::flat_buffer buf;
     try {
         for (;;) {
             RequestLog log;
-            log.cgroup_id = info.cgroup_id;
-            log.pid = info.pid;
-            log.client = info.client;
+            log.conn = info;
             const auto start = Clock::now();
             bool keep = co_await serve_one(*gw, s, buf, log, info);
             if (log.status != 0) {
@@ -845,7 +936,7 @@ tcp::socket rebind(Impl& gw, tcp::socket sock) {
 
 // Each session coroutine owns its connection ticket: the sandbox's slot is
 // given back whenever and however the session ends.
-awaitable<void> tls_session(std::shared_ptr<Impl> gw, TlsStream s, ConnectionInfo info, Quota::Ticket) {
+awaitable<void> tls_session(std::shared_ptr<Impl> gw, TlsStream s, ConnInfo info, Quota::Ticket) {
     beast::get_lowest_layer(s).expires_after(gw->opts.handshake_timeout);
     auto [ec] = co_await s.async_handshake(asio::ssl::stream_base::server, use_tuple);
     if (ec) {
@@ -861,7 +952,7 @@ awaitable<void> tls_session(std::shared_ptr<Impl> gw, TlsStream s, ConnectionInf
     co_await session(std::move(gw), std::move(s), std::move(info));
 }
 
-awaitable<void> refusal_session(std::shared_ptr<Impl> gw, beast::tcp_stream s, ConnectionInfo info, Quota::Ticket) {
+awaitable<void> refusal_session(std::shared_ptr<Impl> gw, beast::tcp_stream s, ConnInfo info, Quota::Ticket) {
     beast::flat_buffer buf;
     http::request_parser<http::empty_body> p;
     p.header_limit(static_cast<std::uint32_t>(gw->opts.header_limit));
@@ -875,9 +966,7 @@ awaitable<void> refusal_session(std::shared_ptr<Impl> gw, beast::tcp_stream s, C
     ApiShape shape = shape_for(normalise_target(path).value_or(Target{"/", ""}).path,
                                !ec && p.get().count("anthropic-version") > 0);
     RequestLog log;
-    log.cgroup_id = info.cgroup_id;
-    log.pid = info.pid;
-    log.client = info.client;
+    log.conn = info;
     log.method = ec ? "-" : std::string(p.get().method_string());
     log.method = clip(log.method, 32);
     log.path = clip(path, gw->opts.log_string_max);
@@ -887,6 +976,24 @@ awaitable<void> refusal_session(std::shared_ptr<Impl> gw, beast::tcp_stream s, C
                         false, log);
     gw->record(log);
     close_stream(s);
+}
+
+// Over a cap the connection is closed before any byte is read: cheaper than
+// a TLS handshake, and the client's SDK retries as for any dropped connection.
+void turn_away(tcp::socket& socket) {
+    beast::error_code ig;
+    socket.close(ig);
+}
+
+// Admits INFO's connection (or turns it away over a cap), wraps its socket
+// with MAKE (nullopt: give up) and runs RUN's session coroutine on it.
+template <class Make, class Run>
+void launch(const std::shared_ptr<Impl>& gw, tcp::socket socket, ConnInfo info, Make make, Run run) {
+    auto ticket = gw->admit(info);
+    if (!ticket) return turn_away(socket);
+    auto stream = make(rebind(*gw, std::move(socket)));
+    if (!stream) return;
+    asio::co_spawn(gw->strand, run(gw, std::move(*stream), std::move(info), std::move(ticket)), asio::detached);
 }
 
 }  // namespace
@@ -902,41 +1009,27 @@ Gateway::~Gateway() {
     });
 }
 
-namespace {
-// Over a cap the connection is closed before any byte is read: cheaper than
-// a TLS handshake, and the client's SDK retries as for any dropped connection.
-void turn_away(tcp::socket& socket) {
-    beast::error_code ig;
-    socket.close(ig);
-}
-}  // namespace
-
-void Gateway::serve_tls(tcp::socket socket, SSL_CTX* server_ctx, ConnectionInfo info) {
-    auto ticket = impl_->admit(info);
-    if (!ticket) return turn_away(socket);
-    SSL* ssl = SSL_new(server_ctx);
-    if (!ssl) {
-        spdlog::error("terminator: SSL_new failed for a connection from cgroup {}", info.cgroup_id);
-        return;
-    }
-    TlsStream s(beast::tcp_stream(rebind(*impl_, std::move(socket))), ssl);
-    asio::co_spawn(impl_->strand, tls_session(impl_, std::move(s), std::move(info), std::move(ticket)),
-                   asio::detached);
+void Gateway::serve_tls(tcp::socket socket, SSL_CTX* server_ctx, ConnInfo info) {
+    const auto cgroup = info.cgroup_id;
+    auto make = [server_ctx, cgroup](tcp::socket s) -> std::optional<TlsStream> {
+        SSL* ssl = SSL_new(server_ctx);
+        if (!ssl) {
+            spdlog::error("terminator: SSL_new failed for a connection from cgroup {}", cgroup);
+            return std::nullopt;
+        }
+        return std::optional<TlsStream>(std::in_place, beast::tcp_stream(std::move(s)), ssl);
+    };
+    launch(impl_, std::move(socket), std::move(info), make, tls_session);
 }
 
-void Gateway::serve_plain_refusal(tcp::socket socket, ConnectionInfo info) {
-    auto ticket = impl_->admit(info);
-    if (!ticket) return turn_away(socket);
-    beast::tcp_stream s(rebind(*impl_, std::move(socket)));
-    asio::co_spawn(impl_->strand, refusal_session(impl_, std::move(s), std::move(info), std::move(ticket)),
-                   asio::detached);
+void Gateway::serve_plain_refusal(tcp::socket socket, ConnInfo info) {
+    auto make = [](tcp::socket s) { return std::optional<beast::tcp_stream>(std::move(s)); };
+    launch(impl_, std::move(socket), std::move(info), make, refusal_session);
 }
 
-void Gateway::serve_cleartext_for_tests(tcp::socket socket, ConnectionInfo info) {
-    auto ticket = impl_->admit(info);
-    if (!ticket) return turn_away(socket);
-    beast::tcp_stream s(rebind(*impl_, std::move(socket)));
-    asio::co_spawn(impl_->strand, session(impl_, std::move(s), std::move(info), std::move(ticket)), asio::detached);
+void Gateway::serve_cleartext_for_tests(tcp::socket socket, ConnInfo info) {
+    auto make = [](tcp::socket s) { return std::optional<beast::tcp_stream>(std::move(s)); };
+    launch(impl_, std::move(socket), std::move(info), make, session<beast::tcp_stream>);
 }
 
 const GatewayStats& Gateway::stats() const { return impl_->stats; }

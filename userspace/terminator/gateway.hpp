@@ -16,6 +16,7 @@
 #include <memory>
 #include <string>
 
+#include "common/conn_info.hpp"
 #include "terminator/limits.hpp"
 #include "terminator/request.hpp"
 #include "terminator/store.hpp"
@@ -25,14 +26,6 @@ class logger;
 }
 
 namespace redir::terminator {
-
-// Who is calling, as the kernel recorded it (for the access log).
-struct ConnectionInfo {
-    uint64_t cgroup_id = 0;  // sandbox cgroup
-    uint32_t pid = 0;        // process that connected
-    std::string client;      // "ip:port" of the sandbox socket
-    std::string orig;        // "ip:port" the sandbox asked for
-};
 
 // A request or connection refused by one of the fairness caps.
 struct LimitRefusal {
@@ -72,7 +65,7 @@ struct GatewayOptions {
     ms stream_idle_timeout{120'000};       // between two pieces of a response body; no total cap
     ms pool_idle_timeout{60'000};          // idle kept-alive provider connection lifetime
     std::size_t pool_max_idle_per_host = 16;
-    // Fairness between sandboxes (the sandbox is ConnectionInfo::cgroup_id); 0 = no cap.
+    // Fairness between sandboxes (the sandbox is ConnInfo::cgroup_id); 0 = no cap.
     std::size_t max_connections_per_sandbox = 256;  // over it: the new connection is closed at once
     std::size_t max_connections_total = 4096;
     // Request bodies held in memory at once (Content-Length, or body_limit
@@ -87,12 +80,12 @@ struct GatewayOptions {
     std::shared_ptr<spdlog::logger> access_log;
     // Called with each request's record after it was logged (metrics, tests).
     std::function<void(const RequestLog&)> on_request;
-    // Whether the policy of the sandbox (ConnectionInfo::cgroup_id) lets the
+    // Whether the policy of the sandbox (ConnInfo::cgroup_id) lets the
     // provider reach the network for it (inference.provider_fetch); null: never.
     std::function<bool(std::uint64_t cgroup_id)> provider_fetch_allowed;
     // Called when a cap refuses a connection or request (at most once per
     // sandbox per second; the others are counted in LimitRefusal::suppressed).
-    std::function<void(const ConnectionInfo&, const LimitRefusal&)> on_refused;
+    std::function<void(const ConnInfo&, const LimitRefusal&)> on_refused;
 };
 
 class Gateway {
@@ -109,15 +102,15 @@ public:
     // HTTPS for inference.local: performs the server handshake with an SSL
     // object made from SERVER_CTX (redir_tls's ServerContext::get(); it is
     // up-referenced, so it need only live until this call returns).
-    void serve_tls(boost::asio::ip::tcp::socket socket, SSL_CTX* server_ctx, ConnectionInfo info);
+    void serve_tls(boost::asio::ip::tcp::socket socket, SSL_CTX* server_ctx, ConnInfo info);
 
     // Plain HTTP to inference.local: answers every request with a refusal
     // that tells the caller to use HTTPS, then closes.
-    void serve_plain_refusal(boost::asio::ip::tcp::socket socket, ConnectionInfo info);
+    void serve_plain_refusal(boost::asio::ip::tcp::socket socket, ConnInfo info);
 
     // The full gateway over cleartext HTTP. For tests only: never expose it
     // to sandboxes (prompts and replies would cross the wire unencrypted).
-    void serve_cleartext_for_tests(boost::asio::ip::tcp::socket socket, ConnectionInfo info);
+    void serve_cleartext_for_tests(boost::asio::ip::tcp::socket socket, ConnInfo info);
 
     const GatewayStats& stats() const;
     // Connections held now, by every sandbox / by one.

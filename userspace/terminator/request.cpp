@@ -59,6 +59,13 @@ template <class W>
 void put(W& w, std::string_view s) { w.String(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
 template <class W>
 void key(W& w, std::string_view s) { w.Key(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
+// Optional log fields are left out rather than written empty.
+template <class W>
+void put_unless_empty(W& w, std::string_view k, std::string_view v) {
+    if (v.empty()) return;
+    key(w, k);
+    put(w, v);
+}
 
 // Streams the request through the writer, replacing the top-level "model".
 // SAX keeps number text and key order as the client wrote them, and the
@@ -454,6 +461,73 @@ RouteDecision decide_route(const RequestHead& h, std::size_t log_max) {
     return d;
 }
 
+ServiceDecision decide_service(const RouteDecision& route, const Snapshot& snap, std::size_t log_max) {
+    ServiceDecision d;
+    if (route.route_status) {
+        d.status = route.route_status;
+        d.message = route.message;
+        return d;
+    }
+    if (!snap.inference || !snap.provider) {
+        d.status = 503;
+        d.message = "no inference provider is configured on this node: an operator must run `redirctl inference "
+                    "set --provider NAME --model MODEL`";
+        return d;
+    }
+    const auto& p = *snap.provider;
+    d.profile = find_profile(p.type);
+    if (!d.profile) {
+        d.status = 503;
+        d.message = "provider " + p.name + " has an unknown type " + p.type;
+        return d;
+    }
+    const Endpoint ep = *route.endpoint;
+    if (!d.profile->serves(ep)) {
+        d.status = 400;
+        d.message = "provider " + p.name + " (type " + p.type + ") does not speak " +
+                    std::string(endpoint_description(ep)) + " (" + std::string(endpoint_path(ep)) +
+                    "); call an endpoint it serves or configure another provider with `redirctl inference set`";
+    } else if (ep == Endpoint::ModelById && route.model_id != snap.inference->model) {
+        d.status = 404;
+        d.truncated = clipped(route.model_id, log_max);
+        d.message = "model " + clip(route.model_id, log_max) + " is not served here; inference.local serves " +
+                    snap.inference->model + " (requests for any model are answered by it)";
+    }
+    if (d.status) d.profile = nullptr;
+    return d;
+}
+
+std::string body_budget_message(bool this_sandbox, std::uint64_t cap) {
+    return std::string(this_sandbox ? "this sandbox's" : "all sandboxes'") + " request bodies in flight would pass " +
+           std::to_string(cap) + " bytes: retry when earlier requests have finished";
+}
+
+ResponsePlan plan_response(int status, std::string_view ct, std::string_view ce,
+                           std::optional<std::uint64_t> content_length, bool upstream_chunked) {
+    ResponsePlan p;
+    p.sse = ct.size() >= 17 && iequals(ct.substr(0, 17), "text/event-stream");
+    ce = trim(ce);
+    p.encoded = !ce.empty() && !iequals(ce, "identity");
+    p.json_body = !p.sse && !p.encoded && ct.find("json") != std::string_view::npos;
+    p.no_body = status / 100 == 1 || status == 204 || status == 304;
+    if (p.no_body) return p;
+    if (content_length && !upstream_chunked)
+        p.content_length = content_length;
+    else
+        p.chunked = true;
+    return p;
+}
+
+std::string credential_rejected_message(const Provider& provider) {
+    return "provider " + provider.name +
+           " rejected the credential configured for it: an operator must update it with `redirctl provider update " +
+           provider.name + " --credential KEY=VALUE`";
+}
+
+std::string stream_error_event(ApiShape shape, std::string_view why) {
+    return "event: error\ndata: " + error_json(shape, "api_error", why) + "\n\n";
+}
+
 std::optional<std::string> pick_credential(const Profile& profile, const Provider& provider) {
     if (profile.auth == AuthStyle::None) return std::nullopt;
     for (auto k : profile.credential_keys) {
@@ -640,23 +714,17 @@ std::string request_log_json(const RequestLog& r) {
     key(w, "event");
     put(w, "inference");
     key(w, "cgroup_id");
-    w.Uint64(r.cgroup_id);
+    w.Uint64(r.conn.cgroup_id);
     key(w, "pid");
-    w.Uint(r.pid);
-    if (!r.client.empty()) {
-        key(w, "client");
-        put(w, r.client);
-    }
+    w.Uint(r.conn.pid);
+    put_unless_empty(w, "client", r.conn.client);
     key(w, "method");
     put(w, r.method);
     key(w, "path");
     put(w, r.path);
     key(w, "provider");
     put(w, r.provider);
-    if (!r.provider_type.empty()) {
-        key(w, "provider_type");
-        put(w, r.provider_type);
-    }
+    put_unless_empty(w, "provider_type", r.provider_type);
     key(w, "model_requested");
     put(w, r.model_requested);
     key(w, "model_used");
@@ -682,10 +750,7 @@ std::string request_log_json(const RequestLog& r) {
         }
         w.EndObject();
     }
-    if (!r.error.empty()) {
-        key(w, "error");
-        put(w, r.error);
-    }
+    put_unless_empty(w, "error", r.error);
     w.EndObject();
     return std::string(sb.GetString(), sb.GetSize());
 }

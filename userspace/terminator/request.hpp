@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/conn_info.hpp"
 #include "terminator/limits.hpp"
 #include "terminator/profiles.hpp"
 #include "terminator/store.hpp"
@@ -95,6 +96,39 @@ struct RouteDecision {
 };
 RouteDecision decide_route(const RequestHead& head, std::size_t log_max = kLogStringMax);
 
+// What the configuration decides for a request whose route was accepted: a
+// refusal (503 nothing configured or unknown type, 400 endpoint the provider
+// does not speak, 404 another model's id), or the provider's profile.
+struct ServiceDecision {
+    int status = 0;                   // 0 = served by PROFILE
+    std::string message;              // for the refusal; client text clipped
+    const Profile* profile = nullptr;
+    bool truncated = false;           // the message had client text clipped
+};
+ServiceDecision decide_service(const RouteDecision& route, const Snapshot& snap, std::size_t log_max = kLogStringMax);
+
+// Why a request body cannot be held in memory now (the 503 of the body budget).
+std::string body_budget_message(bool this_sandbox, std::uint64_t cap);
+
+// How a provider's response is relayed to the sandbox: its framing, and where
+// its usage is read from.
+struct ResponsePlan {
+    bool no_body = false;       // 1xx, 204, 304
+    bool chunked = false;       // re-framed chunked (no usable Content-Length)
+    std::optional<std::uint64_t> content_length;
+    bool sse = false;           // text/event-stream: relayed piece by piece, usage scanned per event
+    bool encoded = false;       // a Content-Encoding other than identity: usage unreadable
+    bool json_body = false;     // usage read from a bounded copy of the body
+};
+ResponsePlan plan_response(int status, std::string_view content_type, std::string_view content_encoding,
+                           std::optional<std::uint64_t> content_length, bool upstream_chunked);
+
+// The 401 the sandbox gets when the provider refused the configured credential
+// (never the provider's body: it quotes part of the key).
+std::string credential_rejected_message(const Provider& provider);
+// The SSE event that ends a stream the provider broke off, in the API's words.
+std::string stream_error_event(ApiShape shape, std::string_view why);
+
 // The request headers that go to the provider: allowlisted client headers,
 // the provider's credential, its default headers. Client credentials and
 // hop-by-hop headers never pass.
@@ -138,9 +172,7 @@ private:
 
 // One line of the access log per request. Holds no credential and no prompt.
 struct RequestLog {
-    uint64_t cgroup_id = 0;
-    uint32_t pid = 0;
-    std::string client;
+    ConnInfo conn;  // who called (cgroup, pid, client address)
     std::string method;
     std::string path;
     std::string provider;

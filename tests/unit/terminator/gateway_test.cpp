@@ -17,6 +17,7 @@
 
 #include "terminator/gateway.hpp"
 #include "terminator/store.hpp"
+#include "loopback.hpp"
 #include "test_certs.hpp"
 
 namespace redir::terminator {
@@ -30,7 +31,7 @@ using tcp = asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-const auto kLoopback = asio::ip::make_address("127.0.0.1");
+const auto kLoopback = redir::test::loopback();
 
 struct Received {
     std::string method;
@@ -166,20 +167,15 @@ enum class Mode { Cleartext, Tls, Refusal };
 class GatewayTest : public ::testing::Test {
 protected:
     void SetUp() override {
-        char tmpl[] = "/tmp/redir-term-gw-XXXXXX";
-        ASSERT_NE(::mkdtemp(tmpl), nullptr);
-        dir_ = tmpl;
         ca_file_ = dir_ + "/provider-ca.pem";
         std::ofstream(ca_file_) << ca_.cert_pem();
         fake_ = std::make_unique<FakeProvider>(ca_.issue("provider", "IP:127.0.0.1,DNS:provider.test"));
         store_ = std::make_shared<Store>(dir_ + "/state");
     }
     void TearDown() override {
-        io_.stop();
-        if (io_thread_.joinable()) io_thread_.join();
+        io_.join();
         gw_.reset();
         fake_.reset();
-        std::filesystem::remove_all(dir_);
     }
 
     void start(GatewayOptions o = {}, Mode mode = Mode::Cleartext) {
@@ -190,12 +186,12 @@ protected:
         };
         gw_ = std::make_unique<Gateway>(io_.get_executor(), store_, std::move(o));
         accept();
-        io_thread_ = std::thread([this] { io_.run(); });
+        io_.start();
     }
     void accept() {
         acceptor_.async_accept([this](beast::error_code ec, tcp::socket s) {
             if (ec) return;
-            ConnectionInfo ci{4242, 77, "127.0.0.1:1", "198.18.0.1:443"};
+            ConnInfo ci{4242, 77, "127.0.0.1:1", "198.18.0.1:443"};
             if (mode_ == Mode::Cleartext) gw_->serve_cleartext_for_tests(std::move(s), ci);
             if (mode_ == Mode::Tls) gw_->serve_tls(std::move(s), server_ctx_->native_handle(), ci);
             if (mode_ == Mode::Refusal) gw_->serve_plain_refusal(std::move(s), ci);
@@ -274,14 +270,14 @@ protected:
     }
 
     test::TestCa ca_;
-    std::string dir_, ca_file_;
+    redir::test::ScratchDir scratch_{"redir-term-gw"};
+    std::string dir_ = scratch_.path(), ca_file_;
     std::unique_ptr<FakeProvider> fake_;
     std::shared_ptr<Store> store_;
-    asio::io_context io_;
+    redir::test::IoThread io_;
     asio::io_context client_io_;
     tcp::acceptor acceptor_{io_, {kLoopback, 0}};
     std::unique_ptr<Gateway> gw_;
-    std::thread io_thread_;
     Mode mode_ = Mode::Cleartext;
     std::unique_ptr<ssl::context> server_ctx_;
     std::mutex log_mu_;
@@ -326,7 +322,7 @@ TEST_F(GatewayTest, RewritesModelSwapsCredentialAndFiltersHeaders) {
     EXPECT_EQ(r.header("host"), "127.0.0.1:" + std::to_string(fake_->port()));
     auto l = wait_logs(1);
     ASSERT_EQ(l.size(), 1u);
-    EXPECT_EQ(l[0].cgroup_id, 4242u);
+    EXPECT_EQ(l[0].conn.cgroup_id, 4242u);
     EXPECT_EQ(l[0].model_used, "gpt-configured");
     EXPECT_EQ(l[0].status, 200);
     EXPECT_EQ(l[0].usage.counts.at("total_tokens"), 7u);

@@ -17,6 +17,7 @@
 
 #include "terminator/gateway.hpp"
 #include "terminator/store.hpp"
+#include "loopback.hpp"
 #include "test_certs.hpp"
 
 namespace redir::terminator {
@@ -29,7 +30,9 @@ using tcp = asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-const auto kLoopback = asio::ip::make_address("127.0.0.1");
+const auto kLoopback = redir::test::loopback();
+using redir::test::closed_within;
+using redir::test::wait_for;
 constexpr std::uint64_t kHostile = 101, kVictim = 202;
 
 // One acceptor per sandbox: the port a client dials says which sandbox it is
@@ -37,9 +40,6 @@ constexpr std::uint64_t kHostile = 101, kVictim = 202;
 class HostileGatewayTest : public ::testing::Test {
 protected:
     void SetUp() override {
-        char tmpl[] = "/tmp/redir-term-hostile-XXXXXX";
-        ASSERT_NE(::mkdtemp(tmpl), nullptr);
-        dir_ = tmpl;
         store_ = std::make_shared<Store>(dir_ + "/state");
         store_->create_provider(Provider{"p", "mock", "", "", {}});
         store_->set_inference("p", "served");
@@ -47,31 +47,27 @@ protected:
     void TearDown() override {
         stop_io();
         gw_.reset();
-        std::filesystem::remove_all(dir_);
     }
-    void stop_io() {
-        io_.stop();
-        if (io_thread_.joinable()) io_thread_.join();
-    }
+    void stop_io() { io_.join(); }
 
     void start(GatewayOptions o) {
         o.on_request = [this](const RequestLog& r) {
             std::lock_guard lk(mu_);
             logs_.push_back(r);
         };
-        o.on_refused = [this](const ConnectionInfo& ci, const LimitRefusal& r) {
+        o.on_refused = [this](const ConnInfo& ci, const LimitRefusal& r) {
             std::lock_guard lk(mu_);
             refusals_.emplace_back(ci.cgroup_id, r.limit);
         };
         gw_ = std::make_unique<Gateway>(io_.get_executor(), store_, std::move(o));
         accept(hostile_, kHostile);
         accept(victim_, kVictim);
-        io_thread_ = std::thread([this] { io_.run(); });
+        io_.start();
     }
     void accept(tcp::acceptor& a, std::uint64_t cg) {
         a.async_accept([this, &a, cg](beast::error_code ec, tcp::socket s) {
             if (ec) return;
-            if (gw_) gw_->serve_cleartext_for_tests(std::move(s), ConnectionInfo{cg, 1, "127.0.0.1:1", "198.18.0.1:443"});
+            if (gw_) gw_->serve_cleartext_for_tests(std::move(s), ConnInfo{cg, 1, "127.0.0.1:1", "198.18.0.1:443"});
             accept(a, cg);
         });
     }
@@ -95,27 +91,6 @@ protected:
         auto s = connect(cg);
         return exchange(s, request(body)).result_int();
     }
-    // Whether the server closed S (EOF or reset) within D.
-    static bool closed_within(tcp::socket& s, std::chrono::milliseconds d) {
-        s.non_blocking(true);
-        auto deadline = Clock::now() + d;
-        char b[64];
-        while (Clock::now() < deadline) {
-            beast::error_code ec;
-            s.read_some(asio::buffer(b), ec);
-            if (ec && ec != asio::error::would_block) return true;
-            std::this_thread::sleep_for(5ms);
-        }
-        return false;
-    }
-    bool wait_for(const std::function<bool()>& cond, std::chrono::milliseconds d = 3s) {
-        auto deadline = Clock::now() + d;
-        while (!cond()) {
-            if (Clock::now() > deadline) return false;
-            std::this_thread::sleep_for(5ms);
-        }
-        return true;
-    }
     std::vector<std::pair<std::uint64_t, std::string>> refusals() {
         std::lock_guard lk(mu_);
         return refusals_;
@@ -125,12 +100,13 @@ protected:
         return logs_;
     }
 
-    std::string dir_;
+    redir::test::ScratchDir scratch_{"redir-term-hostile"};
+    std::string dir_ = scratch_.path();
     std::shared_ptr<Store> store_;
-    asio::io_context io_, client_io_;
+    redir::test::IoThread io_;
+    asio::io_context client_io_;
     tcp::acceptor hostile_{io_, {kLoopback, 0}}, victim_{io_, {kLoopback, 0}};
     std::unique_ptr<Gateway> gw_;
-    std::thread io_thread_;
     std::mutex mu_;
     std::vector<RequestLog> logs_;
     std::vector<std::pair<std::uint64_t, std::string>> refusals_;

@@ -19,6 +19,7 @@
 #include "agent/listeners.hpp"
 #include "agent/relay.hpp"
 #include "common/addr.hpp"
+#include "loopback.hpp"
 
 namespace redir::agent {
 namespace {
@@ -28,30 +29,10 @@ using tcp = asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-const auto kLoopback = asio::ip::make_address("127.0.0.1");
+const auto kLoopback = redir::test::loopback();
 
-bool wait_for(const std::function<bool()>& cond, std::chrono::milliseconds d = 3s) {
-    auto deadline = Clock::now() + d;
-    while (!cond()) {
-        if (Clock::now() > deadline) return false;
-        std::this_thread::sleep_for(5ms);
-    }
-    return true;
-}
-
-// Whether the peer closed S (EOF or reset) within D.
-bool closed_within(tcp::socket& s, std::chrono::milliseconds d) {
-    s.non_blocking(true);
-    auto deadline = Clock::now() + d;
-    char b[256];
-    while (Clock::now() < deadline) {
-        boost::system::error_code ec;
-        s.read_some(asio::buffer(b), ec);
-        if (ec && ec != asio::error::would_block) return true;
-        std::this_thread::sleep_for(5ms);
-    }
-    return false;
-}
+using redir::test::closed_within;
+using redir::test::wait_for;
 
 // An echo server standing in for the destination of inspected connections.
 struct Echo {
@@ -89,28 +70,21 @@ struct Echo {
 class RelayTest : public ::testing::Test {
 protected:
     void SetUp() override {
-        char tmpl[] = "/tmp/redir-relay-test-XXXXXX";
-        ASSERT_NE(::mkdtemp(tmpl), nullptr);
-        dir_ = tmpl;
         audit_ = std::make_unique<AuditLog>(dir_ + "/audit.log");
     }
     void TearDown() override {
         stop_io();
         relay_.reset();
         audit_.reset();
-        std::filesystem::remove_all(dir_);
     }
-    void stop_io() {
-        io_.stop();
-        if (t_.joinable()) t_.join();
-    }
+    void stop_io() { io_.join(); }
     // Sockets accepted on the front acceptor are handed to the relay as if
     // redirected from sandbox CG towards DST_PORT on 127.0.0.1.
     void start(RelayOptions o, uint16_t dst_port) {
         relay_ = std::make_unique<Relay>(io_, *audit_, o);
         dst_port_ = dst_port;
         accept();
-        t_ = std::thread([this] { io_.run(); });
+        io_.start();
     }
     void accept() {
         front_.async_accept([this](boost::system::error_code ec, tcp::socket s) {
@@ -162,13 +136,14 @@ protected:
         return p.get_future().get();
     }
 
-    std::string dir_;
+    redir::test::ScratchDir scratch_{"redir-relay-test"};
+    std::string dir_ = scratch_.path();
     std::unique_ptr<AuditLog> audit_;
-    asio::io_context io_, cio_;
+    redir::test::IoThread io_;
+    asio::io_context cio_;
     tcp::acceptor front_{io_, {kLoopback, 0}};
     std::unique_ptr<Relay> relay_;
     uint16_t dst_port_ = 0;
-    std::thread t_;
     std::mutex mu_;
     std::map<uint16_t, uint64_t> sandbox_of_;
 };

@@ -153,7 +153,7 @@ TEST(Usage, FromBodiesAndStreams) {
 // GatewayTest.AccessLogNeverCarriesSecretsOrPrompt (a record built by hand proves nothing).
 TEST(Log, IsOneJsonObjectWithTheFields) {
     RequestLog r;
-    r.cgroup_id = 42;
+    r.conn.cgroup_id = 42;
     r.model_requested = "gpt";
     r.model_used = "m";
     r.status = 200;

@@ -12,27 +12,15 @@
 #include <string>
 #include <vector>
 
+#include "loopback.hpp"
 #include "tls/ossl.hpp"
 
 namespace redir::tls::test {
 
-class TempDir {
+// A scratch directory of the TLS tests (the loopback tests' one, named for TLS).
+class TempDir : public redir::test::ScratchDir {
 public:
-    TempDir() {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "redir-tls-test.XXXXXX").string();
-        if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-        path_ = tmpl;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        std::filesystem::remove_all(path_, ec);
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    const std::string& path() const { return path_; }
-
-private:
-    std::string path_;
+    TempDir() : ScratchDir("redir-tls-test") {}
 };
 
 // X509_V_OK or the verification error for LEAF under the single trust anchor
