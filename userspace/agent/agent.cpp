@@ -24,6 +24,7 @@
 #include "common/addr.hpp"
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
+#include "enforce/undo.hpp"
 #include "loader/features.hpp"
 #include "policy/compile.hpp"
 
@@ -128,6 +129,8 @@ void Agent::start() {
     dopts.accept_allowed = [] { return FdReserve::instance().full(); };
     if (auto v = addr_parse(opts_.inference_vip); v && addr_is_v4(*v)) std::memcpy(dopts.vip4.data(), &v->b[12], 4);
     dns_ = std::make_unique<DnsService>(io_, *dp_, *audit_, dopts);
+    sandboxes_ = std::make_unique<enforce::Sandboxes>(enforce::SandboxesDeps{
+        *dp_, *dns_, [this](const std::vector<StoredAttachment>& a) { store_->save_attachments(a); }});
 
     redir_config cfg{};
     cfg.agent_netns_cookie = netns_cookie_;
@@ -164,7 +167,7 @@ void Agent::start() {
         [this](pid_t pid) { return control_peer_refusal(pid); });
     schedule_housekeeping();
     spdlog::info("redird ready: state {}, control {}/redird.sock, bpffs {}, {} policies, {} attachments",
-                 opts_.state_dir, opts_.run_dir, opts_.bpffs_dir, policies_.size(), attachments_.size());
+                 opts_.state_dir, opts_.run_dir, opts_.bpffs_dir, policies_.size(), sandboxes_->all().size());
 }
 
 namespace {
@@ -172,17 +175,20 @@ std::shared_ptr<const policy::CompiledPolicy> compiled_of(const ActivePolicy* p)
     if (!p) return nullptr;
     return std::static_pointer_cast<const policy::CompiledPolicy>(p->info.compiled);
 }
+
+// What a sandbox needs of a loaded policy.
+enforce::PolicyRef policy_ref(const ActivePolicy& p) {
+    return {p.info.name, p.id, p.info.inference_enabled, compiled_of(&p)};
+}
 }  // namespace
 
 // The gateway asks per request, so a policy reload applies to the next one.
 // Runs on the agent's only io thread, like every change to these maps.
 bool Agent::provider_fetch_allowed(uint64_t cgroup_id) const {
-    for (const auto& a : attachments_) {
-        if (a.cgroup_id != cgroup_id) continue;
-        auto it = policies_.find(a.policy);
-        return it != policies_.end() && it->second.info.provider_fetch;
-    }
-    return false;
+    const auto* sb = sandboxes_->find(cgroup_id);
+    if (!sb) return false;
+    auto it = policies_.find(sb->policy);
+    return it != policies_.end() && it->second.info.provider_fetch;
 }
 
 void Agent::secure_private_dirs() {
@@ -200,14 +206,9 @@ std::optional<std::string> Agent::control_peer_refusal(pid_t pid) {
     auto cg = process_cgroup(pid);
     if (!cg) return "cannot read the cgroup of control peer pid " + std::to_string(pid) + "; refused";
     for (uint64_t id : cgroup_lineage_ids(*cg)) {
-        bool attached = dp_->attachment(id).has_value() ||
-                        std::find(orphans_.begin(), orphans_.end(), id) != orphans_.end();
+        bool attached = dp_->attachment(id).has_value() || sandboxes_->encloses(id);
         std::string where = "cgroup id " + std::to_string(id);
-        for (auto& a : attachments_)
-            if (a.cgroup_id == id) {
-                attached = true;
-                where = a.cgroup_path;
-            }
+        if (auto* sb = sandboxes_->find(id)) where = sb->cgroup_path;
         if (attached)
             return "control requests from inside a sandbox are refused (pid " + std::to_string(pid) + " is in " +
                    *cg + ", under sandbox " + where + "): a sandbox may not change its own enforcement";
@@ -219,14 +220,6 @@ uint32_t Agent::next_policy_id() {
     uint32_t id = next_id_++;
     store_->save_next_policy_id(next_id_);
     return id;
-}
-
-redir_attach_val Agent::attach_val_for(const ActivePolicy& p, uint16_t dns_port) const {
-    redir_attach_val v{};
-    v.policy_id = p.id;
-    v.flags = p.info.inference_enabled ? REDIR_ATTACH_F_INFERENCE : 0;
-    v.dns_port = dns_port;
-    return v;
 }
 
 ActivePolicy Agent::install_policy(const StoredPolicy& sp) {
@@ -255,49 +248,13 @@ void Agent::restore() {
         }
     }
 
-    auto pinned = dp_->pinned_attachments();
-    std::map<uint64_t, bool> recorded;
-    for (auto& a : store_->load_attachments()) {
-        recorded[a.cgroup_id] = true;
-        loader::Cgroup cg;
-        try {
-            cg = loader::open_cgroup(a.cgroup_path);
-        } catch (const std::exception& e) {
-            spdlog::warn("attached cgroup {} is gone ({}); dropping its attachment", a.cgroup_path, e.what());
-            dp_->detach(a.cgroup_id);
-            continue;
-        }
-        if (cg.id != a.cgroup_id) {
-            spdlog::warn("cgroup {} was re-created (id {} -> {}); attaching the new one", a.cgroup_path, a.cgroup_id,
-                         cg.id);
-            dp_->detach(a.cgroup_id);
-            a.cgroup_id = cg.id;
-        }
-        redir_attach_val v{};  // unknown policy: id 0 has no entries, so everything is denied
-        const ActivePolicy* ap = nullptr;
-        if (auto it = policies_.find(a.policy); it != policies_.end()) ap = &it->second;
-        uint16_t dport = dns_->add(cg.id, cg.path, compiled_of(ap), ap ? ap->id : 0);
-        if (ap) v = attach_val_for(*ap, dport);
-        v.dns_port = dport;
-        // Adopt: the links stay attached throughout; only the program behind
-        // them and the policy id change, each atomically.
-        dp_->adopt(cg, v);
-        // At once, and before old ids are deleted: DNS admissions move to the new id.
-        dns_->adopt_admissions(cg.id);
-        attachments_.push_back(a);
-    }
-    for (auto& p : pinned) {
-        if (recorded.count(p.cgroup_id)) continue;
-        // Pinned but never recorded: an attach interrupted by a crash. Keep it
-        // enforcing (deny-all) rather than silently freeing the sandbox.
-        redir_attach_val v{};
-        dp_->set_attachment(p.cgroup_id, v);
-        orphans_.push_back(p.cgroup_id);
-        spdlog::warn("pinned attachment for cgroup id {} has no record; it denies everything until detached",
-                     p.cgroup_id);
-    }
-    dns_->finish_restore();
-    save_attachments();
+    // Policies first: the sandboxes are adopted under their new ids.
+    std::map<std::string, enforce::PolicyRef> refs;
+    for (auto& [name, ap] : policies_) refs[name] = policy_ref(ap);
+    sandboxes_->restore(store_->load_attachments(), [&](const std::string& name) -> const enforce::PolicyRef* {
+        auto it = refs.find(name);
+        return it == refs.end() ? nullptr : &it->second;
+    });
     collect_garbage();
 }
 
@@ -306,7 +263,7 @@ void Agent::restore() {
 // audit record per second at most, so a gap in its record is visible.
 void Agent::report_event_drops() {
     std::map<uint64_t, uint64_t> now;
-    for (auto& a : attachments_) {
+    for (auto& a : sandboxes_->all()) {
         uint64_t n = dp_->event_drops(a.cgroup_id);
         now[a.cgroup_id] = n;
         uint64_t before = drops_seen_.count(a.cgroup_id) ? drops_seen_[a.cgroup_id] : 0;
@@ -344,18 +301,6 @@ void Agent::collect_garbage() {
     for (auto& [n, p] : policies_) live[p.id] = true;
     for (auto id : dp_->policy_ids())
         if (!live.count(id)) dp_->delete_policy(id);
-}
-
-void Agent::save_attachments() { store_->save_attachments(attachments_); }
-
-void Agent::flip_policy(const std::string& name, uint32_t old_id) {
-    auto& ap = policies_.at(name);
-    for (auto& a : attachments_) {
-        if (a.policy != name) continue;
-        dp_->set_attachment(a.cgroup_id, attach_val_for(ap, dns_->port(a.cgroup_id)));
-        dns_->update(a.cgroup_id, compiled_of(&ap), ap.id);
-    }
-    if (old_id) dp_->delete_policy(old_id);
 }
 
 std::string Agent::handle(const std::string& line, const std::shared_ptr<ControlConn>& conn) {
@@ -422,7 +367,7 @@ std::string Agent::render_metrics() {
             audit_->write_errors());
     o += "# HELP redir_sandbox_events_dropped_total kernel events of one sandbox lost to a full ring buffer\n"
          "# TYPE redir_sandbox_events_dropped_total counter\n";
-    for (auto& a : attachments_)
+    for (auto& a : sandboxes_->all())
         o += "redir_sandbox_events_dropped_total{cgroup_id=\"" + std::to_string(a.cgroup_id) + "\"} " +
              std::to_string(dp_->event_drops(a.cgroup_id)) + "\n";
     auto d = dns_->counters();
@@ -458,7 +403,7 @@ std::string Agent::render_metrics() {
     gauge("redir_fd_limit", "RLIMIT_NOFILE (soft) of redird", rl.rlim_cur);
     gauge("redir_fd_reserve", "spare descriptors held for the control socket", FdReserve::instance().held());
     o += "# HELP redir_attachments attached sandbox cgroups\n# TYPE redir_attachments gauge\nredir_attachments " +
-         std::to_string(attachments_.size()) + "\n";
+         std::to_string(sandboxes_->all().size()) + "\n";
     o += "# HELP redir_policies loaded policies\n# TYPE redir_policies gauge\nredir_policies " +
          std::to_string(policies_.size()) + "\n";
     o += inference_->metrics();
@@ -503,7 +448,7 @@ std::string Agent::cmd_status() {
     j.end_array();
     j.begin_array("attachments");
     auto pinned = dp_->pinned_attachments();
-    for (auto& a : attachments_) {
+    for (auto& a : sandboxes_->all()) {
         j.begin().str("cgroup", a.cgroup_path).num("cgroup_id", a.cgroup_id).str("policy", a.policy);
         auto v = dp_->attachment(a.cgroup_id);
         j.num("policy_id", v ? v->policy_id : 0);
@@ -511,7 +456,7 @@ std::string Agent::cmd_status() {
         for (auto& p : pinned)
             if (p.cgroup_id == a.cgroup_id) nprog = p.programs.size();
         j.num("programs", nprog);
-        j.num("dns_port", dns_->port(a.cgroup_id));
+        j.num("dns_port", a.dns_port);
         write_capable(j, a.cgroup_path);
         if (auto it = policies_.find(a.policy); it != policies_.end()) {
             // Enforced through this sandbox's DNS responder.
@@ -524,7 +469,7 @@ std::string Agent::cmd_status() {
     }
     j.end_array();
     j.begin_array("orphans");
-    for (auto id : orphans_) j.num(id);
+    for (auto id : sandboxes_->orphans()) j.num(id);
     j.end_array();
     auto c = dp_->counters();
     j.begin_object("counters")
@@ -552,10 +497,9 @@ std::string Agent::cmd_attach(const std::string& cgroup, const std::string& poli
             return error_response("refusing to attach " + cg.path + ": redird itself runs in it (" + own +
                                   "); attach a cgroup that holds only the sandbox");
     }
-    for (auto& a : attachments_)
-        if (a.cgroup_id == cg.id)
-            return error_response(cg.path + " is already attached (policy " + a.policy +
-                                  "); detach it first or load a new policy with `redirctl policy load`");
+    if (auto* a = sandboxes_->find(cg.id))
+        return error_response(cg.path + " is already attached (policy " + a->policy +
+                              "); detach it first or load a new policy with `redirctl policy load`");
     std::string name = policy_name;
     if (!policy_text.empty()) {
         // A file given with attach is loaded (or replaced) under its own name.
@@ -568,22 +512,7 @@ std::string Agent::cmd_attach(const std::string& cgroup, const std::string& poli
     auto it = policies_.find(name);
     if (it == policies_.end())
         return error_response("no policy named \"" + name + "\" is loaded; load it with `redirctl policy load FILE`");
-    uint16_t dport = dns_->add(cg.id, cg.path, compiled_of(&it->second), it->second.id);
-    try {
-        dp_->attach(cg, attach_val_for(it->second, dport));
-    } catch (...) {
-        dns_->remove(cg.id);
-        throw;
-    }
-    attachments_.push_back({cg.path, cg.id, name});
-    try {
-        save_attachments();
-    } catch (...) {
-        attachments_.pop_back();
-        dp_->detach(cg.id);
-        dns_->remove(cg.id);
-        throw;
-    }
+    sandboxes_->attach(cg, policy_ref(it->second));
     JsonOut j;
     j.begin().boolean("ok", true).str("cgroup", cg.path).num("cgroup_id", cg.id).str("policy", name);
     j.begin_array("warnings");
@@ -604,23 +533,8 @@ std::string Agent::cmd_detach(const std::string& cgroup) {
     } catch (const std::exception&) {
         // The cgroup may already be gone; match the recorded path.
     }
-    auto it = std::find_if(attachments_.begin(), attachments_.end(), [&](const StoredAttachment& a) {
-        return (id && a.cgroup_id == id) || a.cgroup_path == path;
-    });
-    if (it == attachments_.end()) {
-        auto o = std::find(orphans_.begin(), orphans_.end(), id);
-        if (id && o != orphans_.end()) {
-            dp_->detach(id);
-            orphans_.erase(o);
-            return JsonOut().begin().boolean("ok", true).str("cgroup", path).end().take();
-        }
-        return error_response(path + " is not attached");
-    }
-    uint64_t cid = it->cgroup_id;
-    attachments_.erase(it);
-    save_attachments();
-    dp_->detach(cid);
-    dns_->remove(cid);
+    auto detached = sandboxes_->detach(id, path);
+    if (!detached) return error_response(path + " is not attached");
     return JsonOut().begin().boolean("ok", true).str("cgroup", path).end().take();
 }
 
@@ -631,20 +545,22 @@ std::string Agent::cmd_policy_load(const std::string& text, const std::string& s
     // Compile under a fresh id first: a rejected file changes nothing.
     ActivePolicy ap = install_policy(sp);  // --name (if given) overrides the file's own name
     ap.stored.name = ap.info.name;
-    try {
+    const std::string pname = ap.info.name;
+    const uint32_t new_id = ap.id;
+    std::optional<ActivePolicy> previous;
+    if (auto it = policies_.find(pname); it != policies_.end()) previous = it->second;
+    {
+        // All or nothing: a failure leaves the old policy stored, loaded and enforced.
+        enforce::Undo undo;
+        undo.push([&] { dp_->delete_policy(new_id); });
         store_->save_policy(ap.stored);
-    } catch (...) {
-        dp_->delete_policy(ap.id);
-        throw;
+        undo.push([&] { previous ? store_->save_policy(previous->stored) : store_->delete_policy(pname); });
+        sandboxes_->reload(policy_ref(ap), previous ? policy_ref(*previous) : enforce::PolicyRef{pname});
+        undo.commit();
     }
-    uint32_t old_id = 0;
-    if (auto it = policies_.find(ap.info.name); it != policies_.end()) old_id = it->second.id;
-    std::string pname = ap.info.name;
-    uint32_t new_id = ap.id;
     policies_[pname] = std::move(ap);
-    flip_policy(pname, old_id);
-    size_t users = 0;
-    for (auto& a : attachments_) users += a.policy == pname;
+    if (previous && previous->id) dp_->delete_policy(previous->id);
+    size_t users = sandboxes_->users(pname);
     auto& p = policies_[pname];
     JsonOut j;
     j.begin()
@@ -663,12 +579,11 @@ std::string Agent::cmd_policy_load(const std::string& text, const std::string& s
 }
 
 void Agent::revoke_for(const std::string& name, JsonOut& j) {
-    const auto& ap = policies_.at(name);
     std::vector<RevokeTarget> targets;
     std::map<uint64_t, std::string> paths;
-    for (auto& a : attachments_) {
+    for (auto& a : sandboxes_->all()) {
         if (a.policy != name) continue;
-        targets.push_back({a.cgroup_id, a.cgroup_path, attach_val_for(ap, dns_->port(a.cgroup_id))});
+        targets.push_back({a.cgroup_id, a.cgroup_path, a.attach_val()});
         paths[a.cgroup_id] = a.cgroup_path;
     }
     RevokeMaps maps{dp_->map_fd("policy_lpm"), dp_->map_fd("portsets"), dp_->map_fd("dns_allow"),
@@ -717,9 +632,7 @@ std::string Agent::cmd_policy_list() {
     JsonOut j;
     j.begin().boolean("ok", true).begin_array("policies");
     for (auto& [n, p] : policies_) {
-        size_t users = 0;
-        for (auto& a : attachments_) users += a.policy == n;
-        j.begin().str("name", n).num("policy_id", p.id).num("attachments", users).end();
+        j.begin().str("name", n).num("policy_id", p.id).num("attachments", sandboxes_->users(n)).end();
     }
     j.end_array().end();
     return j.take();
@@ -728,7 +641,7 @@ std::string Agent::cmd_policy_list() {
 std::string Agent::cmd_policy_delete(const std::string& name) {
     auto it = policies_.find(name);
     if (it == policies_.end()) return error_response("no policy named \"" + name + "\"");
-    for (auto& a : attachments_)
+    for (auto& a : sandboxes_->all())
         if (a.policy == name)
             return error_response("policy \"" + name + "\" is attached to " + a.cgroup_path +
                                   "; detach it first (`redirctl detach --cgroup " + a.cgroup_path + "`)");

@@ -16,6 +16,7 @@
 #include "agent/gateway_limits.hpp"
 #include "agent/policy_engine.hpp"
 #include "agent/state_store.hpp"
+#include "enforce/sandboxes.hpp"
 #include "loader/datapath.hpp"
 
 namespace redir::agent {
@@ -75,17 +76,13 @@ private:
     // Compiles and writes a policy under a fresh id; returns the new id.
     // Throws PolicyRejected with located messages on a bad file.
     ActivePolicy install_policy(const StoredPolicy& sp);
-    // Points every attachment of NAME at ACTIVE's id, then removes OLD_ID's entries.
-    void flip_policy(const std::string& name, uint32_t old_id);
     // After a flip: resets what policy NAME no longer allows (agent/revoke.hpp),
     // one audit record per connection; adds "revoked" to the reply J.
     void revoke_for(const std::string& name, JsonOut& j);
-    redir_attach_val attach_val_for(const ActivePolicy& p, uint16_t dns_port) const;
     void restore();
     void collect_garbage();
     void schedule_housekeeping();
     void on_event(const redir_event& e);
-    void save_attachments();
     uint32_t next_policy_id();
     // State, run and bpffs directories root-only; refuses to start otherwise.
     void secure_private_dirs();
@@ -108,8 +105,7 @@ private:
     std::string render_metrics();
 
     std::map<std::string, ActivePolicy> policies_;
-    std::vector<StoredAttachment> attachments_;
-    std::vector<uint64_t> orphans_;  // pinned links with no recorded attachment
+    std::unique_ptr<enforce::Sandboxes> sandboxes_;  // every attached sandbox; after dns_ and dp_
     uint32_t next_id_ = 1;
     uint64_t netns_cookie_ = 0;
     std::chrono::steady_clock::time_point started_;

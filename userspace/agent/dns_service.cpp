@@ -1,6 +1,5 @@
 #include "agent/dns_service.hpp"
 
-#include <bpf/bpf.h>
 #include <time.h>
 
 #include <cstring>
@@ -137,8 +136,7 @@ struct DnsService::Sandbox : dns::Admitter, std::enable_shared_from_this<DnsServ
     }
 
     void bpf_delete(const std::array<uint8_t, 16>& addr) {
-        auto k = key_for(addr);
-        bpf_map_delete_elem(dp->map_fd("dns_allow"), &k);
+        dp->delete_dns_allow(key_for(addr));
     }
 
     // Frees expired admissions (the kernel already ignores them). Holds mu.
@@ -261,6 +259,25 @@ struct DnsService::Sandbox : dns::Admitter, std::enable_shared_from_this<DnsServ
     }
 };
 
+namespace {
+// One sandbox's responder counters added to C. tcp_open is a gauge: only a
+// LIVE sandbox's open connections count, never a removed one's.
+void add_counters(DnsCounters& c, const DnsService::Sandbox& sb, bool live) {
+    for (auto* r : {sb.responder.get(), sb.responder6.get()}) {
+        if (!r) continue;
+        auto st = r->stats();
+        c.queries += st.queries;
+        c.refused += st.refused;
+        c.admissions += st.admissions;
+        if (live) c.tcp_open += st.tcp_open;
+        c.tcp_refused += st.tcp_refused;
+        c.tcp_cut += st.tcp_cut;
+        c.accept_backoffs += st.accept_backoffs;
+    }
+    c.quota_refusals += sb.quota_refusals;
+}
+}  // namespace
+
 DnsService::DnsService(asio::io_context& io, loader::Datapath& dp, AuditLog& audit, DnsOptions opts)
     : io_(io),
       dp_(dp),
@@ -274,15 +291,7 @@ DnsService::DnsService(asio::io_context& io, loader::Datapath& dp, AuditLog& aud
     parse_endpoint(upstream_);  // fail at start, not at the first query
     // What a previous agent admitted stays in the pinned map; restore()
     // re-keys it (adopt_admissions) or removes it (finish_restore).
-    int fd = dp_.map_fd("dns_allow");
-    redir_dns_allow_key cur{}, next{};
-    redir_dns_allow_key* prev = nullptr;
-    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-        redir_dns_allow_val v{};
-        if (bpf_map_lookup_elem(fd, &next, &v) == 0) inherited_[next.cgroup_id].push_back({next, v});
-        cur = next;
-        prev = &cur;
-    }
+    for (auto& [k, v] : dp_.dns_admissions()) inherited_[k.cgroup_id].push_back({k, v});
     if (!inherited_.empty()) inherited_names_ = journal_.load();
     schedule_expiry();
 }
@@ -396,17 +405,7 @@ void DnsService::remove(uint64_t cgroup_id) {
     if (it == sandboxes_.end()) return;
     auto& sb = *it->second;
     sb.stop();
-    for (auto* r : {sb.responder.get(), sb.responder6.get()}) {
-        if (!r) continue;
-        auto st = r->stats();
-        retired_.queries += st.queries;
-        retired_.refused += st.refused;
-        retired_.admissions += st.admissions;
-        retired_.tcp_refused += st.tcp_refused;
-        retired_.tcp_cut += st.tcp_cut;
-        retired_.accept_backoffs += st.accept_backoffs;
-    }
-    retired_.quota_refusals += sb.quota_refusals;
+    add_counters(retired_, sb, false);
     sandboxes_.erase(it);
     dp_.delete_dns_allow_for(cgroup_id);
 }
@@ -430,7 +429,7 @@ void DnsService::adopt_admissions(uint64_t cgroup_id) {
         if (sit != sandboxes_.end()) {
             kept = sit->second->adopt(k, v, name, now);
         } else {
-            bpf_map_delete_elem(dp_.map_fd("dns_allow"), &k);
+            dp_.delete_dns_allow(k);
         }
         kept ? ++restored_ : ++restore_withdrawn_;
     }
@@ -440,7 +439,7 @@ void DnsService::adopt_admissions(uint64_t cgroup_id) {
 void DnsService::finish_restore() {
     // Cgroups detached or gone while no agent ran: their admissions go.
     for (auto& [cg, entries] : inherited_) {
-        for (auto& [k, v] : entries) bpf_map_delete_elem(dp_.map_fd("dns_allow"), &k);
+        for (auto& [k, v] : entries) dp_.delete_dns_allow(k);
         restore_withdrawn_ += entries.size();
     }
     inherited_.clear();
@@ -463,18 +462,7 @@ void DnsService::compact_journal() {
 DnsCounters DnsService::counters() const {
     DnsCounters c = retired_;
     for (auto& [id, sb] : sandboxes_) {
-        for (auto* r : {sb->responder.get(), sb->responder6.get()}) {
-            if (!r) continue;
-            auto st = r->stats();
-            c.queries += st.queries;
-            c.refused += st.refused;
-            c.admissions += st.admissions;
-            c.tcp_open += st.tcp_open;
-            c.tcp_refused += st.tcp_refused;
-            c.tcp_cut += st.tcp_cut;
-            c.accept_backoffs += st.accept_backoffs;
-        }
-        c.quota_refusals += sb->quota_refusals;
+        add_counters(c, *sb, true);
         std::lock_guard lk(sb->mu);
         c.admissions_live += sb->admitted.size();
     }

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "agent/admission_journal.hpp"
+#include "enforce/sandbox.hpp"
 #include "redir/dns.h"
 
 namespace redir::policy {
@@ -59,19 +60,20 @@ struct DnsCounters {
     uint64_t admissions_live = 0, restored = 0, restore_withdrawn = 0, journal_errors = 0;
 };
 
-class DnsService {
+class DnsService final : public enforce::SandboxDns {
 public:
     DnsService(boost::asio::io_context& io, loader::Datapath& dp, AuditLog& audit, DnsOptions opts);
-    ~DnsService();
+    ~DnsService() override;
 
     // Starts the responder for an attachment and returns its port.
     // CGROUP_PATH names the querying process in refusal records.
     uint16_t add(uint64_t cgroup_id, const std::string& cgroup_path,
-                 std::shared_ptr<const policy::CompiledPolicy> compiled, uint32_t policy_id);
+                 std::shared_ptr<const policy::CompiledPolicy> compiled, uint32_t policy_id) override;
     // Policy reload: new decisions, and every address admitted so far is
     // re-checked against the new policy (kept with the new id, or removed).
-    void update(uint64_t cgroup_id, std::shared_ptr<const policy::CompiledPolicy> compiled, uint32_t policy_id);
-    void remove(uint64_t cgroup_id);
+    void update(uint64_t cgroup_id, std::shared_ptr<const policy::CompiledPolicy> compiled,
+                uint32_t policy_id) override;
+    void remove(uint64_t cgroup_id) override;
     uint16_t port(uint64_t cgroup_id) const;
     std::string upstream() const { return upstream_; }
 
@@ -80,10 +82,10 @@ public:
     // of the sandbox (left by the previous agent) is re-decided under the new
     // policy with the journal's name: rewritten under the new id with its
     // expiry, or removed.
-    void adopt_admissions(uint64_t cgroup_id);
+    void adopt_admissions(uint64_t cgroup_id) override;
     // Restart, after every sandbox was adopted: removes admissions of
     // cgroups that are no longer attached and compacts the journal.
-    void finish_restore();
+    void finish_restore() override;
 
     DnsCounters counters() const;
 

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "enforce/sandbox.hpp"
+
 namespace redir::agent {
 
 struct StoredPolicy {
@@ -16,11 +18,7 @@ struct StoredPolicy {
     std::string source_name; // file name it came from (for messages)
 };
 
-struct StoredAttachment {
-    std::string cgroup_path;
-    uint64_t cgroup_id = 0;
-    std::string policy;
-};
+using enforce::StoredAttachment;
 
 class StateStore {
 public:

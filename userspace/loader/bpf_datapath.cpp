@@ -1,4 +1,5 @@
-#include "loader/datapath.hpp"
+// The libbpf Datapath: skeleton load, pinned maps and links, map access.
+#include "loader/bpf_datapath.hpp"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -64,6 +65,18 @@ int libbpf_print(enum libbpf_print_level level, const char* fmt, va_list args) {
     return vfprintf(stderr, fmt, args);
 }
 
+// Calls FN with every key of the hash map FD.
+template <typename Key, typename Fn>
+void for_each_key(int fd, Fn fn) {
+    Key cur{}, next{};
+    Key* prev = nullptr;
+    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+        fn(next);
+        cur = next;
+        prev = &cur;
+    }
+}
+
 std::string errno_text(int err) { return std::strerror(err < 0 ? -err : err); }
 
 }  // namespace
@@ -83,21 +96,23 @@ void ensure_bpffs(const std::string& dir) {
         throw Error(dir + " is not on a bpf filesystem; mount one (mount -t bpf bpf /sys/fs/bpf) or pass --bpffs");
 }
 
-Datapath::Datapath(DatapathOptions opts) : opts_(std::move(opts)) {}
+BpfDatapath::BpfDatapath(DatapathOptions opts) : opts_(std::move(opts)) {}
 
-Datapath::~Datapath() {
+BpfDatapath::~BpfDatapath() {
     if (rb_) ring_buffer__free(rb_);
     // Destroying the skeleton closes our fds; pinned maps and links stay.
     if (skel_) redir_bpf__destroy(skel_);
 }
 
-std::unique_ptr<Datapath> Datapath::open(const DatapathOptions& opts) {
+std::unique_ptr<Datapath> Datapath::open(const DatapathOptions& opts) { return BpfDatapath::open(opts); }
+
+std::unique_ptr<BpfDatapath> BpfDatapath::open(const DatapathOptions& opts) {
     ensure_bpffs(opts.bpffs_dir);
     std::string maps_dir = opts.bpffs_dir + "/maps";
     make_dirs(maps_dir, 0700);
     make_dirs(opts.bpffs_dir + "/links", 0700);
 
-    std::unique_ptr<Datapath> dp(new Datapath(opts));
+    std::unique_ptr<BpfDatapath> dp(new BpfDatapath(opts));
     // The per-cgroup LSM program is loaded exactly when the kernel accepts the
     // program type; then any failure to load it is a real error (a verifier
     // rejection must not quietly turn packet-socket refusal off).
@@ -124,24 +139,24 @@ std::unique_ptr<Datapath> Datapath::open(const DatapathOptions& opts) {
     return dp;
 }
 
-void Datapath::set_config(const redir_config& cfg) {
+void BpfDatapath::set_config(const redir_config& cfg) {
     uint32_t zero = 0;
     if (bpf_map__update_elem(skel_->maps.cfg_map, &zero, sizeof(zero), &cfg, sizeof(cfg), BPF_ANY))
         throw sys_error("cannot write the datapath configuration map");
 }
 
-redir_config Datapath::config() const {
+redir_config BpfDatapath::config() const {
     uint32_t zero = 0;
     redir_config cfg{};
     bpf_map__lookup_elem(skel_->maps.cfg_map, &zero, sizeof(zero), &cfg, sizeof(cfg), 0);
     return cfg;
 }
 
-std::string Datapath::link_dir(uint64_t cgroup_id) const {
+std::string BpfDatapath::link_dir(uint64_t cgroup_id) const {
     return opts_.bpffs_dir + "/links/" + std::to_string(cgroup_id);
 }
 
-void Datapath::attach_missing(const Cgroup& cg, std::vector<std::string>& created) {
+void BpfDatapath::attach_missing(const Cgroup& cg, std::vector<std::string>& created) {
     std::string dir = link_dir(cg.id);
     make_dirs(dir, 0700);
     for (auto& p : programs(skel_, lsm_)) {
@@ -156,7 +171,7 @@ void Datapath::attach_missing(const Cgroup& cg, std::vector<std::string>& create
     }
 }
 
-void Datapath::attach(const Cgroup& cg, const redir_attach_val& val) {
+void BpfDatapath::attach(const Cgroup& cg, const redir_attach_val& val) {
     redir_attach_key k{cg.id};
     if (bpf_map__update_elem(skel_->maps.attach_map, &k, sizeof(k), &val, sizeof(val), BPF_NOEXIST)) {
         if (errno == EEXIST) throw Error(cg.path + " is already attached; detach it first");
@@ -174,7 +189,7 @@ void Datapath::attach(const Cgroup& cg, const redir_attach_val& val) {
     }
 }
 
-void Datapath::adopt(const Cgroup& cg, const redir_attach_val& val) {
+void BpfDatapath::adopt(const Cgroup& cg, const redir_attach_val& val) {
     set_attachment(cg.id, val);
     std::string dir = link_dir(cg.id);
     for (auto& p : programs(skel_, lsm_)) {
@@ -192,20 +207,20 @@ void Datapath::adopt(const Cgroup& cg, const redir_attach_val& val) {
     attach_missing(cg, created);
 }
 
-void Datapath::set_attachment(uint64_t cgroup_id, const redir_attach_val& val) {
+void BpfDatapath::set_attachment(uint64_t cgroup_id, const redir_attach_val& val) {
     redir_attach_key k{cgroup_id};
     if (bpf_map__update_elem(skel_->maps.attach_map, &k, sizeof(k), &val, sizeof(val), BPF_ANY))
         throw sys_error("cannot update attachment entry for cgroup " + std::to_string(cgroup_id));
 }
 
-std::optional<redir_attach_val> Datapath::attachment(uint64_t cgroup_id) const {
+std::optional<redir_attach_val> BpfDatapath::attachment(uint64_t cgroup_id) const {
     redir_attach_key k{cgroup_id};
     redir_attach_val v{};
     if (bpf_map__lookup_elem(skel_->maps.attach_map, &k, sizeof(k), &v, sizeof(v), 0)) return std::nullopt;
     return v;
 }
 
-void Datapath::detach(uint64_t cgroup_id) {
+void BpfDatapath::detach(uint64_t cgroup_id) {
     // Links first, entry last: while any program is still attached it must
     // find its entry, otherwise it would deny (fail closed) mid-detach.
     std::string dir = link_dir(cgroup_id);
@@ -227,7 +242,14 @@ void Datapath::detach(uint64_t cgroup_id) {
     delete_dns_allow_for(cgroup_id);
 }
 
-std::vector<PinnedAttachment> Datapath::pinned_attachments() const {
+std::vector<uint64_t> BpfDatapath::attachment_ids() const {
+    std::vector<uint64_t> ids;
+    for_each_key<redir_attach_key>(bpf_map__fd(skel_->maps.attach_map),
+                                   [&](const redir_attach_key& k) { ids.push_back(k.cgroup_id); });
+    return ids;
+}
+
+std::vector<PinnedAttachment> BpfDatapath::pinned_attachments() const {
     std::vector<PinnedAttachment> out;
     std::error_code ec;
     for (auto& e : fs::directory_iterator(opts_.bpffs_dir + "/links", ec)) {
@@ -243,13 +265,13 @@ std::vector<PinnedAttachment> Datapath::pinned_attachments() const {
     return out;
 }
 
-void Datapath::put_lpm(const redir_lpm_key& k, const redir_lpm_val& v) {
+void BpfDatapath::put_lpm(const redir_lpm_key& k, const redir_lpm_val& v) {
     if (bpf_map__update_elem(skel_->maps.policy_lpm, &k, sizeof(k), &v, sizeof(v), BPF_ANY))
         throw sys_error("cannot write policy entry (policy map full? " +
                         std::to_string(REDIR_MAX_POLICY_ENTRIES) + " entries at most)");
 }
 
-void Datapath::put_portset(const redir_portset_key& k, const redir_portset& v) {
+void BpfDatapath::put_portset(const redir_portset_key& k, const redir_portset& v) {
     if (bpf_map__update_elem(skel_->maps.portsets, &k, sizeof(k), &v, sizeof(v), BPF_ANY))
         throw sys_error("cannot write policy port set");
 }
@@ -259,19 +281,15 @@ namespace {
 template <typename Key, typename Pred>
 size_t delete_matching(int fd, Pred pred) {
     std::vector<Key> doomed;
-    Key cur{}, next{};
-    Key* prev = nullptr;
-    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-        if (pred(next)) doomed.push_back(next);
-        cur = next;
-        prev = &cur;
-    }
+    for_each_key<Key>(fd, [&](const Key& k) {
+        if (pred(k)) doomed.push_back(k);
+    });
     for (auto& k : doomed) bpf_map_delete_elem(fd, &k);
     return doomed.size();
 }
 }  // namespace
 
-size_t Datapath::delete_policy(uint32_t policy_id) {
+size_t BpfDatapath::delete_policy(uint32_t policy_id) {
     size_t n = delete_matching<redir_lpm_key>(bpf_map__fd(skel_->maps.policy_lpm),
                                              [&](const redir_lpm_key& k) { return k.policy_id == policy_id; });
     n += delete_matching<redir_portset_key>(bpf_map__fd(skel_->maps.portsets),
@@ -279,37 +297,40 @@ size_t Datapath::delete_policy(uint32_t policy_id) {
     return n;
 }
 
-namespace {
-template <typename Key>
-void collect_policy_ids(int fd, std::set<uint32_t>& out) {
-    Key cur{}, next{};
-    Key* prev = nullptr;
-    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-        out.insert(next.policy_id);
-        cur = next;
-        prev = &cur;
-    }
-}
-}  // namespace
-
-std::set<uint32_t> Datapath::policy_ids() const {
+std::set<uint32_t> BpfDatapath::policy_ids() const {
     std::set<uint32_t> ids;
-    collect_policy_ids<redir_portset_key>(bpf_map__fd(skel_->maps.portsets), ids);
-    collect_policy_ids<redir_lpm_key>(bpf_map__fd(skel_->maps.policy_lpm), ids);
+    for_each_key<redir_portset_key>(bpf_map__fd(skel_->maps.portsets),
+                                    [&](const redir_portset_key& k) { ids.insert(k.policy_id); });
+    for_each_key<redir_lpm_key>(bpf_map__fd(skel_->maps.policy_lpm),
+                                [&](const redir_lpm_key& k) { ids.insert(k.policy_id); });
     return ids;
 }
 
-void Datapath::put_dns_allow(const redir_dns_allow_key& k, const redir_dns_allow_val& v) {
+void BpfDatapath::put_dns_allow(const redir_dns_allow_key& k, const redir_dns_allow_val& v) {
     if (bpf_map__update_elem(skel_->maps.dns_allow, &k, sizeof(k), &v, sizeof(v), BPF_ANY))
         throw sys_error("cannot write DNS admission");
 }
 
-size_t Datapath::delete_dns_allow_for(uint64_t cgroup_id) {
+void BpfDatapath::delete_dns_allow(const redir_dns_allow_key& k) {
+    bpf_map__delete_elem(skel_->maps.dns_allow, &k, sizeof(k), 0);
+}
+
+std::vector<DnsAdmission> BpfDatapath::dns_admissions() const {
+    std::vector<DnsAdmission> out;
+    int fd = bpf_map__fd(skel_->maps.dns_allow);
+    for_each_key<redir_dns_allow_key>(fd, [&](const redir_dns_allow_key& k) {
+        redir_dns_allow_val v{};
+        if (bpf_map_lookup_elem(fd, &k, &v) == 0) out.emplace_back(k, v);
+    });
+    return out;
+}
+
+size_t BpfDatapath::delete_dns_allow_for(uint64_t cgroup_id) {
     return delete_matching<redir_dns_allow_key>(
         bpf_map__fd(skel_->maps.dns_allow), [&](const redir_dns_allow_key& k) { return k.cgroup_id == cgroup_id; });
 }
 
-std::optional<redir_origdst_val> Datapath::take_origdst(const redir_tuple_key& k) {
+std::optional<redir_origdst_val> BpfDatapath::take_origdst(const redir_tuple_key& k) {
     redir_origdst_val v{};
     if (bpf_map_lookup_and_delete_elem(bpf_map__fd(skel_->maps.origdst_map), &k, &v) == 0) return v;
     // LRU hash gained lookup_and_delete late; fall back to two calls.
@@ -318,13 +339,13 @@ std::optional<redir_origdst_val> Datapath::take_origdst(const redir_tuple_key& k
     return v;
 }
 
-uint64_t Datapath::event_drops(uint64_t cgroup_id) const {
+uint64_t BpfDatapath::event_drops(uint64_t cgroup_id) const {
     uint64_t n = 0;
     bpf_map__lookup_elem(skel_->maps.event_drops, &cgroup_id, sizeof(cgroup_id), &n, sizeof(n), 0);
     return n;
 }
 
-std::array<uint64_t, REDIR_CNT_MAX> Datapath::counters() const {
+std::array<uint64_t, REDIR_CNT_MAX> BpfDatapath::counters() const {
     std::array<uint64_t, REDIR_CNT_MAX> out{};
     int ncpu = libbpf_num_possible_cpus();
     std::vector<uint64_t> per(ncpu > 0 ? ncpu : 1);
@@ -335,12 +356,12 @@ std::array<uint64_t, REDIR_CNT_MAX> Datapath::counters() const {
     return out;
 }
 
-void Datapath::open_events(std::function<void(const redir_event&)> handler) {
+void BpfDatapath::open_events(std::function<void(const redir_event&)> handler) {
     on_event_ = std::move(handler);
     rb_ = ring_buffer__new(
         bpf_map__fd(skel_->maps.events),
         [](void* ctx, void* data, size_t len) -> int {
-            auto* self = static_cast<Datapath*>(ctx);
+            auto* self = static_cast<BpfDatapath*>(ctx);
             if (len >= sizeof(redir_event) && self->on_event_) {
                 redir_event e;
                 std::memcpy(&e, data, sizeof(e));
@@ -352,11 +373,11 @@ void Datapath::open_events(std::function<void(const redir_event&)> handler) {
     if (!rb_) throw sys_error("cannot open the event ring buffer");
 }
 
-int Datapath::events_poll_fd() const { return rb_ ? ring_buffer__epoll_fd(rb_) : -1; }
+int BpfDatapath::events_poll_fd() const { return rb_ ? ring_buffer__epoll_fd(rb_) : -1; }
 
-int Datapath::consume_events() { return rb_ ? ring_buffer__consume(rb_) : 0; }
+int BpfDatapath::consume_events() { return rb_ ? ring_buffer__consume(rb_) : 0; }
 
-int Datapath::map_fd(const char* name) const {
+int BpfDatapath::map_fd(const char* name) const {
     bpf_map* m = bpf_object__find_map_by_name(skel_->obj, name);
     return m ? bpf_map__fd(m) : -1;
 }
