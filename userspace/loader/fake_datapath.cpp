@@ -60,6 +60,10 @@ void FakeDatapath::step(const std::string& name) {
     }
 }
 
+void FakeDatapath::changed(const char* name) {
+    if (after_change) after_change(name);
+}
+
 void FakeDatapath::link_missing(uint64_t cgroup_id, std::vector<std::string>& created) {
     auto& links = kernel_.links[cgroup_id];
     for (auto& p : program_names()) {
@@ -67,6 +71,7 @@ void FakeDatapath::link_missing(uint64_t cgroup_id, std::vector<std::string>& cr
         step("attach_link");
         links[p] = generation_;
         created.push_back(p);
+        changed("attach_link");
     }
 }
 
@@ -74,6 +79,7 @@ void FakeDatapath::attach(const Cgroup& cg, const redir_attach_val& val) {
     step("attach");
     if (kernel_.attach.count(cg.id)) throw Error(cg.path + " is already attached; detach it first");
     kernel_.attach[cg.id] = val;
+    changed("attach_entry");
     std::vector<std::string> created;
     try {
         link_missing(cg.id, created);
@@ -90,7 +96,10 @@ void FakeDatapath::adopt(const Cgroup& cg, const redir_attach_val& val) {
     step("adopt");
     set_attachment(cg.id, val);
     if (auto it = kernel_.links.find(cg.id); it != kernel_.links.end())
-        for (auto& [name, gen] : it->second) gen = generation_;
+        for (auto& [name, gen] : it->second) {
+            gen = generation_;
+            changed("adopt_link");
+        }
     std::vector<std::string> created;
     link_missing(cg.id, created);
 }
@@ -98,6 +107,7 @@ void FakeDatapath::adopt(const Cgroup& cg, const redir_attach_val& val) {
 void FakeDatapath::set_attachment(uint64_t cgroup_id, const redir_attach_val& val) {
     step("set_attachment");
     kernel_.attach[cgroup_id] = val;
+    changed("set_attachment");
 }
 
 std::optional<redir_attach_val> FakeDatapath::attachment(uint64_t cgroup_id) const {
@@ -114,10 +124,13 @@ std::vector<uint64_t> FakeDatapath::attachment_ids() const {
 
 void FakeDatapath::detach(uint64_t cgroup_id) {
     step("detach");
+    // Links first, entry last, like the real one.
     kernel_.links.erase(cgroup_id);
+    changed("detach_links");
     kernel_.attach.erase(cgroup_id);
     kernel_.event_drops.erase(cgroup_id);
     delete_dns_allow_for(cgroup_id);
+    changed("detach_entry");
 }
 
 std::vector<PinnedAttachment> FakeDatapath::pinned_attachments() const {
@@ -133,16 +146,20 @@ std::vector<PinnedAttachment> FakeDatapath::pinned_attachments() const {
 void FakeDatapath::put_lpm(const redir_lpm_key& k, const redir_lpm_val& v) {
     step("put_lpm");
     kernel_.lpm[{k.policy_id, bytes_of(k)}] = v;
+    changed("put_lpm");
 }
 
 void FakeDatapath::put_portset(const redir_portset_key& k, const redir_portset& v) {
     step("put_portset");
     kernel_.portsets[{k.policy_id, bytes_of(k)}] = v;
+    changed("put_portset");
 }
 
 size_t FakeDatapath::delete_policy(uint32_t policy_id) {
     step("delete_policy");
-    return erase_with(kernel_.lpm, policy_id) + erase_with(kernel_.portsets, policy_id);
+    size_t n = erase_with(kernel_.lpm, policy_id) + erase_with(kernel_.portsets, policy_id);
+    changed("delete_policy");
+    return n;
 }
 
 std::set<uint32_t> FakeDatapath::policy_ids() const {

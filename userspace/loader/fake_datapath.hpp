@@ -43,6 +43,11 @@ public:
     void fail_at(const std::string& step, int nth = 1);
     // Calls of STEP so far (failed ones included).
     int calls(const std::string& step) const;
+    // Called after every change to the kernel state, with the step's name:
+    // a test snapshots the FakeKernel there to restart from "a crash right
+    // after this step". Multi-step operations (attach: entry, then each
+    // link; detach: links, then entry) report each part.
+    std::function<void(const std::string& step)> after_change;
 
     // The steps a test can make fail.
     void attach(const Cgroup& cg, const redir_attach_val& val) override;
@@ -80,6 +85,7 @@ public:
 private:
     // Counts the call and throws if a failure was armed for it.
     void step(const std::string& name);
+    void changed(const char* name);
     void link_missing(uint64_t cgroup_id, std::vector<std::string>& created);
 
     FakeKernel& kernel_;

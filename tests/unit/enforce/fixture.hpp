@@ -74,10 +74,12 @@ inline PolicyRef policy_ref(const std::string& name, uint32_t id, bool inference
 class SandboxesTest : public ::testing::Test {
 public:  // failure tables arm the fakes from outside
     loader::FakeKernel kernel;
-    std::unique_ptr<loader::FakeDatapath> dp = std::make_unique<loader::FakeDatapath>(kernel, 1);
+    int generation = 1;  // of the running agent's programs
+    std::unique_ptr<loader::FakeDatapath> dp = std::make_unique<loader::FakeDatapath>(kernel, generation);
     std::unique_ptr<FakeDns> dns = std::make_unique<FakeDns>(*dp);
     std::vector<StoredAttachment> records;  // the state file
     int save_failures_armed = 0;            // the Nth save from now fails
+    std::function<void()> after_save;       // a crash point: the record is on disk
     std::map<std::string, uint64_t> cgroups = {{"/cg/a", 101}, {"/cg/b", 102}, {"/cg/c", 103}};
     std::unique_ptr<Sandboxes> sbx = make();
 
@@ -86,6 +88,7 @@ public:  // failure tables arm the fakes from outside
                                if (save_failures_armed && --save_failures_armed == 0)
                                    throw Error("fake state dir: injected failure at save");
                                records = r;
+                               if (after_save) after_save();
                            }};
         deps.open_cgroup = [this](const std::string& p) { return cg(p); };
         return std::make_unique<Sandboxes>(std::move(deps));
@@ -104,7 +107,7 @@ public:  // failure tables arm the fakes from outside
     void restart() {
         sbx.reset();
         dns = nullptr;
-        dp = std::make_unique<loader::FakeDatapath>(kernel, 2);
+        dp = std::make_unique<loader::FakeDatapath>(kernel, ++generation);
         dns = std::make_unique<FakeDns>(*dp);
         sbx = make();
     }

@@ -158,5 +158,97 @@ TEST_F(RestoreTest, FailedAdoptionLeavesTheLinksEnforcing) {
     EXPECT_FALSE(dns->live.count(101));
 }
 
+// Every crash point of every operation, systematically: the operation runs
+// once recording what the kernel and the state file hold after each change;
+// then for each of those points a new agent restores from exactly that and
+// must end with every sandbox either enforced under its recorded policy,
+// or (links but no record) denying everything, or (no links) without any
+// entry: never a link running without its entry, never a stray entry.
+struct CrashPoint {
+    std::string after;
+    loader::FakeKernel kernel;
+    std::vector<StoredAttachment> records;
+};
+
+class CrashAtEachStep : public RestoreTest {
+protected:
+    std::vector<CrashPoint> points;
+
+    void record_points() {
+        auto snap = [this](const std::string& after) { points.push_back({after, kernel, records}); };
+        dp->after_change = snap;
+        after_save = [snap] { snap("save"); };
+    }
+
+    void check_every_point(const std::string& op) {
+        ASSERT_FALSE(points.empty());
+        for (auto& p : points) {
+            SCOPED_TRACE(op + ": crash right after " + p.after);
+            dp->after_change = nullptr;
+            after_save = nullptr;
+            kernel = p.kernel;
+            records = p.records;
+            restart();
+            restore_now();
+            for (auto& [path, id] : cgroups) {
+                bool recorded = std::any_of(p.records.begin(), p.records.end(),
+                                            [&](auto& r) { return r.cgroup_id == id; });
+                bool linked = p.kernel.links.count(id) && !p.kernel.links.at(id).empty();
+                if (recorded) {
+                    expect_attached(id, 20);
+                    EXPECT_TRUE(links_run_generation(id, generation)) << path << " runs a dead agent's programs";
+                } else if (linked) {
+                    ASSERT_TRUE(kernel.attach.count(id)) << path << ": links without an entry";
+                    EXPECT_EQ(kernel.attach.at(id).policy_id, 0u) << path << " must deny everything";
+                    EXPECT_TRUE(sbx->encloses(id));
+                    // The operator can always clean it up.
+                    EXPECT_EQ(sbx->detach(id, path), path);
+                    expect_gone(id);
+                } else {
+                    EXPECT_FALSE(kernel.attach.count(id)) << path << ": a stray entry";
+                    EXPECT_EQ(sbx->find(id), nullptr);
+                }
+            }
+        }
+    }
+};
+
+TEST_F(CrashAtEachStep, Attach) {
+    sbx->attach(cg("/cg/b"), policy_ref("web", 7));
+    record_points();
+    sbx->attach(cg("/cg/a"), policy_ref("web", 7));
+    // The entry, each link, the record.
+    EXPECT_EQ(points.size(), loader::FakeDatapath::program_names().size() + 2);
+    check_every_point("attach");
+}
+
+TEST_F(CrashAtEachStep, Detach) {
+    sbx->attach(cg("/cg/a"), policy_ref("web", 7));
+    sbx->attach(cg("/cg/b"), policy_ref("web", 7));
+    record_points();
+    sbx->detach(101, "/cg/a");
+    EXPECT_EQ(points.size(), 3u);  // the record, the links, the entry
+    check_every_point("detach");
+}
+
+TEST_F(CrashAtEachStep, Reload) {
+    sbx->attach(cg("/cg/a"), policy_ref("web", 7));
+    sbx->attach(cg("/cg/b"), policy_ref("web", 7));
+    sbx->attach(cg("/cg/c"), policy_ref("web", 7));
+    record_points();
+    sbx->reload(policy_ref("web", 8), policy_ref("web", 7));
+    EXPECT_EQ(points.size(), 3u);  // one flip per sandbox
+    check_every_point("reload");
+}
+
+TEST_F(CrashAtEachStep, Restore) {
+    sbx->attach(cg("/cg/a"), policy_ref("web", 7));
+    sbx->attach(cg("/cg/b"), policy_ref("web", 7));
+    restart();
+    record_points();
+    restore_now();
+    check_every_point("restore");
+}
+
 }  // namespace
 }  // namespace redir::enforce::test
