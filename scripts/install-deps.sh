@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 PKGS=(
   build-essential cmake pkg-config git ccache
+  # the soak's sanitizer build (tests/soak): Ninja keeps both cores busy across targets
+  ninja-build
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
   libssl-dev libboost1.81-dev rapidjson-dev libspdlog-dev libfmt-dev
   libnl-3-dev libnl-route-3-dev libnftables-dev libcli11-dev libldns-dev

@@ -12,10 +12,19 @@ if command -v ccache >/dev/null 2>&1; then
   export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$(dirname "$src")} CCACHE_NOHASHDIR=1
   launch=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 fi
+# Ninja compiles objects of different libraries side by side (Make waits for
+# each library before the next): the cold build's wall time on 2 cores.
+# A directory configured before keeps its generator.
+gen=()
+if [[ ! -f $out/CMakeCache.txt ]] && command -v ninja >/dev/null 2>&1; then
+  gen=(-G Ninja)
+fi
 san="-fsanitize=address,undefined -fno-omit-frame-pointer"
-# CMAKE_BUILD_TYPE=None: no per-type flags on top of ours.
-cmake -S "$src" -B "$out" -DCMAKE_BUILD_TYPE=None -DREDIR_SOAK=OFF "${launch[@]}" \
-  -DCMAKE_C_FLAGS="-O1 -g1" -DCMAKE_CXX_FLAGS="-O1 -g1 $san" -DCMAKE_EXE_LINKER_FLAGS="$san" >/dev/null
+# CMAKE_BUILD_TYPE=None: no per-type flags on top of ours. PRE_TEST: the
+# sanitized test binaries are never listed at build time (this tree runs no ctest).
+cmake -S "$src" -B "$out" "${gen[@]}" -DCMAKE_BUILD_TYPE=None -DREDIR_SOAK=OFF "${launch[@]}" \
+  -DCMAKE_C_FLAGS="-O1 -g1" -DCMAKE_CXX_FLAGS="-O1 -g1 $san" -DCMAKE_EXE_LINKER_FLAGS="$san" \
+  -DCMAKE_GTEST_DISCOVER_TESTS_DISCOVERY_MODE=PRE_TEST >/dev/null
 cmake --build "$out" -j"${REDIR_SANITIZED_JOBS:-2}" --target \
   redird redirctl test_dns redir_terminator_tests redir_terminator_limits_tests redir_gateway_tests \
   redir_gateway_hostile_tests redir_relay_tests
