@@ -22,7 +22,7 @@ fi
 san="-fsanitize=address,undefined -fno-omit-frame-pointer"
 # CMAKE_BUILD_TYPE=None: no per-type flags on top of ours. PRE_TEST: the
 # sanitized test binaries are never listed at build time (this tree runs no ctest).
-cmake -S "$src" -B "$out" "${gen[@]}" -DCMAKE_BUILD_TYPE=None -DREDIR_SOAK=OFF "${launch[@]}" \
+cmake -S "$src" -B "$out" "${gen[@]}" -DCMAKE_BUILD_TYPE=None -DREDIR_SOAK=OFF -DREDIR_SANITIZED_TREE=ON "${launch[@]}" \
   -DCMAKE_C_FLAGS="-O1 -g1" -DCMAKE_CXX_FLAGS="-O1 -g1 $san" -DCMAKE_EXE_LINKER_FLAGS="$san" \
   -DCMAKE_GTEST_DISCOVER_TESTS_DISCOVERY_MODE=PRE_TEST >/dev/null
 cmake --build "$out" -j"${REDIR_SANITIZED_JOBS:-2}" --target \
