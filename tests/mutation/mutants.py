@@ -10,6 +10,8 @@ need the gateway (Boost.Beast, minutes to compile) or root and BPF.
 
 test: ("gtest", <binary under build/>, <gtest filter>, <build targets>)
       ("e2e", <module>, <class>, <method>, <build targets>)
+      ("sanitized-e2e", <module>, <class>, <method>, []): the e2e test against
+      the soak's ASan + UBSan build (tests/soak/build_sanitized.sh)
 """
 from dataclasses import dataclass
 
@@ -135,4 +137,10 @@ MUTANTS = [
            "if (0)\n\t\treturn REDIR_VERDICT_DENY;\n\tstruct redir_dns_allow_key",
            ("gtest", "tests/kernel/special_addresses_test", "SpecialPolicy.DnsAdmissionNeverOpensTheNodesLoopback",
             ["special_addresses_test"])),
+    Mutant("dns-lookup-holds-itself", "lifetime safety: a DNS lookup in flight outlives its callbacks",
+           "userspace/dns/server.cpp",
+           "usock.async_receive(asio::buffer(buf), [self = shared_from_this()](error_code ec, size_t n) {",
+           "usock.async_receive(asio::buffer(buf), [self = this](error_code ec, size_t n) {",
+           ("sanitized-e2e", "test_detach_in_flight", "DetachInFlight", "test_detach_with_streams_relay_and_dns_in_flight",
+            [])),
 ]

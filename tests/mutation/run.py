@@ -91,10 +91,33 @@ def build(scratch, targets, env, jobs):
     return r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
 
 
+def sanitized(m):
+    return m.test[0] == "sanitized-e2e"
+
+
+def build_for(scratch, mutants, env, jobs):
+    """Builds what MUTANTS' tests run: their targets in build/, and the soak's
+    ASan + UBSan tree (build/sanitized) when a test runs against it."""
+    targets = set(t for m in mutants if not sanitized(m) for t in targets_of(m))
+    if targets:
+        ok, out = build(scratch, targets, env, jobs)
+        if not ok:
+            return ok, out
+    if any(sanitized(m) for m in mutants):
+        r = subprocess.run([os.path.join(scratch, "tests", "soak", "build_sanitized.sh"),
+                            os.path.join(scratch, "build", "sanitized")],
+                           env=dict(env, REDIR_SANITIZED_JOBS=str(jobs)), capture_output=True, text=True)
+        if r.returncode != 0:
+            return False, r.stdout[-4000:] + r.stderr[-4000:]
+    return True, ""
+
+
 def run_test(scratch, test):
     """Returns ('pass'|'fail'|'skip', output)."""
     kind = test[0]
     build_dir = os.path.join(scratch, "build")
+    if kind == "sanitized-e2e":  # an e2e test against the ASan + UBSan agent: a report fails it
+        kind, build_dir = "e2e", os.path.join(build_dir, "sanitized")
     if kind == "gtest":
         _, binary, gfilter, _ = test
         argv = [os.path.join(build_dir, binary), "--gtest_filter=" + gfilter]
@@ -123,7 +146,9 @@ def targets_of(m):
 
 
 def test_name(m):
-    return m.test[2] if m.test[0] == "gtest" else "%s.%s.%s" % m.test[1:4]
+    if m.test[0] == "gtest":
+        return m.test[2]
+    return ("sanitized " if sanitized(m) else "") + "%s.%s.%s" % m.test[1:4]
 
 
 def main():
@@ -162,13 +187,12 @@ def main():
         copy_tree(ROOT, scratch)
         env = build_env(scratch)
         configure(scratch, env)
-        all_targets = set(t for m in chosen for t in targets_of(m))
-        ok, out = build(scratch, all_targets, env, a.j)
+        ok, out = build_for(scratch, chosen, env, a.j)
         if not ok:
             log(out)
-            log("mutation: the unmutated copy does not build (targets %s)" % ", ".join(sorted(all_targets)))
+            log("mutation: the unmutated copy does not build (mutants %s)" % ", ".join(m.id for m in chosen))
             return 3
-        log("mutation: built %s in %.0f s" % (", ".join(sorted(all_targets)), time.time() - t0))
+        log("mutation: built in %.0f s" % (time.time() - t0))
 
         # Without a mutant, each named test must pass: otherwise killing proves nothing.
         baseline_bad = False
@@ -194,7 +218,7 @@ def main():
             with open(path, "w") as f:
                 f.write(original.replace(m.find, m.replace, 1))
             try:
-                ok, out = build(scratch, targets_of(m), env, a.j)
+                ok, out = build_for(scratch, [m], env, a.j)
                 if not ok:
                     log(out)
                     log("BROKEN %s: the mutant does not build; fix its replacement in mutants.py" % m.id)
