@@ -12,7 +12,9 @@ PKGS=(
   libssl-dev libboost1.81-dev rapidjson-dev libspdlog-dev libfmt-dev
   libnl-3-dev libnl-route-3-dev libnftables-dev libcli11-dev libldns-dev
   libgtest-dev libgmock-dev libbenchmark-dev libclang-rt-14-dev liburing-dev libseccomp-dev
-  iproute2 curl ca-certificates python3 nodejs npm dnsutils ccache
+  iproute2 curl ca-certificates python3 python3-yaml nodejs npm dnsutils ccache
+  # service files: systemd-analyze verifies the unit (tests/packaging)
+  systemd
   # kernel matrix (scripts/kernel-matrix.sh fetches the guest kernels itself)
   qemu-system-x86 busybox-static kmod cpio xz-utils zstd
   # bench/peers: the peers redir is measured against, and the load generator

@@ -189,6 +189,11 @@ int main(int argc, char** argv) {
                     "USER[:GROUP] to run CMD as (default: the sudo caller from SUDO_UID/SUDO_GID, else nobody; "
                     "no supplementary groups). \"root\" is root of a private user namespace, mapped to the "
                     "default user outside");
+    run->add_flag("--netns", run_opts.netns,
+                  "CMD gets its own network namespace, joined to this one by a veth pair; allowed egress is "
+                  "forwarded and masqueraded; all of it is removed when run ends");
+    run->add_option("--netns-pool", run_opts.netns_pool,
+                    "IPv4 prefix the --netns subnets (/30 each) come from (default: $REDIR_NETNS_POOL, else 10.250.0.0/16)");
     run->add_option("CMD", run_opts.command, "command and arguments (after --)")->required();
     run->prefix_command(false);
 

@@ -20,13 +20,16 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <optional>
 
 #include "client.hpp"
 #include "common/atomic_file.hpp"
+#include "common/error.hpp"
 #include "common/fd.hpp"
 #include "loader/cgroup.hpp"
 #include "run_landlock.hpp"
+#include "run_netns.hpp"
 #include "run_seccomp.hpp"
 #include "run_user.hpp"
 #include "sandbox_reaper.hpp"
@@ -57,8 +60,10 @@ Fallbacks fallbacks_from_env() {
     return f;
 }
 
-std::string attach_request(const std::string& cgroup, const std::string& policy_arg) {
+std::string attach_request(const std::string& cgroup, const std::string& policy_arg, const RunNetns* net) {
     std::string req = "{\"cmd\":\"attach\",\"cgroup\":" + json_escape(cgroup);
+    // Its redirects land on the agent's end of the veth, not on its own loopback.
+    if (net) req += ",\"netns\":" + json_escape(net->path()) + ",\"redirect_via\":" + json_escape(net->gateway());
     if (policy_arg.empty()) {
         // Nothing but inference.local: the safest default for an agent.
         req += ",\"policy_text\":" +
@@ -154,6 +159,7 @@ struct ChildPlan {
     RunUser user;
     const RunFiles* files = nullptr;
     const std::vector<std::string>* command = nullptr;
+    int netns_fd = -1;       // --netns: joined before anything else
 };
 
 [[noreturn]] void child_fail(int chan, const std::string& msg, int code = kRunFailed) {
@@ -285,6 +291,10 @@ void close_run_descriptors(int keep) {
 }
 
 [[noreturn]] void child_main(int chan, const ChildPlan& p) {
+    // Still root of the host here; the descriptor is close-on-exec, closed next.
+    if (p.netns_fd >= 0 && ::setns(p.netns_fd, CLONE_NEWNET) != 0)
+        child_fail(chan, std::string("cannot enter the sandbox's network namespace: ") + std::strerror(errno) +
+                             "; nothing was run");
     close_run_descriptors(chan);
     if (!p.entered) enter_cgroup(chan, p);
     // Checked either way: the command never runs anywhere but in the sandbox.
@@ -439,6 +449,14 @@ void end_sandbox(Client& client, const std::string& cgroup, bool use_cgroup_kill
         std::cerr << "redirctl: cannot remove sandbox cgroup " << cgroup << ": " << std::strerror(errno) << "\n";
 }
 
+std::unique_ptr<RunNetns> make_run_netns(const std::string& pool) {
+    try {
+        return std::make_unique<RunNetns>(netns_pool(pool));
+    } catch (const redir::Error& e) {
+        throw Failure{std::string("cannot set up the sandbox's network namespace: ") + e.what()};
+    }
+}
+
 }  // namespace
 
 int run_sandboxed(const RunOptions& opts) {
@@ -454,8 +472,12 @@ int run_sandboxed(const RunOptions& opts) {
 
     Client client(opts.socket_path);
     rapidjson::Document d;
+    // Declared before the sandbox's end so it outlives the detach; gone by
+    // itself (the kernel's doing) if run is SIGKILLed.
+    std::unique_ptr<RunNetns> net;
     try {
-        d = client.call(attach_request(cg, opts.policy));
+        if (opts.netns) net = make_run_netns(opts.netns_pool);
+        d = client.call(attach_request(cg, opts.policy, net.get()));
     } catch (...) {
         ::rmdir(cg.c_str());
         throw;
@@ -481,7 +503,7 @@ int run_sandboxed(const RunOptions& opts) {
             throw Failure{std::string("cannot prepare to start the command: ") + std::strerror(errno)};
         redir::UniqueFd mine(sv[0]), theirs(sv[1]);
 
-        ChildPlan plan{cg, rel, false, user, &files, &opts.command};
+        ChildPlan plan{cg, rel, false, user, &files, &opts.command, net ? net->fd() : -1};
         pid_t pid = spawn(cgfd.get(), !fb.no_clone3, plan.entered);
         if (pid < 0) throw Failure{std::string("cannot start the command: ") + std::strerror(errno)};
         if (pid == 0) {

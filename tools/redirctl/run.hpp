@@ -11,6 +11,8 @@ struct RunOptions {
     std::string policy;               // NAME or FILE; empty: inference only
     std::string user;                 // --user USER[:GROUP]; empty: sudo caller, else nobody
     std::vector<std::string> command;
+    bool netns = false;      // --netns: its own network namespace (run_netns.hpp)
+    std::string netns_pool;  // --netns-pool CIDR; empty: $REDIR_NETNS_POOL, else the default
 };
 
 // Runs the command sandboxed; returns its exit code (128+signal when killed),

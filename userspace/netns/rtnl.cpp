@@ -68,6 +68,13 @@ bool Rtnl::has_link(const std::string& name) {
     return rtnl_link_get_kernel(sock_.get(), 0, name.c_str(), &l.p) == 0;
 }
 
+std::string Rtnl::name_of(int index) {
+    LinkRef l;
+    if (rtnl_link_get_kernel(sock_.get(), index, nullptr, &l.p) != 0) return "";
+    const char* n = rtnl_link_get_name(l.p);
+    return n ? n : "";
+}
+
 int Rtnl::ifindex(const std::string& name) {
     LinkRef l;
     if (int err = rtnl_link_get_kernel(sock_.get(), 0, name.c_str(), &l.p); err != 0)

@@ -23,6 +23,8 @@ public:
     // Index of interface NAME; throws if there is none.
     int ifindex(const std::string& name);
     bool has_link(const std::string& name);
+    // Name of interface IFINDEX; empty if there is none.
+    std::string name_of(int ifindex);
     // A veth pair: NAME here, PEER_NAME created directly in PEER_NS.
     void add_veth(const std::string& name, const std::string& peer_name, const Namespace& peer_ns);
     void set_up(const std::string& name);

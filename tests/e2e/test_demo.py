@@ -1,0 +1,56 @@
+"""scripts/demo.sh, the end of the README's set-up command: its transcript
+shows a sandboxed command reaching inference.local with the model rewritten,
+an allowed name, EPERM for a denied address and NXDOMAIN for a denied name,
+the agent's audit records of each, and how to rerun it."""
+import os
+import re
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+class DemoTranscript(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        harness.require_root(cls)
+        # The demo makes its own network namespaces; nothing of ours is shared.
+        r = subprocess.run([os.path.join(REPO, "scripts", "demo.sh")], capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, REDIR_BUILD=harness.BUILD))
+        cls.rc, cls.out = r.returncode, r.stdout + r.stderr
+
+    def test_demo_succeeds_and_says_how_to_rerun(self):
+        self.assertEqual(self.rc, 0, self.out)
+        self.assertIn("Rerun this demo: sudo scripts/demo.sh", self.out)
+        self.assertIn("no packet leaves the machine", self.out)
+
+    def test_sandbox_has_its_own_network_namespace(self):
+        if "cannot yet redirect into a sandbox's own namespace" in self.out:
+            self.skipTest("the agent has no per-sandbox redirect target yet: the demo ran without --netns")
+        m = re.search(r"network namespace: (net:\[\d+\]), address (192\.0\.2\.\d+/30)", self.out)
+        self.assertTrue(m, self.out)
+        self.assertNotEqual(m.group(1), os.readlink("/proc/self/ns/net"))
+        self.assertIn("redirctl run --netns", self.out)
+
+    def test_inference_local_answers_with_the_rewritten_model(self):
+        self.assertIn("This is a mock response from redir for model demo-model", self.out)
+        self.assertRegex(self.out, r"inference +POST /v1/chat/completions +model 'gpt-4o' -> 'demo-model'")
+
+    def test_allowed_name_reached(self):
+        self.assertIn("hello from api.allowed.example (192.0.2.200)", self.out)
+
+    def test_denied_address_eperm_and_recorded(self):
+        self.assertIn("PermissionError: [Errno 1] Operation not permitted", self.out)
+        self.assertRegex(self.out, r"connect +192\.0\.2\.201:80/tcp +deny")
+
+    def test_denied_name_nxdomain_and_recorded(self):
+        self.assertRegex(self.out, r"\$ getent hosts blocked\.example\n\(exit 2\)")
+        self.assertRegex(self.out, r"dns +blocked\.example +denied")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
