@@ -204,6 +204,37 @@ TEST_F(DnsLifetimeTest, RestoreReKeysAdmissionsUnderTheNewPolicyIdAndWithdrawsTh
     EXPECT_EQ(c.restore_withdrawn, 2u);
 }
 
+// A reload whose DNS re-check fails half-way (the admission map refuses a
+// write) puts the kernel entry, the responder and every admission back on
+// the old policy id: an admission under an id the sandbox does not run
+// would be dead, one under the new id with the entry still old a leak.
+TEST_F(DnsLifetimeTest, ReloadWhoseDnsRecheckFailsKeepsTheOldIdEverywhere) {
+    loader::FakeDatapath previous(kernel, 1);
+    redir_attach_val v{};
+    v.policy_id = 7;
+    previous.attach(loader::Cgroup{"/cg/a", 101, {}}, v);
+    const uint64_t expires = boot_ns() + 600'000'000'000ull;
+    previous.put_dns_allow(allow_key(101, "203.0.113.90"), {7, 1, expires});
+    {
+        agent::AdmissionJournal j((dir / "journal").string());
+        j.append(101, v4("203.0.113.90"), "keep.example");
+    }
+    records = {{"/cg/a", 101, "web"}};
+    start();
+    PolicyRef web20{"web", 20, false, compile_text(kPolicy, 20)};
+    PolicyRef web21{"web", 21, true, compile_text(kPolicy, 21)};
+    on_io([&] { sbx->restore(records, [&](const std::string&) { return &web20; }); });
+    ASSERT_EQ(admission(101, "203.0.113.90")->policy_id, 20u);
+
+    on_io([&] { dp.fail_at("put_dns_allow"); });
+    EXPECT_THROW(on_io([&] { return sbx->reload(web21, web20); }), Error);
+    EXPECT_EQ(on_io([&] { return dp.attachment(101)->policy_id; }), 20u);
+    EXPECT_EQ(on_io([&] { return sbx->find(101)->policy_id; }), 20u);
+    auto kept = admission(101, "203.0.113.90");
+    ASSERT_TRUE(kept) << "the rollback dropped an admission the old policy allows";
+    EXPECT_EQ(kept->policy_id, 20u);
+}
+
 // Attacker: a sandbox asks for a name, then its cgroup is detached while the
 // upstream answer is still on its way. The answer must find the sandbox gone
 // (no admission written for a detached cgroup, nothing freed touched), while
