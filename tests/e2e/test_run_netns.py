@@ -293,18 +293,26 @@ class RunNetnsLifecycle(NetnsWorld):
         self.assert_nothing_left(ns)
 
     def test_sigkill_of_run_leaves_nothing(self):
-        """run gets no chance to clean up: the kernel must take everything away."""
+        """run gets no chance to clean up: the kernel must take everything away,
+        and the next run sweeps the (empty, still enforced) sandbox cgroup."""
         p, ns = self.start_holding()
         cgroup = os.path.join(harness.cgroup2_mount(), "redir-run-%d" % p.pid)
         p.kill()
         p.wait(timeout=30)
         try:
             self.assert_nothing_left(ns)
+            self.assertTrue(os.path.isdir(cgroup), "the sandbox vanished before it was empty-checked")
+            self.assertTrue(harness.wait_until(
+                lambda: "populated 0" in open(os.path.join(cgroup, "cgroup.events")).read(), 10))
+            self.assertIn(cgroup, [a["cgroup"] for a in self.agent.status().get("attachments", [])])
+            r = self.run_netns(None, ["true"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertFalse(os.path.exists(cgroup), "the next run did not sweep the abandoned sandbox")
+            self.assertNotIn(cgroup, [a["cgroup"] for a in self.agent.status().get("attachments", [])])
         finally:
-            # The cgroup stays attached and enforced after SIGKILL (docs/run.md); ours to remove.
-            harness.wait_until(lambda: "populated 0" in open(os.path.join(cgroup, "cgroup.events")).read(), 10)
-            self.agent.ctl("detach", "--cgroup", cgroup, check=False)
-            harness.Cgroup.remove(type("C", (), {"path": cgroup})())
+            if os.path.isdir(cgroup):
+                self.agent.ctl("detach", "--cgroup", cgroup, check=False)
+                harness.Cgroup.remove(type("C", (), {"path": cgroup})())
 
 
 class RunNetnsRedirects(NetnsWorld):

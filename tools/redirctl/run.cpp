@@ -449,6 +449,19 @@ void end_sandbox(Client& client, const std::string& cgroup, bool use_cgroup_kill
         std::cerr << "redirctl: cannot remove sandbox cgroup " << cgroup << ": " << std::strerror(errno) << "\n";
 }
 
+// What a SIGKILLed run could not do: detach and remove its (empty) sandbox.
+// Best effort: a failure leaves it as it was — attached, enforced, empty.
+void sweep_abandoned(Client& client, const std::string& mount) {
+    for (auto& cg : abandoned_run_sandboxes(mount)) {
+        try {
+            auto d = client.call("{\"cmd\":\"detach\",\"cgroup\":" + json_escape(cg) + "}");
+            if (d["ok"].GetBool()) remove_subtree(cg);
+        } catch (const Failure&) {
+            return;  // the agent is unreachable: the attach below will say so
+        }
+    }
+}
+
 std::unique_ptr<RunNetns> make_run_netns(const std::string& pool) {
     try {
         return std::make_unique<RunNetns>(netns_pool(pool));
@@ -466,11 +479,12 @@ int run_sandboxed(const RunOptions& opts) {
     if (!mnt) throw Failure{"no cgroup v2 hierarchy is mounted; redir sandboxes are cgroup v2 directories"};
     std::string rel = "/redir-run-" + std::to_string(::getpid());
     std::string cg = *mnt + rel;
+    Client client(opts.socket_path);
+    sweep_abandoned(client, *mnt);
     // Root-owned and 0755: the command can neither leave it nor create cgroups in it.
     if (::mkdir(cg.c_str(), 0755) != 0)
         throw Failure{"cannot create sandbox cgroup " + cg + ": " + std::strerror(errno)};
 
-    Client client(opts.socket_path);
     rapidjson::Document d;
     // Declared before the sandbox's end so it outlives the detach; gone by
     // itself (the kernel's doing) if run is SIGKILLed.

@@ -98,6 +98,23 @@ bool kill_subtree(const std::string& cgroup, std::chrono::milliseconds timeout, 
     return true;
 }
 
+std::vector<std::string> abandoned_run_sandboxes(const std::string& mount) {
+    std::vector<std::string> out;
+    std::error_code ec;
+    for (auto& e : fs::directory_iterator(mount, ec)) {
+        std::string name = e.path().filename();
+        if (name.rfind("redir-run-", 0) != 0 || !e.is_directory(ec)) continue;
+        std::string pid = name.substr(10);
+        if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+        // A live run of that pid owns it (a reused pid of another program does not).
+        std::ifstream comm("/proc/" + pid + "/comm");
+        std::string c;
+        if (comm && std::getline(comm, c) && c == "redirctl") continue;
+        if (subtree_empty(e.path())) out.push_back(e.path());
+    }
+    return out;
+}
+
 bool remove_subtree(const std::string& cgroup) {
     auto dirs = subtree_dirs(cgroup);
     bool ok = true;

@@ -24,4 +24,9 @@ bool kill_subtree(const std::string& cgroup, std::chrono::milliseconds timeout, 
 // Removes CGROUP and its descendant directories, deepest first.
 bool remove_subtree(const std::string& cgroup);
 
+// Sandboxes `run` left behind when it was SIGKILLed: directories
+// MOUNT/redir-run-PID whose PID is no live redirctl and whose subtree holds no
+// process (they stay attached, enforced and empty until swept).
+std::vector<std::string> abandoned_run_sandboxes(const std::string& mount);
+
 }  // namespace redir::ctl
