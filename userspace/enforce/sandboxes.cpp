@@ -52,8 +52,14 @@ std::optional<std::string> Sandboxes::detach(uint64_t id, const std::string& pat
         save();
         undo.commit();
     }
-    deps_.dp.detach(gone.cgroup_id);
+    // The record is gone. The responder stops whatever happens next; if the
+    // kernel side cannot be removed, the cgroup is what a restart would call
+    // an orphan (pinned, no record): listed as one, so detach can be retried.
     deps_.dns.remove(gone.cgroup_id);
+    Undo leftover;
+    leftover.push([&] { orphans_.push_back(gone.cgroup_id); });
+    deps_.dp.detach(gone.cgroup_id);
+    leftover.commit();
     return gone.cgroup_path;
 }
 

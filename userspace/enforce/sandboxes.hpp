@@ -35,7 +35,8 @@ public:
 
     // Detaches the sandbox with cgroup ID (0: unknown) or recorded PATH, or
     // an orphan with that id. Returns the path detached; nullopt if nothing
-    // matched. If forgetting the record fails, nothing changes.
+    // matched. If forgetting the record fails, nothing changes; if removing
+    // the links fails after it, the cgroup is left as an orphan to retry.
     std::optional<std::string> detach(uint64_t id, const std::string& path);
 
     // Policy flip: every sandbox under POLICY.name now runs POLICY (one map

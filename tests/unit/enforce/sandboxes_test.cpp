@@ -95,6 +95,19 @@ TEST_F(SandboxesTest, DetachWhoseRecordCannotBeWrittenKeepsTheSandboxEnforced) {
     expect_attached(101, 7);
 }
 
+TEST_F(SandboxesTest, DetachWhoseLinksCannotBeRemovedLeavesAnOrphanToRetry) {
+    sbx->attach(cg("/cg/a"), policy_ref("web", 7));
+    dp->fail_at("detach");
+    EXPECT_THROW(sbx->detach(101, "/cg/a"), Error);
+    EXPECT_FALSE(dns->live.count(101)) << "the responder of a detached sandbox still runs";
+    EXPECT_TRUE(records.empty());
+    EXPECT_EQ(sbx->orphans(), std::vector<uint64_t>{101});
+    EXPECT_TRUE(sbx->encloses(101));
+    ASSERT_TRUE(kernel.attach.count(101)) << "still enforced while the links are there";
+    EXPECT_EQ(sbx->detach(101, "/cg/a"), "/cg/a");
+    expect_gone(101);
+}
+
 TEST_F(SandboxesTest, ReloadFlipsEverySandboxOfThatPolicyAndNoOther) {
     sbx->attach(cg("/cg/a"), policy_ref("web", 7));
     sbx->attach(cg("/cg/b"), policy_ref("web", 7));
