@@ -8,7 +8,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 # Paths as the documents write them: a top-level room, then path characters.
 PATH = re.compile(r"\b((?:bpf|userspace|tools|tests|scripts|policy|bench|docs)/[A-Za-z0-9_./-]+)")
 # Paths written relative to userspace/ (e.g. "agent/agent.cpp" inside a room row or node label).
-ROOMS = ("agent", "common", "dns", "enforce", "loader", "policy", "terminator", "tls")
+ROOMS = ("agent", "common", "control", "dns", "enforce", "loader", "policy", "terminator", "tls")
 SHORT = re.compile(r"\b((?:%s)/[A-Za-z0-9_.-]+\.(?:cpp|hpp|h))" % "|".join(ROOMS))
 
 

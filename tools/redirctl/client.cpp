@@ -1,4 +1,4 @@
-// redirctl's side of the control API: one connection, JSON lines each way.
+// redirctl's side of the control API: one connection, typed requests out, typed answers back.
 #include "client.hpp"
 
 #include <sys/socket.h>
@@ -7,9 +7,10 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 
-#include "common/json_out.hpp"
+#include "common/atomic_file.hpp"
 
 namespace redir::ctl {
 
@@ -57,28 +58,48 @@ std::optional<std::string> Client::read_line() {
     }
 }
 
-rapidjson::Document Client::call(const std::string& req) {
+std::string Client::call_line(const std::string& req) {
     buf_.clear();
     connect();
     send(req);
     auto line = read_line();
     if (!line) throw Failure{"redird at " + path_ + " closed the connection without answering"};
-    rapidjson::Document d;
-    d.Parse(line->c_str());
-    if (d.HasParseError() || !d.IsObject()) throw Failure{"redird sent a malformed answer"};
-    return d;
+    return *line;
 }
 
-std::string json_escape(const std::string& s) { return json_quote(s); }
-
-int report_error(const rapidjson::Document& d) {
-    if (d.HasMember("errors") && d["errors"].IsArray() && d["errors"].Size() > 0) {
-        for (auto& e : d["errors"].GetArray()) std::cerr << e.GetString() << "\n";
+int report_error(const control::ErrorReply& e) {
+    if (e.errors && !e.errors->empty()) {
+        for (auto& m : *e.errors) std::cerr << m << "\n";
     } else {
-        std::cerr << "redirctl: "
-                  << (d.HasMember("error") && d["error"].IsString() ? d["error"].GetString() : "request failed") << "\n";
+        std::cerr << "redirctl: " << (e.error.empty() ? "request failed" : e.error) << "\n";
     }
     return 1;
+}
+
+std::string read_policy_file(const std::string& path) {
+    try {
+        return redir::read_file(path);
+    } catch (const std::exception& e) {
+        throw Failure{std::string(e.what()) + "; check the path and permissions"};
+    }
+}
+
+control::AttachRequest attach_request(const std::string& cgroup, const std::string& policy_arg) {
+    control::AttachRequest req;
+    req.cgroup = cgroup;
+    if (policy_arg.empty()) {
+        // Nothing but inference.local: the safest default for an agent.
+        req.policy_text = R"({"version": 1, "name": "redirctl-run-default", "inference": {"enabled": true}})";
+        req.source_name = "(built-in run policy)";
+    } else if (std::filesystem::is_regular_file(policy_arg)) {
+        req.policy_text = read_policy_file(policy_arg);
+        req.source_name = policy_arg;
+    } else if (policy_arg.find('/') != std::string::npos || policy_arg.ends_with(".json")) {
+        throw Failure{"policy file " + policy_arg + " does not exist"};
+    } else {
+        req.policy_name = policy_arg;
+    }
+    return req;
 }
 
 }  // namespace redir::ctl

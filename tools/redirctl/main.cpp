@@ -6,15 +6,15 @@
 #include <iostream>
 #include <optional>
 #include <cstring>
+#include <map>
 #include <rapidjson/document.h>
-#include <rapidjson/prettywriter.h>
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 #include <string>
+#include <vector>
 
 #include "agent/policy_engine.hpp"
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
+#include "common/json_out.hpp"
 #include "common/fd.hpp"
 #include "loader/cgroup.hpp"
 #include "loader/features.hpp"
@@ -24,54 +24,124 @@
 
 namespace {
 
+namespace control = redir::control;
 using redir::ctl::Client;
 using redir::ctl::Failure;
-using redir::ctl::json_escape;
-using redir::ctl::report_error;
-
-std::string pretty(const rapidjson::Value& v) {
-    rapidjson::StringBuffer sb;
-    rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
-    v.Accept(w);
-    return sb.GetString();
-}
-
-std::string compact(const rapidjson::Value& v) {
-    rapidjson::StringBuffer sb;
-    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-    v.Accept(w);
-    return sb.GetString();
-}
+using redir::ctl::Refused;
 
 // The status lines saying which socket kinds attached sandboxes are refused
 // on this kernel, and why not where they are not (from the kernel checks).
-void print_socket_families(const rapidjson::Value& status) {
-    if (!status.HasMember("kernel") || !status["kernel"].IsArray()) return;
-    for (auto& k : status["kernel"].GetArray()) {
-        std::string name = k["name"].GetString();
-        if (name != "socket_inet" && name != "socket_other_families") continue;
-        std::cout << (k["ok"].GetBool() ? "sockets: " : "sockets (limited): ") << k["detail"].GetString() << "\n";
+void print_socket_families(const control::StatusReply& status) {
+    for (auto& k : status.kernel) {
+        if (k.name != "socket_inet" && k.name != "socket_other_families") continue;
+        std::cout << (k.ok ? "sockets: " : "sockets (limited): ") << k.detail << "\n";
     }
 }
 
 // The status lines for an attachment's processes that hold capabilities
 // able to undo its enforcement.
-void print_capable(const rapidjson::Value& at) {
-    if (!at.HasMember("capable") || !at["capable"].IsArray()) return;
-    for (auto& p : at["capable"].GetArray()) {
+void print_capable(const control::AttachmentStatus& at) {
+    for (auto& p : at.capable) {
         std::string caps;
-        for (auto& c : p["caps"].GetArray()) caps += (caps.empty() ? "" : ",") + std::string(c.GetString());
-        std::cout << "    WARNING: pid " << p["pid"].GetUint64() << " (" << p["comm"].GetString() << ") holds " << caps
+        for (auto& c : p.caps) caps += (caps.empty() ? "" : ",") + c;
+        std::cout << "    WARNING: pid " << p.pid << " (" << p.comm << ") holds " << caps
                   << " in the host user namespace: it can undo this sandbox's enforcement\n";
     }
 }
 
-std::string read_policy_file(const std::string& path) {
-    try {
-        return redir::read_file(path);
-    } catch (const std::exception& e) {
-        throw Failure{std::string(e.what()) + "; check the path and permissions"};
+void print_status(const control::StatusReply& d) {
+    auto& a = d.agent;
+    std::cout << "agent: pid " << a.pid << ", up " << a.uptime_s << "s, state " << a.state_dir << ", bpffs "
+              << a.bpffs << "\n";
+    std::cout << "attachments:\n";
+    if (d.attachments.empty()) std::cout << "  (none)\n";
+    for (auto& at : d.attachments) {
+        std::cout << "  " << at.cgroup << "  policy " << at.policy << " (id " << at.policy_id << "), " << at.programs
+                  << " programs";
+        if (at.host_rules && !at.host_rules->empty())
+            std::cout << ", " << at.host_rules->size() << " host rules (DNS port " << at.dns_port << ")";
+        std::cout << "\n";
+        print_capable(at);
     }
+    print_socket_families(d);
+    auto& c = d.counters;
+    std::cout << "counters: allow " << c.allow << ", deny " << c.deny << ", redirect " << c.redirect
+              << ", socket denied " << c.socket_deny << ", setsockopt denied " << c.sockopt_deny
+              << ", events dropped " << c.events_dropped << "\n";
+}
+
+void print_provider(const control::ProviderView& p, bool json) {
+    if (json) {
+        std::cout << control::encode_object(p) << "\n";
+        return;
+    }
+    std::cout << p.name << "\ttype " << p.type << "\tbase-url " << p.base_url;
+    if (!p.ca_file.empty()) std::cout << "\tca-file " << p.ca_file;
+    for (auto& [k, v] : p.credentials) std::cout << "\t" << k << "=" << v;
+    std::cout << "\n";
+}
+
+// A list: one JSON array with --json, else LINE for each item.
+template <class T, class Line>
+void print_list(const std::vector<T>& items, bool json, Line line) {
+    if (json)
+        std::cout << control::encode_array(items) << "\n";
+    else
+        for (auto& i : items) line(i);
+}
+
+void print_inference(const control::InferenceReply& r, bool json) {
+    auto& i = r.inference;
+    if (json)
+        std::cout << control::encode_object(i) << "\n";
+    else
+        std::cout << "provider " << i.provider << "\tmodel " << i.model << "\tversion " << i.version << "\n";
+}
+
+std::string usual_env(const std::string& type) {
+    if (type == "openai" || type == "openai-compatible") return "OPENAI_API_KEY";
+    if (type == "anthropic") return "ANTHROPIC_API_KEY";
+    if (type == "nvidia") return "NVIDIA_API_KEY";
+    return "";
+}
+
+// The credentials of `provider create/update`: --from-existing (the usual
+// variable of provider TYPE) and every --credential KEY=VALUE.
+std::map<std::string, std::string> credentials_from(bool from_existing, const std::string& type,
+                                                    const std::vector<std::string>& given) {
+    std::map<std::string, std::string> out;
+    if (from_existing) {
+        std::string var = usual_env(type);
+        if (var.empty()) throw Failure{"--from-existing has no usual variable for provider type " + type};
+        const char* v = std::getenv(var.c_str());
+        if (!v || !*v) throw Failure{"--from-existing: " + var + " is not set in this environment"};
+        out[var] = v;
+    }
+    for (auto& c : given) {
+        auto eq = c.find('=');
+        if (eq == std::string::npos || eq == 0)
+            throw Failure{"--credential " + c.substr(0, c.find('=')) + " must be KEY=VALUE"};
+        out[c.substr(0, eq)] = c.substr(eq + 1);
+    }
+    return out;
+}
+
+// `events`: the recent records, then (with follow) every new one as it comes.
+int print_events(Client& client, const control::EventsRequest& req) {
+    client.connect();
+    client.send(control::encode_request(req));
+    auto first = client.read_line();
+    if (!first) throw Failure{"redird closed the connection without answering"};
+    auto a = Client::decode<control::EventsReply>(*first);
+    if (!a) return redir::ctl::report_error(a.error);
+    for (auto& e : a->events) std::cout << e.text << "\n";
+    std::cout.flush();
+    while (req.follow) {
+        auto l = client.read_line();
+        if (!l) break;
+        std::cout << *l << std::endl;
+    }
+    return 0;
 }
 
 }  // namespace
@@ -206,268 +276,131 @@ int main(int argc, char** argv) {
             checks.push_back(redir::ctl::run_sandbox_check());
             int rc = 0;
             for (auto& c : checks) {
-                if (json) {
-                    std::cout << "{\"name\":" << json_escape(c.name) << ",\"ok\":" << (c.ok ? "true" : "false")
-                              << ",\"required\":" << (c.required ? "true" : "false")
-                              << ",\"detail\":" << json_escape(c.detail) << "}\n";
-                } else {
+                if (json)
+                    std::cout << control::encode_object(control::KernelCheck{c.name, c.ok, c.required, c.detail})
+                              << "\n";
+                else
                     std::cout << (c.ok ? "ok      " : (c.required ? "MISSING " : "limited ")) << c.name << ": "
                               << c.detail << "\n";
-                }
                 if (c.required && !c.ok) rc = 1;
             }
             return rc;
         }
         if (*p_validate) {
-            std::string text = read_policy_file(file);
+            std::string text = redir::ctl::read_policy_file(file);
             auto errs = redir::agent::validate_policy_text(text, file);
             for (auto& e : errs) std::cerr << e << "\n";
             if (errs.empty()) std::cout << file << ": valid\n";
             return errs.empty() ? 0 : 1;
         }
         if (*attach) {
-            std::string req = "{\"cmd\":\"attach\",\"cgroup\":" + json_escape(cgroup);
-            // A path that exists is a file; anything else names a loaded policy.
-            if (std::filesystem::is_regular_file(policy_arg)) {
-                req += ",\"policy_text\":" + json_escape(read_policy_file(policy_arg)) +
-                       ",\"source_name\":" + json_escape(policy_arg);
-            } else if (policy_arg.find('/') != std::string::npos || policy_arg.ends_with(".json")) {
-                throw Failure{"policy file " + policy_arg + " does not exist"};
-            } else {
-                req += ",\"policy_name\":" + json_escape(policy_arg);
-            }
-            auto d = client.call(req + "}");
-            if (!d["ok"].GetBool()) return report_error(d);
-            std::cout << "attached " << d["cgroup"].GetString() << " (cgroup id " << d["cgroup_id"].GetUint64()
-                      << ") with policy " << d["policy"].GetString() << "\n";
-            if (d.HasMember("warnings"))
-                for (auto& w : d["warnings"].GetArray()) std::cerr << "redirctl: warning: " << w.GetString() << "\n";
+            auto r = client.expect(redir::ctl::attach_request(cgroup, policy_arg));
+            std::cout << "attached " << r.cgroup << " (cgroup id " << r.cgroup_id << ") with policy " << r.policy
+                      << "\n";
+            for (auto& w : r.warnings) std::cerr << "redirctl: warning: " << w << "\n";
             return 0;
         }
         if (*detach) {
-            auto d = client.call("{\"cmd\":\"detach\",\"cgroup\":" + json_escape(cgroup) + "}");
-            if (!d["ok"].GetBool()) return report_error(d);
-            std::cout << "detached " << d["cgroup"].GetString() << "\n";
+            std::cout << "detached " << client.expect(control::DetachRequest{cgroup}).cgroup << "\n";
             return 0;
         }
         if (*status) {
-            auto d = client.call("{\"cmd\":\"status\"}");
-            if (!d["ok"].GetBool()) return report_error(d);
-            if (json) {
-                std::cout << compact(d) << "\n";
-                return 0;
-            }
-            auto& a = d["agent"];
-            std::cout << "agent: pid " << a["pid"].GetUint64() << ", up " << a["uptime_s"].GetUint64() << "s, state "
-                      << a["state_dir"].GetString() << ", bpffs " << a["bpffs"].GetString() << "\n";
-            std::cout << "attachments:\n";
-            if (d["attachments"].Empty()) std::cout << "  (none)\n";
-            for (auto& at : d["attachments"].GetArray()) {
-                std::cout << "  " << at["cgroup"].GetString() << "  policy " << at["policy"].GetString() << " (id "
-                          << at["policy_id"].GetUint64() << "), " << at["programs"].GetUint64() << " programs";
-                if (at.HasMember("host_rules") && !at["host_rules"].Empty())
-                    std::cout << ", " << at["host_rules"].Size() << " host rules (DNS port " << at["dns_port"].GetUint64()
-                              << ")";
-                std::cout << "\n";
-                print_capable(at);
-            }
-            print_socket_families(d);
-            auto& c = d["counters"];
-            std::cout << "counters: allow " << c["allow"].GetUint64() << ", deny " << c["deny"].GetUint64()
-                      << ", redirect " << c["redirect"].GetUint64() << ", socket denied "
-                      << c["socket_deny"].GetUint64() << ", setsockopt denied " << c["sockopt_deny"].GetUint64()
-                      << ", events dropped " << c["events_dropped"].GetUint64()
-                      << "\n";
+            auto r = client.expect(control::StatusRequest{});
+            if (json)
+                std::cout << control::encode_reply(r) << "\n";
+            else
+                print_status(r);
             return 0;
         }
         if (*p_load) {
-            std::string req = "{\"cmd\":\"policy.load\",\"policy_text\":" + json_escape(read_policy_file(file)) +
-                              ",\"source_name\":" + json_escape(file);
-            if (!name.empty()) req += ",\"name\":" + json_escape(name);
-            if (keep_established) req += ",\"keep_established\":true";
-            auto d = client.call(req + "}");
-            if (!d["ok"].GetBool()) return report_error(d);
+            auto r = client.expect(
+                control::PolicyLoadRequest{redir::ctl::read_policy_file(file), file, name, keep_established});
             if (json) {
-                std::cout << compact(d) << "\n";
+                std::cout << control::encode_reply(r) << "\n";
                 return 0;
             }
-            std::cout << "loaded policy " << d["policy"].GetString() << " (id " << d["policy_id"].GetUint64()
-                      << "), in force on " << d["attachments"].GetUint64() << " attachment(s)";
-            if (d.HasMember("revoked") && d["revoked"].IsUint64())
-                std::cout << "; " << d["revoked"].GetUint64() << " connection(s) it no longer allows reset";
-            if (d.HasMember("revocation_unsupported") && d["revocation_unsupported"].IsString())
-                std::cout << "; established connections NOT examined: " << d["revocation_unsupported"].GetString();
+            std::cout << "loaded policy " << r.policy << " (id " << r.policy_id << "), in force on " << r.attachments
+                      << " attachment(s)";
+            if (r.revoked) std::cout << "; " << *r.revoked << " connection(s) it no longer allows reset";
+            if (!r.revocation_unsupported.empty())
+                std::cout << "; established connections NOT examined: " << r.revocation_unsupported;
             std::cout << "\n";
             return 0;
         }
         if (*p_show) {
-            auto d = client.call("{\"cmd\":\"policy.show\",\"name\":" + json_escape(name) + "}");
-            if (!d["ok"].GetBool()) return report_error(d);
-            std::cout << pretty(d["normalized"]) << "\n";
+            rapidjson::Document d;
+            d.Parse(client.expect(control::PolicyShowRequest{name}).normalized.text.c_str());
+            std::cout << redir::PrettyJsonOut().value(d).take() << "\n";
             return 0;
         }
         if (*p_list) {
-            auto d = client.call("{\"cmd\":\"policy.list\"}");
-            if (!d["ok"].GetBool()) return report_error(d);
-            if (json) {
-                std::cout << compact(d["policies"]) << "\n";
-                return 0;
-            }
-            for (auto& p : d["policies"].GetArray())
-                std::cout << p["name"].GetString() << "\tid " << p["policy_id"].GetUint64() << "\tattached "
-                          << p["attachments"].GetUint64() << "\n";
+            print_list(client.expect(control::PolicyListRequest{}).policies, json, [](const control::PolicySummary& p) {
+                std::cout << p.name << "\tid " << p.policy_id << "\tattached " << p.attachments << "\n";
+            });
             return 0;
         }
         if (*p_delete) {
-            auto d = client.call("{\"cmd\":\"policy.delete\",\"name\":" + json_escape(name) + "}");
-            if (!d["ok"].GetBool()) return report_error(d);
+            client.expect(control::PolicyDeleteRequest{name});
             std::cout << "deleted policy " << name << "\n";
             return 0;
         }
-        auto usual_env = [](const std::string& type) -> std::string {
-            if (type == "openai" || type == "openai-compatible") return "OPENAI_API_KEY";
-            if (type == "anthropic") return "ANTHROPIC_API_KEY";
-            if (type == "nvidia") return "NVIDIA_API_KEY";
-            return "";
-        };
-        auto creds_json = [&](const std::string& type) {
-            std::string out = "{";
-            auto add = [&](const std::string& k, const std::string& v) {
-                if (out.size() > 1) out += ",";
-                out += json_escape(k) + ":" + json_escape(v);
-            };
-            if (pv_from_existing) {
-                std::string var = usual_env(type);
-                if (var.empty()) throw Failure{"--from-existing has no usual variable for provider type " + type};
-                const char* v = std::getenv(var.c_str());
-                if (!v || !*v) throw Failure{"--from-existing: " + var + " is not set in this environment"};
-                add(var, v);
-            }
-            for (auto& c : pv_creds) {
-                auto eq = c.find('=');
-                if (eq == std::string::npos || eq == 0)
-                    throw Failure{"--credential " + c.substr(0, c.find('=')) + " must be KEY=VALUE"};
-                add(c.substr(0, eq), c.substr(eq + 1));
-            }
-            return out + "}";
-        };
-        auto print_provider = [&](const rapidjson::Value& p) {
-            if (json) {
-                std::cout << compact(p) << "\n";
-                return;
-            }
-            std::cout << p["name"].GetString() << "\ttype " << p["type"].GetString() << "\tbase-url "
-                      << p["base_url"].GetString();
-            if (*p["ca_file"].GetString()) std::cout << "\tca-file " << p["ca_file"].GetString();
-            for (auto& m : p["credentials"].GetObject())
-                std::cout << "\t" << m.name.GetString() << "=" << m.value.GetString();
-            std::cout << "\n";
-        };
         if (*pv_create) {
-            std::string req = "{\"cmd\":\"provider.create\",\"name\":" + json_escape(pv_name) +
-                              ",\"type\":" + json_escape(pv_type) + ",\"base_url\":" + json_escape(pv_base) +
-                              ",\"ca_file\":" + json_escape(pv_ca) + ",\"credentials\":" + creds_json(pv_type) + "}";
-            auto d = client.call(req);
-            if (!d["ok"].GetBool()) return report_error(d);
-            print_provider(d["provider"]);
+            auto creds = credentials_from(pv_from_existing, pv_type, pv_creds);
+            auto r = client.expect(control::ProviderCreateRequest{pv_name, pv_type, pv_base, pv_ca, creds});
+            print_provider(r.provider, json);
             return 0;
         }
         if (*pv_get) {
-            auto d = client.call("{\"cmd\":\"provider.get\",\"name\":" + json_escape(pv_name) + "}");
-            if (!d["ok"].GetBool()) return report_error(d);
-            print_provider(d["provider"]);
+            print_provider(client.expect(control::ProviderGetRequest{pv_name}).provider, json);
             return 0;
         }
         if (*pv_list) {
-            auto d = client.call("{\"cmd\":\"provider.list\"}");
-            if (!d["ok"].GetBool()) return report_error(d);
-            if (json) {
-                std::cout << compact(d["providers"]) << "\n";
-                return 0;
-            }
-            for (auto& p : d["providers"].GetArray()) print_provider(p);
+            print_list(client.expect(control::ProviderListRequest{}).providers, json,
+                       [](const control::ProviderView& p) { print_provider(p, false); });
             return 0;
         }
         if (*pv_update) {
-            std::string type;
-            if (pv_from_existing) {
-                auto g = client.call("{\"cmd\":\"provider.get\",\"name\":" + json_escape(pv_name) + "}");
-                if (!g["ok"].GetBool()) return report_error(g);
-                type = g["provider"]["type"].GetString();
-                client = Client(socket_path);
-            }
-            std::string req = "{\"cmd\":\"provider.update\",\"name\":" + json_escape(pv_name) +
-                              ",\"credentials\":" + creds_json(type);
-            if (!pv_base.empty()) req += ",\"base_url\":" + json_escape(pv_base);
-            if (!pv_ca.empty()) req += ",\"ca_file\":" + json_escape(pv_ca);
-            req += ",\"remove_credentials\":[";
-            for (size_t i = 0; i < pv_remove.size(); i++) req += (i ? "," : "") + json_escape(pv_remove[i]);
-            auto d = client.call(req + "]}");
-            if (!d["ok"].GetBool()) return report_error(d);
-            print_provider(d["provider"]);
+            control::ProviderUpdateRequest req;
+            req.name = pv_name;
+            // --from-existing takes the variable the provider's type uses.
+            std::string type =
+                pv_from_existing ? client.expect(control::ProviderGetRequest{pv_name}).provider.type : "";
+            req.credentials = credentials_from(pv_from_existing, type, pv_creds);
+            if (!pv_base.empty()) req.base_url = pv_base;
+            if (!pv_ca.empty()) req.ca_file = pv_ca;
+            req.remove_credentials = pv_remove;
+            print_provider(client.expect(req).provider, json);
             return 0;
         }
         if (*pv_delete) {
-            auto d = client.call("{\"cmd\":\"provider.delete\",\"name\":" + json_escape(pv_name) + "}");
-            if (!d["ok"].GetBool()) return report_error(d);
+            client.expect(control::ProviderDeleteRequest{pv_name});
             std::cout << "deleted provider " << pv_name << "\n";
             return 0;
         }
-        auto print_inference = [&](const rapidjson::Document& d) {
-            if (!d["ok"].GetBool()) return report_error(d);
-            auto& i = d["inference"];
-            if (json)
-                std::cout << compact(i) << "\n";
-            else
-                std::cout << "provider " << i["provider"].GetString() << "\tmodel " << i["model"].GetString()
-                          << "\tversion " << i["version"].GetUint64() << "\n";
-            return 0;
-        };
-        if (*inf_set)
-            return print_inference(client.call("{\"cmd\":\"inference.set\",\"provider\":" + json_escape(inf_provider) +
-                                               ",\"model\":" + json_escape(inf_model) + "}"));
-        if (*inf_get) return print_inference(client.call("{\"cmd\":\"inference.get\"}"));
+        if (*inf_set) print_inference(client.expect(control::InferenceSetRequest{inf_provider, inf_model}), json);
+        if (*inf_get) print_inference(client.expect(control::InferenceGetRequest{}), json);
         if (*inf_update) {
             if (inf_provider.empty() && inf_model.empty()) throw Failure{"inference update needs --provider or --model"};
-            std::string req = "{\"cmd\":\"inference.update\"";
-            if (!inf_provider.empty()) req += ",\"provider\":" + json_escape(inf_provider);
-            if (!inf_model.empty()) req += ",\"model\":" + json_escape(inf_model);
-            return print_inference(client.call(req + "}"));
+            control::InferenceUpdateRequest req;
+            if (!inf_provider.empty()) req.provider = inf_provider;
+            if (!inf_model.empty()) req.model = inf_model;
+            print_inference(client.expect(req), json);
         }
         if (*ca_export) {
-            auto d = client.call("{\"cmd\":\"ca.export\"}");
-            if (!d["ok"].GetBool()) return report_error(d);
-            std::string pem = d["pem"].GetString();
-            if (ca_out.empty()) {
+            std::string pem = client.expect(control::CaExportRequest{}).pem;
+            if (ca_out.empty())
                 std::cout << pem;
-            } else {
+            else
                 redir::write_file_atomic(ca_out, pem, 0644);
-            }
             return 0;
         }
         if (*run) {
             run_opts.socket_path = socket_path;
             return redir::ctl::run_sandboxed(run_opts);
         }
-        if (*events) {
-            client.connect();
-            client.send("{\"cmd\":\"events\",\"count\":" + std::to_string(count) +
-                        ",\"follow\":" + (follow ? "true" : "false") + "}");
-            auto first = client.read_line();
-            if (!first) throw Failure{"redird closed the connection without answering"};
-            rapidjson::Document d;
-            d.Parse(first->c_str());
-            if (d.HasParseError() || !d.IsObject()) throw Failure{"redird sent a malformed answer"};
-            if (!d["ok"].GetBool()) return report_error(d);
-            for (auto& e : d["events"].GetArray()) std::cout << compact(e) << "\n";
-            std::cout.flush();
-            while (follow) {
-                auto l = client.read_line();
-                if (!l) break;
-                std::cout << *l << std::endl;
-            }
-            return 0;
-        }
+        if (*events) return print_events(client, control::EventsRequest{count, follow});
+    } catch (const Refused&) {
+        return 1;
     } catch (const Failure& f) {
         std::cerr << "redirctl: " << f.message << "\n";
         return 1;

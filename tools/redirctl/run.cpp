@@ -60,29 +60,6 @@ Fallbacks fallbacks_from_env() {
     return f;
 }
 
-std::string attach_request(const std::string& cgroup, const std::string& policy_arg, const RunNetns* net) {
-    std::string req = "{\"cmd\":\"attach\",\"cgroup\":" + json_escape(cgroup);
-    // Its redirects land on the agent's end of the veth, not on its own loopback.
-    if (net) req += ",\"netns\":" + json_escape(net->path()) + ",\"redirect_via\":" + json_escape(net->gateway());
-    if (policy_arg.empty()) {
-        // Nothing but inference.local: the safest default for an agent.
-        req += ",\"policy_text\":" +
-               json_escape("{\"version\": 1, \"name\": \"redirctl-run-default\", \"inference\": {\"enabled\": true}}") +
-               ",\"source_name\":\"(built-in run policy)\"";
-    } else if (std::filesystem::is_regular_file(policy_arg)) {
-        std::string text;
-        try {
-            text = redir::read_file(policy_arg);
-        } catch (const std::exception& e) {
-            throw Failure{std::string(e.what()) + "; check the path and permissions"};
-        }
-        req += ",\"policy_text\":" + json_escape(text) + ",\"source_name\":" + json_escape(policy_arg);
-    } else {
-        req += ",\"policy_name\":" + json_escape(policy_arg);
-    }
-    return req + "}";
-}
-
 // Files the command reads: the local CA alone, a bundle of the system roots
 // plus the local CA, and a private home when the user has none of its own.
 // World-readable (the command is not root); the directory is run's own.
@@ -102,9 +79,9 @@ void write_run_files(RunFiles& f, Client& client, const RunUser& user) {
     ::chmod(f.dir.c_str(), 0755);
     f.ca_file = f.dir + "/inference-ca.pem";
     f.bundle = f.dir + "/ca-bundle.pem";
-    auto ca = client.call("{\"cmd\":\"ca.export\"}");
-    if (!ca["ok"].GetBool()) throw Failure{"cannot fetch the local CA from redird for the sandbox's CA bundle"};
-    std::string pem = ca["pem"].GetString();
+    auto ca = client.call(control::CaExportRequest{});
+    if (!ca) throw Failure{"cannot fetch the local CA from redird for the sandbox's CA bundle"};
+    std::string pem = ca->pem;
     std::string roots;
     try {
         roots = redir::read_file("/etc/ssl/certs/ca-certificates.crt");
@@ -440,8 +417,7 @@ void end_sandbox(Client& client, const std::string& cgroup, bool use_cgroup_kill
         return;
     }
     try {
-        auto d = client.call("{\"cmd\":\"detach\",\"cgroup\":" + json_escape(cgroup) + "}");
-        if (!d["ok"].GetBool()) report_error(d);
+        if (auto d = client.call(control::DetachRequest{cgroup}); !d) report_error(d.error);
     } catch (const Failure& f) {
         std::cerr << "redirctl: " << f.message << "\n";
     }
@@ -454,8 +430,7 @@ void end_sandbox(Client& client, const std::string& cgroup, bool use_cgroup_kill
 void sweep_abandoned(Client& client, const std::string& mount) {
     for (auto& cg : abandoned_run_sandboxes(mount)) {
         try {
-            auto d = client.call("{\"cmd\":\"detach\",\"cgroup\":" + json_escape(cg) + "}");
-            if (d["ok"].GetBool()) remove_subtree(cg);
+            if (client.call(control::DetachRequest{cg})) remove_subtree(cg);
         } catch (const Failure&) {
             return;  // the agent is unreachable: the attach below will say so
         }
@@ -485,20 +460,26 @@ int run_sandboxed(const RunOptions& opts) {
     if (::mkdir(cg.c_str(), 0755) != 0)
         throw Failure{"cannot create sandbox cgroup " + cg + ": " + std::strerror(errno)};
 
-    rapidjson::Document d;
+    control::Answer<control::AttachReply> d;
     // Declared before the sandbox's end so it outlives the detach; gone by
     // itself (the kernel's doing) if run is SIGKILLed.
     std::unique_ptr<RunNetns> net;
     try {
         if (opts.netns) net = make_run_netns(opts.netns_pool);
-        d = client.call(attach_request(cg, opts.policy, net.get()));
+        auto req = attach_request(cg, opts.policy);
+        if (net) {
+            // Its redirects land on the agent's end of the veth, not on its own loopback.
+            req.netns = net->path();
+            req.redirect_via = net->gateway();
+        }
+        d = client.call(req);
     } catch (...) {
         ::rmdir(cg.c_str());
         throw;
     }
-    if (!d["ok"].GetBool()) {
+    if (!d) {
         ::rmdir(cg.c_str());
-        return report_error(d);
+        return report_error(d.error);
     }
 
     RunFiles files;

@@ -86,11 +86,6 @@ const char* kind_name(uint8_t k) {
     }
 }
 
-std::string get_str(const rapidjson::Value& v, const char* k) {
-    if (v.HasMember(k) && v[k].IsString()) return v[k].GetString();
-    return {};
-}
-
 }  // namespace
 
 Agent::Agent(boost::asio::io_context& io, AgentOptions opts) : io_(io), opts_(std::move(opts)) {}
@@ -154,6 +149,7 @@ void Agent::start() {
         metrics_ = std::make_unique<MetricsServer>(io_, opts_.metrics, [this] { return render_metrics(); });
     // Last, so it covers what the services above created (the CA, pins).
     secure_private_dirs();
+    serve_commands();
     control_ = std::make_unique<ControlServer>(
         io_, opts_.run_dir + "/redird.sock",
         [this](const std::string& line, const std::shared_ptr<ControlConn>& c) {
@@ -303,43 +299,23 @@ void Agent::collect_garbage() {
         if (!live.count(id)) dp_->delete_policy(id);
 }
 
+void Agent::serve_commands() {
+    commands_.on_members(this, &Agent::cmd_status, &Agent::cmd_attach, &Agent::cmd_detach, &Agent::cmd_policy_load,
+                         &Agent::cmd_policy_show, &Agent::cmd_policy_list, &Agent::cmd_policy_delete,
+                         &Agent::cmd_events);
+    inference_->serve(commands_);
+    if (auto missing = commands_.unserved(); !missing.empty())
+        throw Error("redird serves no handler for control command \"" + std::string(missing.front()) +
+                    "\": a command was added to control::Request without one");
+}
+
 std::string Agent::handle(const std::string& line, const std::shared_ptr<ControlConn>& conn) {
-    rapidjson::Document req;
-    req.Parse(line.c_str());
-    if (req.HasParseError() || !req.IsObject() || !req.HasMember("cmd") || !req["cmd"].IsString())
-        return error_response("malformed control request: expected a JSON object with a \"cmd\" string");
-    std::string cmd = req["cmd"].GetString();
     try {
-        if (cmd == "status") return cmd_status();
-        if (cmd == "attach")
-            return cmd_attach(get_str(req, "cgroup"), get_str(req, "policy_name"), get_str(req, "policy_text"),
-                              get_str(req, "source_name"));
-        if (cmd == "detach") return cmd_detach(get_str(req, "cgroup"));
-        if (cmd == "policy.load")
-            return cmd_policy_load(get_str(req, "policy_text"), get_str(req, "source_name"), get_str(req, "name"),
-                                   req.HasMember("keep_established") && req["keep_established"].IsBool() &&
-                                       req["keep_established"].GetBool());
-        if (cmd == "policy.show") return cmd_policy_show(get_str(req, "name"));
-        if (cmd == "policy.list") return cmd_policy_list();
-        if (cmd == "policy.delete") return cmd_policy_delete(get_str(req, "name"));
-        if (cmd.rfind("provider.", 0) == 0 || cmd.rfind("inference.", 0) == 0 || cmd.rfind("ca.", 0) == 0) {
-            auto resp = inference_->handle(cmd, line);
-            if (!resp.empty()) return resp;
-        }
-        if (cmd == "events") {
-            size_t n = req.HasMember("count") && req["count"].IsUint() ? req["count"].GetUint() : 100;
-            bool follow = req.HasMember("follow") && req["follow"].IsBool() && req["follow"].GetBool();
-            return cmd_events(n, follow, conn);
-        }
-        return error_response("unknown command \"" + cmd + "\"");
+        return commands_.dispatch(line, conn);
     } catch (const PolicyRejected& e) {
-        JsonOut j;
-        j.begin().boolean("ok", false).str("error", e.what()).begin_array("errors");
-        for (auto& m : e.errors) j.str(m);
-        j.end_array().end();
-        return j.take();
+        return control::encode_error({e.what(), e.errors});
     } catch (const std::exception& e) {
-        return error_response(e.what());
+        return control::encode_error({e.what()});
     }
 }
 
@@ -413,135 +389,101 @@ std::string Agent::render_metrics() {
 
 // "capable": the sandbox's processes that hold capabilities able to undo
 // enforcement in the host user namespace (DESIGN: containment).
-void Agent::write_capable(JsonOut& j, const std::string& cgroup) const {
-    j.begin_array("capable");
-    for (auto& p : capable_processes(cgroup)) {
-        j.begin().num("pid", static_cast<uint64_t>(p.pid)).str("comm", p.comm).begin_array("caps");
-        for (auto& n : cap_names(p.caps)) j.str(n);
-        j.end_array().end();
-    }
-    j.end_array();
+std::vector<control::CapableProcess> Agent::capable_of(const std::string& cgroup) {
+    std::vector<control::CapableProcess> out;
+    for (auto& p : capable_processes(cgroup))
+        out.push_back({static_cast<uint64_t>(p.pid), p.comm, cap_names(p.caps)});
+    return out;
 }
 
-std::string Agent::cmd_status() {
-    JsonOut j;
-    j.begin().boolean("ok", true);
-    j.begin_object("agent")
-        .num("pid", static_cast<uint64_t>(::getpid()))
-        .str("state_dir", opts_.state_dir)
-        .str("run_dir", opts_.run_dir)
-        .str("bpffs", opts_.bpffs_dir)
-        .str("inference_vip", opts_.inference_vip)
-        .num("relay_port", listeners_->relay->port())
-        .num("terminator_port", inference_->tls_port())
-        .num("plain_http_port", inference_->plain_port())
-        .str("dns_upstream", dns_->upstream())
-        .boolean("packet_socket_refusal", dp_->lsm_available())
-        .str("lsm_cgroup", std::string(loader::to_string(dp_->lsm_probe().state)))
-        .num("uptime_s", static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
-                                                   std::chrono::steady_clock::now() - started_)
-                                                   .count()))
-        .end();
-    j.begin_array("kernel");
-    for (auto& c : loader::check_kernel_features(opts_.bpffs_dir))
-        j.begin().str("name", c.name).boolean("ok", c.ok).boolean("required", c.required).str("detail", c.detail).end();
-    j.end_array();
-    j.begin_array("attachments");
+control::StatusReply Agent::cmd_status(const control::StatusRequest&) {
+    control::StatusReply r;
+    r.agent = {static_cast<uint64_t>(::getpid()),
+               opts_.state_dir,
+               opts_.run_dir,
+               opts_.bpffs_dir,
+               opts_.inference_vip,
+               listeners_->relay->port(),
+               inference_->tls_port(),
+               inference_->plain_port(),
+               dns_->upstream(),
+               dp_->lsm_available(),
+               std::string(loader::to_string(dp_->lsm_probe().state)),
+               static_cast<uint64_t>(
+                   std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started_)
+                       .count())};
+    for (auto& c : loader::check_kernel_features(opts_.bpffs_dir)) r.kernel.push_back({c.name, c.ok, c.required, c.detail});
     auto pinned = dp_->pinned_attachments();
     for (auto& a : sandboxes_->all()) {
-        j.begin().str("cgroup", a.cgroup_path).num("cgroup_id", a.cgroup_id).str("policy", a.policy);
+        control::AttachmentStatus& s = r.attachments.emplace_back();
+        s.cgroup = a.cgroup_path;
+        s.cgroup_id = a.cgroup_id;
+        s.policy = a.policy;
         auto v = dp_->attachment(a.cgroup_id);
-        j.num("policy_id", v ? v->policy_id : 0);
-        size_t nprog = 0;
+        s.policy_id = v ? v->policy_id : 0;
         for (auto& p : pinned)
-            if (p.cgroup_id == a.cgroup_id) nprog = p.programs.size();
-        j.num("programs", nprog);
-        j.num("dns_port", a.dns_port);
-        write_capable(j, a.cgroup_path);
+            if (p.cgroup_id == a.cgroup_id) s.programs = p.programs.size();
+        s.dns_port = a.dns_port;
+        s.capable = capable_of(a.cgroup_path);
         if (auto it = policies_.find(a.policy); it != policies_.end()) {
-            // Enforced through this sandbox's DNS responder.
-            j.begin_array("host_rules");
-            for (auto& h : it->second.info.pending_hosts) j.str(h);
-            j.end_array();
-            j.begin_array("pending_hosts").end_array();
+            s.host_rules = it->second.info.pending_hosts;  // enforced through this sandbox's DNS responder
+            s.pending_hosts.emplace();
         }
-        j.end();
     }
-    j.end_array();
-    j.begin_array("orphans");
-    for (auto id : sandboxes_->orphans()) j.num(id);
-    j.end_array();
+    auto orphans = sandboxes_->orphans();
+    r.orphans.assign(orphans.begin(), orphans.end());
     auto c = dp_->counters();
-    j.begin_object("counters")
-        .num("allow", c[REDIR_CNT_ALLOW])
-        .num("deny", c[REDIR_CNT_DENY])
-        .num("redirect", c[REDIR_CNT_REDIRECT])
-        .num("socket_deny", c[REDIR_CNT_SOCKET_DENY])
-        .num("sockopt_deny", c[REDIR_CNT_SOCKOPT_DENY])
-        .num("events_dropped", c[REDIR_CNT_EVENTS_DROPPED])
-        .num("audit_records", audit_->written())
-        .end();
-    j.end();
-    return j.take();
+    r.counters = {c[REDIR_CNT_ALLOW],       c[REDIR_CNT_DENY],         c[REDIR_CNT_REDIRECT],
+                  c[REDIR_CNT_SOCKET_DENY], c[REDIR_CNT_SOCKOPT_DENY], c[REDIR_CNT_EVENTS_DROPPED],
+                  audit_->written()};
+    return r;
 }
 
-std::string Agent::cmd_attach(const std::string& cgroup, const std::string& policy_name,
-                              const std::string& policy_text, const std::string& source_name) {
-    if (cgroup.empty()) return error_response("attach needs a cgroup path");
-    auto cg = loader::open_cgroup(cgroup);
+control::AttachReply Agent::cmd_attach(const control::AttachRequest& req) {
+    if (req.cgroup.empty()) throw Error("attach needs a cgroup path");
+    auto cg = loader::open_cgroup(req.cgroup);
     // The agent's own sockets must never be decided by a sandbox policy.
     if (auto mine = loader::current_cgroup_path()) {
         std::error_code ec;
         auto own = std::filesystem::weakly_canonical(*mine, ec).string();
         if (own == cg.path || own.rfind(cg.path + "/", 0) == 0)
-            return error_response("refusing to attach " + cg.path + ": redird itself runs in it (" + own +
-                                  "); attach a cgroup that holds only the sandbox");
+            throw Error("refusing to attach " + cg.path + ": redird itself runs in it (" + own +
+                        "); attach a cgroup that holds only the sandbox");
     }
     if (auto* a = sandboxes_->find(cg.id))
-        return error_response(cg.path + " is already attached (policy " + a->policy +
-                              "); detach it first or load a new policy with `redirctl policy load`");
-    std::string name = policy_name;
-    if (!policy_text.empty()) {
-        // A file given with attach is loaded (or replaced) under its own name.
-        auto resp = cmd_policy_load(policy_text, source_name, "");
-        rapidjson::Document d;
-        d.Parse(resp.c_str());
-        if (!d["ok"].GetBool()) return resp;
-        name = d["policy"].GetString();
-    }
+        throw Error(cg.path + " is already attached (policy " + a->policy +
+                    "); detach it first or load a new policy with `redirctl policy load`");
+    std::string name = req.policy_name;
+    // A file given with attach is loaded (or replaced) under its own name.
+    if (!req.policy_text.empty()) name = cmd_policy_load({req.policy_text, req.source_name, ""}).policy;
     auto it = policies_.find(name);
     if (it == policies_.end())
-        return error_response("no policy named \"" + name + "\" is loaded; load it with `redirctl policy load FILE`");
+        throw Error("no policy named \"" + name + "\" is loaded; load it with `redirctl policy load FILE`");
     sandboxes_->attach(cg, policy_ref(it->second));
-    JsonOut j;
-    j.begin().boolean("ok", true).str("cgroup", cg.path).num("cgroup_id", cg.id).str("policy", name);
-    j.begin_array("warnings");
-    if (auto procs = capable_processes(cg.path); !procs.empty()) j.str(capable_warning(cg.path, procs));
-    j.end_array();
-    j.end();
-    return j.take();
+    control::AttachReply r{cg.path, cg.id, name, {}};
+    if (auto procs = capable_processes(cg.path); !procs.empty()) r.warnings.push_back(capable_warning(cg.path, procs));
+    return r;
 }
 
-std::string Agent::cmd_detach(const std::string& cgroup) {
-    if (cgroup.empty()) return error_response("detach needs a cgroup path");
+control::DetachReply Agent::cmd_detach(const control::DetachRequest& req) {
+    if (req.cgroup.empty()) throw Error("detach needs a cgroup path");
     uint64_t id = 0;
-    std::string path = cgroup;
+    std::string path = req.cgroup;
     try {
-        auto cg = loader::open_cgroup(cgroup);
+        auto cg = loader::open_cgroup(req.cgroup);
         id = cg.id;
         path = cg.path;
     } catch (const std::exception&) {
         // The cgroup may already be gone; match the recorded path.
     }
     auto detached = sandboxes_->detach(id, path);
-    if (!detached) return error_response(path + " is not attached");
-    return JsonOut().begin().boolean("ok", true).str("cgroup", path).end().take();
+    if (!detached) throw Error(path + " is not attached");
+    return {path};
 }
 
-std::string Agent::cmd_policy_load(const std::string& text, const std::string& source_name, const std::string& name,
-                                   bool keep_established) {
-    if (text.empty()) return error_response("policy load needs the policy file's content");
-    StoredPolicy sp{name, text, source_name.empty() ? std::string("policy.json") : source_name};
+control::PolicyLoadReply Agent::cmd_policy_load(const control::PolicyLoadRequest& req) {
+    if (req.policy_text.empty()) throw Error("policy load needs the policy file's content");
+    StoredPolicy sp{req.name, req.policy_text, req.source_name.empty() ? std::string("policy.json") : req.source_name};
     // Compile under a fresh id first: a rejected file changes nothing.
     ActivePolicy ap = install_policy(sp);  // --name (if given) overrides the file's own name
     ap.stored.name = ap.info.name;
@@ -560,25 +502,14 @@ std::string Agent::cmd_policy_load(const std::string& text, const std::string& s
     }
     policies_[pname] = std::move(ap);
     if (previous && previous->id) dp_->delete_policy(previous->id);
-    size_t users = sandboxes_->users(pname);
     auto& p = policies_[pname];
-    JsonOut j;
-    j.begin()
-        .boolean("ok", true)
-        .str("policy", pname)
-        .num("policy_id", new_id)
-        .num("attachments", users)
-        .num("lpm_entries", p.info.lpm_entries)
-        .num("portsets", p.info.portsets)
-        .begin_array("host_rules");
-    for (auto& h : p.info.pending_hosts) j.str(h);
-    j.end_array();
-    if (!keep_established) revoke_for(pname, j);
-    j.end();
-    return j.take();
+    control::PolicyLoadReply reply{pname, new_id, sandboxes_->users(pname), p.info.lpm_entries, p.info.portsets,
+                                   p.info.pending_hosts};
+    if (!req.keep_established) revoke_for(pname, reply);
+    return reply;
 }
 
-void Agent::revoke_for(const std::string& name, JsonOut& j) {
+void Agent::revoke_for(const std::string& name, control::PolicyLoadReply& reply) {
     std::vector<RevokeTarget> targets;
     std::map<uint64_t, std::string> paths;
     for (auto& a : sandboxes_->all()) {
@@ -607,64 +538,53 @@ void Agent::revoke_for(const std::string& name, JsonOut& j) {
     for (const auto& n : rep.notes) spdlog::warn("policy {}: established connections not examined: {}", name, n);
     if (!rep.unsupported.empty()) {
         spdlog::warn("policy {}: established connections were not examined: {}", name, rep.unsupported);
-        j.str("revocation_unsupported", rep.unsupported);
+        reply.revocation_unsupported = rep.unsupported;
     }
-    j.num("revoked", reset).num("kept", rep.kept);
+    reply.revoked = reset;
+    reply.kept = rep.kept;
 }
 
-std::string Agent::cmd_policy_show(const std::string& name) {
-    auto it = policies_.find(name);
-    if (it == policies_.end()) return error_response("no policy named \"" + name + "\"");
-    JsonOut j;
-    j.begin().boolean("ok", true).str("policy", name).num("policy_id", it->second.id);
+control::PolicyShowReply Agent::cmd_policy_show(const control::PolicyShowRequest& req) {
+    auto it = policies_.find(req.name);
+    if (it == policies_.end()) throw Error("no policy named \"" + req.name + "\"");
     // The control protocol is one line per message: re-serialise compactly.
     rapidjson::Document d;
     d.Parse(it->second.info.normalized_json.c_str());
-    rapidjson::StringBuffer sb;
-    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-    d.Accept(w);
-    j.raw("normalized", sb.GetString());
-    j.end();
-    return j.take();
+    return {req.name, it->second.id, {JsonOut().value(d).take()}};
 }
 
-std::string Agent::cmd_policy_list() {
-    JsonOut j;
-    j.begin().boolean("ok", true).begin_array("policies");
-    for (auto& [n, p] : policies_) {
-        j.begin().str("name", n).num("policy_id", p.id).num("attachments", sandboxes_->users(n)).end();
-    }
-    j.end_array().end();
-    return j.take();
+control::PolicyListReply Agent::cmd_policy_list(const control::PolicyListRequest&) {
+    control::PolicyListReply r;
+    for (auto& [n, p] : policies_) r.policies.push_back({n, p.id, sandboxes_->users(n)});
+    return r;
 }
 
-std::string Agent::cmd_policy_delete(const std::string& name) {
+control::PolicyDeleteReply Agent::cmd_policy_delete(const control::PolicyDeleteRequest& req) {
+    const std::string& name = req.name;
     auto it = policies_.find(name);
-    if (it == policies_.end()) return error_response("no policy named \"" + name + "\"");
+    if (it == policies_.end()) throw Error("no policy named \"" + name + "\"");
     for (auto& a : sandboxes_->all())
         if (a.policy == name)
-            return error_response("policy \"" + name + "\" is attached to " + a.cgroup_path +
-                                  "; detach it first (`redirctl detach --cgroup " + a.cgroup_path + "`)");
+            throw Error("policy \"" + name + "\" is attached to " + a.cgroup_path +
+                        "; detach it first (`redirctl detach --cgroup " + a.cgroup_path + "`)");
     uint32_t id = it->second.id;
     store_->delete_policy(name);
     policies_.erase(it);
     dp_->delete_policy(id);
-    return JsonOut().begin().boolean("ok", true).str("policy", name).end().take();
+    return {name};
 }
 
-std::string Agent::cmd_events(size_t n, bool follow, const std::shared_ptr<ControlConn>& conn) {
-    JsonOut j;
-    j.begin().boolean("ok", true).begin_array("events");
-    for (auto& l : audit_->tail(n)) j.raw_value(l);
-    j.end_array().end();
-    if (follow) {
+control::EventsReply Agent::cmd_events(const control::EventsRequest& req, const std::shared_ptr<ControlConn>& conn) {
+    control::EventsReply r;
+    for (auto& l : audit_->tail(req.count)) r.events.push_back({l});
+    if (req.follow) {
         std::weak_ptr<ControlConn> w = conn;
         audit_->subscribe([w](const std::string& line) {
             auto c = w.lock();
             return c && c->alive() && c->send(line);
         });
     }
-    return j.take();
+    return r;
 }
 
 void Agent::on_event(const redir_event& e) {

@@ -16,6 +16,7 @@
 #include "agent/gateway_limits.hpp"
 #include "agent/policy_engine.hpp"
 #include "agent/state_store.hpp"
+#include "control/dispatcher.hpp"
 #include "enforce/sandboxes.hpp"
 #include "loader/datapath.hpp"
 
@@ -62,23 +63,23 @@ public:
     loader::Datapath& datapath() { return *dp_; }
 
 private:
-    std::string cmd_status();
-    std::string cmd_attach(const std::string& cgroup, const std::string& policy_name,
-                           const std::string& policy_text, const std::string& source_name);
-    std::string cmd_detach(const std::string& cgroup);
-    std::string cmd_policy_load(const std::string& text, const std::string& source_name, const std::string& name,
-                                bool keep_established = false);
-    std::string cmd_policy_show(const std::string& name);
-    std::string cmd_policy_list();
-    std::string cmd_policy_delete(const std::string& name);
-    std::string cmd_events(size_t n, bool follow, const std::shared_ptr<ControlConn>& conn);
+    // One handler per command of control::Request (the dispatch table).
+    control::StatusReply cmd_status(const control::StatusRequest&);
+    control::AttachReply cmd_attach(const control::AttachRequest& req);
+    control::DetachReply cmd_detach(const control::DetachRequest& req);
+    control::PolicyLoadReply cmd_policy_load(const control::PolicyLoadRequest& req);
+    control::PolicyShowReply cmd_policy_show(const control::PolicyShowRequest& req);
+    control::PolicyListReply cmd_policy_list(const control::PolicyListRequest&);
+    control::PolicyDeleteReply cmd_policy_delete(const control::PolicyDeleteRequest& req);
+    control::EventsReply cmd_events(const control::EventsRequest& req, const std::shared_ptr<ControlConn>& conn);
+    void serve_commands();
 
     // Compiles and writes a policy under a fresh id; returns the new id.
     // Throws PolicyRejected with located messages on a bad file.
     ActivePolicy install_policy(const StoredPolicy& sp);
     // After a flip: resets what policy NAME no longer allows (agent/revoke.hpp),
-    // one audit record per connection; adds "revoked" to the reply J.
-    void revoke_for(const std::string& name, JsonOut& j);
+    // one audit record per connection; fills the reply's revoked, kept, revocation_unsupported.
+    void revoke_for(const std::string& name, control::PolicyLoadReply& reply);
     void restore();
     void collect_garbage();
     void schedule_housekeeping();
@@ -89,13 +90,14 @@ private:
     // Why process PID may not use the control API (it is inside a sandbox).
     std::optional<std::string> control_peer_refusal(pid_t pid);
     bool provider_fetch_allowed(uint64_t cgroup_id) const;
-    void write_capable(JsonOut& j, const std::string& cgroup) const;
+    static std::vector<control::CapableProcess> capable_of(const std::string& cgroup);
 
     boost::asio::io_context& io_;
     AgentOptions opts_;
     std::unique_ptr<loader::Datapath> dp_;
     std::unique_ptr<StateStore> store_;
     std::unique_ptr<AuditLog> audit_;
+    control::Dispatcher commands_;
     std::unique_ptr<ControlServer> control_;
     struct Listeners;
     std::unique_ptr<Listeners> listeners_;

@@ -10,8 +10,6 @@
 #include <deque>
 #include <istream>
 
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 #include <sys/syscall.h>
 
 #include "common/error.hpp"
@@ -25,23 +23,12 @@ using asio::local::stream_protocol;
 namespace redir::agent {
 namespace {
 
-constexpr size_t kMaxRequest = 64 << 20;  // a 100k-rule policy is a few MB
 
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77
 #endif
 
-std::string refusal_line(const std::string& why) {
-    rapidjson::StringBuffer sb;
-    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-    w.StartObject();
-    w.Key("ok");
-    w.Bool(false);
-    w.Key("error");
-    w.String(why.c_str(), static_cast<rapidjson::SizeType>(why.size()));
-    w.EndObject();
-    return sb.GetString();
-}
+std::string refusal_line(const std::string& why) { return control::encode_error({why}); }
 
 // Who is at the other end: the pid that connected and, where the kernel has
 // SO_PEERPIDFD (6.5+), a pidfd that tells whether that very process still
@@ -83,7 +70,7 @@ struct Peer {
 class Conn : public ControlConn, public std::enable_shared_from_this<Conn> {
 public:
     Conn(stream_protocol::socket s, ControlHandler& h, const PeerCheck& check, Peer peer)
-        : sock_(std::move(s)), handler_(h), check_(check), peer_(std::move(peer)), buf_(kMaxRequest) {}
+        : sock_(std::move(s)), handler_(h), check_(check), peer_(std::move(peer)), buf_(control::kMaxLine) {}
 
     void start() { read(); }
 
@@ -103,6 +90,14 @@ private:
     void read() {
         auto self = shared_from_this();
         asio::async_read_until(sock_, buf_, '\n', [self](boost::system::error_code ec, size_t) {
+            if (ec == asio::error::not_found) {
+                // A line longer than the buffer: refused, and the connection ends
+                // (what follows is the rest of that line, not a request).
+                self->send(control::encode_error(control::ProtocolError(
+                    control::ErrorCode::too_large, "",
+                    "control request longer than " + std::to_string(control::kMaxLine) + " bytes; refused")));
+                return;
+            }
             if (ec) {
                 self->alive_ = false;
                 return;
@@ -120,7 +115,7 @@ private:
                 }
                 resp = self->handler_(line, self);
             } catch (const std::exception& e) {
-                resp = std::string("{\"ok\":false,\"error\":\"internal error: ") + e.what() + "\"}";
+                resp = control::encode_error({std::string("internal error: ") + e.what()});
             }
             self->send(std::move(resp));
             self->read();

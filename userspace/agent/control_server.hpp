@@ -11,15 +11,12 @@
 #include <sys/types.h>
 #include <string>
 
+#include "control/dispatcher.hpp"
+
 namespace redir::agent {
 
-class ControlConn {
-public:
-    virtual ~ControlConn() = default;
-    // Queues one line to the client; false once the client is gone.
-    virtual bool send(std::string line) = 0;
-    virtual bool alive() const = 0;
-};
+// The client end of a connection (the protocol's type, so handlers may keep it).
+using ControlConn = control::Connection;
 
 // Returns the response line for a request line. May keep CONN to push more
 // lines later (events --follow).

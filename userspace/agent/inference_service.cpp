@@ -1,6 +1,5 @@
 #include "agent/inference_service.hpp"
 
-#include <rapidjson/document.h>
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
 
@@ -17,22 +16,12 @@
 namespace redir::agent {
 namespace {
 
-std::string opt_str(const rapidjson::Value& v, const char* k) {
-    return v.HasMember(k) && v[k].IsString() ? v[k].GetString() : std::string();
-}
-
-std::optional<std::string> maybe_str(const rapidjson::Value& v, const char* k) {
-    if (v.HasMember(k) && v[k].IsString()) return std::string(v[k].GetString());
-    return std::nullopt;
-}
-
-void provider_json(JsonOut& j, const terminator::Provider& p) {
+control::ProviderView view_of(const terminator::Provider& p) {
     auto m = p.masked();
-    j.begin().str("name", m.name).str("type", m.type).str("base_url", m.base_url).str("ca_file", m.ca_file);
-    j.begin_object("credentials");
-    for (auto& [k, v] : m.credentials) j.str(k, v);
-    j.end().end();
+    return {m.name, m.type, m.base_url, m.ca_file, m.credentials};
 }
+
+control::InferenceReply reply_of(const terminator::InferenceConfig& c) { return {{c.provider, c.model, c.version}}; }
 
 }  // namespace
 
@@ -89,86 +78,56 @@ std::string InferenceService::metrics() const {
     return terminator_metrics(gateway_->stats(), gateway_->connections());
 }
 
-std::string InferenceService::handle(const std::string& cmd, const std::string& line) {
-    rapidjson::Document req;
-    req.Parse(line.c_str());
-    if (cmd == "ca.export") {
-        return JsonOut().begin().boolean("ok", true).str("pem", ca_->cert_pem()).end().take();
-    }
-    if (cmd == "provider.create") {
-        terminator::Provider p;
-        p.name = opt_str(req, "name");
-        p.type = opt_str(req, "type");
-        p.base_url = opt_str(req, "base_url");
-        p.ca_file = opt_str(req, "ca_file");
-        if (req.HasMember("credentials") && req["credentials"].IsObject())
-            for (auto& m : req["credentials"].GetObject())
-                if (m.value.IsString()) p.credentials[m.name.GetString()] = m.value.GetString();
-        store_->create_provider(p);
-        auto got = store_->get_provider(p.name);
-        JsonOut j;
-        j.begin().boolean("ok", true).key("provider");
-        provider_json(j, *got);
-        return j.end().take();
-    }
-    if (cmd == "provider.get") {
-        auto name = opt_str(req, "name");
-        auto p = store_->get_provider(name);
-        if (!p) return error_response("no provider named \"" + name + "\" (see `redirctl provider list`)");
-        JsonOut j;
-        j.begin().boolean("ok", true).key("provider");
-        provider_json(j, *p);
-        return j.end().take();
-    }
-    if (cmd == "provider.list") {
-        JsonOut j;
-        j.begin().boolean("ok", true).begin_array("providers");
-        for (auto& p : store_->list_providers()) provider_json(j, p);
-        return j.end_array().end().take();
-    }
-    if (cmd == "provider.update") {
-        terminator::ProviderUpdate u;
-        u.base_url = maybe_str(req, "base_url");
-        u.ca_file = maybe_str(req, "ca_file");
-        if (req.HasMember("credentials") && req["credentials"].IsObject())
-            for (auto& m : req["credentials"].GetObject())
-                if (m.value.IsString()) u.credentials[m.name.GetString()] = m.value.GetString();
-        if (req.HasMember("remove_credentials") && req["remove_credentials"].IsArray())
-            for (auto& v : req["remove_credentials"].GetArray())
-                if (v.IsString()) u.remove_credentials.push_back(v.GetString());
-        auto name = opt_str(req, "name");
-        store_->update_provider(name, u);
-        JsonOut j;
-        j.begin().boolean("ok", true).key("provider");
-        provider_json(j, *store_->get_provider(name));
-        return j.end().take();
-    }
-    if (cmd == "provider.delete") {
-        auto name = opt_str(req, "name");
-        store_->delete_provider(name);
-        return JsonOut().begin().boolean("ok", true).str("provider", name).end().take();
-    }
-    auto inference_json = [](const terminator::InferenceConfig& c) {
-        return JsonOut()
-            .begin()
-            .boolean("ok", true)
-            .begin_object("inference")
-            .str("provider", c.provider)
-            .str("model", c.model)
-            .num("version", c.version)
-            .end()
-            .end()
-            .take();
-    };
-    if (cmd == "inference.set") return inference_json(store_->set_inference(opt_str(req, "provider"), opt_str(req, "model")));
-    if (cmd == "inference.update")
-        return inference_json(store_->update_inference(maybe_str(req, "provider"), maybe_str(req, "model")));
-    if (cmd == "inference.get") {
-        auto c = store_->inference();
-        if (!c) return error_response("no inference configured; set one with `redirctl inference set --provider N --model M`");
-        return inference_json(*c);
-    }
-    return {};
+void InferenceService::serve(control::Dispatcher& commands) {
+    commands.on_members(this, &InferenceService::ca_export, &InferenceService::provider_create,
+                        &InferenceService::provider_get, &InferenceService::provider_list,
+                        &InferenceService::provider_update, &InferenceService::provider_delete,
+                        &InferenceService::inference_set, &InferenceService::inference_get,
+                        &InferenceService::inference_update);
+}
+
+control::CaExportReply InferenceService::ca_export(const control::CaExportRequest&) { return {ca_->cert_pem()}; }
+
+control::ProviderReply InferenceService::provider_create(const control::ProviderCreateRequest& req) {
+    store_->create_provider({req.name, req.type, req.base_url, req.ca_file, req.credentials});
+    return {view_of(*store_->get_provider(req.name))};
+}
+
+control::ProviderReply InferenceService::provider_get(const control::ProviderGetRequest& req) {
+    auto p = store_->get_provider(req.name);
+    if (!p) throw Error("no provider named \"" + req.name + "\" (see `redirctl provider list`)");
+    return {view_of(*p)};
+}
+
+control::ProviderListReply InferenceService::provider_list(const control::ProviderListRequest&) {
+    control::ProviderListReply r;
+    for (auto& p : store_->list_providers()) r.providers.push_back(view_of(p));
+    return r;
+}
+
+control::ProviderReply InferenceService::provider_update(const control::ProviderUpdateRequest& req) {
+    store_->update_provider(req.name, {req.base_url, req.ca_file, req.credentials, req.remove_credentials});
+    return {view_of(*store_->get_provider(req.name))};
+}
+
+control::ProviderDeleteReply InferenceService::provider_delete(const control::ProviderDeleteRequest& req) {
+    store_->delete_provider(req.name);
+    return {req.name};
+}
+
+control::InferenceReply InferenceService::inference_set(const control::InferenceSetRequest& req) {
+    return reply_of(store_->set_inference(req.provider, req.model));
+}
+
+control::InferenceReply InferenceService::inference_update(const control::InferenceUpdateRequest& req) {
+    return reply_of(store_->update_inference(req.provider, req.model));
+}
+
+control::InferenceReply InferenceService::inference_get(const control::InferenceGetRequest&) {
+    auto c = store_->inference();
+    if (!c)
+        throw Error("no inference configured; set one with `redirctl inference set --provider N --model M`");
+    return reply_of(*c);
 }
 
 }  // namespace redir::agent

@@ -11,6 +11,7 @@
 
 #include "agent/gateway_limits.hpp"
 #include "agent/listeners.hpp"
+#include "control/dispatcher.hpp"
 
 namespace redir::tls {
 class LocalCa;
@@ -41,11 +42,20 @@ public:
     const RedirectListener& tls_listener() const { return *tls_listener_; }
     const RedirectListener& plain_listener() const { return *plain_listener_; }
 
-    // Control API commands provider.*, inference.* and ca.export, given the
-    // whole request line; "" when CMD is not one of them.
-    std::string handle(const std::string& cmd, const std::string& request_line);
+    // Serves the control commands provider.*, inference.* and ca.export.
+    void serve(control::Dispatcher& commands);
 
 private:
+    control::CaExportReply ca_export(const control::CaExportRequest&);
+    control::ProviderReply provider_create(const control::ProviderCreateRequest& req);
+    control::ProviderReply provider_get(const control::ProviderGetRequest& req);
+    control::ProviderListReply provider_list(const control::ProviderListRequest&);
+    control::ProviderReply provider_update(const control::ProviderUpdateRequest& req);
+    control::ProviderDeleteReply provider_delete(const control::ProviderDeleteRequest& req);
+    control::InferenceReply inference_set(const control::InferenceSetRequest& req);
+    control::InferenceReply inference_get(const control::InferenceGetRequest&);
+    control::InferenceReply inference_update(const control::InferenceUpdateRequest& req);
+
     AuditLog& audit_;
     std::unique_ptr<tls::LocalCa> ca_;
     std::shared_ptr<tls::LeafCache> leaves_;

@@ -10,6 +10,8 @@
 #include <string>
 #include <string_view>
 
+#include "common/utf8.hpp"
+
 namespace redir {
 
 template <class W>
@@ -25,9 +27,19 @@ public:
     BasicJsonOut& begin_array() { w_.StartArray(); return *this; }
     BasicJsonOut& end_array() { w_.EndArray(); return *this; }
     BasicJsonOut& begin_object(std::string_view k) { key(k); w_.StartObject(); return *this; }
-    BasicJsonOut& key(std::string_view k) { w_.Key(k.data(), size(k)); return *this; }
+    BasicJsonOut& key(std::string_view k) {
+        if (!utf8_valid(k)) return key(utf8_sanitized(k));
+        w_.Key(k.data(), size(k));
+        return *this;
+    }
     BasicJsonOut& str(std::string_view k, std::string_view v) { key(k); return str(v); }
-    BasicJsonOut& str(std::string_view v) { w_.String(v.data(), size(v)); return *this; }
+    // Quotes, backslashes and control bytes are escaped by the writer; bytes
+    // that are not UTF-8 become U+FFFD, so the document stays valid JSON.
+    BasicJsonOut& str(std::string_view v) {
+        if (!utf8_valid(v)) return str(utf8_sanitized(v));
+        w_.String(v.data(), size(v));
+        return *this;
+    }
     BasicJsonOut& num(std::string_view k, uint64_t v) { key(k); w_.Uint64(v); return *this; }
     BasicJsonOut& num(uint64_t v) { w_.Uint64(v); return *this; }
     BasicJsonOut& boolean(std::string_view k, bool v) { key(k); w_.Bool(v); return *this; }
