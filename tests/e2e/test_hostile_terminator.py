@@ -79,17 +79,27 @@ elif mode == "idle":
             held.append(socket.create_connection(("198.18.0.1", 443), 10))
         except OSError:
             pass
-    time.sleep(2)
-    closed = 0
-    for s in held:
-        s.setblocking(False)
-        try:
-            if s.recv(1) == b"":
-                closed += 1
-        except BlockingIOError:
-            pass
-        except OSError:
+    # Count the ones the agent closed, until none closed for 3 s (60 s at most:
+    # a sanitized agent works through thousands of refusals slowly).
+    closed, pending, t0, last = 0, list(held), time.time(), time.time()
+    while pending and time.time() - last < 3 and time.time() - t0 < 60:
+        time.sleep(0.2)
+        still = []
+        for s in pending:
+            s.setblocking(False)
+            try:
+                if s.recv(1) != b"":
+                    still.append(s)
+                    continue
+            except BlockingIOError:
+                still.append(s)
+                continue
+            except OSError:
+                pass
             closed += 1
+        if len(still) < len(pending):
+            last = time.time()
+        pending = still
     print(json.dumps({"opened": len(held), "closed": closed}), flush=True)
     sys.stdin.read()  # hold the rest until the test is done
 """)
