@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/policy_engine.hpp"
+#include "policy/engine.hpp"
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
 #include "common/json_out.hpp"
@@ -288,7 +288,7 @@ int main(int argc, char** argv) {
         }
         if (*p_validate) {
             std::string text = redir::ctl::read_policy_file(file);
-            auto errs = redir::agent::validate_policy_text(text, file);
+            auto errs = redir::policy::validate_policy_text(text, file);
             for (auto& e : errs) std::cerr << e << "\n";
             if (errs.empty()) std::cout << file << ": valid\n";
             return errs.empty() ? 0 : 1;

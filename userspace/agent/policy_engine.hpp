@@ -1,44 +1,13 @@
 #pragma once
-// The agent's view of the policy library: validate, compile and write a
-// policy's entries into the kernel maps under a given id.
-#include <cstdint>
-#include <memory>
-#include <string>
-#include <vector>
-
-#include "common/error.hpp"
-
-namespace redir::loader {
-class Datapath;
-}
+// The agent's names for the policy engine (policy/engine.hpp), which redirctl
+// uses too; kept so agent code reads as before.
+#include "policy/engine.hpp"
 
 namespace redir::agent {
 
-struct CompiledPolicyInfo {
-    std::string name;
-    bool inference_enabled = true;
-    bool provider_fetch = false;  // policy inference.provider_fetch
-    std::string normalized_json;
-    size_t lpm_entries = 0;
-    size_t portsets = 0;
-    std::vector<std::string> pending_hosts;  // host rules awaiting the DNS responder
-    std::shared_ptr<const void> compiled;    // the library's compiled form, for DNS matching
-};
-
-// A policy file that failed validation: every located error.
-class PolicyRejected : public Error {
-public:
-    explicit PolicyRejected(std::vector<std::string> errs)
-        : Error(errs.empty() ? "policy rejected" : errs.front()), errors(std::move(errs)) {}
-    std::vector<std::string> errors;
-};
-
-// Throws PolicyRejected for a bad file, redir::Error for a kernel failure.
-// NAME_OVERRIDE (non-empty) replaces the file's "name" (`policy load --name`).
-CompiledPolicyInfo compile_and_write(const std::string& text, const std::string& source_name, uint32_t policy_id,
-                                     loader::Datapath& dp, const std::string& name_override = "");
-
-// Offline check: empty when valid.
-std::vector<std::string> validate_policy_text(const std::string& text, const std::string& source_name);
+using policy::compile_and_write;
+using policy::CompiledPolicyInfo;
+using policy::PolicyRejected;
+using policy::validate_policy_text;
 
 }  // namespace redir::agent

@@ -1,10 +1,10 @@
-#include "agent/policy_engine.hpp"
+#include "policy/engine.hpp"
 
 #include "loader/datapath.hpp"
 #include "policy/compile.hpp"
 #include "policy/parse.hpp"
 
-namespace redir::agent {
+namespace redir::policy {
 
 namespace {
 
@@ -61,4 +61,4 @@ std::vector<std::string> validate_policy_text(const std::string& text, const std
     return errs;
 }
 
-}  // namespace redir::agent
+}  // namespace redir::policy
