@@ -35,6 +35,7 @@ void AuditLog::write(const std::string& line) {
     } catch (...) {
         ++*write_errors_;
     }
+    std::lock_guard deliver(deliver_mu_);
     std::vector<Subscriber> subs;
     {
         std::lock_guard lk(mu_);

@@ -69,6 +69,10 @@ private:
     std::deque<std::string> tail_;
     size_t tail_bytes_ = 0;
     std::vector<Subscriber> subs_;
+    // Held while a line is handed to the followers: writers on several threads
+    // (the terminator's) deliver one at a time, so no line skips a follower
+    // whose subscriber another writer has taken out of subs_.
+    std::mutex deliver_mu_;
     uint64_t written_ = 0;
     std::mutex limit_mu_;
     std::unordered_map<uint64_t, std::unordered_map<std::string, Window>> windows_;

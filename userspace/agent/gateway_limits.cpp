@@ -3,12 +3,16 @@
 #include "agent/gateway_limits.hpp"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <thread>
 
 #include "agent/listeners.hpp"
 #include "agent/relay.hpp"
 #include "terminator/gateway.hpp"
 
 namespace redir::agent {
+
+unsigned default_terminator_threads() { return std::max(1u, std::thread::hardware_concurrency()); }
 
 void add_gateway_limit_flags(CLI::App& app, GatewayLimits& l) {
     auto count = [&](const char* name, auto& v, const char* help) {
@@ -37,6 +41,15 @@ void add_gateway_limit_flags(CLI::App& app, GatewayLimits& l) {
         ->check(CLI::Range(16u, 65536u))
         ->capture_default_str()
         ->group("Terminator and relay limits");
+    app.add_option("--terminator-threads", l.terminator_threads,
+                   "io threads of the inference terminator, each with its own provider connections (default: one "
+                   "per core; 0 = share the agent's thread with the control API, DNS and events)")
+        ->check(CLI::Range(0u, 256u))
+        ->capture_default_str()
+        ->group("Terminator and relay limits");
+    count("--upstream-pool-max-idle", l.upstream_pool_max_idle,
+          "idle provider connections kept per provider and terminator thread, at most (no more are kept than "
+          "requests were in flight at once)");
     count("--relay-max-connections-per-sandbox", l.relay_max_connections_per_sandbox,
           "inspect-relay connections one sandbox may hold (0 = no cap)");
     count("--relay-max-connections", l.relay_max_connections, "inspect-relay connections in total (0 = no cap)");
@@ -59,6 +72,8 @@ void apply_gateway_limits(const GatewayLimits& l, terminator::GatewayOptions& o)
     o.idle_timeout = seconds(l.client_idle_timeout_s);
     o.write_timeout = seconds(l.client_write_timeout_s);
     o.log_string_max = l.log_string_max;
+    o.threads = l.terminator_threads;
+    o.pool_max_idle_per_host = l.upstream_pool_max_idle;
 }
 
 RelayOptions relay_options(const GatewayLimits& l) {

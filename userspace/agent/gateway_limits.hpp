@@ -19,6 +19,9 @@ struct RelayOptions;
 struct RelayStats;
 class RedirectListener;
 
+// One terminator io thread per core.
+unsigned default_terminator_threads();
+
 struct GatewayLimits {
     // Terminator (https://inference.local and its plain-HTTP refusal).
     unsigned max_connections_per_sandbox = 256;
@@ -33,6 +36,8 @@ struct GatewayLimits {
     unsigned client_idle_timeout_s = 60;  // kept-alive connection waiting for its next request
     unsigned client_write_timeout_s = 60;  // each write to a sandbox that stops reading
     unsigned log_string_max = 256;        // client text quoted in a log line or an error
+    unsigned terminator_threads = default_terminator_threads();  // 0 = on the agent's own io thread
+    unsigned upstream_pool_max_idle = 1024;  // idle provider connections per host and thread (upper bound)
     // Inspect relay.
     unsigned relay_max_connections_per_sandbox = 256;
     unsigned relay_max_connections = 4096;

@@ -52,6 +52,8 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
     go.on_request = [&audit](const terminator::RequestLog& r) { audit.write(terminator::request_log_json(r)); };
     apply_gateway_limits(limits, go);
     go.provider_fetch_allowed = std::move(provider_fetch_allowed);
+    // The terminator's own threads ask the agent's policy on the agent's thread.
+    go.agent_executor = io.get_executor();
     go.on_refused = [&audit](const ConnInfo& ci, const terminator::LimitRefusal& r) {
         audit.write(refusal_record("inference", {"sandbox over a terminator limit", r.limit, r.cap, r.suppressed}, ci,
                                    false));

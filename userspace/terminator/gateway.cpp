@@ -10,6 +10,8 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
@@ -18,6 +20,8 @@
 #include <boost/beast/http.hpp>
 #include <deque>
 #include <filesystem>
+#include <limits>
+#include <thread>
 
 #include "common/error.hpp"
 #include "terminator/head.hpp"
@@ -109,6 +113,7 @@ struct ClientWatch {
     bool active = false;
     bool finished = false;
     bool gone = false;
+    bool answered = false;  // the whole answer was handed to the sandbox's socket
     UpstreamConn* upstream = nullptr;
     asio::steady_timer done;
 };
@@ -123,26 +128,21 @@ void close_stream(Stream& s) {
 
 }  // namespace
 
-struct Gateway::Impl {
-    Impl(asio::any_io_executor ex, std::shared_ptr<Store> st, GatewayOptions o)
-        : strand(asio::make_strand(ex)), store(std::move(st)), opts(std::move(o)),
+// What every io thread of the gateway shares: configuration, caps, counters.
+// Everything here is safe to use from any thread.
+struct Gateway::Shared {
+    Shared(std::shared_ptr<Store> st, GatewayOptions o)
+        : store(std::move(st)), opts(std::move(o)),
           conns(Quota::make({opts.max_connections_per_sandbox, opts.max_connections_total})),
           body_bytes(Quota::make({opts.body_bytes_per_sandbox, opts.body_bytes_total})) {}
 
-    asio::strand<asio::any_io_executor> strand;
     std::shared_ptr<Store> store;
-    GatewayOptions opts;
-    Pool pool;
-    struct CtxEntry {
-        std::shared_ptr<asio::ssl::context> ctx;
-        std::filesystem::file_time_type mtime;
-    };
-    std::map<std::string, CtxEntry> ctxs;
-    bool stopped = false;
+    const GatewayOptions opts;
     std::shared_ptr<Quota> conns;       // connections per sandbox and in total
     std::shared_ptr<Quota> body_bytes;  // request bodies in memory
     RefusalThrottle throttle;
     GatewayStats stats;
+    std::atomic<bool> stopped{false};
 
     void refused(const ConnInfo& info, std::string limit, std::uint64_t cap) {
         LimitRefusal r{std::move(limit), cap, 0};
@@ -165,6 +165,42 @@ struct Gateway::Impl {
         return t;
     }
 
+    void record(const RequestLog& r) {
+        auto line = request_log_json(r);
+        auto lg = opts.access_log ? opts.access_log : spdlog::default_logger();
+        if (lg) lg->info("{}", line);
+        if (opts.on_request) opts.on_request(r);
+    }
+};
+
+// One io thread's part of the gateway (or, without threads of its own, the
+// one strand's): its executor, its provider connections and TLS contexts.
+// Touched only from that executor, so none of it needs a lock.
+struct Gateway::Impl {
+    Impl(std::shared_ptr<Shared> sh, asio::any_io_executor e)
+        : shared(std::move(sh)), ex(std::move(e)), store(shared->store), opts(shared->opts), stats(shared->stats),
+          body_bytes(shared->body_bytes) {}
+
+    std::shared_ptr<Shared> shared;
+    asio::any_io_executor ex;
+    // The shared parts under the names the request code uses.
+    std::shared_ptr<Store> store;
+    const GatewayOptions& opts;
+    GatewayStats& stats;
+    std::shared_ptr<Quota> body_bytes;
+    Pool pool;
+    struct CtxEntry {
+        std::shared_ptr<asio::ssl::context> ctx;
+        std::filesystem::file_time_type mtime;
+    };
+    std::map<std::string, CtxEntry> ctxs;
+
+    bool stopped() const { return shared->stopped; }
+    void refused(const ConnInfo& info, std::string limit, std::uint64_t cap) {
+        shared->refused(info, std::move(limit), cap);
+    }
+    void record(const RequestLog& r) { shared->record(r); }
+
     // Rebuilt when the CA file changes, so a rotated provider CA applies
     // without a restart.
     std::shared_ptr<asio::ssl::context> client_ctx(const std::string& ca_file) {
@@ -179,13 +215,6 @@ struct Gateway::Impl {
         auto ctx = make_client_ssl_ctx(ca_file);
         ctxs[ca_file] = CtxEntry{ctx, mtime};
         return ctx;
-    }
-
-    void record(const RequestLog& r) {
-        auto line = request_log_json(r);
-        auto lg = opts.access_log ? opts.access_log : spdlog::default_logger();
-        if (lg) lg->info("{}", line);
-        if (opts.on_request) opts.on_request(r);
     }
 };
 
@@ -280,8 +309,8 @@ awaitable<std::vector<tcp::endpoint>> resolve_upstream(Impl& gw, const BaseUrl& 
         eps.emplace_back(literal, b.port);
         co_return eps;
     }
-    auto resolver = std::make_shared<tcp::resolver>(gw.strand);
-    asio::steady_timer t(gw.strand);
+    auto resolver = std::make_shared<tcp::resolver>(gw.ex);
+    asio::steady_timer t(gw.ex);
     t.expires_at(deadline);
     t.async_wait([r = resolver](beast::error_code ec) {
         if (!ec) r->cancel();
@@ -310,7 +339,7 @@ awaitable<std::unique_ptr<UpstreamConn>> connect_upstream(Impl& gw, const Provid
         f = {502, where + ": " + e.what()};
         co_return nullptr;
     }
-    auto conn = std::make_unique<UpstreamConn>(gw.strand, ctx);
+    auto conn = std::make_unique<UpstreamConn>(gw.ex, ctx);
     conn->key = key;
     watch.upstream = conn.get();
     // Failures below destroy CONN: the watcher must not keep it (the caller
@@ -500,36 +529,45 @@ awaitable<beast::error_code> write_piece(Impl& gw, Stream& s, http::response_ser
 enum class Pumped { Done, ClientGone, UpstreamBroke };
 
 // Relays the provider's body piece by piece as it arrives (an SSE stream is
-// never buffered). UPSTREAM_EC receives why the provider broke off.
+// never buffered). UPSTREAM_EC receives why the provider broke off. Once the
+// last byte of a sized body is read the provider connection is whole: the
+// watcher lets go of it, so a sandbox hanging up right after the answer (as
+// `Connection: close` clients do) does not cost it.
 template <class Stream>
 awaitable<Pumped> pump_body(Impl& gw, Stream& s, http::response_serializer<http::buffer_body>& sr,
-                            http::response<http::buffer_body>& res, Upstream& up, ClientWatch& watch, UsageTap& tap,
-                            RequestLog& log, beast::error_code& upstream_ec) {
+                            http::response<http::buffer_body>& res, const ResponsePlan& plan, Upstream& up,
+                            ClientWatch& watch, UsageTap& tap, RequestLog& log, beast::error_code& upstream_ec) {
     std::array<char, 16 * 1024> piece;
     auto& p = *up.parser;
+    std::uint64_t left = plan.content_length.value_or(std::numeric_limits<std::uint64_t>::max());
     while (!p.is_done()) {
         p.get().body().data = piece.data();
         p.get().body().size = piece.size();
         beast::get_lowest_layer(up.conn->s).expires_after(gw.opts.stream_idle_timeout);
         auto [rec, rn] = co_await http::async_read_some(up.conn->s, up.conn->buf, p, use_tuple);
-        if (watch.gone) co_return Pumped::ClientGone;
         if (rec == http::error::need_buffer) rec = {};
+        const std::size_t got = piece.size() - p.get().body().size;
+        const bool whole = !rec && (p.is_done() || got >= left);
+        if (whole) watch.upstream = nullptr;
+        if (watch.gone) co_return whole ? Pumped::Done : Pumped::ClientGone;
         if (rec) {
             upstream_ec = rec;
             co_return Pumped::UpstreamBroke;
         }
-        const std::size_t got = piece.size() - p.get().body().size;
         if (got == 0) continue;
+        left -= std::min<std::uint64_t>(left, got);
         std::string_view data(piece.data(), got);
         tap.feed(data);
         auto wec = co_await write_piece(gw, s, sr, res, data, true);
         note_write(gw, wec);
         if (wec) {
-            up.conn->close();
-            co_return Pumped::ClientGone;
+            if (!whole) up.conn->close();
+            co_return whole ? Pumped::Done : Pumped::ClientGone;
         }
         log.bytes_out += got;
+        if (whole) break;
     }
+    watch.upstream = nullptr;
     co_return Pumped::Done;
 }
 
@@ -586,7 +624,7 @@ awaitable<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& u
 
     UsageTap tap(plan);
     beast::error_code upstream_ec;
-    const auto pumped = co_await pump_body(gw, s, sr, res, up, watch, tap, log, upstream_ec);
+    const auto pumped = co_await pump_body(gw, s, sr, res, plan, up, watch, tap, log, upstream_ec);
     if (pumped == Pumped::ClientGone) {
         log.error = "client closed the connection";
         co_return false;
@@ -596,10 +634,14 @@ awaitable<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& u
         up.conn->close();
         co_return co_await end_broken_response(gw, s, call, plan, sr, res, upstream_ec, log);
     }
-    const auto fec = co_await write_piece(gw, s, sr, res, {}, false);
+    // The provider's answer is whole: its connection is reusable even when
+    // the sandbox hangs up right after the last byte (as `Connection: close`
+    // clients do), so the watcher must not close it any more.
     watch.upstream = nullptr;
-    if (up.parser->keep_alive() && up.conn->buf.size() == 0 && !gw.stopped)
+    if (up.parser->keep_alive() && up.conn->buf.size() == 0 && !gw.stopped())
         gw.pool.put(std::move(up.conn), gw.opts.pool_max_idle_per_host, gw.opts.pool_idle_timeout);
+    watch.answered = true;
+    const auto fec = co_await write_piece(gw, s, sr, res, {}, false);
     co_return !fec && call.client_keep_alive;
 }
 
@@ -613,12 +655,12 @@ awaitable<bool> relay(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, 
 
 template <class Stream>
 awaitable<bool> proxy(Impl& gw, Stream& s, beast::flat_buffer& buf, ProxyCall& call, RequestLog& log) {
-    auto watch = std::make_shared<ClientWatch>(gw.strand);
+    auto watch = std::make_shared<ClientWatch>(gw.ex);
     if (buf.size() == 0) {
         // Reads are unbounded while watching; writes get their own timeout.
         beast::get_lowest_layer(s).expires_never();
         watch->active = true;
-        asio::co_spawn(gw.strand, watch_client(s, buf, watch), asio::detached);
+        asio::co_spawn(gw.ex, watch_client(s, buf, watch), asio::detached);
     }
     bool keep = false;
     std::exception_ptr err;
@@ -634,7 +676,8 @@ awaitable<bool> proxy(Impl& gw, Stream& s, beast::flat_buffer& buf, ProxyCall& c
     }
     if (err) std::rethrow_exception(err);
     if (watch->gone) {
-        if (log.error.empty()) log.error = "client closed the connection";
+        // A sandbox that hangs up after the last byte was served in full.
+        if (log.error.empty() && !watch->answered) log.error = "client closed the connection";
         if (log.status == 0) log.status = 499;
         co_return false;
     }
@@ -829,6 +872,18 @@ awaitable<std::optional<Stop>> read_body(Impl& gw, Stream& s, beast::flat_buffer
     co_return std::nullopt;
 }
 
+// Whether the sandbox's policy lets the provider fetch for it. The policy
+// lives on the agent's thread: asked there when the gateway has threads of
+// its own.
+awaitable<bool> provider_fetch_allowed(Impl& gw, std::uint64_t cgroup_id) {
+    const auto& allowed = gw.opts.provider_fetch_allowed;
+    if (!allowed) co_return false;
+    if (!gw.opts.agent_executor) co_return allowed(cgroup_id);
+    co_return co_await asio::co_spawn(
+        gw.opts.agent_executor, [allowed, cgroup_id]() -> awaitable<bool> { co_return allowed(cgroup_id); },
+        asio::use_awaitable);
+}
+
 // A served request: the models list, a mock answer, or the provider call.
 template <class Stream>
 awaitable<bool> respond(Impl& gw, Stream& s, beast::flat_buffer& buf, Incoming& in, const ConnInfo& info,
@@ -853,9 +908,10 @@ awaitable<bool> respond(Impl& gw, Stream& s, beast::flat_buffer& buf, Incoming& 
     log.stream = rw.stream;
     HeaderList client_headers;
     for (const auto& f : req) client_headers.emplace_back(lower(f.name_string()), std::string(f.value()));
-    if (!(o.provider_fetch_allowed && o.provider_fetch_allowed(info.cgroup_id)))
-        if (auto fetch = find_provider_fetch(rw.body, client_headers, o.log_string_max))
+    if (auto fetch = find_provider_fetch(rw.body, client_headers, o.log_string_max)) {
+        if (!co_await provider_fetch_allowed(gw, info.cgroup_id))
             co_return co_await send_error(gw, s, in.shape, 400, provider_fetch_refusal(*fetch), keep_alive, log);
+    }
 
     if (profile.local) {
         auto m = mock_reply(ep, rw.body, cfg.model, rw.stream);
@@ -886,7 +942,7 @@ awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestL
     if (!stop) stop = co_await read_body(gw, s, buf, in, info, log);
     if (stop) co_return co_await answer(gw, s, in.shape, std::move(*stop), log);
     log.bytes_in = in.parser.get().body().size();
-    const bool keep_alive = in.parser.get().keep_alive() && !gw.stopped;
+    const bool keep_alive = in.parser.get().keep_alive() && !gw.stopped();
     if (in.service.status) {
         auto refusal = refuse(in.service.status, std::move(in.service.message), keep_alive, in.route.headers);
         co_return co_await answer(gw, s, in.shape, std::move(refusal), log);
@@ -909,7 +965,7 @@ awaitable<void> session(std::shared_ptr<Impl> gw, Stream s, ConnInfo info, Quota
                 log.duration_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
                 gw->record(log);
             }
-            if (!keep || gw->stopped) break;
+            if (!keep || gw->stopped()) break;
         }
     } catch (const std::exception& e) {
         spdlog::warn("terminator: session for cgroup {} ended: {}", info.cgroup_id, e.what());
@@ -917,14 +973,14 @@ awaitable<void> session(std::shared_ptr<Impl> gw, Stream s, ConnInfo info, Quota
     close_stream(s);
 }
 
-// Moves the accepted socket onto the gateway's strand.
+// Moves the accepted socket onto the executor of the io thread that serves it.
 tcp::socket rebind(Impl& gw, tcp::socket sock) {
     beast::error_code ec;
     auto proto = sock.local_endpoint(ec).protocol();
     if (ec) proto = tcp::v4();
     int fd = sock.release(ec);
     if (ec) throw beast::system_error(ec);
-    tcp::socket out(gw.strand);
+    tcp::socket out(gw.ex);
     out.assign(proto, fd, ec);
     if (ec) {
         ::close(fd);
@@ -989,24 +1045,76 @@ void turn_away(tcp::socket& socket) {
 // with MAKE (nullopt: give up) and runs RUN's session coroutine on it.
 template <class Make, class Run>
 void launch(const std::shared_ptr<Impl>& gw, tcp::socket socket, ConnInfo info, Make make, Run run) {
-    auto ticket = gw->admit(info);
+    auto ticket = gw->shared->admit(info);
     if (!ticket) return turn_away(socket);
     auto stream = make(rebind(*gw, std::move(socket)));
     if (!stream) return;
-    asio::co_spawn(gw->strand, run(gw, std::move(*stream), std::move(info), std::move(ticket)), asio::detached);
+    asio::co_spawn(gw->ex, run(gw, std::move(*stream), std::move(info), std::move(ticket)), asio::detached);
 }
 
 }  // namespace
 
+// The gateway's io threads, each running its own io_context (one Impl each),
+// or none: then the one Impl runs on a strand of the constructor's executor.
+struct Gateway::Workers {
+    std::shared_ptr<Shared> shared;
+    std::vector<std::shared_ptr<Impl>> impls;
+    std::vector<std::unique_ptr<asio::io_context>> ios;
+    std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
+    std::vector<std::thread> threads;
+    std::atomic<std::size_t> next{0};
+
+    // New connections go round-robin over the io threads.
+    const std::shared_ptr<Impl>& pick() { return impls[next.fetch_add(1, std::memory_order_relaxed) % impls.size()]; }
+};
+
 Gateway::Gateway(asio::any_io_executor ex, std::shared_ptr<Store> store, GatewayOptions opts)
-    : impl_(std::make_shared<Impl>(std::move(ex), std::move(store), std::move(opts))) {}
+    : workers_(std::make_unique<Workers>()) {
+    auto& w = *workers_;
+    const std::size_t threads = opts.threads;
+    w.shared = std::make_shared<Shared>(std::move(store), std::move(opts));
+    if (threads == 0) {
+        w.impls.push_back(std::make_shared<Impl>(w.shared, asio::make_strand(ex)));
+        return;
+    }
+    for (std::size_t i = 0; i < threads; ++i) {
+        // One thread per io_context: its handlers never need a lock.
+        w.ios.push_back(std::make_unique<asio::io_context>(1));
+        w.guards.push_back(asio::make_work_guard(*w.ios.back()));
+        w.impls.push_back(std::make_shared<Impl>(w.shared, w.ios.back()->get_executor()));
+    }
+    for (auto& io : w.ios)
+        w.threads.emplace_back([ctx = io.get()] {
+            for (;;) {
+                try {
+                    ctx->run();
+                    return;
+                } catch (const std::exception& e) {
+                    spdlog::error("terminator: an io thread caught an exception and goes on: {}", e.what());
+                }
+            }
+        });
+}
 
 Gateway::~Gateway() {
-    // Touch the shared state on its strand only.
-    asio::dispatch(impl_->strand, [impl = impl_] {
-        impl->stopped = true;
+    auto& w = *workers_;
+    w.shared->stopped = true;
+    if (w.threads.empty()) {
+        // Touch the strand's state on the strand only; sessions in flight
+        // finish their current request and close.
+        asio::dispatch(w.impls[0]->ex, [impl = w.impls[0]] { impl->pool.clear(); });
+        return;
+    }
+    // Own threads: stop them, then let each io_context destroy what it still
+    // holds (sessions in flight end with it).
+    for (auto& io : w.ios) io->stop();
+    for (auto& t : w.threads) t.join();
+    for (auto& impl : w.impls) {
         impl->pool.clear();
-    });
+        impl->ctxs.clear();
+    }
+    w.guards.clear();
+    w.ios.clear();
 }
 
 void Gateway::serve_tls(tcp::socket socket, SSL_CTX* server_ctx, ConnInfo info) {
@@ -1019,21 +1127,24 @@ void Gateway::serve_tls(tcp::socket socket, SSL_CTX* server_ctx, ConnInfo info) 
         }
         return std::optional<TlsStream>(std::in_place, beast::tcp_stream(std::move(s)), ssl);
     };
-    launch(impl_, std::move(socket), std::move(info), make, tls_session);
+    launch(workers_->pick(), std::move(socket), std::move(info), make, tls_session);
 }
 
 void Gateway::serve_plain_refusal(tcp::socket socket, ConnInfo info) {
     auto make = [](tcp::socket s) { return std::optional<beast::tcp_stream>(std::move(s)); };
-    launch(impl_, std::move(socket), std::move(info), make, refusal_session);
+    launch(workers_->pick(), std::move(socket), std::move(info), make, refusal_session);
 }
 
 void Gateway::serve_cleartext_for_tests(tcp::socket socket, ConnInfo info) {
     auto make = [](tcp::socket s) { return std::optional<beast::tcp_stream>(std::move(s)); };
-    launch(impl_, std::move(socket), std::move(info), make, session<beast::tcp_stream>);
+    launch(workers_->pick(), std::move(socket), std::move(info), make, session<beast::tcp_stream>);
 }
 
-const GatewayStats& Gateway::stats() const { return impl_->stats; }
-std::uint64_t Gateway::connections() const { return impl_->conns->total_in_use(); }
-std::uint64_t Gateway::connections_of(std::uint64_t cgroup_id) const { return impl_->conns->in_use(cgroup_id); }
+const GatewayStats& Gateway::stats() const { return workers_->shared->stats; }
+std::uint64_t Gateway::connections() const { return workers_->shared->conns->total_in_use(); }
+std::uint64_t Gateway::connections_of(std::uint64_t cgroup_id) const {
+    return workers_->shared->conns->in_use(cgroup_id);
+}
+std::size_t Gateway::threads() const { return workers_->threads.size(); }
 
 }  // namespace redir::terminator

@@ -64,7 +64,11 @@ struct GatewayOptions {
     ms upstream_response_timeout{600'000}; // request sent → response header (long completions)
     ms stream_idle_timeout{120'000};       // between two pieces of a response body; no total cap
     ms pool_idle_timeout{60'000};          // idle kept-alive provider connection lifetime
-    std::size_t pool_max_idle_per_host = 16;
+    // Idle provider connections kept per (host, port, trust) and io thread:
+    // an upper bound only. No more connections are ever opened than requests
+    // were in flight at once, so what is kept idle follows the peak
+    // concurrency seen (and ages out after pool_idle_timeout).
+    std::size_t pool_max_idle_per_host = 1024;
     // Fairness between sandboxes (the sandbox is ConnInfo::cgroup_id); 0 = no cap.
     std::size_t max_connections_per_sandbox = 256;  // over it: the new connection is closed at once
     std::size_t max_connections_total = 4096;
@@ -74,6 +78,14 @@ struct GatewayOptions {
     std::uint64_t body_bytes_total = 512ull * 1024 * 1024;
     // Client-supplied text (model, path, method, keys) quoted in a log line or error.
     std::size_t log_string_max = kLogStringMax;
+    // Io threads of the gateway's own (one per core is the agent's default),
+    // each with its own provider pool; 0 = run on a strand of the
+    // constructor's executor.
+    std::size_t threads = 0;
+    // Where the callbacks that read the agent's state (provider_fetch_allowed)
+    // run when the gateway has threads of its own; empty = on the gateway's
+    // thread. on_request and on_refused must be thread-safe either way.
+    boost::asio::any_io_executor agent_executor;
     // Host name → IP literal used instead of DNS (tests; pinned providers).
     std::map<std::string, std::string> resolve_overrides;
     // Access log (one JSON line per request); nullptr = spdlog's default logger.
@@ -90,8 +102,8 @@ struct GatewayOptions {
 
 class Gateway {
 public:
-    // All work runs on a strand of EX, so EX's io_context may be run by any
-    // number of threads.
+    // Without threads of its own (OPTS.threads 0) all work runs on a strand
+    // of EX, so EX's io_context may be run by any number of threads.
     Gateway(boost::asio::any_io_executor ex, std::shared_ptr<Store> store, GatewayOptions opts = {});
     // Stops accepting work: idle provider connections are closed; sessions in
     // flight finish their current request and close.
@@ -117,10 +129,15 @@ public:
     std::uint64_t connections() const;
     std::uint64_t connections_of(std::uint64_t cgroup_id) const;
 
+    // Io threads of the gateway's own (GatewayOptions::threads).
+    std::size_t threads() const;
+
+    struct Shared;
     struct Impl;
 
 private:
-    std::shared_ptr<Impl> impl_;
+    struct Workers;
+    std::unique_ptr<Workers> workers_;
 };
 
 }  // namespace redir::terminator

@@ -164,7 +164,9 @@ private:
 
 enum class Mode { Cleartext, Tls, Refusal };
 
-class GatewayTest : public ::testing::Test {
+// Run twice: on the caller's io thread (GatewayOptions::threads 0) and on
+// two io threads of the gateway's own, each with its own provider pool.
+class GatewayTest : public ::testing::TestWithParam<std::size_t> {
 protected:
     void SetUp() override {
         ca_file_ = dir_ + "/provider-ca.pem";
@@ -184,6 +186,7 @@ protected:
             std::lock_guard lk(log_mu_);
             logs_.push_back(r);
         };
+        o.threads = GetParam();
         gw_ = std::make_unique<Gateway>(io_.get_executor(), store_, std::move(o));
         accept();
         io_.start();
@@ -292,7 +295,7 @@ std::string chunk(const std::string& d) {
     return hex + d + "\r\n";
 }
 
-TEST_F(GatewayTest, RewritesModelSwapsCredentialAndFiltersHeaders) {
+TEST_P(GatewayTest, RewritesModelSwapsCredentialAndFiltersHeaders) {
     use_openai();
     start();
     auto res = post("/v1/chat/completions?api_key=leak", R"({"messages":[{"role":"user","content":"hi"}]})",
@@ -331,7 +334,7 @@ TEST_F(GatewayTest, RewritesModelSwapsCredentialAndFiltersHeaders) {
     EXPECT_FALSE(contains(line, "hi")) << line;
 }
 
-TEST_F(GatewayTest, ReplacesClientModel) {
+TEST_P(GatewayTest, ReplacesClientModel) {
     use_openai("gpt-configured");
     start();
     auto res = post("/v1/embeddings", R"({"model":"text-embedding-3-small","input":"x"})");
@@ -341,7 +344,7 @@ TEST_F(GatewayTest, ReplacesClientModel) {
     EXPECT_EQ(wait_logs(1).at(0).model_requested, "text-embedding-3-small");
 }
 
-TEST_F(GatewayTest, AnthropicKeyDefaultsAndQuery) {
+TEST_P(GatewayTest, AnthropicKeyDefaultsAndQuery) {
     use("anthropic", "claude-configured", {{"ANTHROPIC_API_KEY", "sk-ant-provider-secret"}}, "");
     start();
     auto res = post("/v1/messages?beta=true&key=leak", R"({"model":"claude-x","max_tokens":5,"messages":[]})",
@@ -358,7 +361,7 @@ TEST_F(GatewayTest, AnthropicKeyDefaultsAndQuery) {
     EXPECT_EQ(fake_->received().at(1).header("anthropic-version"), "2099-12-31");
 }
 
-TEST_F(GatewayTest, ProviderRejectingTheCredentialIsReportedWithoutEchoingIt) {
+TEST_P(GatewayTest, ProviderRejectingTheCredentialIsReportedWithoutEchoingIt) {
     use_openai();
     start();
     fake_->set_handler([](const Received&, FakeProvider::Conn& c) {
@@ -373,7 +376,7 @@ TEST_F(GatewayTest, ProviderRejectingTheCredentialIsReportedWithoutEchoingIt) {
     EXPECT_TRUE(contains(res.body(), "authentication_error")) << res.body();
 }
 
-TEST_F(GatewayTest, ProviderErrorsPassThrough) {
+TEST_P(GatewayTest, ProviderErrorsPassThrough) {
     use_openai();
     start();
     fake_->set_handler([](const Received&, FakeProvider::Conn& c) {
@@ -387,7 +390,7 @@ TEST_F(GatewayTest, ProviderErrorsPassThrough) {
     EXPECT_TRUE(contains(res.body(), "Rate limit reached"));
 }
 
-TEST_F(GatewayTest, FamilyMismatchIs400) {
+TEST_P(GatewayTest, FamilyMismatchIs400) {
     use("anthropic", "claude", {{"ANTHROPIC_API_KEY", "sk-ant-provider-secret"}}, "");
     start();
     auto res = post("/v1/chat/completions", R"({"messages":[]})");
@@ -397,7 +400,7 @@ TEST_F(GatewayTest, FamilyMismatchIs400) {
     EXPECT_TRUE(fake_->received().empty());
 }
 
-TEST_F(GatewayTest, BadBodiesAre400) {
+TEST_P(GatewayTest, BadBodiesAre400) {
     use_openai();
     start();
     auto res = post("/v1/chat/completions", R"({"model":"a","messages":[],"model":"b"})");
@@ -412,7 +415,7 @@ TEST_F(GatewayTest, BadBodiesAre400) {
     EXPECT_TRUE(fake_->received().empty());
 }
 
-TEST_F(GatewayTest, UnknownPathsAre404InTheApiShape) {
+TEST_P(GatewayTest, UnknownPathsAre404InTheApiShape) {
     use_openai();
     start();
     auto res = post("/v1/images/generations", "{}");
@@ -426,7 +429,7 @@ TEST_F(GatewayTest, UnknownPathsAre404InTheApiShape) {
     EXPECT_EQ(res[http::field::allow], "POST");
 }
 
-TEST_F(GatewayTest, UnconfiguredIs503) {
+TEST_P(GatewayTest, UnconfiguredIs503) {
     start();
     auto res = post("/v1/chat/completions", "{}");
     EXPECT_EQ(res.result_int(), 503);
@@ -435,7 +438,7 @@ TEST_F(GatewayTest, UnconfiguredIs503) {
     EXPECT_EQ(res.result_int(), 503);
 }
 
-TEST_F(GatewayTest, ModelsFromConfiguration) {
+TEST_P(GatewayTest, ModelsFromConfiguration) {
     use_openai("gpt-configured");
     start();
     auto res = get("https://inference.local/v1/models?limit=5");  // absolute form
@@ -453,7 +456,7 @@ TEST_F(GatewayTest, ModelsFromConfiguration) {
 
 // The provider sends 5 events 200 ms apart; each must reach the client
 // before the next one is even sent.
-TEST_F(GatewayTest, StreamsEachEventAsItArrives) {
+TEST_P(GatewayTest, StreamsEachEventAsItArrives) {
     use_openai();
     start();
     std::mutex mu;
@@ -503,7 +506,7 @@ TEST_F(GatewayTest, StreamsEachEventAsItArrives) {
     EXPECT_TRUE(contains(got, "Transfer-Encoding: chunked"));
 }
 
-TEST_F(GatewayTest, CompressedBodiesAreRelayedUntouched) {
+TEST_P(GatewayTest, CompressedBodiesAreRelayedUntouched) {
     use_openai();
     start();
     // Not valid gzip on purpose: the gateway must not look inside.
@@ -520,7 +523,7 @@ TEST_F(GatewayTest, CompressedBodiesAreRelayedUntouched) {
     EXPECT_EQ(res.body(), bytes);
 }
 
-TEST_F(GatewayTest, UsageFromTheFinalSseChunkIsLogged) {
+TEST_P(GatewayTest, UsageFromTheFinalSseChunkIsLogged) {
     use_openai();
     start();
     fake_->set_handler([](const Received&, FakeProvider::Conn& c) {
@@ -540,7 +543,7 @@ TEST_F(GatewayTest, UsageFromTheFinalSseChunkIsLogged) {
     EXPECT_EQ(l[0].bytes_out, res.body().size());
 }
 
-TEST_F(GatewayTest, ProviderBreakingOffMidStreamEndsWithErrorEvent) {
+TEST_P(GatewayTest, ProviderBreakingOffMidStreamEndsWithErrorEvent) {
     use("anthropic", "claude", {{"ANTHROPIC_API_KEY", "sk-ant-provider-secret"}}, "");
     start();
     fake_->set_handler([](const Received&, FakeProvider::Conn& c) {
@@ -560,7 +563,7 @@ TEST_F(GatewayTest, ProviderBreakingOffMidStreamEndsWithErrorEvent) {
     EXPECT_TRUE(contains(res.body().substr(pos), "broke off")) << res.body();
 }
 
-TEST_F(GatewayTest, ProviderDownIs502) {
+TEST_P(GatewayTest, ProviderDownIs502) {
     // Bound (so the port stays ours) but not listening: every connect is refused.
     tcp::socket held(client_io_);
     held.open(tcp::v4());
@@ -576,7 +579,7 @@ TEST_F(GatewayTest, ProviderDownIs502) {
     EXPECT_FALSE(contains(res.body(), "sk-provider-secret"));
 }
 
-TEST_F(GatewayTest, SilentProviderIs504) {
+TEST_P(GatewayTest, SilentProviderIs504) {
     use_openai();
     GatewayOptions o;
     o.upstream_response_timeout = 300ms;
@@ -592,7 +595,7 @@ TEST_F(GatewayTest, SilentProviderIs504) {
     EXPECT_LT(Clock::now() - t0, 2s);
 }
 
-TEST_F(GatewayTest, StreamIdleTimeoutBetweenChunks) {
+TEST_P(GatewayTest, StreamIdleTimeoutBetweenChunks) {
     use_openai();
     GatewayOptions o;
     o.stream_idle_timeout = 300ms;
@@ -609,7 +612,7 @@ TEST_F(GatewayTest, StreamIdleTimeoutBetweenChunks) {
     EXPECT_TRUE(contains(res.body(), "sent nothing for 300 ms")) << res.body();
 }
 
-TEST_F(GatewayTest, UntrustedProviderCertificateIs502) {
+TEST_P(GatewayTest, UntrustedProviderCertificateIs502) {
     store_->create_provider(
         Provider{"p", "openai", provider_url(), "", {{"OPENAI_API_KEY", "sk-provider-secret-0001"}}});
     store_->set_inference("p", "m");
@@ -620,7 +623,7 @@ TEST_F(GatewayTest, UntrustedProviderCertificateIs502) {
     EXPECT_TRUE(fake_->received().empty());
 }
 
-TEST_F(GatewayTest, ProviderNameIsVerified) {
+TEST_P(GatewayTest, ProviderNameIsVerified) {
     // Right CA, but the certificate names provider.test, not other.test.
     GatewayOptions o;
     o.resolve_overrides = {{"provider.test", "127.0.0.1"}, {"other.test", "127.0.0.1"}};
@@ -638,7 +641,7 @@ TEST_F(GatewayTest, ProviderNameIsVerified) {
     EXPECT_TRUE(contains(res.body(), "TLS verification of provider bad")) << res.body();
 }
 
-TEST_F(GatewayTest, HeaderTooLargeIs431) {
+TEST_P(GatewayTest, HeaderTooLargeIs431) {
     use_openai();
     GatewayOptions o;
     o.header_limit = 4096;
@@ -648,7 +651,7 @@ TEST_F(GatewayTest, HeaderTooLargeIs431) {
     EXPECT_EQ(out.rfind("HTTP/1.1 431", 0), 0u) << out.substr(0, 200);
 }
 
-TEST_F(GatewayTest, BodyTooLargeIs413) {
+TEST_P(GatewayTest, BodyTooLargeIs413) {
     use_openai();
     GatewayOptions o;
     o.body_limit = 1000;
@@ -663,7 +666,7 @@ TEST_F(GatewayTest, BodyTooLargeIs413) {
     EXPECT_TRUE(fake_->received().empty());
 }
 
-TEST_F(GatewayTest, ChunkedRequestBodyIsAccepted) {
+TEST_P(GatewayTest, ChunkedRequestBodyIsAccepted) {
     use_openai("m");
     start();
     auto out = raw("POST /v1/chat/completions HTTP/1.1\r\nHost: inference.local\r\nTransfer-Encoding: chunked\r\n"
@@ -675,7 +678,7 @@ TEST_F(GatewayTest, ChunkedRequestBodyIsAccepted) {
 
 // Each variant must be refused with 400 (or the connection closed) and must
 // never reach the provider.
-TEST_F(GatewayTest, SmugglingVariantsAreRefused) {
+TEST_P(GatewayTest, SmugglingVariantsAreRefused) {
     use_openai();
     start();
     const std::string body = "{}";
@@ -715,7 +718,7 @@ TEST_F(GatewayTest, SmugglingVariantsAreRefused) {
     EXPECT_TRUE(fake_->received().empty());
 }
 
-TEST_F(GatewayTest, KeepAliveServesManyRequestsAndReusesProviderConnection) {
+TEST_P(GatewayTest, KeepAliveServesManyRequestsAndReusesProviderConnection) {
     use_openai();
     start();
     auto s = connect();
@@ -732,7 +735,46 @@ TEST_F(GatewayTest, KeepAliveServesManyRequestsAndReusesProviderConnection) {
     EXPECT_EQ(fake_->connections(), 1) << "the provider connection is pooled";
 }
 
-TEST_F(GatewayTest, PipelinedRequestsAreAnsweredInOrder) {
+// 40 requests at once need 40 provider connections; the next 40 at once
+// find all of them idle (more than the old fixed 16 per host), so the
+// provider sees no new connection and no new TLS handshake.
+TEST_P(GatewayTest, ProviderConnectionsFollowThePeakConcurrency) {
+    constexpr int kWave = 40;
+    use_openai();
+    start();
+    std::mutex mu;
+    std::condition_variable cv;
+    int waiting = 0;
+    fake_->set_handler([&](const Received&, FakeProvider::Conn& c) {
+        {
+            // Answer only once the whole wave is in flight (or after 5 s).
+            std::unique_lock lk(mu);
+            ++waiting;
+            cv.notify_all();
+            cv.wait_for(lk, 5s, [&] { return waiting % kWave == 0; });
+        }
+        const std::string body = R"({"choices":[]})";
+        return c.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " +
+                       std::to_string(body.size()) + "\r\n\r\n" + body);
+    });
+    auto wave = [&] {
+        std::vector<std::thread> clients;
+        std::atomic<int> ok{0};
+        for (int i = 0; i < kWave; ++i)
+            clients.emplace_back([&] {
+                if (post("/v1/chat/completions", "{}").result_int() == 200) ++ok;
+            });
+        for (auto& t : clients) t.join();
+        return ok.load();
+    };
+    ASSERT_EQ(wave(), kWave);
+    const int first = fake_->connections();
+    EXPECT_EQ(first, kWave) << "every request in flight at once has its own provider connection";
+    ASSERT_EQ(wave(), kWave);
+    EXPECT_EQ(fake_->connections(), first) << "the second wave reuses the first wave's idle connections";
+}
+
+TEST_P(GatewayTest, PipelinedRequestsAreAnsweredInOrder) {
     use("mock", "m", {});
     start();
     std::string one = "POST /v1/chat/completions HTTP/1.1\r\nHost: i\r\nContent-Length: 2\r\n\r\n{}";
@@ -746,7 +788,7 @@ TEST_F(GatewayTest, PipelinedRequestsAreAnsweredInOrder) {
     EXPECT_TRUE(contains(out, R"("object":"list")"));
 }
 
-TEST_F(GatewayTest, Expect100Continue) {
+TEST_P(GatewayTest, Expect100Continue) {
     use_openai("m");
     start();
     auto s = connect();
@@ -766,7 +808,7 @@ TEST_F(GatewayTest, Expect100Continue) {
     EXPECT_EQ(out.rfind("HTTP/1.1 404", 0), 0u) << out;
 }
 
-TEST_F(GatewayTest, ConfigChangeAppliesToNextRequest) {
+TEST_P(GatewayTest, ConfigChangeAppliesToNextRequest) {
     use("mock", "model-a", {});
     start();
     auto s = connect();
@@ -782,7 +824,7 @@ TEST_F(GatewayTest, ConfigChangeAppliesToNextRequest) {
     EXPECT_EQ(l[1].config_version, l[0].config_version + 1);
 }
 
-TEST_F(GatewayTest, MockStreamsInBothShapes) {
+TEST_P(GatewayTest, MockStreamsInBothShapes) {
     use("mock", "mock-model", {});
     start();
     auto res = post("/v1/chat/completions", R"({"stream":true})");
@@ -797,7 +839,7 @@ TEST_F(GatewayTest, MockStreamsInBothShapes) {
     EXPECT_TRUE(contains(res.body(), "mock-model"));
 }
 
-TEST_F(GatewayTest, ClientHangingUpClosesTheProviderRequest) {
+TEST_P(GatewayTest, ClientHangingUpClosesTheProviderRequest) {
     use_openai();
     start();
     std::atomic<bool> provider_saw_close{false};
@@ -827,7 +869,7 @@ TEST_F(GatewayTest, ClientHangingUpClosesTheProviderRequest) {
     EXPECT_TRUE(provider_saw_close);
 }
 
-TEST_F(GatewayTest, ClientHangingUpBeforeTheAnswerClosesTheProviderRequest) {
+TEST_P(GatewayTest, ClientHangingUpBeforeTheAnswerClosesTheProviderRequest) {
     use_openai();
     start();
     std::atomic<bool> provider_saw_close{false};
@@ -863,7 +905,7 @@ TEST_F(GatewayTest, ClientHangingUpBeforeTheAnswerClosesTheProviderRequest) {
     EXPECT_EQ(logs()[0].status, 499);
 }
 
-TEST_F(GatewayTest, SlowHeaderIsCutOff) {
+TEST_P(GatewayTest, SlowHeaderIsCutOff) {
     use_openai();
     GatewayOptions o;
     o.header_timeout = 300ms;
@@ -885,7 +927,7 @@ TEST_F(GatewayTest, SlowHeaderIsCutOff) {
     EXPECT_EQ(out, "") << "cut off without an answer";
 }
 
-TEST_F(GatewayTest, IdleConnectionIsClosed) {
+TEST_P(GatewayTest, IdleConnectionIsClosed) {
     use_openai();
     GatewayOptions o;
     o.idle_timeout = 200ms;
@@ -904,7 +946,7 @@ TEST_F(GatewayTest, IdleConnectionIsClosed) {
 // Whatever the client sends and whatever the provider answers, the access log
 // record carries no credential (the sandbox's dummy nor the provider's real
 // one), no prompt and no query string; the provider's 401 body quotes the key.
-TEST_F(GatewayTest, AccessLogNeverCarriesSecretsOrPrompt) {
+TEST_P(GatewayTest, AccessLogNeverCarriesSecretsOrPrompt) {
     use_openai();
     start();
     const std::vector<std::pair<std::string, std::string>> headers = {
@@ -950,7 +992,7 @@ protected:
     ssl::context client_ctx_{ssl::context::tls_client};
 };
 
-TEST_F(TlsGatewayTest, ServesHttpsWithTheGivenServerContext) {
+TEST_P(TlsGatewayTest, ServesHttpsWithTheGivenServerContext) {
     use("mock", "m", {});
     start_tls();
     auto sp = tls_connect();
@@ -962,7 +1004,7 @@ TEST_F(TlsGatewayTest, ServesHttpsWithTheGivenServerContext) {
 
 // Over TLS the client is watched while the provider streams (a concurrent
 // read on the SSL stream); the connection must stay usable afterwards.
-TEST_F(TlsGatewayTest, ProxiedStreamsKeepTheConnectionUsable) {
+TEST_P(TlsGatewayTest, ProxiedStreamsKeepTheConnectionUsable) {
     use_openai();
     start_tls();
     fake_->set_handler([](const Received&, FakeProvider::Conn& c) {
@@ -984,7 +1026,7 @@ TEST_F(TlsGatewayTest, ProxiedStreamsKeepTheConnectionUsable) {
     EXPECT_EQ(fake_->connections(), 1);
 }
 
-TEST_F(TlsGatewayTest, ClientHangingUpOverTlsClosesTheProviderRequest) {
+TEST_P(TlsGatewayTest, ClientHangingUpOverTlsClosesTheProviderRequest) {
     use_openai();
     start_tls();
     std::atomic<bool> provider_saw_close{false};
@@ -1016,13 +1058,18 @@ TEST_F(TlsGatewayTest, ClientHangingUpOverTlsClosesTheProviderRequest) {
     EXPECT_TRUE(provider_saw_close);
 }
 
-TEST_F(GatewayTest, PlainHttpIsRefusedWithAPointerToHttps) {
+TEST_P(GatewayTest, PlainHttpIsRefusedWithAPointerToHttps) {
     use("mock", "m", {});
     start({}, Mode::Refusal);
     auto out = raw("POST /v1/chat/completions HTTP/1.1\r\nHost: inference.local\r\nContent-Length: 2\r\n\r\n{}");
     EXPECT_EQ(out.rfind("HTTP/1.1 400", 0), 0u) << out;
     EXPECT_TRUE(contains(out, "https://inference.local/v1")) << out;
 }
+
+INSTANTIATE_TEST_SUITE_P(CallersThread, GatewayTest, ::testing::Values(0));
+INSTANTIATE_TEST_SUITE_P(OwnThreads, GatewayTest, ::testing::Values(2));
+INSTANTIATE_TEST_SUITE_P(CallersThread, TlsGatewayTest, ::testing::Values(0));
+INSTANTIATE_TEST_SUITE_P(OwnThreads, TlsGatewayTest, ::testing::Values(2));
 
 }  // namespace
 }  // namespace redir::terminator

@@ -37,7 +37,9 @@ constexpr std::uint64_t kHostile = 101, kVictim = 202;
 
 // One acceptor per sandbox: the port a client dials says which sandbox it is
 // (the agent learns it from the kernel instead).
-class HostileGatewayTest : public ::testing::Test {
+// Run twice: on the caller's io thread (GatewayOptions::threads 0) and on
+// two io threads of the gateway's own, each with its own provider pool.
+class HostileGatewayTest : public ::testing::TestWithParam<std::size_t> {
 protected:
     void SetUp() override {
         store_ = std::make_shared<Store>(dir_ + "/state");
@@ -59,6 +61,7 @@ protected:
             std::lock_guard lk(mu_);
             refusals_.emplace_back(ci.cgroup_id, r.limit);
         };
+        o.threads = GetParam();
         gw_ = std::make_unique<Gateway>(io_.get_executor(), store_, std::move(o));
         accept(hostile_, kHostile);
         accept(victim_, kVictim);
@@ -114,7 +117,7 @@ protected:
 
 const std::string kChat = R"({"messages":[{"role":"user","content":"hi"}]})";
 
-TEST_F(HostileGatewayTest, PerSandboxConnectionCapRefusesOnlyThatSandbox) {
+TEST_P(HostileGatewayTest, PerSandboxConnectionCapRefusesOnlyThatSandbox) {
     GatewayOptions o;
     o.max_connections_per_sandbox = 4;
     start(o);
@@ -136,7 +139,7 @@ TEST_F(HostileGatewayTest, PerSandboxConnectionCapRefusesOnlyThatSandbox) {
     EXPECT_EQ(post_status(kHostile, kChat), 200);
 }
 
-TEST_F(HostileGatewayTest, TotalConnectionCapIsReportedAsSuch) {
+TEST_P(HostileGatewayTest, TotalConnectionCapIsReportedAsSuch) {
     GatewayOptions o;
     o.max_connections_total = 3;
     start(o);
@@ -150,7 +153,49 @@ TEST_F(HostileGatewayTest, TotalConnectionCapIsReportedAsSuch) {
     EXPECT_EQ(refusals()[0].second, "connections_total");
 }
 
-TEST_F(HostileGatewayTest, RefusalRecordsAreThrottledPerSandbox) {
+// Connections opened and closed from many client threads at once while the
+// gateway serves them on its io threads: the per-sandbox cap is never passed,
+// every attempt is either admitted or refused, and every slot comes back.
+TEST_P(HostileGatewayTest, ConnectionCapHoldsUnderConcurrentChurn) {
+    constexpr int kCap = 4, kClients = 8, kRounds = 25;
+    GatewayOptions o;
+    o.max_connections_per_sandbox = kCap;
+    start(o);
+    std::atomic<bool> done{false};
+    std::atomic<std::uint64_t> worst{0};
+    std::thread monitor([&] {
+        while (!done) {
+            const auto n = gw_->connections_of(kHostile);
+            if (n > worst) worst = n;
+            std::this_thread::yield();
+        }
+    });
+    std::atomic<int> served{0};
+    std::vector<std::thread> clients;
+    for (int c = 0; c < kClients; ++c)
+        clients.emplace_back([&] {
+            for (int r = 0; r < kRounds; ++r) {
+                try {
+                    auto s = connect(kHostile);
+                    if (exchange(s, request(kChat)).result_int() == 200) ++served;
+                } catch (const std::exception&) {
+                    // refused: closed before the answer
+                }
+            }
+        });
+    for (auto& t : clients) t.join();
+    ASSERT_TRUE(wait_for([&] { return gw_->connections() == 0; }, 5s)) << gw_->connections();
+    done = true;
+    monitor.join();
+    EXPECT_LE(worst.load(), static_cast<std::uint64_t>(kCap));
+    const auto& st = gw_->stats();
+    EXPECT_EQ(st.connections_accepted + st.refused_sandbox_connections, std::uint64_t{kClients * kRounds});
+    EXPECT_EQ(static_cast<std::uint64_t>(served.load()), st.connections_accepted.load());
+    EXPECT_GT(served.load(), 0);
+    EXPECT_EQ(post_status(kVictim, kChat), 200) << "another sandbox is still served";
+}
+
+TEST_P(HostileGatewayTest, RefusalRecordsAreThrottledPerSandbox) {
     GatewayOptions o;
     o.max_connections_per_sandbox = 1;
     start(o);
@@ -164,7 +209,7 @@ TEST_F(HostileGatewayTest, RefusalRecordsAreThrottledPerSandbox) {
     EXPECT_LE(refusals().size(), 3u) << "50 refusals within a second give one record (plus one per second)";
 }
 
-TEST_F(HostileGatewayTest, BodyBudgetRefusesTheSandboxHoldingTooMuch) {
+TEST_P(HostileGatewayTest, BodyBudgetRefusesTheSandboxHoldingTooMuch) {
     GatewayOptions o;
     o.body_bytes_per_sandbox = 1000;
     start(o);
@@ -198,7 +243,7 @@ std::size_t rss_bytes() {
 // ~150 MB and its audit log by 100 MB (the model was copied into every
 // record). Now each record carries a clipped model, and no request keeps
 // more than one rewritten copy of its body.
-TEST_F(HostileGatewayTest, HugeModelStringsStayOutOfTheLogAndDoNotAccumulate) {
+TEST_P(HostileGatewayTest, HugeModelStringsStayOutOfTheLogAndDoNotAccumulate) {
     GatewayOptions o;
     start(o);
     const std::string body =
@@ -238,7 +283,7 @@ struct SilentProvider {
     std::vector<tcp::socket> held;
 };
 
-TEST_F(HostileGatewayTest, GatewayDestroyedWithRequestsInFlight) {
+TEST_P(HostileGatewayTest, GatewayDestroyedWithRequestsInFlight) {
     test::TestCa ca;
     std::ofstream(dir_ + "/ca.pem") << ca.cert_pem();
     asio::io_context prov_io;
@@ -279,6 +324,9 @@ TEST_F(HostileGatewayTest, GatewayDestroyedWithRequestsInFlight) {
     EXPECT_TRUE(closed_within(prov.held.front(), 3s)) << "the provider call outlived its sandbox connection";
     stop_io();
 }
+
+INSTANTIATE_TEST_SUITE_P(CallersThread, HostileGatewayTest, ::testing::Values(0));
+INSTANTIATE_TEST_SUITE_P(OwnThreads, HostileGatewayTest, ::testing::Values(2));
 
 }  // namespace
 }  // namespace redir::terminator
