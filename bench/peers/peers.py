@@ -801,7 +801,7 @@ def report(res):
     if sd and sr and sd["p99_us"] is not None and sr["p99_us"] is not None:
         added = sr["p99_us"] - sd["p99_us"]
         sn = res["sse"].get("nginx")
-        nginx_added = "; nginx (1 worker) adds %s ms" % fmt(ms(sn["p99_us"] - sd["p99_us"])) \
+        nginx_added = "; nginx (%d worker) adds %s ms" % (THREADS[0], fmt(ms(sn["p99_us"] - sd["p99_us"]))) \
             if sn and sn["p99_us"] is not None else ""
         t.target("SSE %d streams: added per-event delay p99" % SSE_STREAMS, fmt(ms(sr["p99_us"]), " ms"),
                  "direct %s ms%s" % (fmt(ms(sd["p99_us"])), nginx_added), "+%s ms" % fmt(ms(added)), "<= +2 ms",
