@@ -265,6 +265,15 @@ static __always_inline void decide(const struct redir_config *cfg, const struct 
 		}
 		return;
 	}
+	/* The agent's address on the sandbox's side (its redirect target) serves
+	 * redirected sockets only: a direct connect()/sendmsg() to it, whatever
+	 * the port and whatever a rule says, would reach the agent's listeners
+	 * and other sandboxes' responders without a redirect. */
+	if ((!addr_is_zero(&att->target4) && addr_eq(dst, &att->target4)) ||
+	    (!addr_is_zero(&att->target6) && addr_eq(dst, &att->target6))) {
+		d->reason = REDIR_REASON_AGENT_ADDRESS;
+		return;
+	}
 	/* A sandbox in its own network namespace only talks to itself on loopback. */
 	if (own_netns && redir_is_loopback(dst)) {
 		d->verdict = REDIR_VERDICT_ALLOW;
@@ -280,6 +289,17 @@ static __always_inline void decide(const struct redir_config *cfg, const struct 
 		}
 	}
 	d->verdict = v;
+}
+
+/* The agent address a REDIRECT rewrites to: the attachment's own (a sandbox
+ * in its own network namespace), else the agent's loopback from the config.
+ * All zero: no agent address of that family; the caller fails closed. */
+static __always_inline const struct redir_addr *redirect_target(const struct redir_config *cfg,
+								const struct redir_attach_val *att, bool v4)
+{
+	if (!addr_is_zero(&att->target4) || !addr_is_zero(&att->target6))
+		return v4 ? &att->target4 : &att->target6;
+	return v4 ? &cfg->terminator4 : &cfg->terminator6;
 }
 
 /* Events lost because the ring buffer was full, per attached sandbox, so
@@ -398,13 +418,14 @@ static __always_inline int handle_sock_addr(struct bpf_sock_addr *ctx, bool v6, 
 	__u64 attach_cg = 0;
 	struct redir_attach_val *att = find_attachment(&attach_cg);
 	struct decision d = {};
+	__u64 netns_cookie = bpf_get_netns_cookie(ctx);
 	if (!att) {
 		/* Our program runs only in attached cgroups; no entry means the
 		 * agent is mid-detach or the map is damaged. Fail closed. */
 		d.verdict = REDIR_VERDICT_DENY;
 		d.reason = REDIR_REASON_NO_ATTACHMENT;
 	} else {
-		bool own_netns = bpf_get_netns_cookie(ctx) != cfg->agent_netns_cookie;
+		bool own_netns = netns_cookie != cfg->agent_netns_cookie;
 		decide(cfg, att, attach_cg, &dst, port, proto, own_netns, &d);
 		d.attach_cg = attach_cg;
 	}
@@ -421,12 +442,14 @@ static __always_inline int handle_sock_addr(struct bpf_sock_addr *ctx, bool v6, 
 		return CG_DENY;
 	}
 
-	/* REDIRECT: the agent listens on its loopback (shared namespace). The
+	/* REDIRECT: to the agent address this sandbox's namespace reaches; the
 	 * target keeps the family of the address the application used. */
-	const struct redir_addr *target = addr_is_v4mapped(&dst) ? &cfg->terminator4 : &cfg->terminator6;
-	if (!st)
+	if (!att)
+		return CG_DENY; /* not reached: REDIRECT needs an attachment; the verifier cannot tell */
+	const struct redir_addr *target = redirect_target(cfg, att, addr_is_v4mapped(&dst));
+	if (!st && !addr_is_zero(target))
 		st = bpf_sk_storage_get(&sk_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st) {
+	if (!st || addr_is_zero(target)) {
 		count(REDIR_CNT_DENY);
 		d.verdict = REDIR_VERDICT_DENY;
 		emit(kind, &d, &dst, port, proto, v6 ? AF_INET6 : AF_INET);
@@ -442,6 +465,7 @@ static __always_inline int handle_sock_addr(struct bpf_sock_addr *ctx, bool v6, 
 	st->pid = bpf_get_current_pid_tgid() >> 32;
 	st->policy_id = d.policy_id;
 	st->cgroup_id = attach_cg;
+	st->netns_cookie = netns_cookie;
 
 	if (v6) {
 		ctx->user_ip6[0] = ((__u32 *)target->b)[0];
@@ -577,6 +601,7 @@ int redir_sockops(struct bpf_sock_ops *skops)
 	}
 	k.peer_port = (__u16)skops->local_port;
 	k.local_port = (__u16)bpf_ntohl(skops->remote_port);
+	k.netns_cookie = st->netns_cookie; /* recorded at connect(): sockops lacks the helper before 5.15-ish */
 
 	struct redir_origdst_val v = {
 		.orig_addr = st->orig_addr,

@@ -349,6 +349,7 @@ TEST_F(DatapathTest, RedirectRecoversOriginalDestinationFor200ConcurrentConnecti
             redir_tuple_key k{};
             k.peer_addr = *addr_from_sockaddr(reinterpret_cast<sockaddr*>(&peer), &k.peer_port);
             k.local_addr = *addr_from_sockaddr(reinterpret_cast<sockaddr*>(&local), &k.local_port);
+            k.netns_cookie = redir::testsupport::current_netns_cookie();  // the children share ours
             auto v = dp_->take_origdst(k);
             if (v) {
                 // The destination index is encoded in the port: check address and port agree.

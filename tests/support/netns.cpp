@@ -13,6 +13,7 @@
 #include <fstream>
 #include <stdexcept>
 
+#include "common/netns_cookie.hpp"
 #include "loader/cgroup.hpp"
 
 namespace redir::testsupport {
@@ -45,14 +46,7 @@ void enter_private_netns(const std::vector<std::string>& lo_addrs) {
     nl_socket_free(sk);
 }
 
-uint64_t current_netns_cookie() {
-    int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    uint64_t c = 0;
-    socklen_t l = sizeof(c);
-    ::getsockopt(s, SOL_SOCKET, 71 /* SO_NETNS_COOKIE */, &c, &l);
-    ::close(s);
-    return c;
-}
+uint64_t current_netns_cookie() { return redir::current_netns_cookie(); }
 
 TempCgroup::TempCgroup(const std::string& tag, const std::string& parent) {
     static std::atomic<int> seq{0};

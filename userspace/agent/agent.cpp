@@ -24,6 +24,7 @@
 #include "common/addr.hpp"
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
+#include "common/netns_cookie.hpp"
 #include "enforce/undo.hpp"
 #include "loader/features.hpp"
 #include "policy/compile.hpp"
@@ -38,20 +39,6 @@ struct Agent::Listeners {
 };
 
 namespace {
-
-uint64_t own_netns_cookie() {
-    int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (s < 0) throw sys_error("cannot create a socket to read the network namespace cookie");
-    uint64_t cookie = 0;
-    socklen_t len = sizeof(cookie);
-#ifndef SO_NETNS_COOKIE
-#define SO_NETNS_COOKIE 71
-#endif
-    int rc = ::getsockopt(s, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len);
-    ::close(s);
-    if (rc != 0) throw sys_error("cannot read the network namespace cookie (kernel 5.14+ needed)");
-    return cookie;
-}
 
 const char* verdict_name(uint8_t v) {
     switch (v) {
@@ -72,6 +59,7 @@ const char* reason_name(uint8_t r) {
         case REDIR_REASON_SOCKET_TYPE: return "socket-type";
         case REDIR_REASON_DNS: return "dns";
         case REDIR_REASON_SOURCE_ROUTE: return "source-route";
+        case REDIR_REASON_AGENT_ADDRESS: return "agent-address";
         default: return "unknown";
     }
 }
@@ -105,7 +93,7 @@ void Agent::start() {
     FdReserve::instance().init(opts_.fd_reserve);
 
     dp_ = loader::Datapath::open({opts_.bpffs_dir});
-    netns_cookie_ = own_netns_cookie();
+    netns_cookie_ = current_netns_cookie();
 
     listeners_ = std::make_unique<Listeners>();
     auto lookup = [this](const redir_tuple_key& k) { return dp_->take_origdst(k); };

@@ -22,6 +22,13 @@ struct redir_attach_val {
 	__u16 dns_port;  /* this sandbox's DNS responder port (identifies the sandbox); 0 = none */
 	__u16 _pad;
 	__u32 _pad2;
+	/* Where this sandbox's redirects land: an agent address reachable from
+	 * the sandbox's network namespace (v4-mapped, and v6). All zero: the
+	 * config's terminator4/terminator6 (the agent's loopback, for sandboxes
+	 * that share its namespace). A family whose target is zero while the
+	 * other is set has no agent address: its redirects fail closed. */
+	struct redir_addr target4;
+	struct redir_addr target6;
 };
 
 #endif

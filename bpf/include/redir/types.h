@@ -30,6 +30,7 @@ enum redir_reason {
 	REDIR_REASON_SOCKET_TYPE = 5,   /* socket kind outside the allowlist (raw, ping, MPTCP, packet, ...) refused at creation */
 	REDIR_REASON_DNS = 6,           /* port 53 -> DNS responder */
 	REDIR_REASON_SOURCE_ROUTE = 7,  /* IP options / IPv6 routing headers would send packets past the checked hop */
+	REDIR_REASON_AGENT_ADDRESS = 8, /* direct (not redirected) traffic to the agent's address on the sandbox's side */
 };
 
 #define REDIR_PROTO_TCP 6
