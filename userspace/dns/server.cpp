@@ -1,6 +1,7 @@
 #include "dns/server.hpp"
 
 #include <sys/random.h>
+#include <sys/socket.h>
 
 #include <array>
 #include <atomic>
@@ -128,6 +129,7 @@ struct Responder::Impl : std::enable_shared_from_this<Impl> {
                 std::function<void(Bytes, const Forward&)> deliver_forwarded);
 
     void bind();
+    void bind_device(int fd, error_code& ec) const;
     void close_all();
     // Every connection cap at once, or none (nullopt).
     std::optional<std::vector<std::shared_ptr<ConnectionBudget>>> take_budgets();
@@ -431,6 +433,12 @@ void Responder::Impl::handle(const uint8_t* data, size_t len, const QueryOrigin&
     l->start();
 }
 
+void Responder::Impl::bind_device(int fd, error_code& ec) const {
+    if (cfg.device.empty()) return;
+    if (::setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, cfg.device.c_str(), static_cast<socklen_t>(cfg.device.size())))
+        ec = error_code(errno, boost::system::system_category());
+}
+
 void Responder::Impl::bind() {
     const udp::endpoint uep(cfg.listen, cfg.port);
     const std::string where = cfg.listen.to_string() + ":" + std::to_string(cfg.port);
@@ -440,12 +448,14 @@ void Responder::Impl::bind() {
         udp_sock.close(ec);
         acceptor.close(ec);
         udp_sock.open(uep.protocol(), ec);
+        if (!ec) bind_device(udp_sock.native_handle(), ec);
         if (!ec) udp_sock.bind(uep, ec);
         if (ec) throw Error("DNS responder: cannot bind UDP " + where + ": " + ec.message());
         const uint16_t port = udp_sock.local_endpoint().port();
         const tcp::endpoint tep(cfg.listen, port);
         acceptor.open(tep.protocol(), ec);
         if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+        if (!ec) bind_device(acceptor.native_handle(), ec);
         if (!ec) acceptor.bind(tep, ec);
         if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
         if (!ec) {

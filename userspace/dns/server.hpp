@@ -80,6 +80,9 @@ private:
 struct ResponderConfig {
     boost::asio::ip::address listen = boost::asio::ip::make_address("127.0.0.1");
     uint16_t port = 0;  // 0: any free port, the same for UDP and TCP
+    // Interface the sockets are bound to (SO_BINDTODEVICE): a sandbox in its
+    // own network namespace reaches its responder only through its own veth.
+    std::string device;
     boost::asio::ip::udp::endpoint upstream;  // also used over TCP when an answer is truncated
     std::chrono::milliseconds upstream_timeout{3000};  // then SERVFAIL
     std::chrono::milliseconds tcp_idle_timeout{10000};

@@ -29,6 +29,12 @@ struct redir_attach_val {
 	 * other is set has no agent address: its redirects fail closed. */
 	struct redir_addr target4;
 	struct redir_addr target6;
+	/* Read by the agent only, so a restarted agent re-opens the listeners of
+	 * each target from the pinned map: the sandbox's namespace (0: the
+	 * agent's own) and the agent-side interface holding the targets. */
+	__u64 netns_cookie;
+	__u32 target_ifindex;
+	__u32 _pad3;
 };
 
 #endif
