@@ -1,5 +1,6 @@
 #include "agent/control_server.hpp"
 
+#include <atomic>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -141,7 +142,8 @@ private:
     Peer peer_;
     asio::streambuf buf_;
     std::deque<std::string> out_;
-    bool alive_ = true;
+    // send()/alive() are called by audit followers on terminator threads too.
+    std::atomic<bool> alive_{true};
 };
 
 }  // namespace
