@@ -47,44 +47,32 @@ int main(int argc, char** argv) {
     unsigned dns_tcp_idle_ms = 10000, audit_window_ms = 10000;
     app.add_option("--max-open-files", max_open_files, "RLIMIT_NOFILE to run with; 0: the hard limit")
         ->capture_default_str();
-    app.add_option("--fd-reserve", o.fd_reserve, "descriptors kept for the control socket and state writes")
-        ->check(CLI::Range(size_t(1), size_t(1024)))
-        ->capture_default_str();
-    app.add_option("--dns-admissions-per-sandbox", o.dns.max_admissions_per_sandbox,
-                   "live DNS admissions one sandbox may hold (the node-wide map holds 262144)")
-        ->check(CLI::Range(size_t(1), size_t(262144)))
-        ->capture_default_str();
-    app.add_option("--dns-tcp-per-sandbox", o.dns.tcp_per_sandbox, "DNS-over-TCP connections per sandbox")
-        ->check(CLI::Range(size_t(1), size_t(1) << 20))
-        ->capture_default_str();
-    app.add_option("--dns-tcp-total", o.dns.tcp_total, "DNS-over-TCP connections, all sandboxes together")
-        ->check(CLI::Range(size_t(1), size_t(1) << 20))
-        ->capture_default_str();
-    app.add_option("--dns-tcp-queue-bytes", o.dns.tcp_queued_bytes,
-                   "answers queued for one DNS-over-TCP client before reading from it pauses")
-        ->check(CLI::Range(size_t(512), size_t(16) << 20))
-        ->capture_default_str();
-    app.add_option("--dns-tcp-idle-timeout-ms", dns_tcp_idle_ms,
-                   "a DNS-over-TCP connection with no progress (nothing read, nothing written) this long is closed")
-        ->check(CLI::Range(100u, 600000u))
-        ->capture_default_str();
-    app.add_option("--dns-owner-lookup-queue", o.dns.owner_lookup_queue,
-                   "refusal records waiting for their process lookup; beyond: written without a pid")
-        ->check(CLI::Range(size_t(1), size_t(65536)))
-        ->capture_default_str();
-    app.add_option("--audit-max-bytes", o.audit.max_file_bytes, "rotate the audit log past this size")
-        ->check(CLI::Range(size_t(4096), size_t(1) << 40))
-        ->capture_default_str();
-    app.add_option("--audit-keep", o.audit.keep_files, "rotated audit logs kept")
-        ->check(CLI::Range(size_t(1), size_t(1000)))
-        ->capture_default_str();
-    app.add_option("--audit-burst", o.audit.burst,
-                   "identical records per sandbox written per window; the rest are counted in one summary")
-        ->check(CLI::Range(1u, 1000000u))
-        ->capture_default_str();
-    app.add_option("--audit-window-ms", audit_window_ms, "rate-limit window of repeated audit records")
-        ->check(CLI::Range(100u, 3600000u))
-        ->capture_default_str();
+    // A limit flag: its default shown, values outside [lo, hi] refused.
+    auto bounded = [&app](const char* name, auto& v, const char* help, auto lo, auto hi) {
+        app.add_option(name, v, help)->check(CLI::Range(lo, hi))->capture_default_str();
+    };
+    bounded("--fd-reserve", o.fd_reserve, "descriptors kept for the control socket and state writes", size_t(1),
+            size_t(1024));
+    bounded("--dns-admissions-per-sandbox", o.dns.max_admissions_per_sandbox,
+            "live DNS admissions one sandbox may hold (the node-wide map holds 262144)", size_t(1), size_t(262144));
+    bounded("--dns-tcp-per-sandbox", o.dns.tcp_per_sandbox, "DNS-over-TCP connections per sandbox", size_t(1),
+            size_t(1) << 20);
+    bounded("--dns-tcp-total", o.dns.tcp_total, "DNS-over-TCP connections, all sandboxes together", size_t(1),
+            size_t(1) << 20);
+    bounded("--dns-tcp-queue-bytes", o.dns.tcp_queued_bytes,
+            "answers queued for one DNS-over-TCP client before reading from it pauses", size_t(512), size_t(16) << 20);
+    bounded("--dns-tcp-idle-timeout-ms", dns_tcp_idle_ms,
+            "a DNS-over-TCP connection with no progress (nothing read, nothing written) this long is closed", 100u,
+            600000u);
+    bounded("--dns-owner-lookup-queue", o.dns.owner_lookup_queue,
+            "refusal records waiting for their process lookup; beyond: written without a pid", size_t(1),
+            size_t(65536));
+    bounded("--audit-max-bytes", o.audit.max_file_bytes, "rotate the audit log past this size", size_t(4096),
+            size_t(1) << 40);
+    bounded("--audit-keep", o.audit.keep_files, "rotated audit logs kept", size_t(1), size_t(1000));
+    bounded("--audit-burst", o.audit.burst,
+            "identical records per sandbox written per window; the rest are counted in one summary", 1u, 1000000u);
+    bounded("--audit-window-ms", audit_window_ms, "rate-limit window of repeated audit records", 100u, 3600000u);
     redir::agent::add_gateway_limit_flags(app, o.gateway_limits);
     app.add_option("--log-format", log_format, "text or json")->check(CLI::IsMember({"text", "json"}))->capture_default_str();
     app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
