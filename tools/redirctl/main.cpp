@@ -158,6 +158,14 @@ int main(int argc, char** argv) {
     auto* attach = app.add_subcommand("attach", "enforce a policy on a cgroup v2 (and its descendants)");
     attach->add_option("--cgroup", cgroup, "cgroup v2 directory")->required();
     attach->add_option("--policy", policy_arg, "name of a loaded policy, or a policy FILE")->required();
+    std::string netns_path, redirect_via;
+    auto* netns_opt = attach->add_option("--netns", netns_path,
+                                         "the sandbox's own network namespace (/proc/PID/ns/net, /run/netns/NAME): "
+                                         "redirects land on redird's address on its side");
+    attach->add_option("--redirect-via", redirect_via,
+                       "that address (IP, or IP%IFNAME when several interfaces hold it); default: the namespace's "
+                       "default-route gateway")
+        ->needs(netns_opt);
     auto* detach = app.add_subcommand("detach", "stop enforcing on a cgroup");
     detach->add_option("--cgroup", cgroup, "cgroup v2 directory")->required();
 
@@ -294,9 +302,13 @@ int main(int argc, char** argv) {
             return errs.empty() ? 0 : 1;
         }
         if (*attach) {
-            auto r = client.expect(redir::ctl::attach_request(cgroup, policy_arg));
-            std::cout << "attached " << r.cgroup << " (cgroup id " << r.cgroup_id << ") with policy " << r.policy
-                      << "\n";
+            auto req = redir::ctl::attach_request(cgroup, policy_arg);
+            if (!netns_path.empty()) req.netns = netns_path;
+            if (!redirect_via.empty()) req.redirect_via = redirect_via;
+            auto r = client.expect(req);
+            std::cout << "attached " << r.cgroup << " (cgroup id " << r.cgroup_id << ") with policy " << r.policy;
+            if (r.redirect_via) std::cout << ", redirected via " << *r.redirect_via << " (" << r.redirect_device.value_or("") << ")";
+            std::cout << "\n";
             for (auto& w : r.warnings) std::cerr << "redirctl: warning: " << w << "\n";
             return 0;
         }

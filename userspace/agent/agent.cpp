@@ -19,6 +19,7 @@
 #include "agent/json_out.hpp"
 #include "agent/metrics.hpp"
 #include "agent/listeners.hpp"
+#include "agent/netns_target.hpp"
 #include "agent/relay.hpp"
 #include "agent/revoke.hpp"
 #include "common/addr.hpp"
@@ -239,6 +240,14 @@ void Agent::restore() {
         auto it = refs.find(name);
         return it == refs.end() ? nullptr : &it->second;
     });
+    // Targets of sandboxes in their own namespaces, from the pinned entries.
+    for (auto& sb : sandboxes_->all()) {
+        try {
+            serve_target(sb.target);
+        } catch (const std::exception& e) {
+            spdlog::warn("sandbox {}: {}; its redirects fail until it is attached again", sb.cgroup_path, e.what());
+        }
+    }
     collect_garbage();
 }
 
@@ -427,6 +436,33 @@ control::StatusReply Agent::cmd_status(const control::StatusRequest&) {
     return r;
 }
 
+// The redirect listeners of a sandbox in its own network namespace (its DNS
+// responder is the DNS service's): all of them, or none.
+void Agent::serve_target(const enforce::RedirectTarget& t) {
+    if (!t.served()) return;
+    std::vector<std::pair<RedirectListener*, ListenAddress>> done;
+    try {
+        for (auto* l : {listeners_->relay.get(), &inference_->tls_listener(), &inference_->plain_listener()})
+            for (auto* a : {&t.addr4, &t.addr6}) {
+                if (addr_is_zero(*a)) continue;
+                ListenAddress la{boost::asio::ip::make_address(addr_to_string(*a)), t.device};
+                l->add_target(la, t.netns_cookie);
+                done.emplace_back(l, la);
+            }
+    } catch (...) {
+        for (auto& [l, la] : done) l->remove_target(la, t.netns_cookie);
+        throw;
+    }
+}
+
+void Agent::unserve_target(const enforce::RedirectTarget& t) {
+    if (!t.served()) return;
+    for (auto* l : {listeners_->relay.get(), &inference_->tls_listener(), &inference_->plain_listener()})
+        for (auto* a : {&t.addr4, &t.addr6})
+            if (!addr_is_zero(*a))
+                l->remove_target({boost::asio::ip::make_address(addr_to_string(*a)), t.device}, t.netns_cookie);
+}
+
 control::AttachReply Agent::cmd_attach(const control::AttachRequest& req) {
     if (req.cgroup.empty()) throw Error("attach needs a cgroup path");
     auto cg = loader::open_cgroup(req.cgroup);
@@ -447,8 +483,22 @@ control::AttachReply Agent::cmd_attach(const control::AttachRequest& req) {
     auto it = policies_.find(name);
     if (it == policies_.end())
         throw Error("no policy named \"" + name + "\" is loaded; load it with `redirctl policy load FILE`");
-    sandboxes_->attach(cg, policy_ref(it->second));
+    // Listeners first: the kernel redirects there as soon as the entry exists.
+    enforce::RedirectTarget target;
+    if (req.netns && !req.netns->empty()) target = resolve_redirect_target(*req.netns, req.redirect_via.value_or(""));
+    else if (req.redirect_via) throw Error("--redirect-via needs --netns (the sandbox's network namespace)");
+    serve_target(target);
+    try {
+        sandboxes_->attach(cg, policy_ref(it->second), target);
+    } catch (...) {
+        unserve_target(target);
+        throw;
+    }
     control::AttachReply r{cg.path, cg.id, name, {}};
+    if (target.own_netns()) {
+        r.redirect_via = addr_to_string(addr_is_zero(target.addr4) ? target.addr6 : target.addr4);
+        r.redirect_device = target.device;
+    }
     if (auto procs = capable_processes(cg.path); !procs.empty()) r.warnings.push_back(capable_warning(cg.path, procs));
     return r;
 }
@@ -464,8 +514,12 @@ control::DetachReply Agent::cmd_detach(const control::DetachRequest& req) {
     } catch (const std::exception&) {
         // The cgroup may already be gone; match the recorded path.
     }
+    enforce::RedirectTarget target;
+    for (auto& sb : sandboxes_->all())
+        if ((id && sb.cgroup_id == id) || sb.cgroup_path == path) target = sb.target;
     auto detached = sandboxes_->detach(id, path);
     if (!detached) throw Error(path + " is not attached");
+    unserve_target(target);
     return {path};
 }
 

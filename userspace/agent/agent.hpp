@@ -66,6 +66,8 @@ private:
     // One handler per command of control::Request (the dispatch table).
     control::StatusReply cmd_status(const control::StatusRequest&);
     control::AttachReply cmd_attach(const control::AttachRequest& req);
+    void serve_target(const enforce::RedirectTarget& t);
+    void unserve_target(const enforce::RedirectTarget& t);
     control::DetachReply cmd_detach(const control::DetachRequest& req);
     control::PolicyLoadReply cmd_policy_load(const control::PolicyLoadRequest& req);
     control::PolicyShowReply cmd_policy_show(const control::PolicyShowRequest& req);

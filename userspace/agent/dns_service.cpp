@@ -100,10 +100,20 @@ struct DnsService::Sandbox : dns::Admitter, std::enable_shared_from_this<DnsServ
     std::atomic<uint16_t> port{0};
     std::unique_ptr<dns::Responder> responder;
     std::unique_ptr<dns::Responder> responder6;  // same port on ::1, for sandboxes asking over IPv6
+    // Same port on the agent's addresses on the side of a sandbox in its own
+    // network namespace, bound to that interface: only it reaches them.
+    std::vector<std::unique_ptr<dns::Responder>> target_responders;
 
     void stop() {
         responder->stop();
         if (responder6) responder6->stop();
+        for (auto& r : target_responders) r->stop();
+    }
+
+    std::vector<dns::Responder*> responders() const {
+        std::vector<dns::Responder*> out{responder.get(), responder6.get()};
+        for (auto& r : target_responders) out.push_back(r.get());
+        return out;
     }
 
     uint32_t intern(std::string_view name) {
@@ -263,7 +273,7 @@ namespace {
 // One sandbox's responder counters added to C. tcp_open is a gauge: only a
 // LIVE sandbox's open connections count, never a removed one's.
 void add_counters(DnsCounters& c, const DnsService::Sandbox& sb, bool live) {
-    for (auto* r : {sb.responder.get(), sb.responder6.get()}) {
+    for (auto* r : sb.responders()) {
         if (!r) continue;
         auto st = r->stats();
         c.queries += st.queries;
@@ -301,7 +311,8 @@ DnsService::~DnsService() {
 }
 
 uint16_t DnsService::add(uint64_t cgroup_id, const std::string& cgroup_path,
-                         std::shared_ptr<const policy::CompiledPolicy> compiled, uint32_t policy_id) {
+                         std::shared_ptr<const policy::CompiledPolicy> compiled, uint32_t policy_id,
+                         const enforce::RedirectTarget& target) {
     auto sb = std::make_shared<Sandbox>();
     sb->cgroup_id = cgroup_id;
     sb->dp = &dp_;
@@ -381,6 +392,25 @@ uint16_t DnsService::add(uint64_t cgroup_id, const std::string& cgroup_path,
         sb->responder6.reset();
         spdlog::warn("no IPv6 DNS listener for cgroup {} ({}); IPv6 resolvers will fail closed", cgroup_id, e.what());
     }
+    if (target.served()) {
+        try {
+            for (auto* a : {&target.addr4, &target.addr6}) {
+                if (addr_is_zero(*a)) continue;
+                dns::ResponderConfig cfgt = cfg;
+                cfgt.listen = asio::ip::make_address(addr_to_string(*a));
+                cfgt.port = port;
+                cfgt.device = target.device;
+                auto r = std::make_unique<dns::Responder>(io_, cfgt, Sandbox::view(sb, opts_), *sb);
+                r->set_deferring_event_hook(hook);
+                r->start();
+                sb->target_responders.push_back(std::move(r));
+            }
+        } catch (const std::exception& e) {
+            sb->stop();
+            throw Error("cannot start the DNS responder of cgroup " + cgroup_path + " on " + target.device +
+                        " (its network namespace's redirect target): " + e.what());
+        }
+    }
     sandboxes_[cgroup_id] = std::move(sb);
     return port;
 }
@@ -397,6 +427,7 @@ void DnsService::update(uint64_t cgroup_id, std::shared_ptr<const policy::Compil
     }
     sb->responder->set_view(Sandbox::view(sb, opts_));
     if (sb->responder6) sb->responder6->set_view(Sandbox::view(sb, opts_));
+    for (auto& r : sb->target_responders) r->set_view(Sandbox::view(sb, opts_));
     sb->revalidate();
 }
 

@@ -68,7 +68,8 @@ public:
     // Starts the responder for an attachment and returns its port.
     // CGROUP_PATH names the querying process in refusal records.
     uint16_t add(uint64_t cgroup_id, const std::string& cgroup_path,
-                 std::shared_ptr<const policy::CompiledPolicy> compiled, uint32_t policy_id) override;
+                 std::shared_ptr<const policy::CompiledPolicy> compiled, uint32_t policy_id,
+                 const enforce::RedirectTarget& target) override;
     // Policy reload: new decisions, and every address admitted so far is
     // re-checked against the new policy (kept with the new id, or removed).
     void update(uint64_t cgroup_id, std::shared_ptr<const policy::CompiledPolicy> compiled,

@@ -41,6 +41,9 @@ public:
     std::string metrics() const;
     const RedirectListener& tls_listener() const { return *tls_listener_; }
     const RedirectListener& plain_listener() const { return *plain_listener_; }
+    // Sandboxes in their own network namespace add their targets here.
+    RedirectListener& tls_listener() { return *tls_listener_; }
+    RedirectListener& plain_listener() { return *plain_listener_; }
 
     // Serves the control commands provider.*, inference.* and ca.export.
     void serve(control::Dispatcher& commands);

@@ -84,7 +84,7 @@ RedirectListener::RedirectListener(asio::io_context& io, const char* what, uint1
     for (auto& a : acceptors_) accept(a);
 }
 
-void RedirectListener::add_target(const RedirectTarget& target, uint64_t netns_cookie) {
+void RedirectListener::add_target(const ListenAddress& target, uint64_t netns_cookie) {
     auto it = targets_.find(target);
     if (it == targets_.end()) {
         auto slot = std::make_shared<Slot>(io_);
@@ -111,7 +111,7 @@ void RedirectListener::add_target(const RedirectTarget& target, uint64_t netns_c
     it->second->netns_cookies.insert(netns_cookie);
 }
 
-void RedirectListener::remove_target(const RedirectTarget& target, uint64_t netns_cookie) {
+void RedirectListener::remove_target(const ListenAddress& target, uint64_t netns_cookie) {
     auto it = targets_.find(target);
     if (it == targets_.end()) return;
     auto& cookies = it->second->netns_cookies;

@@ -30,10 +30,10 @@ using AcceptHandler = std::function<void(boost::asio::ip::tcp::socket, ConnInfo)
 // agent's address on their side, on the interface that holds it (the
 // listener binds to it, so only what arrives through it is accepted, and
 // replies leave through it even when several interfaces share the address).
-struct RedirectTarget {
+struct ListenAddress {
     boost::asio::ip::address addr;
     std::string device;  // empty: not bound to an interface
-    bool operator<(const RedirectTarget& o) const {
+    bool operator<(const ListenAddress& o) const {
         return addr != o.addr ? addr < o.addr : device < o.device;
     }
 };
@@ -48,9 +48,9 @@ public:
     // Also accept at TARGET:port() for clients in the network namespace with
     // COOKIE (counted: several sandboxes may share a target). Throws when the
     // address cannot be bound.
-    void add_target(const RedirectTarget& target, uint64_t netns_cookie);
+    void add_target(const ListenAddress& target, uint64_t netns_cookie);
     // The reverse; the last namespace of a target closes its listener.
-    void remove_target(const RedirectTarget& target, uint64_t netns_cookie);
+    void remove_target(const ListenAddress& target, uint64_t netns_cookie);
     // Failed accept() calls so far (each followed by a backoff wait).
     uint64_t accept_failures() const { return accept_failures_; }
     const std::string& what() const { return what_; }
@@ -75,7 +75,7 @@ private:
     AuditLog& audit_;
     AcceptHandler handler_;
     std::vector<std::shared_ptr<Slot>> acceptors_;  // loopback: v4, then v6
-    std::map<RedirectTarget, std::shared_ptr<Slot>> targets_;
+    std::map<ListenAddress, std::shared_ptr<Slot>> targets_;
     uint64_t accept_failures_ = 0;
 };
 

@@ -25,6 +25,12 @@ bool addr_is_v4(const redir_addr& a) {
     return std::memcmp(a.b, prefix, 12) == 0;
 }
 
+bool addr_is_zero(const redir_addr& a) {
+    for (auto b : a.b)
+        if (b) return false;
+    return true;
+}
+
 std::string addr_to_string(const redir_addr& a) {
     char buf[INET6_ADDRSTRLEN] = {};
     if (addr_is_v4(a))

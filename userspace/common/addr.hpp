@@ -14,6 +14,8 @@ namespace redir {
 redir_addr addr_from_v4(in_addr a);
 redir_addr addr_from_v6(const in6_addr& a);
 bool addr_is_v4(const redir_addr& a);
+// All zero: no address (unset targets in the maps).
+bool addr_is_zero(const redir_addr& a);
 // "203.0.113.5" for v4-mapped, "2001:db8::1" otherwise.
 std::string addr_to_string(const redir_addr& a);
 std::optional<redir_addr> addr_parse(const std::string& text);

@@ -183,11 +183,15 @@ struct AttachReply {
     uint64_t cgroup_id = 0;
     std::string policy;
     std::vector<std::string> warnings;
+    // A sandbox in its own network namespace: where its redirects land.
+    std::optional<std::string> redirect_via, redirect_device;
     template <class S, class F> static void fields(S& s, F& f) {
         f("cgroup", s.cgroup);
         f("cgroup_id", s.cgroup_id);
         f("policy", s.policy);
         f("warnings", s.warnings);
+        f("redirect_via", s.redirect_via);
+        f("redirect_device", s.redirect_device);
     }
 };
 

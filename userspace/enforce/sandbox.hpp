@@ -6,6 +6,7 @@
 #include <string>
 
 #include "redir/attach.h"
+#include "redir/types.h"
 
 namespace redir::policy {
 struct CompiledPolicy;
@@ -18,6 +19,22 @@ struct StoredAttachment {
     std::string cgroup_path;
     uint64_t cgroup_id = 0;
     std::string policy;
+};
+
+// Where a sandbox in its own network namespace is redirected (#10): the
+// agent's addresses on its side, the interface holding them in the agent's
+// namespace, and the sandbox's namespace. Default (cookie 0): the sandbox
+// shares the agent's namespace and is redirected to its loopback.
+struct RedirectTarget {
+    uint64_t netns_cookie = 0;
+    redir_addr addr4{};  // v4-mapped; zero: none
+    redir_addr addr6{};  // zero: none (IPv6 redirects then fail closed)
+    std::string device;
+    uint32_t ifindex = 0;
+    bool own_netns() const { return netns_cookie != 0; }
+    // Listeners belong on it: its interface exists (after a restart it may be
+    // gone with the sandbox's namespace; the kernel then redirects to nothing).
+    bool served() const { return own_netns() && !device.empty(); }
 };
 
 // The policy a sandbox runs under. id 0 (no entries in the maps) is the
@@ -35,8 +52,11 @@ class SandboxDns {
 public:
     virtual ~SandboxDns() = default;
     // Starts the sandbox's responder; returns its port.
+    // A sandbox in its own namespace (TARGET.served()) is answered on the
+    // target's addresses, bound to its interface, as well.
     virtual uint16_t add(uint64_t cgroup_id, const std::string& cgroup_path,
-                         std::shared_ptr<const policy::CompiledPolicy> compiled, uint32_t policy_id) = 0;
+                         std::shared_ptr<const policy::CompiledPolicy> compiled, uint32_t policy_id,
+                         const RedirectTarget& target) = 0;
     // New decisions; every admission so far re-decided (kept under the new id, or removed).
     virtual void update(uint64_t cgroup_id, std::shared_ptr<const policy::CompiledPolicy> compiled,
                         uint32_t policy_id) = 0;
@@ -58,8 +78,7 @@ struct Sandbox {
     uint32_t policy_id = 0;  // what its attachment entry points at
     bool inference_enabled = false;
     uint16_t dns_port = 0;   // its DNS responder
-    // Per-namespace redirect target (#10, netkern) goes here: set by
-    // Sandboxes::attach/restore, written by attach_val(), undone with the rest.
+    RedirectTarget target;   // set by Sandboxes::attach, kept in the kernel entry across restarts
 
     // The kernel's attachment entry for this sandbox.
     redir_attach_val attach_val() const {
@@ -67,6 +86,10 @@ struct Sandbox {
         v.policy_id = policy_id;
         v.flags = inference_enabled ? REDIR_ATTACH_F_INFERENCE : 0;
         v.dns_port = dns_port;
+        v.target4 = target.addr4;
+        v.target6 = target.addr6;
+        v.netns_cookie = target.netns_cookie;
+        v.target_ifindex = target.ifindex;
         return v;
     }
     StoredAttachment record() const { return {cgroup_path, cgroup_id, policy}; }

@@ -1,6 +1,8 @@
 // Attach, detach, flip, restore of sandboxes as transactions (enforce/undo.hpp).
 #include "enforce/sandboxes.hpp"
 
+#include <net/if.h>
+
 #include <algorithm>
 #include <set>
 #include <spdlog/spdlog.h>
@@ -8,6 +10,21 @@
 #include "enforce/undo.hpp"
 
 namespace redir::enforce {
+
+namespace {
+// A target as a previous agent wrote it; an interface gone since then leaves
+// the target without listeners (its redirects fail closed).
+RedirectTarget target_of(const redir_attach_val& v) {
+    RedirectTarget t;
+    t.netns_cookie = v.netns_cookie;
+    t.addr4 = v.target4;
+    t.addr6 = v.target6;
+    t.ifindex = v.target_ifindex;
+    char name[IF_NAMESIZE] = {};
+    if (t.ifindex && ::if_indextoname(t.ifindex, name)) t.device = name;
+    return t;
+}
+}  // namespace
 
 Sandboxes::Sandboxes(SandboxesDeps deps) : deps_(std::move(deps)) {}
 
@@ -17,10 +34,10 @@ void Sandboxes::save() const {
     deps_.save(recs);
 }
 
-const Sandbox& Sandboxes::attach(const loader::Cgroup& cg, const PolicyRef& policy) {
-    Sandbox sb{cg.path, cg.id, policy.name, policy.id, policy.inference_enabled, 0};
+const Sandbox& Sandboxes::attach(const loader::Cgroup& cg, const PolicyRef& policy, const RedirectTarget& target) {
+    Sandbox sb{cg.path, cg.id, policy.name, policy.id, policy.inference_enabled, 0, target};
     Undo undo;
-    sb.dns_port = deps_.dns.add(cg.id, cg.path, policy.compiled, policy.id);
+    sb.dns_port = deps_.dns.add(cg.id, cg.path, policy.compiled, policy.id, target);
     undo.push([&] { deps_.dns.remove(cg.id); });
     deps_.dp.attach(cg, sb.attach_val());
     undo.push([&] { deps_.dp.detach(cg.id); });
@@ -98,15 +115,27 @@ void Sandboxes::adopt_one(StoredAttachment a, const std::function<const PolicyRe
         deps_.dp.detach(a.cgroup_id);
         return;
     }
+    // The redirect target lives in the pinned entry (the state file predates it).
+    RedirectTarget target;
+    if (auto old = deps_.dp.attachment(a.cgroup_id)) target = target_of(*old);
     if (cg.id != a.cgroup_id) {
         spdlog::warn("cgroup {} was re-created (id {} -> {}); attaching the new one", a.cgroup_path, a.cgroup_id,
                      cg.id);
         deps_.dp.detach(a.cgroup_id);
     }
     const PolicyRef* p = policy_of(a.policy);
-    Sandbox sb{a.cgroup_path, cg.id, a.policy, p ? p->id : 0, p && p->inference_enabled, 0};
+    Sandbox sb{a.cgroup_path, cg.id, a.policy, p ? p->id : 0, p && p->inference_enabled, 0, target};
     Undo undo;
-    sb.dns_port = deps_.dns.add(cg.id, cg.path, p ? p->compiled : nullptr, sb.policy_id);
+    try {
+        sb.dns_port = deps_.dns.add(cg.id, cg.path, p ? p->compiled : nullptr, sb.policy_id, sb.target);
+    } catch (const std::exception& e) {
+        if (!sb.target.served()) throw;
+        // Its namespace's side changed while no agent ran: the kernel keeps
+        // redirecting there and nothing answers (fail closed) until re-attached.
+        spdlog::warn("sandbox {}: {}; its redirects fail until it is attached again", a.cgroup_path, e.what());
+        sb.target.device.clear();
+        sb.dns_port = deps_.dns.add(cg.id, cg.path, p ? p->compiled : nullptr, sb.policy_id, sb.target);
+    }
     undo.push([&] { deps_.dns.remove(cg.id); });
     // Adopt: the links stay attached throughout; only the program behind
     // them and the policy id change, each atomically. (No undo: the links

@@ -31,7 +31,7 @@ public:
 
     // DNS responder, attachment entry + links, record: all of it or, on any
     // failure, none of it (the exception propagates).
-    const Sandbox& attach(const loader::Cgroup& cg, const PolicyRef& policy);
+    const Sandbox& attach(const loader::Cgroup& cg, const PolicyRef& policy, const RedirectTarget& target = {});
 
     // Detaches the sandbox with cgroup ID (0: unknown) or recorded PATH, or
     // an orphan with that id. Returns the path detached; nullopt if nothing

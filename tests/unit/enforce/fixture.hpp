@@ -34,8 +34,8 @@ public:
     // The Nth call of STEP ("add", "update") from now throws.
     void fail_at(const std::string& step, int nth = 1) { armed_[step] = calls_[step] + nth; }
 
-    uint16_t add(uint64_t id, const std::string&, std::shared_ptr<const policy::CompiledPolicy>,
-                 uint32_t policy_id) override {
+    uint16_t add(uint64_t id, const std::string&, std::shared_ptr<const policy::CompiledPolicy>, uint32_t policy_id,
+                 const RedirectTarget&) override {
         step("add");
         live[id] = {next_port_++, policy_id};
         return live[id].port;

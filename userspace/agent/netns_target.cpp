@@ -1,0 +1,92 @@
+// Resolution of a sandbox namespace's redirect target: gateway lookup through
+// userspace/netns (rtnetlink), interface lookup through getifaddrs.
+#include "agent/netns_target.hpp"
+
+#include <ifaddrs.h>
+#include <net/if.h>
+
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "common/addr.hpp"
+#include "common/error.hpp"
+#include "common/netns_cookie.hpp"
+#include "netns/namespace.hpp"
+#include "netns/rtnl.hpp"
+
+namespace redir::agent {
+namespace {
+
+bool is_link_local(const redir_addr& a) { return !addr_is_v4(a) && a.b[0] == 0xfe && (a.b[1] & 0xc0) == 0x80; }
+
+// Every address of the agent's namespace and the interfaces holding it.
+std::multimap<std::string, std::string> local_addresses() {
+    ifaddrs* list = nullptr;
+    if (::getifaddrs(&list) != 0) throw sys_error("cannot list redird's interface addresses");
+    std::unique_ptr<ifaddrs, void (*)(ifaddrs*)> own(list, ::freeifaddrs);
+    std::multimap<std::string, std::string> out;
+    for (auto* i = list; i; i = i->ifa_next) {
+        if (!i->ifa_addr || (i->ifa_addr->sa_family != AF_INET && i->ifa_addr->sa_family != AF_INET6)) continue;
+        if (auto a = addr_from_sockaddr(i->ifa_addr, nullptr)) out.emplace(addr_to_string(*a), i->ifa_name);
+    }
+    return out;
+}
+
+}  // namespace
+
+enforce::RedirectTarget resolve_redirect_target(const std::string& netns_path, const std::string& redirect_via) {
+    enforce::RedirectTarget t;
+    t.netns_cookie = netns::Namespace::open(netns_path).cookie();
+    if (t.netns_cookie == current_netns_cookie()) return {};  // shares redird's namespace: loopback
+
+    std::vector<std::string> candidates;
+    std::string device;
+    if (!redirect_via.empty()) {
+        auto pct = redirect_via.find('%');
+        candidates.push_back(redirect_via.substr(0, pct));
+        if (pct != std::string::npos) device = redirect_via.substr(pct + 1);
+    } else {
+        candidates = netns::default_gateways(netns_path);
+        if (candidates.empty())
+            throw Error("network namespace " + netns_path +
+                        " has no default route; give redird's address reachable from it with --redirect-via IP");
+    }
+    auto local = local_addresses();
+    for (auto& c : candidates) {
+        auto a = addr_parse(c);
+        if (!a) throw Error("--redirect-via " + c + " is not an IP address");
+        if (is_link_local(*a)) continue;  // needs a scope: the interface's global address serves instead
+        auto [lo, hi] = local.equal_range(addr_to_string(*a));
+        std::vector<std::string> ifs;
+        for (auto it = lo; it != hi; ++it)
+            if (device.empty() || it->second == device) ifs.push_back(it->second);
+        if (ifs.empty())
+            throw Error(c + (device.empty() ? "" : "%" + device) + " (the redirect target of " + netns_path +
+                        ") is not an address of redird's network namespace" +
+                        (device.empty() ? "" : " on " + device) +
+                        "; give the host side of the sandbox's veth with --redirect-via IP");
+        if (ifs.size() > 1)
+            throw Error(c + " is on several interfaces of redird's namespace (" + ifs[0] + ", " + ifs[1] +
+                        "); name the sandbox's: --redirect-via " + c + "%IFNAME");
+        if (t.device.empty()) t.device = ifs[0];
+        if (ifs[0] != t.device) continue;
+        (addr_is_v4(*a) ? t.addr4 : t.addr6) = *a;
+    }
+    if (t.device.empty())
+        throw Error("no usable redirect target for " + netns_path +
+                    " (its gateways are link-local only); give one with --redirect-via IP");
+    // The other family: the same interface's first global address of it.
+    for (auto& [addr, ifname] : local) {
+        if (ifname != t.device) continue;
+        auto a = addr_parse(addr);
+        if (!a || is_link_local(*a)) continue;
+        auto& slot = addr_is_v4(*a) ? t.addr4 : t.addr6;
+        if (addr_is_zero(slot)) slot = *a;
+    }
+    t.ifindex = ::if_nametoindex(t.device.c_str());
+    if (!t.ifindex) throw sys_error("interface " + t.device + " vanished while attaching " + netns_path);
+    return t;
+}
+
+}  // namespace redir::agent
