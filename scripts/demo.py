@@ -213,13 +213,10 @@ def main():
             json.dump({"version": 1, "name": "demo", "inference": {"enabled": True},
                        "allow": [{"host": ALLOWED, "ports": [80]}]}, f, indent=2)
         say("policy: https://inference.local and %s:80; everything else denied (%s)" % (ALLOWED, policy))
-        netns = "--netns" in agent.ctl("attach", "--help").stdout
-        cmd = ["run"] + (["--netns"] if netns else []) + ["--policy", policy, "--", "python3", "-c", RUNNER]
+        cmd = ["run", "--netns", "--policy", policy, "--", "python3", "-c", RUNNER]
         say()
-        say("-- inside the sandbox: redirctl %s --"
-            % " ".join(cmd[:4 if netns else 3]) + " (no proxy settings, no API key: only the CA bundle run provides)")
-        if not netns:
-            say("   (this agent cannot yet redirect into a sandbox's own namespace: the sandbox shares the demo's)")
+        say("-- inside the sandbox: redirctl run --netns --policy %s -- (no proxy settings, no API key: "
+            "only the CA bundle run provides)" % os.path.basename(policy))
         r = subprocess.run([agent.redirctl, "--socket", agent.socket] + cmd, capture_output=True, text=True,
                            env=dict(os.environ, REDIR_NETNS_POOL=POOL, DEMO_STEPS=json.dumps(STEPS)), timeout=120)
         say(r.stdout.rstrip())

@@ -29,8 +29,6 @@ class DemoTranscript(unittest.TestCase):
         self.assertIn("no packet leaves the machine", self.out)
 
     def test_sandbox_has_its_own_network_namespace(self):
-        if "cannot yet redirect into a sandbox's own namespace" in self.out:
-            self.skipTest("the agent has no per-sandbox redirect target yet: the demo ran without --netns")
         m = re.search(r"network namespace: (net:\[\d+\]), address (192\.0\.2\.\d+/30)", self.out)
         self.assertTrue(m, self.out)
         self.assertNotEqual(m.group(1), os.readlink("/proc/self/ns/net"))

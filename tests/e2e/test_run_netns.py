@@ -143,11 +143,6 @@ def holders_of(ns_ident):
     return out
 
 
-def agent_supports_netns_redirects():
-    r = subprocess.run([harness.REDIRCTL, "attach", "--help"], capture_output=True, text=True)
-    return "--netns" in r.stdout
-
-
 class NetnsWorld(unittest.TestCase):
     """This namespace as the agent's, an internet namespace beyond it, one agent."""
 
@@ -328,13 +323,6 @@ class RunNetnsRedirects(NetnsWorld):
         cls.agent.ctl("inference", "set", "--provider", "demo", "--model", "demo-model")
         cls.policy = write_policy(cls.tmp, "netns-names", {"allow": [
             {"host": "allowed.example", "ports": [cls.server.port]}]})
-
-    def setUp(self):
-        if not agent_supports_netns_redirects():
-            self.skipTest("the agent has no per-sandbox redirect target yet (attach --netns, issue #10 kernel part)")
-
-    def sandbox_id_step(self):
-        return "import os;print(os.stat(os.environ['REDIR_SANDBOX']).st_ino)"
 
     def test_curl_reaches_inference_local_with_audit_record(self):
         before = len(self.agent.audit_records())
