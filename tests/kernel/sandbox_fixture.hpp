@@ -91,8 +91,15 @@ class SandboxTest : public ::testing::Test {
 protected:
     static loader::Datapath& datapath() {
         struct Shared {
-            std::string dir = "/sys/fs/bpf/redir-ktest-" + std::to_string(::getpid());
+            // Named by our pid: a directory of that name can only be left by a
+            // crashed run whose pid was reused, with maps of an older layout.
+            std::string dir = fresh_pin_dir("/sys/fs/bpf/redir-ktest-" + std::to_string(::getpid()));
             std::unique_ptr<loader::Datapath> dp = loader::Datapath::open({dir});
+            static std::string fresh_pin_dir(std::string d) {
+                std::error_code ec;
+                std::filesystem::remove_all(d, ec);
+                return d;
+            }
             ~Shared() {
                 dp.reset();  // closes our fds; then the pins go
                 std::error_code ec;
