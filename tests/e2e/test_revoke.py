@@ -75,6 +75,7 @@ until = time.time() + cfg["seconds"]
 r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
+    os.close(r)
     for s in socks.values():
         s.close()
     # A cgroup of its own below the sandbox, and a connection dialled from there.
@@ -82,9 +83,13 @@ if pid == 0:
     with open(cfg["sub"] + "/cgroup.procs", "w") as f:
         f.write(str(os.getpid()))
     sub = tcp(cfg["a"], cfg["pa"])
+    os.write(w, b"C")  # connected: only now may the test reload
     os.write(w, json.dumps(run({"a_forked": forked, "a_subcgroup": sub}, until)).encode())
     os._exit(0)
+os.close(w)  # a child that fails ends in EOF here, not a hang
 forked.close()
+if os.read(r, 1) != b"C":
+    sys.exit("the sub-cgroup child did not connect")
 print("READY", flush=True)
 out = run(socks, until)
 os.waitpid(pid, 0)
