@@ -371,6 +371,11 @@ class ContainerEgress(ContainerNode):
         recs = self.agent.wait_audit(lambda r: r.get("event") == "inference", since=since, count=2)
         by_model = {r["model_requested"]: r["cgroup_id"] for r in recs}
         self.assertEqual(by_model, {"gpt-x-A": self.a.cgroup_id, "gpt-x-B": self.b.cgroup_id}, recs)
+        for r in recs:
+            self.assertEqual((r.get("credential"), r.get("credential_header"), r.get("credential_key")),
+                             ("injected", "authorization", "OPENAI_API_KEY"), r)
+        with open(self.agent.audit_log) as f:
+            self.assertNotIn(SECRET, f.read())
 
     def test_openai_node_sdk_reaches_inference_local(self):
         for name, c in self.containers():

@@ -913,6 +913,7 @@ awaitable<bool> respond(Impl& gw, Stream& s, beast::flat_buffer& buf, Incoming& 
             co_return co_await send_error(gw, s, in.shape, 400, provider_fetch_refusal(*fetch), keep_alive, log);
     }
 
+    log.credential = profile.local ? CredentialUse{} : credential_use(profile, provider);
     if (profile.local) {
         auto m = mock_reply(ep, rw.body, cfg.model, rw.stream);
         co_return co_await send_mock(gw, s, m, keep_alive, log);

@@ -528,14 +528,29 @@ std::string stream_error_event(ApiShape shape, std::string_view why) {
     return "event: error\ndata: " + error_json(shape, "api_error", why) + "\n\n";
 }
 
-std::optional<std::string> pick_credential(const Profile& profile, const Provider& provider) {
-    if (profile.auth == AuthStyle::None) return std::nullopt;
+namespace {
+// The provider's credential entry the profile sends, or none.
+const std::pair<const std::string, std::string>* credential_entry(const Profile& profile, const Provider& provider) {
+    if (profile.auth == AuthStyle::None) return nullptr;
     for (auto k : profile.credential_keys) {
         auto it = provider.credentials.find(std::string(k));
-        if (it != provider.credentials.end()) return it->second;
+        if (it != provider.credentials.end()) return &*it;
     }
-    if (provider.credentials.size() == 1) return provider.credentials.begin()->second;
+    if (provider.credentials.size() == 1) return &*provider.credentials.begin();
+    return nullptr;
+}
+}  // namespace
+
+std::optional<std::string> pick_credential(const Profile& profile, const Provider& provider) {
+    if (auto* e = credential_entry(profile, provider)) return e->second;
     return std::nullopt;
+}
+
+CredentialUse credential_use(const Profile& profile, const Provider& provider) {
+    auto* e = credential_entry(profile, provider);
+    if (!e) return {};
+    return {profile.auth == AuthStyle::Bearer ? std::string("authorization") : std::string(profile.auth_header),
+            e->first};
 }
 
 std::set<std::string> connection_tokens(const HeaderList& headers) {
@@ -749,6 +764,14 @@ std::string request_log_json(const RequestLog& r) {
             w.Uint64(v);
         }
         w.EndObject();
+    }
+    if (r.credential) {
+        // Whether the sandbox's request left with the provider's credential,
+        // named by header and key: the value never enters a record.
+        key(w, "credential");
+        put(w, r.credential->header.empty() ? "none" : "injected");
+        put_unless_empty(w, "credential_header", r.credential->header);
+        put_unless_empty(w, "credential_key", r.credential->key);
     }
     put_unless_empty(w, "error", r.error);
     w.EndObject();

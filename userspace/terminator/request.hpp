@@ -135,6 +135,13 @@ std::string stream_error_event(ApiShape shape, std::string_view why);
 HeaderList upstream_headers(const HeaderList& client, const Profile& profile, const Provider& provider);
 // The credential the profile sends, if any.
 std::optional<std::string> pick_credential(const Profile& profile, const Provider& provider);
+// What the audit record says of the credential a provider call carries: the
+// header and the provider's key name, never the value. Empty header: none.
+struct CredentialUse {
+    std::string header;
+    std::string key;
+};
+CredentialUse credential_use(const Profile& profile, const Provider& provider);
 
 // Whether a provider response header is relayed to the sandbox.
 // CONNECTION_TOKENS: names listed in the response's Connection header.
@@ -187,6 +194,9 @@ struct RequestLog {
     bool stream = false;
     Usage usage;
     std::string error;  // why it failed, when it did
+    // Set once the request is answered: by the provider (with or without an
+    // injected credential) or locally (mock).
+    std::optional<CredentialUse> credential;
 };
 std::string request_log_json(const RequestLog& r);
 

@@ -331,6 +331,8 @@ TEST_P(GatewayTest, RewritesModelSwapsCredentialAndFiltersHeaders) {
     EXPECT_EQ(l[0].usage.counts.at("total_tokens"), 7u);
     auto line = request_log_json(l[0]);
     EXPECT_FALSE(contains(line, "sk-provider-secret")) << line;
+    // The record says the credential went with the call, by header and key name only.
+    EXPECT_TRUE(contains(line, R"("credential":"injected","credential_header":"authorization")")) << line;
     EXPECT_FALSE(contains(line, "hi")) << line;
 }
 

@@ -165,6 +165,24 @@ TEST(Log, IsOneJsonObjectWithTheFields) {
     EXPECT_NE(j.find("\"status\":200"), std::string::npos) << j;
 }
 
+TEST(Log, NamesTheInjectedCredentialByHeaderAndKeyOnly) {
+    Provider p;
+    p.credentials = {{"OPENAI_API_KEY", "sk-value-never-logged"}};
+    RequestLog r;
+    r.credential = credential_use(*find_profile("openai"), p);
+    auto j = request_log_json(r);
+    EXPECT_NE(j.find(R"("credential":"injected","credential_header":"authorization","credential_key":"OPENAI_API_KEY")"),
+              std::string::npos)
+        << j;
+    EXPECT_EQ(j.find("sk-value"), std::string::npos) << j;
+    r.credential = credential_use(*find_profile("mock"), p);
+    j = request_log_json(r);
+    EXPECT_NE(j.find(R"("credential":"none")"), std::string::npos) << j;
+    EXPECT_EQ(j.find("credential_header"), std::string::npos) << j;
+    r.credential.reset();  // refused before an answer: nothing to say
+    EXPECT_EQ(request_log_json(r).find("credential"), std::string::npos);
+}
+
 TEST(Mock, AnswersInEachShape) {
     auto m = mock_reply(Endpoint::Messages, R"({"model":"x"})", "x", true);
     ASSERT_TRUE(m.stream);
