@@ -1,30 +1,35 @@
 #!/usr/bin/env python3
 """The main job in one minute: a sandboxed command, in its own network
-namespace, calls the model at https://inference.local (model rewritten by the
-agent), reaches the one name its policy allows, and is refused a denied address
-(EPERM) and a denied name (NXDOMAIN) — then the agent's audit records of it.
+namespace, calls the model at https://inference.local (model rewritten and the
+provider's credential injected by the agent), reaches the one name its policy
+allows, and is refused a denied address (EPERM) and a denied name (NXDOMAIN) —
+then the agent's audit records of it.
 
 Everything runs inside a network namespace this script creates (with a fake
 "internet" namespace beyond it), with its own redird (own state, run and
-bpffs directories) using the mock provider: nothing leaves the machine, and
-the node's agent is not touched. Run as root: scripts/demo.sh
+bpffs directories) whose provider is a stand-in OpenAI-compatible server in the
+fake internet, holding a demo key only the agent knows: nothing leaves the
+machine, and the node's agent is not touched. Run as root: scripts/demo.sh
 """
 import ctypes
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
 from fake_dns import A, FakeDns  # noqa: E402
+from fake_provider import FakeProvider, make_test_ca  # noqa: E402
 
 ALLOWED, DENIED_NAME = "api.allowed.example", "blocked.example"
-WEB, DENIED_ADDR, RESOLVER = "192.0.2.200", "192.0.2.201", "192.0.2.53"
+WEB, DENIED_ADDR, RESOLVER, PROVIDER = "192.0.2.200", "192.0.2.201", "192.0.2.53", "192.0.2.202"
 POOL = "192.0.2.64/26"
 IP = shutil.which("ip") or "/usr/sbin/ip"
 
@@ -84,10 +89,28 @@ def sh(*argv):
     subprocess.run(list(argv), check=True, capture_output=True, text=True)
 
 
+def in_namespace(libc, ns_fd, fn):
+    """FN() called on a thread that joined the network namespace NS_FD: the
+    sockets it opens stay there."""
+    box = {}
+
+    def body():
+        if libc.setns(ns_fd, 0x40000000) != 0:  # CLONE_NEWNET
+            box["error"] = OSError(ctypes.get_errno(), "setns into the demo's internet namespace")
+            return
+        box["value"] = fn()
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 class World:
     """This process's own namespace (the agent's), and an internet namespace beyond it."""
 
-    def __init__(self):
+    def __init__(self, tmp):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
             sys.exit("demo: cannot create a network namespace (run as root)")
@@ -99,7 +122,8 @@ class World:
         sh(IP, "addr", "add", "192.0.2.129/30", "dev", "uplink")
         sh(IP, "link", "set", "uplink", "up")
         for cmd in (["link", "set", "lo", "up"], ["addr", "add", WEB + "/32", "dev", "lo"],
-                    ["addr", "add", DENIED_ADDR + "/32", "dev", "lo"], ["addr", "add", "192.0.2.130/30", "dev", "eth0"],
+                    ["addr", "add", DENIED_ADDR + "/32", "dev", "lo"], ["addr", "add", PROVIDER + "/32", "dev", "lo"],
+                    ["addr", "add", "192.0.2.130/30", "dev", "eth0"],
                     ["link", "set", "eth0", "up"], ["route", "add", "default", "via", "192.0.2.129"]):
             sh(IP, "-n", self.inet, *cmd)
         sh(IP, "route", "add", "default", "via", "192.0.2.130")
@@ -108,6 +132,9 @@ class World:
         self.web = [subprocess.Popen([sys.executable, "-c", WEB_SERVER, a, n], preexec_fn=into_inet,
                                      pass_fds=(inet_fd,))
                     for a, n in ((WEB, ALLOWED), (DENIED_ADDR, "a denied address"))]
+        self.provider_ca, cert, key = make_test_ca(tmp, PROVIDER)
+        self.provider = in_namespace(libc, inet_fd, lambda: FakeProvider(PROVIDER, 8443, cert, key,
+                                                                          name="the stand-in provider"))
         os.close(inet_fd)
         self.dns = FakeDns(RESOLVER, {ALLOWED: [(A, WEB, 300)], DENIED_NAME: [(A, DENIED_ADDR, 300)]})
         deadline = time.time() + 30
@@ -125,6 +152,7 @@ class World:
             return False
 
     def close(self):
+        self.provider.close()
         for p in self.web:
             p.kill()
             p.wait()
@@ -156,14 +184,17 @@ class DemoAgent:
             sys.exit("demo: redirctl %s failed: %s" % (" ".join(args), r.stderr.strip()))
         return r
 
-    def ensure_provider(self):
-        """The mock provider, only when no provider exists yet."""
-        providers = json.loads(self.ctl("provider", "list", "--json").stdout or "[]")
-        if providers:
-            return "using existing provider(s): " + ", ".join(p.get("name", "?") for p in providers)
-        self.ctl("provider", "create", "--name", "demo", "--type", "mock")
+    def configure_provider(self, ca, key):
+        """The stand-in provider in the fake internet, with KEY as its credential."""
+        self.ctl("provider", "create", "--name", "demo", "--type", "openai-compatible", "--base-url",
+                 "https://%s:8443/v1" % PROVIDER, "--ca-file", ca, "--credential", "OPENAI_API_KEY=" + key)
         self.ctl("inference", "set", "--provider", "demo", "--model", "demo-model")
-        return 'no provider existed: configured the mock provider "demo", model "demo-model"'
+        return ('provider "demo" (OpenAI-compatible, a stand-in at https://%s:8443 in the fake internet), '
+                'model "demo-model", credential OPENAI_API_KEY held by the agent only' % PROVIDER)
+
+    def audit_text(self):
+        path = os.path.join(self.state, "audit.log")
+        return open(path).read() if os.path.exists(path) else ""
 
     def records(self, cgroup_id):
         path = os.path.join(self.state, "audit.log")
@@ -183,6 +214,8 @@ def describe(r):
     ev = r.get("event")
     if ev == "inference":
         extra = "".join("  %s: %s" % (k, r[k]) for k in ("client_auth", "credential") if k in r)
+        if r.get("credential") == "injected":
+            extra += " (%s header, key %s)" % (r.get("credential_header"), r.get("credential_key"))
         return "inference  %s %s  model %r -> %r  provider %s (%s)  status %s%s" % (
             r.get("method"), r.get("path"), r.get("model_requested"), r.get("model_used"), r.get("provider"),
             r.get("provider_type", "?"), r.get("status"), extra)
@@ -199,7 +232,7 @@ def main():
         sys.exit("demo: run as root (it creates network namespaces and loads BPF programs): sudo scripts/demo.sh")
     tmp = tempfile.mkdtemp(prefix="redir-demo-")
     os.chmod(tmp, 0o755)
-    world = World()
+    world = World(tmp)
     agent = None
     try:
         agent = DemoAgent(tmp)
@@ -207,7 +240,8 @@ def main():
         say("(a private network namespace made for this demo, with a fake internet beyond it: no packet leaves the machine)")
         say()
         say("agent:  redird with its own state in " + tmp)
-        say("model:  " + agent.ensure_provider())
+        key = "sk-demo-" + secrets.token_hex(12)
+        say("model:  " + agent.configure_provider(world.provider_ca, key))
         policy = os.path.join(tmp, "demo-policy.json")
         with open(policy, "w") as f:
             json.dump({"version": 1, "name": "demo", "inference": {"enabled": True},
@@ -231,6 +265,13 @@ def main():
             if i == 0 or line != lines[i - 1]:
                 n = next((j for j in range(i, len(lines)) if lines[j] != line), len(lines)) - i
                 say("  " + line + ("  (x%d)" % n if n > 1 else ""))
+        say()
+        got = (world.provider.rec.last() or {}).get("headers", {}).get("authorization", "")
+        say("-- the credential --")
+        say("  the provider received the agent's key in its authorization header: %s"
+            % ("yes" if got == "Bearer " + key else "NO (%s)" % ("none" if not got else "another value")))
+        say("  the key in the sandbox's output: %d times; in the agent's audit log: %d times"
+            % (r.stdout.count(key) + r.stderr.count(key), agent.audit_text().count(key)))
         say()
         say("Rerun this demo: sudo scripts/demo.sh")
         say("Your own sandbox on this node: redirctl run --netns -- curl https://inference.local/v1/models")

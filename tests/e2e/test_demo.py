@@ -1,6 +1,7 @@
 """scripts/demo.sh, the end of the README's set-up command: its transcript
-shows a sandboxed command reaching inference.local with the model rewritten,
-an allowed name, EPERM for a denied address and NXDOMAIN for a denied name,
+shows a sandboxed command reaching inference.local with the model rewritten and
+the provider's credential injected (named in the audit record, its value
+nowhere), an allowed name, EPERM for a denied address and NXDOMAIN for a denied name,
 the agent's audit records of each, and how to rerun it."""
 import os
 import re
@@ -35,8 +36,16 @@ class DemoTranscript(unittest.TestCase):
         self.assertIn("redirctl run --netns", self.out)
 
     def test_inference_local_answers_with_the_rewritten_model(self):
-        self.assertIn("This is a mock response from redir for model demo-model", self.out)
+        self.assertIn("hello from the stand-in provider", self.out)
+        self.assertIn('"model": "demo-model"', self.out)
         self.assertRegex(self.out, r"inference +POST /v1/chat/completions +model 'gpt-4o' -> 'demo-model'")
+
+    def test_credential_injected_by_the_agent_and_its_value_shown_nowhere(self):
+        self.assertRegex(self.out, r"inference +POST /v1/chat/completions .*status 200 +credential: injected "
+                                   r"\(authorization header, key OPENAI_API_KEY\)")
+        self.assertIn("the provider received the agent's key in its authorization header: yes", self.out)
+        self.assertIn("the key in the sandbox's output: 0 times; in the agent's audit log: 0 times", self.out)
+        self.assertNotIn("sk-demo-", self.out)
 
     def test_allowed_name_reached(self):
         self.assertIn("hello from api.allowed.example (192.0.2.200)", self.out)
