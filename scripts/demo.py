@@ -20,13 +20,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
 from fake_dns import A, FakeDns  # noqa: E402
 from fake_provider import FakeProvider, make_test_ca  # noqa: E402
+from test_run_netns import in_netns  # noqa: E402
 
 ALLOWED, DENIED_NAME = "api.allowed.example", "blocked.example"
 WEB, DENIED_ADDR, RESOLVER, PROVIDER = "192.0.2.200", "192.0.2.201", "192.0.2.53", "192.0.2.202"
@@ -89,24 +89,6 @@ def sh(*argv):
     subprocess.run(list(argv), check=True, capture_output=True, text=True)
 
 
-def in_namespace(libc, ns_fd, fn):
-    """FN() called on a thread that joined the network namespace NS_FD: the
-    sockets it opens stay there."""
-    box = {}
-
-    def body():
-        if libc.setns(ns_fd, 0x40000000) != 0:  # CLONE_NEWNET
-            box["error"] = OSError(ctypes.get_errno(), "setns into the demo's internet namespace")
-            return
-        box["value"] = fn()
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
 class World:
     """This process's own namespace (the agent's), and an internet namespace beyond it."""
 
@@ -133,8 +115,8 @@ class World:
                                      pass_fds=(inet_fd,))
                     for a, n in ((WEB, ALLOWED), (DENIED_ADDR, "a denied address"))]
         self.provider_ca, cert, key = make_test_ca(tmp, PROVIDER)
-        self.provider = in_namespace(libc, inet_fd, lambda: FakeProvider(PROVIDER, 8443, cert, key,
-                                                                          name="the stand-in provider"))
+        self.provider = in_netns("/run/netns/" + self.inet, lambda: FakeProvider(PROVIDER, 8443, cert, key,
+                                                                                   name="the stand-in provider"))
         os.close(inet_fd)
         self.dns = FakeDns(RESOLVER, {ALLOWED: [(A, WEB, 300)], DENIED_NAME: [(A, DENIED_ADDR, 300)]})
         deadline = time.time() + 30

@@ -46,3 +46,10 @@ fi
 if [[ -f tests/e2e/node/package.json && ! -d tests/e2e/node/node_modules/openai ]]; then
   (cd tests/e2e/node && npm install --no-audit --no-fund --loglevel=error)
 fi
+
+# The official OpenAI Python SDK for the end-to-end tests, where Debian packages
+# it (Debian 12 does not, and PyPI is not a registry these machines reach): its
+# tests skip with that reason otherwise.
+if ! /usr/bin/python3 -c 'import openai' 2>/dev/null && apt-cache show python3-openai >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-openai >/dev/null
+fi

@@ -52,6 +52,19 @@ except OSError as e:
 """
 
 
+def in_container_argv(netns, cgroup, argv, resolv_conf=None, in_cgroup=True):
+    """ARGV run in the network namespace NETNS (a private mount namespace with
+    RESOLV_CONF over /etc/resolv.conf) and, IN_CGROUP, the cgroup CGROUP."""
+    script = ""
+    if resolv_conf:
+        script += 'mount --bind "$1" /etc/resolv.conf && '
+    if in_cgroup:
+        script += 'echo $$ > "$2/cgroup.procs" && '
+    script += 'shift 2 && exec "$@"'
+    return ["nsenter", "--net=" + netns, "unshare", "--mount", "sh", "-c", script, "sh", resolv_conf or "-",
+            cgroup] + list(argv)
+
+
 def ip(*args, netns_pid=None):
     argv = ["ip"] + list(args)
     if netns_pid:
@@ -85,14 +98,7 @@ class Container:
     def run(self, argv, resolv_conf=None, in_cgroup=True, timeout=30):
         """ARGV inside the container's namespace (and cgroup), optionally with
         RESOLV_CONF over /etc/resolv.conf."""
-        script = ""
-        if resolv_conf:
-            script += 'mount --bind "$1" /etc/resolv.conf && '
-        if in_cgroup:
-            script += 'echo $$ > "$2/cgroup.procs" && '
-        script += 'shift 2 && exec "$@"'
-        argv = ["nsenter", "--net=" + self.netns, "unshare", "--mount", "sh", "-c", script, "sh",
-                resolv_conf or "-", self.cg.path] + list(argv)
+        argv = in_container_argv(self.netns, self.cg.path, argv, resolv_conf, in_cgroup)
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
     def connect(self, addr, port, proto="tcp", in_cgroup=True):

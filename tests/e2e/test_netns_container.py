@@ -16,7 +16,6 @@ owned by a user namespace of its own, whose root (CAP_NET_ADMIN, CAP_NET_RAW
 in that namespace only) runs every command inside, as in a rootless or
 user-namespaced container.
 """
-import ctypes
 import json
 import os
 import socket
@@ -31,7 +30,8 @@ from fake_dns import A, FakeDns  # noqa: E402
 from fake_provider import FakeProvider, make_test_ca  # noqa: E402
 from harness import Agent, Cgroup, write_policy  # noqa: E402
 from test_run import CountingListener  # noqa: E402
-from test_run_netns import in_netns  # noqa: E402
+from test_netns_attach import in_container_argv  # noqa: E402
+from test_run_netns import in_netns, nft  # noqa: E402
 
 IP = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"
 NODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node")
@@ -103,24 +103,6 @@ def sh(*argv):
     if r.returncode != 0:
         raise AssertionError("%s failed: %s" % (" ".join(argv), r.stderr))
     return r.stdout
-
-
-def nft(commands):
-    """Runs COMMANDS (nft syntax) in this namespace through libnftables."""
-    lib = ctypes.CDLL("libnftables.so.1")
-    lib.nft_ctx_new.restype = ctypes.c_void_p
-    for f in ("nft_ctx_buffer_error", "nft_ctx_free"):
-        getattr(lib, f).argtypes = [ctypes.c_void_p]
-    lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
-    lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
-    ctx = lib.nft_ctx_new(0)
-    lib.nft_ctx_buffer_error(ctx)
-    rc = lib.nft_run_cmd_from_buffer(ctx, commands.encode())
-    err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
-    lib.nft_ctx_free(ctx)
-    if rc != 0:
-        raise AssertionError("nftables refused the node's ruleset: " + err)
 
 
 def node_ruleset(zones):
@@ -207,14 +189,8 @@ class Container:
     def run(self, argv, resolv_conf=None, env=None, in_cgroup=True, timeout=60):
         """ARGV as root of the container's user namespace, inside its network
         namespace (and cgroup), with RESOLV_CONF over /etc/resolv.conf."""
-        script = ""
-        if resolv_conf:
-            script += 'mount --bind "$1" /etc/resolv.conf && '
-        if in_cgroup:
-            script += 'echo $$ > "$2/cgroup.procs" && '
-        script += 'shift 2 && exec "$@"'
-        argv = (["nsenter", "--net=" + self.netns, "unshare", "--mount", "sh", "-c", script, "sh",
-                 resolv_conf or "-", self.cg.path, "nsenter", "--user=" + self.userns] + list(argv))
+        argv = in_container_argv(self.netns, self.cg.path, ["nsenter", "--user=" + self.userns] + list(argv),
+                                 resolv_conf, in_cgroup)
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                               env=dict(os.environ, **(env or {})))
 

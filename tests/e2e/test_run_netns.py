@@ -106,21 +106,32 @@ def in_netns(path, fn):
     return box["value"]
 
 
-def nft_tables():
-    """`nft list tables` of this namespace, through libnftables."""
+def nft(commands):
+    """Runs COMMANDS (nft syntax) in this namespace through libnftables; returns
+    their output, raises with nftables' message when it refuses them."""
     lib = ctypes.CDLL("libnftables.so.1")
     lib.nft_ctx_new.restype = ctypes.c_void_p
-    for f in ("nft_ctx_buffer_output", "nft_ctx_free"):
+    for f in ("nft_ctx_buffer_output", "nft_ctx_buffer_error", "nft_ctx_free"):
         getattr(lib, f).argtypes = [ctypes.c_void_p]
     lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
-    lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+    for f in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+        getattr(lib, f).argtypes = [ctypes.c_void_p]
+        getattr(lib, f).restype = ctypes.c_char_p
     ctx = lib.nft_ctx_new(0)
     lib.nft_ctx_buffer_output(ctx)
-    lib.nft_run_cmd_from_buffer(ctx, b"list tables")
+    lib.nft_ctx_buffer_error(ctx)
+    rc = lib.nft_run_cmd_from_buffer(ctx, commands.encode())
     out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
+    err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
     lib.nft_ctx_free(ctx)
+    if rc != 0:
+        raise AssertionError("nftables refused %r: %s" % (commands[:60], err))
     return out
+
+
+def nft_tables():
+    """`nft list tables` of this namespace."""
+    return nft("list tables")
 
 
 def redir_links():
