@@ -46,7 +46,7 @@ ZONE = {ALLOWED_NAME: [(A, WEB, 300)], DENIED_NAME: [(A, DENIED, 300)]}
 # Runs each step ("connect ADDR PORT tcp|udp [SRC]", "socket FAMILY TYPE PROTO",
 # "ip ARGS...") in order and prints the outcomes as JSON.
 PROBE = r"""
-import errno, json, socket, subprocess, sys
+import errno, json, socket, struct, subprocess, sys
 IP_FREEBIND = 15
 def connect(addr, port, proto, src=None):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
@@ -70,6 +70,23 @@ def connect(addr, port, proto, src=None):
         return errno.errorcode.get(e.errno, str(e))
     finally:
         s.close()
+def packet_udp(ifname, gw_mac, src, dst, port):
+    # An IPv4/UDP datagram built by hand and handed to the link layer: no
+    # connect() or sendmsg() hook runs for it.
+    payload = b"sent through a packet socket"
+    udp = struct.pack("!HHHH", 40000, int(port), 8 + len(payload), 0) + payload
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                      socket.inet_aton(src), socket.inet_aton(dst))
+    words = sum(struct.unpack("!10H", hdr))
+    while words >> 16:
+        words = (words & 0xFFFF) + (words >> 16)
+    hdr = hdr[:10] + struct.pack("!H", ~words & 0xFFFF) + hdr[12:]
+    try:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e))
+    s.sendto(hdr + udp, (ifname, 0x0800, 0, 0, bytes.fromhex(gw_mac.replace(":", ""))))
+    return "SENT"
 def make(fam, typ, proto):
     try:
         socket.socket(getattr(socket, fam), getattr(socket, typ), int(proto)).close()
@@ -83,6 +100,8 @@ for step in sys.argv[1:]:
         out.append(connect(*rest))
     elif kind == "socket":
         out.append(make(*rest))
+    elif kind == "packet-udp":
+        out.append(packet_udp(*rest))
     else:
         r = subprocess.run([kind] + rest, capture_output=True, text=True)
         out.append("OK" if r.returncode == 0 else r.stderr.strip())
@@ -374,6 +393,117 @@ class ContainerEgress(ContainerNode):
             r = c.run([sys.executable, "-c", PY_SDK], resolv_conf=self.resolv, env=self.sdk_env())
             self.assertEqual(r.returncode, 0, "%s: %s" % (name, r.stderr))
             self.assertEqual(json.loads(r.stdout), {"content": "hello from upstream", "model": "served-model"})
+
+
+class ContainerEscapes(ContainerNode):
+    """Root of container A's user namespace (CAP_NET_ADMIN and CAP_NET_RAW in
+    its network namespace) tries to get out. Each attempt runs in the cgroup
+    (the attached sandbox) and, as a control, from the same namespaces outside
+    the cgroup, where only the agent's own checks stand."""
+
+    TAG = "ctresc"
+
+    def agent_ports(self):
+        ports = self.agent.status()["agent"]
+        return [ports["terminator_port"], ports["relay_port"], ports["plain_http_port"]]
+
+    def refused_records(self, since):
+        return self.agent.wait_audit(lambda r: r.get("event") == "redirect" and r.get("verdict") == "refused",
+                                     since=since)
+
+    def test_escape_raw_and_packet_sockets_from_the_namespace_root(self):
+        """Raw inet sockets: refused by cgroup/sock_create in every namespace."""
+        kinds = ["socket AF_INET SOCK_RAW 6", "socket AF_INET SOCK_RAW 17", "socket AF_INET SOCK_RAW 1",
+                 "socket AF_INET6 SOCK_RAW 58", "socket AF_INET6 SOCK_RAW 6"]
+        since = len(self.agent.audit_records())
+        self.assertEqual(self.a.probe(*kinds), ["EPERM"] * len(kinds))
+        recs = self.agent.wait_audit(lambda r: r.get("event") == "socket" and r.get("cgroup_id") == self.a.cgroup_id,
+                                     since=since, count=len(kinds))
+        self.assertEqual(len(recs), len(kinds), recs)
+        # The control: the capability is there, the refusal is the sandbox's hook.
+        self.assertEqual(self.a.probe(*kinds, in_cgroup=False), ["OK"] * len(kinds))
+
+    def test_escape_packet_socket_from_the_namespace_root_is_refused_or_named(self):
+        """Packet sockets are not inet sockets: only lsm_cgroup refuses them.
+        Where the kernel cannot run it, a namespace root's hand-built datagram
+        to the denied server leaves through the node's forwarding, so `status`
+        must name every process that can do it: here root of a user namespace
+        that owns the container's network namespace."""
+        mac = sh(IP, "-o", "link", "show", "brA").split("link/ether ")[1].split()[0]
+        send = "packet-udp eth0 %s %s %s %d" % (mac, INSIDE, DENIED, self.denied_udp.port)
+        if self.agent.status()["agent"].get("packet_socket_refusal"):
+            self.assertEqual(self.a.probe(send), ["EPERM"])
+            self.assertEqual(self.denied_udp.received, [])
+            return
+        holder = subprocess.Popen(in_container_argv(self.a.netns, self.a.cg.path,
+                                                    ["nsenter", "--user=" + self.a.userns, "sleep", "60"]))
+        self.addCleanup(holder.wait)
+        self.addCleanup(holder.kill)
+        self.assertEqual(self.a.probe(send), ["SENT"])
+        arrived = harness.wait_until(lambda: list(self.denied_udp.received), timeout=3)
+        named = harness.wait_until(lambda: str(holder.pid) in self.agent.ctl("status", "--json").stdout, timeout=10)
+        self.assertTrue(named, "status does not name pid %d, root of the user namespace owning %s's network "
+                        "namespace (packet socket datagram %s the denied server)"
+                        % (holder.pid, self.a.cg.path, "reached" if arrived else "did not reach"))
+
+    def test_escape_straight_to_the_agents_listeners_and_responders(self):
+        dns_a, dns_b = self.dns_port(self.a), self.dns_port(self.b)
+        steps = ["connect %s %d tcp" % (GATEWAY, p) for p in self.agent_ports()]
+        steps += ["connect %s %d udp" % (GATEWAY, dns_a), "connect %s %d udp" % (GATEWAY, dns_b)]
+        self.assertEqual(self.a.probe(*steps), ["EPERM"] * len(steps))
+        since = len(self.agent.audit_records())
+        out = self.a.probe(*steps, in_cgroup=False)
+        # No original-destination record: the listeners close at once (and say so) ...
+        for port, got in zip(self.agent_ports(), out):
+            self.assertNotIn("HTTP", got, port)
+        self.assertGreaterEqual(len(self.refused_records(since)), 1, out)
+        # ... and B's responder is bound to B's bridge: A's datagram never reaches it.
+        self.assertIn(out[-1], ("TIMEOUT", "ECONNREFUSED"))
+
+    def test_escape_spoofing_a_neighbours_and_the_agents_address(self):
+        """A takes 10.88.0.3 (a neighbour on a shared bridge) and forges the
+        agent's own 10.88.0.1 as source (IP_FREEBIND) to reach the agent's
+        listeners and B's DNS responder without a redirect. (B's address is
+        A's own: the identical addresses are ContainerEgress.)"""
+        dns_b = self.dns_port(self.b)
+        term = self.agent_ports()[0]
+        tries = ["connect %s %d tcp %s" % (GATEWAY, term, NEIGHBOUR),
+                 "connect %s %d udp %s" % (GATEWAY, dns_b, NEIGHBOUR),
+                 "connect %s %d tcp %s" % (GATEWAY, term, GATEWAY), "connect %s %d udp %s" % (GATEWAY, dns_b, GATEWAY)]
+        try:
+            out = self.a.probe("ip addr add %s/24 dev eth0" % NEIGHBOUR, *tries)
+            self.assertEqual(out, ["OK"] + ["EPERM"] * 4)
+            since = len(self.agent.audit_records())
+            out = self.a.probe(*tries, in_cgroup=False)
+            self.assertNotIn("HTTP", out[0])
+            self.assertIn(out[1], ("TIMEOUT", "ECONNREFUSED"), out)
+            # The agent's own address as source: unroutable in A, a martian at the bridge.
+            for got in out[2:]:
+                self.assertIn(got, ("TIMEOUT", "ENETUNREACH", "EINVAL"), out)
+            if out[0].startswith("OK"):
+                self.assertTrue(self.refused_records(since), "the listener served a spoofed, unredirected connection")
+        finally:
+            self.a.admin("addr", "del", NEIGHBOUR + "/24", "dev", "eth0", check=False)
+
+    def test_escape_adding_routes(self):
+        """New routes change where packets go, not what the hooks decide: a
+        route to the node's own addresses or a direct route to the denied
+        server still ends in EPERM, and neither listener sees a thing."""
+        node_service = CountingListener(harness.FAKE_RESOLVER)
+        self.addCleanup(node_service.close)
+        routes = ["%s/32 via %s" % (harness.FAKE_RESOLVER, GATEWAY), "192.0.2.128/30 via %s" % GATEWAY,
+                  "%s/32 dev eth0" % DENIED]
+        try:
+            out = self.a.probe(*["ip route add " + r for r in routes],
+                               "connect %s %d tcp" % (harness.FAKE_RESOLVER, node_service.port),
+                               "connect %s %d tcp" % (UPLINK, node_service.port),
+                               "connect %s %d tcp" % (DENIED, self.denied.port))
+            self.assertEqual(out, ["OK"] * 3 + ["EPERM"] * 3)
+        finally:
+            for r in routes:
+                self.a.admin("route", "del", *r.split(), check=False)
+        self.assertEqual(node_service.accepted, [])
+        self.assertEqual(self.denied.accepted, [])
 
 
 if __name__ == "__main__":

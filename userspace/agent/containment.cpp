@@ -4,6 +4,8 @@
 
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/nsfs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -39,9 +41,37 @@ constexpr CapName kBreaking[] = {
     {CAP_MKNOD, "CAP_MKNOD"},             {CAP_SYS_BOOT, "CAP_SYS_BOOT"},
 };
 
+// What a user namespace's root can do in a network namespace it owns: send
+// packets no socket hook sees, reroute or readdress the sandbox.
+constexpr uint64_t kNetworkCaps = (1ULL << CAP_NET_RAW) | (1ULL << CAP_NET_ADMIN);
+
 std::string user_ns(const std::string& pid) {
     std::error_code ec;
     return fs::read_symlink("/proc/" + pid + "/ns/user", ec).string();
+}
+
+// Whether PID's user namespace owns its network namespace or an ancestor of
+// that owner: then its CAP_NET_RAW/CAP_NET_ADMIN count there (a rootless or
+// user-namespaced container's root can open packet sockets in its own netns).
+// Unknown counts as yes: flagged, not missed.
+bool owns_its_network_namespace(const std::string& pid) {
+    struct stat mine {};
+    if (::stat(("/proc/" + pid + "/ns/user").c_str(), &mine) != 0) return true;
+    int fd = ::open(("/proc/" + pid + "/ns/net").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return true;
+    int owner = ::ioctl(fd, NS_GET_USERNS);
+    ::close(fd);
+    if (owner < 0) return true;
+    // Up the owner's ancestry (the kernel stops at the agent's own namespace).
+    for (int depth = 0; owner >= 0 && depth < 33; ++depth) {
+        struct stat st {};
+        bool same = ::fstat(owner, &st) == 0 && st.st_ino == mine.st_ino && st.st_dev == mine.st_dev;
+        int parent = same ? -1 : ::ioctl(owner, NS_GET_PARENT);
+        ::close(owner);
+        if (same) return true;
+        owner = parent;
+    }
+    return false;
 }
 
 // What PID holds or can take back without help, from /proc/PID/status:
@@ -136,14 +166,18 @@ std::vector<CapableProcess> capable_processes(const std::string& cgroup, size_t 
         while (in >> pid && out.size() < limit) {
             auto caps = reachable_caps(pid);
             if (!caps || !(*caps & enforcement_breaking_caps())) continue;
-            // Capabilities count only in the namespace they are held in.
-            // (An unreadable namespace counts as the host's: flagged, not missed.)
-            if (auto ns = user_ns(pid); !ns.empty() && ns != host_ns) continue;
+            // Capabilities count only in the namespace they are held in
+            // (an unreadable namespace counts as the host's: flagged, not
+            // missed), and a network namespace that namespace owns.
+            uint64_t counted = *caps & enforcement_breaking_caps();
+            if (auto ns = user_ns(pid); !ns.empty() && ns != host_ns)
+                counted &= owns_its_network_namespace(pid) ? kNetworkCaps : 0;
+            if (!counted) continue;
             CapableProcess p;
             p.pid = static_cast<pid_t>(std::stol(pid));
             std::ifstream comm("/proc/" + pid + "/comm");
             std::getline(comm, p.comm);
-            p.caps = *caps & enforcement_breaking_caps();
+            p.caps = counted;
             out.push_back(std::move(p));
         }
     }
