@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 from fake_dns import A, FakeDns  # noqa: E402
 from harness import Agent, write_policy  # noqa: E402
-from test_run import PY, CountingListener  # noqa: E402
+from test_run import NODE_DIR, PY, CountingListener  # noqa: E402
 
 POOL = "192.0.2.64/26"
 INTERNET = "192.0.2.200"
@@ -188,9 +188,10 @@ class NetnsWorld(unittest.TestCase):
         cls.agent.cleanup()
         subprocess.run([IP, "netns", "del", cls.inet], capture_output=True)
 
-    def run_netns(self, policy, argv, timeout=60, extra=()):
+    def run_netns(self, policy, argv, timeout=60, extra=(), env_extra=None):
         args = [harness.REDIRCTL, "run", "--netns"] + list(extra) + (["--policy", policy] if policy else [])
-        return subprocess.run(args + ["--"] + argv, capture_output=True, text=True, env=self.env, timeout=timeout)
+        return subprocess.run(args + ["--"] + argv, capture_output=True, text=True,
+                              env=dict(self.env, **(env_extra or {})), timeout=timeout)
 
     def probe(self, policy, *steps, extra=()):
         r = self.run_netns(policy, [PY, "-c", PROBE, IP] + list(steps), extra=extra)
@@ -349,6 +350,31 @@ class RunNetnsRedirects(NetnsWorld):
                                      since=before)
         self.assertTrue(recs, self.agent.audit_records()[before:])
         self.assertEqual((recs[-1]["model_requested"], recs[-1]["model_used"]), ("gpt-whatever", "demo-model"))
+
+    def test_openai_node_sdk_with_only_what_run_sets(self):
+        """The official OpenAI Node SDK: base URL, CA and placeholder key all
+        come from the environment run sets."""
+        for mode in ("plain", "stream"):
+            r = self.run_netns(None, ["node", os.path.join(NODE_DIR, "openai_client.js"), mode],
+                               env_extra={"NODE_PATH": os.path.join(NODE_DIR, "node_modules")})
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            out = json.loads(r.stdout)
+            text = out["content"] if mode == "plain" else "".join(e["text"] for e in out["events"])
+            self.assertIn("mock response", text, out)
+
+    def test_openai_python_sdk_with_only_what_run_sets(self):
+        if subprocess.run([PY, "-c", "import openai"], capture_output=True).returncode != 0:
+            self.skipTest("the official OpenAI Python SDK (`openai`) is not installed: Debian 12 does not package "
+                          "it and PyPI is not reachable from this machine (scripts/install-deps.sh installs "
+                          "python3-openai where Debian has it); test_openai_node_sdk_with_only_what_run_sets "
+                          "covers the same path")
+        code = ("import json, openai\nr = openai.OpenAI().chat.completions.create(model='client-model', "
+                "messages=[{'role': 'user', 'content': 'hi'}])\nprint(json.dumps([r.model, r.choices[0].message.content]))")
+        r = self.run_netns(None, [PY, "-c", code])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        model, content = json.loads(r.stdout)
+        self.assertEqual(model, "demo-model")
+        self.assertIn("mock response", content)
 
     def test_allowed_name_resolves_and_connects_denied_name_nxdomain(self):
         before = len(self.agent.audit_records())
