@@ -127,13 +127,24 @@ def sh(*argv):
 def node_ruleset(zones):
     """What a runtime's node does for its bridges, plus what identical container
     addresses need: each bridge's connections in a conntrack zone of their own
-    (identical tuples stay apart) and marked, so the answer, once
-    un-masqueraded, is routed back to the bridge it came from."""
-    raw = "\n".join('    iifname "%s" ct original zone set %d' % (br, z) for br, z in zones)
+    (identical tuples stay apart: without zones conntrack would remap the
+    source port of the second, and the agent would find no original
+    destination for it) and marked, so the answer, once un-masqueraded, is
+    routed back to the bridge it came from. Connections to the node itself are
+    zoned both ways; forwarded ones only in the original direction, as their
+    answers come in through the uplink."""
+    raw = "\n".join('    iifname "%s" fib daddr type local ct zone set %d\n'
+                     '    iifname "%s" fib daddr type != local ct original zone set %d' % (br, z, br, z)
+                     for br, z in zones)
+    out = "\n".join('    oifname "%s" ct zone set %d' % (br, z) for br, z in zones)
     mark = "\n".join('    iifname "%s" ct mark set %d' % (br, z) for br, z in zones)
     return """table ip redir_e2e_node {
   chain raw_pre {
     type filter hook prerouting priority raw; policy accept;
+%s
+  }
+  chain raw_out {
+    type filter hook output priority raw; policy accept;
 %s
   }
   chain mangle_pre {
@@ -146,7 +157,7 @@ def node_ruleset(zones):
     oifname "up0" masquerade
   }
 }
-""" % (raw, mark)
+""" % (raw, out, mark)
 
 
 class UdpSentinel:
@@ -371,6 +382,27 @@ class ContainerEgress(ContainerNode):
                              ("injected", "authorization", "OPENAI_API_KEY"), r)
         with open(self.agent.audit_log) as f:
             self.assertNotIn(SECRET, f.read())
+
+    def test_identical_four_tuples_at_once_keep_their_own_sandbox(self):
+        """Both containers call inference.local at the same time from the same
+        address AND source port: two connections with one 4-tuple, one per
+        namespace. Each is answered, and each record names its own cgroup."""
+        since = len(self.agent.audit_records())
+        procs = {}
+        for name, c in self.containers():
+            argv = in_container_argv(c.netns, c.cg.path, [
+                "nsenter", "--user=" + c.userns, "curl", "-sS", "--fail-with-body", "-m", "20", "--local-port",
+                "40123", "https://inference.local/v1/chat/completions", "-H", "content-type: application/json",
+                "-d", '{"model":"same-port-%s","messages":[{"role":"user","content":"hi"}]}' % name], self.resolv)
+            procs[name] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                           env=dict(os.environ, **self.ca_env()))
+        for name, p in procs.items():
+            out, err = p.communicate(timeout=60)
+            self.assertEqual(p.returncode, 0, "%s: %s %s" % (name, out, err))
+        recs = self.agent.wait_audit(lambda r: r.get("event") == "inference" and
+                                     str(r.get("model_requested")).startswith("same-port-"), since=since, count=2)
+        self.assertEqual({r["model_requested"]: r["cgroup_id"] for r in recs},
+                         {"same-port-A": self.a.cgroup_id, "same-port-B": self.b.cgroup_id}, recs)
 
     def test_openai_node_sdk_reaches_inference_local(self):
         for name, c in self.containers():
