@@ -18,6 +18,7 @@ user-namespaced container.
 """
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -255,7 +256,16 @@ class ContainerNode(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp, _ = harness.isolated(cls, cls.TAG)
-        cls.closing = []
+        cls.closing = [lambda: shutil.rmtree(cls.tmp, ignore_errors=True)]
+        try:
+            cls.build()
+        except BaseException:
+            # unittest skips tearDownClass when setUpClass fails: nothing may stay behind.
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def build(cls):
         # The fake internet is upstream, not on this namespace's lo.
         for a in ("203.0.113.1/24", "198.51.100.1/24"):
             sh(IP, "addr", "del", a, "dev", "lo")
