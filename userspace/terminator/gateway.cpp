@@ -491,27 +491,6 @@ http::response<http::buffer_body> response_head(const http::response_header<>& u
     return res;
 }
 
-// Reads usage from the body as it passes: per SSE event, or from a bounded
-// copy of a JSON body.
-class UsageTap {
-public:
-    explicit UsageTap(const ResponsePlan& plan) : sse_(plan.sse && !plan.encoded), json_(plan.json_body) {}
-    void feed(std::string_view data) {
-        if (sse_) scanner_.feed(data);
-        if (json_ && copy_.size() + data.size() <= kMaxCopy) copy_.append(data);
-    }
-    void finish(Usage& out) const {
-        if (sse_) out = scanner_.usage();
-        if (json_ && !copy_.empty()) extract_usage(copy_, out);
-    }
-
-private:
-    static constexpr std::size_t kMaxCopy = 4 << 20;
-    bool sse_, json_;
-    SseUsageScanner scanner_;
-    std::string copy_;
-};
-
 // Writes one piece of the response body (or, with DATA empty and MORE false,
 // its end) through SR.
 template <class Stream>
@@ -625,11 +604,11 @@ awaitable<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& u
     UsageTap tap(plan);
     beast::error_code upstream_ec;
     const auto pumped = co_await pump_body(gw, s, sr, res, plan, up, watch, tap, log, upstream_ec);
+    tap.finish(log.usage);  // what the provider reported before any break is still charged
     if (pumped == Pumped::ClientGone) {
         log.error = "client closed the connection";
         co_return false;
     }
-    tap.finish(log.usage);
     if (pumped == Pumped::UpstreamBroke) {
         up.conn->close();
         co_return co_await end_broken_response(gw, s, call, plan, sr, res, upstream_ec, log);
@@ -916,6 +895,7 @@ awaitable<bool> respond(Impl& gw, Stream& s, beast::flat_buffer& buf, Incoming& 
     log.credential = profile.local ? CredentialUse{} : credential_use(profile, provider);
     if (profile.local) {
         auto m = mock_reply(ep, rw.body, cfg.model, rw.stream);
+        log.usage = usage_of(m);
         co_return co_await send_mock(gw, s, m, keep_alive, log);
     }
 

@@ -201,13 +201,6 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
     }
 };
 
-void usage_from(const rapidjson::Value& u, Usage& out) {
-    if (!u.IsObject()) return;
-    for (const auto& m : u.GetObject()) {
-        if (m.value.IsUint64()) out.counts[m.name.GetString()] = m.value.GetUint64();
-    }
-}
-
 int hexval(char c) {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -688,40 +681,6 @@ std::string model_json(ApiShape shape, const InferenceConfig& cfg) {
     return std::string(sb.GetString(), sb.GetSize());
 }
 
-void extract_usage(std::string_view json, Usage& out) {
-    rapidjson::Document d;
-    d.Parse<rapidjson::kParseIterativeFlag>(json.data(), json.size());
-    if (d.HasParseError() || !d.IsObject()) return;
-    if (auto u = d.FindMember("usage"); u != d.MemberEnd()) usage_from(u->value, out);
-    for (const char* outer : {"message", "response"}) {
-        auto m = d.FindMember(outer);
-        if (m == d.MemberEnd() || !m->value.IsObject()) continue;
-        if (auto u = m->value.FindMember("usage"); u != m->value.MemberEnd()) usage_from(u->value, out);
-    }
-}
-
-void SseUsageScanner::feed(std::string_view data) {
-    constexpr size_t kMaxLine = 1 << 20;
-    for (char c : data) {
-        if (c == '\n') {
-            std::string_view l = line_;
-            if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
-            if (!overflow_ && l.rfind("data:", 0) == 0 && l.find("\"usage\"") != std::string_view::npos)
-                extract_usage(l.substr(5), usage_);
-            line_.clear();
-            overflow_ = false;
-            continue;
-        }
-        if (overflow_) continue;
-        if (line_.size() >= kMaxLine) {
-            overflow_ = true;
-            line_.clear();
-            continue;
-        }
-        line_ += c;
-    }
-}
-
 std::string request_log_json(const RequestLog& r) {
     rapidjson::StringBuffer sb;
     Writer w(sb);
@@ -756,12 +715,17 @@ std::string request_log_json(const RequestLog& r) {
     w.Uint64(r.bytes_out);
     key(w, "duration_ms");
     w.Double(static_cast<double>(static_cast<int64_t>(r.duration_ms * 1000)) / 1000.0);
-    if (!r.usage.empty()) {
+    if (r.usage.known()) {
+        // Only what the provider reported: a side it left out is omitted, not 0.
         key(w, "usage");
         w.StartObject();
-        for (const auto& [k, v] : r.usage.counts) {
-            key(w, k);
-            w.Uint64(v);
+        if (r.usage.input_tokens) {
+            key(w, "input_tokens");
+            w.Uint64(*r.usage.input_tokens);
+        }
+        if (r.usage.output_tokens) {
+            key(w, "output_tokens");
+            w.Uint64(*r.usage.output_tokens);
         }
         w.EndObject();
     }

@@ -15,6 +15,7 @@
 #include "terminator/limits.hpp"
 #include "terminator/profiles.hpp"
 #include "terminator/store.hpp"
+#include "terminator/usage.hpp"
 
 namespace redir::terminator {
 
@@ -156,26 +157,6 @@ std::string upstream_target(const BaseUrl& base, const Profile& profile, const s
 // GET /v1/models and /v1/models/{id} bodies.
 std::string models_list_json(ApiShape shape, const InferenceConfig& cfg);
 std::string model_json(ApiShape shape, const InferenceConfig& cfg);
-
-// Token counts from a provider response ("usage" of OpenAI and Anthropic
-// bodies, "message.usage" / "response.usage" of streamed events).
-struct Usage {
-    std::map<std::string, uint64_t> counts;
-    bool empty() const { return counts.empty(); }
-};
-void extract_usage(std::string_view json, Usage& out);
-
-// Follows an SSE stream piece by piece and keeps the last usage it saw.
-class SseUsageScanner {
-public:
-    void feed(std::string_view data);
-    const Usage& usage() const { return usage_; }
-
-private:
-    std::string line_;
-    bool overflow_ = false;
-    Usage usage_;
-};
 
 // One line of the access log per request. Holds no credential and no prompt.
 struct RequestLog {

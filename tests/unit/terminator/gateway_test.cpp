@@ -328,7 +328,7 @@ TEST_P(GatewayTest, RewritesModelSwapsCredentialAndFiltersHeaders) {
     EXPECT_EQ(l[0].conn.cgroup_id, 4242u);
     EXPECT_EQ(l[0].model_used, "gpt-configured");
     EXPECT_EQ(l[0].status, 200);
-    EXPECT_EQ(l[0].usage.counts.at("total_tokens"), 7u);
+    EXPECT_EQ(l[0].usage.total(), 7u);
     auto line = request_log_json(l[0]);
     EXPECT_FALSE(contains(line, "sk-provider-secret")) << line;
     // The record says the credential went with the call, by header and key name only.
@@ -541,7 +541,8 @@ TEST_P(GatewayTest, UsageFromTheFinalSseChunkIsLogged) {
     auto l = wait_logs(1);
     ASSERT_EQ(l.size(), 1u);
     EXPECT_TRUE(l[0].stream);
-    EXPECT_EQ(l[0].usage.counts.at("total_tokens"), 10u);
+    EXPECT_EQ(l[0].usage.input_tokens, 9u);
+    EXPECT_EQ(l[0].usage.output_tokens, 1u);
     EXPECT_EQ(l[0].bytes_out, res.body().size());
 }
 

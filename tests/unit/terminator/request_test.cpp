@@ -138,17 +138,6 @@ TEST(Errors, Shapes) {
               R"({"error":{"message":"bad \"x\"","type":"invalid_request_error","param":null,"code":null}})");
 }
 
-TEST(Usage, FromBodiesAndStreams) {
-    Usage u;
-    extract_usage(R"({"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}})", u);
-    EXPECT_EQ(u.counts["total_tokens"], 7u);
-    SseUsageScanner s;
-    s.feed("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":11,");
-    s.feed("\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"usage\":{\"output_tokens\":9}}\n\n");
-    EXPECT_EQ(s.usage().counts.at("input_tokens"), 11u);
-    EXPECT_EQ(s.usage().counts.at("output_tokens"), 9u);
-}
-
 // That the access log carries no secret is shown on real requests:
 // GatewayTest.AccessLogNeverCarriesSecretsOrPrompt (a record built by hand proves nothing).
 TEST(Log, IsOneJsonObjectWithTheFields) {

@@ -1,0 +1,364 @@
+// Usage extraction: a push JSON scanner that keeps only the provider's usage
+// objects, and the SSE line machine that feeds it one event at a time.
+#include "terminator/usage.hpp"
+
+#include "terminator/mock.hpp"
+#include "terminator/request.hpp"
+
+namespace redir::terminator {
+
+namespace {
+
+bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+bool is_digit(char c) { return c >= '0' && c <= '9'; }
+bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+
+std::uint64_t saturating_add(std::uint64_t a, std::uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+
+void take(std::optional<std::uint64_t>& into, const std::optional<std::uint64_t>& later) {
+    if (later) into = later;
+}
+
+}  // namespace
+
+std::uint64_t Usage::total() const { return saturating_add(input_tokens.value_or(0), output_tokens.value_or(0)); }
+
+void UsageFields::merge(const UsageFields& later) {
+    take(prompt_tokens, later.prompt_tokens);
+    take(completion_tokens, later.completion_tokens);
+    take(input_tokens, later.input_tokens);
+    take(output_tokens, later.output_tokens);
+    take(cache_creation_input_tokens, later.cache_creation_input_tokens);
+    take(cache_read_input_tokens, later.cache_read_input_tokens);
+}
+
+Usage UsageFields::usage() const {
+    Usage u;
+    if (prompt_tokens) {
+        u.input_tokens = prompt_tokens;
+    } else if (input_tokens || cache_creation_input_tokens || cache_read_input_tokens) {
+        u.input_tokens = saturating_add(
+            input_tokens.value_or(0),
+            saturating_add(cache_creation_input_tokens.value_or(0), cache_read_input_tokens.value_or(0)));
+    }
+    u.output_tokens = completion_tokens ? completion_tokens : output_tokens;
+    return u;
+}
+
+// ---- JSON ----
+
+void JsonUsageScanner::restart() {
+    st_ = St::Value;
+    depth_ = 0;
+    wrapper_depth_ = 0;
+    usage_depth_ = 0;
+    key_len_ = 0;
+    key_long_ = false;
+    pending_ = {};
+}
+
+bool JsonUsageScanner::in_object() const {
+    if (depth_ == 0) return false;
+    const int i = depth_ - 1;
+    return (kinds_[i / 64] >> (i % 64)) & 1u;
+}
+
+bool JsonUsageScanner::key_is(std::string_view k) const {
+    return in_object() && !key_long_ && std::string_view(key_, key_len_) == k;
+}
+
+void JsonUsageScanner::open(bool object) {
+    if (depth_ >= kMaxDepth) {
+        st_ = St::Broken;
+        return;
+    }
+    const int i = depth_;
+    const std::uint64_t bit = std::uint64_t{1} << (i % 64);
+    if (object)
+        kinds_[i / 64] |= bit;
+    else
+        kinds_[i / 64] &= ~bit;
+    ++depth_;
+    st_ = object ? St::KeyOrEnd : St::ValueOrEnd;
+}
+
+void JsonUsageScanner::close(bool object) {
+    if (depth_ == 0 || in_object() != object) {
+        st_ = St::Broken;
+        return;
+    }
+    if (usage_depth_ == depth_) {
+        // The whole usage object arrived: only now do its members count.
+        taken_.merge(pending_);
+        pending_ = {};
+        usage_depth_ = 0;
+    }
+    if (wrapper_depth_ == depth_) wrapper_depth_ = 0;
+    --depth_;
+    st_ = depth_ == 0 ? St::Done : St::AfterValue;
+}
+
+void JsonUsageScanner::begin_value(char c) {
+    if (depth_ == 0 && c != '{') {
+        st_ = St::Broken;  // the provider's framing is always an object
+        return;
+    }
+    if (c == '{') {
+        const bool member = in_object();
+        if (member && depth_ == 1 && usage_depth_ == 0 && key_is("usage")) {
+            open(true);
+            usage_depth_ = depth_;
+            pending_ = {};
+        } else if (member && depth_ == 1 && (key_is("message") || key_is("response"))) {
+            open(true);
+            wrapper_depth_ = depth_;
+        } else if (member && depth_ == 2 && wrapper_depth_ == 2 && usage_depth_ == 0 && key_is("usage")) {
+            open(true);
+            usage_depth_ = depth_;
+            pending_ = {};
+        } else {
+            open(true);
+        }
+        return;
+    }
+    if (c == '[') return open(false);
+    if (c == '"') {
+        st_ = St::Str;
+        str_is_key_ = false;
+        return;
+    }
+    if (c == '-' || is_digit(c)) {
+        st_ = St::Number;
+        num_ = is_digit(c) ? static_cast<std::uint64_t>(c - '0') : 0;
+        num_bad_ = c == '-';
+        num_field_ = nullptr;
+        if (usage_depth_ != 0 && depth_ == usage_depth_ && in_object() && !key_long_) {
+            const std::string_view k(key_, key_len_);
+            if (k == "prompt_tokens") num_field_ = &pending_.prompt_tokens;
+            else if (k == "completion_tokens") num_field_ = &pending_.completion_tokens;
+            else if (k == "input_tokens") num_field_ = &pending_.input_tokens;
+            else if (k == "output_tokens") num_field_ = &pending_.output_tokens;
+            else if (k == "cache_creation_input_tokens") num_field_ = &pending_.cache_creation_input_tokens;
+            else if (k == "cache_read_input_tokens") num_field_ = &pending_.cache_read_input_tokens;
+        }
+        return;
+    }
+    if (is_alpha(c)) {
+        st_ = St::Literal;
+        return;
+    }
+    st_ = St::Broken;
+}
+
+void JsonUsageScanner::end_number() {
+    if (num_field_ && !num_bad_) *num_field_ = num_;
+    num_field_ = nullptr;
+    st_ = St::AfterValue;
+}
+
+bool JsonUsageScanner::step(char c) {
+    switch (st_) {
+        case St::Value:
+            if (!is_ws(c)) begin_value(c);
+            return true;
+        case St::ValueOrEnd:
+            if (is_ws(c)) return true;
+            if (c == ']') {
+                close(false);
+                return true;
+            }
+            begin_value(c);
+            return true;
+        case St::KeyOrEnd:
+        case St::Key:
+            if (is_ws(c)) return true;
+            if (c == '"') {
+                st_ = St::Str;
+                str_is_key_ = true;
+                key_len_ = 0;
+                key_long_ = false;
+            } else if (c == '}' && st_ == St::KeyOrEnd) {
+                close(true);
+            } else {
+                st_ = St::Broken;
+            }
+            return true;
+        case St::Colon:
+            if (c == ':') st_ = St::Value;
+            else if (!is_ws(c)) st_ = St::Broken;
+            return true;
+        case St::AfterValue:
+            if (is_ws(c)) return true;
+            if (c == ',') st_ = in_object() ? St::Key : St::Value;
+            else if (c == '}') close(true);
+            else if (c == ']') close(false);
+            else st_ = St::Broken;
+            return true;
+        case St::Str:
+            if (c == '\\') {
+                st_ = St::Esc;
+            } else if (c == '"') {
+                st_ = str_is_key_ ? St::Colon : St::AfterValue;
+            } else if (str_is_key_) {
+                if (key_len_ < kKeyMax) key_[key_len_++] = c;
+                else key_long_ = true;
+            }
+            return true;
+        case St::Esc:
+            // An escaped key never names a usage field: providers write them plainly.
+            if (str_is_key_) key_long_ = true;
+            st_ = St::Str;
+            return true;
+        case St::Number:
+            if (is_digit(c)) {
+                if (!num_bad_) {
+                    num_ = num_ * 10 + static_cast<std::uint64_t>(c - '0');
+                    if (num_ > kMaxTokenCount) num_bad_ = true;
+                }
+                return true;
+            }
+            if (c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-') {
+                num_bad_ = true;
+                return true;
+            }
+            end_number();
+            return false;
+        case St::Literal:
+            if (is_alpha(c)) return true;
+            st_ = St::AfterValue;
+            return false;
+        case St::Done:
+        case St::Broken:
+            return true;
+    }
+    return true;
+}
+
+void JsonUsageScanner::feed(std::string_view b) {
+    std::size_t i = 0;
+    const std::size_t n = b.size();
+    while (i < n) {
+        if (st_ == St::Done || st_ == St::Broken) return;
+        if (st_ == St::Str && !str_is_key_) {
+            // Most of an answer is text: skip it without a state step per byte.
+            while (i < n && b[i] != '"' && b[i] != '\\') ++i;
+            if (i == n) return;
+        }
+        if (step(b[i])) ++i;
+    }
+}
+
+// ---- SSE ----
+
+void SseUsageScanner::begin_data() {
+    // Data lines of one event are joined with a newline (JSON whitespace).
+    if (data_in_event_) json_.feed("\n");
+    data_in_event_ = true;
+}
+
+void SseUsageScanner::end_line() {
+    switch (line_) {
+        case Line::Start:
+            // A blank line dispatches the event; the next one is a new document.
+            json_.restart();
+            data_in_event_ = false;
+            break;
+        case Line::Field:
+            if (std::string_view(field_, field_len_) == "data") begin_data();  // "data" alone: empty value
+            break;
+        case Line::ValueStart:
+        case Line::Data:
+        case Line::Skip:
+            break;
+    }
+    line_ = Line::Start;
+}
+
+void SseUsageScanner::feed(std::string_view b) {
+    std::size_t i = 0;
+    const std::size_t n = b.size();
+    auto eol = [&](std::size_t from) {
+        while (from < n && b[from] != '\n' && b[from] != '\r') ++from;
+        return from;
+    };
+    while (i < n) {
+        const char c = b[i];
+        if (after_cr_) {
+            after_cr_ = false;
+            if (c == '\n') {  // the LF of a CRLF
+                ++i;
+                continue;
+            }
+        }
+        if (c == '\n' || c == '\r') {
+            end_line();
+            after_cr_ = c == '\r';
+            ++i;
+            continue;
+        }
+        switch (line_) {
+            case Line::Start:
+                field_len_ = 0;
+                line_ = c == ':' ? Line::Skip : Line::Field;  // ':' starts a comment
+                if (c != ':') field_[field_len_++] = c;
+                ++i;
+                break;
+            case Line::Field:
+                if (c == ':') {
+                    if (std::string_view(field_, field_len_) == "data") {
+                        begin_data();
+                        line_ = Line::ValueStart;
+                    } else {
+                        line_ = Line::Skip;
+                    }
+                } else if (field_len_ < sizeof(field_)) {
+                    field_[field_len_++] = c;
+                } else {
+                    line_ = Line::Skip;  // longer than any field we read
+                }
+                ++i;
+                break;
+            case Line::ValueStart:
+                line_ = Line::Data;
+                if (c == ' ') ++i;  // one space after the colon is not part of the value
+                break;
+            case Line::Data: {
+                const std::size_t j = eol(i);
+                json_.feed(b.substr(i, j - i));
+                i = j;
+                break;
+            }
+            case Line::Skip:
+                i = eol(i);
+                break;
+        }
+    }
+}
+
+// ---- The gateway's tap ----
+
+UsageTap::UsageTap(const ResponsePlan& plan)
+    : kind_(plan.sse && !plan.encoded ? Kind::Sse : plan.json_body ? Kind::Json : Kind::None) {}
+
+UsageTap::UsageTap(bool answer_is_sse) : kind_(answer_is_sse ? Kind::Sse : Kind::Json) {}
+
+void UsageTap::feed(std::string_view data) {
+    if (kind_ == Kind::Sse) sse_.feed(data);
+    else if (kind_ == Kind::Json) json_.feed(data);
+}
+
+void UsageTap::finish(Usage& out) const {
+    if (kind_ == Kind::Sse) out = sse_.usage();
+    else if (kind_ == Kind::Json) out = json_.fields().usage();
+    else out = {};
+}
+
+Usage usage_of(const MockReply& reply) {
+    UsageTap tap(reply.stream);
+    for (const auto& p : reply.pieces) tap.feed(p);
+    Usage u;
+    tap.finish(u);
+    return u;
+}
+
+}  // namespace redir::terminator
