@@ -39,6 +39,10 @@ class Recorder:
         # After two events, write a broken chunk whose text looks like SSE
         # events: the gateway's error must not let any of it through as events.
         self.forge_stream = False
+        # OpenAI's final chunk with empty choices and the usage, sent only when
+        # the request asks (stream_options.include_usage), as OpenAI does.
+        # Off: a provider that never reports usage in streams.
+        self.stream_usage = False
 
     def add(self, r):
         with self.lock:
@@ -47,6 +51,29 @@ class Recorder:
     def last(self):
         with self.lock:
             return self.requests[-1] if self.requests else None
+
+
+# Token counts the fake reports, one pair per answer kind (distinct, so a test
+# knows which answer was counted).
+USAGE = {
+    "chat": (3, 4), "chat_stream": (11, 5), "anthropic": (3, 4), "anthropic_stream": (3, 3),
+    "responses": (13, 6), "responses_stream": (17, 2),
+}
+
+
+def _echo_of(body):
+    """The text after "ECHO:" in the request's last user message (chat
+    messages, Anthropic messages or Responses input), else None: the model
+    saying what the sandbox asked it to say."""
+    if not isinstance(body, dict):
+        return None
+    text = body.get("input") if isinstance(body.get("input"), str) else None
+    for m in body.get("messages") or []:
+        if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str):
+            text = m["content"]
+    if text and text.startswith("ECHO:"):
+        return text[len("ECHO:"):]
+    return None
 
 
 def _handler(rec, name):
@@ -83,15 +110,21 @@ def _handler(rec, name):
                      "body": body, "provider": name})
             model = body.get("model") if isinstance(body, dict) else None
             stream = isinstance(body, dict) and body.get("stream")
+            self.echo = _echo_of(body)
+            opts = body.get("stream_options") if isinstance(body, dict) else None
+            self.include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
             if self.path.endswith("/messages"):
                 return self._anthropic(model, stream)
+            if self.path.endswith("/responses"):
+                return self._responses(model, stream)
             if stream:
                 return self._openai_stream(model)
+            p, c = USAGE["chat"]
             self._json(200, {
                 "id": "chatcmpl-1", "object": "chat.completion", "model": model, "provider": name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello from " + name},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": self.echo or "hello from " + name},
                              "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
+                "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})
 
         def _sse_start(self):
             self.send_response(200)
@@ -108,9 +141,10 @@ def _handler(rec, name):
         def _openai_stream(self, model):
             self._sse_start()
             for i in range(5):
+                text = (self.echo if i == 0 else "") if self.echo is not None else "tok%d " % i
                 ev = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
                       "sent_at": time.time(), "index": i,
-                      "choices": [{"index": 0, "delta": {"content": "tok%d " % i}, "finish_reason": None}]}
+                      "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
                 self._chunk("data: %s\n\n" % json.dumps(ev))
                 if rec.forge_stream and i == 1:
                     self.wfile.write(b"zz\r\n\n\nevent: forged\ndata: {\"forged\": true}\n\n\r\n")
@@ -122,15 +156,42 @@ def _handler(rec, name):
                     self.connection.shutdown(2)
                     return
                 time.sleep(rec.stream_gap)
+            if rec.stream_usage and self.include_usage:
+                p, c = USAGE["chat_stream"]
+                ev = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model, "sent_at": time.time(),
+                      "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}}
+                self._chunk("data: %s\n\n" % json.dumps(ev))
             self._chunk("data: [DONE]\n\n")
+            self.wfile.write(b"0\r\n\r\n")
+
+        def _responses(self, model, stream):
+            text = self.echo if self.echo is not None else "hello from " + name
+            done = {"id": "resp_1", "object": "response", "status": "completed", "model": model,
+                    "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                                "content": [{"type": "output_text", "text": text, "annotations": []}]}]}
+            if not stream:
+                p, c = USAGE["responses"]
+                done["usage"] = {"input_tokens": p, "output_tokens": c, "total_tokens": p + c}
+                return self._json(200, done)
+            p, c = USAGE["responses_stream"]
+            self._sse_start()
+            created = dict(done, status="in_progress", output=[], usage=None)
+            events = [("response.created", {"type": "response.created", "response": created}),
+                      ("response.output_text.delta", {"type": "response.output_text.delta", "item_id": "msg_1",
+                                                      "output_index": 0, "content_index": 0, "delta": text}),
+                      ("response.completed", {"type": "response.completed", "response": dict(
+                          done, usage={"input_tokens": p, "output_tokens": c, "total_tokens": p + c})})]
+            for ev, data in events:
+                self._chunk("event: %s\ndata: %s\n\n" % (ev, json.dumps(data)))
             self.wfile.write(b"0\r\n\r\n")
 
         def _anthropic(self, model, stream):
             if not stream:
+                p, c = USAGE["anthropic"]
                 return self._json(200, {
                     "id": "msg_1", "type": "message", "role": "assistant", "model": model,
-                    "content": [{"type": "text", "text": "hello from " + name}], "stop_reason": "end_turn",
-                    "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 4}})
+                    "content": [{"type": "text", "text": self.echo or "hello from " + name}], "stop_reason": "end_turn",
+                    "stop_sequence": None, "usage": {"input_tokens": p, "output_tokens": c}})
             self._sse_start()
             events = [
                 ("message_start", {"type": "message_start", "message": {
@@ -140,8 +201,9 @@ def _handler(rec, name):
                                          "content_block": {"type": "text", "text": ""}}),
             ]
             for i in range(3):
+                text = (self.echo if i == 0 else "") if self.echo is not None else "tok%d " % i
                 events.append(("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                       "delta": {"type": "text_delta", "text": "tok%d " % i}}))
+                                                       "delta": {"type": "text_delta", "text": text}}))
             events += [
                 ("content_block_stop", {"type": "content_block_stop", "index": 0}),
                 ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",

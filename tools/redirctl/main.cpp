@@ -6,6 +6,7 @@
 #include <iostream>
 #include <optional>
 #include <cstring>
+#include <ctime>
 #include <map>
 #include <rapidjson/document.h>
 #include <string>
@@ -96,6 +97,28 @@ void print_inference(const control::InferenceReply& r, bool json) {
         std::cout << control::encode_object(i) << "\n";
     else
         std::cout << "provider " << i.provider << "\tmodel " << i.model << "\tversion " << i.version << "\n";
+}
+
+// `usage`, one line per sandbox and route.
+void print_usage_entry(const control::UsageEntry& e) {
+    std::cout << (e.cgroup.empty() ? "cgroup id " + std::to_string(e.cgroup_id) : e.cgroup)
+              << (e.attached ? "" : " (detached)") << "\troute " << e.route << "\trequests " << e.requests
+              << "\tinput_tokens " << e.input_tokens << "\toutput_tokens " << e.output_tokens;
+    if (e.requests_without_usage) std::cout << "\twithout_usage " << e.requests_without_usage;
+    if (!e.errors.empty()) {
+        std::cout << "\terrors ";
+        for (std::size_t i = 0; i < e.errors.size(); ++i)
+            std::cout << (i ? "," : "") << e.errors[i].status << ":" << e.errors[i].requests;
+    }
+    if (e.last_request_ms) {
+        std::time_t t = static_cast<std::time_t>(e.last_request_ms / 1000);
+        char when[32];
+        std::tm tm{};
+        ::gmtime_r(&t, &tm);
+        std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        std::cout << "\tlast " << when;
+    }
+    std::cout << "\n";
 }
 
 std::string usual_env(const std::string& type) {
@@ -245,6 +268,13 @@ int main(int argc, char** argv) {
     auto* inf_update = inference->add_subcommand("update", "change only what is given");
     inf_update->add_option("--provider", inf_provider, "provider name");
     inf_update->add_option("--model", inf_model, "model");
+
+    // usage
+    std::string usage_cgroup;
+    auto* usage = app.add_subcommand(
+        "usage", "inference requests and tokens per sandbox and route (tokens as the provider reported them)");
+    usage->add_option("--cgroup", usage_cgroup, "only this sandbox (cgroup path)");
+    usage->add_flag("--json", json, "machine-readable output");
 
     // ca
     auto* ca = app.add_subcommand("ca", "the node's local CA (what sandboxes trust for inference.local)");
@@ -397,6 +427,12 @@ int main(int argc, char** argv) {
             if (!inf_provider.empty()) req.provider = inf_provider;
             if (!inf_model.empty()) req.model = inf_model;
             print_inference(client.expect(req), json);
+        }
+        if (*usage) {
+            auto r = client.expect(control::UsageRequest{usage_cgroup});
+            if (r.usage.empty() && !json) std::cout << "(no inference requests recorded)\n";
+            print_list(r.usage, json, print_usage_entry);
+            return 0;
         }
         if (*ca_export) {
             std::string pem = client.expect(control::CaExportRequest{}).pem;

@@ -22,6 +22,7 @@
 #include "agent/netns_target.hpp"
 #include "agent/relay.hpp"
 #include "agent/revoke.hpp"
+#include "agent/usage_ledger.hpp"
 #include "common/addr.hpp"
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
@@ -29,6 +30,7 @@
 #include "enforce/undo.hpp"
 #include "loader/features.hpp"
 #include "policy/compile.hpp"
+#include "terminator/request.hpp"
 
 namespace fs = std::filesystem;
 
@@ -102,10 +104,11 @@ void Agent::start() {
     listeners_->relay =
         std::make_unique<RedirectListener>(io_, "relay", 0, lookup, *audit_, listeners_->relay_service->handler());
 
-    inference_ = std::make_unique<InferenceService>(io_, opts_.state_dir, lookup, *audit_,
-                                                    std::chrono::seconds(opts_.stream_idle_timeout_s),
-                                                    opts_.gateway_limits,
-                                                    [this](uint64_t cg) { return provider_fetch_allowed(cg); });
+    usage_ = std::make_unique<UsageLedger>(opts_.state_dir + "/usage.json");
+    inference_ = std::make_unique<InferenceService>(
+        io_, opts_.state_dir, lookup, *audit_, std::chrono::seconds(opts_.stream_idle_timeout_s),
+        opts_.gateway_limits, [this](uint64_t cg) { return provider_fetch_allowed(cg); },
+        [ledger = usage_.get()](const terminator::RequestLog& r) { ledger->record(usage_record_of(r, static_cast<int64_t>(now_ms()))); });
     DnsOptions dopts = opts_.dns;
     dopts.upstream = opts_.dns_upstream;
     // Beside the pinned maps' lifetime: /run is emptied at boot, like bpffs.
@@ -282,6 +285,7 @@ void Agent::schedule_housekeeping() {
         if (ec) return;
         audit_->flush_suppressed();
         report_event_drops();
+        flush_usage();
         FdReserve::instance().refill();
         schedule_housekeeping();
     });
@@ -299,7 +303,7 @@ void Agent::collect_garbage() {
 void Agent::serve_commands() {
     commands_.on_members(this, &Agent::cmd_status, &Agent::cmd_attach, &Agent::cmd_detach, &Agent::cmd_policy_load,
                          &Agent::cmd_policy_show, &Agent::cmd_policy_list, &Agent::cmd_policy_delete,
-                         &Agent::cmd_events);
+                         &Agent::cmd_events, &Agent::cmd_usage);
     inference_->serve(commands_);
     if (auto missing = commands_.unserved(); !missing.empty())
         throw Error("redird serves no handler for control command \"" + std::string(missing.front()) +
@@ -380,6 +384,7 @@ std::string Agent::render_metrics() {
     o += "# HELP redir_policies loaded policies\n# TYPE redir_policies gauge\nredir_policies " +
          std::to_string(policies_.size()) + "\n";
     o += inference_->metrics();
+    o += usage_metrics(usage_->rows());
     o += relay_metrics(listeners_->relay_service->stats(), listeners_->relay_service->connections());
     return o;
 }
@@ -667,6 +672,49 @@ void Agent::on_event(const redir_event& e) {
     }
     j.end();
     audit_->write(j.take());
+}
+
+void Agent::flush_usage() {
+    for (auto& sb : sandboxes_->all()) usage_->label(sb.cgroup_id, sb.cgroup_path);
+    try {
+        usage_->flush();
+    } catch (const std::exception& e) {
+        // Counting goes on in memory; the next second tries again.
+        spdlog::error("usage ledger: {}; retrying every second", e.what());
+    }
+}
+
+control::UsageReply Agent::cmd_usage(const control::UsageRequest& req) {
+    std::optional<uint64_t> only;
+    std::string only_path;
+    if (!req.cgroup.empty()) {
+        only_path = req.cgroup;
+        try {
+            auto cg = loader::open_cgroup(req.cgroup);
+            only = cg.id;
+            only_path = cg.path;
+        } catch (const std::exception&) {
+            // A sandbox removed since: match the path the ledger recorded.
+        }
+    }
+    for (auto& sb : sandboxes_->all()) usage_->label(sb.cgroup_id, sb.cgroup_path);
+    control::UsageReply r;
+    for (auto& row : usage_->rows()) {
+        if (!req.cgroup.empty() && !(only && row.cgroup_id == *only) && row.cgroup != only_path) continue;
+        control::UsageEntry e;
+        e.cgroup = row.cgroup;
+        e.cgroup_id = row.cgroup_id;
+        e.route = row.route;
+        e.attached = sandboxes_->find(row.cgroup_id) != nullptr;
+        e.requests = row.counters.requests;
+        e.input_tokens = row.counters.input_tokens;
+        e.output_tokens = row.counters.output_tokens;
+        e.requests_without_usage = row.counters.requests_without_usage;
+        for (auto& [status, n] : row.counters.errors) e.errors.push_back({static_cast<uint64_t>(status), n});
+        e.last_request_ms = static_cast<uint64_t>(std::max<int64_t>(row.counters.last_request_ms, 0));
+        r.usage.push_back(std::move(e));
+    }
+    return r;
 }
 
 }  // namespace redir::agent

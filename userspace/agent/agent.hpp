@@ -38,6 +38,7 @@ struct AgentOptions {
 };
 
 class InferenceService;
+class UsageLedger;
 class JsonOut;
 class DnsService;
 class MetricsServer;
@@ -74,6 +75,9 @@ private:
     control::PolicyListReply cmd_policy_list(const control::PolicyListRequest&);
     control::PolicyDeleteReply cmd_policy_delete(const control::PolicyDeleteRequest& req);
     control::EventsReply cmd_events(const control::EventsRequest& req, const std::shared_ptr<ControlConn>& conn);
+    control::UsageReply cmd_usage(const control::UsageRequest& req);
+    // Names the attached sandboxes in the ledger and writes it if it changed.
+    void flush_usage();
     void serve_commands();
 
     // Compiles and writes a policy under a fresh id; returns the new id.
@@ -103,6 +107,7 @@ private:
     std::unique_ptr<ControlServer> control_;
     struct Listeners;
     std::unique_ptr<Listeners> listeners_;
+    std::unique_ptr<UsageLedger> usage_;  // before inference_: the terminator records into it until it stops
     std::unique_ptr<InferenceService> inference_;
     std::unique_ptr<DnsService> dns_;
     std::unique_ptr<MetricsServer> metrics_;

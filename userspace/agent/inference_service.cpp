@@ -28,7 +28,8 @@ control::InferenceReply reply_of(const terminator::InferenceConfig& c) { return 
 InferenceService::InferenceService(boost::asio::io_context& io, const std::string& state_dir, OrigDstLookup lookup,
                                    AuditLog& audit, std::chrono::seconds stream_idle_timeout,
                                    const GatewayLimits& limits,
-                                   std::function<bool(uint64_t cgroup_id)> provider_fetch_allowed)
+                                   std::function<bool(uint64_t cgroup_id)> provider_fetch_allowed,
+                                   std::function<void(const terminator::RequestLog&)> on_request)
     : audit_(audit) {
     ca_ = std::make_unique<tls::LocalCa>(tls::LocalCa::load_or_create(state_dir, {}));
     if (ca_->created()) spdlog::info("created the local CA in {}/ca (export it with `redirctl ca export`)", state_dir);
@@ -49,7 +50,10 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
     go.stream_idle_timeout = stream_idle_timeout;  // no total cap: long tool-call streams must arrive whole
     // Request records go to the audit log (one place to read), not twice.
     go.access_log = std::make_shared<spdlog::logger>("access", std::make_shared<spdlog::sinks::null_sink_mt>());
-    go.on_request = [&audit](const terminator::RequestLog& r) { audit.write(terminator::request_log_json(r)); };
+    go.on_request = [&audit, on_request = std::move(on_request)](const terminator::RequestLog& r) {
+        audit.write(terminator::request_log_json(r));
+        if (on_request) on_request(r);  // the usage ledger
+    };
     apply_gateway_limits(limits, go);
     go.provider_fetch_allowed = std::move(provider_fetch_allowed);
     // The terminator's own threads ask the agent's policy on the agent's thread.

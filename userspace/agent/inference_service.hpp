@@ -21,6 +21,7 @@ class ServerContext;
 namespace redir::terminator {
 class Store;
 class Gateway;
+struct RequestLog;
 }  // namespace redir::terminator
 
 namespace redir::agent {
@@ -31,7 +32,8 @@ class InferenceService {
 public:
     InferenceService(boost::asio::io_context& io, const std::string& state_dir, OrigDstLookup lookup,
                      AuditLog& audit, std::chrono::seconds stream_idle_timeout, const GatewayLimits& limits = {},
-                     std::function<bool(uint64_t cgroup_id)> provider_fetch_allowed = {});
+                     std::function<bool(uint64_t cgroup_id)> provider_fetch_allowed = {},
+                     std::function<void(const terminator::RequestLog&)> on_request = {});
     ~InferenceService();
 
     uint16_t tls_port() const;

@@ -416,6 +416,53 @@ struct InferenceUpdateRequest {
     }
 };
 
+// ---- usage --------------------------------------------------------------------
+
+struct UsageErrors {
+    uint64_t status = 0, requests = 0;
+    template <class S, class F> static void fields(S& s, F& f) {
+        f("status", s.status);
+        f("requests", s.requests);
+    }
+};
+
+// Inference usage of one sandbox (attached cgroup) on one route.
+struct UsageEntry {
+    std::string cgroup;  // path as last known; "" if unknown
+    uint64_t cgroup_id = 0;
+    std::string route;
+    bool attached = false;  // attached now
+    uint64_t requests = 0, input_tokens = 0, output_tokens = 0;
+    uint64_t requests_without_usage = 0;  // answers that carried no usage: tokens unknown
+    std::vector<UsageErrors> errors;      // by HTTP status (>= 400)
+    uint64_t last_request_ms = 0;         // wall clock, ms since the epoch; 0: never
+    template <class S, class F> static void fields(S& s, F& f) {
+        f("cgroup", s.cgroup);
+        f("cgroup_id", s.cgroup_id);
+        f("route", s.route);
+        f("attached", s.attached);
+        f("requests", s.requests);
+        f("input_tokens", s.input_tokens);
+        f("output_tokens", s.output_tokens);
+        f("requests_without_usage", s.requests_without_usage);
+        f("errors", s.errors);
+        f("last_request_ms", s.last_request_ms);
+    }
+};
+
+struct UsageReply {
+    std::vector<UsageEntry> usage;
+    template <class S, class F> static void fields(S& s, F& f) { f("usage", s.usage); }
+};
+
+// Every sandbox the ledger knows, or only CGROUP (a path).
+struct UsageRequest {
+    static constexpr std::string_view kName = "usage";
+    using Reply = UsageReply;
+    std::string cgroup;
+    template <class S, class F> static void fields(S& s, F& f) { f("cgroup", s.cgroup, Need::optional); }
+};
+
 // ---- ca -----------------------------------------------------------------------
 
 struct CaExportReply {

@@ -878,7 +878,7 @@ awaitable<bool> respond(Impl& gw, Stream& s, beast::flat_buffer& buf, Incoming& 
         co_return co_await send_body(gw, s, 200, "application/json", model_json(in.shape, cfg), keep_alive, log);
 
     auto& req = in.parser.get();
-    auto rw = rewrite_model(req.body(), cfg.model, o.log_string_max);
+    auto rw = rewrite_model(req.body(), cfg.model, o.log_string_max, asks_stream_usage(ep));
     // The client's body is no longer needed: only the rewritten copy lives on.
     std::string().swap(req.body());
     if (rw.truncated) ++gw.stats.log_strings_truncated;

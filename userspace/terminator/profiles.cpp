@@ -136,7 +136,7 @@ std::string profile_type_list() {
 }
 
 const std::vector<std::string_view>& common_allowed_headers() {
-    static const std::vector<std::string_view> h = {"content-type", "accept", "accept-encoding", "user-agent"};
+    static const std::vector<std::string_view> h = {"content-type", "accept", "user-agent"};
     return h;
 }
 

@@ -67,7 +67,9 @@ void put_unless_empty(W& w, std::string_view k, std::string_view v) {
     put(w, v);
 }
 
-// Streams the request through the writer, replacing the top-level "model".
+// Streams the request through the writer, replacing the top-level "model"
+// and, when asked (force_usage), making a stream report its usage:
+// stream_options.include_usage is set to true whatever the client sent.
 // SAX keeps number text and key order as the client wrote them, and the
 // iterative parser bounds stack use whatever the nesting.
 struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewriter> {
@@ -86,8 +88,34 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
     std::string model_requested;
     bool stream = false;
     bool truncated = false;
+    // stream_options (force_usage only).
+    bool force_usage = false;
+    bool saw_stream_options = false;
+    bool next_is_stream_options = false;
+    bool in_stream_options = false;  // inside the client's stream_options object (depth 2)
+    bool drop_next = false;          // the next value is dropped (its key was not written)
 
-    ModelRewriter(BodyWriter& w_, std::string_view m, std::size_t lm) : w(w_), model(m), log_max(lm) {}
+    ModelRewriter(BodyWriter& w_, std::string_view m, std::size_t lm, bool fu)
+        : w(w_), model(m), log_max(lm), force_usage(fu) {}
+
+    void write_include_usage() {
+        key(w, "include_usage");
+        w.Bool(true);
+    }
+    // The client's stream_options value: an object is kept (its include_usage
+    // replaced), anything else is dropped for {"include_usage":true}.
+    void stream_options_value(bool object) {
+        next_is_stream_options = false;
+        if (object) {
+            in_stream_options = true;
+            return;
+        }
+        w.StartObject();
+        write_include_usage();
+        w.EndObject();
+        skipping = true;
+        skip = 0;
+    }
 
     // Common entry for every value: false aborts the parse.
     bool value_start(bool container) {
@@ -103,6 +131,11 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
             skipping = true;
             skip = 0;
         }
+        if (drop_next) {
+            drop_next = false;
+            skipping = true;
+            skip = 0;
+        }
         return true;
     }
     // True when the current value is being dropped.
@@ -114,18 +147,21 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
     bool Null() {
         if (!value_start(false)) return false;
         next_is_stream = false;
+        if (depth == 1 && next_is_stream_options) stream_options_value(false);
         if (dropping()) return after_scalar(), true;
         return w.Null();
     }
     bool Bool(bool b) {
         if (!value_start(false)) return false;
         if (next_is_stream) stream = b, next_is_stream = false;
+        if (depth == 1 && next_is_stream_options) stream_options_value(false);
         if (dropping()) return after_scalar(), true;
         return w.Bool(b);
     }
     bool RawNumber(const char* s, rapidjson::SizeType n, bool) {
         if (!value_start(false)) return false;
         next_is_stream = false;
+        if (depth == 1 && next_is_stream_options) stream_options_value(false);
         if (dropping()) return after_scalar(), true;
         return w.RawValue(s, n, rapidjson::kNumberType);
     }
@@ -133,6 +169,7 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
         bool was_model = depth == 1 && next_is_model;
         if (!value_start(false)) return false;
         next_is_stream = false;
+        if (depth == 1 && next_is_stream_options) stream_options_value(false);
         // Only a clipped copy: the client's model string is for the log.
         if (was_model) {
             model_requested = clip(std::string_view(s, n), log_max);
@@ -144,6 +181,7 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
     bool StartObject() {
         if (!value_start(true)) return false;
         next_is_stream = false;
+        if (depth == 1 && next_is_stream_options) stream_options_value(true);
         ++depth;
         if (dropping()) return ++skip, true;
         return w.StartObject();
@@ -165,6 +203,13 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
                 return true;
             }
             next_is_stream = k == "stream";
+            if (force_usage && k == "stream_options") {
+                saw_stream_options = true;
+                next_is_stream_options = true;
+            }
+        } else if (depth == 2 && in_stream_options && std::string_view(s, n) == "include_usage") {
+            drop_next = true;  // written once, as true, when the object ends
+            return true;
         }
         return w.Key(s, n);
     }
@@ -174,9 +219,19 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
             if (--skip == 0) skipping = false;
             return true;
         }
+        if (depth == 1 && in_stream_options) {
+            in_stream_options = false;
+            write_include_usage();
+        }
         if (depth == 0 && !saw_model) {
             key(w, "model");
             put(w, model);
+        }
+        if (depth == 0 && force_usage && stream && !saw_stream_options) {
+            key(w, "stream_options");
+            w.StartObject();
+            write_include_usage();
+            w.EndObject();
         }
         return w.EndObject();
     }
@@ -187,6 +242,7 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
             error = "request body must be a JSON object";
             return false;
         }
+        if (depth == 1 && next_is_stream_options) stream_options_value(false);
         ++depth;
         if (dropping()) return ++skip, true;
         return w.StartArray();
@@ -349,7 +405,7 @@ std::string error_json(ApiShape shape, std::string_view type, std::string_view m
     return std::string(sb.GetString(), sb.GetSize());
 }
 
-RewriteResult rewrite_model(std::string_view body, std::string_view model, std::size_t log_max) {
+RewriteResult rewrite_model(std::string_view body, std::string_view model, std::size_t log_max, bool force_usage) {
     RewriteResult r;
     std::string_view t = body;
     while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.remove_prefix(1);
@@ -360,7 +416,7 @@ RewriteResult rewrite_model(std::string_view body, std::string_view model, std::
     r.body.reserve(body.size() + model.size() + 16);
     StringOut out{r.body};
     BodyWriter w(out);
-    ModelRewriter h(w, model, log_max);
+    ModelRewriter h(w, model, log_max, force_usage);
     rapidjson::MemoryStream ms(body.data(), body.size());
     rapidjson::Reader reader;
     constexpr unsigned flags =
@@ -588,6 +644,9 @@ HeaderList upstream_headers(const HeaderList& client, const Profile& profile, co
         if (!has(n)) out.emplace_back(std::string(n), std::string(v));
     // The body is always the re-serialised JSON.
     if (!has("content-type")) out.emplace_back("content-type", "application/json");
+    // An answer is charged from the usage it carries: a compressed one could
+    // not be read, so a sandbox asking for gzip would go uncounted.
+    out.emplace_back("accept-encoding", "identity");
     return out;
 }
 

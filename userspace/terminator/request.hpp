@@ -58,7 +58,10 @@ struct RewriteResult {
 // keeps its meaning: numbers keep their exact text, order is kept. The body
 // is written once, straight into RESULT.body (no second copy), and client
 // strings quoted in RESULT (model_requested, error) are clip()ped to LOG_MAX.
-RewriteResult rewrite_model(std::string_view body, std::string_view model, std::size_t log_max = kLogStringMax);
+// FORCE_USAGE (asks_stream_usage()): a streamed request gets
+// stream_options.include_usage true, whatever the client sent.
+RewriteResult rewrite_model(std::string_view body, std::string_view model, std::size_t log_max = kLogStringMax,
+                            bool force_usage = false);
 
 // A request header block checked as bytes before any parser sees it: bare LF
 // line endings and obs-fold continuation lines both let two parsers disagree

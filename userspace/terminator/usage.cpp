@@ -353,6 +353,8 @@ void UsageTap::finish(Usage& out) const {
     else out = {};
 }
 
+bool asks_stream_usage(Endpoint ep) { return ep == Endpoint::ChatCompletions || ep == Endpoint::Completions; }
+
 Usage usage_of(const MockReply& reply) {
     UsageTap tap(reply.stream);
     for (const auto& p : reply.pieces) tap.feed(p);

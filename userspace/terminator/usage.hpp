@@ -8,6 +8,8 @@
 #include <optional>
 #include <string_view>
 
+#include "terminator/profiles.hpp"
+
 namespace redir::terminator {
 
 // Token counts a provider reported for one request; nullopt: it reported none.
@@ -120,6 +122,11 @@ private:
     JsonUsageScanner json_;
     SseUsageScanner sse_;
 };
+
+// Whether a stream of endpoint EP reports usage only when asked
+// (stream_options.include_usage: OpenAI chat/completions and completions):
+// the terminator then asks, so no streamed answer goes uncounted.
+bool asks_stream_usage(Endpoint ep);
 
 // The usage of the mock provider's answer, read the way a provider's is.
 Usage usage_of(const MockReply& reply);

@@ -213,3 +213,47 @@ TEST(UsageExtraction, AccessLogNamesOnlyWhatWasReported) {
 
 }  // namespace
 }  // namespace redir::terminator
+
+namespace redir::terminator {
+namespace {
+
+// A streamed chat/completions request reports usage only when it asks: the
+// terminator asks for every one, whatever the sandbox sent (it could send
+// include_usage false, or a stream_options of another type, to go uncounted).
+TEST(StreamUsageRequest, IncludeUsageForcedWhateverTheClientSent) {
+    struct Row {
+        const char* in;
+        const char* out;
+    };
+    const Row rows[] = {
+        {R"({"stream":true})", R"({"stream":true,"model":"m","stream_options":{"include_usage":true}})"},
+        {R"({"stream":true,"stream_options":{"include_usage":false,"x":1}})",
+         R"({"stream":true,"stream_options":{"x":1,"include_usage":true},"model":"m"})"},
+        {R"({"stream_options":{"include_usage":false,"include_usage":0},"stream":true})",
+         R"({"stream_options":{"include_usage":true},"stream":true,"model":"m"})"},
+        {R"({"stream_options":null,"stream":true})", R"({"stream_options":{"include_usage":true},"stream":true,"model":"m"})"},
+        {R"({"stream_options":"no","stream":true})", R"({"stream_options":{"include_usage":true},"stream":true,"model":"m"})"},
+        {R"({"stream_options":[1,{"include_usage":false}],"stream":true})",
+         R"({"stream_options":{"include_usage":true},"stream":true,"model":"m"})"},
+        {R"({"stream_options":{"o":{"include_usage":false}},"stream":true})",
+         R"({"stream_options":{"o":{"include_usage":false},"include_usage":true},"stream":true,"model":"m"})"},
+        {R"({"stream":false})", R"({"stream":false,"model":"m"})"},
+        {R"({"messages":[{"stream_options":1}],"stream":true,"model":"x"})",
+         R"({"messages":[{"stream_options":1}],"stream":true,"model":"m","stream_options":{"include_usage":true}})"},
+    };
+    for (const auto& r : rows) {
+        auto rw = rewrite_model(r.in, "m", kLogStringMax, true);
+        ASSERT_TRUE(rw.ok) << r.in << ": " << rw.error;
+        EXPECT_EQ(rw.body, r.out) << r.in;
+    }
+    auto kept = rewrite_model(R"({"stream":true,"stream_options":{"include_usage":false}})", "m", kLogStringMax, false);
+    EXPECT_EQ(kept.body, R"({"stream":true,"stream_options":{"include_usage":false},"model":"m"})")
+        << "endpoints that always report usage are left alone";
+    EXPECT_TRUE(asks_stream_usage(Endpoint::ChatCompletions));
+    EXPECT_TRUE(asks_stream_usage(Endpoint::Completions));
+    EXPECT_FALSE(asks_stream_usage(Endpoint::Responses));
+    EXPECT_FALSE(asks_stream_usage(Endpoint::Messages));
+}
+
+}  // namespace
+}  // namespace redir::terminator
