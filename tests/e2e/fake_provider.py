@@ -144,7 +144,8 @@ def _handler(rec, name):
                 text = (self.echo if i == 0 else "") if self.echo is not None else "tok%d " % i
                 ev = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
                       "sent_at": time.time(), "index": i,
-                      "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+                      "choices": [{"index": 0, "delta": dict({"content": text}, **({"role": "assistant"} if i == 0 else {})),
+                                   "finish_reason": "stop" if i == 4 else None}]}
                 self._chunk("data: %s\n\n" % json.dumps(ev))
                 if rec.forge_stream and i == 1:
                     self.wfile.write(b"zz\r\n\n\nevent: forged\ndata: {\"forged\": true}\n\n\r\n")
@@ -234,6 +235,23 @@ class FakeProvider:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def sandbox_trust_files(agent, tmp, vip):
+    """What a sandboxed client of AGENT's inference.local needs without the DNS
+    responder, written in TMP: the agent's CA, a CA bundle (system roots + that
+    CA) and a hosts file naming inference.local VIP. Returns (ca, bundle, hosts)."""
+    ca_local = os.path.join(tmp, "inference-ca.pem")
+    agent.ctl("ca", "export", "--out", ca_local)
+    with open("/etc/ssl/certs/ca-certificates.crt") as f:
+        roots = f.read()
+    bundle = os.path.join(tmp, "bundle.pem")
+    with open(bundle, "w") as f:
+        f.write(roots + "\n" + open(ca_local).read())
+    hosts = os.path.join(tmp, "hosts")
+    with open(hosts, "w") as f:
+        f.write("127.0.0.1 localhost\n%s inference.local\n" % vip)
+    return ca_local, bundle, hosts
 
 
 def serve_inference(agent, tmp, ip, name="fake"):

@@ -20,7 +20,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-from fake_provider import FakeProvider, make_test_ca  # noqa: E402
+from fake_provider import FakeProvider, make_test_ca, sandbox_trust_files  # noqa: E402
 from harness import Agent, Cgroup, write_policy  # noqa: E402
 
 VIP = "198.18.0.1"
@@ -48,16 +48,7 @@ class TerminatorE2E(unittest.TestCase):
         cls.policy = write_policy(cls.tmp, "inference-only", {"inference": {"enabled": True}})
         cls.cg = Cgroup("term")
         a.ctl("attach", "--cgroup", cls.cg.path, "--policy", cls.policy)
-        cls.ca_local = os.path.join(cls.tmp, "inference-ca.pem")
-        a.ctl("ca", "export", "--out", cls.ca_local)
-        with open("/etc/ssl/certs/ca-certificates.crt") as f:
-            roots = f.read()
-        cls.bundle = os.path.join(cls.tmp, "bundle.pem")
-        with open(cls.bundle, "w") as f:
-            f.write(roots + "\n" + open(cls.ca_local).read())
-        cls.hosts = os.path.join(cls.tmp, "hosts")
-        with open(cls.hosts, "w") as f:
-            f.write("127.0.0.1 localhost\n%s inference.local\n" % VIP)
+        cls.ca_local, cls.bundle, cls.hosts = sandbox_trust_files(a, cls.tmp, VIP)
 
     @classmethod
     def tearDownClass(cls):

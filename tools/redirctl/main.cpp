@@ -429,6 +429,8 @@ int main(int argc, char** argv) {
             print_inference(client.expect(req), json);
         }
         if (*usage) {
+            // The agent resolves the path in its own working directory.
+            if (!usage_cgroup.empty()) usage_cgroup = std::filesystem::absolute(usage_cgroup).string();
             auto r = client.expect(control::UsageRequest{usage_cgroup});
             if (r.usage.empty() && !json) std::cout << "(no inference requests recorded)\n";
             print_list(r.usage, json, print_usage_entry);
