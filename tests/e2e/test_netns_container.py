@@ -183,13 +183,13 @@ class UdpSentinel:
 
 
 class Container:
-    """A child cgroup plus a network namespace owned by a user namespace of its
+    """A child cgroup of the runtime's plus a network namespace owned by a user namespace of its
     own (held by a sleeping first process, as a runtime's pause process holds
     it), joined to bridge BRIDGE (GATEWAY/24) of this namespace by a veth pair;
     eth0 is INSIDE/24 in every container."""
 
-    def __init__(self, tag, bridge, zone):
-        self.cg = Cgroup(tag)
+    def __init__(self, tag, bridge, zone, runtime):
+        self.cg = Cgroup(tag, parent=runtime)
         self.bridge, self.veth = bridge, "veth" + bridge[-1]
         self.holder = subprocess.Popen(["unshare", "--user", "--map-root-user", "--net", "sleep", "3600"])
         self.netns = "/proc/%d/ns/net" % self.holder.pid
@@ -303,12 +303,15 @@ class ContainerNode(unittest.TestCase):
         cls.policy = write_policy(cls.tmp, "ctr-policy", {"allow": [{"host": ALLOWED_NAME}]})
 
         nft(node_ruleset([("brA", 1), ("brB", 2)]))
-        cls.a = Container("ctr-a", "brA", 1)
+        # The runtime's parent cgroup (system.slice, kubepods.slice), one child per container.
+        runtime = Cgroup("ctr-runtime")
+        cls.closing.append(runtime.remove)
+        cls.a = Container("ctr-a", "brA", 1, runtime)
         cls.closing.append(cls.a.close)
         # Only one bridge holds the gateway address yet: found from the default route.
         cls.attach_a = cls.agent.ctl("attach", "--cgroup", cls.a.cg.path, "--policy", cls.policy,
                                      "--netns", cls.a.netns).stdout
-        cls.b = Container("ctr-b", "brB", 2)
+        cls.b = Container("ctr-b", "brB", 2, runtime)
         cls.closing.append(cls.b.close)
         # Now two do: the operator names the bridge.
         cls.agent.ctl("attach", "--cgroup", cls.b.cg.path, "--policy", cls.policy, "--netns", cls.b.netns,
