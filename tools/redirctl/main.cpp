@@ -181,14 +181,16 @@ int main(int argc, char** argv) {
     auto* attach = app.add_subcommand("attach", "enforce a policy on a cgroup v2 (and its descendants)");
     attach->add_option("--cgroup", cgroup, "cgroup v2 directory")->required();
     attach->add_option("--policy", policy_arg, "name of a loaded policy, or a policy FILE")->required();
-    std::string netns_path, redirect_via;
+    std::string netns_path;
+    std::vector<std::string> redirect_via;
     auto* netns_opt = attach->add_option("--netns", netns_path,
                                          "the sandbox's own network namespace (/proc/PID/ns/net, /run/netns/NAME): "
                                          "redirects land on redird's address on its side");
     attach->add_option("--redirect-via", redirect_via,
-                       "that address (IP, or IP%IFNAME when several interfaces hold it); default: the namespace's "
-                       "default-route gateway")
-        ->needs(netns_opt);
+                       "that address (IP, or IP%IFNAME when several interfaces hold it; once per IP version, or "
+                       "IPv4,IPv6); default: the namespace's default-route gateways (IPv4 and IPv6)")
+        ->needs(netns_opt)
+        ->delimiter(',');
     auto* detach = app.add_subcommand("detach", "stop enforcing on a cgroup");
     detach->add_option("--cgroup", cgroup, "cgroup v2 directory")->required();
 
@@ -302,6 +304,9 @@ int main(int argc, char** argv) {
                   "forwarded and masqueraded; all of it is removed when run ends");
     run->add_option("--netns-pool", run_opts.netns_pool,
                     "IPv4 prefix the --netns subnets (/30 each) come from (default: $REDIR_NETNS_POOL, else 10.250.0.0/16)");
+    run->add_option("--netns-pool6", run_opts.netns_pool6,
+                    "IPv6 prefix (/48../63) the --netns /64s come from, numbered like the IPv4 subnet, or \"none\" "
+                    "for no IPv6 (default: $REDIR_NETNS_POOL6, else fd72:6564:6972::/48)");
     run->add_option("CMD", run_opts.command, "command and arguments (after --)")->required();
     run->prefix_command(false);
 
@@ -334,7 +339,8 @@ int main(int argc, char** argv) {
         if (*attach) {
             auto req = redir::ctl::attach_request(cgroup, policy_arg);
             if (!netns_path.empty()) req.netns = netns_path;
-            if (!redirect_via.empty()) req.redirect_via = redirect_via;
+            // One field on the wire: "IP[%IF][,IP[%IF]]".
+            for (auto& v : redirect_via) req.redirect_via = req.redirect_via ? *req.redirect_via + "," + v : v;
             auto r = client.expect(req);
             std::cout << "attached " << r.cgroup << " (cgroup id " << r.cgroup_id << ") with policy " << r.policy;
             if (r.redirect_via) std::cout << ", redirected via " << *r.redirect_via << " (" << r.redirect_device.value_or("") << ")";

@@ -437,9 +437,9 @@ void sweep_abandoned(Client& client, const std::string& mount) {
     }
 }
 
-std::unique_ptr<RunNetns> make_run_netns(const std::string& pool) {
+std::unique_ptr<RunNetns> make_run_netns(const RunOptions& opts) {
     try {
-        return std::make_unique<RunNetns>(netns_pool(pool));
+        return std::make_unique<RunNetns>(netns_pool(opts.netns_pool), netns_pool6(opts.netns_pool6));
     } catch (const redir::Error& e) {
         throw Failure{std::string("cannot set up the sandbox's network namespace: ") + e.what()};
     }
@@ -465,12 +465,12 @@ int run_sandboxed(const RunOptions& opts) {
     // itself (the kernel's doing) if run is SIGKILLed.
     std::unique_ptr<RunNetns> net;
     try {
-        if (opts.netns) net = make_run_netns(opts.netns_pool);
+        if (opts.netns) net = make_run_netns(opts);
         auto req = attach_request(cg, opts.policy);
         if (net) {
             // Its redirects land on the agent's end of the veth, not on its own loopback.
             req.netns = net->path();
-            req.redirect_via = net->gateway();
+            req.redirect_via = net->redirect_via();
         }
         d = client.call(req);
     } catch (...) {

@@ -13,6 +13,7 @@ struct RunOptions {
     std::vector<std::string> command;
     bool netns = false;      // --netns: its own network namespace (run_netns.hpp)
     std::string netns_pool;  // --netns-pool CIDR; empty: $REDIR_NETNS_POOL, else the default
+    std::string netns_pool6;  // --netns-pool6 CIDR or "none"; empty: $REDIR_NETNS_POOL6, else the default
 };
 
 // Runs the command sandboxed; returns its exit code (128+signal when killed),

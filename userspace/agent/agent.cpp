@@ -115,6 +115,13 @@ void Agent::start() {
     dopts.journal_path = opts_.run_dir + "/dns-admissions";
     dopts.accept_allowed = [] { return FdReserve::instance().full(); };
     if (auto v = addr_parse(opts_.inference_vip); v && addr_is_v4(*v)) std::memcpy(dopts.vip4.data(), &v->b[12], 4);
+    std::optional<redir_addr> vip6;
+    if (!opts_.inference_vip6.empty()) {
+        vip6 = addr_parse(opts_.inference_vip6);
+        if (!vip6 || addr_is_v4(*vip6))
+            throw Error("--inference-vip6 " + opts_.inference_vip6 + " is not an IPv6 address; give one such as fd00:1::1");
+        dopts.vip6 = to_addr(*vip6);
+    }
     dns_ = std::make_unique<DnsService>(io_, *dp_, *audit_, dopts);
     sandboxes_ = std::make_unique<enforce::Sandboxes>(enforce::SandboxesDeps{
         *dp_, *dns_, [this](const std::vector<StoredAttachment>& a) { store_->save_attachments(a); }});
@@ -129,6 +136,7 @@ void Agent::start() {
         cfg.inference_vip4 = *vip;
     else
         cfg.inference_vip6 = *vip;
+    if (vip6) cfg.inference_vip6 = *vip6;
     cfg.terminator4 = *addr_parse("127.0.0.1");
     cfg.terminator6 = listeners_->relay->has_v6() ? *addr_parse("::1") : redir_addr{};
     cfg.relay_port = listeners_->relay->port();
@@ -501,7 +509,9 @@ control::AttachReply Agent::cmd_attach(const control::AttachRequest& req) {
     }
     control::AttachReply r{cg.path, cg.id, name, {}};
     if (target.own_netns()) {
-        r.redirect_via = addr_to_string(addr_is_zero(target.addr4) ? target.addr6 : target.addr4);
+        // "v4,v6" as --redirect-via takes them; one of them when the namespace has one family.
+        for (auto* a : {&target.addr4, &target.addr6})
+            if (!addr_is_zero(*a)) r.redirect_via = (r.redirect_via ? *r.redirect_via + "," : "") + addr_to_string(*a);
         r.redirect_device = target.device;
     }
     if (auto procs = capable_processes(cg.path); !procs.empty()) r.warnings.push_back(capable_warning(cg.path, procs));

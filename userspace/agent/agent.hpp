@@ -27,6 +27,7 @@ struct AgentOptions {
     std::string run_dir = "/run/redir";
     std::string bpffs_dir = "/sys/fs/bpf/redir";
     std::string inference_vip = "198.18.0.1";
+    std::string inference_vip6;  // inference.local's IPv6 address; empty: none (no AAAA)
     std::string dns_upstream;  // empty: first nameserver of /etc/resolv.conf
     std::string audit_log;     // empty: <state_dir>/audit.log
     std::string metrics;       // ADDR:PORT for Prometheus text; empty: off

@@ -207,6 +207,7 @@ struct DnsService::Sandbox : dns::Admitter, std::enable_shared_from_this<DnsServ
             v.inference_enabled = self->compiled ? self->compiled->inference_enabled : false;
         }
         v.vip4 = o.vip4;
+        v.vip6 = o.vip6;
         v.match_host = [weak = std::weak_ptr<Sandbox>(self)](std::string_view name) -> std::optional<dns::HostMatch> {
             auto sb = weak.lock();
             if (!sb) return std::nullopt;  // detached meanwhile

@@ -11,10 +11,12 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 
 #include "agent/admission_journal.hpp"
+#include "common/cidr.hpp"
 #include "enforce/sandbox.hpp"
 #include "redir/dns.h"
 
@@ -36,6 +38,7 @@ class OwnerLookups;
 struct DnsOptions {
     std::string upstream;            // "IP:PORT" or "IP"; empty: first nameserver of /etc/resolv.conf
     std::array<uint8_t, 4> vip4{198, 18, 0, 1};
+    std::optional<Addr> vip6;  // inference.local's AAAA (redird --inference-vip6)
     uint32_t ttl_floor_s = 5;
     uint32_t ttl_ceiling_s = 3600;
     // Names behind live admissions (see AdmissionJournal); empty: a restart

@@ -5,6 +5,7 @@
 #include <ifaddrs.h>
 #include <net/if.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <vector>
@@ -40,23 +41,42 @@ enforce::RedirectTarget resolve_redirect_target(const std::string& netns_path, c
     t.netns_cookie = netns::Namespace::open(netns_path).cookie();
     if (t.netns_cookie == current_netns_cookie()) return {};  // shares redird's namespace: loopback
 
-    std::vector<std::string> candidates;
-    std::string device;
-    if (!redirect_via.empty()) {
-        auto pct = redirect_via.find('%');
-        candidates.push_back(redirect_via.substr(0, pct));
-        if (pct != std::string::npos) device = redirect_via.substr(pct + 1);
+    // "IP[%DEV][,IP[%DEV]]": at most one per IP version; given ones must fit,
+    // gateways found in the namespace are only suggestions.
+    struct Candidate {
+        std::string addr, device;
+    };
+    std::vector<Candidate> candidates;
+    const bool given = !redirect_via.empty();
+    if (given) {
+        for (size_t from = 0; from <= redirect_via.size();) {
+            size_t comma = std::min(redirect_via.find(',', from), redirect_via.size());
+            std::string one = redirect_via.substr(from, comma - from);
+            auto pct = one.find('%');
+            candidates.push_back({one.substr(0, pct), pct == std::string::npos ? "" : one.substr(pct + 1)});
+            from = comma + 1;
+        }
     } else {
-        candidates = netns::default_gateways(netns_path);
+        for (auto& g : netns::default_gateways(netns_path)) candidates.push_back({g, ""});
         if (candidates.empty())
             throw Error("network namespace " + netns_path +
                         " has no default route; give redird's address reachable from it with --redirect-via IP");
     }
     auto local = local_addresses();
-    for (auto& c : candidates) {
+    for (auto& [c, device] : candidates) {
         auto a = addr_parse(c);
         if (!a) throw Error("--redirect-via " + c + " is not an IP address");
-        if (is_link_local(*a)) continue;  // needs a scope: the interface's global address serves instead
+        auto& slot = addr_is_v4(*a) ? t.addr4 : t.addr6;
+        if (given && !addr_is_zero(slot))
+            throw Error("--redirect-via names two IPv" + std::string(addr_is_v4(*a) ? "4" : "6") +
+                        " addresses; give at most one per IP version");
+        if (is_link_local(*a)) {
+            // Needs a scope: the interface's global address serves instead.
+            if (given)
+                throw Error("--redirect-via " + c + " is link-local, which sandboxes never reach; give the agent's "
+                            "global or ULA address on the sandbox's veth");
+            continue;
+        }
         auto [lo, hi] = local.equal_range(addr_to_string(*a));
         std::vector<std::string> ifs;
         for (auto it = lo; it != hi; ++it)
@@ -70,8 +90,13 @@ enforce::RedirectTarget resolve_redirect_target(const std::string& netns_path, c
             throw Error(c + " is on several interfaces of redird's namespace (" + ifs[0] + ", " + ifs[1] +
                         "); name the sandbox's: --redirect-via " + c + "%IFNAME");
         if (t.device.empty()) t.device = ifs[0];
-        if (ifs[0] != t.device) continue;
-        (addr_is_v4(*a) ? t.addr4 : t.addr6) = *a;
+        if (ifs[0] != t.device) {
+            if (given)
+                throw Error("--redirect-via names addresses on two interfaces (" + t.device + ", " + ifs[0] +
+                            "); both IP versions must land on the sandbox's one veth");
+            continue;
+        }
+        slot = *a;
     }
     if (t.device.empty())
         throw Error("no usable redirect target for " + netns_path +

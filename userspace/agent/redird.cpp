@@ -35,6 +35,8 @@ int main(int argc, char** argv) {
     app.add_option("--bpffs", o.bpffs_dir, "pinned maps and links")->capture_default_str();
     app.add_option("--inference-vip", o.inference_vip, "what inference.local resolves to in sandboxes")
         ->capture_default_str();
+    app.add_option("--inference-vip6", o.inference_vip6,
+                   "what inference.local resolves to over IPv6 (AAAA), for sandboxes with IPv6 only; default none");
     app.add_option("--dns-upstream", o.dns_upstream, "IP:PORT; default: first nameserver of /etc/resolv.conf");
     app.add_option("--metrics", o.metrics, "ADDR:PORT for Prometheus text exposition (off unless given)");
     app.add_option("--audit-log", o.audit_log, "audit records, one JSON object per line; default <state-dir>/audit.log");

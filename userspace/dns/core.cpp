@@ -193,10 +193,12 @@ QueryAction handle_query(std::span<const uint8_t> wire, const SandboxView& view)
         PktPtr r = response_to(q.get(), LDNS_RCODE_NOERROR);
         if (!r) return Drop{};
         ldns_pkt_set_aa(r.get(), true);
-        if (qtype == LDNS_RR_TYPE_A) {
-            detail::RrPtr rr(ldns_rr_new_frm_type(LDNS_RR_TYPE_A));
+        const bool a = qtype == LDNS_RR_TYPE_A, aaaa = qtype == LDNS_RR_TYPE_AAAA && view.vip6;
+        if (a || aaaa) {
+            detail::RrPtr rr(ldns_rr_new_frm_type(a ? LDNS_RR_TYPE_A : LDNS_RR_TYPE_AAAA));
             ldns_rdf* own = ldns_rdf_clone(owner);  // the client's spelling, for 0x20 checks
-            ldns_rdf* addr = ldns_rdf_new_frm_data(LDNS_RDF_TYPE_A, 4, view.vip4.data());
+            ldns_rdf* addr = a ? ldns_rdf_new_frm_data(LDNS_RDF_TYPE_A, 4, view.vip4.data())
+                               : ldns_rdf_new_frm_data(LDNS_RDF_TYPE_AAAA, 16, view.vip6->data());
             if (!rr || !own || !addr) {
                 if (own) ldns_rdf_deep_free(own);
                 if (addr) ldns_rdf_deep_free(addr);

@@ -42,9 +42,10 @@ struct Drop {};
 
 using QueryAction = std::variant<Reply, Forward, Drop>;
 
-// inference.local: A -> view.vip4 (TTL kInferenceTtl) when inference is
-// enabled; every other type -> NOERROR with no answer, so AAAA lookups fall
-// back to A (the VIP is IPv4 only). Disabled -> NXDOMAIN.
+// inference.local: A -> view.vip4, AAAA -> view.vip6 when set (TTL
+// kInferenceTtl) when inference is enabled; every other type (and AAAA
+// without vip6) -> NOERROR with no answer, so AAAA lookups fall back to A.
+// Disabled -> NXDOMAIN.
 // Other names: view.match_host decides; allowed -> Forward, else NXDOMAIN.
 // Malformed -> FORMERR; opcode != QUERY -> NOTIMP; class != IN or qtype
 // ANY/AXFR/IXFR/meta -> REFUSED.

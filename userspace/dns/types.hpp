@@ -31,6 +31,7 @@ struct HostMatch {
 struct SandboxView {
     bool inference_enabled = true;
     std::array<uint8_t, 4> vip4{198, 18, 0, 1};  // what inference.local resolves to
+    std::optional<Addr16> vip6;                   // its AAAA; none: AAAA has no answer
     // Called with the name lower-cased and without the trailing dot, only for
     // names made of LDH labels (letters, digits, '-', '_'). nullopt: not
     // allowed (NXDOMAIN). Unset: nothing is allowed.

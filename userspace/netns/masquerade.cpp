@@ -31,20 +31,41 @@ std::string quoted(const std::string& s) { return "\"" + s + "\""; }
 std::string egress_ruleset(const EgressPlan& p, bool kernel_owned) {
     const std::string t = "inet " + p.table;
     const std::string vif = quoted(p.host_if);
+    const bool v6 = !p.subnet6.empty();
+    const std::string from = "add rule " + t + " input iifname " + vif + " ";
+    const std::string via = "add rule " + t + " forward iifname " + vif + " ";
     std::string r;
     r += "add table " + t + (kernel_owned ? " { flags owner; }\n" : "\n");
-    // Only the agent's address of this host: not its other addresses, not
-    // IPv6 (the sandbox has none but link-local).
+    // Only the agent's address(es) of this host: not its other addresses,
+    // not its link-local one; and only from the sandbox's own addresses
+    // (a forged source would make the agent answer someone else).
     r += "add chain " + t + " input { type filter hook input priority filter; }\n";
-    r += "add rule " + t + " input iifname " + vif + " ip daddr != " + p.agent_addr + " drop\n";
-    r += "add rule " + t + " input iifname " + vif + " meta nfproto ipv6 drop\n";
-    // Out: never into another sandbox. In: only answers to what it started.
+    r += from + "ip saddr != " + p.subnet + " drop\n";
+    r += from + "ip daddr != " + p.agent_addr + " drop\n";
+    if (v6) {
+        // Neighbour discovery is how the sandbox finds the agent's address
+        // at all; the kernel alone sends it (the sandbox opens no ICMPv6 socket).
+        r += from + "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept\n";
+        r += from + "ip6 saddr != " + p.subnet6 + " drop\n";
+        r += from + "ip6 daddr != " + p.agent_addr6 + " drop\n";
+    } else {
+        r += from + "meta nfproto ipv6 drop\n";
+    }
+    // Out: only from its own addresses (masquerading covers nothing else),
+    // never into another sandbox. In: only answers to what it started.
     r += "add chain " + t + " forward { type filter hook forward priority filter; }\n";
-    r += "add rule " + t + " forward iifname " + vif + " ip daddr " + p.pool + " drop\n";
-    r += "add rule " + t + " forward iifname " + vif + " meta nfproto ipv6 drop\n";
+    r += via + "ip saddr != " + p.subnet + " drop\n";
+    r += via + "ip daddr " + p.pool + " drop\n";
+    if (v6) {
+        r += via + "ip6 saddr != " + p.subnet6 + " drop\n";
+        r += via + "ip6 daddr " + p.pool6 + " drop\n";
+    } else {
+        r += via + "meta nfproto ipv6 drop\n";
+    }
     r += "add rule " + t + " forward oifname " + vif + " ct state != { established, related } drop\n";
     r += "add chain " + t + " postrouting { type nat hook postrouting priority srcnat; }\n";
     r += "add rule " + t + " postrouting ip saddr " + p.subnet + " oifname != " + vif + " masquerade\n";
+    if (v6) r += "add rule " + t + " postrouting ip6 saddr " + p.subnet6 + " oifname != " + vif + " masquerade\n";
     return r;
 }
 

@@ -1,7 +1,7 @@
 #pragma once
 // A sandbox's egress in the agent's namespace, through libnftables: allowed
-// traffic leaving the veth is masqueraded, and the sandbox reaches nothing of
-// the host but the agent's address, and no other sandbox.
+// traffic leaving the veth is masqueraded (IPv4 and IPv6), and the sandbox
+// reaches nothing of the host but the agent's address(es), and no other sandbox.
 #include <memory>
 #include <string>
 
@@ -15,9 +15,14 @@ struct EgressPlan {
     std::string subnet;      // sandbox subnet (IPv4 CIDR), masqueraded when it leaves by another interface
     std::string agent_addr;  // the one local address the sandbox may reach (redirect target)
     std::string pool;        // every sandbox subnet: forwarding into it from the sandbox is dropped
+    // IPv6, all empty when the sandbox has none (then every IPv6 packet from it is dropped).
+    std::string subnet6;      // its /64
+    std::string agent_addr6;  // the agent's IPv6 address on the veth
+    std::string pool6;        // every sandbox /64
 };
 
-// The nftables text of PLAN: one table, three chains (input, forward, postrouting).
+// The nftables text of PLAN: one table (family inet: both IP versions), three
+// chains (input, forward, postrouting).
 std::string egress_ruleset(const EgressPlan& plan, bool kernel_owned);
 
 class Masquerade {

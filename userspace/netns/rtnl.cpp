@@ -172,10 +172,11 @@ std::vector<Rtnl::DefaultRoute> Rtnl::default_routes() {
         if (rtnl_route_get_table(r) != RT_TABLE_MAIN || rtnl_route_get_type(r) != RTN_UNICAST ||
             (dst && nl_addr_get_prefixlen(dst) != 0))
             continue;
-        auto& out = rtnl_route_get_family(r) == AF_INET ? v4 : v6;
+        const int family = rtnl_route_get_family(r);
+        auto& out = family == AF_INET ? v4 : v6;
         for (int i = 0; i < rtnl_route_get_nnexthops(r); ++i) {
             rtnl_nexthop* nh = rtnl_route_nexthop_n(r, i);
-            out.push_back({text_of(rtnl_route_nh_get_gateway(nh)), rtnl_route_nh_get_ifindex(nh)});
+            out.push_back({text_of(rtnl_route_nh_get_gateway(nh)), rtnl_route_nh_get_ifindex(nh), family});
         }
     }
     nl_cache_free(cache);

@@ -41,6 +41,7 @@ public:
     struct DefaultRoute {
         std::string gateway;  // empty for a device-only route
         int ifindex = 0;
+        int family = 0;  // AF_INET or AF_INET6
     };
     // Default routes of the main table, IPv4 first.
     std::vector<DefaultRoute> default_routes();

@@ -70,6 +70,30 @@ SubnetLease::~SubnetLease() {
     if (lock_ && !path_.empty()) ::unlink(path_.c_str());
 }
 
+Subnet6 subnet6_of(const std::string& pool6, uint32_t slot) {
+    auto p = parse_cidr(pool6);
+    if (!p.cidr || p.cidr->v4 || p.cidr->len < 48 || p.cidr->len > 63)
+        throw Error("IPv6 subnet pool '" + pool6 + "' must be an IPv6 prefix of length 48 to 63, e.g. fd72:6564:6972::/48" +
+                    (p.error.empty() ? "" : " (" + p.error + ")"));
+    const unsigned bits = 64 - p.cidr->len;
+    if (bits < 32 && slot >= (1u << bits))
+        throw Error("IPv6 subnet pool " + pool6 + " has no /64 number " + std::to_string(slot) +
+                    "; choose a shorter prefix (e.g. a /48)");
+    Addr a = p.cidr->addr;
+    // The slot goes in the last bits of the /64's network part (bytes 4..7).
+    uint64_t net = 0;
+    for (int i = 0; i < 8; ++i) net = (net << 8) | a[i];
+    net |= slot;
+    for (int i = 7; i >= 0; --i, net >>= 8) a[i] = static_cast<uint8_t>(net & 0xff);
+    Subnet6 s;
+    s.subnet = addr_to_string(a) + "/64";
+    a[15] = 1;
+    s.host_addr = addr_to_string(a);
+    a[15] = 2;
+    s.sandbox_addr = addr_to_string(a);
+    return s;
+}
+
 std::string SubnetLease::subnet() const { return ipv4_text(base_) + "/" + std::to_string(kPrefix); }
 std::string SubnetLease::host_addr() const { return ipv4_text(base_ + 1); }
 std::string SubnetLease::sandbox_addr() const { return ipv4_text(base_ + 2); }

@@ -35,6 +35,17 @@ private:
     std::string path_;
 };
 
+// The IPv6 side of a lease: the /64 numbered SLOT in POOL6 (a ULA prefix of
+// length 48..63, e.g. fd72:6564:6972::/48), so the slot that makes the IPv4
+// subnet distinct makes this one distinct too. Throws when POOL6 is not such
+// a prefix or has no /64 numbered SLOT.
+struct Subnet6 {
+    std::string subnet;        // "P:slot::/64"
+    std::string host_addr;     // P:slot::1, the agent's end
+    std::string sandbox_addr;  // P:slot::2, the sandbox's end
+};
+Subnet6 subnet6_of(const std::string& pool6, uint32_t slot);
+
 // Dotted text of a host-order IPv4 address.
 std::string ipv4_text(uint32_t host_order);
 
