@@ -337,11 +337,13 @@ class RunNetnsV6(V6World):
         cls.udp = Listener6(SERVER6, udp=True, netns=cls.inet_path)
         cls.server4 = Listener6(SERVER4, netns=cls.inet_path)
         cls.denied4 = Listener6(SERVER4, netns=cls.inet_path)
+        cls.host_sentinel = Listener6("::")  # every address of the agent's namespace
         cls.policy = write_policy(cls.tmp, "v6-egress", {"allow": [
             {"cidr": SERVER6 + "/128", "ports": [cls.server.port]},
             {"cidr": SERVER6 + "/128", "ports": [cls.udp.port], "protocol": "udp"},
             {"host": "v6.allowed.example", "ports": [cls.server.port]},
             {"cidr": SERVER4 + "/32", "ports": [cls.server4.port]},
+            {"cidr": UPLINK6 + "/128"},
             # Wide on purpose: the namespace's own walls must hold where policy would allow.
             {"cidr": "fd00::/8"}]})
         cls.env = dict(os.environ, REDIR_SOCKET=cls.agent.socket, REDIR_NETNS_POOL=POOL4, REDIR_NETNS_POOL6=POOL6)
@@ -350,7 +352,7 @@ class RunNetnsV6(V6World):
     @classmethod
     def tearDownClass(cls):
         rc = cls.sb.close()
-        harness.close_all(cls.server, cls.denied, cls.udp, cls.server4, cls.denied4)
+        harness.close_all(cls.server, cls.denied, cls.udp, cls.server4, cls.denied4, cls.host_sentinel)
         super().tearDownClass()
         if rc != 0:
             raise AssertionError("run --netns exited %s" % rc)
@@ -431,21 +433,22 @@ class RunNetnsV6(V6World):
         self.assertTrue(harness.wait_until(lambda: not any(t for _, t in ip6_addrs(self.sb.host_if, "link")), 5))
         ll = ip6_addrs(self.sb.host_if, "link")[0][0]
         port = self.agent.status()["agent"]["terminator_port"]
-        sentinel = Listener6("::")
-        try:
-            for p in (port, sentinel.port):
-                self.assertEqual(self.sb.do("tcp6", ll + "%eth0", p), "EPERM", p)
-            # Outside the cgroup's hooks but in its namespace (a process the
-            # kernel programs never judge): the nftables table still drops it.
-            probe = ("import socket;s=socket.socket(socket.AF_INET6);s.settimeout(2)\n"
-                     "a=socket.getaddrinfo(%r,%d,socket.AF_INET6,socket.SOCK_STREAM)[0][4]\n"
-                     "try: s.connect(a); print('OK')\nexcept OSError as e: print(type(e).__name__, e)\n"
-                     % (ll + "%eth0", sentinel.port))
-            r = subprocess.run(["nsenter", "--net=" + self.sb.netns, PY, "-c", probe], capture_output=True, text=True)
-            self.assertEqual(r.stdout.strip(), "TimeoutError timed out", r.stdout + r.stderr)
-            self.assertEqual(sentinel.seen, [])
-        finally:
-            sentinel.close()
+        for p in (port, self.host_sentinel.port):
+            self.assertEqual(self.sb.do("tcp6", ll + "%eth0", p), "EPERM", p)
+        # Outside the cgroup's hooks but in its namespace (a process the
+        # kernel programs never judge): the nftables table still drops it.
+        probe = ("import socket,sys;s=socket.socket(socket.AF_INET6);s.settimeout(2)\n"
+                 "a=socket.getaddrinfo(sys.argv[1],int(sys.argv[2]),socket.AF_INET6,socket.SOCK_STREAM)[0][4]\n"
+                 "try: s.connect(a); print('OK')\nexcept OSError as e: print(type(e).__name__, e)\n")
+        r = subprocess.run(["nsenter", "--net=" + self.sb.netns, PY, "-c", probe, ll + "%eth0",
+                            str(self.host_sentinel.port)], capture_output=True, text=True)
+        self.assertEqual(r.stdout.strip(), "TimeoutError timed out", r.stdout + r.stderr)
+        self.assertEqual(self.host_sentinel.seen, [])
+
+    def test_escape_the_hosts_other_v6_address_allowed_by_policy(self):
+        """Policy names it; the host still answers nothing but the agent's address."""
+        self.assertEqual(self.sb.do("tcp6", UPLINK6, self.host_sentinel.port), "TIMEOUT")
+        self.assertEqual(self.host_sentinel.seen, [])
 
     def test_escape_forged_v6_source_address(self):
         other_sandbox = str(ipaddress.IPv6Network(POOL6)[(0x3f << 64) + 2])

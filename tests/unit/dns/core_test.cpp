@@ -84,6 +84,18 @@ TEST(DnsQuery, InferenceOtherTypesAreEmptyNoError) {
     }
 }
 
+TEST(DnsQuery, InferenceAaaaIsTheVip6WhenTheAgentHasOne) {
+    FakePolicy pol;
+    SandboxView v = pol.view();
+    v.vip6 = *parse_addr("2001:db8:5eed::1");
+    Reply r = expect_reply(handle_query(make_query("inference.local", LDNS_RR_TYPE_AAAA), v));
+    EXPECT_EQ(r.verdict, Verdict::inference);
+    EXPECT_EQ(answer_addrs(r.wire), std::vector<std::string>{"2001:db8:5eed::1"});
+    // A stays the IPv4 VIP; an IPv6-only sandbox and a dual-stack one both resolve it.
+    EXPECT_EQ(answer_addrs(expect_reply(handle_query(make_query("inference.local", LDNS_RR_TYPE_A), v)).wire),
+              std::vector<std::string>{"198.18.0.1"});
+}
+
 TEST(DnsQuery, InferenceDisabledIsNxdomain) {
     FakePolicy pol;
     Reply r = expect_reply(handle_query(make_query("inference.local", LDNS_RR_TYPE_A), pol.view(false)));

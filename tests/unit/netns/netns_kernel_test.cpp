@@ -284,6 +284,20 @@ TEST(EgressRuleset, NamesEveryPiece) {
     EXPECT_NE(r.find("iifname \"vif\" ip daddr != 10.0.0.1 drop"), std::string::npos) << r;
     EXPECT_NE(r.find("ip saddr 10.0.0.0/30 oifname != \"vif\" masquerade"), std::string::npos) << r;
     EXPECT_EQ(egress_ruleset({"t", "vif", "a", "b", "c"}, false).find("owner"), std::string::npos);
+    // No IPv6 for the sandbox: every IPv6 packet from it is dropped.
+    EXPECT_NE(r.find("iifname \"vif\" meta nfproto ipv6 drop"), std::string::npos) << r;
+    EXPECT_NE(r.find("forward iifname \"vif\" ip saddr != 10.0.0.0/30 drop"), std::string::npos) << r;
+}
+
+TEST(EgressRuleset, Ipv6PiecesWhenTheSandboxHasIpv6) {
+    EgressPlan p{"t", "vif", "10.0.0.0/30", "10.0.0.1", "10.0.0.0/16", "fd00:0:0:1::/64", "fd00:0:0:1::1", "fd00::/48"};
+    std::string r = egress_ruleset(p, true);
+    EXPECT_EQ(r.find("nfproto ipv6 drop"), std::string::npos) << r;
+    EXPECT_NE(r.find("input iifname \"vif\" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert }"), std::string::npos) << r;
+    EXPECT_NE(r.find("input iifname \"vif\" ip6 daddr != fd00:0:0:1::1 drop"), std::string::npos) << r;
+    EXPECT_NE(r.find("forward iifname \"vif\" ip6 saddr != fd00:0:0:1::/64 drop"), std::string::npos) << r;
+    EXPECT_NE(r.find("forward iifname \"vif\" ip6 daddr fd00::/48 drop"), std::string::npos) << r;
+    EXPECT_NE(r.find("ip6 saddr fd00:0:0:1::/64 oifname != \"vif\" masquerade"), std::string::npos) << r;
 }
 
 }  // namespace

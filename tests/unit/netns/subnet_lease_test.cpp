@@ -32,6 +32,23 @@ TEST_F(LeaseTest, AddressesOfASlot) {
     EXPECT_EQ(m.subnet(), "192.0.2.4/30");
 }
 
+TEST(Subnet6, TheSlotNumbersTheSlash64) {
+    auto s = subnet6_of("fd72:6564:6972::/48", 0);
+    EXPECT_EQ(s.subnet, "fd72:6564:6972::/64");
+    EXPECT_EQ(s.host_addr, "fd72:6564:6972::1");
+    EXPECT_EQ(s.sandbox_addr, "fd72:6564:6972::2");
+    EXPECT_EQ(subnet6_of("fd72:6564:6972::/48", 0x1234).sandbox_addr, "fd72:6564:6972:1234::2");
+    EXPECT_EQ(subnet6_of("fd00:1:2:300::/56", 5).subnet, "fd00:1:2:305::/64");
+}
+
+TEST(Subnet6, RefusesWhatCannotHoldTheSlot) {
+    EXPECT_THROW(subnet6_of("fd00:1:2:300::/56", 256), Error);  // a /56 has 256 /64s
+    EXPECT_THROW(subnet6_of("10.0.0.0/8", 0), Error);
+    EXPECT_THROW(subnet6_of("fd00::/64", 0), Error);  // no room for a slot
+    EXPECT_THROW(subnet6_of("fd00::/32", 0), Error);  // longer than /48 only: a slot fits 16 bits at most
+    EXPECT_THROW(subnet6_of("not-a-prefix", 0), Error);
+}
+
 TEST_F(LeaseTest, ReleasedSlotIsReused) {
     {
         auto a = SubnetLease::acquire("192.0.2.0/29", dir_);
