@@ -17,7 +17,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import unittest
 
@@ -243,9 +242,8 @@ class V6World(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        harness.enter_netns()
-        cls.tmp = tempfile.mkdtemp(prefix="redir-e2e-%s-" % cls.TAG)
-        os.chmod(cls.tmp, 0o755)
+        cls.tmp, _ = harness.isolated(cls, cls.TAG)
+        os.chmod(cls.tmp, 0o755)  # the sandboxed user reads its resolv.conf here
         cls.inet = "redir-e2e-inet6-%d" % os.getpid()
         cls.inet_path = "/run/netns/" + cls.inet
         cls.uplink = "inet6%d" % (os.getpid() % 10000)
@@ -497,27 +495,26 @@ class RunNetnsV6Lifecycle(V6World):
 
 
 class Container6:
-    """A container as runtimes build one, IPv6 only: a child cgroup, a
-    namespace held by a sleeping first process, a veth HOST_IF <-> eth0 with
-    AGENT6 here and INSIDE6 there (both identical for every container), a
-    default route through AGENT6."""
+    """A container as CNI plugins build one, IPv6 only: a child cgroup, a
+    named namespace (/run/netns/NAME), a veth HOST_IF <-> eth0 with AGENT6
+    here and INSIDE6 there (both identical for every container), a default
+    route through AGENT6."""
 
     def __init__(self, tag, host_if):
         self.cg = Cgroup(tag)
         self.host_if = host_if
-        self.holder = subprocess.Popen(["unshare", "--net", "sleep", "3600"])
-        self.netns = "/proc/%d/ns/net" % self.holder.pid
-        harness.wait_until(lambda: os.readlink(self.netns) != os.readlink("/proc/self/ns/net"), timeout=5)
-        sh(IP, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", str(self.holder.pid))
+        self.name = "redir-e2e-%s-%d" % (tag, os.getpid())
+        self.netns = "/run/netns/" + self.name
+        sh(IP, "netns", "add", self.name)
+        sh(IP, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", self.name)
+        # What a careful runtime does: the container cannot route the host.
         with open("/proc/sys/net/ipv6/conf/%s/accept_ra" % host_if, "w") as f:
             f.write("0")
         sh(IP, "-6", "addr", "add", AGENT6 + "/64", "dev", host_if, "nodad")
         sh(IP, "link", "set", host_if, "up")
-        inside = ["nsenter", "--net=" + self.netns, IP]
-        sh(*inside, "link", "set", "lo", "up")
-        sh(*inside, "-6", "addr", "add", INSIDE6 + "/64", "dev", "eth0", "nodad")
-        sh(*inside, "link", "set", "eth0", "up")
-        sh(*inside, "-6", "route", "add", "default", "via", AGENT6, "dev", "eth0")
+        for cmd in (["link", "set", "lo", "up"], ["-6", "addr", "add", INSIDE6 + "/64", "dev", "eth0", "nodad"],
+                    ["link", "set", "eth0", "up"], ["-6", "route", "add", "default", "via", AGENT6, "dev", "eth0"]):
+            sh(IP, "-n", self.name, *cmd)
 
     def popen(self, argv, resolv_conf, **kw):
         script = 'mount --bind "$1" /etc/resolv.conf && echo $$ > "$2/cgroup.procs" && shift 2 && exec "$@"'
@@ -531,7 +528,7 @@ class Container6:
 
     def close(self):
         subprocess.run([IP, "link", "del", self.host_if], capture_output=True)
-        harness.close_all(self.holder)
+        subprocess.run([IP, "netns", "del", self.name], capture_output=True)
         self.cg.remove()
 
 
@@ -551,16 +548,7 @@ print("BOUND", flush=True)
 sys.stdin.readline()
 for s in socks:
     s.connect((dst, port))
-got = []
-for s in socks:
-    buf = b""
-    while not buf.endswith(b"\n"):
-        d = s.recv(256)
-        if not d:
-            break
-        buf += d
-    got.append(buf.decode().strip())
-print(json.dumps(got))
+print(json.dumps([s.makefile().readline().strip() for s in socks]))
 """
 
 
@@ -578,11 +566,14 @@ class AttachNetnsV6(V6World):
             "inspect": [{"cidr": "2001:db8:ff::/64", "ports": [cls.echo.port]}]})
         cls.a = Container6("ctr6-a", "rk6a%d" % (os.getpid() % 10000))
         # Only one veth holds AGENT6 yet: found from the namespace's IPv6 default route.
-        cls.attach_a = cls.agent.ctl("attach", "--cgroup", cls.a.cg.path, "--policy", cls.policy,
-                                     "--netns", cls.a.netns).stdout
+        cls.attach_a = cls.attach(cls.a)
         cls.b = Container6("ctr6-b", "rk6b%d" % (os.getpid() % 10000))
-        cls.agent.ctl("attach", "--cgroup", cls.b.cg.path, "--policy", cls.policy, "--netns", cls.b.netns,
-                      "--redirect-via", AGENT6 + "%" + cls.b.host_if)
+        # Now two do: named with its interface, the IPv6 address alone (no IPv4 anywhere).
+        cls.attach(cls.b, "--redirect-via", AGENT6 + "%" + cls.b.host_if)
+
+    @classmethod
+    def attach(cls, c, *via):
+        return cls.agent.ctl("attach", "--cgroup", c.cg.path, "--policy", cls.policy, "--netns", c.netns, *via).stdout
 
     @classmethod
     def tearDownClass(cls):
