@@ -516,13 +516,16 @@ class Container6:
                     ["link", "set", "eth0", "up"], ["-6", "route", "add", "default", "via", AGENT6, "dev", "eth0"]):
             sh(IP, "-n", self.name, *cmd)
 
-    def popen(self, argv, resolv_conf, **kw):
-        script = 'mount --bind "$1" /etc/resolv.conf && echo $$ > "$2/cgroup.procs" && shift 2 && exec "$@"'
+    def popen(self, argv, resolv_conf, in_cgroup=True, **kw):
+        """ARGV in the container's namespace (and cgroup, unless IN_CGROUP is
+        false: a process the kernel programs never judge) with RESOLV_CONF."""
+        join = 'echo $$ > "$2/cgroup.procs" && ' if in_cgroup else ""
+        script = 'mount --bind "$1" /etc/resolv.conf && ' + join + 'shift 2 && exec "$@"'
         return subprocess.Popen(["nsenter", "--net=" + self.netns, "unshare", "--mount", "sh", "-c", script, "sh",
                                  resolv_conf, self.cg.path] + list(argv), text=True, **kw)
 
-    def run(self, argv, resolv_conf, timeout=60):
-        p = self.popen(argv, resolv_conf, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def run(self, argv, resolv_conf, timeout=60, in_cgroup=True):
+        p = self.popen(argv, resolv_conf, in_cgroup, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = p.communicate(timeout=timeout)
         return p.returncode, out, err
 
@@ -634,6 +637,19 @@ class AttachNetnsV6(V6World):
         for addr in (ll + "%eth0", AGENT6):
             rc, out, err = self.a.run([PY, "-c", probe, addr, str(port)], self.resolv)
             self.assertEqual(out.strip(), "EPERM", "%s: %s %s" % (addr, out, err))
+
+    def test_escape_dns_to_the_other_containers_v6_responder(self):
+        b_port = [a for a in self.agent.status()["attachments"] if a["cgroup"] == self.b.cg.path][0]["dns_port"]
+        probe = ("import errno,socket,sys;s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM);s.settimeout(2)\n"
+                 "q=b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x07example\\x00\\x00\\x1c\\x00\\x01'\n"
+                 "try: s.sendto(q,(sys.argv[1],int(sys.argv[2]))); s.recvfrom(512); print('ANSWERED')\n"
+                 "except socket.timeout: print('TIMEOUT')\n"
+                 "except OSError as e: print(errno.errorcode.get(e.errno, str(e)))\n")
+        rc, out, err = self.a.run([PY, "-c", probe, AGENT6, str(b_port)], self.resolv)
+        self.assertEqual(out.strip(), "EPERM", err)
+        # Outside the cgroup: B's responder is bound to B's veth, A's datagram never reaches it.
+        rc, out, err = self.a.run([PY, "-c", probe, AGENT6, str(b_port)], self.resolv, in_cgroup=False)
+        self.assertIn(out.strip(), ("TIMEOUT", "ECONNREFUSED"), err)
 
 
 if __name__ == "__main__":
