@@ -53,34 +53,37 @@ def sockaddr(addr, port):
     # (addr, port, flow, scope): "fe80::1%eth0" gets its interface.
     return socket.getaddrinfo(addr, port, socket.AF_INET6, socket.SOCK_DGRAM)[0][4]
 
-def tcp6(addr, port, src=None, timeout=2):
-    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    s.settimeout(timeout)
+def outcome(step):
+    # What a client sees: "OK"/"SENT", TIMEOUT, or the errno's name.
     try:
-        if src:
-            s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
-            s.bind((src, 0))
-        s.connect(sockaddr(addr, port))
-        return "OK"
+        return step()
     except socket.timeout:
         return "TIMEOUT"
     except OSError as e:
         return errno.errorcode.get(e.errno, str(e))
-    finally:
-        s.close()
+
+def open6(kind, src):
+    # SRC: a source address this host need not have (IPV6_FREEBIND needs no privilege).
+    s = socket.socket(socket.AF_INET6, kind)
+    s.settimeout(2)
+    if src:
+        s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        s.bind((src, 0))
+    return s
+
+def tcp6(addr, port, src=None):
+    def step():
+        with open6(socket.SOCK_STREAM, src) as s:
+            s.connect(sockaddr(addr, port))
+        return "OK"
+    return outcome(step)
 
 def udp6(addr, port, src=None):
-    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    try:
-        if src:
-            s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
-            s.bind((src, 0))
-        s.sendto(b"probe", sockaddr(addr, port))
+    def step():
+        with open6(socket.SOCK_DGRAM, src) as s:
+            s.sendto(b"probe", sockaddr(addr, port))
         return "SENT"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e))
-    finally:
-        s.close()
+    return outcome(step)
 
 def query(name, qtype):
     q = struct.pack("!HHHHHH", 0x5a5a, 0x0100, 1, 0, 0, 0)
