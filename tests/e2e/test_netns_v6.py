@@ -591,6 +591,23 @@ class AttachNetnsV6(V6World):
     def test_attach_found_the_v6_gateway_with_rtnetlink(self):
         self.assertIn("redirected via %s (%s)" % (AGENT6, self.a.host_if), self.attach_a)
 
+    def test_redirect_via_takes_one_address_per_ip_version_never_link_local(self):
+        cg = Cgroup("v6-spare")
+        try:
+            ll = ip6_addrs(self.a.host_if, "link")[0][0]
+            for via, says in ((["fe80::1%" + self.a.host_if], "link-local"),
+                              ([AGENT6 + "%" + self.a.host_if, "fd00:c0::9"], "two IPv6"),
+                              ([AGENT6 + "%" + self.a.host_if + "," + ll], "two IPv6")):
+                args = ["attach", "--cgroup", cg.path, "--policy", self.policy, "--netns", self.a.netns]
+                for v in via:
+                    args += ["--redirect-via", v]
+                r = self.agent.ctl(*args, check=False)
+                self.assertNotEqual(r.returncode, 0, via)
+                self.assertIn(says, r.stderr, via)
+            self.assertNotIn(cg.path, [a["cgroup"] for a in self.agent.status().get("attachments", [])])
+        finally:
+            cg.remove()
+
     def test_inference_local_over_v6_from_both_containers(self):
         for c in (self.a, self.b):
             before = len(self.agent.audit_records())
