@@ -4,6 +4,7 @@ inspect relay, DNS to the agent. Only the stdlib; each call raises OSError
 when the network says no.
 """
 import json
+import os
 import random
 import socket
 import ssl
@@ -12,6 +13,9 @@ import time
 
 VIP = ("198.18.0.1", 443)
 DNS = ("192.0.2.99", 53)  # any address: the kernel sends port 53 to the agent
+# Against the soak's ASan + UBSan agent, several times slower, the tests set
+# REDIR_SANITIZED_SLOWDOWN (tests/soak/CMakeLists.txt): waits scale by it.
+SLOWDOWN = float(os.environ.get("REDIR_SANITIZED_SLOWDOWN", "1"))
 
 
 def inference_context(ca):
@@ -19,8 +23,8 @@ def inference_context(ca):
 
 
 def tls_connect(ctx, timeout=10):
-    s = ctx.wrap_socket(socket.create_connection(VIP, timeout), server_hostname="inference.local")
-    s.settimeout(30)
+    s = ctx.wrap_socket(socket.create_connection(VIP, timeout * SLOWDOWN), server_hostname="inference.local")
+    s.settimeout(30 * SLOWDOWN)
     return s
 
 
@@ -93,8 +97,8 @@ def timed_call(ctx, stream):
 
 def relay_echo(addr, port, msg=b"ping\n"):
     """A connection through the inspect relay to an echo server, checked once."""
-    r = socket.create_connection((addr, port), 10)
-    r.settimeout(10)
+    r = socket.create_connection((addr, port), 10 * SLOWDOWN)
+    r.settimeout(10 * SLOWDOWN)
     r.sendall(msg)
     got = b""
     while len(got) < len(msg):
@@ -114,11 +118,11 @@ def dns_query(name, tcp=False, wait=True):
     q = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
     q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\x00" + struct.pack("!HH", 1, 1)
     if tcp:
-        s = socket.create_connection(DNS, 5)
+        s = socket.create_connection(DNS, 5 * SLOWDOWN)
         s.sendall(struct.pack("!H", len(q)) + q)
     else:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(5)
+        s.settimeout(5 * SLOWDOWN)
         s.sendto(q, DNS)
     if not wait:
         return s

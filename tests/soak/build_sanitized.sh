@@ -7,11 +7,17 @@
 set -euo pipefail
 src=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:?usage: build_sanitized.sh BUILD_DIR}
-launch=()
+launcher=
 if command -v ccache >/dev/null 2>&1; then
   export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$(dirname "$src")} CCACHE_NOHASHDIR=1
-  launch=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  launcher=ccache
 fi
+# REDIR_SANITIZED_TIMES=FILE: each compile's CPU time and peak RSS appended to
+# FILE (how tests/soak/README.md's figures were taken; CCACHE_DISABLE=1 for cold).
+if [[ -n ${REDIR_SANITIZED_TIMES:-} ]]; then
+  launcher="$src/tests/soak/timed.sh${launcher:+;$launcher}"
+fi
+launch=(-DCMAKE_C_COMPILER_LAUNCHER="$launcher" -DCMAKE_CXX_COMPILER_LAUNCHER="$launcher")
 # Ninja compiles objects of different libraries side by side (Make waits for
 # each library before the next): the cold build's wall time on 2 cores.
 # A directory configured before keeps its generator.

@@ -9,6 +9,7 @@ minute (half the run when shorter) and the end: at most 16 more file
 descriptors and 32 MiB more RSS (ASan's quarantine capped at 16 MiB). Everything runs in the test's own
 network namespace.
 """
+import glob
 import json
 import os
 import subprocess
@@ -95,7 +96,7 @@ while time.time() < end:
         count("inference", infer(False)); count("inference_stream", infer(True))
     except Exception as e: count("inference", False, repr(e))
     time.sleep(0.05)
-print(json.dumps({"ok": ok, "bad": bad, "errors": errors}))
+print(json.dumps({"rounds": i, "ok": ok, "bad": bad, "errors": errors}))
 """
 
 # Sandbox C: slow lookups that are still in flight when C is detached.
@@ -134,6 +135,7 @@ class Soak(unittest.TestCase):
         agent = Agent("soak").start(timeout=60)
         cg_a = Cgroup("soak-a")
         churned = []
+        summary = "soak %d s: ended before its figures (see the failure above)" % DURATION
         try:
             agent.ctl("provider", "create", "--name", "mock", "--type", "mock")
             agent.ctl("inference", "set", "--provider", "mock", "--model", "soak-model")
@@ -168,6 +170,7 @@ class Soak(unittest.TestCase):
                 agent.ctl("detach", "--cgroup", cg_c.path)
                 slow.kill()
                 slow.wait()
+                slow.stdout.close()
                 cg_c.remove()
                 churned.remove(cg_c)
                 churns += 1
@@ -176,8 +179,11 @@ class Soak(unittest.TestCase):
             last = proc_sample(agent.proc.pid)
             self.assertEqual(driver.returncode, 0, err)
             res = json.loads(out)
-            print("\nsoak %d s: %d reloads, %d attach/detach cycles, ops %s, first minute fds/RSS %s, end %s" %
-                  (DURATION, reloads, churns, res["ok"], first, last), file=sys.stderr)
+            summary = ("soak %d s: %d rounds of mixed traffic (ops %s, failed %s), %d reloads, %d attach/detach "
+                       "cycles; redird fds %d -> %d (bound +%d), RSS %d -> %d KiB (growth %d KiB, bound %d)" %
+                       (DURATION, res["rounds"], res["ok"], res["bad"], reloads, churns, first[0], last[0],
+                        FD_BOUND, first[1], last[1], last[1] - first[1], RSS_BOUND_KIB))
+            print("\n" + summary, file=sys.stderr)
             self.assertEqual(res["bad"], {}, res["errors"])
             for op in ("allowed", "denied", "dns_udp_allowed", "dns_udp_denied", "dns_tcp_allowed",
                        "resolved_connect", "inference", "inference_stream"):
@@ -192,7 +198,19 @@ class Soak(unittest.TestCase):
                 s.close()
             fake.close()
             agent.cleanup([cg_a] + churned)
-        self.assertEqual(harness.sanitizer_reports(reports), "", "sanitizer reports")
+        found = harness.sanitizer_reports(reports)
+        report_result("%s; sanitizer reports=%d" % (summary, len(glob.glob(reports + "*"))))
+        self.assertEqual(found, "", "sanitizer reports")
+
+
+def report_result(line):
+    """Hands the soak's figures to scripts/test.sh (REDIR_SOAK_RESULT: a file
+    it prints after CTest, which shows a passing test's output to nobody)."""
+    print(line, file=sys.stderr)
+    path = os.environ.get("REDIR_SOAK_RESULT")
+    if path:
+        with open(path, "w") as f:
+            f.write(line + "\n")
 
 
 if __name__ == "__main__":
