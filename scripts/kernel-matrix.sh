@@ -179,6 +179,11 @@ accel_args() {
   esac
 }
 
+# Whole seconds of the boot clock: unlike $SECONDS (wall time) it does not
+# jump when the host's clock is stepped or the machine is paused, which once
+# killed a healthy guest as "timed out" after 215 s.
+uptime_s() { local up _; read -r up _ </proc/uptime; echo "${up%.*}"; }
+
 # Boots one guest; prints its console as it goes; returns the guest's rc,
 # 124 on timeout, or $SKIP when it did not reach /init by the boot deadline.
 boot_guest() {
@@ -195,19 +200,19 @@ boot_guest() {
   qpid=$!
   tail -n +1 -f --pid="$qpid" "$log" | sed -u "s/^/[$kernel] /" &
   tpid=$!
-  t0=$SECONDS
+  t0=$(uptime_s)
   while kill -0 "$qpid" 2>/dev/null; do
     if ((!booted)) && grep -q 'REDIR-VM: init reached' "$log"; then
       booted=1
-      echo "kernel-matrix: $kernel reached /init after $((SECONDS - t0)) s"
+      echo "kernel-matrix: $kernel reached /init after $(($(uptime_s) - t0)) s"
     fi
-    if ((!booted && SECONDS - t0 > BOOT_DEADLINE)); then
+    if ((!booted && $(uptime_s) - t0 > BOOT_DEADLINE)); then
       kill "$qpid"; wait "$qpid" 2>/dev/null || true; wait "$tpid" 2>/dev/null || true
       printf '\nkernel-matrix: %s did not reach /init within %s s (qemu: %s)\n' "$kernel" "$BOOT_DEADLINE" \
         "$(tail -n3 "$out/qemu.log" | tr '\n' ' ')"
       return "$SKIP"
     fi
-    if ((SECONDS - t0 > TIMEOUT)); then
+    if (($(uptime_s) - t0 > TIMEOUT)); then
       kill "$qpid"; wait "$qpid" 2>/dev/null || true; wait "$tpid" 2>/dev/null || true
       printf '\nkernel-matrix: %s did not finish within %s s (REDIR_VM_TIMEOUT); killed\n' "$kernel" "$TIMEOUT"
       return 124
