@@ -2,6 +2,9 @@
 // objects, and the SSE line machine that feeds it one event at a time.
 #include "terminator/usage.hpp"
 
+#include <algorithm>
+#include <cstring>
+
 #include "terminator/mock.hpp"
 #include "terminator/request.hpp"
 
@@ -57,33 +60,19 @@ void JsonUsageScanner::restart() {
     pending_ = {};
 }
 
-bool JsonUsageScanner::in_object() const {
-    if (depth_ == 0) return false;
-    const int i = depth_ - 1;
-    return (kinds_[i / 64] >> (i % 64)) & 1u;
-}
-
 bool JsonUsageScanner::key_is(std::string_view k) const {
-    return in_object() && !key_long_ && std::string_view(key_, key_len_) == k;
+    return !key_long_ && std::string_view(key_, key_len_) == k;
 }
 
-void JsonUsageScanner::open(bool object) {
-    if (depth_ >= kMaxDepth) {
-        st_ = St::Broken;
-        return;
-    }
-    const int i = depth_;
-    const std::uint64_t bit = std::uint64_t{1} << (i % 64);
-    if (object)
-        kinds_[i / 64] |= bit;
-    else
-        kinds_[i / 64] &= ~bit;
+// Followed objects are only the top level, a "message"/"response" wrapper
+// and a usage object: at most three deep.
+void JsonUsageScanner::open() {
     ++depth_;
-    st_ = object ? St::KeyOrEnd : St::ValueOrEnd;
+    st_ = St::KeyOrEnd;
 }
 
-void JsonUsageScanner::close(bool object) {
-    if (depth_ == 0 || in_object() != object) {
+void JsonUsageScanner::close() {
+    if (depth_ == 0) {
         st_ = St::Broken;
         return;
     }
@@ -98,30 +87,38 @@ void JsonUsageScanner::close(bool object) {
     st_ = depth_ == 0 ? St::Done : St::AfterValue;
 }
 
+bool JsonUsageScanner::could_hold_usage() const {
+    if (usage_depth_ != 0) return false;
+    if (depth_ == 1) return key_is("usage") || key_is("message") || key_is("response");
+    return depth_ == 2 && wrapper_depth_ == 2 && key_is("usage");
+}
+
 void JsonUsageScanner::begin_value(char c) {
-    if (depth_ == 0 && c != '{') {
-        st_ = St::Broken;  // the provider's framing is always an object
+    if (depth_ == 0) {
+        // The provider's framing is always an object.
+        if (c == '{') open();
+        else st_ = St::Broken;
         return;
     }
-    if (c == '{') {
-        const bool member = in_object();
-        if (member && depth_ == 1 && usage_depth_ == 0 && key_is("usage")) {
-            open(true);
-            usage_depth_ = depth_;
-            pending_ = {};
-        } else if (member && depth_ == 1 && (key_is("message") || key_is("response"))) {
-            open(true);
-            wrapper_depth_ = depth_;
-        } else if (member && depth_ == 2 && wrapper_depth_ == 2 && usage_depth_ == 0 && key_is("usage")) {
-            open(true);
+    if (c == '{' && could_hold_usage()) {
+        const bool usage = key_is("usage");
+        open();
+        if (usage) {
             usage_depth_ = depth_;
             pending_ = {};
         } else {
-            open(true);
+            wrapper_depth_ = depth_;
         }
         return;
     }
-    if (c == '[') return open(false);
+    if (c == '{' || c == '[') {
+        // Choices, content, tool calls, usage details: nothing of them is read.
+        ++depth_;
+        skip_base_ = depth_;
+        skip_str_ = skip_esc_ = false;
+        st_ = St::Skip;
+        return;
+    }
     if (c == '"') {
         st_ = St::Str;
         str_is_key_ = false;
@@ -132,7 +129,7 @@ void JsonUsageScanner::begin_value(char c) {
         num_ = is_digit(c) ? static_cast<std::uint64_t>(c - '0') : 0;
         num_bad_ = c == '-';
         num_field_ = nullptr;
-        if (usage_depth_ != 0 && depth_ == usage_depth_ && in_object() && !key_long_) {
+        if (usage_depth_ != 0 && depth_ == usage_depth_ && !key_long_) {
             const std::string_view k(key_, key_len_);
             if (k == "prompt_tokens") num_field_ = &pending_.prompt_tokens;
             else if (k == "completion_tokens") num_field_ = &pending_.completion_tokens;
@@ -150,6 +147,36 @@ void JsonUsageScanner::begin_value(char c) {
     st_ = St::Broken;
 }
 
+std::size_t JsonUsageScanner::skip(std::string_view b) {
+    std::size_t i = 0;
+    const std::size_t n = b.size();
+    while (i < n) {
+        if (skip_str_) {
+            if (skip_esc_) {
+                skip_esc_ = false;
+                ++i;
+                continue;
+            }
+            while (i < n && b[i] != '"' && b[i] != '\\') ++i;
+            if (i == n) break;
+            if (b[i] == '\\') skip_esc_ = true;
+            else skip_str_ = false;
+            ++i;
+            continue;
+        }
+        const char c = b[i++];
+        if (c == '"') {
+            skip_str_ = true;
+        } else if (c == '{' || c == '[') {
+            ++depth_;
+        } else if ((c == '}' || c == ']') && --depth_ < skip_base_) {
+            st_ = St::AfterValue;  // skip_base_ > 1: the container was a member of a followed object
+            break;
+        }
+    }
+    return i;
+}
+
 void JsonUsageScanner::end_number() {
     if (num_field_ && !num_bad_) *num_field_ = num_;
     num_field_ = nullptr;
@@ -161,14 +188,6 @@ bool JsonUsageScanner::step(char c) {
         case St::Value:
             if (!is_ws(c)) begin_value(c);
             return true;
-        case St::ValueOrEnd:
-            if (is_ws(c)) return true;
-            if (c == ']') {
-                close(false);
-                return true;
-            }
-            begin_value(c);
-            return true;
         case St::KeyOrEnd:
         case St::Key:
             if (is_ws(c)) return true;
@@ -178,7 +197,7 @@ bool JsonUsageScanner::step(char c) {
                 key_len_ = 0;
                 key_long_ = false;
             } else if (c == '}' && st_ == St::KeyOrEnd) {
-                close(true);
+                close();
             } else {
                 st_ = St::Broken;
             }
@@ -189,9 +208,8 @@ bool JsonUsageScanner::step(char c) {
             return true;
         case St::AfterValue:
             if (is_ws(c)) return true;
-            if (c == ',') st_ = in_object() ? St::Key : St::Value;
-            else if (c == '}') close(true);
-            else if (c == ']') close(false);
+            if (c == ',') st_ = St::Key;
+            else if (c == '}') close();
             else st_ = St::Broken;
             return true;
         case St::Str:
@@ -227,6 +245,7 @@ bool JsonUsageScanner::step(char c) {
             if (is_alpha(c)) return true;
             st_ = St::AfterValue;
             return false;
+        case St::Skip:
         case St::Done:
         case St::Broken:
             return true;
@@ -239,9 +258,22 @@ void JsonUsageScanner::feed(std::string_view b) {
     const std::size_t n = b.size();
     while (i < n) {
         if (st_ == St::Done || st_ == St::Broken) return;
-        if (st_ == St::Str && !str_is_key_) {
-            // Most of an answer is text: skip it without a state step per byte.
-            while (i < n && b[i] != '"' && b[i] != '\\') ++i;
+        if (st_ == St::Skip) {
+            i += skip(b.substr(i));
+            continue;
+        }
+        if (st_ == St::Str) {
+            // Most of an answer is text and keys: run to the quote or escape
+            // without a state step per byte; a key keeps its first kKeyMax bytes.
+            std::size_t j = i;
+            while (j < n && b[j] != '"' && b[j] != '\\') ++j;
+            if (str_is_key_) {
+                const std::size_t room = kKeyMax - key_len_, len = j - i;
+                std::memcpy(key_ + key_len_, b.data() + i, std::min(room, len));
+                key_len_ += std::min(room, len);
+                key_long_ = key_long_ || len > room;
+            }
+            i = j;
             if (i == n) return;
         }
         if (step(b[i])) ++i;

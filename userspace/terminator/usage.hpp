@@ -54,27 +54,31 @@ public:
 
 private:
     enum class St : std::uint8_t {
-        Value, ValueOrEnd, KeyOrEnd, Key, Colon, AfterValue, Str, Esc, Number, Literal, Done, Broken
+        Value, KeyOrEnd, Key, Colon, AfterValue, Str, Esc, Number, Literal, Skip, Done, Broken
     };
-    static constexpr int kMaxDepth = 128;
     static constexpr std::size_t kKeyMax = 32;
     bool step(char c);  // false: C was not consumed (re-run it in the new state)
-    void open(bool object);
-    void close(bool object);
+    // Skips the rest of a container no usage can be in; returns bytes used.
+    std::size_t skip(std::string_view b);
+    void open();
+    void close();
     void begin_value(char c);
     void end_number();
-    bool in_object() const;
     bool key_is(std::string_view k) const;
+    bool could_hold_usage() const;  // the value about to open may be (or hold) a usage object
 
     St st_ = St::Value;
-    int depth_ = 0;
-    std::uint64_t kinds_[kMaxDepth / 64] = {};  // bit set: the container at that depth is an object
+    std::int64_t depth_ = 0;  // a skipped subtree may nest as deep as its bytes go
     bool str_is_key_ = false;
     char key_[kKeyMax] = {};
     std::size_t key_len_ = 0;
     bool key_long_ = false;
-    int wrapper_depth_ = 0;  // depth of an open "message"/"response" object, 0: none
-    int usage_depth_ = 0;    // depth of the open usage object, 0: none
+    std::int64_t wrapper_depth_ = 0;  // depth of an open "message"/"response" object, 0: none
+    std::int64_t usage_depth_ = 0;    // depth of the open usage object, 0: none
+    // St::Skip: only brackets and strings are followed until the depth falls
+    // below skip_base_ (no nesting limit needed: only a counter grows).
+    std::int64_t skip_base_ = 0;
+    bool skip_str_ = false, skip_esc_ = false;
     std::uint64_t num_ = 0;
     bool num_bad_ = false;     // sign, fraction, exponent, overflow, over kMaxTokenCount
     std::optional<std::uint64_t>* num_field_ = nullptr;

@@ -165,10 +165,13 @@ TEST(UsageExtraction, SandboxTextCannotForgeUsage) {
 }
 
 TEST(UsageExtraction, JsonBodyScanIsBoundedWhateverTheNesting) {
-    // 200k levels: the scanner gives up (usage unknown) instead of growing.
+    // 200k levels of what no usage can be in: skipped with a counter, no stack.
     std::string deep = "{\"a\":" + std::string(200000, '[') + std::string(200000, ']') + ",\"usage\":{\"prompt_tokens\":1}}";
     auto u = scan(false, {deep});
-    EXPECT_FALSE(u.known());
+    EXPECT_EQ(u.input_tokens, Opt(1));
+    std::string deep_obj = "{\"a\":" + std::string(100000, '{') + "\"usage\":{\"prompt_tokens\":9}" +
+                           std::string(100000, '}') + ",\"usage\":{\"prompt_tokens\":2}}";
+    EXPECT_EQ(scan(false, {deep_obj}).input_tokens, Opt(2)) << "only the top level's usage";
     // A huge string value costs no memory and is skipped.
     std::string big = "{\"content\":\"" + std::string(8 << 20, 'x') + "\",\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":5}}";
     u = scan(false, {big});
