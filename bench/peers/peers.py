@@ -9,9 +9,12 @@ Knobs (environment): BENCH_SECONDS (per measurement, default 10), BENCH_ROUNDS
 (interleaved rounds, best kept; default 2, 1 when BENCH_SECONDS < 5),
 BENCH_SSE_STREAMS (1000), BENCH_SSE_GAP_MS (250), BENCH_PEERS (default
 direct,redir,nginx,mitmproxy,squid), BENCH_PHASES (default
-keepalive,latency,handshakes,probe,sse), BENCH_THREADS (1,2), BENCH_PERF=1 (perf profile of redird),
+keepalive,latency,handshakes,probe,sse), BENCH_THREADS (1,2), BENCH_PERF=1 (perf profile of redird; BENCH_PERF_DATA=FILE
+keeps its perf.data, BENCH_PERF_CALLGRAPH=dwarf for callers through libraries, BENCH_PERF_LOAD=handshakes to
+profile new connections),
 BENCH_JSON=FILE (all numbers), REDIR_THREADS_FLAG (redird's io-thread flag;
-detected from --help when unset), REDIR_BUILD (build directory).
+detected from --help when unset), REDIR_BUILD (build directory), BENCH_REDIR_B (another
+build directory: its redird runs as peer "redir-b" in the keep-alive rounds, for A/B in one run).
 """
 import ctypes
 import json
@@ -41,6 +44,7 @@ SSE_STREAMS = int(os.environ.get("BENCH_SSE_STREAMS", "1000"))
 SSE_GAP_MS = float(os.environ.get("BENCH_SSE_GAP_MS", "250"))
 PEERS = os.environ.get("BENCH_PEERS", "direct,redir,nginx,mitmproxy,squid").split(",")
 PERF = os.environ.get("BENCH_PERF") == "1"
+REDIR_B = os.environ.get("BENCH_REDIR_B")
 ALL_PHASES = ("keepalive", "latency", "handshakes", "probe", "sse")
 THREADS = [int(t) for t in os.environ.get("BENCH_THREADS", "1,2").split(",")]
 PHASES = set(os.environ.get("BENCH_PHASES", ",".join(ALL_PHASES)).split(","))
@@ -423,22 +427,26 @@ class Redir(Peer):
     name = "redir"
     url_host = "inference.local"
 
-    def __init__(self, tmp, certs, threads):
+    def __init__(self, tmp, certs, threads, redird=None):
         self.threads = threads
         flag = threads_flag()
         extra = ["--max-connections-per-sandbox", "8192", "--max-connections", "16384"]
         if flag and threads:
             extra += [flag, str(threads)]
-        self.agent = Agent("bench", extra).start()
+        own, harness.REDIRD = harness.REDIRD, redird or harness.REDIRD
+        try:
+            self.agent = Agent(self.name, extra).start()
+        finally:
+            harness.REDIRD = own
         a = self.agent
         for name, host in (("fixed", "provider.bench.test"), ("sse", "sse.bench.test")):
             a.ctl("provider", "create", "--name", name, "--type", "openai-compatible", "--base-url",
                   "https://%s/v1" % host, "--ca-file", certs["ca"], "--credential", "OPENAI_API_KEY=" + SECRET)
         self.use_provider("fixed")
-        policy = write_policy(tmp, "bench-inference-only-%s" % threads, {"inference": {"enabled": True}})
-        self.cgroup = Cgroup("bench")
+        policy = write_policy(tmp, "%s-inference-only-%s" % (self.name, threads), {"inference": {"enabled": True}})
+        self.cgroup = Cgroup(self.name)
         a.ctl("attach", "--cgroup", self.cgroup.path, "--policy", policy)
-        self.ca_local = os.path.join(tmp, "inference-ca-%s.pem" % threads)
+        self.ca_local = os.path.join(tmp, "%s-inference-ca-%s.pem" % (self.name, threads))
         a.ctl("ca", "export", "--out", self.ca_local)
 
     def use_provider(self, name):
@@ -450,6 +458,14 @@ class Redir(Peer):
 
     def stop(self):
         self.agent.cleanup([self.cgroup])
+
+
+class RedirB(Redir):
+    """Another build of redird side by side (BENCH_REDIR_B=its build directory): A/B in one run."""
+    name = "redir-b"
+
+    def __init__(self, tmp, certs, threads):
+        super().__init__(tmp, certs, threads, os.path.join(REDIR_B, "userspace", "agent", "redird"))
 
 
 # -- load generators ---------------------------------------------------------
@@ -548,15 +564,53 @@ def perf_profile(redir, seconds, out_dir):
     data = os.path.join(out_dir, "perf.data")
     argv = ["wrk", "-t", "2", "-c", "50", "-d", "%ds" % (seconds + 1), "--timeout", "5s",
             "-s", os.path.join(HERE, "wrk_post.lua"), redir.url()]
-    load = redir.cgroup.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-o", data, "-p", str(redir.pid),
+    # BENCH_PERF_LOAD=handshakes: profile a new TLS connection per request instead.
+    close = os.environ.get("BENCH_PERF_LOAD") == "handshakes"
+    load = redir.cgroup.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, WRK_CLOSE="1" if close else "0"))
+    graph = os.environ.get("BENCH_PERF_CALLGRAPH", "fp")  # dwarf: callers through libc and OpenSSL too
+    subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "--call-graph", graph, "-o", data,
+                    "-p", str(redir.pid),
                     "--", "sleep", str(seconds)], capture_output=True)
     load.communicate(timeout=seconds + 60)
+    if os.environ.get("BENCH_PERF_DATA"):  # keep the samples for perf report/annotate
+        shutil.copy(data, os.environ["BENCH_PERF_DATA"])
     def report(sort, limit):
         rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", sort,
                               "-g", "none", "--percent-limit", limit], capture_output=True, text=True)
         return [l for l in rep.stdout.splitlines() if l.strip() and not l.startswith("#")]
-    return report("dso", "2") + [""] + report("dso,sym", "1")[:25]
+    return report("dso", "2") + [""] + report("dso,sym", "1")[:25] + [""] + syscalls_per_request(redir, out_dir)
+
+
+def syscalls_per_request(redir, out_dir, seconds=3):
+    """redird's system calls per keep-alive request, by name (each loopback
+    sendmsg also runs the receiver's TCP input on this CPU)."""
+    data = os.path.join(out_dir, "sys.data")
+    argv = ["wrk", "-t", "2", "-c", "50", "-d", "%ds" % seconds, "--timeout", "5s",
+            "-s", os.path.join(HERE, "wrk_post.lua"), redir.url()]
+    load = redir.cgroup.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    subprocess.run(["perf", "record", "-q", "-e", "raw_syscalls:sys_enter", "-o", data, "-p", str(redir.pid),
+                    "--", "sleep", str(seconds)], capture_output=True)
+    out, _ = load.communicate(timeout=seconds + 60)
+    m = re.search(r"WRKJSON (\{.*\})", out)
+    script = subprocess.run(["perf", "script", "-i", data, "-F", "trace"], capture_output=True, text=True).stdout
+    counts = {}
+    for l in script.splitlines():
+        sm = re.search(r"NR (\d+)", l)
+        if sm:
+            counts[int(sm.group(1))] = counts.get(int(sm.group(1)), 0) + 1
+    if not m or not counts:
+        return ["(system calls not counted: perf raw_syscalls tracepoint or wrk output missing)"]
+    requests = max(1, json.loads(m.group(1))["requests"])
+    names = {0: "read", 1: "write", 3: "close", 7: "poll", 20: "writev", 41: "socket", 42: "connect",
+             44: "sendto", 45: "recvfrom", 46: "sendmsg", 47: "recvmsg", 54: "setsockopt", 72: "fcntl",
+             202: "futex", 232: "epoll_wait", 233: "epoll_ctl", 281: "epoll_pwait", 283: "timerfd_create",
+             286: "timerfd_settime", 290: "eventfd2", 441: "epoll_pwait2"}
+    total = sum(counts.values())
+    lines = ["system calls per keep-alive request: %.1f (%d requests)" % (total / requests, requests)]
+    for nr, c in sorted(counts.items(), key=lambda kv: -kv[1])[:10]:
+        lines.append("  %-14s %.2f" % (names.get(nr, "nr %d" % nr), c / requests))
+    return lines
 
 
 # -- the report ----------------------------------------------------------------
@@ -707,13 +761,17 @@ def main():
                 threads, "s" if threads > 1 else ""))
             redir = Redir(tmp, certs, threads)
             nginx = NginxProxy(tmp, certs, threads)
+            redir_b = RedirB(tmp, certs, threads) if REDIR_B else None
             try:
-                measure(res, str(threads), direct, redir, nginx, others if threads == THREADS[0] else [])
+                measure(res, str(threads), direct, redir, nginx,
+                        (others if threads == THREADS[0] else []) + ([redir_b] if redir_b else []))
                 if threads == THREADS[0]:
                     measure_redir_only(res, tmp, certs, redir, nginx, sse_provider)
             finally:
                 redir.stop()
                 nginx.stop()
+                if redir_b:
+                    redir_b.stop()
     finally:
         for s in reversed(stoppers):
             try:

@@ -50,6 +50,7 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
     go.stream_idle_timeout = stream_idle_timeout;  // no total cap: long tool-call streams must arrive whole
     // Request records go to the audit log (one place to read), not twice.
     go.access_log = std::make_shared<spdlog::logger>("access", std::make_shared<spdlog::sinks::null_sink_mt>());
+    go.access_log->set_level(spdlog::level::off);  // the gateway then does not even build the line
     go.on_request = [&audit, on_request = std::move(on_request)](const terminator::RequestLog& r) {
         audit.write(terminator::request_log_json(r));
         if (on_request) on_request(r);  // the usage ledger

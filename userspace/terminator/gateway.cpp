@@ -4,9 +4,11 @@
 #include "terminator/provider_fetch.hpp"
 
 #include <poll.h>
+#include <sys/socket.h>
 #include <spdlog/spdlog.h>
 
 #include <array>
+#include <cerrno>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -21,6 +23,7 @@
 #include <deque>
 #include <filesystem>
 #include <limits>
+#include <span>
 #include <thread>
 
 #include "common/error.hpp"
@@ -70,6 +73,7 @@ struct UpstreamConn {
 // Kept-alive provider connections by (host, port, trust).
 class Pool {
 public:
+    static constexpr std::chrono::seconds kCheckAfter{1};
     std::unique_ptr<UpstreamConn> take(const std::string& key, std::chrono::milliseconds idle_timeout) {
         auto it = idle_.find(key);
         if (it == idle_.end()) return nullptr;
@@ -77,11 +81,17 @@ public:
         while (!q.empty()) {
             auto c = std::move(q.back());
             q.pop_back();
-            if (Clock::now() - c->idle_since > idle_timeout) continue;
+            const auto idle = Clock::now() - c->idle_since;
+            if (idle > idle_timeout) continue;
             // Anything readable on an idle connection is the provider closing
-            // it (FIN or close_notify): not reusable.
-            pollfd pfd{beast::get_lowest_layer(c->s).socket().native_handle(), POLLIN, 0};
-            if (::poll(&pfd, 1, 0) != 0) continue;
+            // it (FIN or close_notify): not reusable. Providers close idle
+            // connections after seconds, not within one: a connection idle
+            // for less is not asked (a system call per request), and if it
+            // was closed after all, the stale retry of exchange() covers it.
+            if (idle >= kCheckAfter) {
+                pollfd pfd{beast::get_lowest_layer(c->s).socket().native_handle(), POLLIN, 0};
+                if (::poll(&pfd, 1, 0) != 0) continue;
+            }
             c->reused = true;
             return c;
         }
@@ -101,6 +111,19 @@ private:
     std::map<std::string, std::deque<std::unique_ptr<UpstreamConn>>> idle_;
 };
 
+// What a client connection keeps from one request to the next: its read
+// buffer, and the buffer the provider's answers are relayed through
+// (allocated on the first provider call, none for idle connections).
+struct ClientConn {
+    static constexpr std::size_t kRelayBuffer = 16 * 1024;
+    beast::flat_buffer buf;
+    std::unique_ptr<char[]> relay;
+    std::span<char> relay_buffer() {
+        if (!relay) relay.reset(new char[kRelayBuffer]);
+        return {relay.get(), kRelayBuffer};
+    }
+};
+
 struct Failure {
     int status = 502;
     std::string message;
@@ -108,14 +131,22 @@ struct Failure {
 
 // Watches the client while the provider works, so that a sandbox that hangs
 // up stops the provider request instead of letting it run (and bill) on.
+// First a readiness wait on the socket (no read, no TLS work: the usual case
+// costs no system call); only bytes arriving mid-call (a pipelined request,
+// a TLS close_notify) start a real read of the stream.
 struct ClientWatch {
     explicit ClientWatch(const asio::any_io_executor& ex) : done(ex) { done.expires_at(Clock::time_point::max()); }
-    bool active = false;
-    bool finished = false;
+    bool over = false;      // the call is over: a late completion touches nothing but this object
+    bool reading = false;   // a read of the stream is under way (DONE fires when it ends)
+    bool finished = false;  // that read has ended
     bool gone = false;
     bool answered = false;  // the whole answer was handed to the sandbox's socket
     UpstreamConn* upstream = nullptr;
     asio::steady_timer done;
+    void hung_up() {
+        gone = true;
+        if (upstream) upstream->close();
+    }
 };
 
 template <class Stream>
@@ -166,9 +197,10 @@ struct Gateway::Shared {
     }
 
     void record(const RequestLog& r) {
-        auto line = request_log_json(r);
-        auto lg = opts.access_log ? opts.access_log : spdlog::default_logger();
-        if (lg) lg->info("{}", line);
+        const auto& lg = opts.access_log ? opts.access_log : spdlog::default_logger();
+        // The line is only built for a logger that writes it (the agent's
+        // records go to the audit log through on_request, built there once).
+        if (lg && lg->should_log(spdlog::level::info)) lg->info("{}", request_log_json(r));
         if (opts.on_request) opts.on_request(r);
     }
 };
@@ -277,17 +309,46 @@ awaitable<bool> answer(Impl& gw, Stream& s, ApiShape shape, Stop stop, RequestLo
 }
 
 template <class Stream>
-awaitable<void> watch_client(Stream& s, beast::flat_buffer& buf, std::shared_ptr<ClientWatch> w) {
+awaitable<void> read_client(Stream& s, beast::flat_buffer& buf, std::shared_ptr<ClientWatch> w) {
     auto [ec, n] = co_await s.async_read_some(buf.prepare(4096), use_tuple);
     if (!ec) {
         // The next pipelined request: keep it for the session.
         buf.commit(n);
     } else if (ec != asio::error::operation_aborted) {
-        w->gone = true;
-        if (w->upstream) w->upstream->close();
+        w->hung_up();
     }
     w->finished = true;
     w->done.cancel();
+}
+
+// What the client's socket holds once it became readable mid-call.
+enum class Readable { Nothing, Bytes, Closed };
+Readable peek(tcp::socket& sock) {
+    char b;
+    const ssize_t n = ::recv(sock.native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) return Readable::Bytes;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return Readable::Nothing;
+    return Readable::Closed;  // FIN, or an error such as a reset
+}
+
+template <class Stream>
+void watch_client(Impl& gw, Stream& s, beast::flat_buffer& buf, std::shared_ptr<ClientWatch> w) {
+    auto& sock = beast::get_lowest_layer(s).socket();
+    sock.async_wait(tcp::socket::wait_read, [&gw, &s, &buf, w](beast::error_code ec) {
+        // Over: S and BUF may be gone already.
+        if (ec || w->over) return;
+        switch (peek(beast::get_lowest_layer(s).socket())) {
+        case Readable::Nothing:
+            return watch_client(gw, s, buf, w);
+        case Readable::Closed:
+            return w->hung_up();
+        case Readable::Bytes:
+            // Reads are unbounded while watching; writes get their own timeout.
+            beast::get_lowest_layer(s).expires_never();
+            w->reading = true;
+            asio::co_spawn(gw.ex, read_client(s, buf, w), asio::detached);
+        }
+    });
 }
 
 std::string provider_where(const Provider& p, const BaseUrl& b) {
@@ -401,6 +462,7 @@ struct ProxyCall {
     ApiShape shape;
     bool client_keep_alive;
     Quota::Ticket* body_room;  // given back once the provider has answered
+    std::span<char> piece;     // the session's relay buffer
     std::string where() const { return provider_where(provider, base); }
     std::string pool_key() const { return base.host + "|" + std::to_string(base.port) + "|" + provider.ca_file; }
 };
@@ -472,15 +534,20 @@ awaitable<std::optional<Stop>> exchange(Impl& gw, ProxyCall& call, ClientWatch& 
 // origin-specific headers, framed as PLAN says.
 http::response<http::buffer_body> response_head(const http::response_header<>& uh, const ResponsePlan& plan,
                                                 bool keep_alive) {
-    HeaderList rh;
-    for (const auto& f : uh) rh.emplace_back(lower(f.name_string()), std::string(f.value()));
-    const auto ctoks = connection_tokens(rh);
+    HeaderList conn;  // the Connection headers alone: their tokens name more hop-by-hop headers
+    for (auto [it, end] = uh.equal_range(http::field::connection); it != end; ++it)
+        conn.emplace_back("connection", it->value());
+    const auto ctoks = connection_tokens(conn);
     http::response<http::buffer_body> res;
     res.version(11);
     res.result(uh.result_int());
     res.reason(uh.reason());
-    for (const auto& [n, v] : rh)
-        if (relay_response_header(n, ctoks)) res.insert(n, v);
+    std::string n;  // one buffer for every lower-cased name
+    for (const auto& f : uh) {
+        n.assign(f.name_string());
+        for (char& c : n) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        if (relay_response_header(n, ctoks)) res.insert(n, f.value());
+    }
     if (plan.content_length)
         res.content_length(*plan.content_length);
     else if (plan.chunked)
@@ -505,18 +572,36 @@ awaitable<beast::error_code> write_piece(Impl& gw, Stream& s, http::response_ser
     co_return ec;
 }
 
-enum class Pumped { Done, ClientGone, UpstreamBroke };
+// A stream idles between its events: OpenSSL gives its record buffers
+// (~34 KiB a connection) back while it waits, so 1,000 open streams do not
+// hold 2,000 sets. Short exchanges keep theirs (no allocation per record).
+void release_buffers_when_idle(TlsStream& s) { SSL_set_mode(s.native_handle(), SSL_MODE_RELEASE_BUFFERS); }
+void release_buffers_when_idle(beast::tcp_stream&) {}
+
+// Done: the answer went whole to the sandbox. Delivered: the provider's
+// answer was whole, but the sandbox stopped taking it at the end.
+enum class Pumped { Done, Delivered, ClientGone, UpstreamBroke };
+
+// The provider's answer is whole: its connection is reusable even when the
+// sandbox hangs up right after the last byte (as `Connection: close` clients
+// do), so the watcher lets go of it, and it is back in the pool before the
+// last piece is written to the sandbox (another request may use it already).
+void release_upstream(Impl& gw, Upstream& up, ClientWatch& watch) {
+    watch.upstream = nullptr;
+    if (up.conn && up.parser->is_done() && up.parser->keep_alive() && up.conn->buf.size() == 0 && !gw.stopped())
+        gw.pool.put(std::move(up.conn), gw.opts.pool_max_idle_per_host, gw.opts.pool_idle_timeout);
+}
 
 // Relays the provider's body piece by piece as it arrives (an SSE stream is
-// never buffered). UPSTREAM_EC receives why the provider broke off. Once the
-// last byte of a sized body is read the provider connection is whole: the
-// watcher lets go of it, so a sandbox hanging up right after the answer (as
-// `Connection: close` clients do) does not cost it.
+// never buffered) through PIECE, the session's relay buffer. The last piece
+// carries the end of the body (one write, one TLS record), and the response
+// header goes with the first piece when the relay deferred it. UPSTREAM_EC
+// receives why the provider broke off.
 template <class Stream>
 awaitable<Pumped> pump_body(Impl& gw, Stream& s, http::response_serializer<http::buffer_body>& sr,
                             http::response<http::buffer_body>& res, const ResponsePlan& plan, Upstream& up,
-                            ClientWatch& watch, UsageTap& tap, RequestLog& log, beast::error_code& upstream_ec) {
-    std::array<char, 16 * 1024> piece;
+                            std::span<char> piece, ClientWatch& watch, UsageTap& tap, RequestLog& log,
+                            beast::error_code& upstream_ec) {
     auto& p = *up.parser;
     std::uint64_t left = plan.content_length.value_or(std::numeric_limits<std::uint64_t>::max());
     while (!p.is_done()) {
@@ -527,7 +612,7 @@ awaitable<Pumped> pump_body(Impl& gw, Stream& s, http::response_serializer<http:
         if (rec == http::error::need_buffer) rec = {};
         const std::size_t got = piece.size() - p.get().body().size;
         const bool whole = !rec && (p.is_done() || got >= left);
-        if (whole) watch.upstream = nullptr;
+        if (whole) release_upstream(gw, up, watch);
         if (watch.gone) co_return whole ? Pumped::Done : Pumped::ClientGone;
         if (rec) {
             upstream_ec = rec;
@@ -537,16 +622,17 @@ awaitable<Pumped> pump_body(Impl& gw, Stream& s, http::response_serializer<http:
         left -= std::min<std::uint64_t>(left, got);
         std::string_view data(piece.data(), got);
         tap.feed(data);
-        auto wec = co_await write_piece(gw, s, sr, res, data, true);
+        if (whole) watch.answered = true;
+        auto wec = co_await write_piece(gw, s, sr, res, data, !whole);
         note_write(gw, wec);
         if (wec) {
             if (!whole) up.conn->close();
-            co_return whole ? Pumped::Done : Pumped::ClientGone;
+            co_return whole ? Pumped::Delivered : Pumped::ClientGone;
         }
         log.bytes_out += got;
         if (whole) break;
     }
-    watch.upstream = nullptr;
+    release_upstream(gw, up, watch);
     co_return Pumped::Done;
 }
 
@@ -590,38 +676,46 @@ awaitable<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& u
                                     uh[http::field::content_encoding], length, up.parser->chunked());
     auto res = response_head(uh, plan, call.client_keep_alive);
     log.status = uh.result_int();
+    if (plan.sse) {
+        release_buffers_when_idle(s);
+        release_buffers_when_idle(up.conn->s);
+    }
 
     http::response_serializer<http::buffer_body> sr{res};
-    beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
-    auto [hec, hn] = co_await http::async_write_header(s, sr, use_tuple);
-    note_write(gw, hec);
-    if (hec) {
-        log.error = "client closed the connection";
-        up.conn->close();
-        co_return false;
+    // A body already read (most of a JSON answer) goes in one write with the
+    // header; a stream still waiting for its first event gets its header now.
+    if (!plan.no_body && up.conn->buf.size() == 0) {
+        beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
+        auto [hec, hn] = co_await http::async_write_header(s, sr, use_tuple);
+        note_write(gw, hec);
+        if (hec) {
+            log.error = "client closed the connection";
+            up.conn->close();
+            co_return false;
+        }
     }
 
     UsageTap tap(plan);
     beast::error_code upstream_ec;
-    const auto pumped = co_await pump_body(gw, s, sr, res, plan, up, watch, tap, log, upstream_ec);
+    const auto pumped =
+        co_await pump_body(gw, s, sr, res, plan, up, call.piece, watch, tap, log, upstream_ec);
     tap.finish(log.usage);  // what the provider reported before any break is still charged
     if (pumped == Pumped::ClientGone) {
         log.error = "client closed the connection";
         co_return false;
     }
+    if (pumped == Pumped::Delivered) co_return false;
     if (pumped == Pumped::UpstreamBroke) {
         up.conn->close();
         co_return co_await end_broken_response(gw, s, call, plan, sr, res, upstream_ec, log);
     }
-    // The provider's answer is whole: its connection is reusable even when
-    // the sandbox hangs up right after the last byte (as `Connection: close`
-    // clients do), so the watcher must not close it any more.
-    watch.upstream = nullptr;
-    if (up.parser->keep_alive() && up.conn->buf.size() == 0 && !gw.stopped())
-        gw.pool.put(std::move(up.conn), gw.opts.pool_max_idle_per_host, gw.opts.pool_idle_timeout);
     watch.answered = true;
-    const auto fec = co_await write_piece(gw, s, sr, res, {}, false);
-    co_return !fec && call.client_keep_alive;
+    if (!sr.is_done()) {
+        // The body was empty, or its end came without data (a last chunk).
+        const auto fec = co_await write_piece(gw, s, sr, res, {}, false);
+        if (fec) co_return false;
+    }
+    co_return call.client_keep_alive;
 }
 
 template <class Stream>
@@ -635,12 +729,7 @@ awaitable<bool> relay(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, 
 template <class Stream>
 awaitable<bool> proxy(Impl& gw, Stream& s, beast::flat_buffer& buf, ProxyCall& call, RequestLog& log) {
     auto watch = std::make_shared<ClientWatch>(gw.ex);
-    if (buf.size() == 0) {
-        // Reads are unbounded while watching; writes get their own timeout.
-        beast::get_lowest_layer(s).expires_never();
-        watch->active = true;
-        asio::co_spawn(gw.ex, watch_client(s, buf, watch), asio::detached);
-    }
+    if (buf.size() == 0) watch_client(gw, s, buf, watch);
     bool keep = false;
     std::exception_ptr err;
     try {
@@ -649,7 +738,11 @@ awaitable<bool> proxy(Impl& gw, Stream& s, beast::flat_buffer& buf, ProxyCall& c
         err = std::current_exception();
     }
     watch->upstream = nullptr;
-    if (watch->active && !watch->finished) {
+    watch->over = true;
+    if (!watch->reading) {
+        beast::error_code ig;
+        beast::get_lowest_layer(s).socket().cancel(ig);
+    } else if (!watch->finished) {
         beast::get_lowest_layer(s).cancel();
         co_await watch->done.async_wait(use_tuple);
     }
@@ -865,7 +958,7 @@ awaitable<bool> provider_fetch_allowed(Impl& gw, std::uint64_t cgroup_id) {
 
 // A served request: the models list, a mock answer, or the provider call.
 template <class Stream>
-awaitable<bool> respond(Impl& gw, Stream& s, beast::flat_buffer& buf, Incoming& in, const ConnInfo& info,
+awaitable<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const ConnInfo& info,
                         bool keep_alive, RequestLog& log) {
     const auto& o = gw.opts;
     const auto& cfg = *in.snap->inference;
@@ -911,16 +1004,16 @@ awaitable<bool> respond(Impl& gw, Stream& s, beast::flat_buffer& buf, Incoming& 
     ureq.body() = std::move(rw.body);
     ureq.keep_alive(true);
     ureq.prepare_payload();
-    ProxyCall call{provider, profile, *base, ureq, in.shape, keep_alive, &in.body_room};
-    co_return co_await proxy(gw, s, buf, call, log);
+    ProxyCall call{provider, profile, *base, ureq, in.shape, keep_alive, &in.body_room, cc.relay_buffer()};
+    co_return co_await proxy(gw, s, cc.buf, call, log);
 }
 
 // One request on a connection. Returns whether the connection stays open.
 template <class Stream>
-awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestLog& log, const ConnInfo& info) {
+awaitable<bool> serve_one(Impl& gw, Stream& s, ClientConn& cc, RequestLog& log, const ConnInfo& info) {
     Incoming in;
-    auto stop = co_await read_header(gw, s, buf, in, log);
-    if (!stop) stop = co_await read_body(gw, s, buf, in, info, log);
+    auto stop = co_await read_header(gw, s, cc.buf, in, log);
+    if (!stop) stop = co_await read_body(gw, s, cc.buf, in, info, log);
     if (stop) co_return co_await answer(gw, s, in.shape, std::move(*stop), log);
     log.bytes_in = in.parser.get().body().size();
     const bool keep_alive = in.parser.get().keep_alive() && !gw.stopped();
@@ -928,20 +1021,20 @@ awaitable<bool> serve_one(Impl& gw, Stream& s, beast::flat_buffer& buf, RequestL
         auto refusal = refuse(in.service.status, std::move(in.service.message), keep_alive, in.route.headers);
         co_return co_await answer(gw, s, in.shape, std::move(refusal), log);
     }
-    co_return co_await respond(gw, s, buf, in, info, keep_alive, log);
+    co_return co_await respond(gw, s, cc, in, info, keep_alive, log);
 }
 
 // ---- Connections ----
 
 template <class Stream>
 awaitable<void> session(std::shared_ptr<Impl> gw, Stream s, ConnInfo info, Quota::Ticket = {}) {
-    beast::flat_buffer buf;
+    ClientConn cc;
     try {
         for (;;) {
             RequestLog log;
             log.conn = info;
             const auto start = Clock::now();
-            bool keep = co_await serve_one(*gw, s, buf, log, info);
+            bool keep = co_await serve_one(*gw, s, cc, log, info);
             if (log.status != 0) {
                 log.duration_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
                 gw->record(log);

@@ -602,8 +602,8 @@ CredentialUse credential_use(const Profile& profile, const Provider& provider) {
             e->first};
 }
 
-std::set<std::string> connection_tokens(const HeaderList& headers) {
-    std::set<std::string> out;
+TokenSet connection_tokens(const HeaderList& headers) {
+    TokenSet out;
     for (const auto& [n, v] : headers) {
         if (n != "connection") continue;
         std::string_view s = v;
@@ -650,8 +650,8 @@ HeaderList upstream_headers(const HeaderList& client, const Profile& profile, co
     return out;
 }
 
-bool relay_response_header(std::string_view n, const std::set<std::string>& conn) {
-    if (is_hop_by_hop(n) || conn.count(std::string(n))) return false;
+bool relay_response_header(std::string_view n, const TokenSet& conn) {
+    if (is_hop_by_hop(n) || conn.count(n)) return false;
     // The provider's cookies and its protocol advertisements describe the
     // provider's origin, not inference.local.
     static constexpr std::string_view dropped[] = {"set-cookie", "alt-svc", "proxy-authenticate",

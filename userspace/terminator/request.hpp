@@ -149,9 +149,10 @@ CredentialUse credential_use(const Profile& profile, const Provider& provider);
 
 // Whether a provider response header is relayed to the sandbox.
 // CONNECTION_TOKENS: names listed in the response's Connection header.
-bool relay_response_header(std::string_view lower_name, const std::set<std::string>& connection_tokens);
+using TokenSet = std::set<std::string, std::less<>>;
+bool relay_response_header(std::string_view lower_name, const TokenSet& connection_tokens);
 // Comma-separated tokens of all Connection header values, lower case.
-std::set<std::string> connection_tokens(const HeaderList& headers);
+TokenSet connection_tokens(const HeaderList& headers);
 
 // Target path on the provider for client PATH (already matched) and QUERY.
 std::string upstream_target(const BaseUrl& base, const Profile& profile, const std::string& path,
