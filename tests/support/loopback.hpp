@@ -1,7 +1,8 @@
 #pragma once
 // What the loopback tests of the terminator, the gateway and the inspect relay
-// share: a scratch directory, the io_context under test on its own thread, and
-// polling with a deadline (never a bare sleep).
+// share: the names they spell alike, a scratch directory, the io_context under
+// test on its own thread, and polling with a deadline (never a bare sleep).
+// A test says `using namespace redir::test;` and has them all.
 #include <stdlib.h>
 
 #include <boost/asio/io_context.hpp>
@@ -12,13 +13,21 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
+
+// Declared, not included: a test that uses Beast includes the headers it needs.
+namespace boost::beast::http {}
 
 namespace redir::test {
 
-inline const boost::asio::ip::address& loopback() {
-    static const auto a = boost::asio::ip::make_address("127.0.0.1");
-    return a;
-}
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = boost::beast::http;
+using tcp = asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+inline const asio::ip::address kLoopback = asio::ip::make_address("127.0.0.1");
 
 // A fresh directory under /tmp, removed with its contents at the end.
 class ScratchDir {

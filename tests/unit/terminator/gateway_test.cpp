@@ -23,15 +23,8 @@
 namespace redir::terminator {
 namespace {
 
-namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace http = beast::http;
+using namespace redir::test;
 namespace ssl = asio::ssl;
-using tcp = asio::ip::tcp;
-using Clock = std::chrono::steady_clock;
-using namespace std::chrono_literals;
-
-const auto kLoopback = redir::test::loopback();
 // How long to wait for what the gateway does in the background. Generous: the
 // same tests run under ASan + UBSan (tests/soak) on a loaded 2-core machine,
 // many times slower; a passing test stops waiting as soon as the condition holds.
@@ -166,6 +159,13 @@ private:
     std::thread accept_thread_;
 };
 
+// D as one chunk of a chunked body.
+std::string chunk(const std::string& d) {
+    char hex[16];
+    snprintf(hex, sizeof hex, "%zx\r\n", d.size());
+    return hex + d + "\r\n";
+}
+
 enum class Mode { Cleartext, Tls, Refusal };
 
 // Run twice: on the caller's io thread (GatewayOptions::threads 0) and on
@@ -265,6 +265,33 @@ protected:
         }
         return out;
     }
+    // The provider streams until a write fails; the flag says it saw the client's hang-up reach it.
+    std::shared_ptr<std::atomic<bool>> stream_until_the_client_leaves() {
+        auto saw_close = std::make_shared<std::atomic<bool>>(false);
+        fake_->set_handler([saw_close](const Received&, FakeProvider::Conn& c) {
+            c.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+            for (int i = 0; i < 100; ++i) {
+                if (!c.write(chunk("data: x\n\n"))) {
+                    *saw_close = true;
+                    return false;
+                }
+                std::this_thread::sleep_for(50ms);
+            }
+            return false;
+        });
+        return saw_close;
+    }
+    // Sends a streaming request on S and reads until the stream has begun.
+    template <class Stream>
+    static void begin_stream(Stream& s) {
+        http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+        req.set(http::field::host, "i");
+        req.body() = R"({"stream":true})";
+        req.prepare_payload();
+        http::write(s, req);
+        char b[512];
+        s.read_some(asio::buffer(b));
+    }
     std::vector<RequestLog> logs() {
         std::lock_guard lk(log_mu_);
         return logs_;
@@ -292,12 +319,6 @@ protected:
 };
 
 bool contains(const std::string& h, const std::string& n) { return h.find(n) != std::string::npos; }
-
-std::string chunk(const std::string& d) {
-    char hex[16];
-    snprintf(hex, sizeof hex, "%zx\r\n", d.size());
-    return hex + d + "\r\n";
-}
 
 TEST_P(GatewayTest, RewritesModelSwapsCredentialAndFiltersHeaders) {
     use_openai();
@@ -849,31 +870,12 @@ TEST_P(GatewayTest, MockStreamsInBothShapes) {
 TEST_P(GatewayTest, ClientHangingUpClosesTheProviderRequest) {
     use_openai();
     start();
-    std::atomic<bool> provider_saw_close{false};
-    fake_->set_handler([&](const Received&, FakeProvider::Conn& c) {
-        c.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
-        for (int i = 0; i < 100; ++i) {
-            if (!c.write(chunk("data: x\n\n"))) {
-                provider_saw_close = true;
-                return false;
-            }
-            std::this_thread::sleep_for(50ms);
-        }
-        return false;
-    });
+    auto provider_saw_close = stream_until_the_client_leaves();
     {
         auto s = connect();
-        http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
-        req.set(http::field::host, "i");
-        req.body() = R"({"stream":true})";
-        req.prepare_payload();
-        http::write(s, req);
-        char b[512];
-        s.read_some(asio::buffer(b));
+        begin_stream(s);
     }
-    auto deadline = Clock::now() + 3s;
-    while (!provider_saw_close && Clock::now() < deadline) std::this_thread::sleep_for(20ms);
-    EXPECT_TRUE(provider_saw_close);
+    EXPECT_TRUE(wait_for([&] { return provider_saw_close->load(); }, kPatience));
 }
 
 TEST_P(GatewayTest, ClientHangingUpBeforeTheAnswerClosesTheProviderRequest) {
@@ -1037,33 +1039,14 @@ TEST_P(TlsGatewayTest, ProxiedStreamsKeepTheConnectionUsable) {
 TEST_P(TlsGatewayTest, ClientHangingUpOverTlsClosesTheProviderRequest) {
     use_openai();
     start_tls();
-    std::atomic<bool> provider_saw_close{false};
-    fake_->set_handler([&](const Received&, FakeProvider::Conn& c) {
-        c.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
-        for (int i = 0; i < 100; ++i) {
-            if (!c.write(chunk("data: x\n\n"))) {
-                provider_saw_close = true;
-                return false;
-            }
-            std::this_thread::sleep_for(50ms);
-        }
-        return false;
-    });
+    auto provider_saw_close = stream_until_the_client_leaves();
     {
         auto sp = tls_connect();
-        http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
-        req.set(http::field::host, "i");
-        req.body() = R"({"stream":true})";
-        req.prepare_payload();
-        http::write(*sp, req);
-        char b[512];
-        sp->read_some(asio::buffer(b));
+        begin_stream(*sp);
         beast::error_code ec;
         sp->next_layer().close(ec);
     }
-    auto deadline = Clock::now() + 3s;
-    while (!provider_saw_close && Clock::now() < deadline) std::this_thread::sleep_for(20ms);
-    EXPECT_TRUE(provider_saw_close);
+    EXPECT_TRUE(wait_for([&] { return provider_saw_close->load(); }, kPatience));
 }
 
 TEST_P(GatewayTest, PlainHttpIsRefusedWithAPointerToHttps) {

@@ -23,16 +23,7 @@
 namespace redir::terminator {
 namespace {
 
-namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace http = beast::http;
-using tcp = asio::ip::tcp;
-using Clock = std::chrono::steady_clock;
-using namespace std::chrono_literals;
-
-const auto kLoopback = redir::test::loopback();
-using redir::test::closed_within;
-using redir::test::wait_for;
+using namespace redir::test;
 constexpr std::uint64_t kHostile = 101, kVictim = 202;
 
 // One acceptor per sandbox: the port a client dials says which sandbox it is
@@ -79,6 +70,14 @@ protected:
         s.connect({kLoopback, (cg == kHostile ? hostile_ : victim_).local_endpoint().port()});
         return s;
     }
+    // N idle connections of sandbox CG, once the gateway counts them all.
+    std::vector<tcp::socket> hold(std::uint64_t cg, std::size_t n) {
+        std::vector<tcp::socket> held;
+        for (std::size_t i = 0; i < n; ++i) held.push_back(connect(cg));
+        if (!wait_for([&] { return gw_->connections_of(cg) == n; }))
+            ADD_FAILURE() << "the gateway counts " << gw_->connections_of(cg) << " connections, not " << n;
+        return held;
+    }
     static std::string request(const std::string& body, const std::string& target = "/v1/chat/completions") {
         return "POST " + target + " HTTP/1.1\r\nHost: inference.local\r\nContent-Type: application/json\r\n"
                "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
@@ -121,9 +120,7 @@ TEST_P(HostileGatewayTest, PerSandboxConnectionCapRefusesOnlyThatSandbox) {
     GatewayOptions o;
     o.max_connections_per_sandbox = 4;
     start(o);
-    std::vector<tcp::socket> idle;
-    for (int i = 0; i < 4; ++i) idle.push_back(connect(kHostile));
-    ASSERT_TRUE(wait_for([&] { return gw_->connections_of(kHostile) == 4; }));
+    auto idle = hold(kHostile, 4);
 
     auto extra = connect(kHostile);
     EXPECT_TRUE(closed_within(extra, 2s)) << "the fifth connection of the hostile sandbox must be closed";
@@ -143,9 +140,7 @@ TEST_P(HostileGatewayTest, TotalConnectionCapIsReportedAsSuch) {
     GatewayOptions o;
     o.max_connections_total = 3;
     start(o);
-    std::vector<tcp::socket> idle;
-    for (int i = 0; i < 3; ++i) idle.push_back(connect(kHostile));
-    ASSERT_TRUE(wait_for([&] { return gw_->connections() == 3; }));
+    auto idle = hold(kHostile, 3);
     auto late = connect(kVictim);
     EXPECT_TRUE(closed_within(late, 2s));
     EXPECT_EQ(gw_->stats().refused_total_connections.load(), 1u);

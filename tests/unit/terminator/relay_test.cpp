@@ -24,15 +24,7 @@
 namespace redir::agent {
 namespace {
 
-namespace asio = boost::asio;
-using tcp = asio::ip::tcp;
-using Clock = std::chrono::steady_clock;
-using namespace std::chrono_literals;
-
-const auto kLoopback = redir::test::loopback();
-
-using redir::test::closed_within;
-using redir::test::wait_for;
+using namespace redir::test;
 
 // An echo server standing in for the destination of inspected connections.
 struct Echo {
