@@ -25,66 +25,12 @@
 using namespace redir;
 using redir::testsupport::run_in_cgroup;
 using redir::testsupport::TempCgroup;
+using redir::kerneltest::listen_on;
+using redir::kerneltest::try_connect;
 
 namespace {
 
 constexpr uint32_t kPolicy = 7;
-
-// A listening TCP socket on ADDR:PORT (port 0 = any); returns fd and port.
-int listen_on(const std::string& addr, uint16_t& port) {
-    auto a = addr_parse(addr);
-    int fam = addr_is_v4(*a) ? AF_INET : AF_INET6;
-    int fd = ::socket(fam, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    sockaddr_storage ss{};
-    socklen_t len;
-    if (fam == AF_INET) {
-        auto* s = reinterpret_cast<sockaddr_in*>(&ss);
-        s->sin_family = AF_INET;
-        s->sin_port = htons(port);
-        std::memcpy(&s->sin_addr, &a->b[12], 4);
-        len = sizeof(*s);
-    } else {
-        auto* s = reinterpret_cast<sockaddr_in6*>(&ss);
-        s->sin6_family = AF_INET6;
-        s->sin6_port = htons(port);
-        std::memcpy(&s->sin6_addr, a->b, 16);
-        len = sizeof(*s);
-        ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    }
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) return -1;
-    ::listen(fd, 1024);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-    addr_from_sockaddr(reinterpret_cast<sockaddr*>(&ss), &port);
-    return fd;
-}
-
-// connect() from the calling process; returns 0 or errno. Family from the text
-// ("::ffff:1.2.3.4" makes an AF_INET6 socket with a v4-mapped address).
-int try_connect(const std::string& addr, uint16_t port, int type = SOCK_STREAM, int* out_fd = nullptr) {
-    bool v6 = addr.find(':') != std::string::npos;
-    int fd = ::socket(v6 ? AF_INET6 : AF_INET, type | SOCK_CLOEXEC, 0);
-    if (fd < 0) return errno;
-    socklen_t len;
-    sockaddr_storage ss = kerneltest::sockaddr_for(addr, port, len);
-    int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&ss), len);
-    int err = rc == 0 ? 0 : errno;
-    if (out_fd && rc == 0)
-        *out_fd = fd;
-    else
-        ::close(fd);
-    return err;
-}
-
-redir_lpm_key lpm_key(const std::string& addr, int prefix_in_addr_bits) {
-    redir_lpm_key k{};
-    k.policy_id = kPolicy;
-    auto a = addr_parse(addr);
-    std::memcpy(k.addr, a->b, 16);
-    k.prefixlen = 32 + prefix_in_addr_bits;
-    return k;
-}
 
 class DatapathTest : public ::testing::Test {
 protected:
@@ -127,14 +73,7 @@ protected:
     // Allow (or inspect) PORT_LO..PORT_HI for tcp on ADDR/PREFIX.
     void rule(const std::string& addr, int prefix, uint16_t lo, uint16_t hi,
               uint8_t verdict = REDIR_VERDICT_ALLOW, uint8_t proto = REDIR_PROTO_TCP) {
-        redir_portset ps{};
-        ps.count = 1;
-        ps.r[0] = {lo, hi, proto, verdict, 0};
-        redir_portset_key pk{kPolicy, next_set_};
-        dp_->put_portset(pk, ps);
-        redir_lpm_val v{next_set_, 0, 0, 0};
-        dp_->put_lpm(lpm_key(addr, prefix), v);
-        next_set_++;
+        kerneltest::put_one_range(*dp_, kPolicy, next_set_++, addr, prefix, lo, hi, verdict, proto);
     }
 
     std::string bpffs_;

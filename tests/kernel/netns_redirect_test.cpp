@@ -200,16 +200,7 @@ protected:
 
     // Inspect (REDIRECT to the relay) tcp ports LO..HI of ADDR/PREFIX.
     void inspect(const std::string& addr, int prefix, uint16_t lo, uint16_t hi) {
-        redir_portset ps{};
-        ps.count = 1;
-        ps.r[0] = {lo, hi, REDIR_PROTO_TCP, REDIR_VERDICT_REDIRECT, 0};
-        dp_->put_portset({policy_id_, next_set_}, ps);
-        redir_lpm_key k{};
-        k.policy_id = policy_id_;
-        k.prefixlen = 32 + prefix;
-        std::memcpy(k.addr, addr_parse(addr)->b, 16);
-        dp_->put_lpm(k, {next_set_, 0, 0, 0});
-        next_set_++;
+        put_range(addr, prefix, lo, hi, REDIR_VERDICT_REDIRECT);
     }
 
     std::unique_ptr<testsupport::TempCgroup> cg_b_;

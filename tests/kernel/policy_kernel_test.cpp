@@ -31,6 +31,7 @@
 #include "loader/datapath.hpp"
 #include "netns.hpp"
 #include "policy_reference.hpp"
+#include "sandbox_fixture.hpp"
 
 using namespace redir;
 using namespace redir::testsupport::policyref;
@@ -123,43 +124,17 @@ const char* verdict_name(uint8_t v) {
     return v == REDIR_VERDICT_DENY ? "DENY" : v == REDIR_VERDICT_ALLOW ? "ALLOW" : "REDIRECT";
 }
 
-// A listener on ADDR, any port (PORT in/out: 0 = pick one).
-int listen_on(int fam, const char* addr, uint16_t& port) {
-    int fd = ::socket(fam, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    int one = 1;
-    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_storage ss{};
-    socklen_t len;
-    if (fam == AF_INET) {
-        auto* s = reinterpret_cast<sockaddr_in*>(&ss);
-        s->sin_family = AF_INET;
-        s->sin_port = htons(port);
-        inet_pton(AF_INET, addr, &s->sin_addr);
-        len = sizeof(*s);
-    } else {
-        ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-        auto* s = reinterpret_cast<sockaddr_in6*>(&ss);
-        s->sin6_family = AF_INET6;
-        s->sin6_port = htons(port);
-        inet_pton(AF_INET6, addr, &s->sin6_addr);
-        len = sizeof(*s);
-    }
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(fd, 4096) != 0)
-        throw std::runtime_error(std::string("cannot listen on ") + addr + ": " + std::strerror(errno));
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-    port = ntohs(fam == AF_INET ? reinterpret_cast<sockaddr_in*>(&ss)->sin_port
-                                : reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
-    return fd;
-}
-
 class PolicyInKernelTest : public ::testing::Test {
 protected:
     void SetUp() override {
         bpffs_ = "/sys/fs/bpf/redir-test-" + std::to_string(::getpid()) + "-policy";
         dp_ = loader::Datapath::open({bpffs_});
         cg_ = std::make_unique<TempCgroup>("polk");
-        relay4_ = listen_on(AF_INET, "127.0.0.1", relay_port_);
-        relay6_ = listen_on(AF_INET6, "::1", relay_port_);
+        // Non-blocking: the acceptor below drains each backlog until EAGAIN.
+        relay4_ = kerneltest::listen_on("127.0.0.1", relay_port_, SOCK_NONBLOCK);
+        ASSERT_GE(relay4_, 0) << "cannot listen on 127.0.0.1: " << std::strerror(errno);
+        relay6_ = kerneltest::listen_on("::1", relay_port_, SOCK_NONBLOCK);
+        ASSERT_GE(relay6_, 0) << "cannot listen on [::1]:" << relay_port_ << ": " << std::strerror(errno);
         redir_config cfg{};
         cfg.agent_netns_cookie = redir::testsupport::current_netns_cookie();
         cfg.terminator4 = *addr_parse("127.0.0.1");

@@ -55,16 +55,20 @@ inline sockaddr_storage sockaddr_for(const std::string& addr, uint16_t port, soc
     return ss;
 }
 
-// A listening TCP socket on ADDR, port chosen by the kernel; -1 on failure.
-inline int listen_on(const std::string& addr, uint16_t& port) {
+// A listening TCP socket on ADDR:PORT (PORT in/out: 0 = the kernel picks);
+// FLAGS adds socket type flags (SOCK_NONBLOCK); -1 on failure, with errno.
+inline int listen_on(const std::string& addr, uint16_t& port, int flags = 0) {
     socklen_t len = 0;
-    sockaddr_storage ss = sockaddr_for(addr, 0, len);
-    int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_storage ss = sockaddr_for(addr, port, len);
+    int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | flags, 0);
     if (fd < 0) return -1;
     int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (ss.ss_family == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(fd, 64) != 0) {
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(fd, 4096) != 0) {
+        int err = errno;
         ::close(fd);
+        errno = err;
         return -1;
     }
     ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
@@ -72,16 +76,36 @@ inline int listen_on(const std::string& addr, uint16_t& port) {
     return fd;
 }
 
-// TCP connect() from the calling process: 0 or errno.
-inline int try_connect(const std::string& addr, uint16_t port) {
+// connect() of a TYPE socket from the calling process: 0 or errno. The family
+// follows the text ("::ffff:1.2.3.4" is an AF_INET6 socket with a v4-mapped
+// address). With OUT_FD the connected socket is handed back instead of closed.
+inline int try_connect(const std::string& addr, uint16_t port, int type = SOCK_STREAM, int* out_fd = nullptr) {
     socklen_t len = 0;
     sockaddr_storage ss = sockaddr_for(addr, port, len);
-    int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = ::socket(ss.ss_family, type | SOCK_CLOEXEC, 0);
     if (fd < 0) return errno;
     int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&ss), len);
     int err = rc == 0 ? 0 : errno;
-    ::close(fd);
+    if (out_fd && rc == 0)
+        *out_fd = fd;
+    else
+        ::close(fd);
     return err;
+}
+
+// Gives ports LO..HI of PROTO on ADDR/PREFIX the VERDICT under POLICY, as the
+// one range of port set SET (PREFIX in 128-bit terms: v4 /n is 96 + n).
+inline void put_one_range(loader::Datapath& dp, uint32_t policy, uint32_t set, const std::string& addr, int prefix,
+                          uint16_t lo, uint16_t hi, uint8_t verdict, uint8_t proto = REDIR_PROTO_TCP) {
+    redir_portset ps{};
+    ps.count = 1;
+    ps.r[0] = {lo, hi, proto, verdict, 0};
+    dp.put_portset({policy, set}, ps);
+    redir_lpm_key k{};
+    k.policy_id = policy;
+    k.prefixlen = 32 + prefix;
+    std::memcpy(k.addr, addr_parse(addr)->b, 16);
+    dp.put_lpm(k, {set, 0, 0, 0});
 }
 
 // One datapath per test binary (loading it runs the verifier on every
@@ -148,18 +172,14 @@ protected:
         cg_.reset();
     }
 
+    // Ports LO..HI of PROTO on ADDR/PREFIX get VERDICT, in a port set of their own.
+    void put_range(const std::string& addr, int prefix, uint16_t lo, uint16_t hi, uint8_t verdict,
+                   uint8_t proto = REDIR_PROTO_TCP) {
+        put_one_range(*dp_, policy_id_, next_set_++, addr, prefix, lo, hi, verdict, proto);
+    }
     // Allow every port of PROTO on ADDR/PREFIX (prefix in 128-bit terms: v4 /n is 96 + n).
     void allow_all_ports(const std::string& addr, int prefix, uint8_t proto = REDIR_PROTO_TCP) {
-        redir_portset ps{};
-        ps.count = 1;
-        ps.r[0] = {1, 65535, proto, REDIR_VERDICT_ALLOW, 0};
-        dp_->put_portset({policy_id_, next_set_}, ps);
-        redir_lpm_key k{};
-        k.policy_id = policy_id_;
-        k.prefixlen = 32 + prefix;
-        std::memcpy(k.addr, addr_parse(addr)->b, 16);
-        dp_->put_lpm(k, {next_set_, 0, 0, 0});
-        next_set_++;
+        put_range(addr, prefix, 1, 65535, REDIR_VERDICT_ALLOW, proto);
     }
 
     int in_sandbox(const std::function<int()>& fn) { return run_in_cgroup(cg_->path(), fn); }
