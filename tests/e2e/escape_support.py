@@ -83,30 +83,17 @@ class Witness:
             port = self.udp.getsockname()[1]
         self.port = port
         if self.tcp:
-            threading.Thread(target=self._accept_loop, daemon=True).start()
+            harness.serve_each(self.tcp.accept, self._accepted)
         if self.udp:
-            threading.Thread(target=self._udp_loop, daemon=True).start()
+            harness.serve_each(lambda: self.udp.recvfrom(65536), lambda data, peer: self._record("udp", peer, data))
 
     def _record(self, kind, peer, data=b""):
         with self.lock:
             self.events.append((kind, peer[:2], data))
 
-    def _accept_loop(self):
-        while True:
-            try:
-                c, peer = self.tcp.accept()
-            except OSError:
-                return
-            self._record("tcp", peer)
-            c.close()
-
-    def _udp_loop(self):
-        while True:
-            try:
-                data, peer = self.udp.recvfrom(65536)
-            except OSError:
-                return
-            self._record("udp", peer, data)
+    def _accepted(self, c, peer):
+        self._record("tcp", peer)
+        c.close()
 
     def intrusions(self):
         """Every event except our own sentinels, after a sentinel has passed
@@ -155,20 +142,15 @@ class UnixWitness:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind("\0" + name)
         self.sock.listen(16)
-        threading.Thread(target=self._loop, daemon=True).start()
+        harness.serve_each(self.sock.accept, self._accepted)
 
-    def _loop(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            c.settimeout(2)
-            try:
-                self.events.append(c.recv(256))
-            except OSError:
-                self.events.append(b"")
-            c.close()
+    def _accepted(self, c, _peer):
+        c.settimeout(2)
+        try:
+            self.events.append(c.recv(256))
+        except OSError:
+            self.events.append(b"")
+        c.close()
 
     def intrusions(self):
         c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -200,23 +182,18 @@ class PacketWitness:
         self.lock = threading.Lock()
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x86DD if self.v6 else 0x0800))
         self.sock.bind(("lo", 0))
-        threading.Thread(target=self._loop, daemon=True).start()
+        harness.serve_each(lambda: self.sock.recvfrom(65535), self._captured)
 
     def _dst(self, pkt):
         if self.v6:
             return socket.inet_ntop(socket.AF_INET6, pkt[24:40]) if len(pkt) >= 40 else None
         return socket.inet_ntoa(pkt[16:20]) if len(pkt) >= 20 else None
 
-    def _loop(self):
-        while True:
-            try:
-                pkt, info = self.sock.recvfrom(65535)
-            except OSError:
-                return
-            # Loopback shows each packet once as outgoing and once as incoming; keep one.
-            if info[2] != socket.PACKET_OUTGOING and self._dst(pkt) == self.addr:
-                with self.lock:
-                    self.packets.append(pkt)
+    def _captured(self, pkt, info):
+        # Loopback shows each packet once as outgoing and once as incoming; keep one.
+        if info[2] != socket.PACKET_OUTGOING and self._dst(pkt) == self.addr:
+            with self.lock:
+                self.packets.append(pkt)
 
     def intrusions(self):
         nonce = os.urandom(8).hex().encode()
@@ -242,12 +219,14 @@ class EscapeCase(unittest.TestCase):
 
     TAG = "escape"
     LO_ADDRS = ()
+    # An address of its own with a witness (cls.target) that no attempt may reach.
+    TARGET = None
 
     @classmethod
     def setUpClass(cls):
         harness.require_root(cls)
         harness.enter_netns()
-        add_lo_addrs(cls.LO_ADDRS)
+        add_lo_addrs(cls.LO_ADDRS + ((cls.TARGET,) if cls.TARGET else ()))
         cls.tmp = tempfile.mkdtemp(prefix="redir-e2e-%s-" % cls.TAG)
         cls.witnesses = []
         cls.cgroups = []
@@ -264,6 +243,8 @@ class EscapeCase(unittest.TestCase):
         # The agent's own directories must protect themselves: open the
         # temporary parent the way /var/lib and /run are open on a host.
         os.chmod(cls.agent.tmp, 0o755)
+        if cls.TARGET:
+            cls.target = cls.witness(cls.TARGET)
 
     @classmethod
     def _release(cls):

@@ -8,6 +8,8 @@ import socket
 import struct
 import threading
 
+from harness import serve_each
+
 A, CNAME, AAAA = 1, 5, 28
 
 
@@ -48,8 +50,8 @@ class FakeDns:
         self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.tcp.bind((addr, port))
         self.tcp.listen(16)
-        threading.Thread(target=self._udp_loop, daemon=True).start()
-        threading.Thread(target=self._tcp_loop, daemon=True).start()
+        serve_each(lambda: self.udp.recvfrom(4096), self._on_udp)
+        serve_each(self.tcp.accept, self._on_tcp)
 
     def answer(self, msg):
         qid, name, qtype, qend = decode_question(msg)
@@ -78,20 +80,15 @@ class FakeDns:
             out += encode_name(owner) + struct.pack("!HHIH", t, 1, ttl, len(rdata)) + rdata
         return out
 
-    def _udp_loop(self):
-        while True:
-            try:
-                msg, peer = self.udp.recvfrom(4096)
-            except OSError:
+    def _on_udp(self, msg, peer):
+        try:
+            delay = self.delays.get(decode_question(msg)[1])
+            if delay:
+                threading.Timer(delay, self._send_late, (msg, peer)).start()
                 return
-            try:
-                delay = self.delays.get(decode_question(msg)[1])
-                if delay:
-                    threading.Timer(delay, self._send_late, (msg, peer)).start()
-                    continue
-                self.udp.sendto(self.answer(msg), peer)
-            except Exception:
-                pass
+            self.udp.sendto(self.answer(msg), peer)
+        except Exception:
+            pass
 
     def _send_late(self, msg, peer):
         try:
@@ -99,23 +96,18 @@ class FakeDns:
         except Exception:
             pass
 
-    def _tcp_loop(self):
-        while True:
-            try:
-                c, _ = self.tcp.accept()
-            except OSError:
-                return
-            try:
-                n = struct.unpack("!H", c.recv(2))[0]
-                msg = b""
-                while len(msg) < n:
-                    msg += c.recv(n - len(msg))
-                out = self.answer(msg)
-                c.sendall(struct.pack("!H", len(out)) + out)
-            except Exception:
-                pass
-            finally:
-                c.close()
+    def _on_tcp(self, c, _peer):
+        try:
+            n = struct.unpack("!H", c.recv(2))[0]
+            msg = b""
+            while len(msg) < n:
+                msg += c.recv(n - len(msg))
+            out = self.answer(msg)
+            c.sendall(struct.pack("!H", len(out)) + out)
+        except Exception:
+            pass
+        finally:
+            c.close()
 
     def close(self):
         self.udp.close()

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -96,11 +97,34 @@ print(json.dumps(out))
 
 def write_resolv_conf(dirpath, nameserver="192.0.2.99", name="resolv.conf"):
     """A resolv.conf for Cgroup.run_resolving: the sandbox believes its resolver
-    is NAMESERVER (any address: the kernel sends port 53 to the agent)."""
+    is NAMESERVER (any address: the kernel sends port 53 to the agent).
+    Readable by all: unprivileged sandboxed commands read it too."""
     path = os.path.join(dirpath, name)
     with open(path, "w") as f:
         f.write("nameserver %s\noptions attempts:1 timeout:2\n" % nameserver)
+    os.chmod(path, 0o644)
     return path
+
+
+def sandbox_argv(argv, cgroup=None, binds=None, netns=None):
+    """ARGV wrapped to start the way a sandboxed process starts: in network
+    namespace NETNS (a /proc/PID/ns/net path) if given, with each file of BINDS
+    ({target: source}, e.g. {"/etc/resolv.conf": ours}) bind-mounted in a
+    private mount namespace, and moved into cgroup CGROUP (a path) before exec,
+    so its first instruction already runs sandboxed."""
+    script, params = "", []
+    for target, source in (binds or {}).items():
+        params += [source, target]
+        script += 'mount --bind "${%d}" "${%d}" && ' % (len(params) - 1, len(params))
+    if cgroup:
+        params.append(cgroup)
+        script += 'echo $$ > "${%d}/cgroup.procs" && ' % len(params)
+    wrapped = ["sh", "-c", script + 'shift %d && exec "$@"' % len(params), "sh"] + params + list(argv)
+    if binds:
+        wrapped = ["unshare", "--mount"] + wrapped
+    if netns:
+        wrapped = ["nsenter", "--net=" + netns] + wrapped
+    return wrapped
 
 
 class Cgroup:
@@ -119,17 +143,15 @@ class Cgroup:
             except OSError:
                 time.sleep(0.05)
 
-    def run(self, argv, **kw):
-        """Runs ARGV inside this cgroup (moved in before exec)."""
-        wrapper = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', self.path] + list(argv)
-        return subprocess.run(wrapper, capture_output=True, text=True, **kw)
+    def run(self, argv, binds=None, **kw):
+        """Runs ARGV inside this cgroup (moved in before exec), with BINDS as
+        sandbox_argv takes them; the CompletedProcess, output as text."""
+        return subprocess.run(sandbox_argv(argv, self.path, binds), capture_output=True, text=True, **kw)
 
     def run_resolving(self, argv, resolv_conf, **kw):
         """ARGV in this cgroup with RESOLV_CONF bind-mounted over /etc/resolv.conf
         (private mount namespace), so the sandbox asks a resolver we chose."""
-        script = 'mount --bind "$1" /etc/resolv.conf && echo $$ > "$2/cgroup.procs" && shift 2 && exec "$@"'
-        return subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", resolv_conf, self.path] + list(argv),
-                              capture_output=True, text=True, **kw)
+        return self.run(argv, {"/etc/resolv.conf": resolv_conf}, **kw)
 
     def getaddrinfo(self, resolv_conf, *names):
         """glibc's answer for each of NAMES inside this cgroup, asking the resolver
@@ -139,9 +161,9 @@ class Cgroup:
             raise AssertionError("getaddrinfo in %s failed: %s" % (self.path, r.stderr))
         return json.loads(r.stdout)
 
-    def popen(self, argv, **kw):
-        wrapper = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', self.path] + list(argv)
-        return subprocess.Popen(wrapper, **kw)
+    def popen(self, argv, binds=None, **kw):
+        """Starts ARGV inside this cgroup, as run() does, without waiting."""
+        return subprocess.Popen(sandbox_argv(argv, self.path, binds), **kw)
 
 
 class Agent:
@@ -239,6 +261,23 @@ def write_policy(dirpath, name, body):
     return path
 
 
+def serve_each(receive, handle):
+    """On a daemon thread of its own: HANDLE(*RECEIVE()) for each connection or
+    datagram (RECEIVE is a socket's accept or a recvfrom) until the socket is
+    closed. A HANDLE that fails on the network (OSError) loses only that one."""
+    def loop():
+        while True:
+            try:
+                got = receive()
+            except OSError:
+                return
+            try:
+                handle(*got)
+            except OSError:
+                pass
+    threading.Thread(target=loop, daemon=True).start()
+
+
 class TcpServer:
     """Accepts on ADDR:PORT and answers every connection with its own local
     address (HTTP: as an HTTP answer; ECHO: echoes the bytes it gets instead
@@ -253,25 +292,17 @@ class TcpServer:
         self.sock.bind((addr, port))
         self.sock.listen(512)
         self.port = self.sock.getsockname()[1]
-        import threading
-        self.t = threading.Thread(target=self._loop, daemon=True)
-        self.t.start()
+        serve_each(self.sock.accept, self._accepted)
 
-    def _loop(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            if self.http or self.echo:
-                import threading
-                threading.Thread(target=self._http if self.http else self._echo, args=(c,), daemon=True).start()
-                continue
-            try:
-                la = c.getsockname()
-                c.sendall(("%s %d\n" % (la[0], la[1])).encode())
-            finally:
-                c.close()
+    def _accepted(self, c, _peer):
+        if self.http or self.echo:
+            threading.Thread(target=self._http if self.http else self._echo, args=(c,), daemon=True).start()
+            return
+        try:
+            la = c.getsockname()
+            c.sendall(("%s %d\n" % (la[0], la[1])).encode())
+        finally:
+            c.close()
 
     def _http(self, c):
         """Minimal HTTP/1.1: read the request head, answer with our address."""

@@ -89,12 +89,11 @@ class EscapeOrphans(EscapeCase):
     """Orphans after the command exits, and `run` being signalled."""
 
     TAG = "esc-orphan"
-    LO_ADDRS = ("203.0.113.140",)
+    TARGET = "203.0.113.140"
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.target = cls.witness("203.0.113.140")
         cls.n = 0
 
     def catcher(self):

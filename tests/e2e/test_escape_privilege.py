@@ -22,12 +22,11 @@ SECRET = "sk-escape-corpus-secret-0123456789"
 
 class EscapePrivilege(EscapeCase):
     TAG = "esc-priv"
-    LO_ADDRS = ("203.0.113.141",)
+    TARGET = "203.0.113.141"
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.target = cls.witness("203.0.113.141")
         cls.agent.ctl("provider", "create", "--name", "secret", "--type", "openai", "--credential",
                       "OPENAI_API_KEY=" + SECRET)
         cls.allow_all = write_policy(cls.tmp, "esc-allow-all", {

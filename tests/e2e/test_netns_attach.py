@@ -54,15 +54,10 @@ except OSError as e:
 
 def in_container_argv(netns, cgroup, argv, resolv_conf=None, in_cgroup=True):
     """ARGV run in the network namespace NETNS (a private mount namespace with
-    RESOLV_CONF over /etc/resolv.conf) and, IN_CGROUP, the cgroup CGROUP."""
-    script = ""
-    if resolv_conf:
-        script += 'mount --bind "$1" /etc/resolv.conf && '
-    if in_cgroup:
-        script += 'echo $$ > "$2/cgroup.procs" && '
-    script += 'shift 2 && exec "$@"'
-    return ["nsenter", "--net=" + netns, "unshare", "--mount", "sh", "-c", script, "sh", resolv_conf or "-",
-            cgroup] + list(argv)
+    RESOLV_CONF over /etc/resolv.conf) and, IN_CGROUP, the cgroup CGROUP:
+    harness.sandbox_argv with a container's arguments."""
+    return harness.sandbox_argv(argv, cgroup if in_cgroup else None,
+                                {"/etc/resolv.conf": resolv_conf} if resolv_conf else None, netns)
 
 
 def ip(*args, netns_pid=None):

@@ -9,7 +9,6 @@ own network namespace.
 """
 import json
 import os
-import subprocess
 import sys
 import unittest
 
@@ -54,11 +53,8 @@ class ProviderFetchE2E(unittest.TestCase):
         """The SDK client in CG's sandbox; its printed outcome."""
         env = dict(os.environ, NODE_EXTRA_CA_CERTS=self.ca_local, OPENAI_BASE_URL="https://inference.local/v1",
                    NODE_PATH=os.path.join(NODE_DIR, "node_modules"))
-        script = 'mount --bind "$1" /etc/hosts && echo $$ > "$2/cgroup.procs" && shift 2 && exec "$@"'
-        r = subprocess.run(
-            ["unshare", "--mount", "sh", "-c", script, "sh", self.hosts, cg.path, "node",
-             os.path.join(NODE_DIR, "openai_fetch_client.js"), mode],
-            capture_output=True, text=True, timeout=60, env=env)
+        r = cg.run(["node", os.path.join(NODE_DIR, "openai_fetch_client.js"), mode], binds={"/etc/hosts": self.hosts},
+                   timeout=60, env=env)
         self.assertEqual(r.returncode, 0, r.stderr)
         return json.loads(r.stdout)
 

@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import unittest
 
@@ -103,15 +102,7 @@ class UdpEcho:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((addr, 0))
         self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._loop, daemon=True).start()
-
-    def _loop(self):
-        while True:
-            try:
-                d, peer = self.sock.recvfrom(2048)
-                self.sock.sendto(d, peer)
-            except OSError:
-                return
+        harness.serve_each(lambda: self.sock.recvfrom(2048), self.sock.sendto)
 
     def close(self):
         self.sock.close()
@@ -155,12 +146,10 @@ class RevokeE2E(unittest.TestCase):
         return cg
 
     def start_client(self, cg):
-        script = 'mount --bind "$1" /etc/resolv.conf && echo $$ > "$2/cgroup.procs" && shift 2 && exec "$@"'
         cfg = dict(self.ports, sub=os.path.join(cg.path, "sub"))
         self.addCleanup(lambda: os.path.isdir(cfg["sub"]) and os.rmdir(cfg["sub"]))  # before the sandbox's own
-        proc = subprocess.Popen(["unshare", "--mount", "sh", "-c", script, "sh", self.resolv, cg.path,
-                                 sys.executable, "-c", CLIENT, json.dumps(cfg)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = cg.popen([sys.executable, "-c", CLIENT, json.dumps(cfg)], binds={"/etc/resolv.conf": self.resolv},
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = proc.stdout.readline()
         if line.strip() != "READY":
             proc.kill()

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 
@@ -50,16 +49,11 @@ class CountingListener:
         self.sock.listen(64)
         self.addr, self.port = self.sock.getsockname()
         self.accepted = []
-        threading.Thread(target=self._loop, daemon=True).start()
+        harness.serve_each(self.sock.accept, self._accepted)
 
-    def _loop(self):
-        while True:
-            try:
-                c, peer = self.sock.accept()
-            except OSError:
-                return
-            self.accepted.append(peer)
-            c.close()
+    def _accepted(self, c, peer):
+        self.accepted.append(peer)
+        c.close()
 
     def close(self):
         self.sock.close()
@@ -125,13 +119,8 @@ def wait_for(pred, timeout=10):
 class RunE2E(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        harness.enter_netns()
-        cls.tmp = tempfile.mkdtemp(prefix="redir-e2e-run-")
-        os.chmod(cls.tmp, 0o755)
-        cls.resolv = os.path.join(cls.tmp, "resolv.conf")
-        with open(cls.resolv, "w") as f:
-            f.write("nameserver 192.0.2.99\noptions attempts:1 timeout:2\n")
-        os.chmod(cls.resolv, 0o644)
+        cls.tmp, _ = harness.isolated(cls, "run")
+        cls.resolv = harness.write_resolv_conf(cls.tmp)
         cls.agent = Agent("run").start()
         cls.agent.ctl("provider", "create", "--name", "m", "--type", "mock")
         cls.agent.ctl("inference", "set", "--provider", "m", "--model", "mock-served")

@@ -12,9 +12,7 @@ import json
 import os
 import socket
 import ssl
-import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
@@ -32,9 +30,7 @@ SECRET = "sk-test-secret-0123456789"
 class TerminatorE2E(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        harness.enter_netns()
-        cls.tmp = tempfile.mkdtemp(prefix="redir-e2e-term-")
-        os.chmod(cls.tmp, 0o755)
+        cls.tmp, _ = harness.isolated(cls, "term")
         cls.ca, cert, key = make_test_ca(cls.tmp, PROVIDER_IP)
         cls.fake = FakeProvider(PROVIDER_IP, 8443, cert, key, name="fake-a")
         cls.fake_b = FakeProvider(PROVIDER_IP, 9443, cert, key, name="fake-b")
@@ -68,9 +64,7 @@ class TerminatorE2E(unittest.TestCase):
             "ANTHROPIC_BASE_URL": "https://inference.local", "NODE_PATH": os.path.join(NODE_DIR, "node_modules"),
         })
         env.update(env_extra or {})
-        script = 'mount --bind "$1" /etc/hosts && echo $$ > "$2/cgroup.procs" && shift 2 && exec "$@"'
-        return subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", self.hosts, self.cg.path] + list(argv),
-                              capture_output=True, text=True, timeout=timeout, env=env)
+        return self.cg.run(argv, binds={"/etc/hosts": self.hosts}, timeout=timeout, env=env)
 
     def last_upstream(self, fake=None):
         return (fake or self.fake).rec.last()
