@@ -196,10 +196,7 @@ class HostileSandbox(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        harness.require_root(cls)
-        harness.enter_netns()
-        cls.tmp = tempfile.mkdtemp(prefix="redir-e2e-hostile-")
-        os.chmod(cls.tmp, 0o755)
+        cls.tmp, _ = harness.isolated(cls, "hostile")
         fake_dns()
         cls.server = TcpServer("203.0.113.70", 80)
         cls.mport = free_port()

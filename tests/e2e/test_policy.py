@@ -1,4 +1,5 @@
 """Issue: policy language, compiler and atomic `redirctl policy load`, end to end."""
+import contextlib
 import json
 import os
 import subprocess
@@ -49,6 +50,16 @@ class PolicyE2E(unittest.TestCase):
         self.cgs.append(cg)
         return cg
 
+    @contextlib.contextmanager
+    def attached(self, cg, policy, *servers):
+        """CG attached with POLICY for the block; then SERVERS closed and CG detached."""
+        try:
+            self.agent.ctl("attach", "--cgroup", cg.path, "--policy", policy)
+            yield
+        finally:
+            harness.close_all(*servers)
+            self.agent.ctl("detach", "--cgroup", cg.path)
+
     def test_reload_under_traffic_1000_swaps(self):
         a = write_policy(self.tmp, "swap", {"allow": [{"cidr": "203.0.113.20/32", "ports": [80]}]})
         b_dir = os.path.join(self.tmp, "b")
@@ -58,8 +69,7 @@ class PolicyE2E(unittest.TestCase):
         cg = self.cgroup("swap")
         servers = [TcpServer("203.0.113.20", 80), TcpServer("203.0.113.21", 80)]
         stop = os.path.join(self.tmp, "stop")
-        try:
-            self.agent.ctl("attach", "--cgroup", cg.path, "--policy", a)
+        with self.attached(cg, a, *servers):
             client = cg.popen([sys.executable, "-c", TRAFFIC, stop], stdout=subprocess.PIPE, text=True)
             for i in range(1000):
                 self.agent.ctl("policy", "load", b if i % 2 == 0 else a)
@@ -77,10 +87,6 @@ class PolicyE2E(unittest.TestCase):
             # Old policy ids are freed: only one id remains for "swap".
             lst = json.loads(self.agent.ctl("policy", "list", "--json").stdout)
             self.assertEqual([p["name"] for p in lst].count("swap"), 1)
-        finally:
-            for s in servers:
-                s.close()
-            self.agent.ctl("detach", "--cgroup", cg.path)
 
     def test_semantics_in_the_kernel(self):
         pol = write_policy(self.tmp, "sem", {
@@ -96,8 +102,7 @@ class PolicyE2E(unittest.TestCase):
         servers = [TcpServer("203.0.113.5", p) for p in ports] + [TcpServer("203.0.113.66", 8050),
                                                                   TcpServer("2001:db8::1", 443),
                                                                   TcpServer("10.0.0.1", 9999)]
-        try:
-            self.agent.ctl("attach", "--cgroup", cg.path, "--policy", pol)
+        with self.attached(cg, pol, *servers):
             # Range edges: lo-1, lo, hi, hi+1.
             self.assertEqual([connect_errno(cg, "203.0.113.5", p) for p in ports], ["EPERM", "OK", "OK", "EPERM"])
             # Deny wins over the overlapping allow.
@@ -111,25 +116,16 @@ class PolicyE2E(unittest.TestCase):
             self.assertEqual(connect_errno(cg, "169.254.169.254", 9999), "EPERM")
             # Shared namespace: loopback only when named.
             self.assertEqual(connect_errno(cg, "127.0.0.1", 9999), "EPERM")
-        finally:
-            for s in servers:
-                s.close()
-            self.agent.ctl("detach", "--cgroup", cg.path)
 
     def test_naming_special_ranges(self):
         pol = write_policy(self.tmp, "named", {
             "allow": [{"cidr": "10.0.0.0/8", "ports": [9998]}, {"cidr": "127.0.0.1/32", "ports": [9997]}]})
         cg = self.cgroup("named")
         servers = [TcpServer("10.0.0.1", 9998), TcpServer("127.0.0.1", 9997)]
-        try:
-            self.agent.ctl("attach", "--cgroup", cg.path, "--policy", pol)
+        with self.attached(cg, pol, *servers):
             self.assertEqual(connect_errno(cg, "10.0.0.1", 9998), "OK")
             self.assertEqual(connect_errno(cg, "127.0.0.1", 9997), "OK")
             self.assertEqual(connect_errno(cg, "127.0.0.1", 9996), "EPERM")
-        finally:
-            for s in servers:
-                s.close()
-            self.agent.ctl("detach", "--cgroup", cg.path)
 
     def test_link_local_rule_rejected(self):
         pol = write_policy(self.tmp, "ll", {"allow": [{"cidr": "169.254.169.254/32"}]})
@@ -141,8 +137,7 @@ class PolicyE2E(unittest.TestCase):
     def test_own_network_namespace_reaches_its_own_loopback(self):
         pol = write_policy(self.tmp, "ownns", {})
         cg = self.cgroup("ownns")
-        try:
-            self.agent.ctl("attach", "--cgroup", cg.path, "--policy", pol)
+        with self.attached(cg, pol):
             code = ("import socket,subprocess\n"
                     "subprocess.run(['ip','link','set','lo','up'],check=True)\n"
                     "s=socket.socket(); s.bind(('127.0.0.1',7000)); s.listen()\n"
@@ -156,8 +151,6 @@ class PolicyE2E(unittest.TestCase):
                      "except PermissionError: print('EPERM')\n")
             r = cg.run([sys.executable, "-c", code2])
             self.assertEqual(r.stdout.strip(), "EPERM", r.stderr)
-        finally:
-            self.agent.ctl("detach", "--cgroup", cg.path)
 
     def test_malformed_load_keeps_policy_in_force(self):
         good = write_policy(self.tmp, "keep", {"allow": [{"cidr": "203.0.113.30/32", "ports": [80]}]})
@@ -167,8 +160,7 @@ class PolicyE2E(unittest.TestCase):
         with open(bad, "w") as f:
             f.write('{\n  "version": 1,\n  "name": "keep",\n  "allow": [\n    {"cidr": "203.0.113.30/32", '
                     '"ports": [70000]}\n  ]\n}\n')
-        try:
-            self.agent.ctl("attach", "--cgroup", cg.path, "--policy", good)
+        with self.attached(cg, good, srv):
             r = self.agent.ctl("policy", "load", bad, check=False)
             self.assertNotEqual(r.returncode, 0)
             self.assertRegex(r.stderr, r"keep-bad\.json:5:\d+: allow\[0\]\.ports\[0\]: port 70000 is out of range")
@@ -176,9 +168,6 @@ class PolicyE2E(unittest.TestCase):
             shown = self.agent.ctl("policy", "show", "keep").stdout
             self.assertIn("203.0.113.30/32", shown)
             self.assertNotIn("70000", shown)
-        finally:
-            srv.close()
-            self.agent.ctl("detach", "--cgroup", cg.path)
 
     def test_show_list_delete(self):
         pol = write_policy(self.tmp, "sld", {"allow": [{"cidr": "203.0.113.40/32", "ports": [80, 81]},
@@ -206,8 +195,7 @@ class PolicyE2E(unittest.TestCase):
         pol = write_policy(self.tmp, "persist", {"allow": [{"cidr": "203.0.113.50/32", "ports": [80]}]})
         cg = self.cgroup("persist")
         srv = TcpServer("203.0.113.50", 80)
-        try:
-            self.agent.ctl("attach", "--cgroup", cg.path, "--policy", pol)
+        with self.attached(cg, pol, srv):
             self.agent.stop()
             self.agent.start()
             self.assertEqual(connect_errno(cg, "203.0.113.50", 80), "OK")
@@ -215,9 +203,6 @@ class PolicyE2E(unittest.TestCase):
             self.assertIn("persist", self.agent.ctl("policy", "list").stdout)
             mode = os.stat(os.path.join(self.agent.state, "policies", "persist.json")).st_mode & 0o777
             self.assertEqual(mode, 0o600)
-        finally:
-            srv.close()
-            self.agent.ctl("detach", "--cgroup", cg.path)
 
     def test_examples_validate(self):
         files = sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".json"))

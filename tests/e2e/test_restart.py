@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
@@ -44,10 +43,7 @@ def dns_allow_entries(agent):
 class RestartKeepsDnsAdmissions(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        harness.require_root(cls)
-        harness.enter_netns()
-        cls.tmp = tempfile.mkdtemp(prefix="redir-e2e-restart-")
-        os.chmod(cls.tmp, 0o755)
+        cls.tmp, _ = harness.isolated(cls, "restart")
         cls.fake_dns = FakeDns(harness.FAKE_RESOLVER, ZONE)
         cls.resolv = harness.write_resolv_conf(cls.tmp)
         cls.servers = [TcpServer(ip, 80) for ip in ("203.0.113.90", "203.0.113.91", "203.0.113.92")]
