@@ -7,6 +7,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -43,6 +44,22 @@ inline bool check(const char* what, double value, double limit, const char* unit
     const bool ok = value >= 0 && value <= limit;
     std::printf("target %-58s %10.3f %s (limit %.3f %s): %s\n", what, value, unit, limit, unit, ok ? "met" : "MISSED");
     return ok;
+}
+
+// NUM / DEN of two figures of the same run, or -1 (a missed target) when
+// either was not measured.
+inline double same_run_ratio(double num, double den) { return num > 0 && den > 0 ? num / den : -1; }
+
+// The whole main() of a benchmark with targets: runs the benchmarks ARGV
+// selects, then CHECKS, which prints each target line (check()) from the
+// recorded times; the exit status is 1 when CHECKS says one was missed.
+inline int run_with_targets(int argc, char** argv, const std::function<bool(const RecordingReporter&)>& checks) {
+    benchmark::Initialize(&argc, argv);
+    RecordingReporter rep;
+    benchmark::RunSpecifiedBenchmarks(&rep);
+    const bool ok = checks(rep);
+    benchmark::Shutdown();
+    return ok ? 0 : 1;
 }
 
 }  // namespace redir::bench

@@ -72,14 +72,13 @@ BENCHMARK(BM_LeafCacheHit)->Unit(benchmark::kNanosecond)->Threads(1)->Threads(2)
 }  // namespace
 
 int main(int argc, char** argv) {
-    benchmark::Initialize(&argc, argv);
-    redir::bench::RecordingReporter rep;
-    benchmark::RunSpecifiedBenchmarks(&rep);
-    const double keygen = rep.ns("BM_P256Keygen"), miss = rep.ns("BM_LeafIssueWithSslCtx");
-    const double hit = rep.ns("BM_LeafCacheHit/threads:1");
-    if (keygen > 0 && miss > 0) std::printf("issuance with SSL_CTX / P-256 keygen (same run): %.1fx\n", miss / keygen);
-    bool ok = redir::bench::check("leaf issuance with a ready SSL_CTX (cache miss)", miss / 1e3, 1000, "us");
-    ok &= redir::bench::check("leaf cache hit", hit, 1000, "ns");
-    benchmark::Shutdown();
-    return ok ? 0 : 1;
+    return redir::bench::run_with_targets(argc, argv, [](const redir::bench::RecordingReporter& rep) {
+        const double keygen = rep.ns("BM_P256Keygen"), miss = rep.ns("BM_LeafIssueWithSslCtx");
+        const double hit = rep.ns("BM_LeafCacheHit/threads:1");
+        if (const double r = redir::bench::same_run_ratio(miss, keygen); r > 0)
+            std::printf("issuance with SSL_CTX / P-256 keygen (same run): %.1fx\n", r);
+        bool ok = redir::bench::check("leaf issuance with a ready SSL_CTX (cache miss)", miss / 1e3, 1000, "us");
+        ok &= redir::bench::check("leaf cache hit", hit, 1000, "ns");
+        return ok;
+    });
 }
