@@ -1,15 +1,13 @@
 #include "agent/listeners.hpp"
 
 #include <boost/asio/ip/v6_only.hpp>
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
 #include <system_error>
 
 #include "agent/audit_log.hpp"
-#include "agent/json_out.hpp"
+#include "agent/conn_audit.hpp"
 #include "common/addr.hpp"
 #include "common/error.hpp"
 #include "common/netns_cookie.hpp"
@@ -32,25 +30,6 @@ redir_addr to_redir(const asio::ip::address& a) {
     auto b = v6.to_bytes();
     std::memcpy(x.s6_addr, b.data(), 16);
     return addr_from_v6(x);
-}
-
-std::string json_record(std::initializer_list<std::pair<const char*, std::string>> strs,
-                        std::initializer_list<std::pair<const char*, uint64_t>> nums) {
-    rapidjson::StringBuffer sb;
-    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-    w.StartObject();
-    w.Key("ts_ms");
-    w.Uint64(now_ms());
-    for (auto& [k, v] : strs) {
-        w.Key(k);
-        w.String(v.c_str());
-    }
-    for (auto& [k, v] : nums) {
-        w.Key(k);
-        w.Uint64(v);
-    }
-    w.EndObject();
-    return sb.GetString();
 }
 
 }  // namespace
@@ -179,14 +158,15 @@ void RedirectListener::serve(tcp::socket s, const Slot& slot) {
     if (found != 1) {
         // Not redirected by us (someone dialled the listener directly, or the
         // entry was evicted), or ambiguous: nothing to serve, say so.
-        audit_.write(json_record({{"event", "redirect"},
-                                  {"listener", what_},
-                                  {"verdict", "refused"},
-                                  {"reason", found ? "original destination recorded in several network namespaces"
-                                                   : "no original destination recorded"},
-                                  {"client", ci.client},
-                                  {"local", endpoint_to_string(k.local_addr, k.local_port)}},
-                                 {}));
+        JsonOut j;
+        conn_record(j, "redirect", "refused")
+            .str("listener", what_)
+            .str("reason", found ? "original destination recorded in several network namespaces"
+                                 : "no original destination recorded")
+            .str("client", ci.client)
+            .str("local", endpoint_to_string(k.local_addr, k.local_port))
+            .end();
+        audit_.write(j.take());
         s.close(e1);
         return;
     }

@@ -43,6 +43,10 @@ public:
     BasicJsonOut& num(std::string_view k, uint64_t v) { key(k); w_.Uint64(v); return *this; }
     BasicJsonOut& num(uint64_t v) { w_.Uint64(v); return *this; }
     BasicJsonOut& boolean(std::string_view k, bool v) { key(k); w_.Bool(v); return *this; }
+    BasicJsonOut& null(std::string_view k) { key(k); return null(); }
+    BasicJsonOut& null() { w_.Null(); return *this; }
+    // A number written with its fraction ("1.0"), for values that are reals by type.
+    BasicJsonOut& real(double v) { w_.Double(v); return *this; }
     // Inserts already-serialised JSON as the value of K.
     BasicJsonOut& raw(std::string_view k, std::string_view json) { key(k); return raw_value(json); }
     // Inserts already-serialised JSON as an array element.

@@ -1,27 +1,22 @@
 #include "terminator/mock.hpp"
 
 #include <rapidjson/document.h>
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 
 #include <atomic>
 #include <ctime>
 #include <functional>
 
+#include "common/json_out.hpp"
+
 namespace redir::terminator {
 
 namespace {
 
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
-
-void put(Writer& w, std::string_view s) { w.String(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
-void key(Writer& w, std::string_view s) { w.Key(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
-
-std::string build(const std::function<void(Writer&)>& f) {
-    rapidjson::StringBuffer sb;
-    Writer w(sb);
-    f(w);
-    return std::string(sb.GetString(), sb.GetSize());
+// F writes one JSON document; its text.
+std::string build(const std::function<void(JsonOut&)>& f) {
+    JsonOut j;
+    f(j);
+    return j.take();
 }
 
 std::string next_id(const char* prefix) {
@@ -62,148 +57,97 @@ struct MockCall {
     uint64_t prompt_tokens;
     std::string text;
     std::vector<std::string> parts;  // TEXT word by word: one streamed delta each
-    int64_t now;
+    uint64_t now;
 };
 
-void openai_usage(Writer& w, const MockCall& c) {
+void openai_usage(JsonOut& j, const MockCall& c) {
     const uint64_t completion = c.parts.size();
-    key(w, "usage");
-    w.StartObject();
-    key(w, "prompt_tokens");
-    w.Uint64(c.prompt_tokens);
-    key(w, "completion_tokens");
-    w.Uint64(completion);
-    key(w, "total_tokens");
-    w.Uint64(c.prompt_tokens + completion);
-    w.EndObject();
+    j.begin_object("usage")
+        .num("prompt_tokens", c.prompt_tokens)
+        .num("completion_tokens", completion)
+        .num("total_tokens", c.prompt_tokens + completion)
+        .end();
 }
 
-void io_usage(Writer& w, uint64_t in, uint64_t out, bool total) {
-    key(w, "usage");
-    w.StartObject();
-    key(w, "input_tokens");
-    w.Uint64(in);
-    key(w, "output_tokens");
-    w.Uint64(out);
-    if (total) {
-        key(w, "total_tokens");
-        w.Uint64(in + out);
-    }
-    w.EndObject();
+void io_usage(JsonOut& j, uint64_t in, uint64_t out, bool total) {
+    j.begin_object("usage").num("input_tokens", in).num("output_tokens", out);
+    if (total) j.num("total_tokens", in + out);
+    j.end();
 }
 
 // One text item of a message's content; the Responses API adds annotations.
-void text_block(Writer& w, std::string_view type, std::string_view text, bool annotations) {
-    w.StartObject();
-    key(w, "type");
-    put(w, type);
-    key(w, "text");
-    put(w, text);
-    if (annotations) {
-        key(w, "annotations");
-        w.StartArray();
-        w.EndArray();
-    }
-    w.EndObject();
+void text_block(JsonOut& j, std::string_view type, std::string_view text, bool annotations) {
+    j.begin().str("type", type).str("text", text);
+    if (annotations) j.begin_array("annotations").end_array();
+    j.end();
 }
 
 // "choices" with one entry: CONTENT writes the message, delta or text;
 // FINISH "" is a null finish_reason.
-void one_choice(Writer& w, const std::function<void(Writer&)>& content, std::string_view finish) {
-    key(w, "choices");
-    w.StartArray();
-    w.StartObject();
-    key(w, "index");
-    w.Int(0);
-    content(w);
-    key(w, "finish_reason");
+void one_choice(JsonOut& j, const std::function<void(JsonOut&)>& content, std::string_view finish) {
+    j.begin_array("choices").begin().num("index", 0);
+    content(j);
     if (finish.empty())
-        w.Null();
+        j.null("finish_reason");
     else
-        put(w, finish);
-    w.EndObject();
-    w.EndArray();
+        j.str("finish_reason", finish);
+    j.end().end_array();
 }
 
 // POST /v1/chat/completions and /v1/completions.
 void openai_completion(const MockCall& c, MockReply& r) {
     const bool chat = c.ep == Endpoint::ChatCompletions;
     const std::string id = next_id(chat ? "chatcmpl-" : "cmpl-");
-    auto head = [&](Writer& w, const char* object) {
-        key(w, "id");
-        put(w, id);
-        key(w, "object");
-        put(w, object);
-        key(w, "created");
-        w.Int64(c.now);
-        key(w, "model");
-        put(w, c.model);
+    auto head = [&](JsonOut& j, const char* object) {
+        j.str("id", id).str("object", object).num("created", c.now).str("model", c.model);
     };
     if (!c.stream) {
-        r.pieces.push_back(build([&](Writer& w) {
-            w.StartObject();
-            head(w, chat ? "chat.completion" : "text_completion");
+        r.pieces.push_back(build([&](JsonOut& j) {
+            j.begin();
+            head(j, chat ? "chat.completion" : "text_completion");
             one_choice(
-                w,
-                [&](Writer& w) {
-                    if (!chat) {
-                        key(w, "text");
-                        put(w, c.text);
-                        return;
-                    }
-                    key(w, "message");
-                    w.StartObject();
-                    key(w, "role");
-                    put(w, "assistant");
-                    key(w, "content");
-                    put(w, c.text);
-                    w.EndObject();
+                j,
+                [&](JsonOut& j) {
+                    if (chat)
+                        j.begin_object("message").str("role", "assistant").str("content", c.text).end();
+                    else
+                        j.str("text", c.text);
                 },
                 "stop");
-            openai_usage(w, c);
-            w.EndObject();
+            openai_usage(j, c);
+            j.end();
         }));
         return;
     }
     const char* chunk = chat ? "chat.completion.chunk" : "text_completion";
     for (size_t i = 0; i <= c.parts.size(); ++i) {
         const bool last = i == c.parts.size();
-        r.pieces.push_back(sse(build([&](Writer& w) {
-            w.StartObject();
-            head(w, chunk);
+        r.pieces.push_back(sse(build([&](JsonOut& j) {
+            j.begin();
+            head(j, chunk);
             one_choice(
-                w,
-                [&](Writer& w) {
+                j,
+                [&](JsonOut& j) {
                     if (!chat) {
-                        key(w, "text");
-                        put(w, last ? "" : c.parts[i]);
+                        j.str("text", last ? "" : c.parts[i]);
                         return;
                     }
-                    key(w, "delta");
-                    w.StartObject();
-                    if (i == 0) {
-                        key(w, "role");
-                        put(w, "assistant");
-                    }
-                    if (!last) {
-                        key(w, "content");
-                        put(w, c.parts[i]);
-                    }
-                    w.EndObject();
+                    j.begin_object("delta");
+                    if (i == 0) j.str("role", "assistant");
+                    if (!last) j.str("content", c.parts[i]);
+                    j.end();
                 },
                 last ? "stop" : "");
-            w.EndObject();
+            j.end();
         })));
     }
     if (c.include_usage) {
-        r.pieces.push_back(sse(build([&](Writer& w) {
-            w.StartObject();
-            head(w, chunk);
-            key(w, "choices");
-            w.StartArray();
-            w.EndArray();
-            openai_usage(w, c);
-            w.EndObject();
+        r.pieces.push_back(sse(build([&](JsonOut& j) {
+            j.begin();
+            head(j, chunk);
+            j.begin_array("choices").end_array();
+            openai_usage(j, c);
+            j.end();
         })));
     }
     r.pieces.push_back(sse("[DONE]"));
@@ -219,35 +163,16 @@ void openai_embeddings(const MockCall& c, MockReply& r) {
             n = in->value[0].IsNumber() ? 1 : in->value.Size();
         }
     }
-    r.pieces.push_back(build([&](Writer& w) {
-        w.StartObject();
-        key(w, "object");
-        put(w, "list");
-        key(w, "data");
-        w.StartArray();
+    r.pieces.push_back(build([&](JsonOut& j) {
+        j.begin().str("object", "list").begin_array("data");
         for (size_t i = 0; i < n; ++i) {
-            w.StartObject();
-            key(w, "object");
-            put(w, "embedding");
-            key(w, "index");
-            w.Uint64(i);
-            key(w, "embedding");
-            w.StartArray();
-            for (int k = 0; k < 8; ++k) w.Double(k == static_cast<int>(i % 8) ? 1.0 : 0.0);
-            w.EndArray();
-            w.EndObject();
+            j.begin().str("object", "embedding").num("index", i).begin_array("embedding");
+            for (size_t k = 0; k < 8; ++k) j.real(k == i % 8 ? 1.0 : 0.0);
+            j.end_array().end();
         }
-        w.EndArray();
-        key(w, "model");
-        put(w, c.model);
-        key(w, "usage");
-        w.StartObject();
-        key(w, "prompt_tokens");
-        w.Uint64(c.prompt_tokens);
-        key(w, "total_tokens");
-        w.Uint64(c.prompt_tokens);
-        w.EndObject();
-        w.EndObject();
+        j.end_array().str("model", c.model);
+        j.begin_object("usage").num("prompt_tokens", c.prompt_tokens).num("total_tokens", c.prompt_tokens).end();
+        j.end();
     }));
 }
 
@@ -255,75 +180,52 @@ void openai_embeddings(const MockCall& c, MockReply& r) {
 void openai_responses(const MockCall& c, MockReply& r) {
     const std::string id = next_id("resp_");
     const std::string msg_id = next_id("msg_");
-    auto response = [&](Writer& w, bool done) {
-        w.StartObject();
-        key(w, "id");
-        put(w, id);
-        key(w, "object");
-        put(w, "response");
-        key(w, "created_at");
-        w.Int64(c.now);
-        key(w, "status");
-        put(w, done ? "completed" : "in_progress");
-        key(w, "model");
-        put(w, c.model);
-        key(w, "output");
-        w.StartArray();
+    auto response = [&](JsonOut& j, bool done) {
+        j.begin()
+            .str("id", id)
+            .str("object", "response")
+            .num("created_at", c.now)
+            .str("status", done ? "completed" : "in_progress")
+            .str("model", c.model)
+            .begin_array("output");
         if (done) {
-            w.StartObject();
-            key(w, "type");
-            put(w, "message");
-            key(w, "id");
-            put(w, msg_id);
-            key(w, "status");
-            put(w, "completed");
-            key(w, "role");
-            put(w, "assistant");
-            key(w, "content");
-            w.StartArray();
-            text_block(w, "output_text", c.text, true);
-            w.EndArray();
-            w.EndObject();
+            j.begin()
+                .str("type", "message")
+                .str("id", msg_id)
+                .str("status", "completed")
+                .str("role", "assistant")
+                .begin_array("content");
+            text_block(j, "output_text", c.text, true);
+            j.end_array().end();
         }
-        w.EndArray();
-        if (done) io_usage(w, c.prompt_tokens, c.parts.size(), true);
-        w.EndObject();
+        j.end_array();
+        if (done) io_usage(j, c.prompt_tokens, c.parts.size(), true);
+        j.end();
     };
     if (!c.stream) {
-        r.pieces.push_back(build([&](Writer& w) { response(w, true); }));
+        r.pieces.push_back(build([&](JsonOut& j) { response(j, true); }));
         return;
     }
-    int seq = 0;
-    auto event = [&](const char* type, const std::function<void(Writer&)>& fields) {
-        r.pieces.push_back(sse(type, build([&](Writer& w) {
-            w.StartObject();
-            key(w, "type");
-            put(w, type);
-            key(w, "sequence_number");
-            w.Int(seq++);
-            fields(w);
-            w.EndObject();
+    uint64_t seq = 0;
+    auto event = [&](const char* type, const std::function<void(JsonOut&)>& fields) {
+        r.pieces.push_back(sse(type, build([&](JsonOut& j) {
+            j.begin().str("type", type).num("sequence_number", seq++);
+            fields(j);
+            j.end();
         })));
     };
-    event("response.created", [&](Writer& w) {
-        key(w, "response");
-        response(w, false);
+    event("response.created", [&](JsonOut& j) {
+        j.key("response");
+        response(j, false);
     });
     for (const auto& p : c.parts) {
-        event("response.output_text.delta", [&](Writer& w) {
-            key(w, "item_id");
-            put(w, msg_id);
-            key(w, "output_index");
-            w.Int(0);
-            key(w, "content_index");
-            w.Int(0);
-            key(w, "delta");
-            put(w, p);
+        event("response.output_text.delta", [&](JsonOut& j) {
+            j.str("item_id", msg_id).num("output_index", 0).num("content_index", 0).str("delta", p);
         });
     }
-    event("response.completed", [&](Writer& w) {
-        key(w, "response");
-        response(w, true);
+    event("response.completed", [&](JsonOut& j) {
+        j.key("response");
+        response(j, true);
     });
 }
 
@@ -331,80 +233,59 @@ void openai_responses(const MockCall& c, MockReply& r) {
 void anthropic_messages(const MockCall& c, MockReply& r) {
     const std::string id = next_id("msg_");
     const uint64_t completion = c.parts.size();
-    auto message = [&](Writer& w, bool done) {
-        w.StartObject();
-        key(w, "id");
-        put(w, id);
-        key(w, "type");
-        put(w, "message");
-        key(w, "role");
-        put(w, "assistant");
-        key(w, "model");
-        put(w, c.model);
-        key(w, "content");
-        w.StartArray();
-        if (done) text_block(w, "text", c.text, false);
-        w.EndArray();
-        key(w, "stop_reason");
+    auto message = [&](JsonOut& j, bool done) {
+        j.begin()
+            .str("id", id)
+            .str("type", "message")
+            .str("role", "assistant")
+            .str("model", c.model)
+            .begin_array("content");
+        if (done) text_block(j, "text", c.text, false);
+        j.end_array();
         if (done)
-            put(w, "end_turn");
+            j.str("stop_reason", "end_turn");
         else
-            w.Null();
-        key(w, "stop_sequence");
-        w.Null();
-        io_usage(w, c.prompt_tokens, done ? completion : 1, false);
-        w.EndObject();
+            j.null("stop_reason");
+        j.null("stop_sequence");
+        io_usage(j, c.prompt_tokens, done ? completion : 1, false);
+        j.end();
     };
     if (!c.stream) {
-        r.pieces.push_back(build([&](Writer& w) { message(w, true); }));
+        r.pieces.push_back(build([&](JsonOut& j) { message(j, true); }));
         return;
     }
-    r.pieces.push_back(sse("message_start", build([&](Writer& w) {
-        w.StartObject();
-        key(w, "type");
-        put(w, "message_start");
-        key(w, "message");
-        message(w, false);
-        w.EndObject();
+    r.pieces.push_back(sse("message_start", build([&](JsonOut& j) {
+        j.begin().str("type", "message_start").key("message");
+        message(j, false);
+        j.end();
     })));
     r.pieces.push_back(
         sse("content_block_start", R"({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}})"));
     r.pieces.push_back(sse("ping", R"({"type":"ping"})"));
     for (const auto& p : c.parts) {
-        r.pieces.push_back(sse("content_block_delta", build([&](Writer& w) {
-            w.StartObject();
-            key(w, "type");
-            put(w, "content_block_delta");
-            key(w, "index");
-            w.Int(0);
-            key(w, "delta");
-            w.StartObject();
-            key(w, "type");
-            put(w, "text_delta");
-            key(w, "text");
-            put(w, p);
-            w.EndObject();
-            w.EndObject();
+        r.pieces.push_back(sse("content_block_delta", build([&](JsonOut& j) {
+            j.begin()
+                .str("type", "content_block_delta")
+                .num("index", 0)
+                .begin_object("delta")
+                .str("type", "text_delta")
+                .str("text", p)
+                .end()
+                .end();
         })));
     }
     r.pieces.push_back(sse("content_block_stop", R"({"type":"content_block_stop","index":0})"));
-    r.pieces.push_back(sse("message_delta", build([&](Writer& w) {
-        w.StartObject();
-        key(w, "type");
-        put(w, "message_delta");
-        key(w, "delta");
-        w.StartObject();
-        key(w, "stop_reason");
-        put(w, "end_turn");
-        key(w, "stop_sequence");
-        w.Null();
-        w.EndObject();
-        key(w, "usage");
-        w.StartObject();
-        key(w, "output_tokens");
-        w.Uint64(completion);
-        w.EndObject();
-        w.EndObject();
+    r.pieces.push_back(sse("message_delta", build([&](JsonOut& j) {
+        j.begin()
+            .str("type", "message_delta")
+            .begin_object("delta")
+            .str("stop_reason", "end_turn")
+            .null("stop_sequence")
+            .end()
+            .begin_object("usage")
+            .num("output_tokens", completion)
+            .end()
+            .end();
     })));
     r.pieces.push_back(sse("message_stop", R"({"type":"message_stop"})"));
 }
@@ -448,7 +329,7 @@ MockReply mock_reply(Endpoint ep, const std::string& body, const std::string& mo
                         body.size() / 4 + 1,
                         std::move(text),
                         std::move(parts),
-                        static_cast<int64_t>(std::time(nullptr))};
+                        static_cast<uint64_t>(std::time(nullptr))};
     MockReply r;
     r.stream = streamed;
     r.content_type = r.stream ? "text/event-stream" : "application/json";
