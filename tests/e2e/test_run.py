@@ -132,9 +132,8 @@ class RunE2E(unittest.TestCase):
         cls.agent.cleanup()
 
     def argv(self, argv, run_args=()):
-        script = 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
-        return ["unshare", "--mount", "sh", "-c", script, "sh", self.resolv, harness.REDIRCTL, "run"] + \
-            list(run_args) + ["--"] + list(argv)
+        return harness.sandbox_argv([harness.REDIRCTL, "run"] + list(run_args) + ["--"] + list(argv),
+                                    binds={"/etc/resolv.conf": self.resolv})
 
     def env(self, env_extra=None):
         env = dict(os.environ)
