@@ -283,9 +283,10 @@ class ContainerNode(unittest.TestCase):
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write("1")
         up = "/run/netns/" + cls.upstream
-        cls.web, cls.denied, cls.denied_udp, cls.dns = in_netns(up, lambda: (
-            CountingListener(WEB), CountingListener(DENIED), UdpSentinel(DENIED), FakeDns(RESOLVER, ZONE)))
-        cls.closing += [cls.web.close, cls.denied.close, cls.denied_udp.close, cls.dns.close]
+        cls.web, cls.web_udp, cls.denied, cls.denied_udp, cls.dns = in_netns(up, lambda: (
+            CountingListener(WEB), UdpSentinel(WEB), CountingListener(DENIED), UdpSentinel(DENIED),
+            FakeDns(RESOLVER, ZONE)))
+        cls.closing += [cls.web.close, cls.web_udp.close, cls.denied.close, cls.denied_udp.close, cls.dns.close]
         ca, cert, key = make_test_ca(cls.tmp, PROVIDER)
         cls.provider = in_netns(up, lambda: FakeProvider(PROVIDER, 8443, cert, key, name="upstream"))
         cls.closing.append(cls.provider.close)
@@ -300,7 +301,9 @@ class ContainerNode(unittest.TestCase):
         cls.ca = os.path.join(cls.tmp, "inference-ca.pem")
         cls.agent.ctl("ca", "export", "--out", cls.ca)
         cls.resolv = harness.write_resolv_conf(cls.tmp, nameserver="10.88.0.53")
-        cls.policy = write_policy(cls.tmp, "ctr-policy", {"allow": [{"host": ALLOWED_NAME}]})
+        # One UDP port of the web server by address: a forwarded flow the node-side guard must let through.
+        cls.policy = write_policy(cls.tmp, "ctr-policy", {"allow": [
+            {"host": ALLOWED_NAME}, {"cidr": WEB + "/32", "ports": [cls.web_udp.port], "protocol": "udp"}]})
 
         nft(node_ruleset([("brA", 1), ("brB", 2)]))
         # The runtime's parent cgroup (system.slice, kubepods.slice), one child per container.
@@ -468,28 +471,34 @@ class ContainerEscapes(ContainerNode):
         # The control: the capability is there, the refusal is the sandbox's hook.
         self.assertEqual(self.a.probe(*kinds, in_cgroup=False), ["OK"] * len(kinds))
 
-    def test_escape_packet_socket_from_the_namespace_root_is_refused_or_named(self):
-        """Packet sockets are not inet sockets: only lsm_cgroup refuses them.
-        Where the kernel cannot run it, a namespace root's hand-built datagram
-        to the denied server leaves through the node's forwarding, so `status`
-        must name every process that can do it: here root of a user namespace
-        that owns the container's network namespace."""
+    def test_escape_packet_socket_from_the_namespace_root_is_refused(self):
+        """Packet sockets are not inet sockets: lsm_cgroup refuses them where the
+        kernel runs it. Elsewhere a namespace root's hand-built datagram leaves
+        the container through the link, and the node-side guard on A's bridge
+        judges it with A's policy: the one to the denied server is dropped and
+        audited, the same kind of datagram to an allowed address is forwarded
+        (so the path, the masquerade and the hand-built packet all work: only
+        the policy stops the first)."""
         mac = sh(IP, "-o", "link", "show", "brA").split("link/ether ")[1].split()[0]
-        send = "packet-udp eth0 %s %s %s %d" % (mac, INSIDE, DENIED, self.denied_udp.port)
-        if self.agent.status()["agent"].get("packet_socket_refusal"):
-            self.assertEqual(self.a.probe(send), ["EPERM"])
+        denied = "packet-udp eth0 %s %s %s %d" % (mac, INSIDE, DENIED, self.denied_udp.port)
+        allowed = "packet-udp eth0 %s %s %s %d" % (mac, INSIDE, WEB, self.web_udp.port)
+        lsm = self.agent.status()["agent"].get("packet_socket_refusal")
+        since = len(self.agent.audit_records())
+        out = self.a.probe(allowed, denied)
+        if lsm:
+            self.assertEqual(out, ["EPERM", "EPERM"])
             self.assertEqual(self.denied_udp.received, [])
             return
-        holder = subprocess.Popen(in_container_argv(self.a.netns, self.a.cg.path,
-                                                    ["nsenter", "--user=" + self.a.userns, "sleep", "60"]))
-        self.addCleanup(holder.wait)
-        self.addCleanup(holder.kill)
-        self.assertEqual(self.a.probe(send), ["SENT"])
-        arrived = harness.wait_until(lambda: list(self.denied_udp.received), timeout=3)
-        named = harness.wait_until(lambda: str(holder.pid) in self.agent.ctl("status", "--json").stdout, timeout=10)
-        self.assertTrue(named, "status does not name pid %d, root of the user namespace owning %s's network "
-                        "namespace (packet socket datagram %s the denied server)"
-                        % (holder.pid, self.a.cg.path, "reached" if arrived else "did not reach"))
+        self.assertEqual(out, ["SENT", "SENT"])
+        self.assertTrue(harness.wait_until(lambda: list(self.web_udp.received), timeout=5),
+                        "the allowed hand-built datagram never reached %s: the guard (or the path) drops allowed "
+                        "traffic, so the refusal below would prove nothing" % WEB)
+        recs = self.agent.wait_audit(lambda r: r.get("event") == "forwarded" and r.get("cgroup_id") == self.a.cgroup_id
+                                     and r.get("dst") == DENIED and r.get("port") == self.denied_udp.port,
+                                     since=since)
+        self.assertTrue(recs, "no audit record names %s's dropped datagram to %s" % (self.a.cg.path, DENIED))
+        self.assertEqual((recs[0]["verdict"], recs[0]["protocol"]), ("deny", "udp"), recs[0])
+        self.assertEqual(self.denied_udp.received, [], "a packet-socket datagram reached the denied server")
 
     def test_escape_straight_to_the_agents_listeners_and_responders(self):
         dns_a, dns_b = self.dns_port(self.a), self.dns_port(self.b)

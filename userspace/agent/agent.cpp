@@ -63,6 +63,8 @@ const char* reason_name(uint8_t r) {
         case REDIR_REASON_DNS: return "dns";
         case REDIR_REASON_SOURCE_ROUTE: return "source-route";
         case REDIR_REASON_AGENT_ADDRESS: return "agent-address";
+        case REDIR_REASON_UNREDIRECTED: return "unredirected";
+        case REDIR_REASON_UNPARSED: return "unparsed";
         default: return "unknown";
     }
 }
@@ -73,6 +75,7 @@ const char* kind_name(uint8_t k) {
         case REDIR_EV_SENDMSG: return "sendmsg";
         case REDIR_EV_SOCKET: return "socket";
         case REDIR_EV_SETSOCKOPT: return "setsockopt";
+        case REDIR_EV_FORWARDED: return "forwarded";
         default: return "unknown";
     }
 }
@@ -343,6 +346,8 @@ std::string Agent::render_metrics() {
             c[REDIR_CNT_SOCKET_DENY]);
     counter("redir_sockopts_refused_total", "setsockopt() of source-routing options refused", "",
             c[REDIR_CNT_SOCKOPT_DENY]);
+    counter("redir_guard_drops_total", "packets from a sandbox's link the node-side guard dropped", "",
+            c[REDIR_CNT_GUARD_DROP]);
     counter("redir_events_dropped_total", "kernel events lost because the ring buffer was full", "",
             c[REDIR_CNT_EVENTS_DROPPED]);
     counter("redir_audit_records_total", "audit records written", "", audit_->written());
@@ -675,7 +680,10 @@ void Agent::on_event(const redir_event& e) {
     } else if (e.kind == REDIR_EV_SETSOCKOPT) {
         j.str("family", loader::socket_family_name(e.family)).num("level", e.proto).num("option", e.sock_protocol);
     } else {
-        j.str("protocol", e.proto == REDIR_PROTO_UDP ? "udp" : "tcp")
+        // The guard drops any protocol; the socket hooks see only TCP and UDP.
+        j.str("protocol", e.proto == REDIR_PROTO_UDP   ? "udp"
+                          : e.proto == REDIR_PROTO_TCP ? "tcp"
+                                                       : "ip-" + std::to_string(e.proto))
             .str("family", e.family == AF_INET6 ? "ipv6" : "ipv4")
             .str("dst", addr_to_string(e.addr))
             .num("port", e.port);

@@ -111,6 +111,7 @@ enforce::RedirectTarget resolve_redirect_target(const std::string& netns_path, c
     }
     t.ifindex = ::if_nametoindex(t.device.c_str());
     if (!t.ifindex) throw sys_error("interface " + t.device + " vanished while attaching " + netns_path);
+    t.guard_ifindex = t.ifindex;
     return t;
 }
 

@@ -31,6 +31,9 @@ struct RedirectTarget {
     redir_addr addr6{};  // zero: none (IPv6 redirects then fail closed)
     std::string device;
     uint32_t ifindex = 0;
+    // The host side of the sandbox's link, whose ingress the node-side guard
+    // filters (packets that bypassed the socket hooks); 0: none.
+    uint32_t guard_ifindex = 0;
     bool own_netns() const { return netns_cookie != 0; }
     // Listeners belong on it: its interface exists (after a restart it may be
     // gone with the sandbox's namespace; the kernel then redirects to nothing).
@@ -90,6 +93,7 @@ struct Sandbox {
         v.target6 = target.addr6;
         v.netns_cookie = target.netns_cookie;
         v.target_ifindex = target.ifindex;
+        v.guard_ifindex = target.guard_ifindex;
         return v;
     }
     StoredAttachment record() const { return {cgroup_path, cgroup_id, policy}; }

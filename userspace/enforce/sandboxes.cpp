@@ -20,6 +20,7 @@ RedirectTarget target_of(const redir_attach_val& v) {
     t.addr4 = v.target4;
     t.addr6 = v.target6;
     t.ifindex = v.target_ifindex;
+    t.guard_ifindex = v.guard_ifindex;
     char name[IF_NAMESIZE] = {};
     if (t.ifindex && ::if_indextoname(t.ifindex, name)) t.device = name;
     return t;
@@ -41,6 +42,10 @@ const Sandbox& Sandboxes::attach(const loader::Cgroup& cg, const PolicyRef& poli
     undo.push([&] { deps_.dns.remove(cg.id); });
     deps_.dp.attach(cg, sb.attach_val());
     undo.push([&] { deps_.dp.detach(cg.id); });
+    // Packets that bypass the socket hooks (a packet socket in a namespace
+    // the sandbox owns) meet the same policy on the node; detach() above
+    // takes the guard too.
+    if (target.own_netns() && target.guard_ifindex) deps_.dp.attach_guard(cg.id, target.guard_ifindex);
     sandboxes_.push_back(std::move(sb));
     undo.push([&] { sandboxes_.pop_back(); });
     save();

@@ -17,6 +17,7 @@
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
 #include "loader/features.hpp"
+#include "guard.skel.h"
 #include "redir.skel.h"
 
 namespace fs = std::filesystem;
@@ -79,6 +80,12 @@ void for_each_key(int fd, Fn fn) {
 
 std::string errno_text(int err) { return std::strerror(err < 0 ? -err : err); }
 
+// The guard's pin among a cgroup's links, and its identity on a clsact hook
+// where the kernel has no tcx (a tc filter cannot be pinned).
+constexpr const char* kGuardPin = "guard";
+constexpr uint32_t kGuardTcHandle = 0x7265, kGuardTcPriority = 0x7265;
+constexpr int kBpfTcxIngress = 46;  // enum bpf_attach_type BPF_TCX_INGRESS
+
 }  // namespace
 
 void ensure_bpffs(const std::string& dir) {
@@ -101,6 +108,7 @@ BpfDatapath::BpfDatapath(DatapathOptions opts) : opts_(std::move(opts)) {}
 BpfDatapath::~BpfDatapath() {
     if (rb_) ring_buffer__free(rb_);
     // Destroying the skeleton closes our fds; pinned maps and links stay.
+    if (guard_) guard_bpf__destroy(guard_);
     if (skel_) redir_bpf__destroy(skel_);
 }
 
@@ -135,6 +143,16 @@ std::unique_ptr<BpfDatapath> BpfDatapath::open(const DatapathOptions& opts) {
         throw Error("loading the BPF programs failed: " + errno_text(err) + lsm_note +
                     " (run `redirctl doctor`; if maps under " + maps_dir +
                     " come from an incompatible version, remove them after detaching every sandbox)");
+    }
+    // Second, so it adopts the maps the cgroup programs just created or reused.
+    LIBBPF_OPTS(bpf_object_open_opts, go, .pin_root_path = maps_dir.c_str());
+    dp->guard_ = guard_bpf__open_opts(&go);
+    if (!dp->guard_) throw sys_error("cannot open the embedded guard BPF object");
+    if (int err = guard_bpf__load(dp->guard_)) {
+        guard_bpf__destroy(dp->guard_);
+        dp->guard_ = nullptr;
+        throw Error("loading the node-side guard program failed: " + errno_text(err) +
+                    " (run `redirctl doctor`; maps under " + maps_dir + " may come from an incompatible version)");
     }
     return dp;
 }
@@ -205,6 +223,72 @@ void BpfDatapath::adopt(const Cgroup& cg, const redir_attach_val& val) {
     }
     std::vector<std::string> created;
     attach_missing(cg, created);
+    if (val.guard_ifindex) {
+        std::string pin = dir + "/" + kGuardPin;
+        if (bpf_link* link = bpf_link__open(pin.c_str())) {
+            int err = bpf_link__update_program(link, guard_->progs.redir_guard);
+            bpf_link__destroy(link);
+            if (err) throw Error("cannot update pinned guard link " + pin + ": " + errno_text(err));
+        } else {
+            attach_guard(cg.id, val.guard_ifindex);  // a clsact filter (replaced), or a link lost
+        }
+    }
+}
+
+void BpfDatapath::attach_guard(uint64_t cgroup_id, uint32_t ifindex) {
+    int gfd = bpf_map__fd(guard_->maps.guard_map);
+    redir_guard_val g{};
+    if (bpf_map_lookup_elem(gfd, &ifindex, &g) == 0 && g.cgroup_id != cgroup_id)
+        throw Error("interface " + std::to_string(ifindex) + " already guards the sandbox of cgroup id " +
+                    std::to_string(g.cgroup_id) + "; give each sandbox a link of its own (its own veth)");
+    bool added = g.cgroup_id != cgroup_id;
+    g.cgroup_id = cgroup_id;
+    if (bpf_map_update_elem(gfd, &ifindex, &g, BPF_ANY))
+        throw sys_error("cannot write the guard entry of interface " + std::to_string(ifindex));
+    std::string dir = link_dir(cgroup_id);
+    make_dirs(dir, 0700);
+    std::string pin = dir + "/" + kGuardPin;
+    if (fs::exists(pin)) return;
+    try {
+        attach_guard_program(ifindex, pin);
+    } catch (...) {
+        if (added) bpf_map_delete_elem(gfd, &ifindex);
+        throw;
+    }
+}
+
+void BpfDatapath::attach_guard_program(uint32_t ifindex, const std::string& pin) {
+    bpf_program* prog = guard_->progs.redir_guard;
+    // tcx (6.6) by number: the packaged libbpf and UAPI headers predate it.
+    int fd = bpf_link_create(bpf_program__fd(prog), static_cast<int>(ifindex),
+                             static_cast<bpf_attach_type>(kBpfTcxIngress), nullptr);
+    if (fd >= 0) {
+        int perr = bpf_obj_pin(fd, pin.c_str()) ? -errno : 0;
+        ::close(fd);  // the pin keeps it alive; without one the link goes with the fd
+        if (perr) throw Error("cannot pin guard link " + pin + ": " + errno_text(perr));
+        return;
+    }
+    int tcx_err = errno;
+    // Before tcx (6.6): clsact ingress, our filter replaced in place if there.
+    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(ifindex), .attach_point = BPF_TC_INGRESS);
+    int err = bpf_tc_hook_create(&hook);
+    if (err && err != -EEXIST)
+        throw Error("cannot attach the guard to interface " + std::to_string(ifindex) + ": tcx: " +
+                    errno_text(tcx_err) + ", clsact: " + errno_text(err) + " (is the interface gone?)");
+    LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = bpf_program__fd(prog), .flags = BPF_TC_F_REPLACE,
+                .handle = kGuardTcHandle, .priority = kGuardTcPriority);
+    if ((err = bpf_tc_attach(&hook, &opts)))
+        throw Error("cannot attach the guard to interface " + std::to_string(ifindex) + ": tcx: " +
+                    errno_text(tcx_err) + ", tc filter: " + errno_text(err));
+}
+
+void BpfDatapath::detach_guard(uint64_t cgroup_id) {
+    auto v = attachment(cgroup_id);
+    if (!v || !v->guard_ifindex) return;
+    uint32_t ifindex = v->guard_ifindex;
+    int gfd = bpf_map__fd(guard_->maps.guard_map);
+    redir_guard_val g{};
+    if (bpf_map_lookup_elem(gfd, &ifindex, &g) == 0 && g.cgroup_id == cgroup_id) bpf_map_delete_elem(gfd, &ifindex);
 }
 
 void BpfDatapath::set_attachment(uint64_t cgroup_id, const redir_attach_val& val) {
@@ -225,6 +309,12 @@ void BpfDatapath::detach(uint64_t cgroup_id) {
     // find its entry, otherwise it would deny (fail closed) mid-detach.
     std::string dir = link_dir(cgroup_id);
     std::error_code ec;
+    if (auto v = attachment(cgroup_id); v && v->guard_ifindex && !fs::exists(dir + "/" + kGuardPin, ec)) {
+        // A clsact filter (kernels without tcx) is not among the pins.
+        LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(v->guard_ifindex), .attach_point = BPF_TC_INGRESS);
+        LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kGuardTcHandle, .priority = kGuardTcPriority);
+        bpf_tc_detach(&hook, &opts);
+    }
     if (fs::exists(dir, ec)) {
         for (auto& e : fs::directory_iterator(dir)) {
             bpf_link* link = bpf_link__open(e.path().c_str());
@@ -236,6 +326,7 @@ void BpfDatapath::detach(uint64_t cgroup_id) {
         }
         fs::remove(dir, ec);
     }
+    detach_guard(cgroup_id);
     redir_attach_key k{cgroup_id};
     bpf_map__delete_elem(skel_->maps.attach_map, &k, sizeof(k), 0);
     bpf_map__delete_elem(skel_->maps.event_drops, &cgroup_id, sizeof(cgroup_id), 0);

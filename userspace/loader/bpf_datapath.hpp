@@ -4,6 +4,7 @@
 #include "loader/datapath.hpp"
 
 struct redir_bpf;
+struct guard_bpf;
 struct ring_buffer;
 
 namespace redir::loader {
@@ -24,6 +25,7 @@ public:
 
     void attach(const Cgroup& cg, const redir_attach_val& val) override;
     void adopt(const Cgroup& cg, const redir_attach_val& val) override;
+    void attach_guard(uint64_t cgroup_id, uint32_t ifindex) override;
     void set_attachment(uint64_t cgroup_id, const redir_attach_val& val) override;
     std::optional<redir_attach_val> attachment(uint64_t cgroup_id) const override;
     std::vector<uint64_t> attachment_ids() const override;
@@ -55,9 +57,15 @@ private:
     explicit BpfDatapath(DatapathOptions opts);
     std::string link_dir(uint64_t cgroup_id) const;
     void attach_missing(const Cgroup& cg, std::vector<std::string>& created);
+    // The guard program on IFINDEX's ingress: a pinned tcx link at PIN, or on
+    // kernels without tcx a clsact filter (not pinnable: it stays on the
+    // interface until removed). Throws when neither attaches.
+    void attach_guard_program(uint32_t ifindex, const std::string& pin);
+    void detach_guard(uint64_t cgroup_id);
 
     DatapathOptions opts_;
     redir_bpf* skel_ = nullptr;
+    guard_bpf* guard_ = nullptr;
     ring_buffer* rb_ = nullptr;
     std::function<void(const redir_event&)> on_event_;
     bool lsm_ = false;

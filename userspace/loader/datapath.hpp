@@ -20,6 +20,7 @@
 #include "redir/config.h"
 #include "redir/dns.h"
 #include "redir/events.h"
+#include "redir/guard.h"
 #include "redir/origdst.h"
 #include "redir/policy.h"
 
@@ -61,6 +62,12 @@ public:
     // Re-point pinned links at this agent's programs (no detach, no window)
     // and attach any program that is missing.
     virtual void adopt(const Cgroup& cg, const redir_attach_val& val) = 0;
+    // The node-side guard of a sandbox in its own network namespace
+    // (bpf/guard.bpf.c): on the ingress of interface IFINDEX, the host side of
+    // its link, every packet is judged under CGROUP_ID's attachment. Needs the
+    // attachment entry; pinned with the cgroup's links, so detach() removes it
+    // and adopt() re-points it (the entry's guard_ifindex says where).
+    virtual void attach_guard(uint64_t cgroup_id, uint32_t ifindex) = 0;
     // One map update: what a policy reload flips.
     virtual void set_attachment(uint64_t cgroup_id, const redir_attach_val& val) = 0;
     virtual std::optional<redir_attach_val> attachment(uint64_t cgroup_id) const = 0;

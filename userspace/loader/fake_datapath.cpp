@@ -110,6 +110,15 @@ void FakeDatapath::set_attachment(uint64_t cgroup_id, const redir_attach_val& va
     changed("set_attachment");
 }
 
+void FakeDatapath::attach_guard(uint64_t cgroup_id, uint32_t ifindex) {
+    step("attach_guard");
+    if (auto it = kernel_.guards.find(ifindex); it != kernel_.guards.end() && it->second != cgroup_id)
+        throw Error("interface " + std::to_string(ifindex) + " already guards another sandbox");
+    kernel_.guards[ifindex] = cgroup_id;
+    kernel_.links[cgroup_id]["guard"] = generation_;
+    changed("attach_guard");
+}
+
 std::optional<redir_attach_val> FakeDatapath::attachment(uint64_t cgroup_id) const {
     auto it = kernel_.attach.find(cgroup_id);
     if (it == kernel_.attach.end()) return std::nullopt;
@@ -127,6 +136,7 @@ void FakeDatapath::detach(uint64_t cgroup_id) {
     // Links first, entry last, like the real one.
     kernel_.links.erase(cgroup_id);
     changed("detach_links");
+    std::erase_if(kernel_.guards, [&](const auto& kv) { return kv.second == cgroup_id; });
     kernel_.attach.erase(cgroup_id);
     kernel_.event_drops.erase(cgroup_id);
     delete_dns_allow_for(cgroup_id);

@@ -20,6 +20,7 @@ struct FakeKernel {
     std::map<std::pair<uint32_t, std::string>, redir_portset> portsets;   // (policy id, key bytes)
     std::map<std::pair<uint64_t, std::string>, DnsAdmission> dns_allow;   // (cgroup id, address bytes)
     std::map<uint64_t, uint64_t> event_drops;
+    std::map<uint32_t, uint64_t> guards;  // ifindex -> cgroup id (the guard's link is links[id]["guard"])
     redir_config config{};
     // Admissions written for a cgroup without an attachment entry: a write
     // after detach (a use of state that should be gone).
@@ -38,7 +39,7 @@ public:
     explicit FakeDatapath(FakeKernel& kernel, int generation = 1);
 
     // The Nth call (1: the next one) of STEP from now throws redir::Error.
-    // Steps: attach, attach_link, adopt, set_attachment, detach, put_lpm,
+    // Steps: attach, attach_link, attach_guard, adopt, set_attachment, detach, put_lpm,
     // put_portset, delete_policy, put_dns_allow.
     void fail_at(const std::string& step, int nth = 1);
     // Calls of STEP so far (failed ones included).
@@ -53,6 +54,7 @@ public:
     void attach(const Cgroup& cg, const redir_attach_val& val) override;
     void adopt(const Cgroup& cg, const redir_attach_val& val) override;
     void set_attachment(uint64_t cgroup_id, const redir_attach_val& val) override;
+    void attach_guard(uint64_t cgroup_id, uint32_t ifindex) override;
     void detach(uint64_t cgroup_id) override;
     void put_lpm(const redir_lpm_key& k, const redir_lpm_val& v) override;
     void put_portset(const redir_portset_key& k, const redir_portset& v) override;

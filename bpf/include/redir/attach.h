@@ -34,7 +34,10 @@ struct redir_attach_val {
 	 * agent's own) and the agent-side interface holding the targets. */
 	__u64 netns_cookie;
 	__u32 target_ifindex;
-	__u32 _pad3;
+	/* The host-side interface of the sandbox's link whose ingress the guard
+	 * (guard.bpf.c) filters; 0: no guard (the sandbox shares the agent's
+	 * namespace). Kept here so a restarted agent re-attaches it. */
+	__u32 guard_ifindex;
 };
 
 #endif

@@ -13,6 +13,7 @@ enum redir_event_kind {
 	REDIR_EV_SENDMSG = 2,  /* unconnected UDP sendmsg() verdict */
 	REDIR_EV_SOCKET = 3,   /* socket() refused: a kind the hooks do not govern */
 	REDIR_EV_SETSOCKOPT = 4, /* setsockopt() refused: a source-routing option */
+	REDIR_EV_FORWARDED = 5,  /* a packet from a sandbox's link dropped by the node-side guard */
 };
 
 struct redir_event {
@@ -40,6 +41,7 @@ enum redir_counter {
 	REDIR_CNT_SOCKET_DENY = 3,
 	REDIR_CNT_EVENTS_DROPPED = 4,
 	REDIR_CNT_SOCKOPT_DENY = 5,
+	REDIR_CNT_GUARD_DROP = 6,   /* packets the node-side guard dropped */
 	REDIR_CNT_MAX = 8,
 };
 

@@ -31,6 +31,8 @@ enum redir_reason {
 	REDIR_REASON_DNS = 6,           /* port 53 -> DNS responder */
 	REDIR_REASON_SOURCE_ROUTE = 7,  /* IP options / IPv6 routing headers would send packets past the checked hop */
 	REDIR_REASON_AGENT_ADDRESS = 8, /* direct (not redirected) traffic to the agent's address on the sandbox's side */
+	REDIR_REASON_UNREDIRECTED = 9,  /* guard: a packet connect() would have redirected arrives unrewritten (hooks bypassed) */
+	REDIR_REASON_UNPARSED = 10,     /* guard: fragment, IP options, extension header, non-IP: what it cannot judge is dropped */
 };
 
 #define REDIR_PROTO_TCP 6
