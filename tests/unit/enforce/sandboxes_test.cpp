@@ -51,6 +51,41 @@ INSTANTIATE_TEST_SUITE_P(
                       Failure{"StateFile", [](SandboxesTest& t) { t.save_failures_armed = 1; }}),
     failure_name);
 
+// A sandbox in its own network namespace gets the node-side guard on its
+// link; if the guard cannot be attached, nothing of the sandbox stays (its
+// packets would otherwise leave unjudged), and detach takes the guard too.
+RedirectTarget own_netns_target(uint32_t guard_ifindex) {
+    RedirectTarget t;
+    t.netns_cookie = 77;
+    t.guard_ifindex = guard_ifindex;
+    return t;
+}
+
+TEST_F(SandboxesTest, OwnNamespaceSandboxGetsTheGuardAndLosesItOnDetach) {
+    sbx->attach(cg("/cg/a"), policy_ref("web", 7), own_netns_target(9));
+    EXPECT_EQ(kernel.guards.at(9), 101u);
+    EXPECT_TRUE(kernel.links.at(101).count("guard"));
+    EXPECT_EQ(kernel.attach.at(101).guard_ifindex, 9u) << "a restarted agent finds the guard's interface here";
+    sbx->detach(101, "/cg/a");
+    EXPECT_TRUE(kernel.guards.empty());
+    expect_gone(101);
+}
+
+TEST_F(SandboxesTest, GuardFailureRollsTheAttachBack) {
+    dp->fail_at("attach_guard");
+    EXPECT_THROW(sbx->attach(cg("/cg/a"), policy_ref("web", 7), own_netns_target(9)), Error);
+    expect_gone(101);
+    EXPECT_TRUE(kernel.guards.empty());
+    EXPECT_TRUE(records.empty());
+}
+
+TEST_F(SandboxesTest, AnInterfaceGuardsOneSandboxOnly) {
+    sbx->attach(cg("/cg/a"), policy_ref("web", 7), own_netns_target(9));
+    EXPECT_THROW(sbx->attach(cg("/cg/b"), policy_ref("web", 7), own_netns_target(9)), Error);
+    expect_gone(102);
+    EXPECT_EQ(kernel.guards.at(9), 101u);
+}
+
 // An attacker's second attach of a cgroup already attached (by a previous
 // agent, with no record here) must not tear the existing enforcement down
 // on its way out.
