@@ -119,9 +119,9 @@ class World:
                                                                                    name="the stand-in provider"))
         os.close(inet_fd)
         self.dns = FakeDns(RESOLVER, {ALLOWED: [(A, WEB, 300)], DENIED_NAME: [(A, DENIED_ADDR, 300)]})
-        deadline = time.time() + 30
+        deadline = time.monotonic() + 30
         while not all(self.listening(a) for a in (WEB, DENIED_ADDR)):
-            if time.time() > deadline:
+            if time.monotonic() > deadline:
                 sys.exit("demo: the fake internet's web servers did not start")
             time.sleep(0.05)
 
@@ -154,9 +154,9 @@ class DemoAgent:
         self.proc = subprocess.Popen([binary("redird", "userspace/agent"), "--state-dir", self.state, "--run-dir",
                                       os.path.join(tmp, "run"), "--bpffs", self.bpffs,
                                       "--dns-upstream", RESOLVER + ":53"], stdout=self.log, stderr=self.log)
-        deadline = time.time() + 15
+        deadline = time.monotonic() + 15
         while self.ctl("status", check=False).returncode != 0:
-            if self.proc.poll() is not None or time.time() > deadline:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
                 sys.exit("demo: redird did not start: " + open(self.log.name).read())
             time.sleep(0.05)
 

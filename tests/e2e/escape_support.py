@@ -111,8 +111,8 @@ class Witness:
             s.send(b"sentinel")
             sentinels.add(("udp", s.getsockname()[:2]))
             s.close()
-        deadline = time.time() + 5
-        while time.time() < deadline:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
             with self.lock:
                 seen = {(k, p) for k, p, _ in self.events}
             if sentinels <= seen:
@@ -157,8 +157,8 @@ class UnixWitness:
         c.connect("\0" + self.name)
         c.sendall(b"sentinel")
         c.close()
-        deadline = time.time() + 5
-        while time.time() < deadline and b"sentinel" not in self.events:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and b"sentinel" not in self.events:
             time.sleep(0.01)
         out = [e for e in self.events if e != b"sentinel"]
         self.events = []
@@ -200,8 +200,8 @@ class PacketWitness:
         s = socket.socket(self.fam, socket.SOCK_DGRAM)
         s.sendto(b"sentinel " + nonce, (self.addr, 9))
         s.close()
-        deadline = time.time() + 5
-        while time.time() < deadline:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
             with self.lock:
                 if any(nonce in p for p in self.packets):
                     out = [p for p in self.packets if nonce not in p]

@@ -58,10 +58,10 @@ _entered = False
 def wait_until(predicate, timeout=5.0, interval=0.02):
     """Polls PREDICATE until it returns something truthy or TIMEOUT seconds pass;
     returns its last value (so a caller asserts on what it saw)."""
-    deadline = time.time() + timeout
+    deadline = time.monotonic() + timeout
     while True:
         value = predicate()
-        if value or time.time() >= deadline:
+        if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
 
@@ -189,8 +189,8 @@ class Agent:
             self.proc = subprocess.Popen(
                 [REDIRD, "--state-dir", self.state, "--run-dir", self.run_dir, "--bpffs", self.bpffs] + self.extra,
                 stdout=logf, stderr=logf)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("redird exited: " + open(self.log).read())
             if os.path.exists(self.socket):

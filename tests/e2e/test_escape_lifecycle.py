@@ -55,8 +55,8 @@ class OrphanCatcher:
         except OSError:
             return None
         data = b""
-        deadline = time.time() + 15
-        while time.time() < deadline:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
             try:
                 chunk = self.conn.recv(4096)
             except (ConnectionResetError, socket.timeout):

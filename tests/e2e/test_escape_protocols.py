@@ -248,10 +248,10 @@ class EscapeProtocols(EscapeCase):
             res = self.probe_in(self.cg, "packet")
             self.assertEqual((res["raw"], res["dgram"]), ("EPERM", "EPERM"), res)
             return
-        deadline = time.time() + 10
+        deadline = time.monotonic() + 10
         while True:
             text = self.agent.ctl("status", "--json").stdout
-            if str(p.pid) in text or time.time() > deadline:
+            if str(p.pid) in text or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         self.assertIn(str(p.pid), text, "status does not name pid %d holding CAP_NET_RAW in %s" % (p.pid, self.cg.path))

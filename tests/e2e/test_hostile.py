@@ -182,8 +182,8 @@ def cpu_seconds(pid):
 
 
 def wait_for(pred, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         v = pred()
         if v:
             return v

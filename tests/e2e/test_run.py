@@ -108,8 +108,8 @@ def read_text(path):
 
 
 def wait_for(pred, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         if pred():
             return True
         time.sleep(0.05)

@@ -161,11 +161,11 @@ class GuestLsmTest(unittest.TestCase):
     def test_refusal_is_audited(self):
         self.require_enforced()
         probe_in(self.cg, REFUSED[:1])
-        deadline = time.time() + 10
+        deadline = time.monotonic() + 10
         while True:
             found = [r for r in self.agent.audit_records()
                      if r.get("event") == "socket" and r.get("family") == "packet" and r.get("verdict") == "deny"]
-            if found or time.time() > deadline:
+            if found or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         self.assertTrue(found, "no audit record for a refused packet socket; last records: %s" %
