@@ -91,12 +91,16 @@ void print_list(const std::vector<T>& items, bool json, Line line) {
         for (auto& i : items) line(i);
 }
 
+void print_route(const control::InferenceView& i) {
+    std::cout << "route " << i.route << "\tprovider " << i.provider << "\tmodel " << i.model << "\tversion " << i.version
+              << "\n";
+}
+
 void print_inference(const control::InferenceReply& r, bool json) {
-    auto& i = r.inference;
     if (json)
-        std::cout << control::encode_object(i) << "\n";
+        std::cout << control::encode_object(r.inference) << "\n";
     else
-        std::cout << "provider " << i.provider << "\tmodel " << i.model << "\tversion " << i.version << "\n";
+        print_route(r.inference);
 }
 
 // `usage`, one line per sandbox and route.
@@ -261,15 +265,23 @@ int main(int argc, char** argv) {
     // inference
     auto* inference = app.add_subcommand("inference", "which provider and model serve https://inference.local");
     inference->require_subcommand(1);
-    std::string inf_provider, inf_model;
-    auto* inf_set = inference->add_subcommand("set", "set provider and model");
+    std::string inf_provider, inf_model, inf_route;
+    const char* route_help = "inference route (what a policy's \"inference\": {\"route\"} names; default \"default\")";
+    auto* inf_set = inference->add_subcommand("set", "set a route's provider and model");
+    inf_set->add_option("--route", inf_route, route_help);
     inf_set->add_option("--provider", inf_provider, "provider name")->required();
     inf_set->add_option("--model", inf_model, "model the provider is asked for")->required();
-    auto* inf_get = inference->add_subcommand("get", "show provider, model and version");
+    auto* inf_get = inference->add_subcommand("get", "show a route's provider, model and version");
+    inf_get->add_option("--route", inf_route, route_help);
     inf_get->add_flag("--json", json, "machine-readable output");
     auto* inf_update = inference->add_subcommand("update", "change only what is given");
+    inf_update->add_option("--route", inf_route, route_help);
     inf_update->add_option("--provider", inf_provider, "provider name");
     inf_update->add_option("--model", inf_model, "model");
+    auto* inf_list = inference->add_subcommand("list", "every route, with the policies and sandboxes using it");
+    inf_list->add_flag("--json", json, "machine-readable output");
+    auto* inf_delete = inference->add_subcommand("delete", "delete a route (refused while a policy names it)");
+    inf_delete->add_option("--route", inf_route, "route name")->required();
 
     // usage
     std::string usage_cgroup;
@@ -425,11 +437,24 @@ int main(int argc, char** argv) {
             std::cout << "deleted provider " << pv_name << "\n";
             return 0;
         }
-        if (*inf_set) print_inference(client.expect(control::InferenceSetRequest{inf_provider, inf_model}), json);
-        if (*inf_get) print_inference(client.expect(control::InferenceGetRequest{}), json);
+        if (*inf_set)
+            print_inference(client.expect(control::InferenceSetRequest{inf_route, inf_provider, inf_model}), json);
+        if (*inf_get) print_inference(client.expect(control::InferenceGetRequest{inf_route}), json);
+        if (*inf_list) {
+            auto routes = client.expect(control::InferenceListRequest{}).routes;
+            print_list(routes, json, [](const control::InferenceRouteUse& r) {
+                print_route(r.route);
+                for (const auto& u : r.users) std::cout << "    used by " << u << "\n";
+            });
+        }
+        if (*inf_delete) {
+            client.expect(control::InferenceDeleteRequest{inf_route});
+            std::cout << "deleted inference route " << inf_route << "\n";
+        }
         if (*inf_update) {
             if (inf_provider.empty() && inf_model.empty()) throw Failure{"inference update needs --provider or --model"};
             control::InferenceUpdateRequest req;
+            req.route = inf_route;
             if (!inf_provider.empty()) req.provider = inf_provider;
             if (!inf_model.empty()) req.model = inf_model;
             print_inference(client.expect(req), json);

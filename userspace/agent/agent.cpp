@@ -110,7 +110,9 @@ void Agent::start() {
     usage_ = std::make_unique<UsageLedger>(opts_.state_dir + "/usage.json");
     inference_ = std::make_unique<InferenceService>(
         io_, opts_.state_dir, lookup, *audit_, std::chrono::seconds(opts_.stream_idle_timeout_s),
-        opts_.gateway_limits, [this](uint64_t cg) { return provider_fetch_allowed(cg); },
+        opts_.gateway_limits,
+        SandboxPolicyHooks{[t = inference_table_](uint64_t cg) { return t->find(cg); },
+                           [this](const std::string& r) { return route_users(r); }},
         [ledger = usage_.get()](const terminator::RequestLog& r) { ledger->record(usage_record_of(r, static_cast<int64_t>(now_ms()))); });
     DnsOptions dopts = opts_.dns;
     dopts.upstream = opts_.dns_upstream;
@@ -181,13 +183,30 @@ enforce::PolicyRef policy_ref(const ActivePolicy& p) {
 }
 }  // namespace
 
-// The gateway asks per request, so a policy reload applies to the next one.
-// Runs on the agent's only io thread, like every change to these maps.
-bool Agent::provider_fetch_allowed(uint64_t cgroup_id) const {
-    const auto* sb = sandboxes_->find(cgroup_id);
-    if (!sb) return false;
-    auto it = policies_.find(sb->policy);
-    return it != policies_.end() && it->second.info.provider_fetch;
+// The gateway reads the table per request, so a policy reload or an attach
+// applies to the next request. Runs on the agent's thread, like every change
+// to policies_ and the sandboxes.
+void Agent::publish_sandbox_inference() {
+    terminator::SandboxInferenceTable::Map m;
+    for (const auto& sb : sandboxes_->all()) {
+        auto it = policies_.find(sb.policy);
+        if (it == policies_.end()) continue;  // a policy that no longer loads: defaults (no fetches)
+        m[sb.cgroup_id] = {it->second.info.route, it->second.info.provider_fetch};
+    }
+    inference_table_->publish(std::move(m));
+}
+
+std::vector<std::string> Agent::route_users(const std::string& route) const {
+    std::vector<std::string> out;
+    for (const auto& [name, p] : policies_) {
+        if (p.info.route != route) continue;
+        std::string who = "policy " + name;
+        std::string paths;
+        for (const auto& sb : sandboxes_->all())
+            if (sb.policy == name) paths += (paths.empty() ? "" : ", ") + sb.cgroup_path;
+        out.push_back(paths.empty() ? who : who + " (sandboxes " + paths + ")");
+    }
+    return out;
 }
 
 void Agent::secure_private_dirs() {
@@ -263,6 +282,7 @@ void Agent::restore() {
         }
     }
     collect_garbage();
+    publish_sandbox_inference();
 }
 
 // A sandbox flooding the shared ring buffer loses its own events and may
@@ -322,13 +342,18 @@ void Agent::serve_commands() {
 }
 
 std::string Agent::handle(const std::string& line, const std::shared_ptr<ControlConn>& conn) {
+    std::string reply;
     try {
-        return commands_.dispatch(line, conn);
+        reply = commands_.dispatch(line, conn);
     } catch (const PolicyRejected& e) {
-        return control::encode_error({e.what(), e.errors});
+        reply = control::encode_error({e.what(), e.errors});
     } catch (const std::exception& e) {
-        return control::encode_error({e.what()});
+        reply = control::encode_error({e.what()});
     }
+    // Any command may have changed a policy or a sandbox (a failed one rolls
+    // back, which is a change too): the table is small, rebuilt every time.
+    publish_sandbox_inference();
+    return reply;
 }
 
 std::string Agent::render_metrics() {

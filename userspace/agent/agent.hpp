@@ -19,6 +19,7 @@
 #include "control/dispatcher.hpp"
 #include "enforce/sandboxes.hpp"
 #include "loader/datapath.hpp"
+#include "terminator/sandbox_inference.hpp"
 
 namespace redir::agent {
 
@@ -96,7 +97,9 @@ private:
     void secure_private_dirs();
     // Why process PID may not use the control API (it is inside a sandbox).
     std::optional<std::string> control_peer_refusal(pid_t pid);
-    bool provider_fetch_allowed(uint64_t cgroup_id) const;
+    // Refills inference_table_ from policies_ and the sandboxes (after every change of either).
+    void publish_sandbox_inference();
+    std::vector<std::string> route_users(const std::string& route) const;
     static std::vector<control::CapableProcess> capable_of(const std::string& cgroup);
 
     boost::asio::io_context& io_;
@@ -110,6 +113,9 @@ private:
     std::unique_ptr<Listeners> listeners_;
     std::unique_ptr<UsageLedger> usage_;  // before inference_: the terminator records into it until it stops
     std::unique_ptr<InferenceService> inference_;
+    // What the terminator's threads read per request; shared with them.
+    std::shared_ptr<terminator::SandboxInferenceTable> inference_table_ =
+        std::make_shared<terminator::SandboxInferenceTable>();
     std::unique_ptr<DnsService> dns_;
     std::unique_ptr<MetricsServer> metrics_;
     std::string render_metrics();

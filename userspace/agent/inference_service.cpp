@@ -21,16 +21,20 @@ control::ProviderView view_of(const terminator::Provider& p) {
     return {m.name, m.type, m.base_url, m.ca_file, m.credentials};
 }
 
-control::InferenceReply reply_of(const terminator::InferenceConfig& c) { return {{c.provider, c.model, c.version}}; }
+control::InferenceView view_of(const terminator::InferenceConfig& c) { return {c.route, c.provider, c.model, c.version}; }
+control::InferenceReply reply_of(const terminator::InferenceConfig& c) { return {view_of(c)}; }
+
+// A request's "route": absent or empty names the default route.
+std::string route_of(const std::string& r) { return r.empty() ? std::string(terminator::kDefaultRoute) : r; }
 
 }  // namespace
 
 InferenceService::InferenceService(boost::asio::io_context& io, const std::string& state_dir, OrigDstLookup lookup,
                                    AuditLog& audit, std::chrono::seconds stream_idle_timeout,
                                    const GatewayLimits& limits,
-                                   std::function<bool(uint64_t cgroup_id)> provider_fetch_allowed,
+                                   SandboxPolicyHooks policy_hooks,
                                    std::function<void(const terminator::RequestLog&)> on_request)
-    : audit_(audit) {
+    : audit_(audit), hooks_(std::move(policy_hooks)) {
     ca_ = std::make_unique<tls::LocalCa>(tls::LocalCa::load_or_create(state_dir, {}));
     if (ca_->created()) spdlog::info("created the local CA in {}/ca (export it with `redirctl ca export`)", state_dir);
     leaves_ = std::make_shared<tls::LeafCache>(*ca_, std::vector<std::string>{std::string(tls::kInferenceName)});
@@ -56,9 +60,7 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
         if (on_request) on_request(r);  // the usage ledger
     };
     apply_gateway_limits(limits, go);
-    go.provider_fetch_allowed = std::move(provider_fetch_allowed);
-    // The terminator's own threads ask the agent's policy on the agent's thread.
-    go.agent_executor = io.get_executor();
+    go.sandbox_inference = hooks_.sandbox_inference;
     go.on_refused = [&audit](const ConnInfo& ci, const terminator::LimitRefusal& r) {
         audit.write(refusal_record("inference", {"sandbox over a terminator limit", r.limit, r.cap, r.suppressed}, ci,
                                    false));
@@ -90,7 +92,8 @@ void InferenceService::serve(control::Dispatcher& commands) {
                         &InferenceService::provider_get, &InferenceService::provider_list,
                         &InferenceService::provider_update, &InferenceService::provider_delete,
                         &InferenceService::inference_set, &InferenceService::inference_get,
-                        &InferenceService::inference_update);
+                        &InferenceService::inference_update, &InferenceService::inference_list,
+                        &InferenceService::inference_delete);
 }
 
 control::CaExportReply InferenceService::ca_export(const control::CaExportRequest&) { return {ca_->cert_pem()}; }
@@ -123,18 +126,33 @@ control::ProviderDeleteReply InferenceService::provider_delete(const control::Pr
 }
 
 control::InferenceReply InferenceService::inference_set(const control::InferenceSetRequest& req) {
-    return reply_of(store_->set_inference(req.provider, req.model));
+    return reply_of(store_->set_inference(req.provider, req.model, route_of(req.route)));
 }
 
 control::InferenceReply InferenceService::inference_update(const control::InferenceUpdateRequest& req) {
-    return reply_of(store_->update_inference(req.provider, req.model));
+    return reply_of(store_->update_inference(req.provider, req.model, route_of(req.route)));
 }
 
-control::InferenceReply InferenceService::inference_get(const control::InferenceGetRequest&) {
-    auto c = store_->inference();
+control::InferenceReply InferenceService::inference_get(const control::InferenceGetRequest& req) {
+    const auto route = route_of(req.route);
+    auto c = store_->inference(route);
     if (!c)
-        throw Error("no inference configured; set one with `redirctl inference set --provider N --model M`");
+        throw Error("no inference route named " + route + " is configured; set one with `redirctl inference set" +
+                    (route == terminator::kDefaultRoute ? "" : " --route " + route) + " --provider N --model M`");
     return reply_of(*c);
+}
+
+control::InferenceListReply InferenceService::inference_list(const control::InferenceListRequest&) {
+    control::InferenceListReply r;
+    for (const auto& c : store_->routes())
+        r.routes.push_back({view_of(c), hooks_.route_users ? hooks_.route_users(c.route) : std::vector<std::string>{}});
+    return r;
+}
+
+control::InferenceReply InferenceService::inference_delete(const control::InferenceDeleteRequest& req) {
+    auto gone = store_->inference(req.route);
+    store_->delete_route(req.route, hooks_.route_users ? hooks_.route_users(req.route) : std::vector<std::string>{});
+    return reply_of(*gone);  // delete_route refused a route that does not exist
 }
 
 }  // namespace redir::agent

@@ -8,10 +8,12 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "agent/gateway_limits.hpp"
 #include "agent/listeners.hpp"
 #include "control/dispatcher.hpp"
+#include "terminator/sandbox_inference.hpp"
 
 namespace redir::tls {
 class LocalCa;
@@ -28,11 +30,21 @@ namespace redir::agent {
 
 class AuditLog;
 
+// What the inference side asks the agent about sandboxes and their policies.
+struct SandboxPolicyHooks {
+    // The policy "inference" settings of an attached cgroup, asked per request
+    // from the terminator's threads: must be thread-safe.
+    std::function<terminator::SandboxInference(uint64_t cgroup_id)> sandbox_inference;
+    // Who uses an inference route ("policy P (sandboxes /a, /b)"), asked on
+    // the agent's thread: deleting the route is refused while any.
+    std::function<std::vector<std::string>(const std::string& route)> route_users;
+};
+
 class InferenceService {
 public:
     InferenceService(boost::asio::io_context& io, const std::string& state_dir, OrigDstLookup lookup,
                      AuditLog& audit, std::chrono::seconds stream_idle_timeout, const GatewayLimits& limits = {},
-                     std::function<bool(uint64_t cgroup_id)> provider_fetch_allowed = {},
+                     SandboxPolicyHooks hooks = {},
                      std::function<void(const terminator::RequestLog&)> on_request = {});
     ~InferenceService();
 
@@ -60,6 +72,8 @@ private:
     control::InferenceReply inference_set(const control::InferenceSetRequest& req);
     control::InferenceReply inference_get(const control::InferenceGetRequest&);
     control::InferenceReply inference_update(const control::InferenceUpdateRequest& req);
+    control::InferenceListReply inference_list(const control::InferenceListRequest&);
+    control::InferenceReply inference_delete(const control::InferenceDeleteRequest& req);
 
     AuditLog& audit_;
     std::unique_ptr<tls::LocalCa> ca_;
@@ -68,6 +82,7 @@ private:
     std::shared_ptr<terminator::Store> store_;
     std::unique_ptr<terminator::Gateway> gateway_;
     std::unique_ptr<RedirectListener> tls_listener_, plain_listener_;
+    SandboxPolicyHooks hooks_;
 };
 
 }  // namespace redir::agent

@@ -223,6 +223,7 @@ bool UsageLedger::flush() {
 UsageRecord usage_record_of(const terminator::RequestLog& r, std::int64_t at_ms) {
     UsageRecord u;
     u.cgroup_id = r.conn.cgroup_id;
+    u.route = r.route.empty() ? std::string(terminator::kDefaultRoute) : r.route;
     u.status = r.status;
     u.input_tokens = r.usage.input_tokens;
     u.output_tokens = r.usage.output_tokens;

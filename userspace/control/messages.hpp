@@ -54,10 +54,12 @@ struct ProviderReply {
     template <class S, class F> static void fields(S& s, F& f) { f("provider", s.provider); }
 };
 
+// One inference route (provider + model) a policy's "inference.route" names.
 struct InferenceView {
-    std::string provider, model;
+    std::string route, provider, model;
     uint64_t version = 0;
     template <class S, class F> static void fields(S& s, F& f) {
+        f("route", s.route);
         f("provider", s.provider);
         f("model", s.model);
         f("version", s.version);
@@ -391,29 +393,63 @@ struct ProviderDeleteRequest : Named {
 
 // ---- inference ----------------------------------------------------------------
 
+// "route" absent or empty: the route named "default".
 struct InferenceSetRequest {
     static constexpr std::string_view kName = "inference.set";
     using Reply = InferenceReply;
-    std::string provider, model;
+    std::string route, provider, model;
     template <class S, class F> static void fields(S& s, F& f) {
+        f("route", s.route, Need::optional);
         f("provider", s.provider);
         f("model", s.model);
     }
 };
 
-struct InferenceGetRequest : NoFields {
+struct InferenceGetRequest {
     static constexpr std::string_view kName = "inference.get";
     using Reply = InferenceReply;
+    std::string route;
+    template <class S, class F> static void fields(S& s, F& f) { f("route", s.route, Need::optional); }
 };
 
 struct InferenceUpdateRequest {
     static constexpr std::string_view kName = "inference.update";
     using Reply = InferenceReply;
+    std::string route;
     std::optional<std::string> provider, model;
     template <class S, class F> static void fields(S& s, F& f) {
+        f("route", s.route, Need::optional);
         f("provider", s.provider);
         f("model", s.model);
     }
+};
+
+// A route and who uses it ("policy P (sandboxes /a, /b)"): deleting it is refused while any.
+struct InferenceRouteUse {
+    InferenceView route;  // its fields, flat beside "users"
+    std::vector<std::string> users;
+    template <class S, class F> static void fields(S& s, F& f) {
+        InferenceView::fields(s.route, f);
+        f("users", s.users);
+    }
+};
+
+struct InferenceListReply {
+    std::vector<InferenceRouteUse> routes;  // by name
+    template <class S, class F> static void fields(S& s, F& f) { f("routes", s.routes); }
+};
+
+struct InferenceListRequest : NoFields {
+    static constexpr std::string_view kName = "inference.list";
+    using Reply = InferenceListReply;
+};
+
+// Refused while a loaded policy names the route; the reply is the route deleted.
+struct InferenceDeleteRequest {
+    static constexpr std::string_view kName = "inference.delete";
+    using Reply = InferenceReply;
+    std::string route;
+    template <class S, class F> static void fields(S& s, F& f) { f("route", s.route); }
 };
 
 // ---- usage --------------------------------------------------------------------

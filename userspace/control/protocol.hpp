@@ -17,8 +17,8 @@ namespace redir::control {
 using Request = std::variant<StatusRequest, AttachRequest, DetachRequest, PolicyLoadRequest, PolicyShowRequest,
                              PolicyListRequest, PolicyDeleteRequest, EventsRequest, ProviderCreateRequest,
                              ProviderGetRequest, ProviderListRequest, ProviderUpdateRequest, ProviderDeleteRequest,
-                             InferenceSetRequest, InferenceGetRequest, InferenceUpdateRequest, CaExportRequest,
-                             UsageRequest>;
+                             InferenceSetRequest, InferenceGetRequest, InferenceUpdateRequest, InferenceListRequest,
+                             InferenceDeleteRequest, CaExportRequest, UsageRequest>;
 
 // A request line longer than this is refused (too_large): a 100k-rule policy is a few MB.
 inline constexpr size_t kMaxLine = 64 << 20;

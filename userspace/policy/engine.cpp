@@ -39,6 +39,7 @@ CompiledPolicyInfo compile_and_write(const std::string& text, const std::string&
     info.name = p.name;
     info.inference_enabled = c->inference_enabled;
     info.provider_fetch = p.inference_provider_fetch;
+    info.route = p.inference_route;
     info.normalized_json = policy::to_json(p);
     info.lpm_entries = c->lpm.size();
     info.portsets = c->portsets.size();

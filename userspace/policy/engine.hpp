@@ -19,6 +19,7 @@ struct CompiledPolicyInfo {
     std::string name;
     bool inference_enabled = true;
     bool provider_fetch = false;  // policy inference.provider_fetch
+    std::string route = "default";  // policy inference.route
     std::string normalized_json;
     size_t lpm_entries = 0;
     size_t portsets = 0;

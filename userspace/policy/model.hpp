@@ -66,6 +66,8 @@ struct Policy {
     // inference.provider_fetch: the provider may reach the network for the
     // sandbox (MCP servers, web search/fetch tools, inputs given by URL).
     bool inference_provider_fetch = false;
+    // inference.route: which inference route (provider + model) serves it.
+    std::string inference_route = "default";
     std::vector<Rule> allow;
     std::vector<Rule> deny;
     std::vector<Rule> inspect;  // like allow, but TCP connections go through the inspecting relay

@@ -318,12 +318,21 @@ public:
 
         if (auto* v = f.get("inference")) {
             if (expect(*v, JNode::T::object, "inference")) {
-                auto inf = fields(*v, "inference", {"enabled", "provider_fetch"});
+                auto inf = fields(*v, "inference", {"enabled", "provider_fetch", "route"});
                 if (auto* e = inf.get("enabled")) {
                     if (expect(*e, JNode::T::boolean, "inference.enabled")) p.inference_enabled = e->b;
                 }
                 if (auto* e = inf.get("provider_fetch")) {
                     if (expect(*e, JNode::T::boolean, "inference.provider_fetch")) p.inference_provider_fetch = e->b;
+                }
+                if (auto* e = inf.get("route")) {
+                    if (expect(*e, JNode::T::string, "inference.route")) {
+                        if (e->s.empty() || !valid_name(e->s))
+                            error(e->off, "inference.route",
+                                  "route " + json_quote(e->s) + " is invalid: use 1-64 characters from A-Z a-z 0-9 . _ -");
+                        else
+                            p.inference_route = e->s;
+                    }
                 }
             }
         }
@@ -751,7 +760,8 @@ std::string to_json(const Policy& p) {
     o += "  \"name\": " + json_quote(p.name) + ",\n";
     if (!p.comment.empty()) o += "  \"comment\": " + json_quote(p.comment) + ",\n";
     o += std::string("  \"inference\": {\"enabled\": ") + (p.inference_enabled ? "true" : "false") +
-         (p.inference_provider_fetch ? ", \"provider_fetch\": true" : "") + "},\n";
+         (p.inference_provider_fetch ? ", \"provider_fetch\": true" : "") +
+         (p.inference_route != "default" ? ", \"route\": " + json_quote(p.inference_route) : "") + "},\n";
     rules_json(o, "allow", p.allow, false);
     rules_json(o, "deny", p.deny, false);
     rules_json(o, "inspect", p.inspect, true);

@@ -795,6 +795,7 @@ struct Incoming {
     http::request_parser<http::string_body> parser;
     RouteDecision route;
     ApiShape shape = ApiShape::OpenAI;
+    SandboxInference policy;  // the sandbox's policy: route, provider_fetch
     std::shared_ptr<const Snapshot> snap;
     ServiceDecision service;
     Quota::Ticket body_room;  // the body's share of the memory budget
@@ -874,7 +875,11 @@ awaitable<std::optional<Stop>> read_header(Impl& gw, Stream& s, beast::flat_buff
     log.method = clip(req.method_string(), 32);
     log.path = clip(in.route.path, o.log_string_max);
     if (in.route.framing_status) co_return refuse(in.route.framing_status, std::move(in.route.message));
-    in.snap = gw.store->snapshot();
+    // Asked per request (log.conn is the sandbox the kernel recorded), so
+    // a policy reload or a route change applies to the next request.
+    if (o.sandbox_inference) in.policy = o.sandbox_inference(log.conn.cgroup_id);
+    log.route = in.policy.route;
+    in.snap = gw.store->snapshot(in.policy.route);
     in.service = decide_service(in.route, *in.snap, o.log_string_max);
     if (clipped(in.route.path, o.log_string_max) || in.service.truncated) ++gw.stats.log_strings_truncated;
     if (in.snap->inference) {
@@ -944,21 +949,9 @@ awaitable<std::optional<Stop>> read_body(Impl& gw, Stream& s, beast::flat_buffer
     co_return std::nullopt;
 }
 
-// Whether the sandbox's policy lets the provider fetch for it. The policy
-// lives on the agent's thread: asked there when the gateway has threads of
-// its own.
-awaitable<bool> provider_fetch_allowed(Impl& gw, std::uint64_t cgroup_id) {
-    const auto& allowed = gw.opts.provider_fetch_allowed;
-    if (!allowed) co_return false;
-    if (!gw.opts.agent_executor) co_return allowed(cgroup_id);
-    co_return co_await asio::co_spawn(
-        gw.opts.agent_executor, [allowed, cgroup_id]() -> awaitable<bool> { co_return allowed(cgroup_id); },
-        asio::use_awaitable);
-}
-
 // A served request: the models list, a mock answer, or the provider call.
 template <class Stream>
-awaitable<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const ConnInfo& info,
+awaitable<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const ConnInfo& /*info*/,
                         bool keep_alive, RequestLog& log) {
     const auto& o = gw.opts;
     const auto& cfg = *in.snap->inference;
@@ -980,10 +973,9 @@ awaitable<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const
     log.stream = rw.stream;
     HeaderList client_headers;
     for (const auto& f : req) client_headers.emplace_back(lower(f.name_string()), std::string(f.value()));
-    if (auto fetch = find_provider_fetch(rw.body, client_headers, o.log_string_max)) {
-        if (!co_await provider_fetch_allowed(gw, info.cgroup_id))
+    if (!in.policy.provider_fetch)
+        if (auto fetch = find_provider_fetch(rw.body, client_headers, o.log_string_max))
             co_return co_await send_error(gw, s, in.shape, 400, provider_fetch_refusal(*fetch), keep_alive, log);
-    }
 
     log.credential = profile.local ? CredentialUse{} : credential_use(profile, provider);
     if (profile.local) {

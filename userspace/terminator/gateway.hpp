@@ -19,6 +19,7 @@
 #include "common/conn_info.hpp"
 #include "terminator/limits.hpp"
 #include "terminator/request.hpp"
+#include "terminator/sandbox_inference.hpp"
 #include "terminator/store.hpp"
 
 namespace spdlog {
@@ -82,19 +83,19 @@ struct GatewayOptions {
     // each with its own provider pool; 0 = run on a strand of the
     // constructor's executor.
     std::size_t threads = 0;
-    // Where the callbacks that read the agent's state (provider_fetch_allowed)
-    // run when the gateway has threads of its own; empty = on the gateway's
-    // thread. on_request and on_refused must be thread-safe either way.
-    boost::asio::any_io_executor agent_executor;
     // Host name → IP literal used instead of DNS (tests; pinned providers).
     std::map<std::string, std::string> resolve_overrides;
     // Access log (one JSON line per request); nullptr = spdlog's default logger.
     std::shared_ptr<spdlog::logger> access_log;
     // Called with each request's record after it was logged (metrics, tests).
+    // Like on_refused, called on the gateway's threads: must be thread-safe.
     std::function<void(const RequestLog&)> on_request;
-    // Whether the policy of the sandbox (ConnInfo::cgroup_id) lets the
-    // provider reach the network for it (inference.provider_fetch); null: never.
-    std::function<bool(std::uint64_t cgroup_id)> provider_fetch_allowed;
+    // The policy's inference settings of the sandbox (ConnInfo::cgroup_id):
+    // its route and whether the provider may reach the network for it;
+    // null: the default route, no provider-side fetches. Called on the
+    // gateway's threads once per request: must be thread-safe and quick
+    // (the agent reads a published SandboxInferenceTable).
+    std::function<SandboxInference(std::uint64_t cgroup_id)> sandbox_inference;
     // Called when a cap refuses a connection or request (at most once per
     // sandbox per second; the others are counted in LimitRefusal::suppressed).
     std::function<void(const ConnInfo&, const LimitRefusal&)> on_refused;

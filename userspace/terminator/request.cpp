@@ -519,8 +519,13 @@ ServiceDecision decide_service(const RouteDecision& route, const Snapshot& snap,
     }
     if (!snap.inference || !snap.provider) {
         d.status = 503;
-        d.message = "no inference provider is configured on this node: an operator must run `redirctl inference "
-                    "set --provider NAME --model MODEL`";
+        d.message = snap.route == kDefaultRoute
+                        ? "no inference provider is configured on this node: an operator must run `redirctl "
+                          "inference set --provider NAME --model MODEL`"
+                        : "inference route " + clip(snap.route, log_max) +
+                              " (named by this sandbox's policy) is not configured on this node: an operator must run "
+                              "`redirctl inference set --route " + clip(snap.route, log_max) +
+                              " --provider NAME --model MODEL`";
         return d;
     }
     const auto& p = *snap.provider;
@@ -755,6 +760,10 @@ std::string request_log_json(const RequestLog& r) {
     put(w, r.method);
     key(w, "path");
     put(w, r.path);
+    if (!r.route.empty()) {
+        key(w, "route");
+        put(w, r.route);
+    }
     key(w, "provider");
     put(w, r.provider);
     put_unless_empty(w, "provider_type", r.provider_type);

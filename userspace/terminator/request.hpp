@@ -167,6 +167,7 @@ struct RequestLog {
     ConnInfo conn;  // who called (cgroup, pid, client address)
     std::string method;
     std::string path;
+    std::string route;  // the sandbox's inference route
     std::string provider;
     std::string provider_type;
     std::string model_requested;

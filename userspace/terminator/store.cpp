@@ -17,6 +17,20 @@ namespace redir::terminator {
 
 namespace {
 
+// Copies out of the store's maps, so no reference outlives the lock.
+template <class M>
+std::optional<typename M::mapped_type> copy_of(const M& m, const std::string& key) {
+    auto it = m.find(key);
+    if (it == m.end()) return std::nullopt;
+    return it->second;
+}
+template <class M>
+std::vector<typename M::mapped_type> values_of(const M& m) {
+    std::vector<typename M::mapped_type> out;
+    for (const auto& [k, v] : m) out.push_back(v);
+    return out;
+}
+
 bool valid_name(const std::string& n) {
     if (n.empty() || n.size() > 63 || !std::isalnum(static_cast<unsigned char>(n[0]))) return false;
     return std::all_of(n.begin(), n.end(), [](char c) {
@@ -162,11 +176,25 @@ Store::Store(std::string state_dir) : dir_(std::move(state_dir)) {
         auto d = parse_file(inference_path());
         auto v = d.FindMember("version");
         if (v != d.MemberEnd() && v->value.IsUint64()) version_ = v->value.GetUint64();
-        InferenceConfig c;
-        c.provider = str_member(d, "provider", inference_path());
-        c.model = str_member(d, "model", inference_path());
-        c.version = version_;
-        if (!c.provider.empty()) inference_ = c;
+        auto read = [&](const rapidjson::Value& o, const std::string& route) {
+            InferenceConfig c;
+            c.route = route;
+            c.provider = str_member(o, "provider", inference_path());
+            c.model = str_member(o, "model", inference_path());
+            auto rv = o.FindMember("version");
+            c.version = rv != o.MemberEnd() && rv->value.IsUint64() ? rv->value.GetUint64() : version_;
+            if (!c.provider.empty()) routes_[route] = c;
+        };
+        auto r = d.FindMember("routes");
+        if (r == d.MemberEnd()) {
+            read(d, kDefaultRoute);  // a file from before routes: its one configuration is the default route
+        } else {
+            if (!r->value.IsObject()) throw Error(inference_path() + ": \"routes\" must be an object");
+            for (const auto& m : r->value.GetObject()) {
+                if (!m.value.IsObject()) throw Error(inference_path() + ": each route must be an object");
+                read(m.value, m.name.GetString());
+            }
+        }
     }
     std::lock_guard lk(mu_);
     publish_locked();
@@ -236,16 +264,12 @@ void Store::create_provider(Provider p) {
 
 std::optional<Provider> Store::get_provider(const std::string& name) const {
     std::lock_guard lk(mu_);
-    auto it = providers_.find(name);
-    if (it == providers_.end()) return std::nullopt;
-    return it->second;
+    return copy_of(providers_, name);
 }
 
 std::vector<Provider> Store::list_providers() const {
     std::lock_guard lk(mu_);
-    std::vector<Provider> out;
-    for (const auto& [n, p] : providers_) out.push_back(p);
-    return out;
+    return values_of(providers_);
 }
 
 void Store::update_provider(const std::string& name, const ProviderUpdate& u) {
@@ -266,18 +290,17 @@ void Store::update_provider(const std::string& name, const ProviderUpdate& u) {
     validate(p);
     auto next = providers_;
     next[name] = std::move(p);
-    bool referenced = inference_ && inference_->provider == name;
+    // Credentials or URL of a provider in use changed: that is a change of
+    // what those routes do, so clients and logs can tell.
+    auto routes = routes_;
+    bool referenced = false;
+    for (auto& [r, c] : routes)
+        if (c.provider == name) c.version = version_ + 1, referenced = true;
+    save_providers(next);
     if (referenced) {
-        // Credentials or URL of the provider in use changed: that is a change
-        // of what inference does, so clients and logs can tell.
-        InferenceConfig c = *inference_;
-        c.version = version_ + 1;
-        save_providers(next);
-        save_inference(c);
-        version_ = c.version;
-        inference_ = c;
-    } else {
-        save_providers(next);
+        save_routes(routes);
+        version_ += 1;
+        routes_ = std::move(routes);
     }
     providers_ = std::move(next);
     publish_locked();
@@ -286,9 +309,12 @@ void Store::update_provider(const std::string& name, const ProviderUpdate& u) {
 void Store::delete_provider(const std::string& name) {
     std::lock_guard lk(mu_);
     if (!providers_.count(name)) throw Error("no provider named " + name + ": see `redirctl provider list`");
-    if (inference_ && inference_->provider == name)
-        throw Error("provider " + name + " is referenced by the inference configuration (model " + inference_->model +
-                    "): point inference elsewhere with `redirctl inference set` first");
+    std::string users;
+    for (const auto& [r, c] : routes_)
+        if (c.provider == name) users += (users.empty() ? "" : ", ") + r + " (model " + c.model + ")";
+    if (!users.empty())
+        throw Error("provider " + name + " is in use by inference route(s) " + users +
+                    ": point them elsewhere with `redirctl inference update --route R --provider P` first");
     auto next = providers_;
     next.erase(name);
     save_providers(next);
@@ -296,14 +322,19 @@ void Store::delete_provider(const std::string& name) {
     publish_locked();
 }
 
-InferenceConfig Store::set_inference(const std::string& provider, const std::string& model) {
-    return update_inference(provider, model);
+InferenceConfig Store::set_inference(const std::string& provider, const std::string& model, const std::string& route) {
+    return update_inference(provider, model, route);
 }
 
 InferenceConfig Store::update_inference(const std::optional<std::string>& provider,
-                                        const std::optional<std::string>& model) {
+                                        const std::optional<std::string>& model, const std::string& route) {
+    if (!valid_name(route))
+        throw Error("invalid route name \"" + route +
+                    "\": use 1-63 letters, digits, '.', '-' or '_', starting with a letter or digit");
     std::lock_guard lk(mu_);
-    InferenceConfig c = inference_.value_or(InferenceConfig{});
+    auto found = routes_.find(route);
+    InferenceConfig c = found == routes_.end() ? InferenceConfig{} : found->second;
+    c.route = route;
     if (provider) c.provider = *provider;
     if (model) c.model = *model;
     if (c.provider.empty())
@@ -314,31 +345,61 @@ InferenceConfig Store::update_inference(const std::optional<std::string>& provid
         std::any_of(c.model.begin(), c.model.end(), [](char ch) { return static_cast<unsigned char>(ch) < 0x20; }))
         throw Error("inference needs a model name (1-256 printable characters): --model MODEL");
     c.version = version_ + 1;
-    save_inference(c);
+    auto routes = routes_;
+    routes[route] = c;
+    save_routes(routes);
     version_ = c.version;
-    inference_ = c;
+    routes_ = std::move(routes);
     publish_locked();
     return c;
 }
 
-std::optional<InferenceConfig> Store::inference() const {
+std::optional<InferenceConfig> Store::inference(const std::string& route) const {
     std::lock_guard lk(mu_);
-    return inference_;
+    return copy_of(routes_, route);
 }
 
-std::shared_ptr<const Snapshot> Store::snapshot() const {
+std::vector<InferenceConfig> Store::routes() const {
     std::lock_guard lk(mu_);
-    return snapshot_;
+    return values_of(routes_);
+}
+
+void Store::delete_route(const std::string& route, const std::vector<std::string>& users) {
+    std::lock_guard lk(mu_);
+    if (!routes_.count(route)) throw Error("no inference route named " + route + ": see `redirctl inference list`");
+    if (!users.empty()) {
+        std::string who;
+        for (const auto& u : users) who += (who.empty() ? "" : ", ") + u;
+        throw Error("inference route " + route + " is in use by " + who +
+                    ": load those policies with another \"inference\": {\"route\": ...} first");
+    }
+    auto routes = routes_;
+    routes.erase(route);
+    save_routes(routes);
+    routes_ = std::move(routes);
+    publish_locked();
+}
+
+std::shared_ptr<const Snapshot> Store::snapshot(const std::string& route) const {
+    std::lock_guard lk(mu_);
+    auto it = snapshots_.find(route);
+    if (it != snapshots_.end()) return it->second;
+    auto none = std::make_shared<Snapshot>();  // nothing to serve: the 503 names the route
+    none->route = route;
+    return none;
 }
 
 void Store::publish_locked() {
-    auto s = std::make_shared<Snapshot>();
-    s->inference = inference_;
-    if (inference_) {
-        auto it = providers_.find(inference_->provider);
+    std::map<std::string, std::shared_ptr<const Snapshot>> snaps;
+    for (const auto& [r, c] : routes_) {
+        auto s = std::make_shared<Snapshot>();
+        s->route = r;
+        s->inference = c;
+        auto it = providers_.find(c.provider);
         if (it != providers_.end()) s->provider = it->second;
+        snaps[r] = std::move(s);
     }
-    snapshot_ = std::move(s);
+    snapshots_ = std::move(snaps);
 }
 
 void Store::save_providers(const std::map<std::string, Provider>& ps) const {
@@ -358,9 +419,14 @@ void Store::save_providers(const std::map<std::string, Provider>& ps) const {
     });
 }
 
-void Store::save_inference(const InferenceConfig& c) const {
+void Store::save_routes(const std::map<std::string, InferenceConfig>& routes) const {
+    uint64_t latest = version_;
+    for (const auto& [r, c] : routes) latest = std::max(latest, c.version);
     write_json_state(inference_path(), [&](PrettyJsonOut& j) {
-        j.begin().str("provider", c.provider).str("model", c.model).num("version", c.version).end();
+        j.begin().num("version", latest).begin_object("routes");
+        for (const auto& [r, c] : routes)
+            j.begin_object(r).str("provider", c.provider).str("model", c.model).num("version", c.version).end();
+        j.end().end();
     });
 }
 

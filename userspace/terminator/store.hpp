@@ -24,16 +24,22 @@ struct Provider {
     Provider masked() const;
 };
 
+// One inference route: which provider and model serve the sandboxes whose
+// policy names it (policy "inference.route"; "default" when unnamed).
+inline constexpr const char* kDefaultRoute = "default";
+
 struct InferenceConfig {
     std::string provider;
     std::string model;
     // Increments on every change of the configuration, including updates of
     // the provider it references.
     uint64_t version = 0;
+    std::string route = kDefaultRoute;
 };
 
 // What one request works with; never changes once published.
 struct Snapshot {
+    std::string route = kDefaultRoute;  // the route it serves
     std::optional<InferenceConfig> inference;
     std::optional<Provider> provider;  // the one inference references
 };
@@ -72,15 +78,22 @@ public:
     std::optional<Provider> get_provider(const std::string& name) const;  // unmasked
     std::vector<Provider> list_providers() const;                          // unmasked, by name
     void update_provider(const std::string& name, const ProviderUpdate& u);
-    // Refused while the inference configuration references NAME.
+    // Refused while a route references NAME (the message names the routes).
     void delete_provider(const std::string& name);
 
-    InferenceConfig set_inference(const std::string& provider, const std::string& model);
+    InferenceConfig set_inference(const std::string& provider, const std::string& model,
+                                  const std::string& route = kDefaultRoute);
     InferenceConfig update_inference(const std::optional<std::string>& provider,
-                                     const std::optional<std::string>& model);
-    std::optional<InferenceConfig> inference() const;
+                                     const std::optional<std::string>& model,
+                                     const std::string& route = kDefaultRoute);
+    std::optional<InferenceConfig> inference(const std::string& route = kDefaultRoute) const;
+    std::vector<InferenceConfig> routes() const;  // by name
+    // USERS: who still uses ROUTE (policies, sandboxes); non-empty refuses.
+    void delete_route(const std::string& route, const std::vector<std::string>& users);
 
-    std::shared_ptr<const Snapshot> snapshot() const;
+    // What a request of a sandbox using ROUTE works with (no inference when
+    // the route is not configured).
+    std::shared_ptr<const Snapshot> snapshot(const std::string& route = kDefaultRoute) const;
 
     const std::string& state_dir() const { return dir_; }
     std::string providers_path() const;
@@ -89,15 +102,15 @@ public:
 private:
     void validate(const Provider& p) const;
     void save_providers(const std::map<std::string, Provider>& ps) const;
-    void save_inference(const InferenceConfig& c) const;
+    void save_routes(const std::map<std::string, InferenceConfig>& routes) const;
     void publish_locked();
 
     std::string dir_;
     mutable std::mutex mu_;
     std::map<std::string, Provider> providers_;
-    std::optional<InferenceConfig> inference_;
+    std::map<std::string, InferenceConfig> routes_;
     uint64_t version_ = 0;  // survives inference being re-set
-    std::shared_ptr<const Snapshot> snapshot_;
+    std::map<std::string, std::shared_ptr<const Snapshot>> snapshots_;
 };
 
 }  // namespace redir::terminator

@@ -108,8 +108,11 @@ TEST(ControlProtocol, RepliesKeepTheirWireBytes) {
     EXPECT_EQ(encode_reply(PolicyShowReply{"p", 3, {R"({"version":1})"}}),
               R"({"ok":true,"policy":"p","policy_id":3,"normalized":{"version":1}})");
     EXPECT_EQ(encode_reply(EventsReply{{{R"({"a":1})"}, {R"({"b":2})"}}}), R"({"ok":true,"events":[{"a":1},{"b":2}]})");
-    EXPECT_EQ(encode_reply(InferenceReply{{"prov", "m", 2}}),
-              R"({"ok":true,"inference":{"provider":"prov","model":"m","version":2}})");
+    EXPECT_EQ(encode_reply(InferenceReply{{"default", "prov", "m", 2}}),
+              R"({"ok":true,"inference":{"route":"default","provider":"prov","model":"m","version":2}})");
+    EXPECT_EQ(encode_reply(InferenceListReply{{{{"fast", "prov", "m", 3}, {"policy p"}}}}),
+              R"({"ok":true,"routes":[{"route":"fast","provider":"prov","model":"m","version":3,)"
+              R"("users":["policy p"]}]})");
     EXPECT_EQ(encode_reply(ProviderReply{{"n", "openai", "https://api", "", {{"OPENAI_API_KEY", "sk-...abcd"}}}}),
               R"({"ok":true,"provider":{"name":"n","type":"openai","base_url":"https://api","ca_file":"","credentials":{"OPENAI_API_KEY":"sk-...abcd"}}})");
     StatusReply s;

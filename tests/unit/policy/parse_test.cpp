@@ -80,7 +80,7 @@ std::vector<BadCase> bad_cases() {
         {"inference.enabled not bool", R"({"version":1,"name":"t","inference":{"enabled":"yes"}})",
          "p.json:1:48: inference.enabled: expected true or false, got a string"},
         {"inference unknown field", R"({"version":1,"name":"t","inference":{"enable":true}})",
-         "p.json:1:38: inference.enable: unknown field \"enable\" (expected one of: enabled, provider_fetch)"},
+         "p.json:1:38: inference.enable: unknown field \"enable\" (expected one of: enabled, provider_fetch, route)"},
         {"allow not an array", R"({"version":1,"name":"t","allow":{}})",
          "p.json:1:33: allow: expected an array, got an object"},
         {"entry not an object", A(R"("a.com")"), "p.json:1:34: allow[0]: expected an object, got a string"},

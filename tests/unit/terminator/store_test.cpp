@@ -193,5 +193,74 @@ TEST(BaseUrl, Parses) {
     EXPECT_FALSE(parse_base_url("https://a.test:99999", &err));
 }
 
+// ---- named inference routes: each its own snapshot, persisted, deletions in use refused naming who ----
+
+TEST_F(StoreTest, EachRouteHasItsOwnSnapshot) {
+    Store s(dir_);
+    s.create_provider({"m", "mock", "", "", {}});
+    s.create_provider({"m2", "mock", "", "", {}});
+    s.set_inference("m", "slow-model");
+    s.set_inference("m2", "fast-model", "fast");
+    auto def = s.snapshot();
+    auto fast = s.snapshot("fast");
+    EXPECT_EQ(def->inference->model, "slow-model");
+    EXPECT_EQ(fast->inference->model, "fast-model");
+    EXPECT_EQ(fast->provider->name, "m2");
+    EXPECT_FALSE(s.snapshot("nowhere")->inference) << "an unconfigured route serves nothing";
+
+    s.update_inference(std::nullopt, "faster-model", "fast");
+    EXPECT_EQ(s.snapshot("fast")->inference->model, "faster-model");
+    EXPECT_EQ(s.snapshot()->inference->model, "slow-model") << "another route's sandboxes see no change";
+    EXPECT_EQ(s.snapshot()->inference->version, def->inference->version);
+    EXPECT_EQ(fast->inference->model, "fast-model") << "a snapshot never changes";
+    ASSERT_EQ(s.routes().size(), 2u);
+    EXPECT_EQ(s.routes()[1].route, "fast");
+    EXPECT_NE(error_of([&] { s.set_inference("m", "x", "../etc"); }).find("invalid route name"), std::string::npos);
+}
+
+TEST_F(StoreTest, RoutesPersistedAndReread) {
+    {
+        Store s(dir_);
+        s.create_provider({"m", "mock", "", "", {}});
+        s.set_inference("m", "a");
+        s.set_inference("m", "b", "second");
+    }
+    Store again(dir_);
+    EXPECT_EQ(again.inference()->model, "a");
+    EXPECT_EQ(again.inference("second")->model, "b");
+    EXPECT_GT(again.set_inference("m", "c", "third").version, again.inference("second")->version);
+}
+
+TEST_F(StoreTest, FileFromBeforeRoutesIsTheDefaultRoute) {
+    {
+        Store s(dir_);
+        s.create_provider({"m", "mock", "", "", {}});
+    }
+    std::ofstream(dir_ + "/inference.json") << R"({"provider":"m","model":"old","version":9})";
+    Store s(dir_);
+    EXPECT_EQ(s.inference()->model, "old");
+    EXPECT_EQ(s.inference()->version, 9u);
+    EXPECT_EQ(s.set_inference("m", "new").version, 10u);
+}
+
+TEST_F(StoreTest, RouteAndProviderDeletionsInUseAreRefusedNamingTheUsers) {
+    Store s(dir_);
+    s.create_provider({"m", "mock", "", "", {}});
+    s.set_inference("m", "a", "r1");
+    s.set_inference("m", "b", "r2");
+    auto msg = error_of([&] { s.delete_provider("m"); });
+    EXPECT_NE(msg.find("r1 (model a)"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("r2 (model b)"), std::string::npos) << msg;
+    msg = error_of([&] { s.delete_route("r1", {"policy p (sandboxes /sys/fs/cgroup/x)"}); });
+    EXPECT_NE(msg.find("policy p (sandboxes /sys/fs/cgroup/x)"), std::string::npos) << msg;
+    EXPECT_TRUE(s.inference("r1"));
+    s.delete_route("r1", {});
+    s.delete_route("r2", {});
+    EXPECT_FALSE(s.inference("r1"));
+    s.delete_provider("m");
+    Store again(dir_);
+    EXPECT_TRUE(again.routes().empty());
+}
+
 }  // namespace
 }  // namespace redir::terminator

@@ -1,0 +1,48 @@
+#pragma once
+// What a sandbox's policy says about its inference (policy "inference"), and
+// the table of it for every attached sandbox: published by the agent's thread
+// after each change, read by the terminator's threads once per request.
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "terminator/store.hpp"
+
+namespace redir::terminator {
+
+struct SandboxInference {
+    std::string route = kDefaultRoute;  // inference.route
+    bool provider_fetch = false;        // inference.provider_fetch
+};
+
+class SandboxInferenceTable {
+public:
+    using Map = std::unordered_map<std::uint64_t, SandboxInference>;
+
+    // Replaces the whole table; readers see the old one or the new one, never a mix.
+    void publish(Map m) {
+        auto next = std::make_shared<const Map>(std::move(m));
+        std::lock_guard lk(mu_);
+        map_ = std::move(next);
+    }
+
+    // The settings of attached cgroup CGROUP_ID; the defaults (default route,
+    // no provider-side fetches) for one not in the table.
+    SandboxInference find(std::uint64_t cgroup_id) const {
+        std::shared_ptr<const Map> m;
+        {
+            std::lock_guard lk(mu_);
+            m = map_;
+        }
+        auto it = m->find(cgroup_id);
+        return it == m->end() ? SandboxInference{} : it->second;
+    }
+
+private:
+    mutable std::mutex mu_;
+    std::shared_ptr<const Map> map_ = std::make_shared<const Map>();
+};
+
+}  // namespace redir::terminator
