@@ -111,7 +111,11 @@ enforce::RedirectTarget resolve_redirect_target(const std::string& netns_path, c
     }
     t.ifindex = ::if_nametoindex(t.device.c_str());
     if (!t.ifindex) throw sys_error("interface " + t.device + " vanished while attaching " + netns_path);
-    t.guard_ifindex = t.ifindex;
+    // The guard judges every packet of its interface by one sandbox's policy:
+    // on a bridge shared by several containers (docker0, cni0) it must sit on
+    // this sandbox's own port, never on the bridge.
+    int port = netns::host_peer(netns_path, static_cast<int>(t.ifindex));
+    t.guard_ifindex = port ? static_cast<uint32_t>(port) : t.ifindex;
     return t;
 }
 

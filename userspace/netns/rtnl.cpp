@@ -9,6 +9,7 @@
 #include <netlink/route/link/veth.h>
 #include <netlink/route/route.h>
 
+#include <string_view>
 #include <thread>
 
 #include "common/error.hpp"
@@ -73,6 +74,14 @@ std::string Rtnl::name_of(int index) {
     if (rtnl_link_get_kernel(sock_.get(), index, nullptr, &l.p) != 0) return "";
     const char* n = rtnl_link_get_name(l.p);
     return n ? n : "";
+}
+
+std::optional<Rtnl::Link> Rtnl::link(int index) {
+    LinkRef l;
+    if (rtnl_link_get_kernel(sock_.get(), index, nullptr, &l.p) != 0) return std::nullopt;
+    const char* type = rtnl_link_get_type(l.p);
+    return Link{rtnl_link_get_ifindex(l.p), rtnl_link_get_link(l.p), rtnl_link_get_master(l.p),
+                type && std::string_view(type) == "veth"};
 }
 
 int Rtnl::ifindex(const std::string& name) {
@@ -190,6 +199,19 @@ std::vector<std::string> default_gateways(const std::string& netns_path) {
     for (auto& r : rt.default_routes())
         if (!r.gateway.empty()) out.push_back(r.gateway);
     return out;
+}
+
+int host_peer(const std::string& netns_path, int target_ifindex) {
+    Rtnl inside(Namespace::open(netns_path));
+    Rtnl here;
+    for (auto& r : inside.default_routes()) {
+        auto in = inside.link(r.ifindex);
+        if (!in || !in->veth || !in->peer) continue;
+        auto out = here.link(in->peer);
+        if (!out || !out->veth || out->peer != in->ifindex) continue;
+        if (out->ifindex == target_ifindex || out->master == target_ifindex) return out->ifindex;
+    }
+    return 0;
 }
 
 }  // namespace redir::netns

@@ -3,6 +3,7 @@
 // routes, and the default-route gateway of any namespace.
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,14 @@ public:
     bool has_link(const std::string& name);
     // Name of interface IFINDEX; empty if there is none.
     std::string name_of(int ifindex);
+    struct Link {
+        int ifindex = 0;
+        int peer = 0;    // IFLA_LINK: a veth's peer index (in the peer's namespace)
+        int master = 0;  // the bridge it is a port of, 0 if none
+        bool veth = false;
+    };
+    // Interface IFINDEX; nullopt if there is none.
+    std::optional<Link> link(int ifindex);
     // A veth pair: NAME here, PEER_NAME created directly in PEER_NS.
     void add_veth(const std::string& name, const std::string& peer_name, const Namespace& peer_ns);
     void set_up(const std::string& name);
@@ -55,5 +64,12 @@ private:
 // empty when it has none. For a sandbox joined by a veth pair this is the
 // host side's address: where the agent's redirects for it must land.
 std::vector<std::string> default_gateways(const std::string& netns_path);
+
+// The host end, in the caller's namespace, of the veth that carries the
+// default route of the namespace at NETNS_PATH, when that end is TARGET_IFINDEX
+// itself or a port of it (a bridge); 0 otherwise (not a veth, peer elsewhere).
+// Both ends are checked against each other: interface numbers repeat across
+// namespaces, so one side alone could name another container's port.
+int host_peer(const std::string& netns_path, int target_ifindex);
 
 }  // namespace redir::netns
