@@ -20,6 +20,7 @@ import threading
 import time
 import unittest
 
+import sanitizer_scan
 from sandbox_client import read_until
 
 CLONE_NEWNET = 0x40000000
@@ -32,6 +33,11 @@ FAKE_V4 = ["203.0.113.1/24", "198.51.100.1/24", "192.0.2.53/32"]
 FAKE_RESOLVER = "192.0.2.53"
 FAKE_V6 = ["2001:db8::1/64"]
 UBSAN_SUPP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "soak", "ubsan.supp"))
+# What redird and redirctl wrote to stderr since sanitizer_reports_to(): the
+# sanitizers report there where they cannot open their files (EMFILE), and
+# sanitizer_reports() scans it (tests/e2e/sanitizer_scan.py).
+_stderr_logs = []     # redird's log files (its stdout and stderr)
+_stderr_reports = []  # reports found in redirctl's captured stderr
 
 
 def cgroup2_mount():
@@ -185,6 +191,8 @@ class Agent:
         return os.path.join(self.state, "audit.log")
 
     def start(self, timeout=15):
+        if self.log not in _stderr_logs:
+            _stderr_logs.append(self.log)
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
                 [REDIRD, "--state-dir", self.state, "--run-dir", self.run_dir, "--bpffs", self.bpffs] + self.extra,
@@ -203,6 +211,9 @@ class Agent:
     def ctl(self, *args, check=True, input=None):
         r = subprocess.run([REDIRCTL, "--socket", self.socket] + list(args), capture_output=True, text=True,
                            input=input)
+        found = sanitizer_scan.in_output(r.stderr)
+        if found:
+            _stderr_reports.append("== redirctl %s stderr\n%s" % (" ".join(args), found))
         if check and r.returncode != 0:
             raise AssertionError("redirctl %s failed (%d): %s%s" % (" ".join(args), r.returncode, r.stdout, r.stderr))
         return r
@@ -400,6 +411,7 @@ def sanitizer_reports_to(dirpath):
     build); returns the prefix sanitizer_reports() reads. ASan's quarantine is
     capped so RSS bounds stay meaningful."""
     prefix = os.path.join(dirpath, "san")
+    del _stderr_logs[:], _stderr_reports[:]
     os.environ["ASAN_OPTIONS"] = "detect_leaks=1:quarantine_size_mb=16:malloc_context_size=8:log_path=" + prefix
     os.environ["UBSAN_OPTIONS"] = "print_stacktrace=1:log_path=%s:suppressions=%s" % (prefix, UBSAN_SUPP)
     return prefix
@@ -416,6 +428,18 @@ def isolated(testcase, tag):
 
 
 def sanitizer_reports(prefix):
-    """The first reports written under PREFIX ("" when there are none)."""
+    """The first reports written under PREFIX, or by redird and redirctl on
+    stderr since sanitizer_reports_to() ("" when there are none)."""
     found = sorted(glob.glob(prefix + "*"))
-    return "".join("== %s\n%s" % (f, open(f, errors="replace").read()[:4000]) for f in found[:3])
+    files = ["== %s\n%s" % (f, read_text(f)[:4000]) for f in found[:3]]
+    logs = []
+    for path in _stderr_logs:
+        text = sanitizer_scan.in_output(read_text(path)) if os.path.exists(path) else ""
+        if text:
+            logs.append("== %s (stderr)\n%s" % (path, text[:4000]))
+    return "".join(files + logs + _stderr_reports[:3])
+
+
+def read_text(path):
+    with open(path, errors="replace") as f:
+        return f.read()

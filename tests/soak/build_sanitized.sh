@@ -33,4 +33,4 @@ cmake -S "$src" -B "$out" "${gen[@]}" -DCMAKE_BUILD_TYPE=None -DREDIR_SOAK=OFF -
   -DCMAKE_GTEST_DISCOVER_TESTS_DISCOVERY_MODE=PRE_TEST >/dev/null
 cmake --build "$out" -j"${REDIR_SANITIZED_JOBS:-2}" --target \
   redird redirctl test_dns redir_terminator_tests redir_terminator_limits_tests redir_gateway_tests \
-  redir_gateway_hostile_tests redir_relay_tests
+  redir_gateway_hostile_tests redir_relay_tests redir_emfile_vptr_repro
