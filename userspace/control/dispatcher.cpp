@@ -1,9 +1,12 @@
 // Decoding a request line and handing it to its command's slot.
 #include "control/dispatcher.hpp"
 
+#include "control/leak_mutant.hpp"
+
 namespace redir::control {
 
 std::string Dispatcher::dispatch(std::string_view line, const Conn& conn) const {
+    leak_mutant_on_request();  // a no-op outside the soak's sanitized tree
     Request req;
     try {
         req = decode_request(line);
