@@ -99,6 +99,7 @@ void Agent::start() {
     FdReserve::instance().init(opts_.fd_reserve);
 
     dp_ = loader::Datapath::open({opts_.bpffs_dir});
+    policies_ = std::make_unique<PolicyRegistry>(*dp_, *store_);
     netns_cookie_ = current_netns_cookie();
 
     listeners_ = std::make_unique<Listeners>();
@@ -168,7 +169,7 @@ void Agent::start() {
         [this](pid_t pid) { return control_peer_refusal(pid); });
     schedule_housekeeping();
     spdlog::info("redird ready: state {}, control {}/redird.sock, bpffs {}, {} policies, {} attachments",
-                 opts_.state_dir, opts_.run_dir, opts_.bpffs_dir, policies_.size(), sandboxes_->all().size());
+                 opts_.state_dir, opts_.run_dir, opts_.bpffs_dir, policies_->size(), sandboxes_->all().size());
 }
 
 namespace {
@@ -189,16 +190,16 @@ enforce::PolicyRef policy_ref(const ActivePolicy& p) {
 void Agent::publish_sandbox_inference() {
     terminator::SandboxInferenceTable::Map m;
     for (const auto& sb : sandboxes_->all()) {
-        auto it = policies_.find(sb.policy);
-        if (it == policies_.end()) continue;  // a policy that no longer loads: defaults (no fetches)
-        m[sb.cgroup_id] = {it->second.info.route, it->second.info.provider_fetch};
+        const auto* p = policies_->find(sb.policy);
+        if (!p) continue;  // a policy that no longer loads: defaults (no fetches)
+        m[sb.cgroup_id] = {p->info.route, p->info.provider_fetch};
     }
     inference_table_->publish(std::move(m));
 }
 
 std::vector<std::string> Agent::route_users(const std::string& route) const {
     std::vector<std::string> out;
-    for (const auto& [name, p] : policies_) {
+    for (const auto& [name, p] : policies_->all()) {
         if (p.info.route != route) continue;
         std::string who = "policy " + name;
         std::string paths;
@@ -234,33 +235,12 @@ std::optional<std::string> Agent::control_peer_refusal(pid_t pid) {
     return std::nullopt;
 }
 
-uint32_t Agent::next_policy_id() {
-    uint32_t id = next_id_++;
-    store_->save_next_policy_id(next_id_);
-    return id;
-}
-
-ActivePolicy Agent::install_policy(const StoredPolicy& sp) {
-    ActivePolicy ap;
-    ap.stored = sp;
-    ap.id = next_policy_id();
-    try {
-        ap.info = compile_and_write(sp.source, sp.source_name, ap.id, *dp_, sp.name);
-    } catch (...) {
-        dp_->delete_policy(ap.id);  // nothing half-written stays behind
-        throw;
-    }
-    return ap;
-}
-
 void Agent::restore() {
     // Ids never go backwards: the maps may hold ids from a previous agent.
-    auto ids = dp_->policy_ids();
-    next_id_ = std::max(store_->load_next_policy_id(), ids.empty() ? 1u : *ids.rbegin() + 1);
-
+    policies_->resume_ids();
     for (auto& [name, sp] : store_->load_policies()) {
         try {
-            policies_[name] = install_policy(sp);
+            policies_->put(name, policies_->install(sp));
         } catch (const std::exception& e) {
             spdlog::error("stored policy {} no longer loads ({}); sandboxes using it deny everything", name, e.what());
         }
@@ -268,7 +248,7 @@ void Agent::restore() {
 
     // Policies first: the sandboxes are adopted under their new ids.
     std::map<std::string, enforce::PolicyRef> refs;
-    for (auto& [name, ap] : policies_) refs[name] = policy_ref(ap);
+    for (auto& [name, ap] : policies_->all()) refs[name] = policy_ref(ap);
     sandboxes_->restore(store_->load_attachments(), [&](const std::string& name) -> const enforce::PolicyRef* {
         auto it = refs.find(name);
         return it == refs.end() ? nullptr : &it->second;
@@ -281,7 +261,7 @@ void Agent::restore() {
             spdlog::warn("sandbox {}: {}; its redirects fail until it is attached again", sb.cgroup_path, e.what());
         }
     }
-    collect_garbage();
+    policies_->collect_garbage();
     publish_sandbox_inference();
 }
 
@@ -320,15 +300,6 @@ void Agent::schedule_housekeeping() {
         FdReserve::instance().refill();
         schedule_housekeeping();
     });
-}
-
-void Agent::collect_garbage() {
-    // Entries of policy ids no attachment or policy uses: leftovers of an agent
-    // that died mid-load or mid-flip.
-    std::map<uint32_t, bool> live;
-    for (auto& [n, p] : policies_) live[p.id] = true;
-    for (auto id : dp_->policy_ids())
-        if (!live.count(id)) dp_->delete_policy(id);
 }
 
 void Agent::serve_commands() {
@@ -420,7 +391,7 @@ std::string Agent::render_metrics() {
     o += "# HELP redir_attachments attached sandbox cgroups\n# TYPE redir_attachments gauge\nredir_attachments " +
          std::to_string(sandboxes_->all().size()) + "\n";
     o += "# HELP redir_policies loaded policies\n# TYPE redir_policies gauge\nredir_policies " +
-         std::to_string(policies_.size()) + "\n";
+         std::to_string(policies_->size()) + "\n";
     o += inference_->metrics();
     o += usage_metrics(usage_->rows());
     o += relay_metrics(listeners_->relay_service->stats(), listeners_->relay_service->connections());
@@ -465,8 +436,8 @@ control::StatusReply Agent::cmd_status(const control::StatusRequest&) {
             if (p.cgroup_id == a.cgroup_id) s.programs = p.programs.size();
         s.dns_port = a.dns_port;
         s.capable = capable_of(a.cgroup_path);
-        if (auto it = policies_.find(a.policy); it != policies_.end()) {
-            s.host_rules = it->second.info.pending_hosts;  // enforced through this sandbox's DNS responder
+        if (const auto* p = policies_->find(a.policy)) {
+            s.host_rules = p->info.pending_hosts;  // enforced through this sandbox's DNS responder
             s.pending_hosts.emplace();
         }
     }
@@ -523,16 +494,15 @@ control::AttachReply Agent::cmd_attach(const control::AttachRequest& req) {
     std::string name = req.policy_name;
     // A file given with attach is loaded (or replaced) under its own name.
     if (!req.policy_text.empty()) name = cmd_policy_load({req.policy_text, req.source_name, ""}).policy;
-    auto it = policies_.find(name);
-    if (it == policies_.end())
-        throw Error("no policy named \"" + name + "\" is loaded; load it with `redirctl policy load FILE`");
+    const auto* policy = policies_->find(name);
+    if (!policy) throw Error("no policy named \"" + name + "\" is loaded; load it with `redirctl policy load FILE`");
     // Listeners first: the kernel redirects there as soon as the entry exists.
     enforce::RedirectTarget target;
     if (req.netns && !req.netns->empty()) target = resolve_redirect_target(*req.netns, req.redirect_via.value_or(""));
     else if (req.redirect_via) throw Error("--redirect-via needs --netns (the sandbox's network namespace)");
     serve_target(target);
     try {
-        sandboxes_->attach(cg, policy_ref(it->second), target);
+        sandboxes_->attach(cg, policy_ref(*policy), target);
     } catch (...) {
         unserve_target(target);
         throw;
@@ -572,12 +542,12 @@ control::PolicyLoadReply Agent::cmd_policy_load(const control::PolicyLoadRequest
     if (req.policy_text.empty()) throw Error("policy load needs the policy file's content");
     StoredPolicy sp{req.name, req.policy_text, req.source_name.empty() ? std::string("policy.json") : req.source_name};
     // Compile under a fresh id first: a rejected file changes nothing.
-    ActivePolicy ap = install_policy(sp);  // --name (if given) overrides the file's own name
+    ActivePolicy ap = policies_->install(sp);  // --name (if given) overrides the file's own name
     ap.stored.name = ap.info.name;
     const std::string pname = ap.info.name;
     const uint32_t new_id = ap.id;
     std::optional<ActivePolicy> previous;
-    if (auto it = policies_.find(pname); it != policies_.end()) previous = it->second;
+    if (const auto* p = policies_->find(pname)) previous = *p;
     {
         // All or nothing: a failure leaves the old policy stored, loaded and enforced.
         enforce::Undo undo;
@@ -587,9 +557,9 @@ control::PolicyLoadReply Agent::cmd_policy_load(const control::PolicyLoadRequest
         sandboxes_->reload(policy_ref(ap), previous ? policy_ref(*previous) : enforce::PolicyRef{pname});
         undo.commit();
     }
-    policies_[pname] = std::move(ap);
+    policies_->put(pname, std::move(ap));
     if (previous && previous->id) dp_->delete_policy(previous->id);
-    auto& p = policies_[pname];
+    const auto& p = *policies_->find(pname);
     control::PolicyLoadReply reply{pname, new_id, sandboxes_->users(pname), p.info.lpm_entries, p.info.portsets,
                                    p.info.pending_hosts};
     if (!req.keep_established) revoke_for(pname, reply);
@@ -632,31 +602,31 @@ void Agent::revoke_for(const std::string& name, control::PolicyLoadReply& reply)
 }
 
 control::PolicyShowReply Agent::cmd_policy_show(const control::PolicyShowRequest& req) {
-    auto it = policies_.find(req.name);
-    if (it == policies_.end()) throw Error("no policy named \"" + req.name + "\"");
+    const auto* p = policies_->find(req.name);
+    if (!p) throw Error("no policy named \"" + req.name + "\"");
     // The control protocol is one line per message: re-serialise compactly.
     rapidjson::Document d;
-    d.Parse(it->second.info.normalized_json.c_str());
-    return {req.name, it->second.id, {JsonOut().value(d).take()}};
+    d.Parse(p->info.normalized_json.c_str());
+    return {req.name, p->id, {JsonOut().value(d).take()}};
 }
 
 control::PolicyListReply Agent::cmd_policy_list(const control::PolicyListRequest&) {
     control::PolicyListReply r;
-    for (auto& [n, p] : policies_) r.policies.push_back({n, p.id, sandboxes_->users(n)});
+    for (auto& [n, p] : policies_->all()) r.policies.push_back({n, p.id, sandboxes_->users(n)});
     return r;
 }
 
 control::PolicyDeleteReply Agent::cmd_policy_delete(const control::PolicyDeleteRequest& req) {
     const std::string& name = req.name;
-    auto it = policies_.find(name);
-    if (it == policies_.end()) throw Error("no policy named \"" + name + "\"");
+    const auto* p = policies_->find(name);
+    if (!p) throw Error("no policy named \"" + name + "\"");
     for (auto& a : sandboxes_->all())
         if (a.policy == name)
             throw Error("policy \"" + name + "\" is attached to " + a.cgroup_path +
                         "; detach it first (`redirctl detach --cgroup " + a.cgroup_path + "`)");
-    uint32_t id = it->second.id;
+    uint32_t id = p->id;
     store_->delete_policy(name);
-    policies_.erase(it);
+    policies_->erase(name);
     dp_->delete_policy(id);
     return {name};
 }
@@ -685,9 +655,7 @@ void Agent::on_event(const redir_event& e) {
         key += std::string(e.proto == REDIR_PROTO_UDP ? " udp " : " tcp ") + addr_to_string(e.addr) + " port " +
                std::to_string(e.port);
     if (!audit_->admit(e.cgroup_id, key)) return;
-    std::string policy;
-    for (auto& [n, p] : policies_)
-        if (p.id == e.policy_id) policy = n;
+    const std::string policy = policies_->name_of(e.policy_id);
     JsonOut j;
     j.begin()
         .num("ts_ms", now_ms())

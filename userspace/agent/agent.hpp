@@ -14,7 +14,7 @@
 #include "agent/dns_service.hpp"
 #include "agent/control_server.hpp"
 #include "agent/gateway_limits.hpp"
-#include "agent/policy_engine.hpp"
+#include "agent/policy_registry.hpp"
 #include "agent/state_store.hpp"
 #include "control/dispatcher.hpp"
 #include "enforce/sandboxes.hpp"
@@ -44,12 +44,6 @@ class UsageLedger;
 class JsonOut;
 class DnsService;
 class MetricsServer;
-
-struct ActivePolicy {
-    StoredPolicy stored;
-    uint32_t id = 0;
-    CompiledPolicyInfo info;
-};
 
 class Agent {
 public:
@@ -82,17 +76,12 @@ private:
     void flush_usage();
     void serve_commands();
 
-    // Compiles and writes a policy under a fresh id; returns the new id.
-    // Throws PolicyRejected with located messages on a bad file.
-    ActivePolicy install_policy(const StoredPolicy& sp);
     // After a flip: resets what policy NAME no longer allows (agent/revoke.hpp),
     // one audit record per connection; fills the reply's revoked, kept, revocation_unsupported.
     void revoke_for(const std::string& name, control::PolicyLoadReply& reply);
     void restore();
-    void collect_garbage();
     void schedule_housekeeping();
     void on_event(const redir_event& e);
-    uint32_t next_policy_id();
     // State, run and bpffs directories root-only; refuses to start otherwise.
     void secure_private_dirs();
     // Why process PID may not use the control API (it is inside a sandbox).
@@ -120,9 +109,8 @@ private:
     std::unique_ptr<MetricsServer> metrics_;
     std::string render_metrics();
 
-    std::map<std::string, ActivePolicy> policies_;
+    std::unique_ptr<PolicyRegistry> policies_;  // after dp_ and store_
     std::unique_ptr<enforce::Sandboxes> sandboxes_;  // every attached sandbox; after dns_ and dp_
-    uint32_t next_id_ = 1;
     uint64_t netns_cookie_ = 0;
     std::chrono::steady_clock::time_point started_;
     std::unique_ptr<boost::asio::steady_timer> housekeeping_;
