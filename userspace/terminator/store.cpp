@@ -30,6 +30,12 @@ std::vector<typename M::mapped_type> values_of(const M& m) {
     for (const auto& [k, v] : m) out.push_back(v);
     return out;
 }
+// Saves NEXT, and only once it is on disk makes it LIVE: a failed write changes nothing.
+template <class M, class Save>
+void save_then_swap(M& live, M next, const Save& save) {
+    save(next);
+    live = std::move(next);
+}
 
 bool valid_name(const std::string& n) {
     if (n.empty() || n.size() > 63 || !std::isalnum(static_cast<unsigned char>(n[0]))) return false;
@@ -257,8 +263,7 @@ void Store::create_provider(Provider p) {
         throw Error("provider " + p.name + " already exists: use `redirctl provider update " + p.name + "`");
     auto next = providers_;
     next[p.name] = std::move(p);
-    save_providers(next);
-    providers_ = std::move(next);
+    save_then_swap(providers_, std::move(next), [this](const auto& m) { save_providers(m); });
     publish_locked();
 }
 
@@ -317,8 +322,7 @@ void Store::delete_provider(const std::string& name) {
                     ": point them elsewhere with `redirctl inference update --route R --provider P` first");
     auto next = providers_;
     next.erase(name);
-    save_providers(next);
-    providers_ = std::move(next);
+    save_then_swap(providers_, std::move(next), [this](const auto& m) { save_providers(m); });
     publish_locked();
 }
 
@@ -347,9 +351,8 @@ InferenceConfig Store::update_inference(const std::optional<std::string>& provid
     c.version = version_ + 1;
     auto routes = routes_;
     routes[route] = c;
-    save_routes(routes);
+    save_then_swap(routes_, std::move(routes), [this](const auto& m) { save_routes(m); });
     version_ = c.version;
-    routes_ = std::move(routes);
     publish_locked();
     return c;
 }
@@ -375,8 +378,7 @@ void Store::delete_route(const std::string& route, const std::vector<std::string
     }
     auto routes = routes_;
     routes.erase(route);
-    save_routes(routes);
-    routes_ = std::move(routes);
+    save_then_swap(routes_, std::move(routes), [this](const auto& m) { save_routes(m); });
     publish_locked();
 }
 
