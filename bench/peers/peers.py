@@ -246,6 +246,10 @@ http {
   client_body_temp_path %(d)s/body; proxy_temp_path %(d)s/proxy; fastcgi_temp_path %(d)s/fcgi;
   uwsgi_temp_path %(d)s/uwsgi; scgi_temp_path %(d)s/scgi;
   keepalive_requests 1000000; keepalive_timeout 120s;
+  # nginx 1.22's default is TLS 1.0-1.2; redird and every modern server speak
+  # TLS 1.3, whose resumption still costs an ECDHE (1.2's costs none):
+  # compare the same protocol (nginx >= 1.23.4's default, Debian's nginx.conf).
+  ssl_protocols TLSv1.2 TLSv1.3;
   %(upstreams)s
   %(servers)s
 }
@@ -287,6 +291,7 @@ class Peer:
     cgroup = None
     threads = 1
     server = None  # the Spawned (or Nginx) behind it
+    ca = None  # the CA file its clients trust
 
     @property
     def pid(self):
@@ -323,6 +328,7 @@ class NginxProxy(Peer):
     def __init__(self, tmp, certs, workers):
         self.threads = workers
         self.name = "nginx"
+        self.ca = certs["ca"]
         a = HOSTS["nginx.bench.test"]
         upstreams = "".join("upstream %s { server %s:443; keepalive 512; keepalive_requests 1000000; }\n" % (
             up, HOSTS[host]) for up, host in (("fixed", "provider.bench.test"), ("sse", "sse.bench.test")))
@@ -448,6 +454,7 @@ class Redir(Peer):
         a.ctl("attach", "--cgroup", self.cgroup.path, "--policy", policy)
         self.ca_local = os.path.join(tmp, "%s-inference-ca-%s.pem" % (self.name, threads))
         a.ctl("ca", "export", "--out", self.ca_local)
+        self.ca = self.ca_local
 
     def use_provider(self, name):
         self.agent.ctl("inference", "set", "--provider", name, "--model", "served-model")
@@ -520,6 +527,23 @@ def sse_run(peer, ca, seconds):
     return r
 
 
+def resumption(peer, ca, count=20):
+    """How many of COUNT new connections the peer resumes when offered the
+    previous connection's session, as wrk does on reconnect."""
+    argv = [PY, os.path.join(HERE, "resume.py"), "--host", peer.url_host, "--sni", peer.url_host, "--cafile", ca,
+            "--count", str(count)]
+    if isinstance(peer, Direct):
+        argv += ["--auth", SECRET]
+    kw = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = peer.cgroup.popen(argv, **kw) if peer.cgroup else subprocess.Popen(argv, **kw)
+    out, err = proc.communicate(timeout=120)
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        log("resumption probe against %s printed nothing: %s" % (peer.name, err[-500:]))
+        return None
+
+
 def probe(redir, seconds):
     """Control API latency (from outside the sandbox) and DNS latency (from inside it), concurrently."""
     base = [PY, os.path.join(HERE, "probe.py"), "--seconds", str(seconds)]
@@ -559,27 +583,42 @@ def probe_saturated(redir, seconds):
     return r
 
 
-def perf_profile(redir, seconds, out_dir):
-    """cpu-clock samples of redird while wrk saturates it; top symbols as text."""
-    data = os.path.join(out_dir, "perf.data")
+def perf_profile(redir, seconds, out_dir, peer=None):
+    """cpu-clock samples of redird (or PEER's process tree) while wrk saturates
+    it; top symbols as text."""
+    peer = peer or redir
+    data = os.path.join(out_dir, "perf-%s.data" % peer.name)
     argv = ["wrk", "-t", "2", "-c", "50", "-d", "%ds" % (seconds + 1), "--timeout", "5s",
-            "-s", os.path.join(HERE, "wrk_post.lua"), redir.url()]
+            "-s", os.path.join(HERE, "wrk_post.lua"), peer.url()]
     # BENCH_PERF_LOAD=handshakes: profile a new TLS connection per request instead.
     close = os.environ.get("BENCH_PERF_LOAD") == "handshakes"
-    load = redir.cgroup.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=dict(os.environ, WRK_CLOSE="1" if close else "0"))
+    env = dict(os.environ, WRK_CLOSE="1" if close else "0")
+    kw = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    load = peer.cgroup.popen(argv, **kw) if peer.cgroup else subprocess.Popen(argv, **kw)
     graph = os.environ.get("BENCH_PERF_CALLGRAPH", "fp")  # dwarf: callers through libc and OpenSSL too
+    pids = ",".join(str(p) for p in descendants(peer.pid))
     subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "--call-graph", graph, "-o", data,
-                    "-p", str(redir.pid),
-                    "--", "sleep", str(seconds)], capture_output=True)
-    load.communicate(timeout=seconds + 60)
+                    "-p", pids, "--", "sleep", str(seconds)], capture_output=True)
+    out, _ = load.communicate(timeout=seconds + 60)
+    m = re.search(r"WRKJSON (\{.*\})", out)
     if os.environ.get("BENCH_PERF_DATA"):  # keep the samples for perf report/annotate
-        shutil.copy(data, os.environ["BENCH_PERF_DATA"])
+        dest = os.environ["BENCH_PERF_DATA"]
+        shutil.copy(data, dest if peer is redir else dest + "." + peer.name)
     def report(sort, limit):
         rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", sort,
                               "-g", "none", "--percent-limit", limit], capture_output=True, text=True)
         return [l for l in rep.stdout.splitlines() if l.strip() and not l.startswith("#")]
-    return report("dso", "2") + [""] + report("dso,sym", "1")[:25] + [""] + syscalls_per_request(redir, out_dir)
+    samples = subprocess.run(["perf", "report", "-i", data, "--stdio", "--sort", "dso", "-g", "none"],
+                             capture_output=True, text=True).stdout
+    sm = re.search(r"Event count \(approx.\): (\d+)", samples)  # cpu-clock: nanoseconds on a CPU
+    head = []
+    if sm and m:
+        reqs = max(1, json.loads(m.group(1))["requests"])
+        head = ["%s: %d us of CPU per %s (%d requests in %d s, %d in the %d s sampled)" % (
+            peer.name, int(sm.group(1)) / 1000 / (reqs * seconds / (seconds + 1)),
+            "connection" if close else "request", reqs, seconds + 1, reqs * seconds / (seconds + 1), seconds)]
+    tail = [""] + syscalls_per_request(redir, out_dir) if peer is redir else []
+    return head + report("dso", "2") + [""] + report("dso,sym", "1")[:25] + tail
 
 
 def syscalls_per_request(redir, out_dir, seconds=3):
@@ -672,6 +711,11 @@ def measure(res, key, direct, redir, nginx, others):
     for p in all_peers:
         wrk(p, 50, 2, 1)  # warm-up: pools, leaf cache, page faults
     ka, l1, hs = {}, {}, {}
+    # The A/B peer (redir-b) is measured in every wrk phase alongside redir.
+    ab = [p for p in others if isinstance(p, RedirB)]
+    if "handshakes" in PHASES:
+        for p in [direct, redir, nginx] + ab:
+            res.setdefault("resumption", {}).setdefault(key, {})[p.name] = resumption(p, p.ca)
     for rnd in range(ROUNDS):
         if "keepalive" in PHASES:
             log("round %d/%d: keep-alive, 50 connections" % (rnd + 1, ROUNDS))
@@ -679,11 +723,11 @@ def measure(res, key, direct, redir, nginx, others):
                 ka.setdefault(p.name, []).append(wrk(p, 50, 2, SECONDS))
         if "latency" in PHASES and key == str(THREADS[0]):
             log("round %d/%d: one connection" % (rnd + 1, ROUNDS))
-            for p in (direct, redir, nginx):
+            for p in [direct, redir, nginx] + ab:
                 l1.setdefault(p.name, []).append(wrk(p, 1, 1, SECONDS))
         if "handshakes" in PHASES:
             log("round %d/%d: a new TLS connection per request" % (rnd + 1, ROUNDS))
-            for p in (direct, redir, nginx):
+            for p in [direct, redir, nginx] + ab:
                 hs.setdefault(p.name, []).append(wrk(p, 50, 2, SECONDS, close=True))
     if ka:
         res["keepalive"][key] = {n: best(v) for n, v in ka.items()}
@@ -716,6 +760,8 @@ def measure_redir_only(res, tmp, certs, redir, nginx, sse_provider):
     if PERF:
         log("perf profile of redird under keep-alive load")
         res["perf"] = perf_profile(redir, min(SECONDS, 10), tmp)
+        if os.environ.get("BENCH_PERF_NGINX") == "1":  # the same profile of nginx, side by side
+            res["perf"] += ["", "nginx, same load:"] + perf_profile(redir, min(SECONDS, 10), tmp, nginx)
 
 
 def main():
@@ -743,6 +789,7 @@ def main():
         sse_provider = start_sse_provider(tmp, certs)
         stoppers.append(sse_provider.stop)
         direct = Direct(provider)
+        direct.ca = certs["ca"]
         others = []
         if "mitmproxy" in PEERS:
             others.append(Mitmproxy(tmp, certs))
@@ -787,6 +834,48 @@ def main():
     return rc
 
 
+def print_rows(head, rows):
+    w = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(r)) + " |"
+    print(line(head))
+    print("|" + "|".join("-" * (x + 2) for x in w) + "|")
+    for r in rows:
+        print(line(r))
+    print()
+
+
+def print_handshakes(res):
+    """New TLS connections: rate, CPU per connection and how often each peer resumed."""
+    rows = []
+    for key, peers in sorted(res["handshakes"].items()):
+        ng = peers.get("nginx")
+        resumed = res.get("resumption", {}).get(key, {})
+        for name, r in peers.items():
+            if r is None or not r["requests"]:
+                continue
+            rs = resumed.get(name)
+            rows.append((name, key, fmt(r["rps"]), fmt(ms(r["p50_us"])), fmt(ms(r["p99_us"])), fmt(r["errors"]),
+                         fmt(r["cpu_us_per_req"]) if name != "direct" else "(provider)",
+                         "%d/%d %s" % (rs["resumed"], rs["connections"], rs["version"]) if rs else "-",
+                         fmt(r["rps"] / ng["rps"]) if ng and ng["rps"] else "-"))
+    if rows:
+        print("new TLS connections (wrk -t2 -c50, Connection: close; resumed: of 20 connections offering a session)")
+        print_rows(("peer", "threads", "conn/s", "p50 ms", "p99 ms", "errors", "CPU us/conn", "resumed",
+                    "vs nginx"), rows)
+
+
+def print_latency1(res):
+    """One connection, one request at a time: what each peer adds over direct."""
+    l1 = res["latency1"]
+    d = l1.get("direct")
+    rows = [(name, fmt(r["p50_us"], " us"), fmt(r["p99_us"], " us"),
+             fmt(r["p50_us"] - d["p50_us"], " us") if d and name != "direct" else "-")
+            for name, r in l1.items() if r]
+    if rows:
+        print("one connection (wrk -t1 -c1, keep-alive)")
+        print_rows(("peer", "p50", "p99", "added p50"), rows)
+
+
 def report(res):
     print("\nbench/peers: %s" % res["machine"])
     print("%d s per measurement, best of %d interleaved round(s); wrk -t2 -c50 POST %s (keep-alive)\n" % (
@@ -819,6 +908,8 @@ def report(res):
     if "squid_error" in res:
         print("squid: not measured: %s" % res["squid_error"])
     print()
+    print_handshakes(res)
+    print_latency1(res)
 
     t = Table()
     for key in ("1", "2"):
@@ -901,7 +992,8 @@ def report(res):
                  "stated", None)
     t.print()
     if res.get("perf"):
-        print("\nwhere redird's time goes (perf, cpu-clock, keep-alive load):")
+        print("\nwhere redird's time goes (perf, cpu-clock, %s load):" % (
+            "new-connection" if os.environ.get("BENCH_PERF_LOAD") == "handshakes" else "keep-alive"))
         for l in res["perf"]:
             print("  " + l)
     fails = [r for r in t.rows if r[5] == "FAIL"]
