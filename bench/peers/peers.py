@@ -899,15 +899,9 @@ def report(res):
                          fmt(r["rss_peak_mb"]) if name != "direct" else "(provider)",
                          fmt(r["rps"] / d["rps"]) if d and d["rps"] else "-",
                          fmt(r["rps"] / ng["rps"]) if ng and ng["rps"] else "-"))
-    w = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    line = lambda r: "| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(r)) + " |"
-    print(line(head))
-    print("|" + "|".join("-" * (x + 2) for x in w) + "|")
-    for r in rows:
-        print(line(r))
+    print_rows(head, rows)
     if "squid_error" in res:
-        print("squid: not measured: %s" % res["squid_error"])
-    print()
+        print("squid: not measured: %s\n" % res["squid_error"])
     print_handshakes(res)
     print_latency1(res)
 
