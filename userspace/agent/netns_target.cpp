@@ -38,7 +38,10 @@ std::multimap<std::string, std::string> local_addresses() {
 
 enforce::RedirectTarget resolve_redirect_target(const std::string& netns_path, const std::string& redirect_via) {
     enforce::RedirectTarget t;
-    t.netns_cookie = netns::Namespace::open(netns_path).cookie();
+    // Opened once: the gateways and the host's veth end are looked up in the
+    // namespace the cookie names, even if the path names another one by then.
+    const auto ns = netns::Namespace::open(netns_path);
+    t.netns_cookie = ns.cookie();
     if (t.netns_cookie == current_netns_cookie()) return {};  // shares redird's namespace: loopback
 
     // "IP[%DEV][,IP[%DEV]]": at most one per IP version; given ones must fit,
@@ -57,7 +60,7 @@ enforce::RedirectTarget resolve_redirect_target(const std::string& netns_path, c
             from = comma + 1;
         }
     } else {
-        for (auto& g : netns::default_gateways(netns_path)) candidates.push_back({g, ""});
+        for (auto& g : netns::default_gateways(ns)) candidates.push_back({g, ""});
         if (candidates.empty())
             throw Error("network namespace " + netns_path +
                         " has no default route; give redird's address reachable from it with --redirect-via IP");
@@ -114,7 +117,7 @@ enforce::RedirectTarget resolve_redirect_target(const std::string& netns_path, c
     // The guard judges every packet of its interface by one sandbox's policy:
     // on a bridge shared by several containers (docker0, cni0) it must sit on
     // this sandbox's own port, never on the bridge.
-    int port = netns::host_peer(netns_path, static_cast<int>(t.ifindex));
+    int port = netns::host_peer(ns, static_cast<int>(t.ifindex));
     t.guard_ifindex = port ? static_cast<uint32_t>(port) : t.ifindex;
     return t;
 }

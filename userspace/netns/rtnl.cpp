@@ -193,16 +193,20 @@ std::vector<Rtnl::DefaultRoute> Rtnl::default_routes() {
     return v4;
 }
 
-std::vector<std::string> default_gateways(const std::string& netns_path) {
-    Rtnl rt(Namespace::open(netns_path));
+std::vector<std::string> default_gateways(const Namespace& ns) {
+    Rtnl rt(ns);
     std::vector<std::string> out;
     for (auto& r : rt.default_routes())
         if (!r.gateway.empty()) out.push_back(r.gateway);
     return out;
 }
 
-int host_peer(const std::string& netns_path, int target_ifindex) {
-    Rtnl inside(Namespace::open(netns_path));
+std::vector<std::string> default_gateways(const std::string& netns_path) {
+    return default_gateways(Namespace::open(netns_path));
+}
+
+int host_peer(const Namespace& ns, int target_ifindex) {
+    Rtnl inside(ns);
     Rtnl here;
     for (auto& r : inside.default_routes()) {
         auto in = inside.link(r.ifindex);

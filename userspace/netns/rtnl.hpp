@@ -60,16 +60,20 @@ private:
     std::unique_ptr<nl_sock, void (*)(nl_sock*)> sock_;
 };
 
-// Gateways of the default routes in the namespace at NETNS_PATH, IPv4 first;
-// empty when it has none. For a sandbox joined by a veth pair this is the
-// host side's address: where the agent's redirects for it must land.
+// Gateways of the default routes in namespace NS, IPv4 first; empty when it
+// has none. For a sandbox joined by a veth pair this is the host side's
+// address: where the agent's redirects for it must land.
+std::vector<std::string> default_gateways(const Namespace& ns);
+// The same for the namespace at NETNS_PATH.
 std::vector<std::string> default_gateways(const std::string& netns_path);
 
 // The host end, in the caller's namespace, of the veth that carries the
-// default route of the namespace at NETNS_PATH, when that end is TARGET_IFINDEX
+// default route of namespace NS, when that end is TARGET_IFINDEX
 // itself or a port of it (a bridge); 0 otherwise (not a veth, peer elsewhere).
 // Both ends are checked against each other: interface numbers repeat across
 // namespaces, so one side alone could name another container's port.
-int host_peer(const std::string& netns_path, int target_ifindex);
+// Takes the namespace already open, not a path: the caller's other lookups
+// must be of the same namespace (a /proc/PID path can name another one later).
+int host_peer(const Namespace& ns, int target_ifindex);
 
 }  // namespace redir::netns

@@ -172,6 +172,28 @@ TEST(Gateway, NoneWithoutADefaultRoute) {
     EXPECT_THROW(default_gateways("/nonexistent/netns"), Error);
 }
 
+// The agent opens a sandbox's namespace once at attach (agent/netns_target.cpp)
+// and looks up its gateways and the host's veth end through that one
+// descriptor: repointing the path (a /proc/PID path after PID reuse, a
+// replaced bind mount) after the open must not move the lookups elsewhere.
+TEST(HostPeer, FollowsTheOpenNamespaceNotItsPath) {
+    Sandbox sb("192.0.2.17", "192.0.2.18");
+    const std::string link = "/tmp/" + unique("nslink");
+    std::filesystem::create_symlink(sb.ns.path(), link);
+    const auto opened = Namespace::open(link);
+    const int host_end = Rtnl().ifindex(sb.host_if);
+    EXPECT_EQ(host_peer(opened, host_end), host_end);
+    auto other = Namespace::create_anonymous();
+    std::filesystem::remove(link);
+    std::filesystem::create_symlink(other.path(), link);
+    EXPECT_TRUE(default_gateways(link).empty()) << "the path names the other namespace now";
+    EXPECT_EQ(host_peer(opened, host_end), host_end);
+    EXPECT_EQ(default_gateways(opened), std::vector<std::string>{"192.0.2.17"});
+    EXPECT_EQ(host_peer(opened, host_end + 1000), 0) << "an interface that is not the sandbox's veth end";
+    EXPECT_EQ(host_peer(other, host_end), 0) << "a namespace without a veth to this one";
+    std::filesystem::remove(link);
+}
+
 TEST(Forwarding, PerInterface) {
     Sandbox sb("192.0.2.13", "192.0.2.14");
     EXPECT_FALSE(forwarding_enabled(sb.host_if));
