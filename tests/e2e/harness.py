@@ -40,22 +40,35 @@ _stderr_logs = []     # redird's log files (its stdout and stderr)
 _stderr_reports = []  # reports found in redirctl's captured stderr
 
 
-def cgroup2_mount():
+def mount_point(fstype):
+    """Where the first filesystem of type FSTYPE is mounted (None if none is)."""
     with open("/proc/mounts") as f:
         for line in f:
             parts = line.split()
-            if parts[2] == "cgroup2":
+            if parts[2] == fstype:
                 return parts[1]
-    raise RuntimeError("no cgroup2 mount")
+    return None
+
+
+def cgroup2_mount():
+    mnt = mount_point("cgroup2")
+    if mnt is None:
+        raise RuntimeError("no cgroup2 mount")
+    return mnt
 
 
 def cgroup_v1_dir():
-    with open("/proc/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if parts[2] == "cgroup":
-                return parts[1]
-    return None
+    return mount_point("cgroup")
+
+
+def pid_alive(pid):
+    """PID exists and is not a zombie (the state after the last ")" of
+    /proc/PID/stat: a command name may itself hold ") ")."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 _entered = False

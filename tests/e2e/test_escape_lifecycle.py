@@ -77,14 +77,6 @@ class OrphanCatcher:
             pass
 
 
-def pid_alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().split(") ")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 class EscapeOrphans(EscapeCase):
     """Orphans after the command exits, and `run` being signalled."""
 
@@ -118,7 +110,7 @@ class EscapeOrphans(EscapeCase):
 
     def reap(self, pid, cg):
         """Leaves nothing behind if an orphan got away (the test has already failed then)."""
-        if pid_alive(pid):
+        if harness.pid_alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -149,7 +141,8 @@ class EscapeOrphans(EscapeCase):
         pid = self.armed(c)
         result = c.go()
         self.assertIsNone(result, "a %s orphan outlived `redirctl run` and tried the network: %s" % (mode, result))
-        self.assertFalse(pid_alive(pid), "the %s orphan (pid %d) is still alive after run returned" % (mode, pid))
+        self.assertFalse(harness.pid_alive(pid),
+                         "the %s orphan (pid %d) is still alive after run returned" % (mode, pid))
         self.assert_untouched(self.target)
 
     def test_orphan_fork(self):
@@ -191,7 +184,7 @@ class EscapeOrphans(EscapeCase):
         result = c.go()
         self.assertIsNone(result, "an orphan survived %s to `run` and tried the network: %s" %
                           (signal.Signals(sig).name, result))
-        self.assertFalse(pid_alive(pid))
+        self.assertFalse(harness.pid_alive(pid))
         self.assert_untouched(self.target)
 
     def test_run_receives_sigterm(self):

@@ -14,7 +14,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-from harness import Agent, TcpServer  # noqa: E402
+from harness import Agent, TcpServer, pid_alive  # noqa: E402
 
 NODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node")
 NOBODY = 65534
@@ -57,14 +57,6 @@ class CountingListener:
 
     def close(self):
         self.sock.close()
-
-
-def pid_alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def procs_with(token):
