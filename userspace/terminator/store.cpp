@@ -36,6 +36,13 @@ void save_then_swap(M& live, M next, const Save& save) {
     save(next);
     live = std::move(next);
 }
+// LIVE without KEY, the same way.
+template <class M, class Save>
+void erase_saved(M& live, const std::string& key, const Save& save) {
+    M next = live;
+    next.erase(key);
+    save_then_swap(live, std::move(next), save);
+}
 
 bool valid_name(const std::string& n) {
     if (n.empty() || n.size() > 63 || !std::isalnum(static_cast<unsigned char>(n[0]))) return false;
@@ -320,9 +327,7 @@ void Store::delete_provider(const std::string& name) {
     if (!users.empty())
         throw Error("provider " + name + " is in use by inference route(s) " + users +
                     ": point them elsewhere with `redirctl inference update --route R --provider P` first");
-    auto next = providers_;
-    next.erase(name);
-    save_then_swap(providers_, std::move(next), [this](const auto& m) { save_providers(m); });
+    erase_saved(providers_, name, [this](const auto& m) { save_providers(m); });
     publish_locked();
 }
 
@@ -376,9 +381,7 @@ void Store::delete_route(const std::string& route, const std::vector<std::string
         throw Error("inference route " + route + " is in use by " + who +
                     ": load those policies with another \"inference\": {\"route\": ...} first");
     }
-    auto routes = routes_;
-    routes.erase(route);
-    save_then_swap(routes_, std::move(routes), [this](const auto& m) { save_routes(m); });
+    erase_saved(routes_, route, [this](const auto& m) { save_routes(m); });
     publish_locked();
 }
 
