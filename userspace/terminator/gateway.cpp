@@ -14,9 +14,9 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/ssl.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/ip/basic_resolver.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -29,6 +29,7 @@
 #include "common/error.hpp"
 #include "terminator/head.hpp"
 #include "terminator/mock.hpp"
+#include "terminator/tls_stream.hpp"
 #include "terminator/upstream_tls.hpp"
 
 namespace redir::terminator {
@@ -37,10 +38,11 @@ namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = asio::ip::tcp;
-using asio::awaitable;
-using Clock = std::chrono::steady_clock;
-using TlsStream = asio::ssl::stream<beast::tcp_stream>;
-constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+// Coroutines on the io thread's own executor type: no type-erased executor
+// is copied, compared or destroyed on the hot path.
+template <class T>
+using Task = asio::awaitable<T, Executor>;
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable_t<Executor>{});
 
 namespace {
 
@@ -62,11 +64,16 @@ struct UpstreamConn {
     std::string key;
     Clock::time_point idle_since{};
     bool reused = false;
-    UpstreamConn(const asio::any_io_executor& ex, std::shared_ptr<asio::ssl::context> c)
-        : ctx(std::move(c)), s(ex, *ctx) {}
+    UpstreamConn(const Executor& ex, std::shared_ptr<asio::ssl::context> c)
+        : ctx(std::move(c)), s(Socket(ex), new_ssl(ctx->native_handle())) {}
     void close() {
         beast::error_code ec;
-        beast::get_lowest_layer(s).socket().close(ec);
+        s.socket().close(ec);
+    }
+    static SslPtr new_ssl(SSL_CTX* c) {
+        SslPtr ssl(SSL_new(c));
+        if (!ssl) throw Error("cannot create a TLS connection to a provider (SSL_new failed: out of memory?)");
+        return ssl;
     }
 };
 
@@ -135,14 +142,14 @@ struct Failure {
 // costs no system call); only bytes arriving mid-call (a pipelined request,
 // a TLS close_notify) start a real read of the stream.
 struct ClientWatch {
-    explicit ClientWatch(const asio::any_io_executor& ex) : done(ex) { done.expires_at(Clock::time_point::max()); }
+    explicit ClientWatch(const Executor& ex) : done(ex) { done.expires_at(Clock::time_point::max()); }
     bool over = false;      // the call is over: a late completion touches nothing but this object
     bool reading = false;   // a read of the stream is under way (DONE fires when it ends)
     bool finished = false;  // that read has ended
     bool gone = false;
     bool answered = false;  // the whole answer was handed to the sandbox's socket
     UpstreamConn* upstream = nullptr;
-    asio::steady_timer done;
+    Timer done;
     void hung_up() {
         gone = true;
         if (upstream) upstream->close();
@@ -153,7 +160,7 @@ template <class Stream>
 void close_stream(Stream& s) {
     beast::error_code ec;
     auto& sock = beast::get_lowest_layer(s).socket();
-    sock.shutdown(tcp::socket::shutdown_both, ec);
+    sock.shutdown(Socket::shutdown_both, ec);
     sock.close(ec);
 }
 
@@ -206,15 +213,15 @@ struct Gateway::Shared {
 };
 
 // One io thread's part of the gateway (or, without threads of its own, the
-// one strand's): its executor, its provider connections and TLS contexts.
+// the caller's io_context's): its executor, its provider connections and TLS contexts.
 // Touched only from that executor, so none of it needs a lock.
 struct Gateway::Impl {
-    Impl(std::shared_ptr<Shared> sh, asio::any_io_executor e)
+    Impl(std::shared_ptr<Shared> sh, Executor e)
         : shared(std::move(sh)), ex(std::move(e)), store(shared->store), opts(shared->opts), stats(shared->stats),
           body_bytes(shared->body_bytes) {}
 
     std::shared_ptr<Shared> shared;
-    asio::any_io_executor ex;
+    Executor ex;
     // The shared parts under the names the request code uses.
     std::shared_ptr<Store> store;
     const GatewayOptions& opts;
@@ -275,7 +282,7 @@ void note_write(Impl& gw, const beast::error_code& ec) {
 }
 
 template <class Stream>
-awaitable<bool> send_body(Impl& gw, Stream& s, int status, std::string content_type, std::string body,
+Task<bool> send_body(Impl& gw, Stream& s, int status, std::string content_type, std::string body,
                           bool keep_alive, RequestLog& log, const HeaderList& extra = {}) {
     http::response<http::string_body> res{static_cast<http::status>(status), 11};
     res.set(http::field::content_type, content_type);
@@ -292,7 +299,7 @@ awaitable<bool> send_body(Impl& gw, Stream& s, int status, std::string content_t
 }
 
 template <class Stream>
-awaitable<bool> send_error(Impl& gw, Stream& s, ApiShape shape, int status, std::string message, bool keep_alive,
+Task<bool> send_error(Impl& gw, Stream& s, ApiShape shape, int status, std::string message, bool keep_alive,
                            RequestLog& log, const HeaderList& extra = {}) {
     if (log.error.empty()) log.error = message;
     co_return co_await send_body(gw, s, status, "application/json",
@@ -302,14 +309,14 @@ awaitable<bool> send_error(Impl& gw, Stream& s, ApiShape shape, int status, std:
 
 // Sends STOP's answer, if it has one. Returns whether the connection stays open.
 template <class Stream>
-awaitable<bool> answer(Impl& gw, Stream& s, ApiShape shape, Stop stop, RequestLog& log) {
+Task<bool> answer(Impl& gw, Stream& s, ApiShape shape, Stop stop, RequestLog& log) {
     if (stop.status == 0) co_return false;
     co_return co_await send_error(gw, s, shape, stop.status, std::move(stop.message), stop.keep_alive, log,
                                   stop.headers);
 }
 
 template <class Stream>
-awaitable<void> read_client(Stream& s, beast::flat_buffer& buf, std::shared_ptr<ClientWatch> w) {
+Task<void> read_client(Stream& s, beast::flat_buffer& buf, std::shared_ptr<ClientWatch> w) {
     auto [ec, n] = co_await s.async_read_some(buf.prepare(4096), use_tuple);
     if (!ec) {
         // The next pipelined request: keep it for the session.
@@ -323,7 +330,7 @@ awaitable<void> read_client(Stream& s, beast::flat_buffer& buf, std::shared_ptr<
 
 // What the client's socket holds once it became readable mid-call.
 enum class Readable { Nothing, Bytes, Closed };
-Readable peek(tcp::socket& sock) {
+Readable peek(Socket& sock) {
     char b;
     const ssize_t n = ::recv(sock.native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n > 0) return Readable::Bytes;
@@ -334,7 +341,7 @@ Readable peek(tcp::socket& sock) {
 template <class Stream>
 void watch_client(Impl& gw, Stream& s, beast::flat_buffer& buf, std::shared_ptr<ClientWatch> w) {
     auto& sock = beast::get_lowest_layer(s).socket();
-    sock.async_wait(tcp::socket::wait_read, [&gw, &s, &buf, w](beast::error_code ec) {
+    sock.async_wait(Socket::wait_read, [&gw, &s, &buf, w](beast::error_code ec) {
         // Over: S and BUF may be gone already.
         if (ec || w->over) return;
         switch (peek(beast::get_lowest_layer(s).socket())) {
@@ -358,7 +365,7 @@ std::string provider_where(const Provider& p, const BaseUrl& b) {
 // ---- Provider connections: resolve, connect, verify ----
 
 // Endpoints for B's host (an override, an IP literal, or DNS within the deadline).
-awaitable<std::vector<tcp::endpoint>> resolve_upstream(Impl& gw, const BaseUrl& b, Clock::time_point deadline,
+Task<std::vector<tcp::endpoint>> resolve_upstream(Impl& gw, const BaseUrl& b, Clock::time_point deadline,
                                                        const std::string& where, Failure& f) {
     const auto& o = gw.opts;
     std::vector<tcp::endpoint> eps;
@@ -370,8 +377,8 @@ awaitable<std::vector<tcp::endpoint>> resolve_upstream(Impl& gw, const BaseUrl& 
         eps.emplace_back(literal, b.port);
         co_return eps;
     }
-    auto resolver = std::make_shared<tcp::resolver>(gw.ex);
-    asio::steady_timer t(gw.ex);
+    auto resolver = std::make_shared<asio::ip::basic_resolver<tcp, Executor>>(gw.ex);
+    Timer t(gw.ex);
     t.expires_at(deadline);
     t.async_wait([r = resolver](beast::error_code ec) {
         if (!ec) r->cancel();
@@ -388,7 +395,7 @@ awaitable<std::vector<tcp::endpoint>> resolve_upstream(Impl& gw, const BaseUrl& 
     co_return eps;
 }
 
-awaitable<std::unique_ptr<UpstreamConn>> connect_upstream(Impl& gw, const Provider& p, const BaseUrl& b,
+Task<std::unique_ptr<UpstreamConn>> connect_upstream(Impl& gw, const Provider& p, const BaseUrl& b,
                                                           const std::string& key, ClientWatch& watch,
                                                           Failure& f) {
     const auto& o = gw.opts;
@@ -415,7 +422,18 @@ awaitable<std::unique_ptr<UpstreamConn>> connect_upstream(Impl& gw, const Provid
     auto eps = co_await resolve_upstream(gw, b, deadline, where, f);
     if (eps.empty() || watch.gone) co_return nullptr;
     low.expires_at(deadline);
-    auto [cec, ep] = co_await low.async_connect(eps, use_tuple);
+    beast::error_code cec = asio::error::host_not_found;
+    for (const auto& ep : eps) {
+        // Past the deadline the socket is closed: no next address is tried.
+        if (low.timed_out()) break;
+        beast::error_code ig;
+        low.socket().close(ig);
+        low.socket().open(ep.protocol(), cec);
+        if (cec) continue;
+        std::tie(cec) = co_await low.socket().async_connect(ep, use_tuple);
+        cec = low.map(cec);
+        if (!cec || cec == beast::error::timeout) break;
+    }
     if (cec) {
         f = cec == beast::error::timeout
                 ? Failure{504, "connecting to " + where + " timed out after " + seconds(o.upstream_connect_timeout)}
@@ -431,7 +449,7 @@ awaitable<std::unique_ptr<UpstreamConn>> connect_upstream(Impl& gw, const Provid
         co_return nullptr;
     }
     low.expires_at(deadline);
-    auto [hec] = co_await conn->s.async_handshake(asio::ssl::stream_base::client, use_tuple);
+    auto [hec, hn] = co_await conn->s.async_handshake(asio::ssl::stream_base::client, use_tuple);
     if (hec) {
         std::string why = verify_failure(conn->s.native_handle());
         if (hec == beast::error::timeout)
@@ -482,7 +500,7 @@ struct Attempt {
     bool stale() const { return writing || (read == 0 && stale_connection_error(ec)); }
 };
 
-awaitable<Attempt> send_and_read_header(Impl& gw, ProxyCall& call, Upstream& up) {
+Task<Attempt> send_and_read_header(Impl& gw, ProxyCall& call, Upstream& up) {
     const auto& o = gw.opts;
     auto& low = beast::get_lowest_layer(up.conn->s);
     low.expires_after(o.upstream_write_timeout);
@@ -508,7 +526,7 @@ Stop attempt_failure(Impl& gw, const ProxyCall& call, const Attempt& a) {
 
 // Sends the request on a pooled connection or a new one, once more on a new
 // one when a pooled connection turns out stale. nullopt: UP holds the answer.
-awaitable<std::optional<Stop>> exchange(Impl& gw, ProxyCall& call, ClientWatch& watch, Upstream& up) {
+Task<std::optional<Stop>> exchange(Impl& gw, ProxyCall& call, ClientWatch& watch, Upstream& up) {
     const std::string key = call.pool_key();
     for (int attempt = 0;; ++attempt) {
         // The watcher must never see a connection that is being destroyed.
@@ -561,7 +579,7 @@ http::response<http::buffer_body> response_head(const http::response_header<>& u
 // Writes one piece of the response body (or, with DATA empty and MORE false,
 // its end) through SR.
 template <class Stream>
-awaitable<beast::error_code> write_piece(Impl& gw, Stream& s, http::response_serializer<http::buffer_body>& sr,
+Task<beast::error_code> write_piece(Impl& gw, Stream& s, http::response_serializer<http::buffer_body>& sr,
                                          http::response<http::buffer_body>& res, std::string_view data, bool more) {
     res.body().data = data.empty() ? nullptr : const_cast<char*>(data.data());
     res.body().size = data.size();
@@ -575,8 +593,8 @@ awaitable<beast::error_code> write_piece(Impl& gw, Stream& s, http::response_ser
 // A stream idles between its events: OpenSSL gives its record buffers
 // (~34 KiB a connection) back while it waits, so 1,000 open streams do not
 // hold 2,000 sets. Short exchanges keep theirs (no allocation per record).
-void release_buffers_when_idle(TlsStream& s) { SSL_set_mode(s.native_handle(), SSL_MODE_RELEASE_BUFFERS); }
-void release_buffers_when_idle(beast::tcp_stream&) {}
+void release_buffers_when_idle(TlsStream& s) { s.release_buffers_when_idle(); }
+void release_buffers_when_idle(PlainStream&) {}
 
 // Done: the answer went whole to the sandbox. Delivered: the provider's
 // answer was whole, but the sandbox stopped taking it at the end.
@@ -598,7 +616,7 @@ void release_upstream(Impl& gw, Upstream& up, ClientWatch& watch) {
 // header goes with the first piece when the relay deferred it. UPSTREAM_EC
 // receives why the provider broke off.
 template <class Stream>
-awaitable<Pumped> pump_body(Impl& gw, Stream& s, http::response_serializer<http::buffer_body>& sr,
+Task<Pumped> pump_body(Impl& gw, Stream& s, http::response_serializer<http::buffer_body>& sr,
                             http::response<http::buffer_body>& res, const ResponsePlan& plan, Upstream& up,
                             std::span<char> piece, ClientWatch& watch, UsageTap& tap, RequestLog& log,
                             beast::error_code& upstream_ec) {
@@ -639,7 +657,7 @@ awaitable<Pumped> pump_body(Impl& gw, Stream& s, http::response_serializer<http:
 // The provider broke off mid-response: an SSE client is told in its API's
 // words before the stream ends, rather than left to guess from a cut body.
 template <class Stream>
-awaitable<bool> end_broken_response(Impl& gw, Stream& s, ProxyCall& call, const ResponsePlan& plan,
+Task<bool> end_broken_response(Impl& gw, Stream& s, ProxyCall& call, const ResponsePlan& plan,
                                     http::response_serializer<http::buffer_body>& sr,
                                     http::response<http::buffer_body>& res, const beast::error_code& ec,
                                     RequestLog& log) {
@@ -655,7 +673,7 @@ awaitable<bool> end_broken_response(Impl& gw, Stream& s, ProxyCall& call, const 
 }
 
 template <class Stream>
-awaitable<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& up, ClientWatch& watch,
+Task<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& up, ClientWatch& watch,
                                RequestLog& log) {
     // Answered: the request body will not be sent again, and a long stream
     // must not keep its memory (or the sandbox's share of it).
@@ -719,7 +737,7 @@ awaitable<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& u
 }
 
 template <class Stream>
-awaitable<bool> relay(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, RequestLog& log) {
+Task<bool> relay(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, RequestLog& log) {
     Upstream up;
     auto stop = co_await exchange(gw, call, watch, up);
     if (stop) co_return co_await answer(gw, s, call.shape, std::move(*stop), log);
@@ -727,7 +745,7 @@ awaitable<bool> relay(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, 
 }
 
 template <class Stream>
-awaitable<bool> proxy(Impl& gw, Stream& s, beast::flat_buffer& buf, ProxyCall& call, RequestLog& log) {
+Task<bool> proxy(Impl& gw, Stream& s, beast::flat_buffer& buf, ProxyCall& call, RequestLog& log) {
     auto watch = std::make_shared<ClientWatch>(gw.ex);
     if (buf.size() == 0) watch_client(gw, s, buf, watch);
     bool keep = false;
@@ -757,7 +775,7 @@ awaitable<bool> proxy(Impl& gw, Stream& s, beast::flat_buffer& buf, ProxyCall& c
 }
 
 template <class Stream>
-awaitable<bool> send_mock(Impl& gw, Stream& s, const MockReply& m, bool keep_alive, RequestLog& log) {
+Task<bool> send_mock(Impl& gw, Stream& s, const MockReply& m, bool keep_alive, RequestLog& log) {
     if (!m.stream) {
         // Kept out of the co_await expression: GCC 12 destroys temporaries of
         // a conditional expression there twice.
@@ -811,7 +829,7 @@ std::string body_too_large(const GatewayOptions& o) {
 // Waits for a whole header block in BUF and checks it as bytes before Beast
 // parses it (bare LF, obs-fold, size).
 template <class Stream>
-awaitable<std::optional<Stop>> gather_header(Impl& gw, Stream& s, beast::flat_buffer& buf) {
+Task<std::optional<Stop>> gather_header(Impl& gw, Stream& s, beast::flat_buffer& buf) {
     const auto& o = gw.opts;
     auto& low = beast::get_lowest_layer(s);
     if (buf.size() == 0) {
@@ -860,7 +878,7 @@ Stop header_parse_failure(Impl& gw, const beast::error_code& ec) {
 // Parses the header gathered in BUF and decides from it alone where the
 // request goes (route, then configuration). Logs method and path.
 template <class Stream>
-awaitable<std::optional<Stop>> read_header(Impl& gw, Stream& s, beast::flat_buffer& buf, Incoming& in,
+Task<std::optional<Stop>> read_header(Impl& gw, Stream& s, beast::flat_buffer& buf, Incoming& in,
                                            RequestLog& log) {
     const auto& o = gw.opts;
     log.method = "-";
@@ -932,7 +950,7 @@ std::optional<Stop> body_read_failure(Impl& gw, const beast::error_code& ec, Req
 
 // Reserves room for the body, lets a 100-continue client send it, reads it.
 template <class Stream>
-awaitable<std::optional<Stop>> read_body(Impl& gw, Stream& s, beast::flat_buffer& buf, Incoming& in,
+Task<std::optional<Stop>> read_body(Impl& gw, Stream& s, beast::flat_buffer& buf, Incoming& in,
                                          const ConnInfo& info, RequestLog& log) {
     if (in.parser.is_done()) co_return std::nullopt;
     if (auto stop = reserve_body(gw, in, info)) co_return stop;
@@ -951,7 +969,7 @@ awaitable<std::optional<Stop>> read_body(Impl& gw, Stream& s, beast::flat_buffer
 
 // A served request: the models list, a mock answer, or the provider call.
 template <class Stream>
-awaitable<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const ConnInfo& /*info*/,
+Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const ConnInfo& /*info*/,
                         bool keep_alive, RequestLog& log) {
     const auto& o = gw.opts;
     const auto& cfg = *in.snap->inference;
@@ -1002,7 +1020,7 @@ awaitable<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const
 
 // One request on a connection. Returns whether the connection stays open.
 template <class Stream>
-awaitable<bool> serve_one(Impl& gw, Stream& s, ClientConn& cc, RequestLog& log, const ConnInfo& info) {
+Task<bool> serve_one(Impl& gw, Stream& s, ClientConn& cc, RequestLog& log, const ConnInfo& info) {
     Incoming in;
     auto stop = co_await read_header(gw, s, cc.buf, in, log);
     if (!stop) stop = co_await read_body(gw, s, cc.buf, in, info, log);
@@ -1019,7 +1037,7 @@ awaitable<bool> serve_one(Impl& gw, Stream& s, ClientConn& cc, RequestLog& log, 
 // ---- Connections ----
 
 template <class Stream>
-awaitable<void> session(std::shared_ptr<Impl> gw, Stream s, ConnInfo info, Quota::Ticket = {}) {
+Task<void> session(std::shared_ptr<Impl> gw, Stream s, ConnInfo info, Quota::Ticket = {}) {
     ClientConn cc;
     try {
         for (;;) {
@@ -1040,13 +1058,13 @@ awaitable<void> session(std::shared_ptr<Impl> gw, Stream s, ConnInfo info, Quota
 }
 
 // Moves the accepted socket onto the executor of the io thread that serves it.
-tcp::socket rebind(Impl& gw, tcp::socket sock) {
+Socket rebind(Impl& gw, tcp::socket sock) {
     beast::error_code ec;
     auto proto = sock.local_endpoint(ec).protocol();
     if (ec) proto = tcp::v4();
     int fd = sock.release(ec);
     if (ec) throw beast::system_error(ec);
-    tcp::socket out(gw.ex);
+    Socket out(gw.ex);
     out.assign(proto, fd, ec);
     if (ec) {
         ::close(fd);
@@ -1058,9 +1076,9 @@ tcp::socket rebind(Impl& gw, tcp::socket sock) {
 
 // Each session coroutine owns its connection ticket: the sandbox's slot is
 // given back whenever and however the session ends.
-awaitable<void> tls_session(std::shared_ptr<Impl> gw, TlsStream s, ConnInfo info, Quota::Ticket) {
+Task<void> tls_session(std::shared_ptr<Impl> gw, TlsStream s, ConnInfo info, Quota::Ticket) {
     beast::get_lowest_layer(s).expires_after(gw->opts.handshake_timeout);
-    auto [ec] = co_await s.async_handshake(asio::ssl::stream_base::server, use_tuple);
+    auto [ec, n] = co_await s.async_handshake(asio::ssl::stream_base::server, use_tuple);
     if (ec) {
         if (ec == beast::error::timeout)
             ++gw->stats.tls_handshake_timeouts;
@@ -1074,7 +1092,7 @@ awaitable<void> tls_session(std::shared_ptr<Impl> gw, TlsStream s, ConnInfo info
     co_await session(std::move(gw), std::move(s), std::move(info));
 }
 
-awaitable<void> refusal_session(std::shared_ptr<Impl> gw, beast::tcp_stream s, ConnInfo info, Quota::Ticket) {
+Task<void> refusal_session(std::shared_ptr<Impl> gw, PlainStream s, ConnInfo info, Quota::Ticket) {
     beast::flat_buffer buf;
     http::request_parser<http::empty_body> p;
     p.header_limit(static_cast<std::uint32_t>(gw->opts.header_limit));
@@ -1121,7 +1139,7 @@ void launch(const std::shared_ptr<Impl>& gw, tcp::socket socket, ConnInfo info, 
 }  // namespace
 
 // The gateway's io threads, each running its own io_context (one Impl each),
-// or none: then the one Impl runs on a strand of the constructor's executor.
+// or none: then the one Impl runs on the constructor's io_context (one thread).
 struct Gateway::Workers {
     std::shared_ptr<Shared> shared;
     std::vector<std::shared_ptr<Impl>> impls;
@@ -1140,7 +1158,9 @@ Gateway::Gateway(asio::any_io_executor ex, std::shared_ptr<Store> store, Gateway
     const std::size_t threads = opts.threads;
     w.shared = std::make_shared<Shared>(std::move(store), std::move(opts));
     if (threads == 0) {
-        w.impls.push_back(std::make_shared<Impl>(w.shared, asio::make_strand(ex)));
+        const auto* io = ex.target<Executor>();
+        if (!io) throw Error("the terminator runs on an io_context: give it an io_context's executor");
+        w.impls.push_back(std::make_shared<Impl>(w.shared, *io));
         return;
     }
     for (std::size_t i = 0; i < threads; ++i) {
@@ -1166,7 +1186,7 @@ Gateway::~Gateway() {
     auto& w = *workers_;
     w.shared->stopped = true;
     if (w.threads.empty()) {
-        // Touch the strand's state on the strand only; sessions in flight
+        // Touch the Impl's state on its thread only; sessions in flight
         // finish their current request and close.
         asio::dispatch(w.impls[0]->ex, [impl = w.impls[0]] { impl->pool.clear(); });
         return;
@@ -1185,25 +1205,25 @@ Gateway::~Gateway() {
 
 void Gateway::serve_tls(tcp::socket socket, SSL_CTX* server_ctx, ConnInfo info) {
     const auto cgroup = info.cgroup_id;
-    auto make = [server_ctx, cgroup](tcp::socket s) -> std::optional<TlsStream> {
-        SSL* ssl = SSL_new(server_ctx);
+    auto make = [server_ctx, cgroup](Socket s) -> std::optional<TlsStream> {
+        SslPtr ssl(SSL_new(server_ctx));
         if (!ssl) {
             spdlog::error("terminator: SSL_new failed for a connection from cgroup {}", cgroup);
             return std::nullopt;
         }
-        return std::optional<TlsStream>(std::in_place, beast::tcp_stream(std::move(s)), ssl);
+        return std::optional<TlsStream>(std::in_place, std::move(s), std::move(ssl));
     };
     launch(workers_->pick(), std::move(socket), std::move(info), make, tls_session);
 }
 
 void Gateway::serve_plain_refusal(tcp::socket socket, ConnInfo info) {
-    auto make = [](tcp::socket s) { return std::optional<beast::tcp_stream>(std::move(s)); };
+    auto make = [](Socket s) { return std::optional<PlainStream>(std::move(s)); };
     launch(workers_->pick(), std::move(socket), std::move(info), make, refusal_session);
 }
 
 void Gateway::serve_cleartext_for_tests(tcp::socket socket, ConnInfo info) {
-    auto make = [](tcp::socket s) { return std::optional<beast::tcp_stream>(std::move(s)); };
-    launch(workers_->pick(), std::move(socket), std::move(info), make, session<beast::tcp_stream>);
+    auto make = [](Socket s) { return std::optional<PlainStream>(std::move(s)); };
+    launch(workers_->pick(), std::move(socket), std::move(info), make, session<PlainStream>);
 }
 
 const GatewayStats& Gateway::stats() const { return workers_->shared->stats; }

@@ -3,7 +3,7 @@
 // connection, learns who made it from the kernel, and hands the socket here;
 // everything after that (TLS handshake, HTTP/1.1 with keep-alive, routing,
 // the model rewrite, the provider call and the streamed relay) runs on the
-// gateway's strand.
+// gateway's io thread.
 #include <openssl/ssl.h>
 
 #include <boost/asio/any_io_executor.hpp>
@@ -80,8 +80,8 @@ struct GatewayOptions {
     // Client-supplied text (model, path, method, keys) quoted in a log line or error.
     std::size_t log_string_max = kLogStringMax;
     // Io threads of the gateway's own (one per core is the agent's default),
-    // each with its own provider pool; 0 = run on a strand of the
-    // constructor's executor.
+    // each with its own provider pool; 0 = run on the constructor's
+    // io_context, which must then be run by one thread.
     std::size_t threads = 0;
     // Host name → IP literal used instead of DNS (tests; pinned providers).
     std::map<std::string, std::string> resolve_overrides;
@@ -103,8 +103,9 @@ struct GatewayOptions {
 
 class Gateway {
 public:
-    // Without threads of its own (OPTS.threads 0) all work runs on a strand
-    // of EX, so EX's io_context may be run by any number of threads.
+    // Without threads of its own (OPTS.threads 0) all work runs on EX's
+    // io_context (EX must be an io_context's), which must be run by one
+    // thread: the gateway's handlers take no lock and need no strand.
     Gateway(boost::asio::any_io_executor ex, std::shared_ptr<Store> store, GatewayOptions opts = {});
     // Stops accepting work: idle provider connections are closed; sessions in
     // flight finish their current request and close.

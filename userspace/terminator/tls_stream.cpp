@@ -1,0 +1,217 @@
+// The BIO under the terminator's TLS streams, their deadline and their flush.
+#include "terminator/tls_stream.hpp"
+
+#include <openssl/bio.h>
+#include <sys/socket.h>
+
+#include <boost/asio/ssl/error.hpp>
+#include <boost/beast/core/error.hpp>
+#include <cerrno>
+#include <stdexcept>
+
+namespace redir::terminator {
+
+namespace asio = boost::asio;
+
+namespace {
+
+ConnCore* core_of(BIO* b) { return static_cast<ConnCore*>(BIO_get_data(b)); }
+
+// OpenSSL reads ciphertext Asio already received; nothing there yet is a retry
+// (SSL_ERROR_WANT_READ), after which the stream waits for the socket.
+int bio_read(BIO* b, char* out, int len) {
+    BIO_clear_retry_flags(b);
+    ConnCore* c = core_of(b);
+    const std::size_t avail = c->in_end - c->in_begin;
+    if (avail == 0) {
+        if (c->in_eof) return 0;
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    const std::size_t n = std::min<std::size_t>(avail, static_cast<std::size_t>(len));
+    std::memcpy(out, c->in.get() + c->in_begin, n);
+    c->in_begin += n;
+    return static_cast<int>(n);
+}
+
+// Records go straight to the socket; what it does not take now is queued in
+// order and flushed by the stream (never a retry: SSL_write completes).
+int bio_write(BIO* b, const char* data, int len) {
+    BIO_clear_retry_flags(b);
+    ConnCore* c = core_of(b);
+    if (c->out_error) return -1;
+    std::size_t sent = 0;
+    if (c->out.empty()) {
+        const ssize_t n = ::send(c->socket.native_handle(), data, static_cast<std::size_t>(len),
+                                 MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n >= 0) {
+            sent = static_cast<std::size_t>(n);
+        } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            c->out_error = boost::system::error_code(errno, boost::system::system_category());
+            return -1;
+        }
+    }
+    if (sent < static_cast<std::size_t>(len)) c->out.emplace_back(data + sent, static_cast<std::size_t>(len) - sent);
+    return len;
+}
+
+long bio_ctrl(BIO*, int cmd, long, void*) {
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:  // records already left (or are queued for) the socket
+    case BIO_CTRL_PUSH:
+    case BIO_CTRL_POP:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+int bio_create(BIO* b) {
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+const BIO_METHOD* bio_method() {
+    static BIO_METHOD* m = [] {
+        BIO_METHOD* meth = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "redir terminator stream");
+        if (!meth || !BIO_meth_set_write(meth, bio_write) || !BIO_meth_set_read(meth, bio_read) ||
+            !BIO_meth_set_ctrl(meth, bio_ctrl) || !BIO_meth_set_create(meth, bio_create))
+            throw std::runtime_error("cannot create the terminator's OpenSSL BIO method (out of memory?)");
+        return meth;
+    }();
+    return m;
+}
+
+}  // namespace
+
+char* detail::write_scratch() {
+    thread_local char buf[kWriteScratch];
+    return buf;
+}
+
+ConnCore::ConnCore(Socket s) : socket(std::move(s)), flush_event(socket.get_executor()), timer_(socket.get_executor()) {
+    flush_event.expires_at(Clock::time_point::max());
+}
+
+ConnCore::~ConnCore() = default;
+
+void ConnCore::attach(SslPtr s) {
+    BIO* bio = BIO_new(bio_method());
+    if (!bio) throw std::runtime_error("cannot create a BIO for a terminator connection (out of memory?)");
+    BIO_set_data(bio, this);
+    SSL_set_bio(s.get(), bio, bio);  // the SSL owns the BIO
+    ssl = std::move(s);
+}
+
+void ConnCore::expires_at(Clock::time_point t) {
+    deadline_ = t;
+    if (t == Clock::time_point::max()) return;
+    if (!armed_ || t < armed_at_) arm(t);
+}
+
+void ConnCore::arm(Clock::time_point t) {
+    armed_ = true;
+    armed_at_ = t;
+    const unsigned gen = ++gen_;
+    timer_.expires_at(t);  // cancels a wait armed for later: its handler sees an old generation
+    timer_.async_wait([self = shared_from_this(), gen](const error_code& ec) {
+        if (gen != self->gen_) return;
+        self->armed_ = false;
+        if (ec || !self->socket.is_open() || self->deadline_ == Clock::time_point::max()) return;
+        if (Clock::now() >= self->deadline_)
+            self->expire();
+        else
+            self->arm(self->deadline_);
+    });
+}
+
+void ConnCore::expire() {
+    timed_out_ = true;
+    error_code ig;
+    socket.close(ig);
+}
+
+ConnCore::error_code ConnCore::map(const error_code& ec) const {
+    if (timed_out_ && ec && (ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor))
+        return boost::beast::error::timeout;
+    return ec;
+}
+
+void ConnCore::stop() {
+    error_code ig;
+    socket.close(ig);
+    ++gen_;
+    timer_.cancel();
+    flush_event.cancel();
+}
+
+asio::mutable_buffer ConnCore::in_space() {
+    if (!in) in.reset(new char[kReadBuffer]);
+    if (in_begin == in_end) in_begin = in_end = 0;
+    return asio::buffer(in.get() + in_end, kReadBuffer - in_end);
+}
+
+void ConnCore::maybe_release() {
+    if (release_when_idle && in && in_begin == in_end) {
+        in.reset();
+        in_begin = in_end = 0;
+    }
+}
+
+void ConnCore::kick_flush() {
+    if (flushing || out.empty() || out_error) return;
+    flushing = true;
+    const std::string& f = out.front();
+    socket.async_write_some(asio::buffer(f.data() + out_off, f.size() - out_off),
+                            [self = shared_from_this()](const error_code& ec, std::size_t n) {
+                                self->flushed_some(ec, n);
+                            });
+}
+
+void ConnCore::flushed_some(const error_code& ec, std::size_t n) {
+    flushing = false;
+    if (ec) {
+        out_error = map(ec);
+        out.clear();
+        out_off = 0;
+        flush_event.cancel();
+        return;
+    }
+    out_off += n;
+    if (out_off == out.front().size()) {
+        out.pop_front();
+        out_off = 0;
+    }
+    if (!out.empty()) return kick_flush();
+    flush_event.cancel();
+}
+
+ConnCore::error_code ConnCore::ssl_error(int e) const {
+    error_code ec;
+    if (e == SSL_ERROR_ZERO_RETURN) {
+        ec = asio::error::eof;  // close_notify, as asio::ssl::stream reports it
+    } else if (out_error) {
+        ec = map(out_error);
+    } else if (e == SSL_ERROR_SSL || e == SSL_ERROR_SYSCALL) {
+        const unsigned long err = ERR_get_error();
+        if (err == 0 || ERR_GET_REASON(err) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+            ec = asio::ssl::error::stream_truncated;  // the peer closed without close_notify
+        else
+            ec = error_code(static_cast<int>(err), asio::error::get_ssl_category());
+    } else {
+        ec = error_code(static_cast<int>(ERR_get_error()), asio::error::get_ssl_category());
+        if (!ec) ec = asio::error::fault;
+    }
+    ERR_clear_error();
+    return ec;
+}
+
+TlsStream::TlsStream(Socket s, SslPtr ssl) : StreamBase(std::move(s)) { core_->attach(std::move(ssl)); }
+
+void TlsStream::release_buffers_when_idle() {
+    SSL_set_mode(core_->ssl.get(), SSL_MODE_RELEASE_BUFFERS);
+    core_->release_when_idle = true;
+    core_->maybe_release();
+}
+
+}  // namespace redir::terminator
