@@ -71,7 +71,8 @@ class UsageE2E(unittest.TestCase):
         env = dict(os.environ)
         env.update({
             "SSL_CERT_FILE": self.bundle, "CURL_CA_BUNDLE": self.bundle, "NODE_EXTRA_CA_CERTS": self.ca_local,
-            "OPENAI_BASE_URL": "https://inference.local/v1", "NODE_PATH": os.path.join(NODE_DIR, "node_modules"),
+            "OPENAI_BASE_URL": "https://inference.local/v1", "ANTHROPIC_BASE_URL": "https://inference.local",
+            "NODE_PATH": os.path.join(NODE_DIR, "node_modules"),
         })
         script = 'mount --bind "$1" /etc/hosts && echo $$ > "$2/cgroup.procs" && shift 2 && exec "$@"'
         return subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", self.hosts, (cg or self.cg).path] +
@@ -131,6 +132,28 @@ class UsageE2E(unittest.TestCase):
         got = self.charged(lambda: out.update(sdk("helper")))
         self.assertEqual(got, self.expect("chat_stream"))
         self.assertEqual(out["final_text"], "tok0 tok1 tok2 tok3 tok4 ")
+
+    def test_anthropic_sdk_plain_stream_and_stream_helper_are_counted(self):
+        """The official Anthropic SDK (Node): its answer's usage, and for streams
+        input_tokens from message_start plus the final output_tokens of
+        message_delta (cumulative: message_start's output count is not added)."""
+        self.agent.ctl("inference", "set", "--provider", "pant", "--model", "served-model")
+
+        def sdk(mode):
+            r = self.sandboxed(["node", os.path.join(NODE_DIR, "usage_client.js"), mode])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return json.loads(r.stdout)
+
+        for mode, kind, text in (("anthropic-plain", "anthropic", "hello from fake"),
+                                 ("anthropic-stream", "anthropic_stream", "tok0 tok1 tok2 "),
+                                 ("anthropic-helper", "anthropic_stream", "tok0 tok1 tok2 ")):
+            out = {}
+            got = self.charged(lambda: out.update(sdk(mode)))
+            self.assertEqual(got, self.expect(kind), mode)
+            self.assertEqual(out["text"], text, out)
+            # What the SDK saw is what the sandbox was charged.
+            self.assertEqual((out["usage"]["input_tokens"], out["usage"]["output_tokens"]), USAGE[kind], out)
+            self.assertEqual(self.fake.rec.last()["path"], "/v1/messages")
 
     def test_sandbox_cannot_opt_out_of_stream_usage(self):
         body = {"stream": True, "stream_options": {"include_usage": False}, "messages": [{"role": "user", "content": "x"}]}

@@ -192,7 +192,8 @@ void Agent::publish_sandbox_inference() {
     for (const auto& sb : sandboxes_->all()) {
         const auto* p = policies_->find(sb.policy);
         if (!p) continue;  // a policy that no longer loads: defaults (no fetches)
-        m[sb.cgroup_id] = {p->info.route, p->info.provider_fetch};
+        const auto& info = p->info;
+        m[sb.cgroup_id] = {info.route, info.provider_fetch, {info.requests_per_minute, info.tokens_per_day}};
     }
     inference_table_->publish(std::move(m));
 }

@@ -5,6 +5,7 @@
 
 #include "agent/audit_log.hpp"
 #include "agent/conn_audit.hpp"
+#include "agent/inference_limits.hpp"
 #include "agent/json_out.hpp"
 #include "common/error.hpp"
 #include "terminator/gateway.hpp"
@@ -55,8 +56,13 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
     // Request records go to the audit log (one place to read), not twice.
     go.access_log = std::make_shared<spdlog::logger>("access", std::make_shared<spdlog::sinks::null_sink_mt>());
     go.access_log->set_level(spdlog::level::off);  // the gateway then does not even build the line
-    go.on_request = [&audit, on_request = std::move(on_request)](const terminator::RequestLog& r) {
+    limits_ = std::make_unique<InferenceLimitsKeeper>(io, state_dir + "/inference-limits.json");
+    go.admit_request = [limits = limits_.get()](uint64_t cg, const terminator::InferenceLimits& l) {
+        return limits->admit(cg, l);
+    };
+    go.on_request = [&audit, limits = limits_.get(), on_request = std::move(on_request)](const terminator::RequestLog& r) {
         audit.write(terminator::request_log_json(r));
+        limits->charge(r);
         if (on_request) on_request(r);  // the usage ledger
     };
     apply_gateway_limits(limits, go);

@@ -40,6 +40,8 @@ struct SandboxPolicyHooks {
     std::function<std::vector<std::string>(const std::string& route)> route_users;
 };
 
+class InferenceLimitsKeeper;
+
 class InferenceService {
 public:
     InferenceService(boost::asio::io_context& io, const std::string& state_dir, OrigDstLookup lookup,
@@ -80,6 +82,7 @@ private:
     std::shared_ptr<tls::LeafCache> leaves_;
     std::unique_ptr<tls::ServerContext> server_ctx_;
     std::shared_ptr<terminator::Store> store_;
+    std::unique_ptr<InferenceLimitsKeeper> limits_;  // outlives the gateway that calls it
     std::unique_ptr<terminator::Gateway> gateway_;
     std::unique_ptr<RedirectListener> tls_listener_, plain_listener_;
     SandboxPolicyHooks hooks_;

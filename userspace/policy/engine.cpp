@@ -40,6 +40,8 @@ CompiledPolicyInfo compile_and_write(const std::string& text, const std::string&
     info.inference_enabled = c->inference_enabled;
     info.provider_fetch = p.inference_provider_fetch;
     info.route = p.inference_route;
+    info.requests_per_minute = p.inference_requests_per_minute;
+    info.tokens_per_day = p.inference_tokens_per_day;
     info.normalized_json = policy::to_json(p);
     info.lpm_entries = c->lpm.size();
     info.portsets = c->portsets.size();

@@ -20,6 +20,7 @@ struct CompiledPolicyInfo {
     bool inference_enabled = true;
     bool provider_fetch = false;  // policy inference.provider_fetch
     std::string route = "default";  // policy inference.route
+    uint64_t requests_per_minute = 0, tokens_per_day = 0;  // policy inference.limits (0: none)
     std::string normalized_json;
     size_t lpm_entries = 0;
     size_t portsets = 0;

@@ -68,6 +68,9 @@ struct Policy {
     bool inference_provider_fetch = false;
     // inference.route: which inference route (provider + model) serves it.
     std::string inference_route = "default";
+    // inference.limits, counted per sandbox; 0 = no limit.
+    uint64_t inference_requests_per_minute = 0;
+    uint64_t inference_tokens_per_day = 0;
     std::vector<Rule> allow;
     std::vector<Rule> deny;
     std::vector<Rule> inspect;  // like allow, but TCP connections go through the inspecting relay

@@ -316,26 +316,7 @@ public:
             if (expect(*v, JNode::T::string, "comment")) p.comment = v->s;
         }
 
-        if (auto* v = f.get("inference")) {
-            if (expect(*v, JNode::T::object, "inference")) {
-                auto inf = fields(*v, "inference", {"enabled", "provider_fetch", "route"});
-                if (auto* e = inf.get("enabled")) {
-                    if (expect(*e, JNode::T::boolean, "inference.enabled")) p.inference_enabled = e->b;
-                }
-                if (auto* e = inf.get("provider_fetch")) {
-                    if (expect(*e, JNode::T::boolean, "inference.provider_fetch")) p.inference_provider_fetch = e->b;
-                }
-                if (auto* e = inf.get("route")) {
-                    if (expect(*e, JNode::T::string, "inference.route")) {
-                        if (e->s.empty() || !valid_name(e->s))
-                            error(e->off, "inference.route",
-                                  "route " + json_quote(e->s) + " is invalid: use 1-64 characters from A-Z a-z 0-9 . _ -");
-                        else
-                            p.inference_route = e->s;
-                    }
-                }
-            }
-        }
+        if (auto* v = f.get("inference")) inference(*v, p);
 
         rules(f.get("allow"), "allow", RuleKind::allow, p.allow);
         rules(f.get("deny"), "deny", RuleKind::deny, p.deny);
@@ -379,6 +360,43 @@ private:
             f.key_off.emplace(k, obj.key_offs[i]);
         }
         return f;
+    }
+
+    void inference(const JNode& v, Policy& p) {
+        if (!expect(v, JNode::T::object, "inference")) return;
+        auto inf = fields(v, "inference", {"enabled", "provider_fetch", "route", "limits"});
+        if (auto* e = inf.get("enabled")) {
+            if (expect(*e, JNode::T::boolean, "inference.enabled")) p.inference_enabled = e->b;
+        }
+        if (auto* e = inf.get("provider_fetch")) {
+            if (expect(*e, JNode::T::boolean, "inference.provider_fetch")) p.inference_provider_fetch = e->b;
+        }
+        if (auto* e = inf.get("route")) {
+            if (expect(*e, JNode::T::string, "inference.route")) {
+                if (e->s.empty() || !valid_name(e->s))
+                    error(e->off, "inference.route",
+                          "route " + json_quote(e->s) + " is invalid: use 1-64 characters from A-Z a-z 0-9 . _ -");
+                else
+                    p.inference_route = e->s;
+            }
+        }
+        if (auto* l = inf.get("limits")) {
+            if (!expect(*l, JNode::T::object, "inference.limits")) return;
+            auto lim = fields(*l, "inference.limits", {"requests_per_minute", "tokens_per_day"});
+            limit(lim.get("requests_per_minute"), "inference.limits.requests_per_minute", p.inference_requests_per_minute);
+            limit(lim.get("tokens_per_day"), "inference.limits.tokens_per_day", p.inference_tokens_per_day);
+        }
+    }
+
+    // A limit: a whole number from 1 to 10^12 (absent: no limit).
+    void limit(const JNode* n, const std::string& path, uint64_t& out) {
+        if (!n || !expect(*n, JNode::T::number, path)) return;
+        auto v = integer(n->s);
+        if (!v || *v < 1 || *v > 1'000'000'000'000LL) {
+            error(n->off, path, "limit " + n->s + " must be a whole number from 1 to 1000000000000 (leave it out for no limit)");
+            return;
+        }
+        out = static_cast<uint64_t>(*v);
     }
 
     bool expect(const JNode& n, JNode::T t, const std::string& path) {
@@ -754,6 +772,19 @@ void rules_json(std::string& o, std::string_view key, const std::vector<Rule>& r
 
 }  // namespace
 
+namespace {
+// ", \"limits\": {...}" of a policy that sets any, else "".
+std::string limits_json(const Policy& p) {
+    std::string o;
+    auto add = [&](const char* k, uint64_t v) {
+        if (v) o += std::string(o.empty() ? "" : ", ") + "\"" + k + "\": " + std::to_string(v);
+    };
+    add("requests_per_minute", p.inference_requests_per_minute);
+    add("tokens_per_day", p.inference_tokens_per_day);
+    return o.empty() ? "" : ", \"limits\": {" + o + "}";
+}
+}  // namespace
+
 std::string to_json(const Policy& p) {
     std::string o = "{\n";
     o += "  \"version\": " + std::to_string(p.version) + ",\n";
@@ -761,7 +792,8 @@ std::string to_json(const Policy& p) {
     if (!p.comment.empty()) o += "  \"comment\": " + json_quote(p.comment) + ",\n";
     o += std::string("  \"inference\": {\"enabled\": ") + (p.inference_enabled ? "true" : "false") +
          (p.inference_provider_fetch ? ", \"provider_fetch\": true" : "") +
-         (p.inference_route != "default" ? ", \"route\": " + json_quote(p.inference_route) : "") + "},\n";
+         (p.inference_route != "default" ? ", \"route\": " + json_quote(p.inference_route) : "") + limits_json(p) +
+         "},\n";
     rules_json(o, "allow", p.allow, false);
     rules_json(o, "deny", p.deny, false);
     rules_json(o, "inspect", p.inspect, true);

@@ -969,7 +969,7 @@ Task<std::optional<Stop>> read_body(Impl& gw, Stream& s, beast::flat_buffer& buf
 
 // A served request: the models list, a mock answer, or the provider call.
 template <class Stream>
-Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const ConnInfo& /*info*/,
+Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const ConnInfo& info,
                         bool keep_alive, RequestLog& log) {
     const auto& o = gw.opts;
     const auto& cfg = *in.snap->inference;
@@ -995,6 +995,8 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
         if (auto fetch = find_provider_fetch(rw.body, client_headers, o.log_string_max))
             co_return co_await send_error(gw, s, in.shape, 400, provider_fetch_refusal(*fetch), keep_alive, log);
 
+    if (auto over = o.admit_request ? o.admit_request(info.cgroup_id, in.policy.limits) : std::nullopt)
+        co_return co_await answer(gw, s, in.shape, refuse(429, over->message(), keep_alive, over->headers()), log);
     log.credential = profile.local ? CredentialUse{} : credential_use(profile, provider);
     if (profile.local) {
         auto m = mock_reply(ep, rw.body, cfg.model, rw.stream);

@@ -96,6 +96,10 @@ struct GatewayOptions {
     // gateway's threads once per request: must be thread-safe and quick
     // (the agent reads a published SandboxInferenceTable).
     std::function<SandboxInference(std::uint64_t cgroup_id)> sandbox_inference;
+    // Admits a provider-bound request of the sandbox under its policy's
+    // inference.limits (counting it), or says why not (429); null: no limits.
+    // Called on the gateway's threads: must be thread-safe.
+    std::function<std::optional<LimitExceeded>(std::uint64_t cgroup_id, const InferenceLimits&)> admit_request;
     // Called when a cap refuses a connection or request (at most once per
     // sandbox per second; the others are counted in LimitRefusal::suppressed).
     std::function<void(const ConnInfo&, const LimitRefusal&)> on_refused;

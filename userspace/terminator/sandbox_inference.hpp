@@ -8,6 +8,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "terminator/inference_limits.hpp"
 #include "terminator/store.hpp"
 
 namespace redir::terminator {
@@ -15,6 +16,7 @@ namespace redir::terminator {
 struct SandboxInference {
     std::string route = kDefaultRoute;  // inference.route
     bool provider_fetch = false;        // inference.provider_fetch
+    InferenceLimits limits;             // inference.limits
 };
 
 class SandboxInferenceTable {

@@ -80,7 +80,21 @@ std::vector<BadCase> bad_cases() {
         {"inference.enabled not bool", R"({"version":1,"name":"t","inference":{"enabled":"yes"}})",
          "p.json:1:48: inference.enabled: expected true or false, got a string"},
         {"inference unknown field", R"({"version":1,"name":"t","inference":{"enable":true}})",
-         "p.json:1:38: inference.enable: unknown field \"enable\" (expected one of: enabled, provider_fetch, route)"},
+         "p.json:1:38: inference.enable: unknown field \"enable\" (expected one of: enabled, provider_fetch, route, limits)"},
+        {"limit zero", R"({"version":1,"name":"t","inference":{"limits":{"requests_per_minute":0}}})",
+         "p.json:1:70: inference.limits.requests_per_minute: limit 0 must be a whole number from 1 to 1000000000000 (leave it out for no limit)"},
+        {"limit negative", R"({"version":1,"name":"t","inference":{"limits":{"tokens_per_day":-5}}})",
+         "p.json:1:65: inference.limits.tokens_per_day: limit -5 must be a whole number from 1 to 1000000000000 (leave it out for no limit)"},
+        {"limit fraction", R"({"version":1,"name":"t","inference":{"limits":{"requests_per_minute":1.5}}})",
+         "p.json:1:70: inference.limits.requests_per_minute: limit 1.5 must be a whole number from 1 to 1000000000000 (leave it out for no limit)"},
+        {"limit too large", R"({"version":1,"name":"t","inference":{"limits":{"tokens_per_day":1000000000001}}})",
+         "p.json:1:65: inference.limits.tokens_per_day: limit 1000000000001 must be a whole number from 1 to 1000000000000 (leave it out for no limit)"},
+        {"limit a string", R"({"version":1,"name":"t","inference":{"limits":{"requests_per_minute":"10"}}})",
+         "p.json:1:70: inference.limits.requests_per_minute: expected an integer, got a string"},
+        {"limits not an object", R"({"version":1,"name":"t","inference":{"limits":5}})",
+         "p.json:1:47: inference.limits: expected an object, got a number"},
+        {"limits unknown field", R"({"version":1,"name":"t","inference":{"limits":{"tokens_per_minute":5}}})",
+         "p.json:1:48: inference.limits.tokens_per_minute: unknown field \"tokens_per_minute\" (expected one of: requests_per_minute, tokens_per_day)"},
         {"allow not an array", R"({"version":1,"name":"t","allow":{}})",
          "p.json:1:33: allow: expected an array, got an object"},
         {"entry not an object", A(R"("a.com")"), "p.json:1:34: allow[0]: expected an object, got a string"},
@@ -376,6 +390,22 @@ TEST(PolicyParse, MinimalPolicyRoundTrips) {
               "  \"allow\": [],\n  \"deny\": [],\n  \"inspect\": []\n}\n");
     auto again = parse_policy(to_json(*r.policy), "m.json");
     EXPECT_TRUE(again.ok());
+}
+
+TEST(PolicyParse, InferenceLimitsAreReadAndNormalised) {
+    auto r = parse_policy(R"({"version":1,"name":"t","inference":{"limits":{"tokens_per_day":1000000000000,"requests_per_minute":1}}})",
+                          "l.json");
+    ASSERT_TRUE(r.policy) << r.errors.front().to_string();
+    EXPECT_EQ(r.policy->inference_requests_per_minute, 1u);
+    EXPECT_EQ(r.policy->inference_tokens_per_day, 1000000000000u);
+    EXPECT_NE(to_json(*r.policy).find(R"("limits": {"requests_per_minute": 1, "tokens_per_day": 1000000000000})"),
+              std::string::npos)
+        << to_json(*r.policy);
+    auto again = parse_policy(to_json(*r.policy), "again.json");
+    ASSERT_TRUE(again.policy);
+    EXPECT_EQ(again.policy->inference_tokens_per_day, 1000000000000u);
+    auto none = parse_policy(R"({"version":1,"name":"t"})", "n.json");
+    EXPECT_EQ(to_json(*none.policy).find("limits"), std::string::npos);
 }
 
 TEST(PolicyParse, UnreadableFileNamesThePath) {
