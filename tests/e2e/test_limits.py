@@ -140,6 +140,15 @@ class RequestsPerMinuteE2E(LimitsBase):
         models = self.calls(cg, [{"path": "/v1/models", "method": "GET", "body": {}}])
         self.assertEqual(models[0]["status"], 200, models)
 
+    def test_requests_refused_before_the_provider_do_not_use_up_the_minute(self):
+        """A malformed body and a provider-side fetch are refused with 400 before
+        the limit is consulted: they reach no provider and are not counted."""
+        cg = self.sandbox("rpm-400", {"requests_per_minute": 1})
+        fetch = {"path": "/v1/responses", "body": {"model": "m", "input": "hi", "tools": [
+            {"type": "mcp", "server_label": "x", "server_url": "https://example.com/mcp"}]}}
+        out = self.calls(cg, [{"path": "/v1/chat/completions", "body": "not an object"}, fetch, CHAT, CHAT])
+        self.assertEqual([r["status"] for r in out], [400, 400, 200, 429], out)
+
     def test_a_sub_cgroup_shares_its_sandboxs_counter_and_another_sandbox_has_its_own(self):
         cg = self.sandbox("rpm-sub", {"requests_per_minute": 1})
         child = self.sandbox("rpm-sub-child", None, parent=cg)
