@@ -18,10 +18,11 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
-from fake_provider import sandbox_trust_files  # noqa: E402
+from fake_provider import FakeProvider, make_test_ca, sandbox_trust_files  # noqa: E402
 from harness import Agent, Cgroup, write_policy  # noqa: E402
 
 VIP = "198.18.0.1"
+PROVIDER_IP = "203.0.113.100"  # on this test's namespace's lo (harness.FAKE_V4)
 NODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node")
 
 # Requests over the VIP, each on a new TLS connection; prints one JSON line
@@ -73,11 +74,11 @@ class LimitsBase(unittest.TestCase):
         cls.agent.cleanup(cls.cgroups)
 
     @classmethod
-    def sandbox(cls, tag, limits, parent=None):
+    def sandbox(cls, tag, limits, parent=None, route="default"):
         cg = Cgroup(tag, parent)
         cls.cgroups.insert(0, cg)  # children removed before their parents
         if parent is None:
-            policy = write_policy(cls.tmp, "p-" + tag, {"inference": {"limits": limits}})
+            policy = write_policy(cls.tmp, "p-" + tag, {"inference": {"limits": limits, "route": route}})
             cls.agent.ctl("attach", "--cgroup", cg.path, "--policy", policy)
         return cg
 
@@ -86,19 +87,22 @@ class LimitsBase(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         return json.loads(r.stdout)
 
-    def node(self, cg, sdk, max_retries, timeout=120):
-        """An official SDK client in CG: (its report, every attempt the terminator logged for CG)."""
+    def node(self, cg, sdk, max_retries, timeout=120, after_one=False):
+        """An official SDK client in CG: (its report, every attempt the terminator
+        logged for CG). AFTER_ONE: the client first makes one call of its own
+        (reported apart, in "first"), right before the one measured."""
         since = len(self.agent.audit_records())
         env = dict(os.environ, NODE_EXTRA_CA_CERTS=self.ca, OPENAI_BASE_URL="https://inference.local/v1",
                    ANTHROPIC_BASE_URL="https://inference.local", NODE_PATH=os.path.join(NODE_DIR, "node_modules"))
-        argv = ["node", os.path.join(NODE_DIR, "limits_client.js"), sdk, str(max_retries)]
+        argv = ["node", os.path.join(NODE_DIR, "limits_client.js"), sdk, str(max_retries)] + (
+            ["after-one"] if after_one else [])
         r = subprocess.run(harness.sandbox_argv(argv, cgroup=cg.path, binds={"/etc/hosts": self.hosts}),
                            capture_output=True, text=True, timeout=timeout, env=env)
         self.assertEqual(r.returncode, 0, r.stderr)
         report = json.loads(r.stdout)
         seen = self.agent.wait_audit(lambda x: x.get("event") == "inference" and x.get("cgroup_id") == cg_id(cg),
-                                     since=since, count=len(report["attempts"]))
-        return report, seen
+                                     since=since, count=len(report["attempts"]) + len(report.get("first", [])))
+        return report, seen[len(report.get("first", [])):]
 
     def assert_429(self, r, shape, limit):
         self.assertEqual(r["status"], 429, r)
@@ -169,6 +173,20 @@ class RequestsPerMinuteE2E(LimitsBase):
             statuses += [r["status"] for r in json.loads(out)]
         self.assertEqual(sorted(statuses), [200] * 5 + [429] * 15, statuses)
 
+    def test_sdks_make_one_attempt_when_the_wait_is_a_minute_or_more(self):
+        """Right after the minute's only request the wait is 60-61 s: beyond what
+        the SDKs honour (they would retry at once, 0.5-8 s apart, into the same
+        refusal); x-should-retry: false makes their default client stop at one."""
+        for sdk in ("openai", "anthropic"):
+            cg = self.sandbox("rpm-sdk-" + sdk, {"requests_per_minute": 1})
+            report, seen = self.node(cg, sdk, max_retries=2, after_one=True)
+            self.assertEqual([a["status"] for a in report["first"]], [200], report)
+            self.assertFalse(report["ok"], report)
+            self.assertEqual(report["error"]["status"], 429, report)
+            self.assertEqual([(a["status"], a["should_retry"]) for a in report["attempts"]], [(429, "false")], report)
+            self.assertGreaterEqual(int(report["attempts"][0]["retry_after"]), 60, report)
+            self.assertEqual([r["status"] for r in seen], [429], seen)
+
     def test_counters_survive_an_agent_restart_and_a_kill(self):
         # SIGTERM right after the request: the counters are written at exit.
         stopped = self.sandbox("rpm-stop", {"requests_per_minute": 1})
@@ -194,6 +212,26 @@ class RequestsPerMinuteE2E(LimitsBase):
         self.agent.start()
         self.assert_429(self.calls(killed, [CHAT])[0], "openai", "requests per minute")
         self.assert_429(self.calls(stopped, [CHAT])[0], "openai", "requests per minute")
+
+
+class ProviderNotCalledE2E(LimitsBase):
+    tag = "limits-provider"
+
+    def test_a_refused_request_never_reaches_the_provider(self):
+        """Over the limit nothing goes upstream: a real (fake) provider at a
+        fake address counts what it receives."""
+        ca, cert, key = make_test_ca(self.tmp, PROVIDER_IP)
+        fake = FakeProvider(PROVIDER_IP, 8443, cert, key, name="fake")
+        self.addCleanup(fake.close)
+        self.agent.ctl("provider", "create", "--name", "ext", "--type", "openai-compatible", "--base-url",
+                       "https://%s:8443/v1" % PROVIDER_IP, "--ca-file", ca, "--credential", "OPENAI_API_KEY=k")
+        self.agent.ctl("inference", "set", "--route", "ext", "--provider", "ext", "--model", "served-model")
+        cg = self.sandbox("provider", {"requests_per_minute": 2}, route="ext")
+        paths = [CHAT, CHAT, CHAT, {"path": "/v1/responses", "body": {"model": "m", "input": "hi"}},
+                 {"path": "/v1/embeddings", "body": {"model": "m", "input": "hi"}}]
+        out = self.calls(cg, paths)
+        self.assertEqual([r["status"] for r in out], [200, 200, 429, 429, 429], out)
+        self.assertEqual([r["path"] for r in fake.rec.requests], ["/v1/chat/completions"] * 2)
 
 
 class TokensPerDayE2E(LimitsBase):
