@@ -214,24 +214,46 @@ class RequestsPerMinuteE2E(LimitsBase):
         self.assert_429(self.calls(stopped, [CHAT])[0], "openai", "requests per minute")
 
 
-class ProviderNotCalledE2E(LimitsBase):
+class FakeProviderE2E(LimitsBase):
+    """A real (fake) provider at a fake address, route "ext": it counts what it
+    receives and can answer streams without usage."""
     tag = "limits-provider"
 
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        ca, cert, key = make_test_ca(cls.tmp, PROVIDER_IP)
+        cls.fake = FakeProvider(PROVIDER_IP, 8443, cert, key, name="fake")
+        cls.fake.rec.stream_gap = 0.01
+        cls.agent.ctl("provider", "create", "--name", "ext", "--type", "openai-compatible", "--base-url",
+                      "https://%s:8443/v1" % PROVIDER_IP, "--ca-file", ca, "--credential", "OPENAI_API_KEY=k")
+        cls.agent.ctl("inference", "set", "--route", "ext", "--provider", "ext", "--model", "served-model")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.fake.close()
+        super().tearDownClass()
+
     def test_a_refused_request_never_reaches_the_provider(self):
-        """Over the limit nothing goes upstream: a real (fake) provider at a
-        fake address counts what it receives."""
-        ca, cert, key = make_test_ca(self.tmp, PROVIDER_IP)
-        fake = FakeProvider(PROVIDER_IP, 8443, cert, key, name="fake")
-        self.addCleanup(fake.close)
-        self.agent.ctl("provider", "create", "--name", "ext", "--type", "openai-compatible", "--base-url",
-                       "https://%s:8443/v1" % PROVIDER_IP, "--ca-file", ca, "--credential", "OPENAI_API_KEY=k")
-        self.agent.ctl("inference", "set", "--route", "ext", "--provider", "ext", "--model", "served-model")
         cg = self.sandbox("provider", {"requests_per_minute": 2}, route="ext")
+        before = len(self.fake.rec.requests)
         paths = [CHAT, CHAT, CHAT, {"path": "/v1/responses", "body": {"model": "m", "input": "hi"}},
                  {"path": "/v1/embeddings", "body": {"model": "m", "input": "hi"}}]
         out = self.calls(cg, paths)
         self.assertEqual([r["status"] for r in out], [200, 200, 429, 429, 429], out)
-        self.assertEqual([r["path"] for r in fake.rec.requests], ["/v1/chat/completions"] * 2)
+        self.assertEqual([r["path"] for r in self.fake.rec.requests[before:]], ["/v1/chat/completions"] * 2)
+
+    def test_an_answer_without_usage_is_charged_an_estimate(self):
+        """A stream whose provider reports no usage is not free: it is charged
+        ~1 token per 4 bytes, so a day of 100 tokens is spent by a long answer."""
+        self.fake.rec.stream_usage = False
+        cg = self.sandbox("no-usage", {"tokens_per_day": 100}, route="ext")
+        stream = {"path": "/v1/chat/completions", "body": {"model": "m", "stream": True, "messages": [
+            {"role": "user", "content": "x" * 400}]}}
+        out = self.calls(cg, [stream, CHAT])
+        self.assertEqual(out[0]["status"], 200, out)
+        self.assertNotIn("usage", out[0]["body"])  # the stream carried no usage
+        self.assert_429(out[1], "openai", "tokens per day")
 
 
 class TokensPerDayE2E(LimitsBase):
