@@ -90,6 +90,8 @@ class DocsExampleRuns(unittest.TestCase):
         self.assertEqual(sorted((r["route"], r["requests"]) for r in rows),
                          [("big", 1), ("big", 1), ("default", 1), ("default", 1)], rows)
         self.assertTrue(all(r["input_tokens"] > 0 and r["output_tokens"] > 0 for r in rows), rows)
+        # Each names its sandbox's path, though every `redirctl run` was gone within a second.
+        self.assertTrue(all(r["cgroup"].startswith("/sys/fs/cgroup/") for r in rows), rows)
         metrics = sum(int(l.split()[-1]) for l in text.splitlines()
                       if l.startswith("redir_inference_requests_total{"))
         self.assertEqual(metrics, 4, text)

@@ -190,6 +190,9 @@ enforce::PolicyRef policy_ref(const ActivePolicy& p) {
 void Agent::publish_sandbox_inference() {
     terminator::SandboxInferenceTable::Map m;
     for (const auto& sb : sandboxes_->all()) {
+        // Named in the usage ledger now, not at the next flush: a `redirctl run`
+        // that comes and goes within a second still shows its path in `usage`.
+        usage_->label(sb.cgroup_id, sb.cgroup_path);
         const auto* p = policies_->find(sb.policy);
         if (!p) continue;  // a policy that no longer loads: defaults (no fetches)
         const auto& info = p->info;
