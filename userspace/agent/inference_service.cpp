@@ -75,9 +75,12 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
 
     SSL_CTX* sctx = server_ctx_->get();
     auto* gw = gateway_.get();
+    // Accepted, looked up and served on the gateway's io threads: no hop
+    // through the agent's thread per connection.
     tls_listener_ = std::make_unique<RedirectListener>(
         io, "terminator", 0, lookup, audit,
-        [gw, sctx](boost::asio::ip::tcp::socket s, ConnInfo ci) { gw->serve_tls(std::move(s), sctx, std::move(ci)); });
+        [gw, sctx](boost::asio::ip::tcp::socket s, ConnInfo ci) { gw->serve_tls(std::move(s), sctx, std::move(ci)); },
+        gateway_->io_executors());
     plain_listener_ = std::make_unique<RedirectListener>(
         io, "plain-http", 0, lookup, audit,
         [gw](boost::asio::ip::tcp::socket s, ConnInfo ci) { gw->serve_plain_refusal(std::move(s), std::move(ci)); });

@@ -1,15 +1,20 @@
 #include "agent/listeners.hpp"
 
 #include <boost/asio/ip/v6_only.hpp>
+#include <boost/asio/post.hpp>
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <system_error>
 
 #include "agent/audit_log.hpp"
 #include "agent/conn_audit.hpp"
 #include "common/addr.hpp"
 #include "common/error.hpp"
+#include "common/fd.hpp"
 #include "common/netns_cookie.hpp"
 
 namespace asio = boost::asio;
@@ -34,60 +39,148 @@ redir_addr to_redir(const asio::ip::address& a) {
 
 }  // namespace
 
+// The namespaces whose clients arrive on a slot, as its accept loops read
+// them: replaced whole by the agent's thread, read by the loops' threads.
+struct CookieSet {
+    std::atomic<std::shared_ptr<const std::vector<uint64_t>>> v{std::make_shared<const std::vector<uint64_t>>()};
+};
+
+struct RedirectListener::Core {
+    Core(const char* w, OrigDstLookup l, AuditLog& a, AcceptHandler h)
+        : what(w), lookup(std::move(l)), audit(a), handler(std::move(h)) {}
+    const std::string what;
+    const OrigDstLookup lookup;
+    AuditLog& audit;
+    const AcceptHandler handler;
+    std::atomic<uint64_t> accept_failures{0};
+
+    static void accept(const std::shared_ptr<Core>& core, const std::shared_ptr<Loop>& loop,
+                       const std::shared_ptr<CookieSet>& cookies);
+    void serve(tcp::socket s, const std::vector<uint64_t>& cookies);
+};
+
+// Lives on its executor: created there (posted), closed there (posted), and
+// its last reference dropped there.
+struct RedirectListener::Loop {
+    explicit Loop(const asio::any_io_executor& ex) : acceptor(ex), timer(ex) {}
+    tcp::acceptor acceptor;
+    asio::steady_timer timer;
+    AcceptBackoff backoff;
+};
+
+struct RedirectListener::Slot {
+    // Bound and listening, in no reactor: accepted from only through the
+    // loops' dups (a registration here would wake the agent's thread for
+    // every connection).
+    UniqueFd listen;
+    tcp::endpoint local;
+    std::vector<std::shared_ptr<Loop>> loops;
+    std::multiset<uint64_t> netns_cookies;  // agent's thread only; counted: several sandboxes may share a target
+    std::shared_ptr<CookieSet> published = std::make_shared<CookieSet>();
+    void publish() {
+        auto v = std::make_shared<std::vector<uint64_t>>(netns_cookies.begin(), netns_cookies.end());
+        v->erase(std::unique(v->begin(), v->end()), v->end());
+        published->v.store(std::move(v));
+    }
+};
+
 RedirectListener::RedirectListener(asio::io_context& io, const char* what, uint16_t port, OrigDstLookup lookup,
-                                   AuditLog& audit, AcceptHandler handler)
-    : io_(io), what_(what), lookup_(std::move(lookup)), audit_(audit), handler_(std::move(handler)) {
-    auto v4 = std::make_shared<Slot>(io_);
-    tcp::endpoint ep4(asio::ip::address_v4::loopback(), port);
-    v4->acceptor.open(tcp::v4());
-    v4->acceptor.set_option(tcp::acceptor::reuse_address(true));
-    v4->acceptor.bind(ep4);
-    v4->acceptor.listen(4096);
-    port_ = v4->acceptor.local_endpoint().port();
+                                   AuditLog& audit, AcceptHandler handler, std::vector<asio::any_io_executor> accept_on)
+    : io_(io), accept_on_(std::move(accept_on)),
+      core_(std::make_shared<Core>(what, std::move(lookup), audit, std::move(handler))) {
+    if (accept_on_.empty()) accept_on_.push_back(io_.get_executor());
+    auto v4 = open_slot(tcp::endpoint(asio::ip::address_v4::loopback(), port), "", core_->what + " listener on 127.0.0.1");
+    port_ = v4->local.port();
     // Loopback clients share the agent's namespace: their records carry its cookie.
-    const uint64_t own = socket_netns_cookie(v4->acceptor.native_handle());
-    v4->netns_cookies.insert(own);
+    own_netns_ = socket_netns_cookie(v4->listen.get());
     acceptors_.push_back(std::move(v4));
     try {
-        auto v6 = std::make_shared<Slot>(io_);
-        v6->acceptor.open(tcp::v6());
-        v6->acceptor.set_option(asio::ip::v6_only(true));
-        v6->acceptor.set_option(tcp::acceptor::reuse_address(true));
-        v6->acceptor.bind(tcp::endpoint(asio::ip::address_v6::loopback(), port_));
-        v6->acceptor.listen(4096);
-        v6->netns_cookies.insert(own);
-        acceptors_.push_back(std::move(v6));
+        acceptors_.push_back(open_slot(tcp::endpoint(asio::ip::address_v6::loopback(), port_), "",
+                                       core_->what + " listener on [::1]"));
     } catch (const std::exception& e) {
-        spdlog::warn("{}: no IPv6 loopback listener ({}); IPv6 redirects will fail closed", what_, e.what());
+        spdlog::warn("{}: no IPv6 loopback listener ({}); IPv6 redirects will fail closed", core_->what, e.what());
     }
-    for (auto& a : acceptors_) accept(a);
+    for (auto& slot : acceptors_) {
+        slot->netns_cookies.insert(own_netns_);
+        slot->publish();
+    }
+}
+
+uint64_t RedirectListener::accept_failures() const { return core_->accept_failures; }
+const std::string& RedirectListener::what() const { return core_->what; }
+
+RedirectListener::~RedirectListener() {
+    for (auto& slot : acceptors_) close_slot(*slot);
+    for (auto& [target, slot] : targets_) close_slot(*slot);
+}
+
+// Binds EP (on DEVICE when not empty), listens, and starts one accept loop
+// per accepting executor, each over its own dup of the listening socket.
+std::shared_ptr<RedirectListener::Slot> RedirectListener::open_slot(const tcp::endpoint& ep, const std::string& device,
+                                                                    const std::string& where) {
+    auto slot = std::make_shared<Slot>();
+    try {
+        tcp::acceptor a(io_);
+        a.open(ep.protocol());
+        if (ep.address().is_v6()) a.set_option(asio::ip::v6_only(true));
+        a.set_option(tcp::acceptor::reuse_address(true));
+        if (!device.empty() && ::setsockopt(a.native_handle(), SOL_SOCKET, SO_BINDTODEVICE, device.c_str(),
+                                            static_cast<socklen_t>(device.size())) != 0)
+            throw std::system_error(errno, std::generic_category(), "SO_BINDTODEVICE");
+        a.bind(ep);
+        a.listen(4096);
+        slot->local = a.local_endpoint();
+        slot->listen.reset(a.release());
+        for (const auto& ex : accept_on_) {
+            int fd = ::fcntl(slot->listen.get(), F_DUPFD_CLOEXEC, 0);
+            if (fd < 0) throw std::system_error(errno, std::generic_category(), "dup of the listening socket");
+            auto loop = std::make_shared<Loop>(ex);
+            boost::system::error_code ec;
+            loop->acceptor.assign(ep.protocol(), fd, ec);
+            if (ec) {
+                ::close(fd);
+                throw boost::system::system_error(ec, "assign");
+            }
+            slot->loops.push_back(loop);
+        }
+    } catch (const std::exception& e) {
+        close_slot(*slot);
+        throw Error("cannot open the " + where + ": " + e.what() +
+                    " (is the address on that interface in redird's network namespace, and the port free?)");
+    }
+    for (auto& loop : slot->loops)
+        asio::post(loop->acceptor.get_executor(),
+                   [core = core_, loop, cookies = slot->published] { Core::accept(core, loop, cookies); });
+    return slot;
+}
+
+// Each loop is closed on its own executor; the listening socket here. A loop
+// on another thread may still hand on a connection it accepted just before:
+// its lookup then runs against the namespaces left (none: refused).
+void RedirectListener::close_slot(Slot& slot) {
+    slot.netns_cookies.clear();
+    slot.publish();
+    for (auto& loop : slot.loops) {
+        const asio::any_io_executor ex = loop->acceptor.get_executor();
+        asio::post(ex, [loop = std::move(loop)] {
+            boost::system::error_code ec;
+            loop->acceptor.close(ec);
+            loop->timer.cancel();
+        });
+    }
+    slot.loops.clear();
+    slot.listen.reset();
 }
 
 void RedirectListener::add_target(const ListenAddress& target, uint64_t netns_cookie) {
     auto it = targets_.find(target);
     if (it == targets_.end()) {
-        auto slot = std::make_shared<Slot>(io_);
-        tcp::endpoint ep(target.addr, port_);
-        const std::string where = what_ + " listener on " + endpoint_to_string(to_redir(target.addr), port_) +
+        const std::string where = core_->what + " listener on " + endpoint_to_string(to_redir(target.addr), port_) +
                                   (target.device.empty() ? "" : " (" + target.device + ")");
-        try {
-            slot->acceptor.open(ep.protocol());
-            if (target.addr.is_v6()) slot->acceptor.set_option(asio::ip::v6_only(true));
-            slot->acceptor.set_option(tcp::acceptor::reuse_address(true));
-            if (!target.device.empty() &&
-                ::setsockopt(slot->acceptor.native_handle(), SOL_SOCKET, SO_BINDTODEVICE, target.device.c_str(),
-                             static_cast<socklen_t>(target.device.size())) != 0)
-                throw std::system_error(errno, std::generic_category(), "SO_BINDTODEVICE");
-            slot->acceptor.bind(ep);
-            slot->acceptor.listen(4096);
-        } catch (const std::exception& e) {
-            throw Error("cannot open the " + where + ": " + e.what() +
-                        " (is the address on that interface in redird's network namespace, and the port free?)");
-        }
-        it = targets_.emplace(target, slot).first;
-        accept(slot);
+        it = targets_.emplace(target, open_slot(tcp::endpoint(target.addr, port_), target.device, where)).first;
     }
     it->second->netns_cookies.insert(netns_cookie);
+    it->second->publish();
 }
 
 void RedirectListener::remove_target(const ListenAddress& target, uint64_t netns_cookie) {
@@ -95,35 +188,40 @@ void RedirectListener::remove_target(const ListenAddress& target, uint64_t netns
     if (it == targets_.end()) return;
     auto& cookies = it->second->netns_cookies;
     if (auto c = cookies.find(netns_cookie); c != cookies.end()) cookies.erase(c);
+    it->second->publish();
     if (!cookies.empty()) return;
-    boost::system::error_code ec;
-    it->second->acceptor.close(ec);
-    it->second->timer.cancel();
+    close_slot(*it->second);
     targets_.erase(it);
 }
 
-void RedirectListener::accept(const std::shared_ptr<Slot>& slot) {
-    slot->acceptor.async_accept([this, slot](boost::system::error_code ec, tcp::socket s) {
-        if (ec == asio::error::operation_aborted || !slot->acceptor.is_open()) return;
+void RedirectListener::Core::accept(const std::shared_ptr<Core>& core, const std::shared_ptr<Loop>& loop,
+                                    const std::shared_ptr<CookieSet>& cookies) {
+    loop->acceptor.async_accept([core, loop, cookies](boost::system::error_code ec, tcp::socket s) {
+        if (ec == asio::error::operation_aborted || !loop->acceptor.is_open()) return;
+        if (ec == asio::error::would_block || ec == asio::error::try_again) {
+            // Another loop over the same listening socket took the connection.
+            accept(core, loop, cookies);
+            return;
+        }
         if (ec) {
             // EMFILE/ENFILE leave the connection queued: accepting again at
             // once would spin. Wait, and say so once per streak.
-            ++accept_failures_;
-            if (slot->backoff.streak() == 0)
+            ++core->accept_failures;
+            if (loop->backoff.streak() == 0)
                 spdlog::warn("{}: accept failed: {}; retrying with backoff (raise the open-file limit if this is "
                              "EMFILE/ENFILE)",
-                             what_, ec.message());
-            slot->timer.expires_after(slot->backoff.failed());
-            slot->timer.async_wait([this, slot](boost::system::error_code tec) {
-                if (tec == asio::error::operation_aborted || !slot->acceptor.is_open()) return;
-                accept(slot);
+                             core->what, ec.message());
+            loop->timer.expires_after(loop->backoff.failed());
+            loop->timer.async_wait([core, loop, cookies](boost::system::error_code tec) {
+                if (tec == asio::error::operation_aborted || !loop->acceptor.is_open()) return;
+                accept(core, loop, cookies);
             });
             return;
         }
-        if (auto n = slot->backoff.succeeded())
-            spdlog::info("{}: accepting again after {} failed accepts", what_, n);
-        serve(std::move(s), *slot);
-        accept(slot);
+        if (auto n = loop->backoff.succeeded())
+            spdlog::info("{}: accepting again after {} failed accepts", core->what, n);
+        core->serve(std::move(s), *cookies->v.load());
+        accept(core, loop, cookies);
     });
 }
 
@@ -131,7 +229,7 @@ void RedirectListener::accept(const std::shared_ptr<Slot>& slot) {
 // address; exactly one must hold it. Two would mean two namespaces sharing an
 // interface used the same addresses and ports (one spoofing the other): the
 // agent cannot tell whose connection this is, so it serves neither.
-void RedirectListener::serve(tcp::socket s, const Slot& slot) {
+void RedirectListener::Core::serve(tcp::socket s, const std::vector<uint64_t>& cookies) {
     boost::system::error_code e1, e2;
     auto peer = s.remote_endpoint(e1);
     auto local = s.local_endpoint(e2);
@@ -143,12 +241,9 @@ void RedirectListener::serve(tcp::socket s, const Slot& slot) {
     k.local_port = local.port();
     std::optional<redir_origdst_val> v;
     size_t found = 0;
-    uint64_t last = 0;
-    for (uint64_t cookie : slot.netns_cookies) {
-        if (cookie == last) continue;  // a multiset: one lookup per namespace
-        last = cookie;
+    for (uint64_t cookie : cookies) {
         k.netns_cookie = cookie;
-        if (auto hit = lookup_(k)) {
+        if (auto hit = lookup(k)) {
             v = hit;
             ++found;
         }
@@ -160,13 +255,13 @@ void RedirectListener::serve(tcp::socket s, const Slot& slot) {
         // entry was evicted), or ambiguous: nothing to serve, say so.
         JsonOut j;
         conn_record(j, "redirect", "refused")
-            .str("listener", what_)
+            .str("listener", what)
             .str("reason", found ? "original destination recorded in several network namespaces"
                                  : "no original destination recorded")
             .str("client", ci.client)
             .str("local", endpoint_to_string(k.local_addr, k.local_port))
             .end();
-        audit_.write(j.take());
+        audit.write(j.take());
         s.close(e1);
         return;
     }
@@ -176,7 +271,7 @@ void RedirectListener::serve(tcp::socket s, const Slot& slot) {
     ci.cgroup_id = v->cgroup_id;
     ci.policy_id = v->policy_id;
     ci.orig = endpoint_to_string(v->orig_addr, v->orig_port);
-    handler_(std::move(s), std::move(ci));
+    handler(std::move(s), std::move(ci));
 }
 
 }  // namespace redir::agent

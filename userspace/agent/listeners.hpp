@@ -4,9 +4,18 @@
 // that learn each connection's original destination from the kernel (4-tuple
 // plus the client's namespace, filled by sockops before the SYN left) and hand
 // the socket on. A connection without such a record is refused.
+//
+// The accept loops, the lookup and the hand-off run on the io context given,
+// or on each of the executors in ACCEPT_ON (the terminator's io threads):
+// every one of them then accepts from the same listening socket (a dup of its
+// descriptor: no SO_REUSEPORT, whose group another process of the same user
+// could join) and serves what it accepted on its own thread, with no hop
+// through the agent's thread.
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -41,8 +50,15 @@ struct ListenAddress {
 class RedirectListener {
 public:
     // Binds 127.0.0.1 and ::1 on the same port (PORT 0 = pick one).
+    // LOOKUP, AUDIT and HANDLER are called on the accepting executors: with
+    // ACCEPT_ON not empty they must be thread-safe, and HANDLER gets a socket
+    // bound to the executor that accepted it.
     RedirectListener(boost::asio::io_context& io, const char* what, uint16_t port, OrigDstLookup lookup,
-                     AuditLog& audit, AcceptHandler handler);
+                     AuditLog& audit, AcceptHandler handler,
+                     std::vector<boost::asio::any_io_executor> accept_on = {});
+    ~RedirectListener();
+    RedirectListener(const RedirectListener&) = delete;
+    RedirectListener& operator=(const RedirectListener&) = delete;
     uint16_t port() const { return port_; }
     bool has_v6() const { return acceptors_.size() > 1; }
     // Also accept at TARGET:port() for clients in the network namespace with
@@ -52,31 +68,30 @@ public:
     // The reverse; the last namespace of a target closes its listener.
     void remove_target(const ListenAddress& target, uint64_t netns_cookie);
     // Failed accept() calls so far (each followed by a backoff wait).
-    uint64_t accept_failures() const { return accept_failures_; }
-    const std::string& what() const { return what_; }
+    uint64_t accept_failures() const;
+    const std::string& what() const;
 
 private:
-    // One bound address. Handlers hold it shared: one may still be queued
-    // when its target is removed.
-    struct Slot {
-        explicit Slot(boost::asio::io_context& io) : acceptor(io), timer(io) {}
-        boost::asio::ip::tcp::acceptor acceptor;
-        boost::asio::steady_timer timer;
-        AcceptBackoff backoff;
-        std::multiset<uint64_t> netns_cookies;  // namespaces whose clients arrive here
-    };
-    void accept(const std::shared_ptr<Slot>& slot);
-    void serve(boost::asio::ip::tcp::socket s, const Slot& slot);
+    // What the accept loops use, shared with them: a loop on another thread
+    // may still complete after this listener is gone.
+    struct Core;
+    // One accept loop on one executor, over its own dup of a listening socket.
+    struct Loop;
+    // One bound address: its listening socket (owned here, on the agent's
+    // thread), its accept loops, and the namespaces whose clients arrive on it.
+    struct Slot;
+
+    std::shared_ptr<Slot> open_slot(const boost::asio::ip::tcp::endpoint& ep, const std::string& device,
+                                    const std::string& where);
+    void close_slot(Slot& slot);
 
     boost::asio::io_context& io_;
-    std::string what_;
+    std::vector<boost::asio::any_io_executor> accept_on_;
+    std::shared_ptr<Core> core_;
     uint16_t port_ = 0;
-    OrigDstLookup lookup_;
-    AuditLog& audit_;
-    AcceptHandler handler_;
+    uint64_t own_netns_ = 0;
     std::vector<std::shared_ptr<Slot>> acceptors_;  // loopback: v4, then v6
     std::map<ListenAddress, std::shared_ptr<Slot>> targets_;
-    uint64_t accept_failures_ = 0;
 };
 
 }  // namespace redir::agent

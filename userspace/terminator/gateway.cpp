@@ -1150,9 +1150,21 @@ struct Gateway::Workers {
     std::vector<std::thread> threads;
     std::atomic<std::size_t> next{0};
 
-    // New connections go round-robin over the io threads.
-    const std::shared_ptr<Impl>& pick() { return impls[next.fetch_add(1, std::memory_order_relaxed) % impls.size()]; }
+    // Whose io thread is running this code, and which one of them (null:
+    // not an io thread of any gateway).
+    static thread_local const Workers* current;
+    static thread_local std::size_t current_index;
+
+    // A connection accepted on one of the io threads stays there; others go
+    // round-robin over them.
+    const std::shared_ptr<Impl>& pick() {
+        if (current == this) return impls[current_index];
+        return impls[next.fetch_add(1, std::memory_order_relaxed) % impls.size()];
+    }
 };
+
+thread_local const Gateway::Workers* Gateway::Workers::current = nullptr;
+thread_local std::size_t Gateway::Workers::current_index = 0;
 
 Gateway::Gateway(asio::any_io_executor ex, std::shared_ptr<Store> store, GatewayOptions opts)
     : workers_(std::make_unique<Workers>()) {
@@ -1171,8 +1183,10 @@ Gateway::Gateway(asio::any_io_executor ex, std::shared_ptr<Store> store, Gateway
         w.guards.push_back(asio::make_work_guard(*w.ios.back()));
         w.impls.push_back(std::make_shared<Impl>(w.shared, w.ios.back()->get_executor()));
     }
-    for (auto& io : w.ios)
-        w.threads.emplace_back([ctx = io.get()] {
+    for (std::size_t i = 0; i < threads; ++i)
+        w.threads.emplace_back([ctx = w.ios[i].get(), &w, i] {
+            Workers::current = &w;
+            Workers::current_index = i;
             for (;;) {
                 try {
                     ctx->run();
@@ -1234,5 +1248,10 @@ std::uint64_t Gateway::connections_of(std::uint64_t cgroup_id) const {
     return workers_->shared->conns->in_use(cgroup_id);
 }
 std::size_t Gateway::threads() const { return workers_->threads.size(); }
+std::vector<asio::any_io_executor> Gateway::io_executors() const {
+    std::vector<asio::any_io_executor> out;
+    for (auto& io : workers_->ios) out.push_back(io->get_executor());
+    return out;
+}
 
 }  // namespace redir::terminator

@@ -2,8 +2,9 @@
 // The inference terminator's HTTP side. The agent accepts a redirected
 // connection, learns who made it from the kernel, and hands the socket here;
 // everything after that (TLS handshake, HTTP/1.1 with keep-alive, routing,
-// the model rewrite, the provider call and the streamed relay) runs on the
-// gateway's io thread.
+// the model rewrite, the provider call and the streamed relay) runs on one of
+// the gateway's io threads (the one that accepted it, when the agent accepts
+// on them: io_executors()) or the caller's io_context.
 #include <openssl/ssl.h>
 
 #include <boost/asio/any_io_executor.hpp>
@@ -15,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/conn_info.hpp"
 #include "terminator/limits.hpp"
@@ -137,6 +139,10 @@ public:
 
     // Io threads of the gateway's own (GatewayOptions::threads).
     std::size_t threads() const;
+    // Their executors (none without threads of its own): a listener that
+    // accepts on them and calls serve_* there has each connection served on
+    // the thread that accepted it, its socket never moved between reactors.
+    std::vector<boost::asio::any_io_executor> io_executors() const;
 
     struct Shared;
     struct Impl;

@@ -13,6 +13,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "agent/audit_log.hpp"
@@ -288,6 +289,96 @@ TEST(RedirectListener, BacksOffOnEmfileAndRecovers) {
     EXPECT_TRUE(wait_for([&] { return served.load() == 1; }, 3s)) << "the queued connection is served once fds are free";
     io.stop();
     t.join();
+    std::filesystem::remove_all(dir);
+}
+
+// Accepting on the terminator's io threads (ACCEPT_ON): every one of them
+// accepts from the one listening socket and runs the lookup and the handler
+// itself, with the socket on its own executor; a connection the kernel
+// recorded no original destination for is still refused there, and the
+// listener's destruction stops the loops while their threads run on.
+TEST(RedirectListener, AcceptsOnGivenExecutorsAndStillLooksUpEveryConnection) {
+    char tmpl[] = "/tmp/redir-listener-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    std::string dir = tmpl;
+    asio::io_context agent_io;
+    std::vector<std::unique_ptr<asio::io_context>> ios;
+    std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
+    std::vector<std::thread> threads;
+    std::mutex mu;
+    std::set<std::thread::id> io_ids;
+    for (int i = 0; i < 2; ++i) {
+        ios.push_back(std::make_unique<asio::io_context>(1));
+        guards.push_back(asio::make_work_guard(*ios.back()));
+    }
+    std::vector<asio::any_io_executor> exs;
+    for (auto& io : ios) exs.push_back(io->get_executor());
+    for (auto& io : ios)
+        threads.emplace_back([&mu, &io_ids, ctx = io.get()] {
+            {
+                std::lock_guard lk(mu);
+                io_ids.insert(std::this_thread::get_id());
+            }
+            ctx->run();
+        });
+    AuditLog audit(dir + "/audit.log");
+    std::atomic<int> served{0}, on_io_thread{0}, own_executor{0}, lookups{0};
+    std::atomic<bool> refuse_next{false};
+    auto l = std::make_unique<RedirectListener>(
+        agent_io, "test", 0,
+        [&](const redir_tuple_key&) {
+            ++lookups;
+            redir_origdst_val v{};
+            v.cgroup_id = 9;
+            return refuse_next ? std::nullopt : std::optional<redir_origdst_val>(v);
+        },
+        audit,
+        [&](tcp::socket s, ConnInfo ci) {
+            std::lock_guard lk(mu);
+            ++served;
+            if (io_ids.count(std::this_thread::get_id())) ++on_io_thread;
+            for (auto& ex : exs)
+                if (s.get_executor() == ex) ++own_executor;
+            EXPECT_EQ(ci.cgroup_id, 9u);
+        },
+        exs);
+    constexpr int kConns = 20;
+    asio::io_context cio;
+    std::vector<tcp::socket> clients;
+    for (int i = 0; i < kConns; ++i) {
+        clients.emplace_back(cio);
+        clients.back().connect({kLoopback, l->port()});
+    }
+    ASSERT_TRUE(wait_for([&] { return served.load() == kConns; }, 5s)) << served.load() << " served";
+    EXPECT_EQ(on_io_thread.load(), kConns) << "served on the agent's thread instead of an io thread";
+    EXPECT_EQ(own_executor.load(), kConns) << "the socket must be bound to the executor that accepted it";
+    EXPECT_EQ(lookups.load(), kConns);
+
+    // Not redirected (no record): refused on the io thread, never handed on.
+    refuse_next = true;
+    {
+        tcp::socket c(cio);
+        c.connect({kLoopback, l->port()});
+        ASSERT_TRUE(wait_for([&] { return lookups.load() == kConns + 1; }, 5s));
+        char b;
+        boost::system::error_code ec;
+        c.read_some(asio::buffer(&b, 1), ec);
+        EXPECT_TRUE(ec == asio::error::eof || ec == asio::error::connection_reset) << ec.message();
+    }
+    EXPECT_EQ(served.load(), kConns);
+    EXPECT_EQ(audit.written(), 1u);
+
+    // Gone: the port no longer accepts, and the io threads run on.
+    const auto port = l->port();
+    l.reset();
+    EXPECT_TRUE(wait_for([&] {
+        tcp::socket c(cio);
+        boost::system::error_code ec;
+        c.connect({kLoopback, port}, ec);
+        return ec == asio::error::connection_refused;
+    }, 5s));
+    guards.clear();
+    for (auto& t : threads) t.join();
     std::filesystem::remove_all(dir);
 }
 
