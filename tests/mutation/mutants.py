@@ -33,6 +33,14 @@ def escape_e2e(name):
     return ("e2e", module, cls, method, ["redird", "redirctl", "escape_probe"])
 
 
+
+def limits_mutant(id, prop, layer, find, replace, test):
+    """A guard of the inference limits in userspace/LAYER/inference_limits.cpp,
+    killed by test_limits.TEST ("Class.method"; none of them needs Node)."""
+    cls, method = test.split(".")
+    return Mutant(id, "inference limits: " + prop, "userspace/%s/inference_limits.cpp" % layer, find, replace,
+                  ("e2e", "test_limits", cls, method, ["redird", "redirctl"]))
+
 MUTANTS = [
     Mutant("tls-min-version", "TLS 1.2 minimum on the inference front",
            "userspace/tls/leaf_cache.cpp",
@@ -150,30 +158,20 @@ MUTANTS = [
     Mutant("source-routing-refused", "IPv4 source routing (IP_OPTIONS LSRR) never sends a packet on to a hop "
            "nobody checked", "bpf/redir.bpf.c", "return optname == IP_OPTIONS;", "return false;",
            escape_e2e("test_escape_protocols.EscapeProtocols.test_loose_source_route_through_a_denied_first_hop")),
-    Mutant("limits-admit", "inference limits: over the limit, 429 before the provider",
-           "userspace/agent/inference_limits.cpp",
-           "return limiter_.admit(cgroup_id, limits, wall_ms());",
-           "(void)limiter_.admit(cgroup_id, limits, wall_ms());\n    return std::nullopt;",
-           ("e2e", "test_limits", "RequestsPerMinuteE2E",
-            "test_over_the_limit_is_a_429_in_each_apis_shape_and_no_path_dodges_it", ["redird", "redirctl"])),
-    Mutant("limits-saved-each-second", "inference limits: counters survive a kill -9",
-           "userspace/agent/inference_limits.cpp",
-           "            save();\n        } catch",
-           "            (void)0;\n        } catch",
-           ("e2e", "test_limits", "RequestsPerMinuteE2E", "test_counters_survive_an_agent_restart_and_a_kill",
-            ["redird", "redirctl"])),
-    Mutant("limits-should-retry", "inference limits: the SDKs do not retry a wait they would not honour",
-           "userspace/terminator/inference_limits.cpp",
-           'h.emplace_back("x-should-retry", "false");',
-           "(void)h;",
-           ("e2e", "test_limits", "TokensPerDayE2E",
-            "test_tokens_the_provider_reports_are_counted_until_the_day_is_spent", ["redird", "redirctl"])),
-    Mutant("limits-estimate", "inference limits: an answer without usage is not free",
-           "userspace/agent/inference_limits.cpp",
-           "if (!r.usage.known() && !answered) return;",
-           "if (!r.usage.known() && (answered || !answered)) return;",
-           ("e2e", "test_limits", "FakeProviderE2E", "test_an_answer_without_usage_is_charged_an_estimate",
-            ["redird", "redirctl"])),
+    limits_mutant("limits-admit", "over the limit, 429 before the provider", "agent",
+                  "return limiter_.admit(cgroup_id, limits, wall_ms());",
+                  "(void)limiter_.admit(cgroup_id, limits, wall_ms());\n    return std::nullopt;",
+                  "RequestsPerMinuteE2E.test_over_the_limit_is_a_429_in_each_apis_shape_and_no_path_dodges_it"),
+    limits_mutant("limits-saved-each-second", "counters survive a kill -9", "agent",
+                  "            save();\n        } catch", "            (void)0;\n        } catch",
+                  "RequestsPerMinuteE2E.test_counters_survive_an_agent_restart_and_a_kill"),
+    limits_mutant("limits-should-retry", "the SDKs do not retry a wait they would not honour", "terminator",
+                  'h.emplace_back("x-should-retry", "false");', "(void)h;",
+                  "TokensPerDayE2E.test_tokens_the_provider_reports_are_counted_until_the_day_is_spent"),
+    limits_mutant("limits-estimate", "an answer without usage is not free", "agent",
+                  "if (!r.usage.known() && !answered) return;",
+                  "if (!r.usage.known() && (answered || !answered)) return;",
+                  "FakeProviderE2E.test_an_answer_without_usage_is_charged_an_estimate"),
     Mutant("dns-lookup-holds-itself", "lifetime safety: a DNS lookup in flight outlives its callbacks",
            "userspace/dns/server.cpp",
            "usock.async_receive(asio::buffer(buf), [self = shared_from_this()](error_code ec, size_t n) {",
