@@ -11,7 +11,7 @@ BENCH_SSE_STREAMS (1000), BENCH_SSE_GAP_MS (250), BENCH_PEERS (default
 direct,redir,nginx,mitmproxy,squid), BENCH_PHASES (default
 keepalive,latency,handshakes,probe,sse), BENCH_THREADS (1,2), BENCH_PERF=1 (perf profile of redird; BENCH_PERF_DATA=FILE
 keeps its perf.data, BENCH_PERF_CALLGRAPH=dwarf for callers through libraries, BENCH_PERF_LOAD=handshakes to
-profile new connections),
+profile new connections, BENCH_PERF_NGINX=1 to profile nginx the same way),
 BENCH_JSON=FILE (all numbers), REDIR_THREADS_FLAG (redird's io-thread flag;
 detected from --help when unset), REDIR_BUILD (build directory), BENCH_REDIR_B (another
 build directory: its redird runs as peer "redir-b" in the keep-alive rounds, for A/B in one run).
