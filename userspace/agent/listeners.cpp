@@ -56,16 +56,22 @@ struct RedirectListener::Core {
 
     static void accept(const std::shared_ptr<Core>& core, const std::shared_ptr<Loop>& loop,
                        const std::shared_ptr<CookieSet>& cookies);
-    void serve(tcp::socket s, const std::vector<uint64_t>& cookies);
+    void serve(tcp::socket s, const tcp::endpoint& peer, const tcp::endpoint& bound,
+               const std::vector<uint64_t>& cookies);
 };
 
 // Lives on its executor: created there (posted), closed there (posted), and
 // its last reference dropped there.
 struct RedirectListener::Loop {
-    explicit Loop(const asio::any_io_executor& ex) : acceptor(ex), timer(ex) {}
+    Loop(const asio::any_io_executor& ex, const tcp::endpoint& bound) : acceptor(ex), timer(ex), local(bound) {}
     tcp::acceptor acceptor;
     asio::steady_timer timer;
     AcceptBackoff backoff;
+    // The connection's two ends without asking the kernel again: the peer as
+    // accept() returned it, the local end the specific address the listening
+    // socket is bound to (never a wildcard).
+    tcp::endpoint peer;
+    const tcp::endpoint local;
 };
 
 struct RedirectListener::Slot {
@@ -134,7 +140,7 @@ std::shared_ptr<RedirectListener::Slot> RedirectListener::open_slot(const tcp::e
         for (const auto& ex : accept_on_) {
             int fd = ::fcntl(slot->listen.get(), F_DUPFD_CLOEXEC, 0);
             if (fd < 0) throw std::system_error(errno, std::generic_category(), "dup of the listening socket");
-            auto loop = std::make_shared<Loop>(ex);
+            auto loop = std::make_shared<Loop>(ex, slot->local);
             boost::system::error_code ec;
             loop->acceptor.assign(ep.protocol(), fd, ec);
             if (ec) {
@@ -196,7 +202,7 @@ void RedirectListener::remove_target(const ListenAddress& target, uint64_t netns
 
 void RedirectListener::Core::accept(const std::shared_ptr<Core>& core, const std::shared_ptr<Loop>& loop,
                                     const std::shared_ptr<CookieSet>& cookies) {
-    loop->acceptor.async_accept([core, loop, cookies](boost::system::error_code ec, tcp::socket s) {
+    loop->acceptor.async_accept(loop->peer, [core, loop, cookies](boost::system::error_code ec, tcp::socket s) {
         if (ec == asio::error::operation_aborted || !loop->acceptor.is_open()) return;
         if (ec == asio::error::would_block || ec == asio::error::try_again) {
             // Another loop over the same listening socket took the connection.
@@ -220,7 +226,7 @@ void RedirectListener::Core::accept(const std::shared_ptr<Core>& core, const std
         }
         if (auto n = loop->backoff.succeeded())
             spdlog::info("{}: accepting again after {} failed accepts", core->what, n);
-        core->serve(std::move(s), *cookies->v.load());
+        core->serve(std::move(s), loop->peer, loop->local, *cookies->v.load());
         accept(core, loop, cookies);
     });
 }
@@ -229,11 +235,12 @@ void RedirectListener::Core::accept(const std::shared_ptr<Core>& core, const std
 // address; exactly one must hold it. Two would mean two namespaces sharing an
 // interface used the same addresses and ports (one spoofing the other): the
 // agent cannot tell whose connection this is, so it serves neither.
-void RedirectListener::Core::serve(tcp::socket s, const std::vector<uint64_t>& cookies) {
-    boost::system::error_code e1, e2;
-    auto peer = s.remote_endpoint(e1);
-    auto local = s.local_endpoint(e2);
-    if (e1 || e2) return;
+void RedirectListener::Core::serve(tcp::socket s, const tcp::endpoint& peer, const tcp::endpoint& bound,
+                                   const std::vector<uint64_t>& cookies) {
+    boost::system::error_code e1;
+    // A wildcard bind would leave the local address to the kernel: ask it then.
+    const tcp::endpoint local = bound.address().is_unspecified() ? s.local_endpoint(e1) : bound;
+    if (e1) return;
     redir_tuple_key k{};
     k.peer_addr = to_redir(peer.address());
     k.local_addr = to_redir(local.address());
