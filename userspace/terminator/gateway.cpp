@@ -8,7 +8,6 @@
 #include <spdlog/spdlog.h>
 
 #include <array>
-#include <cerrno>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -121,10 +120,12 @@ private:
 // What a client connection keeps from one request to the next: its read
 // buffer, and the buffer the provider's answers are relayed through
 // (allocated on the first provider call, none for idle connections).
+struct ClientWatch;
 struct ClientConn {
     static constexpr std::size_t kRelayBuffer = 16 * 1024;
     beast::flat_buffer buf;
     std::unique_ptr<char[]> relay;
+    std::shared_ptr<ClientWatch> watch;  // the last provider call's, reused when nothing holds it any more
     std::span<char> relay_buffer() {
         if (!relay) relay.reset(new char[kRelayBuffer]);
         return {relay.get(), kRelayBuffer};
@@ -149,10 +150,16 @@ struct ClientWatch {
     bool gone = false;
     bool answered = false;  // the whole answer was handed to the sandbox's socket
     UpstreamConn* upstream = nullptr;
+    char peeked = 0;  // where the readiness peek puts its byte (left in the socket)
     Timer done;
     void hung_up() {
         gone = true;
         if (upstream) upstream->close();
+    }
+    // Ready for the connection's next provider call.
+    void reset() {
+        over = reading = finished = gone = answered = false;
+        upstream = nullptr;
     }
 };
 
@@ -328,34 +335,23 @@ Task<void> read_client(Stream& s, beast::flat_buffer& buf, std::shared_ptr<Clien
     w->done.cancel();
 }
 
-// What the client's socket holds once it became readable mid-call.
-enum class Readable { Nothing, Bytes, Closed };
-Readable peek(Socket& sock) {
-    char b;
-    const ssize_t n = ::recv(sock.native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n > 0) return Readable::Bytes;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return Readable::Nothing;
-    return Readable::Closed;  // FIN, or an error such as a reset
-}
-
+// A one-byte MSG_PEEK receive on the socket: Asio queues it without a system
+// call when the socket is known drained (an async_wait would cost an
+// epoll_ctl per request) and performs it when bytes or the FIN arrive.
 template <class Stream>
 void watch_client(Impl& gw, Stream& s, beast::flat_buffer& buf, std::shared_ptr<ClientWatch> w) {
     auto& sock = beast::get_lowest_layer(s).socket();
-    sock.async_wait(Socket::wait_read, [&gw, &s, &buf, w](beast::error_code ec) {
-        // Over: S and BUF may be gone already.
-        if (ec || w->over) return;
-        switch (peek(beast::get_lowest_layer(s).socket())) {
-        case Readable::Nothing:
-            return watch_client(gw, s, buf, w);
-        case Readable::Closed:
-            return w->hung_up();
-        case Readable::Bytes:
-            // Reads are unbounded while watching; writes get their own timeout.
-            beast::get_lowest_layer(s).expires_never();
-            w->reading = true;
-            asio::co_spawn(gw.ex, read_client(s, buf, w), asio::detached);
-        }
-    });
+    sock.async_receive(asio::buffer(&w->peeked, 1), Socket::message_peek,
+                       [&gw, &s, &buf, w](beast::error_code ec, std::size_t n) {
+                           // Over: S and BUF may be gone already.
+                           if (w->over || ec == asio::error::operation_aborted) return;
+                           if (ec || n == 0) return w->hung_up();  // FIN, or an error such as a reset
+                           // Bytes (a pipelined request, a TLS close_notify): read them.
+                           // Reads are unbounded while watching; writes get their own timeout.
+                           beast::get_lowest_layer(s).expires_never();
+                           w->reading = true;
+                           asio::co_spawn(gw.ex, read_client(s, buf, w), asio::detached);
+                       });
 }
 
 std::string provider_where(const Provider& p, const BaseUrl& b) {
@@ -488,7 +484,7 @@ struct ProxyCall {
 // The provider connection holding an answer whose header has been read.
 struct Upstream {
     std::unique_ptr<UpstreamConn> conn;
-    std::unique_ptr<http::response_parser<http::buffer_body>> parser;
+    std::optional<http::response_parser<http::buffer_body>> parser;
 };
 
 // How one attempt to send the request and read the answer's header went.
@@ -506,7 +502,7 @@ Task<Attempt> send_and_read_header(Impl& gw, ProxyCall& call, Upstream& up) {
     low.expires_after(o.upstream_write_timeout);
     auto [wec, wn] = co_await http::async_write(up.conn->s, call.upstream_req, use_tuple);
     if (wec) co_return Attempt{wec, true, 0};
-    up.parser = std::make_unique<http::response_parser<http::buffer_body>>();
+    up.parser.emplace();
     up.parser->body_limit(boost::none);
     up.parser->header_limit(64 * 1024);
     low.expires_after(o.upstream_response_timeout);
@@ -737,21 +733,24 @@ Task<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& up, Cl
 }
 
 template <class Stream>
-Task<bool> relay(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, RequestLog& log) {
-    Upstream up;
-    auto stop = co_await exchange(gw, call, watch, up);
-    if (stop) co_return co_await answer(gw, s, call.shape, std::move(*stop), log);
-    co_return co_await relay_response(gw, s, call, up, watch, log);
-}
-
-template <class Stream>
-Task<bool> proxy(Impl& gw, Stream& s, beast::flat_buffer& buf, ProxyCall& call, RequestLog& log) {
-    auto watch = std::make_shared<ClientWatch>(gw.ex);
+Task<bool> proxy(Impl& gw, Stream& s, ClientConn& cc, ProxyCall& call, RequestLog& log) {
+    // The last call's watcher, unless a late completion of that call still holds it.
+    if (cc.watch && cc.watch.use_count() == 1)
+        cc.watch->reset();
+    else
+        cc.watch = std::make_shared<ClientWatch>(gw.ex);
+    auto watch = cc.watch;
+    auto& buf = cc.buf;
     if (buf.size() == 0) watch_client(gw, s, buf, watch);
     bool keep = false;
     std::exception_ptr err;
     try {
-        keep = co_await relay(gw, s, call, *watch, log);
+        Upstream up;
+        auto stop = co_await exchange(gw, call, *watch, up);
+        if (stop)
+            keep = co_await answer(gw, s, call.shape, std::move(*stop), log);
+        else
+            keep = co_await relay_response(gw, s, call, up, *watch, log);
     } catch (...) {
         err = std::current_exception();
     }
@@ -1017,7 +1016,7 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
     ureq.keep_alive(true);
     ureq.prepare_payload();
     ProxyCall call{provider, profile, *base, ureq, in.shape, keep_alive, &in.body_room, cc.relay_buffer()};
-    co_return co_await proxy(gw, s, cc.buf, call, log);
+    co_return co_await proxy(gw, s, cc, call, log);
 }
 
 // One request on a connection. Returns whether the connection stays open.
