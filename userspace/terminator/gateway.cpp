@@ -139,10 +139,12 @@ struct Failure {
 
 // Watches the client while the provider works, so that a sandbox that hangs
 // up stops the provider request instead of letting it run (and bill) on.
-// First a readiness wait on the socket (no read, no TLS work: the usual case
-// costs no system call); only bytes arriving mid-call (a pipelined request,
-// a TLS close_notify) start a real read of the stream.
+// Only calls still in flight after kWatchAfter are watched (model calls take
+// seconds; a quick answer is not worth a system call): first a readiness
+// peek at the socket (no read, no TLS work), and only bytes arriving mid-call
+// (a pipelined request, a TLS close_notify) start a real read of the stream.
 struct ClientWatch {
+    static constexpr std::chrono::milliseconds kWatchAfter{100};
     explicit ClientWatch(const Executor& ex) : done(ex) { done.expires_at(Clock::time_point::max()); }
     bool over = false;      // the call is over: a late completion touches nothing but this object
     bool reading = false;   // a read of the stream is under way (DONE fires when it ends)
@@ -152,13 +154,21 @@ struct ClientWatch {
     UpstreamConn* upstream = nullptr;
     char peeked = 0;  // where the readiness peek puts its byte (left in the socket)
     Timer done;
+    // In the io thread's list of calls not watched yet (Impl::await_watch).
+    bool watching = false;
+    bool queued = false;
+    Clock::time_point since{};
+    ClientWatch* prev = nullptr;
+    ClientWatch* next = nullptr;
+    void (*start)(void*) = nullptr;  // starts the watch (its argument lives in the call's frame)
+    void* start_arg = nullptr;
     void hung_up() {
         gone = true;
         if (upstream) upstream->close();
     }
     // Ready for the connection's next provider call.
     void reset() {
-        over = reading = finished = gone = answered = false;
+        over = reading = finished = gone = answered = watching = false;
         upstream = nullptr;
     }
 };
@@ -222,10 +232,10 @@ struct Gateway::Shared {
 // One io thread's part of the gateway (or, without threads of its own, the
 // the caller's io_context's): its executor, its provider connections and TLS contexts.
 // Touched only from that executor, so none of it needs a lock.
-struct Gateway::Impl {
+struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     Impl(std::shared_ptr<Shared> sh, Executor e)
         : shared(std::move(sh)), ex(std::move(e)), store(shared->store), opts(shared->opts), stats(shared->stats),
-          body_bytes(shared->body_bytes) {}
+          body_bytes(shared->body_bytes), sweep_timer(ex) {}
 
     std::shared_ptr<Shared> shared;
     Executor ex;
@@ -240,6 +250,48 @@ struct Gateway::Impl {
         std::filesystem::file_time_type mtime;
     };
     std::map<std::string, CtxEntry> ctxs;
+
+    // Provider calls whose sandbox is not watched yet, oldest first; one
+    // timer for all of them starts the watch of those past kWatchAfter.
+    ClientWatch* unwatched_head = nullptr;
+    ClientWatch* unwatched_tail = nullptr;
+    Timer sweep_timer;
+    bool sweep_armed = false;
+
+    void await_watch(ClientWatch& w) {
+        w.since = Clock::now();
+        w.queued = true;
+        w.prev = unwatched_tail;
+        w.next = nullptr;
+        (unwatched_tail ? unwatched_tail->next : unwatched_head) = &w;
+        unwatched_tail = &w;
+        if (!sweep_armed) arm_sweep(w.since + ClientWatch::kWatchAfter);
+    }
+    void forget_watch(ClientWatch& w) {
+        if (!w.queued) return;
+        w.queued = false;
+        (w.prev ? w.prev->next : unwatched_head) = w.next;
+        (w.next ? w.next->prev : unwatched_tail) = w.prev;
+        w.prev = w.next = nullptr;
+    }
+    void arm_sweep(Clock::time_point at) {
+        sweep_armed = true;
+        sweep_timer.expires_at(at);
+        sweep_timer.async_wait([self = shared_from_this()](const beast::error_code& ec) {
+            self->sweep_armed = false;
+            if (!ec) self->sweep();
+        });
+    }
+    void sweep() {
+        const auto now = Clock::now();
+        while (unwatched_head && unwatched_head->since + ClientWatch::kWatchAfter <= now) {
+            ClientWatch& w = *unwatched_head;
+            forget_watch(w);
+            w.watching = true;
+            w.start(w.start_arg);
+        }
+        if (unwatched_head) arm_sweep(unwatched_head->since + ClientWatch::kWatchAfter);
+    }
 
     bool stopped() const { return shared->stopped; }
     void refused(const ConnInfo& info, std::string limit, std::uint64_t cap) {
@@ -741,7 +793,21 @@ Task<bool> proxy(Impl& gw, Stream& s, ClientConn& cc, ProxyCall& call, RequestLo
         cc.watch = std::make_shared<ClientWatch>(gw.ex);
     auto watch = cc.watch;
     auto& buf = cc.buf;
-    if (buf.size() == 0) watch_client(gw, s, buf, watch);
+    struct Starter {
+        Impl& gw;
+        Stream& s;
+        beast::flat_buffer& buf;
+        std::shared_ptr<ClientWatch> w;
+        static void run(void* p) {
+            auto* st = static_cast<Starter*>(p);
+            watch_client(st->gw, st->s, st->buf, st->w);
+        }
+    } starter{gw, s, buf, watch};
+    if (buf.size() == 0) {
+        watch->start = &Starter::run;
+        watch->start_arg = &starter;
+        gw.await_watch(*watch);
+    }
     bool keep = false;
     std::exception_ptr err;
     try {
@@ -756,7 +822,10 @@ Task<bool> proxy(Impl& gw, Stream& s, ClientConn& cc, ProxyCall& call, RequestLo
     }
     watch->upstream = nullptr;
     watch->over = true;
-    if (!watch->reading) {
+    gw.forget_watch(*watch);
+    if (!watch->watching) {
+        // Never watched: nothing to cancel.
+    } else if (!watch->reading) {
         beast::error_code ig;
         beast::get_lowest_layer(s).socket().cancel(ig);
     } else if (!watch->finished) {
