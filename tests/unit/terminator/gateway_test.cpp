@@ -999,6 +999,18 @@ protected:
         s->handshake(ssl::stream_base::client);
         return s;
     }
+    void start_mock_tls(GatewayOptions o) {
+        use("mock", "m", {});
+        start_tls(std::move(o));
+    }
+    // Blocks until the gateway ends the connection (a byte sent instead is an error).
+    template <class Stream>
+    static beast::error_code end_of(Stream& s) {
+        char b;
+        beast::error_code ec;
+        s.read_some(asio::buffer(&b, 1), ec);
+        return ec;
+    }
     ssl::context client_ctx_{ssl::context::tls_client};
 };
 
@@ -1047,6 +1059,29 @@ TEST_P(TlsGatewayTest, ClientHangingUpOverTlsClosesTheProviderRequest) {
         sp->next_layer().close(ec);
     }
     EXPECT_TRUE(wait_for([&] { return provider_saw_close->load(); }, kPatience));
+}
+
+// A sandbox that opens connections and never says hello holds nothing past
+// the handshake deadline (the TLS stream's own deadline, not Beast's).
+TEST_P(TlsGatewayTest, SilentClientIsDroppedAtTheHandshakeTimeout) {
+    GatewayOptions o;
+    o.handshake_timeout = 200ms;
+    start_mock_tls(std::move(o));
+    auto s = connect();
+    EXPECT_EQ(end_of(s), asio::error::eof);
+    EXPECT_TRUE(wait_for([&] { return gw_->stats().tls_handshake_timeouts.load() == 1; }));
+}
+
+// Slowloris over TLS: a header that never ends is cut at the header deadline.
+TEST_P(TlsGatewayTest, UnfinishedHeaderOverTlsIsCutAtTheHeaderTimeout) {
+    GatewayOptions o;
+    o.header_timeout = 300ms;
+    start_mock_tls(std::move(o));
+    auto sp = tls_connect();
+    asio::write(*sp, asio::buffer(std::string("GET /v1/models HTTP/1.1\r\nHost: inference.local\r\n")));
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_TRUE(end_of(*sp)) << "the gateway answered an unfinished header";  // no answer: the connection ends
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, kPatience);
 }
 
 TEST_P(GatewayTest, PlainHttpIsRefusedWithAPointerToHttps) {
