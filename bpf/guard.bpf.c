@@ -9,13 +9,21 @@
  * only the node can stop it. A filter inside the sandbox's namespace would be
  * bypassable (PACKET_QDISC_BYPASS), this one is not.
  *
- * What passes: packets to the agent's addresses on the sandbox's side (every
- * redirected flow and DNS to its responder arrive rewritten to them), ARP and
- * IPv6 neighbour discovery, and TCP/UDP the policy ALLOWs. Everything else is
- * dropped, audited like a refused connect(): destinations connect() would
- * have redirected (they arrive unrewritten only when the hooks were
- * bypassed), other protocols, and what cannot be parsed whole (fragments, IP
- * options, IPv6 extension headers, VLAN tags, non-IP). */
+ * What passes: packets to the agent's redirect ports on its address on the
+ * sandbox's side (every redirected flow and DNS to the sandbox's own
+ * responder arrive rewritten to them; any other port of that address is a
+ * host service the sandbox must not reach), well-formed Ethernet/IPv4 ARP,
+ * IPv6 neighbour discovery that cannot leave the link (link-local or
+ * link-scope multicast destination, or the agent's address; hop limit 255),
+ * and TCP/UDP the policy ALLOWs. Everything else is dropped, audited like a
+ * refused connect(): destinations connect() would have redirected (they
+ * arrive unrewritten only when the hooks were bypassed), other protocols, and
+ * what cannot be parsed whole (fragments, IP options, IPv6 extension headers,
+ * VLAN tags, lengths that do not cover the ports, non-IP).
+ *
+ * Answers of a server inside the sandbox are packets like any other: they
+ * reach a client only where the policy lets the sandbox send to that client's
+ * address and port (docs/containers.md, "Inbound connections"). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -41,6 +49,16 @@ char LICENSE[] SEC("license") = "GPL";
 #define GUARD_IP_FRAGMENT 0x3fff /* MF flag and fragment offset */
 #define GUARD_ND_FIRST 133       /* router solicitation .. redirect */
 #define GUARD_ND_LAST 137
+#define GUARD_ND_HOP_LIMIT 255   /* RFC 4861: what a router forwarded is not ND */
+#define GUARD_ARP_HRD_ETHER 1
+#define GUARD_ARP_REQUEST 1
+#define GUARD_ARP_REPLY 2
+#define GUARD_TCP_HLEN 20
+#define GUARD_UDP_HLEN 8
+
+/* What parse() found: judge it, pass it (ARP), drop it (cannot be judged
+ * whole), or neighbour discovery (passes if it cannot leave the link). */
+enum guard_parsed { GUARD_JUDGE, GUARD_LINK, GUARD_UNPARSED, GUARD_ND };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -91,55 +109,110 @@ static __always_inline int drop(struct decision *d, const struct guard_packet *p
 	return GUARD_DROP;
 }
 
-/* Fills P from the packet. Returns 1 to judge it, 0 to pass it (ARP, ND),
- * -1 when it cannot be judged whole (dropped). */
+/* Ethernet/IPv4 ARP, nothing else: the frame stays on the link either way,
+ * but an odd one is no neighbour resolution, only data for whoever listens. */
+static __always_inline bool arp_well_formed(struct __sk_buff *skb)
+{
+	struct {
+		__be16 hrd, pro;
+		__u8 hln, pln;
+		__be16 op;
+	} a;
+	if (bpf_skb_load_bytes(skb, GUARD_ETH_HLEN, &a, sizeof(a)))
+		return false;
+	return a.hrd == bpf_htons(GUARD_ARP_HRD_ETHER) && a.pro == bpf_htons(GUARD_ETH_P_IP) && a.hln == 6 &&
+	       a.pln == 4 && (a.op == bpf_htons(GUARD_ARP_REQUEST) || a.op == bpf_htons(GUARD_ARP_REPLY));
+}
+
+/* Bytes of L4 header that must lie inside the IP payload before its ports
+ * are believed (the stack trims the frame to the IP length; ports read from
+ * beyond it would be padding). */
+static __always_inline __u32 l4_header_len(__u8 proto)
+{
+	return proto == IPPROTO_TCP ? GUARD_TCP_HLEN : proto == IPPROTO_UDP ? GUARD_UDP_HLEN : 0;
+}
+
+/* Fills P from the packet and says what to do with it (enum guard_parsed). */
 static __always_inline int parse(struct __sk_buff *skb, struct guard_packet *p)
 {
 	if (skb->vlan_present)
-		return -1; /* a tag the stack may strip and route on: not judged, dropped */
+		return GUARD_UNPARSED; /* a tag the stack may strip and route on: not judged, dropped */
 	__u16 eth_proto;
 	if (bpf_skb_load_bytes(skb, 12, &eth_proto, sizeof(eth_proto)))
-		return -1;
+		return GUARD_UNPARSED;
 	__u32 l4;
 	if (eth_proto == bpf_htons(GUARD_ETH_P_ARP))
-		return 0;
+		return arp_well_formed(skb) ? GUARD_LINK : GUARD_UNPARSED;
 	if (eth_proto == bpf_htons(GUARD_ETH_P_IP)) {
 		struct iphdr ip;
 		if (bpf_skb_load_bytes(skb, GUARD_ETH_HLEN, &ip, sizeof(ip)))
-			return -1;
+			return GUARD_UNPARSED;
 		p->family = GUARD_AF_INET;
 		p->proto = ip.protocol;
 		addr_from_v4(&p->dst, ip.daddr);
 		if (ip.version != 4 || ip.ihl != 5 || (ip.frag_off & bpf_htons(GUARD_IP_FRAGMENT)))
-			return -1; /* options (source routes) or a fragment: no reliable ports */
+			return GUARD_UNPARSED; /* options (source routes) or a fragment: no reliable ports */
+		if (bpf_ntohs(ip.tot_len) < sizeof(ip) + l4_header_len(ip.protocol))
+			return GUARD_UNPARSED;
 		l4 = GUARD_ETH_HLEN + sizeof(ip);
 	} else if (eth_proto == bpf_htons(GUARD_ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 		if (bpf_skb_load_bytes(skb, GUARD_ETH_HLEN, &ip6, sizeof(ip6)))
-			return -1;
+			return GUARD_UNPARSED;
 		p->family = GUARD_AF_INET6;
 		p->proto = ip6.nexthdr;
 		addr_from_v6(&p->dst, ip6.daddr.in6_u.u6_addr32);
 		if (ip6.version != 6)
-			return -1;
+			return GUARD_UNPARSED;
+		if (bpf_ntohs(ip6.payload_len) < l4_header_len(ip6.nexthdr))
+			return GUARD_UNPARSED;
 		l4 = GUARD_ETH_HLEN + sizeof(ip6);
 		if (ip6.nexthdr == GUARD_PROTO_ICMPV6) {
 			__u8 type;
 			if (bpf_skb_load_bytes(skb, l4, &type, 1))
-				return -1;
-			if (type >= GUARD_ND_FIRST && type <= GUARD_ND_LAST)
-				return 0; /* the link needs neighbour discovery */
+				return GUARD_UNPARSED;
+			/* An ND type is no passport: to a routed destination it is
+			 * just an ICMPv6 packet leaving the node. */
+			if (type >= GUARD_ND_FIRST && type <= GUARD_ND_LAST && ip6.hop_limit == GUARD_ND_HOP_LIMIT)
+				return GUARD_ND;
 		}
 	} else {
-		return -1;
+		return GUARD_UNPARSED;
 	}
 	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
 		__u16 port;
-		if (bpf_skb_load_bytes(skb, l4 + 2, &port, sizeof(port)))
-			return -1;
+		__u8 last;
+		if (bpf_skb_load_bytes(skb, l4 + 2, &port, sizeof(port)) ||
+		    bpf_skb_load_bytes(skb, l4 + l4_header_len(p->proto) - 1, &last, 1))
+			return GUARD_UNPARSED; /* the frame ends inside the L4 header */
 		p->port = bpf_ntohs(port);
 	}
-	return 1;
+	return GUARD_JUDGE;
+}
+
+/* fe80::/10 and the link-scope multicast ff02::/16: no router forwards them. */
+static __always_inline bool stays_on_link(const struct redir_addr *a)
+{
+	return (a->b[0] == 0xfe && (a->b[1] & 0xc0) == 0x80) || (a->b[0] == 0xff && (a->b[1] & 0x0f) == 0x02);
+}
+
+static __always_inline bool is_target(const struct redir_attach_val *att, const struct redir_addr *a)
+{
+	return (!addr_is_zero(&att->target4) && addr_eq(a, &att->target4)) ||
+	       (!addr_is_zero(&att->target6) && addr_eq(a, &att->target6));
+}
+
+/* The ports a redirect rewrites to (decide.h): the agent's listeners, and
+ * this sandbox's own DNS responder (another sandbox's is not its business). */
+static __always_inline bool agent_service(const struct redir_config *cfg, const struct redir_attach_val *att,
+					  const struct guard_packet *p)
+{
+	if (p->port == 0)
+		return false;
+	if (p->port == att->dns_port)
+		return p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP;
+	return p->proto == IPPROTO_TCP &&
+	       (p->port == cfg->terminator_port || p->port == cfg->plain_http_port || p->port == cfg->relay_port);
 }
 
 SEC("tc")
@@ -149,7 +222,7 @@ int redir_guard(struct __sk_buff *skb)
 	struct guard_packet p = {};
 	struct decision d = { .verdict = REDIR_VERDICT_DENY, .reason = REDIR_REASON_NO_ATTACHMENT };
 	int parsed = parse(skb, &p);
-	if (parsed == 0)
+	if (parsed == GUARD_LINK)
 		return GUARD_PASS;
 
 	/* Attached but no entry: the agent is mid-detach or the map is damaged. */
@@ -163,14 +236,18 @@ int redir_guard(struct __sk_buff *skb)
 	if (!att || !cfg)
 		return drop(&d, &p, REDIR_REASON_NO_ATTACHMENT);
 	d.policy_id = att->policy_id;
-	if (parsed < 0)
+	if (parsed == GUARD_UNPARSED)
 		return drop(&d, &p, REDIR_REASON_UNPARSED);
+	if (parsed == GUARD_ND) {
+		if (stays_on_link(&p.dst) || is_target(att, &p.dst))
+			return GUARD_PASS;
+		return drop(&d, &p, REDIR_REASON_POLICY);
+	}
 
 	/* Redirected flows and DNS arrive rewritten to the agent's own address on
 	 * this side; its listeners and responder judge them (original destination
-	 * records, per-sandbox binding). */
-	if ((!addr_is_zero(&att->target4) && addr_eq(&p.dst, &att->target4)) ||
-	    (!addr_is_zero(&att->target6) && addr_eq(&p.dst, &att->target6)))
+	 * records, per-sandbox binding). Other ports there: decide() refuses. */
+	if (is_target(att, &p.dst) && agent_service(cfg, att, &p))
 		return GUARD_PASS;
 	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP)
 		return drop(&d, &p, REDIR_REASON_POLICY);
