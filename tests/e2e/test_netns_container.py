@@ -45,7 +45,7 @@ SECRET = "sk-upstream-secret-4f1c9a7e2b"
 ZONE = {ALLOWED_NAME: [(A, WEB, 300)], DENIED_NAME: [(A, DENIED, 300)]}
 
 # Runs each step ("connect ADDR PORT tcp|udp [SRC]", "socket FAMILY TYPE PROTO",
-# "ip ARGS...") in order and prints the outcomes as JSON.
+# "packet-udp IF MAC SRC DST PORT", "frame IF HEX", "ip ARGS...") in order and prints the outcomes as JSON.
 PROBE = r"""
 import errno, json, socket, struct, subprocess, sys
 IP_FREEBIND = 15
@@ -88,6 +88,15 @@ def packet_udp(ifname, gw_mac, src, dst, port):
         return errno.errorcode.get(e.errno, str(e))
     s.sendto(hdr + udp, (ifname, 0x0800, 0, 0, bytes.fromhex(gw_mac.replace(":", ""))))
     return "SENT"
+def frame(ifname, hexbytes):
+    # A whole Ethernet frame, headers and all, as built by the caller.
+    try:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e))
+    s.bind((ifname, 0))
+    s.send(bytes.fromhex(hexbytes))
+    return "SENT"
 def make(fam, typ, proto):
     try:
         socket.socket(getattr(socket, fam), getattr(socket, typ), int(proto)).close()
@@ -103,6 +112,8 @@ for step in sys.argv[1:]:
         out.append(make(*rest))
     elif kind == "packet-udp":
         out.append(packet_udp(*rest))
+    elif kind == "frame":
+        out.append(frame(*rest))
     else:
         r = subprocess.run([kind] + rest, capture_output=True, text=True)
         out.append("OK" if r.returncode == 0 else r.stderr.strip())
@@ -161,6 +172,16 @@ def node_ruleset(zones):
 """ % (raw, out, mark)
 
 
+def make_bridge(bridge):
+    """Bridge BRIDGE holding GATEWAY/24, up."""
+    sh(IP, "link", "add", bridge, "type", "bridge")
+    sh(IP, "addr", "add", GATEWAY + "/24", "dev", bridge)
+    sh(IP, "link", "set", bridge, "up")
+    # Identical prefixes on two bridges: the reverse-path filter must not drop the second.
+    with open("/proc/sys/net/ipv4/conf/%s/rp_filter" % bridge, "w") as f:
+        f.write("0")
+
+
 class UdpSentinel:
     """Counts every datagram that reaches ADDR (a port of its own)."""
 
@@ -186,28 +207,28 @@ class Container:
     """A child cgroup of the runtime's plus a network namespace owned by a user namespace of its
     own (held by a sleeping first process, as a runtime's pause process holds
     it), joined to bridge BRIDGE (GATEWAY/24) of this namespace by a veth pair;
-    eth0 is INSIDE/24 in every container."""
+    eth0 is INSIDE/24. With OWN_BRIDGE the bridge is made for it alone (then
+    ZONE routes its answers back: every container there has the same address);
+    else BRIDGE already exists and is shared (docker0, cni0)."""
 
-    def __init__(self, tag, bridge, zone, runtime):
+    def __init__(self, tag, bridge, zone, runtime, inside=INSIDE, veth=None, own_bridge=True):
         self.cg = Cgroup(tag, parent=runtime)
-        self.bridge, self.veth = bridge, "veth" + bridge[-1]
+        self.bridge, self.veth, self.inside = bridge, veth or "veth" + bridge[-1], inside
+        self.own_bridge = own_bridge
         self.holder = subprocess.Popen(["unshare", "--user", "--map-root-user", "--net", "sleep", "3600"])
         self.netns = "/proc/%d/ns/net" % self.holder.pid
         self.userns = "/proc/%d/ns/user" % self.holder.pid
         harness.wait_until(lambda: os.readlink(self.netns) != os.readlink("/proc/self/ns/net"), timeout=5)
-        sh(IP, "link", "add", bridge, "type", "bridge")
+        if own_bridge:
+            make_bridge(bridge)
         sh(IP, "link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", str(self.holder.pid))
         sh(IP, "link", "set", self.veth, "master", bridge)
-        sh(IP, "addr", "add", GATEWAY + "/24", "dev", bridge)
-        for dev in (bridge, self.veth):
-            sh(IP, "link", "set", dev, "up")
-        # Identical prefixes on two bridges: the reverse-path filter must not drop the second.
-        with open("/proc/sys/net/ipv4/conf/%s/rp_filter" % bridge, "w") as f:
-            f.write("0")
-        # Answers of this bridge's connections come back marked ZONE (node_ruleset).
-        sh(IP, "route", "add", "10.88.0.0/24", "dev", bridge, "table", str(100 + zone))
-        sh(IP, "rule", "add", "fwmark", str(zone), "table", str(100 + zone))
-        for cmd in (["link", "set", "lo", "up"], ["addr", "add", INSIDE + "/24", "dev", "eth0"],
+        sh(IP, "link", "set", self.veth, "up")
+        if own_bridge:
+            # Answers of this bridge's connections come back marked ZONE (node_ruleset).
+            sh(IP, "route", "add", "10.88.0.0/24", "dev", bridge, "table", str(100 + zone))
+            sh(IP, "rule", "add", "fwmark", str(zone), "table", str(100 + zone))
+        for cmd in (["link", "set", "lo", "up"], ["addr", "add", inside + "/24", "dev", "eth0"],
                     ["link", "set", "eth0", "up"], ["route", "add", "default", "via", GATEWAY]):
             self.admin(*cmd)
 
@@ -242,7 +263,7 @@ class Container:
         return os.stat(self.cg.path).st_ino
 
     def close(self):
-        for dev in (self.veth, self.bridge):
+        for dev in (self.veth, self.bridge) if self.own_bridge else (self.veth,):
             subprocess.run([IP, "link", "del", dev], capture_output=True)
         harness.close_all(self.holder)
         self.cg.remove()
@@ -301,6 +322,11 @@ class ContainerNode(unittest.TestCase):
         cls.ca = os.path.join(cls.tmp, "inference-ca.pem")
         cls.agent.ctl("ca", "export", "--out", cls.ca)
         cls.resolv = harness.write_resolv_conf(cls.tmp, nameserver="10.88.0.53")
+        cls.build_containers()
+
+    @classmethod
+    def build_containers(cls):
+        """Containers A and B, each behind a bridge of its own, same addresses."""
         # One UDP port of the web server by address: a forwarded flow the node-side guard must let through.
         cls.policy = write_policy(cls.tmp, "ctr-policy", {"allow": [
             {"host": ALLOWED_NAME}, {"cidr": WEB + "/32", "ports": [cls.web_udp.port], "protocol": "udp"}]})

@@ -1,0 +1,252 @@
+"""The node-side guard on ONE bridge shared by two containers (the docker0 /
+cni0 layout): different addresses, each container attached with a policy of
+its own, each guarded on its own bridge port. What root inside one of them
+tries with a packet socket (denied destinations, a neighbour's source
+address, VLAN tags, fragments, IP options) is dropped by its own guard while
+the other's allowed traffic crosses the same bridge; detaching one leaves the
+other guarded. Then a server inside a container: its answers reach the
+clients its policy names and no others.
+
+Layout (every namespace made here, fake addresses only):
+  ctr A  eth0 10.88.0.2/24 ── vethA ┐
+                                    ├ brS 10.88.0.1/24  this test's ns: the node (agent, forwarding,
+  ctr B  eth0 10.88.0.3/24 ── vethB ┘                   masquerade out of up0)
+  node   up0 192.0.2.129/30 ── eth0 192.0.2.130/30 upstream ns: web 203.0.113.80, denied 203.0.113.81,
+                                                   clients 203.0.113.90 (named by A) and .91 (not)
+"""
+import os
+import socket
+import struct
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness  # noqa: E402
+from harness import Cgroup, write_policy  # noqa: E402
+from test_netns_attach import in_container_argv  # noqa: E402
+from test_netns_container import (DENIED, GATEWAY, INSIDE, IP, NEIGHBOUR, UPLINK, WEB, Container,  # noqa: E402
+                                  ContainerNode, make_bridge, node_ruleset, sh)
+from test_run_netns import in_netns, nft  # noqa: E402
+
+CLIENT_NAMED, CLIENT_OTHER = "203.0.113.90", "203.0.113.91"
+
+# A server inside a container: prints its port, then each client it accepted,
+# and greets each one.
+SERVER = r"""
+import socket, sys
+s = socket.socket()
+s.bind((sys.argv[1], 0))
+s.listen(16)
+print(s.getsockname()[1], flush=True)
+while True:
+    c, peer = s.accept()
+    print(peer[0], flush=True)
+    c.sendall(b"hello " + peer[0].encode())
+    c.close()
+"""
+
+
+def checksum(data):
+    words = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while words >> 16:
+        words = (words & 0xFFFF) + (words >> 16)
+    return ~words & 0xFFFF
+
+
+def ipv4(src, dst, payload, proto=17, frag=0, options=b""):
+    ihl = 5 + len(options) // 4
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(payload), 7, frag, 64, proto, 0,
+                      socket.inet_aton(src), socket.inet_aton(dst)) + options
+    return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:] + payload
+
+
+def udp(port, data=b"hand-built, past the socket hooks"):
+    return struct.pack("!HHHH", 40000, port, 8 + len(data), 0) + data
+
+
+def ether(dst_mac, src_mac, ethertype, payload, vlan=None):
+    tag = struct.pack("!HH", 0x8100, vlan) if vlan is not None else b""
+    return (bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", "")) + tag +
+            struct.pack("!H", ethertype) + payload)
+
+
+class SharedBridge(ContainerNode):
+    """A at 10.88.0.2 may send UDP to the web server's sentinel; B at 10.88.0.3
+    may send UDP to the denied server's. Each one's escape to what only the
+    other may reach is the test."""
+
+    TAG = "guardbr"
+
+    @classmethod
+    def build_containers(cls):
+        cls.policy_a = write_policy(cls.tmp, "bridge-a", {"allow": [
+            {"cidr": WEB + "/32", "ports": [cls.web_udp.port], "protocol": "udp"},
+            {"cidr": CLIENT_NAMED + "/32", "protocol": "tcp"}]})
+        cls.policy_b = write_policy(cls.tmp, "bridge-b", {"allow": [
+            {"cidr": DENIED + "/32", "ports": [cls.denied_udp.port], "protocol": "udp"}]})
+        nft(node_ruleset([]))
+        runtime = Cgroup("guardbr-runtime")
+        cls.closing.append(runtime.remove)
+        make_bridge("brS")
+        cls.closing.append(lambda: subprocess.run([IP, "link", "del", "brS"], capture_output=True))
+        cls.a = Container("bridge-a", "brS", None, runtime, inside=INSIDE, veth="vethA", own_bridge=False)
+        cls.closing.append(cls.a.close)
+        cls.b = Container("bridge-b", "brS", None, runtime, inside=NEIGHBOUR, veth="vethB", own_bridge=False)
+        cls.closing.append(cls.b.close)
+        # Both found from their default routes: the one bridge holds the gateway.
+        for c, pol in ((cls.a, cls.policy_a), (cls.b, cls.policy_b)):
+            cls.agent.ctl("attach", "--cgroup", c.cg.path, "--policy", pol, "--netns", c.netns)
+        cls.bridge_mac = cls.mac("brS")
+        # Clients upstream reach the containers through the node (no masquerade inbound).
+        sh(IP, "-n", cls.upstream, "route", "add", "10.88.0.0/24", "via", UPLINK)
+        for a in (CLIENT_NAMED, CLIENT_OTHER):
+            sh(IP, "-n", cls.upstream, "addr", "add", a + "/32", "dev", "lo")
+
+    @staticmethod
+    def mac(dev):
+        return sh(IP, "-o", "link", "show", dev).split("link/ether ")[1].split()[0]
+
+    def ifindex(self, dev):
+        with open("/sys/class/net/%s/ifindex" % dev) as f:
+            return int(f.read())
+
+    def datagram(self, c, dst, port, src=None):
+        return "packet-udp eth0 %s %s %s %d" % (self.bridge_mac, src or c.inside, dst, port)
+
+    def dropped(self, c, since, dst, port=None, reason=None, count=1):
+        """The guard's audit records of C's packets to DST (PORT), at least COUNT."""
+        recs = self.agent.wait_audit(lambda r: r.get("event") == "forwarded" and r.get("cgroup_id") == c.cgroup_id
+                                     and r.get("dst") == dst and (port is None or r.get("port") == port)
+                                     and (reason is None or r.get("reason") == reason), since=since, count=count)
+        self.assertGreaterEqual(len(recs), count, "no 'forwarded' record of %s's packet to %s (%s)" %
+                                (c.cg.path, dst, reason))
+        return recs
+
+    def skip_where_packet_sockets_are_refused(self):
+        if self.agent.status()["agent"].get("packet_socket_refusal"):
+            self.skipTest("this kernel refuses packet sockets in the sandbox (lsm_cgroup): no packet reaches a guard")
+
+    def test_each_container_is_guarded_on_its_own_bridge_port(self):
+        mine = {a["cgroup"]: a for a in self.agent.status()["attachments"]}
+        for c, veth in ((self.a, "vethA"), (self.b, "vethB")):
+            guard = mine[c.cg.path].get("guard")
+            self.assertIsNotNone(guard, "status names no guard for %s" % c.cg.path)
+            self.assertEqual((guard["interface"], guard["ifindex"], guard["active"]),
+                             (veth, self.ifindex(veth), True), guard)
+
+    def test_each_escape_is_dropped_by_its_own_guard_while_the_other_flows(self):
+        self.skip_where_packet_sockets_are_refused()
+        since = len(self.agent.audit_records())
+        web_before, denied_before = len(self.web_udp.received), len(self.denied_udp.received)
+        # A to the web server (its policy) and to the denied one (B's policy only); B the other way round.
+        self.assertEqual(self.a.probe(self.datagram(self.a, WEB, self.web_udp.port),
+                                      self.datagram(self.a, DENIED, self.denied_udp.port)), ["SENT", "SENT"])
+        self.assertEqual(self.b.probe(self.datagram(self.b, DENIED, self.denied_udp.port),
+                                      self.datagram(self.b, WEB, self.web_udp.port)), ["SENT", "SENT"])
+        self.assertTrue(harness.wait_until(lambda: len(self.web_udp.received) > web_before and
+                                           len(self.denied_udp.received) > denied_before, timeout=5),
+                        "each container's allowed datagram must cross the shared bridge (web %s, denied %s)" %
+                        (self.web_udp.received[web_before:], self.denied_udp.received[denied_before:]))
+        self.dropped(self.a, since, DENIED, self.denied_udp.port, "policy")
+        self.dropped(self.b, since, WEB, self.web_udp.port, "policy")
+        # Exactly one datagram each: the allowed one (the node masquerades it as its uplink).
+        self.assertEqual(self.web_udp.received[web_before:], [(UPLINK, self.web_udp.received[web_before][1])])
+        self.assertEqual(len(self.denied_udp.received[denied_before:]), 1)
+
+    def test_escape_with_the_neighbours_source_address(self):
+        """A forges B's address as source towards what only B may reach: it is
+        judged on A's bridge port, under A's policy, whatever it claims."""
+        self.skip_where_packet_sockets_are_refused()
+        since = len(self.agent.audit_records())
+        before = len(self.denied_udp.received)
+        self.assertEqual(self.a.probe(self.datagram(self.a, DENIED, self.denied_udp.port, src=NEIGHBOUR)), ["SENT"])
+        self.dropped(self.a, since, DENIED, self.denied_udp.port)
+        self.assertEqual(self.denied_udp.received[before:], [])
+        # The control: the same datagram from B's own port is B's, and allowed.
+        self.assertEqual(self.b.probe(self.datagram(self.b, DENIED, self.denied_udp.port)), ["SENT"])
+        self.assertTrue(harness.wait_until(lambda: len(self.denied_udp.received) > before, timeout=5))
+
+    def test_escape_with_tags_fragments_and_options(self):
+        """Frames built whole by A: a VLAN tag, a datagram cut in two
+        fragments, IP options. None is judged; each is dropped in A's name,
+        and the denied server sees nothing."""
+        self.skip_where_packet_sockets_are_refused()
+        src_mac = subprocess.run(["nsenter", "--net=" + self.a.netns, IP, "-o", "link", "show", "eth0"],
+                                 capture_output=True, text=True, check=True).stdout.split("link/ether ")[1].split()[0]
+        whole = udp(self.denied_udp.port, b"x" * 24)
+        first = ipv4(INSIDE, DENIED, whole[:16], frag=0x2000)
+        rest = ipv4(INSIDE, DENIED, whole[16:], frag=2)
+        record_route = bytes([7, 7, 4, 0, 0, 0, 0]) + b"\0"  # RR with one slot, padded to 8
+        frames = {
+            "vlan": ether(self.bridge_mac, src_mac, 0x0800, ipv4(INSIDE, DENIED, udp(self.denied_udp.port)), vlan=5),
+            "fragment 1": ether(self.bridge_mac, src_mac, 0x0800, first),
+            "fragment 2": ether(self.bridge_mac, src_mac, 0x0800, rest),
+            "options": ether(self.bridge_mac, src_mac, 0x0800,
+                             ipv4(INSIDE, DENIED, udp(self.denied_udp.port), options=record_route)),
+        }
+        since = len(self.agent.audit_records())
+        before = len(self.denied_udp.received)
+        out = self.a.probe(*["frame eth0 " + f.hex() for f in frames.values()])
+        self.assertEqual(out, ["SENT"] * len(frames))
+        self.dropped(self.a, since, DENIED, reason="unparsed", count=len(frames))
+        self.assertEqual(self.denied_udp.received[before:], [])
+
+    def test_detaching_one_container_leaves_the_other_guarded(self):
+        self.skip_where_packet_sockets_are_refused()
+        self.agent.ctl("detach", "--cgroup", self.b.cg.path)
+        try:
+            mine = {a["cgroup"]: a for a in self.agent.status()["attachments"]}
+            self.assertNotIn(self.b.cg.path, mine)
+            self.assertTrue(mine[self.a.cg.path]["guard"]["active"], mine[self.a.cg.path])
+            since = len(self.agent.audit_records())
+            denied_before, web_before = len(self.denied_udp.received), len(self.web_udp.received)
+            self.assertEqual(self.a.probe(self.datagram(self.a, DENIED, self.denied_udp.port),
+                                          self.datagram(self.a, WEB, self.web_udp.port)), ["SENT", "SENT"])
+            self.dropped(self.a, since, DENIED, self.denied_udp.port)
+            self.assertTrue(harness.wait_until(lambda: len(self.web_udp.received) > web_before, timeout=5))
+            self.assertEqual(self.denied_udp.received[denied_before:], [])
+            # B's port is nobody's guard any more (B is unenforced, as detached).
+            self.assertNotIn(self.ifindex("vethB"), [a["guard"]["ifindex"] for a in mine.values() if a.get("guard")])
+        finally:
+            self.agent.ctl("attach", "--cgroup", self.b.cg.path, "--policy", self.policy_b, "--netns", self.b.netns)
+
+    def test_server_inside_answers_only_the_clients_its_policy_names(self):
+        """A serves on a TCP port. The client its policy names (a cidr rule,
+        no ports: answers go to the client's port) is answered; another
+        client's connection never completes (its SYN-ACK is dropped, in A's
+        name), and the server never accepts it."""
+        argv = in_container_argv(self.a.netns, self.a.cg.path,
+                                 ["nsenter", "--user=" + self.a.userns, sys.executable, "-c", SERVER, INSIDE])
+        server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: (server.kill(), server.wait()))
+        port = int(server.stdout.readline())
+        up = "/run/netns/" + self.upstream
+
+        def connect_from(src):
+            s = socket.socket()
+            s.settimeout(3)
+            s.bind((src, 0))
+            try:
+                s.connect((INSIDE, port))
+                return s.getsockname()[1], s.recv(64).decode()
+            except OSError as e:
+                return s.getsockname()[1], type(e).__name__
+            finally:
+                s.close()
+
+        since = len(self.agent.audit_records())
+        _, got = in_netns(up, lambda: connect_from(CLIENT_NAMED))
+        self.assertEqual(got, "hello " + CLIENT_NAMED)
+        other_port, got = in_netns(up, lambda: connect_from(CLIENT_OTHER))
+        self.assertIn(got, ("timeout", "TimeoutError"), "a client A's policy does not name got an answer")
+        recs = self.dropped(self.a, since, CLIENT_OTHER, other_port, "policy")
+        self.assertEqual(recs[0]["protocol"], "tcp")
+        self.assertEqual(server.stdout.readline().strip(), CLIENT_NAMED)
+        server.kill()
+        rest, _ = server.communicate(timeout=5)
+        self.assertNotIn(CLIENT_OTHER, rest, "the server accepted a connection its answers could not reach")
+
+
+if __name__ == "__main__":
+    unittest.main()
