@@ -132,11 +132,10 @@ static __always_inline __u32 l4_header_len(__u8 proto)
 	return proto == IPPROTO_TCP ? GUARD_TCP_HLEN : proto == IPPROTO_UDP ? GUARD_UDP_HLEN : 0;
 }
 
-/* Fills P from the packet and says what to do with it (enum guard_parsed). */
-static __always_inline int parse(struct __sk_buff *skb, struct guard_packet *p)
+/* Fills P from the packet and says what to do with it (enum guard_parsed);
+ * a tag the stack stripped is not looked at (see parse()). */
+static __always_inline int parse_frame(struct __sk_buff *skb, struct guard_packet *p)
 {
-	if (skb->vlan_present)
-		return GUARD_UNPARSED; /* a tag the stack may strip and route on: not judged, dropped */
 	__u16 eth_proto;
 	if (bpf_skb_load_bytes(skb, 12, &eth_proto, sizeof(eth_proto)))
 		return GUARD_UNPARSED;
@@ -188,6 +187,14 @@ static __always_inline int parse(struct __sk_buff *skb, struct guard_packet *p)
 		p->port = bpf_ntohs(port);
 	}
 	return GUARD_JUDGE;
+}
+
+/* A tag the stack may strip and route on (a VLAN device on the bridge) is
+ * not judged: the frame is dropped, its addresses read only for the audit. */
+static __always_inline int parse(struct __sk_buff *skb, struct guard_packet *p)
+{
+	int parsed = parse_frame(skb, p);
+	return skb->vlan_present ? GUARD_UNPARSED : parsed;
 }
 
 /* fe80::/10 and the link-scope multicast ff02::/16: no router forwards them. */

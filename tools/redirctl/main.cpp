@@ -50,6 +50,19 @@ void print_capable(const control::AttachmentStatus& at) {
     }
 }
 
+// The status line of an attachment's node-side guard; loud when the kernel
+// no longer runs it (packets that bypass the socket hooks then go unjudged).
+void print_guard(const control::AttachmentStatus& at) {
+    if (!at.guard) return;
+    auto& g = *at.guard;
+    std::string where = (g.interface.empty() ? "interface" : g.interface) + " (ifindex " + std::to_string(g.ifindex) + ")";
+    if (g.active)
+        std::cout << "    guard: active on " << where << ", " << g.hook << "\n";
+    else
+        std::cout << "    guard: NOT ACTIVE on " << where << ": " << g.problem
+                  << "; packets from this sandbox's link are not judged: detach and attach it again\n";
+}
+
 void print_status(const control::StatusReply& d) {
     auto& a = d.agent;
     std::cout << "agent: pid " << a.pid << ", up " << a.uptime_s << "s, state " << a.state_dir << ", bpffs "
@@ -62,6 +75,7 @@ void print_status(const control::StatusReply& d) {
         if (at.host_rules && !at.host_rules->empty())
             std::cout << ", " << at.host_rules->size() << " host rules (DNS port " << at.dns_port << ")";
         std::cout << "\n";
+        print_guard(at);
         print_capable(at);
     }
     print_socket_families(d);

@@ -440,6 +440,8 @@ control::StatusReply Agent::cmd_status(const control::StatusRequest&) {
             if (p.cgroup_id == a.cgroup_id) s.programs = p.programs.size();
         s.dns_port = a.dns_port;
         s.capable = capable_of(a.cgroup_path);
+        if (auto g = dp_->guard_state(a.cgroup_id))
+            s.guard = control::GuardStatus{g->interface, g->ifindex, g->hook, g->active, g->problem};
         if (const auto* p = policies_->find(a.policy)) {
             s.host_rules = p->info.pending_hosts;  // enforced through this sandbox's DNS responder
             s.pending_hosts.emplace();

@@ -118,6 +118,17 @@ enforce::RedirectTarget resolve_redirect_target(const std::string& netns_path, c
     // on a bridge shared by several containers (docker0, cni0) it must sit on
     // this sandbox's own port, never on the bridge.
     int port = netns::host_peer(ns, static_cast<int>(t.ifindex));
+    if (!port) {
+        // On the bridge itself it would judge every container there by this
+        // one's policy; unguarded, a packet socket would bypass the policy.
+        // Fail closed: the attach is refused (docs/containers.md).
+        auto l = netns::Rtnl().link(static_cast<int>(t.ifindex));
+        if (l && l->bridge)
+            throw Error("cannot place the node-side guard of " + netns_path + ": its default route does not leave "
+                        "through a veth whose host end is a port of bridge " + t.device +
+                        " (macvlan, ipvlan, a veth of another namespace?); redir refuses to attach a sandbox whose "
+                        "hand-built packets it cannot judge: give it a veth port on " + t.device);
+    }
     t.guard_ifindex = port ? static_cast<uint32_t>(port) : t.ifindex;
     return t;
 }

@@ -123,6 +123,23 @@ struct CapableProcess {
     }
 };
 
+// The node-side guard of a sandbox in its own network namespace, as the
+// kernel has it (absent: the sandbox shares the agent's namespace).
+struct GuardStatus {
+    std::string interface;  // empty: the interface is gone
+    uint64_t ifindex = 0;
+    std::string hook;       // "tcx", or "tc" (clsact, kernels before 6.6)
+    bool active = false;
+    std::string problem;    // why not active
+    template <class S, class F> static void fields(S& s, F& f) {
+        f("interface", s.interface);
+        f("ifindex", s.ifindex);
+        f("hook", s.hook);
+        f("active", s.active, Need::required);
+        f("problem", s.problem);
+    }
+};
+
 struct AttachmentStatus {
     std::string cgroup;
     uint64_t cgroup_id = 0;
@@ -131,6 +148,7 @@ struct AttachmentStatus {
     std::vector<CapableProcess> capable;
     std::optional<std::vector<std::string>> host_rules;     // absent when the policy is not loaded
     std::optional<std::vector<std::string>> pending_hosts;  // likewise
+    std::optional<GuardStatus> guard;
     template <class S, class F> static void fields(S& s, F& f) {
         f("cgroup", s.cgroup);
         f("cgroup_id", s.cgroup_id);
@@ -141,6 +159,7 @@ struct AttachmentStatus {
         f("capable", s.capable);
         f("host_rules", s.host_rules);
         f("pending_hosts", s.pending_hosts);
+        f("guard", s.guard);
     }
 };
 

@@ -146,6 +146,10 @@ void Sandboxes::adopt_one(StoredAttachment a, const std::function<const PolicyRe
     // them and the policy id change, each atomically. (No undo: the links
     // keep enforcing either way, and a failure here stops the agent.)
     deps_.dp.adopt(cg, sb.attach_val());
+    if (auto g = deps_.dp.guard_state(cg.id); g && !g->active)
+        spdlog::warn("sandbox {}: its node-side guard on interface {} is not active ({}); packets from its link go "
+                     "unjudged until it is detached and attached again (redirctl status shows it)",
+                     a.cgroup_path, g->ifindex, g->problem);
     // At once, and before old ids are deleted: DNS admissions move to the new id.
     deps_.dns.adopt_admissions(cg.id);
     sandboxes_.push_back(std::move(sb));

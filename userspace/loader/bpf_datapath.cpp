@@ -4,18 +4,22 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <linux/magic.h>
+#include <net/if.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
 
 #include <cstdarg>
+#include <cstddef>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
+#include "common/fd.hpp"
 #include "loader/features.hpp"
 #include "guard.skel.h"
 #include "redir.skel.h"
@@ -85,6 +89,30 @@ std::string errno_text(int err) { return std::strerror(err < 0 ? -err : err); }
 constexpr const char* kGuardPin = "guard";
 constexpr uint32_t kGuardTcHandle = 0x7265, kGuardTcPriority = 0x7265;
 constexpr int kBpfTcxIngress = 46;  // enum bpf_attach_type BPF_TCX_INGRESS
+
+// REDIR_GUARD_HOOK=tc: the clsact fallback even where tcx exists, so the path
+// kernels before 6.6 take is exercised on this one (tests, not operators).
+bool guard_prefers_clsact() {
+    const char* v = std::getenv("REDIR_GUARD_HOOK");
+    return v && std::string(v) == "tc";
+}
+
+std::string interface_name(uint32_t ifindex) {
+    char name[IF_NAMESIZE] = {};
+    return ::if_indextoname(ifindex, name) ? name : "";
+}
+
+// The interface a pinned tcx link is attached to; 0 once the interface is gone.
+// (The packaged UAPI header predates the link info's tcx member: same place
+// as every link type's first member.)
+std::optional<uint32_t> tcx_link_ifindex(int link_fd) {
+    bpf_link_info info{};
+    uint32_t len = sizeof(info);
+    if (bpf_obj_get_info_by_fd(link_fd, &info, &len)) return std::nullopt;
+    uint32_t ifindex = 0;
+    std::memcpy(&ifindex, reinterpret_cast<const char*>(&info) + offsetof(bpf_link_info, raw_tracepoint), sizeof(ifindex));
+    return ifindex;
+}
 
 }  // namespace
 
@@ -223,11 +251,15 @@ void BpfDatapath::adopt(const Cgroup& cg, const redir_attach_val& val) {
     }
     std::vector<std::string> created;
     attach_missing(cg, created);
-    if (val.guard_ifindex) {
+    // A guard whose interface went while no agent ran (the container's veth
+    // deleted) cannot be put back: the sandbox keeps its socket hooks and
+    // guard_state() reports the guard inactive (status, the agent's log).
+    if (val.guard_ifindex && !interface_name(val.guard_ifindex).empty()) {
         std::string pin = dir + "/" + kGuardPin;
         if (bpf_link* link = bpf_link__open(pin.c_str())) {
             int err = bpf_link__update_program(link, guard_->progs.redir_guard);
             bpf_link__destroy(link);
+            if (err == -ENOLINK) return;  // its interface went a moment ago
             if (err) throw Error("cannot update pinned guard link " + pin + ": " + errno_text(err));
         } else {
             attach_guard(cg.id, val.guard_ifindex);  // a clsact filter (replaced), or a link lost
@@ -260,7 +292,10 @@ void BpfDatapath::attach_guard(uint64_t cgroup_id, uint32_t ifindex) {
 void BpfDatapath::attach_guard_program(uint32_t ifindex, const std::string& pin) {
     bpf_program* prog = guard_->progs.redir_guard;
     // tcx (6.6) by number: the packaged libbpf and UAPI headers predate it.
-    int fd = bpf_link_create(bpf_program__fd(prog), static_cast<int>(ifindex),
+    int fd = -1;
+    errno = EOPNOTSUPP;
+    if (!guard_prefers_clsact())
+        fd = bpf_link_create(bpf_program__fd(prog), static_cast<int>(ifindex),
                              static_cast<bpf_attach_type>(kBpfTcxIngress), nullptr);
     if (fd >= 0) {
         int perr = bpf_obj_pin(fd, pin.c_str()) ? -errno : 0;
@@ -280,6 +315,47 @@ void BpfDatapath::attach_guard_program(uint32_t ifindex, const std::string& pin)
     if ((err = bpf_tc_attach(&hook, &opts)))
         throw Error("cannot attach the guard to interface " + std::to_string(ifindex) + ": tcx: " +
                     errno_text(tcx_err) + ", tc filter: " + errno_text(err));
+}
+
+std::optional<GuardState> BpfDatapath::guard_state(uint64_t cgroup_id) const {
+    auto v = attachment(cgroup_id);
+    if (!v || !v->guard_ifindex) return std::nullopt;
+    GuardState g;
+    g.ifindex = v->guard_ifindex;
+    g.interface = interface_name(g.ifindex);
+    redir_guard_val entry{};
+    bool entry_ok = bpf_map_lookup_elem(bpf_map__fd(guard_->maps.guard_map), &g.ifindex, &entry) == 0 &&
+                    entry.cgroup_id == cgroup_id;
+    std::string pin = link_dir(cgroup_id) + "/" + kGuardPin;
+    std::error_code ec;
+    if (fs::exists(pin, ec)) {
+        g.hook = "tcx";
+        UniqueFd link(bpf_obj_get(pin.c_str()));
+        auto on = link ? tcx_link_ifindex(link.get()) : std::nullopt;
+        if (!on)
+            g.problem = "its pinned link " + pin + " cannot be read";
+        else if (*on == 0)
+            g.problem = "its interface is gone (the link was detached with it)";
+        else if (*on != g.ifindex)
+            g.problem = "its link sits on interface " + std::to_string(*on) + ", not on the sandbox's";
+    } else {
+        g.hook = "tc";
+        LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = static_cast<int>(g.ifindex), .attach_point = BPF_TC_INGRESS);
+        LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kGuardTcHandle, .priority = kGuardTcPriority);
+        bpf_prog_info mine{};
+        uint32_t len = sizeof(mine);
+        bpf_obj_get_info_by_fd(bpf_program__fd(guard_->progs.redir_guard), &mine, &len);
+        if (g.interface.empty())
+            g.problem = "its interface is gone";
+        else if (bpf_tc_query(&hook, &opts) != 0)
+            g.problem = "no guard filter on the interface's clsact ingress";
+        else if (opts.prog_id != mine.id)
+            g.problem = "the filter there runs another program (id " + std::to_string(opts.prog_id) + ")";
+    }
+    if (g.problem.empty() && g.interface.empty()) g.problem = "its interface is gone";
+    if (g.problem.empty() && !entry_ok) g.problem = "the guard map has no entry naming it for its interface";
+    g.active = g.problem.empty();
+    return g;
 }
 
 void BpfDatapath::detach_guard(uint64_t cgroup_id) {

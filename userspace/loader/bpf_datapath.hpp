@@ -26,6 +26,7 @@ public:
     void attach(const Cgroup& cg, const redir_attach_val& val) override;
     void adopt(const Cgroup& cg, const redir_attach_val& val) override;
     void attach_guard(uint64_t cgroup_id, uint32_t ifindex) override;
+    std::optional<GuardState> guard_state(uint64_t cgroup_id) const override;
     void set_attachment(uint64_t cgroup_id, const redir_attach_val& val) override;
     std::optional<redir_attach_val> attachment(uint64_t cgroup_id) const override;
     std::vector<uint64_t> attachment_ids() const override;

@@ -36,6 +36,16 @@ struct PinnedAttachment {
     std::vector<std::string> programs;
 };
 
+// Where a sandbox's node-side guard is and whether the kernel still runs it
+// there (an interface can go, a filter can be removed behind the agent's back).
+struct GuardState {
+    uint32_t ifindex = 0;
+    std::string interface;  // empty: no interface of that index any more
+    std::string hook;       // "tcx" or "tc" (clsact, kernels before 6.6)
+    bool active = false;
+    std::string problem;    // why not active, one sentence
+};
+
 using DnsAdmission = std::pair<redir_dns_allow_key, redir_dns_allow_val>;
 
 class Datapath {
@@ -68,6 +78,9 @@ public:
     // attachment entry; pinned with the cgroup's links, so detach() removes it
     // and adopt() re-points it (the entry's guard_ifindex says where).
     virtual void attach_guard(uint64_t cgroup_id, uint32_t ifindex) = 0;
+    // The guard of CGROUP_ID as the kernel has it; nullopt when it has none
+    // (a sandbox that shares the agent's namespace).
+    virtual std::optional<GuardState> guard_state(uint64_t cgroup_id) const = 0;
     // One map update: what a policy reload flips.
     virtual void set_attachment(uint64_t cgroup_id, const redir_attach_val& val) = 0;
     virtual std::optional<redir_attach_val> attachment(uint64_t cgroup_id) const = 0;

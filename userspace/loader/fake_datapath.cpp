@@ -119,6 +119,16 @@ void FakeDatapath::attach_guard(uint64_t cgroup_id, uint32_t ifindex) {
     changed("attach_guard");
 }
 
+std::optional<GuardState> FakeDatapath::guard_state(uint64_t cgroup_id) const {
+    auto v = attachment(cgroup_id);
+    if (!v || !v->guard_ifindex) return std::nullopt;
+    GuardState g{v->guard_ifindex, "if" + std::to_string(v->guard_ifindex), "fake", false, ""};
+    auto it = kernel_.guards.find(v->guard_ifindex);
+    g.active = it != kernel_.guards.end() && it->second == cgroup_id;
+    if (!g.active) g.problem = "no guard entry for its interface";
+    return g;
+}
+
 std::optional<redir_attach_val> FakeDatapath::attachment(uint64_t cgroup_id) const {
     auto it = kernel_.attach.find(cgroup_id);
     if (it == kernel_.attach.end()) return std::nullopt;

@@ -55,6 +55,7 @@ public:
     void adopt(const Cgroup& cg, const redir_attach_val& val) override;
     void set_attachment(uint64_t cgroup_id, const redir_attach_val& val) override;
     void attach_guard(uint64_t cgroup_id, uint32_t ifindex) override;
+    std::optional<GuardState> guard_state(uint64_t cgroup_id) const override;
     void detach(uint64_t cgroup_id) override;
     void put_lpm(const redir_lpm_key& k, const redir_lpm_val& v) override;
     void put_portset(const redir_portset_key& k, const redir_portset& v) override;

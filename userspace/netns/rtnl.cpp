@@ -81,7 +81,7 @@ std::optional<Rtnl::Link> Rtnl::link(int index) {
     if (rtnl_link_get_kernel(sock_.get(), index, nullptr, &l.p) != 0) return std::nullopt;
     const char* type = rtnl_link_get_type(l.p);
     return Link{rtnl_link_get_ifindex(l.p), rtnl_link_get_link(l.p), rtnl_link_get_master(l.p),
-                type && std::string_view(type) == "veth"};
+                type && std::string_view(type) == "veth", type && std::string_view(type) == "bridge"};
 }
 
 int Rtnl::ifindex(const std::string& name) {

@@ -31,6 +31,7 @@ public:
         int peer = 0;    // IFLA_LINK: a veth's peer index (in the peer's namespace)
         int master = 0;  // the bridge it is a port of, 0 if none
         bool veth = false;
+        bool bridge = false;
     };
     // Interface IFINDEX; nullopt if there is none.
     std::optional<Link> link(int ifindex);
