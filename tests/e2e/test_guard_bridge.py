@@ -14,6 +14,7 @@ Layout (every namespace made here, fake addresses only):
   node   up0 192.0.2.129/30 ── eth0 192.0.2.130/30 upstream ns: web 203.0.113.80, denied 203.0.113.81,
                                                    clients 203.0.113.90 (named by A) and .91 (not)
 """
+import json
 import os
 import socket
 import struct
@@ -25,8 +26,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 from harness import Cgroup, write_policy  # noqa: E402
 from test_netns_attach import in_container_argv  # noqa: E402
-from test_netns_container import (DENIED, GATEWAY, INSIDE, IP, NEIGHBOUR, UPLINK, WEB, Container,  # noqa: E402
-                                  ContainerNode, make_bridge, node_ruleset, sh)
+from test_netns_container import (DENIED, GATEWAY, INSIDE, IP, NEIGHBOUR, PROBE, UPLINK, WEB,  # noqa: E402
+                                  Container, ContainerNode, make_bridge, node_ruleset, sh)
 from test_run_netns import in_netns, nft  # noqa: E402
 
 CLIENT_NAMED, CLIENT_OTHER = "203.0.113.90", "203.0.113.91"
@@ -255,6 +256,35 @@ class SharedBridge(ContainerNode):
         self.dropped(self.a, since, DENIED, reason="unparsed", count=len(frames))
         self.assertEqual(self.denied_udp.received[before:], [])
 
+    def test_escape_moving_the_link_into_a_nested_namespace(self):
+        """A's root moves its end of the veth into a namespace of its own
+        making and sends from there: the guard is on the host end, which it
+        cannot touch, so the packet is still A's. (The link is moved back.)"""
+        self.skip_where_packet_sockets_are_refused()
+        script = r"""
+set -e
+unshare --net sleep 60 & P=$!
+while [ "$(readlink /proc/$P/ns/net)" = "$(readlink /proc/self/ns/net)" ]; do sleep 0.05; done
+ip link set eth0 netns $P
+IN="nsenter --net=/proc/$P/ns/net"
+$IN ip addr add {inside}/24 dev eth0
+$IN ip link set eth0 up
+$IN ip route add default via {gw}
+$IN python3 -c "$PROBE" "packet-udp eth0 {mac} {inside} {web} {web_port}" "packet-udp eth0 {mac} {inside} {denied} {denied_port}"
+$IN ip link set eth0 netns {holder}
+kill $P
+""".format(inside=INSIDE, gw=GATEWAY, mac=self.bridge_mac, web=WEB, web_port=self.web_udp.port, denied=DENIED,
+           denied_port=self.denied_udp.port, holder=self.a.holder.pid)
+        since = len(self.agent.audit_records())
+        web_before, denied_before = len(self.web_udp.received), len(self.denied_udp.received)
+        r = self.a.run(["sh", "-c", script], env={"PROBE": PROBE})
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout), ["SENT", "SENT"])
+        self.assertTrue(harness.wait_until(lambda: len(self.web_udp.received) > web_before, timeout=5),
+                        "the allowed datagram from the nested namespace never arrived: the refusal proves nothing")
+        self.dropped(self.a, since, DENIED, self.denied_udp.port, "policy")
+        self.assertEqual(self.denied_udp.received[denied_before:], [])
+
     def test_detaching_one_container_leaves_the_other_guarded(self):
         self.skip_where_packet_sockets_are_refused()
         self.agent.ctl("detach", "--cgroup", self.b.cg.path)
@@ -339,6 +369,9 @@ class SharedBridgeClsact(SharedBridge):
 
     def test_detaching_one_container_leaves_the_other_guarded(self):  # may skip
         super().test_detaching_one_container_leaves_the_other_guarded()
+
+    def test_escape_moving_the_link_into_a_nested_namespace(self):  # may skip
+        super().test_escape_moving_the_link_into_a_nested_namespace()
 
 
 if __name__ == "__main__":
