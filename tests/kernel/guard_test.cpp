@@ -138,6 +138,13 @@ Bytes cat(Bytes a, const Bytes& b) {
     return a;
 }
 
+// A frame the guard must drop, and the reason its audit event must give.
+struct Dropped {
+    const char* what;
+    Bytes frame;
+    uint8_t reason = REDIR_REASON_UNPARSED;
+};
+
 Bytes cut(Bytes b, size_t n) {
     b.resize(n);
     return b;
@@ -294,6 +301,14 @@ protected:
     }
     int on_a(const Bytes& f) { return verdict(padded(f), links().a); }
 
+    // Each frame of CASES (PAD: to the Ethernet minimum) dropped on A's link, for its reason.
+    void expect_dropped(const std::vector<Dropped>& cases, bool pad = true) {
+        for (auto& c : cases) {
+            EXPECT_EQ(verdict(pad ? padded(c.frame) : c.frame, links().a), kDrop) << c.what;
+            EXPECT_EQ(last_drop().reason, c.reason) << c.what;
+        }
+    }
+
     // The one "forwarded" event the last drop emitted.
     redir_event last_drop() {
         auto ev = drain_events();
@@ -360,11 +375,7 @@ TEST_F(GuardTest, AnInterfaceWithoutAnEntryDropsEverything) {
 }
 
 TEST_F(GuardTest, FragmentsOptionsAndExtensionHeadersAreNotJudgedButDropped) {
-    struct Case {
-        const char* what;
-        Bytes frame;
-        uint8_t reason;
-    } cases[] = {
+    std::vector<Dropped> cases = {
         {"v4 first fragment (MF)", ipv4({.dst = kAllowed4, .l4 = tcp(kAllowedTcp), .frag_off = 0x2000}),
          REDIR_REASON_UNPARSED},
         {"v4 later fragment (offset)", ipv4({.dst = kAllowed4, .l4 = tcp(kAllowedTcp), .frag_off = 0x0003}),
@@ -378,19 +389,13 @@ TEST_F(GuardTest, FragmentsOptionsAndExtensionHeadersAreNotJudgedButDropped) {
         {"v6 destination options", ipv6({kAllowed6, 60, cat(ext(IPPROTO_UDP), udp(kAllowedUdp))}),
          REDIR_REASON_POLICY},
     };
-    for (auto& c : cases) {
-        EXPECT_EQ(on_a(c.frame), kDrop) << c.what;
-        EXPECT_EQ(last_drop().reason, c.reason) << c.what;
-    }
+    expect_dropped(cases);
 }
 
 TEST_F(GuardTest, MalformedHeadersAreDropped) {
     Bytes truncated_tcp = ipv4({kAllowed4, IPPROTO_TCP, tcp(kAllowedTcp)});
     truncated_tcp.resize(14 + 20 + 10);  // ports there, the rest of the TCP header not
-    struct Case {
-        const char* what;
-        Bytes frame;
-    } cases[] = {
+    std::vector<Dropped> cases = {
         {"v4 version 6 in an IPv4 frame", ipv4({.dst = kAllowed4, .l4 = tcp(kAllowedTcp), .version_ihl = 0x65})},
         {"v4 header length below 20", ipv4({.dst = kAllowed4, .l4 = tcp(kAllowedTcp), .version_ihl = 0x44})},
         {"v4 total length ending before the ports (they would be padding)",
@@ -404,11 +409,7 @@ TEST_F(GuardTest, MalformedHeadersAreDropped) {
         // (A frame cut inside the IP header: BPF_PROG_TEST_RUN refuses to run it, EINVAL.)
         {"v6 frame ends at the ports", cut(ipv6({kAllowed6, IPPROTO_UDP, udp(kAllowedUdp)}), 14 + 40 + 4)},
     };
-    for (auto& c : cases) {
-        // Unpadded: the kernel test runner takes short frames as they are.
-        EXPECT_EQ(verdict(c.frame, links().a), kDrop) << c.what;
-        EXPECT_EQ(last_drop().reason, REDIR_REASON_UNPARSED) << c.what;
-    }
+    expect_dropped(cases, /*pad=*/false);  // the kernel test runner takes short frames as they are
 }
 
 TEST_F(GuardTest, VlanTagsAndOtherEthertypesAreDropped) {
@@ -434,19 +435,13 @@ TEST_F(GuardTest, OnlyWellFormedArpPasses) {
     EXPECT_EQ(on_a(arp(1, 0x0800, 6, 4, 1)), kPass) << "request";
     EXPECT_EQ(on_a(arp(1, 0x0800, 6, 4, 2)), kPass) << "reply";
     EXPECT_TRUE(drain_events().empty());
-    struct Case {
-        const char* what;
-        Bytes frame;
-    } cases[] = {
+    std::vector<Dropped> cases = {
         {"RARP opcode", arp(1, 0x0800, 6, 4, 3)},
         {"hardware type", arp(6, 0x0800, 6, 4, 1)},
         {"protocol IPv6", arp(1, 0x86dd, 6, 16, 1)},
         {"address lengths", arp(1, 0x0800, 16, 4, 1)},
     };
-    for (auto& c : cases) {
-        EXPECT_EQ(on_a(c.frame), kDrop) << c.what;
-        EXPECT_EQ(last_drop().reason, REDIR_REASON_UNPARSED) << c.what;
-    }
+    expect_dropped(cases);
 }
 
 TEST_F(GuardTest, NeighbourDiscoveryPassesOnlyWhereItCannotLeaveTheLink) {
@@ -456,10 +451,7 @@ TEST_F(GuardTest, NeighbourDiscoveryPassesOnlyWhereItCannotLeaveTheLink) {
     EXPECT_EQ(on_a(ipv6({"fe80::1", 58, icmp6(kNeighbourSolicitation), 255})), kPass);
     EXPECT_EQ(on_a(ipv6({kTarget6, 58, icmp6(kNeighbourSolicitation), 255})), kPass) << "the agent's address (NUD)";
     EXPECT_TRUE(drain_events().empty());
-    struct Case {
-        const char* what;
-        Bytes frame;
-    } cases[] = {
+    std::vector<Dropped> cases = {
         {"ND type to a routed address", ipv6({kDenied6, 58, icmp6(kNeighbourSolicitation), 255})},
         {"ND type to an allowed address", ipv6({kAllowed6, 58, icmp6(kNeighbourSolicitation), 255})},
         {"ND type to site-scope multicast", ipv6({"ff05::2", 58, icmp6(kNeighbourSolicitation), 255})},
@@ -467,10 +459,8 @@ TEST_F(GuardTest, NeighbourDiscoveryPassesOnlyWhereItCannotLeaveTheLink) {
         {"echo request to an allowed address", ipv6({kAllowed6, 58, icmp6(kEchoRequest), 64})},
         {"ICMPv4 to an allowed address", ipv4({kAllowed4, IPPROTO_ICMP, Bytes(8, 0)})},
     };
-    for (auto& c : cases) {
-        EXPECT_EQ(on_a(c.frame), kDrop) << c.what;
-        EXPECT_EQ(last_drop().reason, REDIR_REASON_POLICY) << c.what;
-    }
+    for (auto& c : cases) c.reason = REDIR_REASON_POLICY;
+    expect_dropped(cases);
 }
 
 TEST_F(GuardTest, TheAgentsAddressTakesOnlyTheRedirectPorts) {
@@ -497,11 +487,7 @@ TEST_F(GuardTest, TheAgentsAddressTakesOnlyTheRedirectPorts) {
 }
 
 TEST_F(GuardTest, WhatConnectWouldHaveRedirectedOrRefusedIsDropped) {
-    struct Case {
-        const char* what;
-        Bytes frame;
-        uint8_t reason;
-    } cases[] = {
+    std::vector<Dropped> cases = {
         {"DNS to an outside resolver", ipv4({"198.51.100.53", IPPROTO_UDP, udp(53)}), REDIR_REASON_UNREDIRECTED},
         {"DNS over TCP", ipv6({kAllowed6, IPPROTO_TCP, tcp(53)}), REDIR_REASON_UNREDIRECTED},
         {"inference VIP unrewritten", ipv4({kVip4, IPPROTO_TCP, tcp(443)}), REDIR_REASON_UNREDIRECTED},
@@ -509,10 +495,7 @@ TEST_F(GuardTest, WhatConnectWouldHaveRedirectedOrRefusedIsDropped) {
         {"loopback, though a rule names it", ipv4({"127.0.0.1", IPPROTO_TCP, tcp(80)}), REDIR_REASON_LOOPBACK},
         {"v6 loopback", ipv6({"::1", IPPROTO_TCP, tcp(80)}), REDIR_REASON_LOOPBACK},
     };
-    for (auto& c : cases) {
-        EXPECT_EQ(on_a(c.frame), kDrop) << c.what;
-        EXPECT_EQ(last_drop().reason, c.reason) << c.what;
-    }
+    expect_dropped(cases);
 }
 
 TEST_F(GuardTest, AnswersOfAServerInsideReachOnlyClientsThePolicyNames) {
