@@ -79,7 +79,7 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
     // through the agent's thread per connection.
     tls_listener_ = std::make_unique<RedirectListener>(
         io, "terminator", 0, lookup, audit,
-        [gw, sctx](boost::asio::ip::tcp::socket s, ConnInfo ci) { gw->serve_tls(std::move(s), sctx, std::move(ci)); },
+        ContextAcceptHandler([gw, sctx](ContextSocket s, ConnInfo ci) { gw->serve_tls(std::move(s), sctx, std::move(ci)); }),
         gateway_->io_executors());
     plain_listener_ = std::make_unique<RedirectListener>(
         io, "plain-http", 0, lookup, audit,

@@ -46,18 +46,22 @@ struct CookieSet {
 };
 
 struct RedirectListener::Core {
-    Core(const char* w, OrigDstLookup l, AuditLog& a, AcceptHandler h)
-        : what(w), lookup(std::move(l)), audit(a), handler(std::move(h)) {}
+    Core(const char* w, OrigDstLookup l, AuditLog& a, AcceptHandler h, ContextAcceptHandler ch = {})
+        : what(w), lookup(std::move(l)), audit(a), handler(std::move(h)), context_handler(std::move(ch)) {}
     const std::string what;
     const OrigDstLookup lookup;
     AuditLog& audit;
     const AcceptHandler handler;
+    const ContextAcceptHandler context_handler;  // when set: accept into io_context sockets
     std::atomic<uint64_t> accept_failures{0};
 
     static void accept(const std::shared_ptr<Core>& core, const std::shared_ptr<Loop>& loop,
                        const std::shared_ptr<CookieSet>& cookies);
-    void serve(tcp::socket s, const tcp::endpoint& peer, const tcp::endpoint& bound,
-               const std::vector<uint64_t>& cookies);
+    template <class Socket>
+    static void accepted(const std::shared_ptr<Core>& core, const std::shared_ptr<Loop>& loop,
+                         const std::shared_ptr<CookieSet>& cookies, boost::system::error_code ec, Socket s);
+    template <class Socket>
+    void serve(Socket s, const tcp::endpoint& peer, const tcp::endpoint& bound, const std::vector<uint64_t>& cookies);
 };
 
 // Lives on its executor: created there (posted), closed there (posted), and
@@ -95,6 +99,19 @@ RedirectListener::RedirectListener(asio::io_context& io, const char* what, uint1
     : io_(io), accept_on_(std::move(accept_on)),
       core_(std::make_shared<Core>(what, std::move(lookup), audit, std::move(handler))) {
     if (accept_on_.empty()) accept_on_.push_back(io_.get_executor());
+    open_loopback(port);
+}
+
+RedirectListener::RedirectListener(asio::io_context& io, const char* what, uint16_t port, OrigDstLookup lookup,
+                                   AuditLog& audit, ContextAcceptHandler handler,
+                                   std::vector<asio::io_context::executor_type> accept_on)
+    : io_(io), core_(std::make_shared<Core>(what, std::move(lookup), audit, AcceptHandler{}, std::move(handler))) {
+    for (const auto& ex : accept_on) accept_on_.push_back(ex);
+    if (accept_on_.empty()) accept_on_.push_back(io_.get_executor());
+    open_loopback(port);
+}
+
+void RedirectListener::open_loopback(uint16_t port) {
     auto v4 = open_slot(tcp::endpoint(asio::ip::address_v4::loopback(), port), "", core_->what + " listener on 127.0.0.1");
     port_ = v4->local.port();
     // Loopback clients share the agent's namespace: their records carry its cookie.
@@ -202,7 +219,24 @@ void RedirectListener::remove_target(const ListenAddress& target, uint64_t netns
 
 void RedirectListener::Core::accept(const std::shared_ptr<Core>& core, const std::shared_ptr<Loop>& loop,
                                     const std::shared_ptr<CookieSet>& cookies) {
+    if (core->context_handler) {
+        // The loop's executor is an io_context's (the constructor took only those).
+        auto& ctx = loop->acceptor.get_executor().target<asio::io_context::executor_type>()->context();
+        loop->acceptor.async_accept(ctx, loop->peer, [core, loop, cookies](boost::system::error_code ec, ContextSocket s) {
+            accepted(core, loop, cookies, ec, std::move(s));
+        });
+        return;
+    }
     loop->acceptor.async_accept(loop->peer, [core, loop, cookies](boost::system::error_code ec, tcp::socket s) {
+        accepted(core, loop, cookies, ec, std::move(s));
+    });
+}
+
+template <class Socket>
+void RedirectListener::Core::accepted(const std::shared_ptr<Core>& core, const std::shared_ptr<Loop>& loop,
+                                      const std::shared_ptr<CookieSet>& cookies, boost::system::error_code ec,
+                                      Socket s) {
+    {
         if (ec == asio::error::operation_aborted || !loop->acceptor.is_open()) return;
         if (ec == asio::error::would_block || ec == asio::error::try_again) {
             // Another loop over the same listening socket took the connection.
@@ -228,14 +262,15 @@ void RedirectListener::Core::accept(const std::shared_ptr<Core>& core, const std
             spdlog::info("{}: accepting again after {} failed accepts", core->what, n);
         core->serve(std::move(s), loop->peer, loop->local, *cookies->v.load());
         accept(core, loop, cookies);
-    });
+    }
 }
 
 // The record is looked up under every namespace whose clients arrive on this
 // address; exactly one must hold it. Two would mean two namespaces sharing an
 // interface used the same addresses and ports (one spoofing the other): the
 // agent cannot tell whose connection this is, so it serves neither.
-void RedirectListener::Core::serve(tcp::socket s, const tcp::endpoint& peer, const tcp::endpoint& bound,
+template <class Socket>
+void RedirectListener::Core::serve(Socket s, const tcp::endpoint& peer, const tcp::endpoint& bound,
                                    const std::vector<uint64_t>& cookies) {
     boost::system::error_code e1;
     // A wildcard bind would leave the local address to the kernel: ask it then.
@@ -278,7 +313,10 @@ void RedirectListener::Core::serve(tcp::socket s, const tcp::endpoint& peer, con
     ci.cgroup_id = v->cgroup_id;
     ci.policy_id = v->policy_id;
     ci.orig = endpoint_to_string(v->orig_addr, v->orig_port);
-    handler(std::move(s), std::move(ci));
+    if constexpr (std::is_same_v<Socket, ContextSocket>)
+        context_handler(std::move(s), std::move(ci));
+    else
+        handler(std::move(s), std::move(ci));
 }
 
 }  // namespace redir::agent

@@ -34,6 +34,10 @@ class AuditLog;
 
 using OrigDstLookup = std::function<std::optional<redir_origdst_val>(const redir_tuple_key&)>;
 using AcceptHandler = std::function<void(boost::asio::ip::tcp::socket, ConnInfo)>;
+// A socket of the io_context that accepted it (the terminator's own type):
+// nothing to move between reactors afterwards.
+using ContextSocket = boost::asio::basic_stream_socket<boost::asio::ip::tcp, boost::asio::io_context::executor_type>;
+using ContextAcceptHandler = std::function<void(ContextSocket, ConnInfo)>;
 
 // Where redirects of sandboxes in their own network namespace arrive: the
 // agent's address on their side, on the interface that holds it (the
@@ -56,6 +60,11 @@ public:
     RedirectListener(boost::asio::io_context& io, const char* what, uint16_t port, OrigDstLookup lookup,
                      AuditLog& audit, AcceptHandler handler,
                      std::vector<boost::asio::any_io_executor> accept_on = {});
+    // The same, accepting on the io_contexts of ACCEPT_ON straight into
+    // sockets of their own executor type.
+    RedirectListener(boost::asio::io_context& io, const char* what, uint16_t port, OrigDstLookup lookup,
+                     AuditLog& audit, ContextAcceptHandler handler,
+                     std::vector<boost::asio::io_context::executor_type> accept_on);
     ~RedirectListener();
     RedirectListener(const RedirectListener&) = delete;
     RedirectListener& operator=(const RedirectListener&) = delete;
@@ -81,6 +90,7 @@ private:
     // thread), its accept loops, and the namespaces whose clients arrive on it.
     struct Slot;
 
+    void open_loopback(uint16_t port);
     std::shared_ptr<Slot> open_slot(const boost::asio::ip::tcp::endpoint& ep, const std::string& device,
                                     const std::string& where);
     void close_slot(Slot& slot);

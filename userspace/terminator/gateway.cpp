@@ -1127,9 +1127,17 @@ Task<void> session(std::shared_ptr<Impl> gw, Stream s, ConnInfo info, Quota::Tic
     close_stream(s);
 }
 
-// Moves the accepted socket onto the executor of the io thread that serves it.
-Socket rebind(Impl& gw, tcp::socket sock) {
+// Moves the accepted socket onto the executor of the io thread that serves it
+// (nothing to move when that thread's io_context accepted it).
+template <class Accepted>
+Socket rebind(Impl& gw, Accepted sock) {
     beast::error_code ec;
+    if constexpr (std::is_same_v<Accepted, Socket>) {
+        if (sock.get_executor() == gw.ex) {
+            sock.set_option(tcp::no_delay(true), ec);
+            return sock;
+        }
+    }
     auto proto = sock.local_endpoint(ec).protocol();
     if (ec) proto = tcp::v4();
     int fd = sock.release(ec);
@@ -1190,15 +1198,16 @@ Task<void> refusal_session(std::shared_ptr<Impl> gw, PlainStream s, ConnInfo inf
 
 // Over a cap the connection is closed before any byte is read: cheaper than
 // a TLS handshake, and the client's SDK retries as for any dropped connection.
-void turn_away(tcp::socket& socket) {
+template <class Accepted>
+void turn_away(Accepted& socket) {
     beast::error_code ig;
     socket.close(ig);
 }
 
 // Admits INFO's connection (or turns it away over a cap), wraps its socket
 // with MAKE (nullopt: give up) and runs RUN's session coroutine on it.
-template <class Make, class Run>
-void launch(const std::shared_ptr<Impl>& gw, tcp::socket socket, ConnInfo info, Make make, Run run) {
+template <class Accepted, class Make, class Run>
+void launch(const std::shared_ptr<Impl>& gw, Accepted socket, ConnInfo info, Make make, Run run) {
     auto ticket = gw->shared->admit(info);
     if (!ticket) return turn_away(socket);
     auto stream = make(rebind(*gw, std::move(socket)));
@@ -1287,9 +1296,10 @@ Gateway::~Gateway() {
     w.ios.clear();
 }
 
-void Gateway::serve_tls(tcp::socket socket, SSL_CTX* server_ctx, ConnInfo info) {
-    const auto cgroup = info.cgroup_id;
-    auto make = [server_ctx, cgroup](Socket s) -> std::optional<TlsStream> {
+namespace {
+// Wraps S in a TLS stream made from SERVER_CTX (nullopt: SSL_new failed).
+auto tls_maker(SSL_CTX* server_ctx, std::uint64_t cgroup) {
+    return [server_ctx, cgroup](Socket s) -> std::optional<TlsStream> {
         SslPtr ssl(SSL_new(server_ctx));
         if (!ssl) {
             spdlog::error("terminator: SSL_new failed for a connection from cgroup {}", cgroup);
@@ -1297,6 +1307,16 @@ void Gateway::serve_tls(tcp::socket socket, SSL_CTX* server_ctx, ConnInfo info) 
         }
         return std::optional<TlsStream>(std::in_place, std::move(s), std::move(ssl));
     };
+}
+}  // namespace
+
+void Gateway::serve_tls(tcp::socket socket, SSL_CTX* server_ctx, ConnInfo info) {
+    auto make = tls_maker(server_ctx, info.cgroup_id);
+    launch(workers_->pick(), std::move(socket), std::move(info), make, tls_session);
+}
+
+void Gateway::serve_tls(ContextSocket socket, SSL_CTX* server_ctx, ConnInfo info) {
+    auto make = tls_maker(server_ctx, info.cgroup_id);
     launch(workers_->pick(), std::move(socket), std::move(info), make, tls_session);
 }
 
@@ -1316,8 +1336,8 @@ std::uint64_t Gateway::connections_of(std::uint64_t cgroup_id) const {
     return workers_->shared->conns->in_use(cgroup_id);
 }
 std::size_t Gateway::threads() const { return workers_->threads.size(); }
-std::vector<asio::any_io_executor> Gateway::io_executors() const {
-    std::vector<asio::any_io_executor> out;
+std::vector<asio::io_context::executor_type> Gateway::io_executors() const {
+    std::vector<asio::io_context::executor_type> out;
     for (auto& io : workers_->ios) out.push_back(io->get_executor());
     return out;
 }

@@ -9,6 +9,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <atomic>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <chrono>
 #include <cstdint>
@@ -123,6 +124,10 @@ public:
     // object made from SERVER_CTX (redir_tls's ServerContext::get(); it is
     // up-referenced, so it need only live until this call returns).
     void serve_tls(boost::asio::ip::tcp::socket socket, SSL_CTX* server_ctx, ConnInfo info);
+    // The same for a socket accepted on one of io_executors(): served on that
+    // thread without moving it to another reactor.
+    using ContextSocket = boost::asio::basic_stream_socket<boost::asio::ip::tcp, boost::asio::io_context::executor_type>;
+    void serve_tls(ContextSocket socket, SSL_CTX* server_ctx, ConnInfo info);
 
     // Plain HTTP to inference.local: answers every request with a refusal
     // that tells the caller to use HTTPS, then closes.
@@ -142,7 +147,7 @@ public:
     // Their executors (none without threads of its own): a listener that
     // accepts on them and calls serve_* there has each connection served on
     // the thread that accepted it, its socket never moved between reactors.
-    std::vector<boost::asio::any_io_executor> io_executors() const;
+    std::vector<boost::asio::io_context::executor_type> io_executors() const;
 
     struct Shared;
     struct Impl;
