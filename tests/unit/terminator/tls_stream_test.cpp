@@ -1,0 +1,425 @@
+// TlsStream against a real OpenSSL peer on 127.0.0.1: how the end of a
+// connection is reported (close_notify vs truncation), large writes through
+// the flush queue, resets, the deadline, certificate verification and the
+// idle buffer release.
+#include <gtest/gtest.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <boost/asio/ssl/error.hpp>
+#include <boost/beast/core/error.hpp>
+#include <atomic>
+#include <future>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "loopback.hpp"
+#include "terminator/tls_stream.hpp"
+#include "test_certs.hpp"
+
+namespace redir::terminator {
+namespace {
+
+using namespace redir::test;
+using error_code = boost::system::error_code;
+// Generous bound for one operation on a loaded machine (and under sanitizers);
+// a passing case stops waiting as soon as the operation completes.
+constexpr auto kPatience = std::chrono::milliseconds(20000);
+constexpr const char* kName = "tls.test";
+
+struct CtxFree {
+    void operator()(SSL_CTX* c) const { SSL_CTX_free(c); }
+};
+using CtxPtr = std::unique_ptr<SSL_CTX, CtxFree>;
+
+class Fd {
+public:
+    explicit Fd(int fd = -1) : fd_(fd) {}
+    Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+    Fd& operator=(Fd&& o) noexcept {
+        if (this != &o) {
+            if (fd_ >= 0) ::close(fd_);
+            fd_ = std::exchange(o.fd_, -1);
+        }
+        return *this;
+    }
+    ~Fd() {
+        if (fd_ >= 0) ::close(fd_);
+    }
+    int get() const { return fd_; }
+    int release() { return std::exchange(fd_, -1); }
+
+private:
+    int fd_;
+};
+
+void check(bool ok, const char* what) {
+    if (!ok) throw std::runtime_error(std::string("test setup: ") + what + " failed (OpenSSL)");
+}
+
+CtxPtr server_ctx(const test::KeyCert& kc) {
+    CtxPtr ctx(SSL_CTX_new(TLS_server_method()));
+    check(ctx != nullptr, "SSL_CTX_new");
+    BIO* cb = BIO_new_mem_buf(kc.cert_pem.data(), static_cast<int>(kc.cert_pem.size()));
+    X509* cert = PEM_read_bio_X509(cb, nullptr, nullptr, nullptr);
+    BIO_free(cb);
+    BIO* kb = BIO_new_mem_buf(kc.key_pem.data(), static_cast<int>(kc.key_pem.size()));
+    EVP_PKEY* key = PEM_read_bio_PrivateKey(kb, nullptr, nullptr, nullptr);
+    BIO_free(kb);
+    check(cert && key, "reading the test leaf");
+    check(SSL_CTX_use_certificate(ctx.get(), cert) == 1 && SSL_CTX_use_PrivateKey(ctx.get(), key) == 1, "use leaf");
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    return ctx;
+}
+
+// A client that verifies the peer against CA_PEM.
+CtxPtr client_ctx(const std::string& ca_pem) {
+    CtxPtr ctx(SSL_CTX_new(TLS_client_method()));
+    check(ctx != nullptr, "SSL_CTX_new");
+    BIO* b = BIO_new_mem_buf(ca_pem.data(), static_cast<int>(ca_pem.size()));
+    X509* ca = PEM_read_bio_X509(b, nullptr, nullptr, nullptr);
+    BIO_free(b);
+    check(ca && X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx.get()), ca) == 1, "trusting the test CA");
+    X509_free(ca);
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+    return ctx;
+}
+
+// The blocking OpenSSL server on the other end, driven by a thread.
+struct Peer {
+    Fd fd;
+    SslPtr ssl;
+    bool accept() { return SSL_accept(ssl.get()) == 1; }
+    bool write(const std::string& d) {
+        std::size_t n = 0;
+        return SSL_write_ex(ssl.get(), d.data(), d.size(), &n) == 1 && n == d.size();
+    }
+    // Exactly N bytes, or what came before the connection ended.
+    std::string read(std::size_t n, std::size_t chunk = 64 * 1024) {
+        std::string out;
+        std::string buf(chunk, '\0');
+        while (out.size() < n) {
+            std::size_t got = 0;
+            if (SSL_read_ex(ssl.get(), buf.data(), std::min(chunk, n - out.size()), &got) != 1) break;
+            out.append(buf.data(), got);
+        }
+        return out;
+    }
+};
+
+// The stream's own state, for asserting that a path under test was taken.
+struct Probe : TlsStream {
+    using TlsStream::TlsStream;
+    bool queued() const { return !core_->out.empty(); }
+    bool read_buffer_released() const { return core_->in == nullptr; }
+};
+
+struct Result {
+    bool done = false;
+    error_code ec;
+    std::size_t n = 0;
+};
+
+// Runs IOC until the operation INITIATE starts completes, at most BOUND.
+template <class Initiate>
+Result run(asio::io_context& ioc, Initiate&& initiate, std::chrono::milliseconds bound = kPatience) {
+    Result r;
+    initiate([&r](const error_code& ec, std::size_t n) { r = {true, ec, n}; });
+    const auto end = Clock::now() + bound;
+    ioc.restart();
+    while (!r.done && Clock::now() < end) ioc.run_one_for(std::chrono::milliseconds(10));
+    return r;
+}
+
+class TlsStreamTest : public ::testing::Test {
+protected:
+    test::TestCa ca;
+    test::KeyCert leaf = ca.issue(kName, std::string("DNS:") + kName);
+    asio::io_context ioc;
+    std::optional<Probe> stream;
+    Peer peer;
+
+    // Our TlsStream as a verifying client for kName, the peer a server with
+    // SERVER_LEAF; SMALL_BUFFERS: a few KiB of socket buffer each way, so a
+    // large write fills them and goes through the flush queue.
+    void connect(const test::KeyCert& server_leaf, bool small_buffers = false) {
+        tcp::acceptor acc(ioc);
+        acc.open(tcp::v4());
+        if (small_buffers) acc.set_option(asio::socket_base::receive_buffer_size(4096));
+        acc.bind({kLoopback, 0});
+        acc.listen();
+        Socket s(ioc.get_executor());
+        s.open(tcp::v4());
+        if (small_buffers) s.set_option(asio::socket_base::send_buffer_size(4096));
+        s.connect(acc.local_endpoint());
+        tcp::socket p = acc.accept();
+        peer.fd = Fd(p.release());
+        sctx_ = server_ctx(server_leaf);
+        peer.ssl.reset(SSL_new(sctx_.get()));
+        SSL_set_fd(peer.ssl.get(), peer.fd.get());
+        cctx_ = client_ctx(ca.cert_pem());
+        SslPtr ssl(SSL_new(cctx_.get()));
+        SSL_set_tlsext_host_name(ssl.get(), kName);
+        SSL_set1_host(ssl.get(), kName);
+        stream.emplace(std::move(s), std::move(ssl));
+    }
+    void connect(bool small_buffers = false) { connect(leaf, small_buffers); }
+
+    Result handshake() {
+        return run(ioc, [&](auto h) { stream->async_handshake(asio::ssl::stream_base::client, h); });
+    }
+    Result read_some(std::string& into, std::size_t max = 64 * 1024) {
+        into.resize(max);
+        Result r = run(ioc, [&](auto h) { stream->async_read_some(asio::buffer(into), h); });
+        into.resize(r.n);
+        return r;
+    }
+    // Reads until N bytes came or an error.
+    Result read_exact(std::string& into, std::size_t n) {
+        into.clear();
+        while (into.size() < n) {
+            std::string part;
+            Result r = read_some(part, n - into.size());
+            if (!r.done || r.ec) return r;
+            into += part;
+        }
+        return {true, {}, into.size()};
+    }
+    // Writes all of DATA one write_some at a time; QUEUED: whether a record
+    // was left queued for the flush after some write started.
+    Result write_all(const std::string& data, bool* queued = nullptr, std::chrono::milliseconds bound = kPatience) {
+        std::size_t off = 0;
+        while (off < data.size()) {
+            Result r = run(
+                ioc,
+                [&](auto h) {
+                    stream->async_write_some(asio::buffer(data.data() + off, data.size() - off), h);
+                    if (queued && stream->queued()) *queued = true;
+                },
+                bound);
+            if (!r.done || r.ec) return r;
+            off += r.n;
+        }
+        return {true, {}, off};
+    }
+
+    // The peer's side of the handshake on a thread while ours runs here.
+    void handshake_both() {
+        auto accepted = std::async(std::launch::async, [&] { return peer.accept(); });
+        Result r = handshake();
+        ASSERT_TRUE(r.done) << "the handshake did not complete";
+        ASSERT_FALSE(r.ec) << r.ec.message();
+        ASSERT_TRUE(accepted.get()) << "the peer's SSL_accept failed";
+    }
+
+private:
+    CtxPtr sctx_, cctx_;
+};
+
+std::string random_bytes(std::size_t n, unsigned seed) {
+    std::mt19937 gen(seed);
+    std::string s(n, '\0');
+    for (auto& c : s) c = static_cast<char>(gen());
+    return s;
+}
+
+// 1. A close_notify is the clean end: eof, after the data that came before it.
+TEST_F(TlsStreamTest, CloseNotifyFromPeerIsEof) {
+    connect();
+    handshake_both();
+    ASSERT_TRUE(peer.write("last words"));
+    ASSERT_GE(SSL_shutdown(peer.ssl.get()), 0);
+    std::string got;
+    Result r = read_exact(got, 10);
+    ASSERT_TRUE(r.done && !r.ec) << r.ec.message();
+    EXPECT_EQ(got, "last words");
+    r = read_some(got);
+    ASSERT_TRUE(r.done) << "the read after close_notify never completed";
+    EXPECT_EQ(r.ec, asio::error::eof) << r.ec.message();
+    EXPECT_EQ(r.n, 0u);
+}
+
+// 2. A TCP FIN without close_notify is a truncation, never a clean eof: a
+// provider's answer cut short must not look complete.
+TEST_F(TlsStreamTest, TcpCloseWithoutCloseNotifyIsTruncated) {
+    connect();
+    handshake_both();
+    ASSERT_TRUE(peer.write("partial"));
+    ASSERT_EQ(::shutdown(peer.fd.get(), SHUT_WR), 0);
+    std::string got;
+    Result r = read_exact(got, 7);
+    ASSERT_TRUE(r.done && !r.ec) << r.ec.message();
+    EXPECT_EQ(got, "partial");
+    r = read_some(got);
+    ASSERT_TRUE(r.done) << "the read after the FIN never completed";
+    EXPECT_EQ(r.ec, asio::ssl::error::stream_truncated) << r.ec.message();
+    EXPECT_NE(r.ec, asio::error::eof);
+}
+
+// 3. 4 MiB to a peer that starts reading late: records queue for the flush,
+// and everything arrives byte-exact and in order; then a write after the
+// queue drained arrives too.
+TEST_F(TlsStreamTest, LargeWriteThroughFlushQueueArrivesIntact) {
+    connect(/*small_buffers=*/true);
+    handshake_both();
+    const std::string body = random_bytes(4 << 20, 1);
+    const std::string after = random_bytes(100 << 10, 2);
+    std::atomic<bool> start_reading{false};
+    auto received = std::async(std::launch::async, [&] {
+        wait_for([&] { return start_reading.load(); }, kPatience);
+        std::string a = peer.read(body.size(), 1000);
+        std::string b = peer.read(after.size());
+        return std::make_pair(a, b);
+    });
+    bool queued = false;
+    // The first records fill the socket buffers; the peer starts once one is queued.
+    std::size_t off = 0;
+    while (off < body.size()) {
+        Result r = run(ioc, [&](auto h) {
+            stream->async_write_some(asio::buffer(body.data() + off, body.size() - off), h);
+            if (stream->queued()) {
+                queued = true;
+                start_reading = true;
+            }
+        });
+        ASSERT_TRUE(r.done) << "a write never completed at offset " << off;
+        ASSERT_FALSE(r.ec) << r.ec.message();
+        off += r.n;
+    }
+    start_reading = true;
+    EXPECT_TRUE(queued) << "no record was ever queued: the flush path was not exercised";
+    EXPECT_FALSE(stream->queued());
+    Result r = write_all(after);
+    ASSERT_TRUE(r.done && !r.ec) << r.ec.message();
+    auto [a, b] = received.get();
+    ASSERT_EQ(a.size(), body.size());
+    EXPECT_TRUE(a == body) << "the body arrived altered or out of order";
+    ASSERT_EQ(b.size(), after.size());
+    EXPECT_TRUE(b == after) << "the second write arrived altered";
+}
+
+// 4. Writing to a peer that reset the connection fails, and does not hang.
+TEST_F(TlsStreamTest, WriteToResetPeerFails) {
+    connect();
+    handshake_both();
+    ::linger lg{1, 0};
+    ASSERT_EQ(::setsockopt(peer.fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+    ::close(peer.fd.release());  // RST
+    const std::string chunk(64 << 10, 'x');
+    Result r;
+    const auto end = Clock::now() + kPatience;
+    do {
+        r = run(ioc, [&](auto h) { stream->async_write_some(asio::buffer(chunk), h); }, std::chrono::milliseconds(5000));
+        ASSERT_TRUE(r.done) << "a write to a reset peer hung";
+    } while (!r.ec && Clock::now() < end);
+    EXPECT_TRUE(r.ec) << "writes to a reset peer kept succeeding";
+    EXPECT_NE(r.ec, beast::error::timeout);
+}
+
+// 5a. A peer that never answers the ClientHello: the deadline ends the handshake.
+TEST_F(TlsStreamTest, DeadlineDuringHandshakeIsTimeout) {
+    connect();
+    stream->expires_after(std::chrono::milliseconds(200));
+    Result r = handshake();
+    ASSERT_TRUE(r.done) << "the handshake outlived its deadline";
+    EXPECT_EQ(r.ec, beast::error::timeout) << r.ec.message();
+    EXPECT_TRUE(stream->timed_out());
+    EXPECT_FALSE(stream->socket().is_open());
+}
+
+// 5b. A read with nothing coming ends at the deadline.
+TEST_F(TlsStreamTest, DeadlineDuringReadIsTimeout) {
+    connect();
+    handshake_both();
+    stream->expires_after(std::chrono::milliseconds(200));
+    std::string got;
+    Result r = read_some(got);
+    ASSERT_TRUE(r.done) << "the read outlived its deadline";
+    EXPECT_EQ(r.ec, beast::error::timeout) << r.ec.message();
+    EXPECT_EQ(r.n, 0u);
+    EXPECT_FALSE(stream->socket().is_open());
+}
+
+// 5c. A peer that stops reading: the flush blocks on full socket buffers and
+// the deadline ends the write.
+TEST_F(TlsStreamTest, DeadlineDuringBlockedFlushIsTimeout) {
+    connect(/*small_buffers=*/true);
+    handshake_both();
+    const std::string body(16 << 20, 'y');  // far more than both socket buffers hold
+    stream->expires_after(std::chrono::milliseconds(300));
+    bool queued = false;
+    Result r = write_all(body, &queued);
+    ASSERT_TRUE(r.done) << "the write outlived its deadline";
+    EXPECT_TRUE(queued) << "the write never waited for the flush";
+    EXPECT_EQ(r.ec, beast::error::timeout) << r.ec.message();
+    EXPECT_FALSE(stream->socket().is_open());
+}
+
+// 6. Verification on: a leaf for another name, or from a CA we do not trust,
+// fails the handshake, and nothing the server sends is delivered.
+TEST_F(TlsStreamTest, CertificateForAnotherNameIsRejected) {
+    connect(ca.issue("other.test", "DNS:other.test"));
+    auto accepted = std::async(std::launch::async, [&] { return peer.accept() && peer.write("secret"); });
+    Result r = handshake();
+    ASSERT_TRUE(r.done);
+    EXPECT_TRUE(r.ec) << "the handshake accepted a certificate for another name";
+    EXPECT_NE(r.ec, beast::error::timeout);
+    std::string got;
+    Result rd = read_some(got);
+    EXPECT_TRUE(!rd.done || rd.ec) << "a read after the failed handshake succeeded";
+    EXPECT_EQ(got.find("secret"), std::string::npos);
+    EXPECT_FALSE(accepted.get()) << "the server saw a completed handshake";
+}
+
+TEST_F(TlsStreamTest, CertificateFromUntrustedCaIsRejected) {
+    test::TestCa other;
+    connect(other.issue(kName, std::string("DNS:") + kName));
+    auto accepted = std::async(std::launch::async, [&] { return peer.accept() && peer.write("secret"); });
+    Result r = handshake();
+    ASSERT_TRUE(r.done);
+    EXPECT_TRUE(r.ec) << "the handshake accepted a leaf from an untrusted CA";
+    EXPECT_NE(r.ec, beast::error::timeout);
+    std::string got;
+    Result rd = read_some(got);
+    EXPECT_TRUE(!rd.done || rd.ec) << "a read after the failed handshake succeeded";
+    EXPECT_EQ(got.find("secret"), std::string::npos);
+    EXPECT_FALSE(accepted.get()) << "the server saw a completed handshake";
+}
+
+// 7. With the buffers given back whenever idle, messages across idle gaps
+// (each waits for our answer) still arrive intact, both ways.
+TEST_F(TlsStreamTest, ReleaseBuffersWhenIdleKeepsMessagesIntact) {
+    connect();
+    handshake_both();
+    stream->release_buffers_when_idle();
+    const std::vector<std::size_t> sizes{1, 300, 17 * 1024, 40 * 1024 + 7, 5};
+    auto peer_side = std::async(std::launch::async, [&] {
+        for (std::size_t i = 0; i < sizes.size(); ++i) {
+            if (!peer.write(random_bytes(sizes[i], static_cast<unsigned>(10 + i)))) return std::string("peer write failed");
+            const std::string ack = peer.read(4 + i);
+            if (ack != "ack:" + std::string(i, '!')) return "bad ack " + std::to_string(i) + ": " + ack;
+        }
+        return std::string();
+    });
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+        std::string got;
+        Result r = read_exact(got, sizes[i]);
+        ASSERT_TRUE(r.done && !r.ec) << "message " << i << ": " << r.ec.message();
+        EXPECT_TRUE(got == random_bytes(sizes[i], static_cast<unsigned>(10 + i))) << "message " << i << " altered";
+        EXPECT_TRUE(stream->read_buffer_released()) << "the read buffer was kept after message " << i;
+        r = write_all("ack:" + std::string(i, '!'));
+        ASSERT_TRUE(r.done && !r.ec) << r.ec.message();
+    }
+    EXPECT_EQ(peer_side.get(), "");
+}
+
+}  // namespace
+}  // namespace redir::terminator
