@@ -221,6 +221,37 @@ protected:
         ASSERT_TRUE(accepted.get()) << "the peer's SSL_accept failed";
     }
 
+    // The peer sends LAST then ends the connection with END; LAST must arrive
+    // whole, and the read after it is returned.
+    Result read_past_end(const std::string& last, const std::function<void()>& end) {
+        connect();
+        handshake_both();
+        EXPECT_TRUE(peer.write(last));
+        end();
+        std::string got;
+        Result r = read_exact(got, last.size());
+        EXPECT_TRUE(r.done && !r.ec) << r.ec.message();
+        EXPECT_EQ(got, last);
+        return read_some(got);
+    }
+
+    // The peer serves SERVER_LEAF and, if its handshake completes, "secret":
+    // our handshake must fail (not by the clock), deliver nothing, and the
+    // peer must never see a completed handshake.
+    void expect_rejected(const test::KeyCert& server_leaf) {
+        connect(server_leaf);
+        auto accepted = std::async(std::launch::async, [&] { return peer.accept() && peer.write("secret"); });
+        Result r = handshake();
+        ASSERT_TRUE(r.done) << "the handshake never completed";
+        EXPECT_TRUE(r.ec) << "the handshake accepted a certificate it must not trust";
+        EXPECT_NE(r.ec, beast::error::timeout);
+        std::string got;
+        Result rd = read_some(got, 1024);
+        EXPECT_TRUE(!rd.done || rd.ec) << "a read after the failed handshake succeeded";
+        EXPECT_EQ(got.find("secret"), std::string::npos);
+        EXPECT_FALSE(accepted.get()) << "the server saw a completed handshake";
+    }
+
 private:
     CtxPtr sctx_, cctx_;
 };
@@ -234,15 +265,7 @@ std::string random_bytes(std::size_t n, unsigned seed) {
 
 // 1. A close_notify is the clean end: eof, after the data that came before it.
 TEST_F(TlsStreamTest, CloseNotifyFromPeerIsEof) {
-    connect();
-    handshake_both();
-    ASSERT_TRUE(peer.write("last words"));
-    ASSERT_GE(SSL_shutdown(peer.ssl.get()), 0);
-    std::string got;
-    Result r = read_exact(got, 10);
-    ASSERT_TRUE(r.done && !r.ec) << r.ec.message();
-    EXPECT_EQ(got, "last words");
-    r = read_some(got);
+    Result r = read_past_end("last words", [&] { ASSERT_GE(SSL_shutdown(peer.ssl.get()), 0); });
     ASSERT_TRUE(r.done) << "the read after close_notify never completed";
     EXPECT_EQ(r.ec, asio::error::eof) << r.ec.message();
     EXPECT_EQ(r.n, 0u);
@@ -251,15 +274,7 @@ TEST_F(TlsStreamTest, CloseNotifyFromPeerIsEof) {
 // 2. A TCP FIN without close_notify is a truncation, never a clean eof: a
 // provider's answer cut short must not look complete.
 TEST_F(TlsStreamTest, TcpCloseWithoutCloseNotifyIsTruncated) {
-    connect();
-    handshake_both();
-    ASSERT_TRUE(peer.write("partial"));
-    ASSERT_EQ(::shutdown(peer.fd.get(), SHUT_WR), 0);
-    std::string got;
-    Result r = read_exact(got, 7);
-    ASSERT_TRUE(r.done && !r.ec) << r.ec.message();
-    EXPECT_EQ(got, "partial");
-    r = read_some(got);
+    Result r = read_past_end("partial", [&] { ASSERT_EQ(::shutdown(peer.fd.get(), SHUT_WR), 0); });
     ASSERT_TRUE(r.done) << "the read after the FIN never completed";
     EXPECT_EQ(r.ec, asio::ssl::error::stream_truncated) << r.ec.message();
     EXPECT_NE(r.ec, asio::error::eof);
@@ -430,32 +445,12 @@ TEST_F(TlsStreamTest, DeadlineDuringBlockedFlushIsTimeout) {
 // 6. Verification on: a leaf for another name, or from a CA we do not trust,
 // fails the handshake, and nothing the server sends is delivered.
 TEST_F(TlsStreamTest, CertificateForAnotherNameIsRejected) {
-    connect(ca.issue("other.test", "DNS:other.test"));
-    auto accepted = std::async(std::launch::async, [&] { return peer.accept() && peer.write("secret"); });
-    Result r = handshake();
-    ASSERT_TRUE(r.done);
-    EXPECT_TRUE(r.ec) << "the handshake accepted a certificate for another name";
-    EXPECT_NE(r.ec, beast::error::timeout);
-    std::string got;
-    Result rd = read_some(got);
-    EXPECT_TRUE(!rd.done || rd.ec) << "a read after the failed handshake succeeded";
-    EXPECT_EQ(got.find("secret"), std::string::npos);
-    EXPECT_FALSE(accepted.get()) << "the server saw a completed handshake";
+    expect_rejected(ca.issue("other.test", "DNS:other.test"));
 }
 
 TEST_F(TlsStreamTest, CertificateFromUntrustedCaIsRejected) {
     test::TestCa other;
-    connect(other.issue(kName, std::string("DNS:") + kName));
-    auto accepted = std::async(std::launch::async, [&] { return peer.accept() && peer.write("secret"); });
-    Result r = handshake();
-    ASSERT_TRUE(r.done);
-    EXPECT_TRUE(r.ec) << "the handshake accepted a leaf from an untrusted CA";
-    EXPECT_NE(r.ec, beast::error::timeout);
-    std::string got;
-    Result rd = read_some(got);
-    EXPECT_TRUE(!rd.done || rd.ec) << "a read after the failed handshake succeeded";
-    EXPECT_EQ(got.find("secret"), std::string::npos);
-    EXPECT_FALSE(accepted.get()) << "the server saw a completed handshake";
+    expect_rejected(other.issue(kName, std::string("DNS:") + kName));
 }
 
 // 7. With the buffers given back whenever idle, messages across idle gaps
