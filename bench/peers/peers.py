@@ -14,7 +14,9 @@ keeps its perf.data, BENCH_PERF_CALLGRAPH=dwarf for callers through libraries, B
 profile new connections, BENCH_PERF_NGINX=1 to profile nginx the same way),
 BENCH_JSON=FILE (all numbers), REDIR_THREADS_FLAG (redird's io-thread flag;
 detected from --help when unset), REDIR_BUILD (build directory), BENCH_REDIR_B (another
-build directory: its redird runs as peer "redir-b" in the keep-alive rounds, for A/B in one run).
+build directory: its redird runs as peer "redir-b" in the keep-alive rounds, for A/B in one run),
+BENCH_RESUMPTION=1 (servers keep their TLS session tickets, so wrk's reconnects resume: the
+handshakes phase then times resumptions instead of full handshakes).
 """
 import ctypes
 import json
@@ -49,6 +51,7 @@ ALL_PHASES = ("keepalive", "latency", "handshakes", "probe", "sse")
 THREADS = [int(t) for t in os.environ.get("BENCH_THREADS", "1,2").split(",")]
 PHASES = set(os.environ.get("BENCH_PHASES", ",".join(ALL_PHASES)).split(","))
 CHECK_ONLY = "--check" in sys.argv
+RESUMPTION = os.environ.get("BENCH_RESUMPTION") == "1"
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 SECRET = "sk-bench-credential-0123456789"
@@ -764,6 +767,22 @@ def measure_redir_only(res, tmp, certs, redir, nginx, sse_provider):
             res["perf"] += ["", "nginx, same load:"] + perf_profile(redir, min(SECONDS, 10), tmp, nginx)
 
 
+def no_tickets_conf(tmp):
+    """#11 times FULL handshakes, but wrk offers its last session on every
+    reconnect and every server here would resume it (a TLS 1.3 resumption
+    skips the certificate signature). An OpenSSL configuration read by every
+    process of the run (nginx, redird, mitmproxy, squid: each loads it when it
+    initialises OpenSSL, before its first SSL_CTX) makes servers issue no
+    TLS 1.3 ticket, so nothing can be resumed; the resumption probe shows
+    0 resumed per peer. Returns its path, for OPENSSL_CONF."""
+    path = os.path.join(tmp, "openssl-no-tickets.cnf")
+    with open(path, "w") as f:
+        f.write("openssl_conf = openssl_init\n[openssl_init]\nssl_conf = ssl_sect\n"
+                "[ssl_sect]\nsystem_default = system_default_sect\n"
+                "[system_default_sect]\nNumTickets = 0\n")
+    return path
+
+
 def main():
     if os.geteuid() != 0:
         print("bench/peers needs root (network namespace, cgroup, BPF)", file=sys.stderr)
@@ -779,6 +798,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="redir-bench-peers-")
     os.chmod(tmp, 0o755)
     enter_namespaces(tmp)
+    if not RESUMPTION:
+        os.environ["OPENSSL_CONF"] = no_tickets_conf(tmp)
     certs = make_certs(tmp)
     res = {"machine": machine(), "seconds": SECONDS, "rounds": ROUNDS, "threads_flag": threads_flag(),
            "keepalive": {}, "latency1": {}, "handshakes": {}, "sse": {}, "probe": {}, "rss": {}}
@@ -859,7 +880,7 @@ def print_handshakes(res):
                          "%d/%d %s" % (rs["resumed"], rs["connections"], rs["version"]) if rs else "-",
                          fmt(r["rps"] / ng["rps"]) if ng and ng["rps"] else "-"))
     if rows:
-        print("new TLS connections (wrk -t2 -c50, Connection: close; resumed: of 20 connections offering a session)")
+        print("new TLS connections (wrk -t2 -c50, Connection: close; %s; resumed: of 20 connections offering a session)" % ("servers issue tickets: resumptions" if RESUMPTION else "no tickets: full handshakes"))
         print_rows(("peer", "threads", "conn/s", "p50 ms", "p99 ms", "errors", "CPU us/conn", "resumed",
                     "vs nginx"), rows)
 
