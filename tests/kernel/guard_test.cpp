@@ -6,6 +6,7 @@
 // meet. Runs in a private network namespace; the interfaces are veth ends there.
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <gtest/gtest.h>
 #include <linux/bpf.h>
 #include <unistd.h>
@@ -274,10 +275,12 @@ protected:
         return v;
     }
 
-    // The program behind A's pinned guard link: the datapath's own, as attached.
+    // The program guarding A's link: the datapath's own, as attached — behind
+    // its pinned tcx link, or (kernels before 6.6, no tcx) its tc filter.
     UniqueFd guard_program() {
         std::string pin = bpffs_ + "/links/" + std::to_string(cgroup_id()) + "/guard";
         UniqueFd link(bpf_obj_get(pin.c_str()));
+        if (!link && errno == ENOENT) return tc_guard_program(links().a);
         if (!link) throw std::runtime_error("no guard link pinned at " + pin + ": " + std::strerror(errno));
         bpf_link_info info{};
         uint32_t len = sizeof(info);
@@ -285,6 +288,19 @@ protected:
             throw std::runtime_error("cannot read the guard link's info: " + std::string(std::strerror(errno)));
         UniqueFd prog(bpf_prog_get_fd_by_id(info.prog_id));
         if (!prog) throw std::runtime_error("cannot open the guard program: " + std::string(std::strerror(errno)));
+        return prog;
+    }
+
+    // The clsact fallback's filter on IFINDEX's ingress (the handle and
+    // priority bpf_datapath.cpp gives it: 0x7265, "re").
+    static UniqueFd tc_guard_program(int ifindex) {
+        LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
+        LIBBPF_OPTS(bpf_tc_opts, opts, .handle = 0x7265, .priority = 0x7265);
+        if (int err = bpf_tc_query(&hook, &opts))
+            throw std::runtime_error("no guard link pinned and no guard tc filter on ifindex " +
+                                     std::to_string(ifindex) + ": " + std::strerror(-err));
+        UniqueFd prog(bpf_prog_get_fd_by_id(opts.prog_id));
+        if (!prog) throw std::runtime_error("cannot open the guard's tc program: " + std::string(std::strerror(errno)));
         return prog;
     }
 
