@@ -1292,6 +1292,11 @@ Gateway::~Gateway() {
         impl->pool.clear();
         impl->ctxs.clear();
     }
+    // Each Impl's timers belong to its io_context: drop our references while
+    // the io_contexts live (an Impl a pending handler still holds goes when
+    // its io_context destroys that handler). In the other order ~Impl's
+    // timer touched a freed timer queue (ASan: heap-use-after-free).
+    w.impls.clear();
     w.guards.clear();
     w.ios.clear();
 }
