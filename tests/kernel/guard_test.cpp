@@ -19,6 +19,7 @@
 #include "common/addr.hpp"
 #include "common/fd.hpp"
 #include "kernel_main.hpp"
+#include "loader/bpf_datapath.hpp"
 #include "netns.hpp"
 #include "netns/namespace.hpp"
 #include "netns/rtnl.hpp"
@@ -291,11 +292,10 @@ protected:
         return prog;
     }
 
-    // The clsact fallback's filter on IFINDEX's ingress (the handle and
-    // priority bpf_datapath.cpp gives it: 0x7265, "re").
+    // The clsact fallback's filter on IFINDEX's ingress.
     static UniqueFd tc_guard_program(int ifindex) {
         LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
-        LIBBPF_OPTS(bpf_tc_opts, opts, .handle = 0x7265, .priority = 0x7265);
+        LIBBPF_OPTS(bpf_tc_opts, opts, .handle = loader::kGuardTcHandle, .priority = loader::kGuardTcPriority);
         if (int err = bpf_tc_query(&hook, &opts))
             throw std::runtime_error("no guard link pinned and no guard tc filter on ifindex " +
                                      std::to_string(ifindex) + ": " + std::strerror(-err));

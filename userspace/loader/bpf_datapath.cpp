@@ -84,10 +84,8 @@ void for_each_key(int fd, Fn fn) {
 
 std::string errno_text(int err) { return std::strerror(err < 0 ? -err : err); }
 
-// The guard's pin among a cgroup's links, and its identity on a clsact hook
-// where the kernel has no tcx (a tc filter cannot be pinned).
+// The guard's pin among a cgroup's links (on clsact: kGuardTcHandle instead).
 constexpr const char* kGuardPin = "guard";
-constexpr uint32_t kGuardTcHandle = 0x7265, kGuardTcPriority = 0x7265;
 constexpr int kBpfTcxIngress = 46;  // enum bpf_attach_type BPF_TCX_INGRESS
 
 // REDIR_GUARD_HOOK=tc: the clsact fallback even where tcx exists, so the path

@@ -9,6 +9,10 @@ struct ring_buffer;
 
 namespace redir::loader {
 
+// The guard's identity on a clsact hook where the kernel has no tcx (a tc
+// filter cannot be pinned): what attach, status, detach and tests look for.
+inline constexpr uint32_t kGuardTcHandle = 0x7265, kGuardTcPriority = 0x7265;
+
 class BpfDatapath final : public Datapath {
 public:
     static std::unique_ptr<BpfDatapath> open(const DatapathOptions& opts);
