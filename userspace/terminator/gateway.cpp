@@ -1050,7 +1050,11 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
         co_return co_await send_body(gw, s, 200, "application/json", model_json(in.shape, cfg), keep_alive, log);
 
     auto& req = in.parser.get();
-    auto rw = rewrite_model(req.body(), cfg.model, o.log_string_max, asks_stream_usage(ep));
+    // Fetches the policy allows are not looked for; otherwise the scan rides the rewrite's parse.
+    std::optional<FetchScanner> fetch_scan;
+    if (!in.policy.provider_fetch) fetch_scan.emplace(o.log_string_max);
+    auto rw = rewrite_model(req.body(), cfg.model, o.log_string_max, asks_stream_usage(ep),
+                            fetch_scan ? &*fetch_scan : nullptr);
     // The client's body is no longer needed: only the rewritten copy lives on.
     std::string().swap(req.body());
     if (rw.truncated) ++gw.stats.log_strings_truncated;
@@ -1059,8 +1063,8 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
     log.stream = rw.stream;
     HeaderList client_headers;
     for (const auto& f : req) client_headers.emplace_back(lower(f.name_string()), std::string(f.value()));
-    if (!in.policy.provider_fetch)
-        if (auto fetch = find_provider_fetch(rw.body, client_headers, o.log_string_max))
+    if (fetch_scan)
+        if (auto fetch = find_provider_fetch(*fetch_scan, client_headers, o.log_string_max))
             co_return co_await send_error(gw, s, in.shape, 400, provider_fetch_refusal(*fetch), keep_alive, log);
 
     if (auto over = o.admit_request ? o.admit_request(info.cgroup_id, in.policy.limits) : std::nullopt)

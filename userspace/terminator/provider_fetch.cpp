@@ -13,12 +13,16 @@ namespace redir::terminator {
 namespace {
 
 // Lower case with '-' read as '_': "Web-Search" and "web_search" are one name.
-std::string norm(std::string_view s) {
-    std::string o(s);
+void norm_into(std::string& o, std::string_view s) {
+    o.assign(s);
     for (char& c : o) {
         c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
         if (c == '-') c = '_';
     }
+}
+std::string norm(std::string_view s) {
+    std::string o;
+    norm_into(o, s);
     return o;
 }
 
@@ -66,97 +70,6 @@ bool is_url_input_key(std::string_view k) { return k == "image_url" || k == "fil
 // a leading space) is, because the provider decides what it resolves.
 bool is_data_url(std::string_view s) { return s.size() >= 5 && norm(s.substr(0, 5)) == "data:"; }
 
-struct Frame {
-    bool array = false;
-    std::string key_in_parent;  // normalised key this container is the value of (inherited through arrays)
-    std::string path;           // JSON path of this container, for the message
-    std::string key;            // objects: normalised current key
-    std::string raw_key;        // objects: current key as sent (clipped), for the path
-    std::size_t index = 0;      // arrays: index of the next element
-};
-
-struct Scanner : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Scanner> {
-    std::size_t log_max;
-    std::vector<Frame> stack;
-    std::optional<FetchFinding> found;
-
-    explicit Scanner(std::size_t lm) : log_max(lm) {}
-
-    // Path of the value about to be read.
-    std::string value_path() const {
-        if (stack.empty()) return "";
-        const Frame& f = stack.back();
-        std::string p = f.path;
-        if (f.array) return p + "[" + std::to_string(f.index) + "]";
-        return p.empty() ? f.raw_key : p + "." + f.raw_key;
-    }
-    // Key the value about to be read sits under (arrays pass theirs on).
-    std::string_view value_key() const {
-        if (stack.empty()) return {};
-        return stack.back().array ? std::string_view(stack.back().key_in_parent) : std::string_view(stack.back().key);
-    }
-    std::string_view parent_key() const {
-        if (stack.empty()) return {};
-        return stack.back().key_in_parent;
-    }
-    bool finding(std::string where, std::string_view what) {
-        found = FetchFinding{"body " + clip(where, log_max), std::string(what)};
-        return false;  // stop the parse: one finding is enough for the 400
-    }
-    void after_value() {
-        if (!stack.empty() && stack.back().array) ++stack.back().index;
-    }
-    bool scalar() { return after_value(), true; }
-
-    bool Null() { return scalar(); }
-    bool Bool(bool) { return scalar(); }
-    bool Int(int) { return scalar(); }
-    bool Uint(unsigned) { return scalar(); }
-    bool Int64(int64_t) { return scalar(); }
-    bool Uint64(uint64_t) { return scalar(); }
-    bool Double(double) { return scalar(); }
-    bool RawNumber(const char*, rapidjson::SizeType, bool) { return scalar(); }
-
-    bool String(const char* s, rapidjson::SizeType n, bool) {
-        std::string_view v(s, n);
-        std::string_view k = value_key();
-        if (k == "type") {
-            if (const TypeRule* r = fetch_type(norm(v)))
-                return finding(value_path() + " \"" + clip(v, log_max) + "\"", r->what);
-        }
-        if ((is_url_input_key(k) || (k == "url" && is_url_input_key(parent_key()))) && !is_data_url(v))
-            return finding(value_path(), k == "file_url" || parent_key() == "file_url"
-                                             ? "a file input given by URL"
-                                             : "an image input given by URL");
-        return scalar();
-    }
-    bool Key(const char* s, rapidjson::SizeType n, bool) {
-        Frame& f = stack.back();
-        f.key = norm(std::string_view(s, n));
-        f.raw_key = clip(std::string_view(s, n), log_max);
-        for (const auto& r : kFetchKeys)
-            if (f.key == r.key) return finding(value_path(), r.what);
-        return true;
-    }
-    bool start(bool array) {
-        Frame f;
-        f.array = array;
-        f.key_in_parent = std::string(value_key());
-        f.path = value_path();
-        stack.push_back(std::move(f));
-        return true;
-    }
-    bool StartObject() { return start(false); }
-    bool StartArray() { return start(true); }
-    bool end() {
-        stack.pop_back();
-        after_value();
-        return true;
-    }
-    bool EndObject(rapidjson::SizeType) { return end(); }
-    bool EndArray(rapidjson::SizeType) { return end(); }
-};
-
 // anthropic-beta tokens that switch on a provider-side fetch
 // (mcp-client-2025-04-04, web-fetch-2025-09-10, ...).
 std::optional<FetchFinding> beta_header_fetch(const HeaderList& headers, std::size_t log_max) {
@@ -182,16 +95,109 @@ std::optional<FetchFinding> beta_header_fetch(const HeaderList& headers, std::si
 
 }  // namespace
 
+FetchScanner::FetchScanner(std::size_t log_max) : log_max_(log_max) {}
+
+std::string FetchScanner::value_path() const {
+    // Each container's path is the value path its parent had when it opened;
+    // a parent's key and index do not move while a child is open, so the
+    // whole path can be rebuilt from the frames now.
+    std::string p;
+    for (std::size_t i = 0; i < depth_; ++i) {
+        const Frame& f = stack_[i];
+        if (f.array)
+            p += "[" + std::to_string(f.index) + "]";
+        else
+            p = p.empty() ? f.raw_key : p + "." + f.raw_key;
+    }
+    return p;
+}
+
+std::string_view FetchScanner::value_key() const {
+    if (depth_ == 0) return {};
+    const Frame& f = stack_[depth_ - 1];
+    return f.array ? std::string_view(f.key_in_parent) : std::string_view(f.key);
+}
+
+std::string_view FetchScanner::parent_key() const {
+    if (depth_ == 0) return {};
+    return stack_[depth_ - 1].key_in_parent;
+}
+
+bool FetchScanner::finding(std::string where, std::string_view what) {
+    found_ = FetchFinding{"body " + clip(where, log_max_), std::string(what)};
+    return false;  // one finding is enough for the 400
+}
+
+bool FetchScanner::scalar() {
+    if (found_) return false;
+    if (depth_ != 0 && stack_[depth_ - 1].array) ++stack_[depth_ - 1].index;
+    return true;
+}
+
+bool FetchScanner::String(const char* s, unsigned n, bool) {
+    if (found_) return false;
+    std::string_view v(s, n);
+    std::string_view k = value_key();
+    if (k == "type") {
+        if (const TypeRule* r = fetch_type(norm(v)))
+            return finding(value_path() + " \"" + clip(v, log_max_) + "\"", r->what);
+    }
+    if ((is_url_input_key(k) || (k == "url" && is_url_input_key(parent_key()))) && !is_data_url(v))
+        return finding(value_path(), k == "file_url" || parent_key() == "file_url" ? "a file input given by URL"
+                                                                                   : "an image input given by URL");
+    return scalar();
+}
+
+bool FetchScanner::Key(const char* s, unsigned n, bool) {
+    if (found_) return false;
+    Frame& f = stack_[depth_ - 1];
+    const std::string_view k(s, n);
+    norm_into(f.key, k);
+    if (clipped(k, log_max_))
+        f.raw_key = clip(k, log_max_);
+    else
+        f.raw_key.assign(k);
+    for (const auto& r : kFetchKeys)
+        if (f.key == r.key) return finding(value_path(), r.what);
+    return true;
+}
+
+bool FetchScanner::start(bool array) {
+    if (found_) return false;
+    // Frames above depth_ are kept: their strings' room is reused.
+    if (depth_ == stack_.size()) stack_.emplace_back();
+    Frame& f = stack_[depth_];
+    f.key_in_parent.assign(value_key());
+    f.array = array;
+    f.key.clear();
+    f.raw_key.clear();
+    f.index = 0;
+    ++depth_;
+    return true;
+}
+
+bool FetchScanner::end() {
+    if (found_) return false;
+    --depth_;
+    return scalar();
+}
+
 std::optional<FetchFinding> find_provider_fetch(std::string_view body, const HeaderList& client_headers,
                                                 std::size_t log_max) {
     if (auto h = beta_header_fetch(client_headers, log_max)) return h;
-    Scanner sc(log_max);
+    FetchScanner sc(log_max);
     rapidjson::MemoryStream ms(body.data(), body.size());
     rapidjson::Reader reader;
     // Iterative: bounded stack whatever the nesting. Numbers stay text (no
     // conversion work); the body was validated by rewrite_model already.
     reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag>(ms, sc);
-    return sc.found;
+    return sc.finding();
+}
+
+std::optional<FetchFinding> find_provider_fetch(const FetchScanner& body_scan, const HeaderList& client_headers,
+                                                std::size_t log_max) {
+    if (auto h = beta_header_fetch(client_headers, log_max)) return h;
+    return body_scan.finding();
 }
 
 std::string provider_fetch_refusal(const FetchFinding& f) {

@@ -71,9 +71,14 @@ void put_unless_empty(W& w, std::string_view k, std::string_view v) {
 // and, when asked (force_usage), making a stream report its usage:
 // stream_options.include_usage is set to true whatever the client sent.
 // SAX keeps number text and key order as the client wrote them, and the
-// iterative parser bounds stack use whatever the nesting.
+// iterative parser bounds stack use whatever the nesting. With a FetchScanner,
+// every event written is also handed to it: it sees exactly the body that
+// leaves (the configured model, never the client's dropped values), as a
+// second parse of the written body would, without that parse. Its finding
+// never stops the rewrite, so a malformed body is refused as malformed first.
 struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewriter> {
     BodyWriter& w;
+    FetchScanner* scan;  // null: no scan (provider fetches allowed)
     std::string_view model;
     std::size_t log_max;
     int depth = 0;
@@ -95,12 +100,51 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
     bool in_stream_options = false;  // inside the client's stream_options object (depth 2)
     bool drop_next = false;          // the next value is dropped (its key was not written)
 
-    ModelRewriter(BodyWriter& w_, std::string_view m, std::size_t lm, bool fu)
-        : w(w_), model(m), log_max(lm), force_usage(fu) {}
+    ModelRewriter(BodyWriter& w_, FetchScanner* sc, std::string_view m, std::size_t lm, bool fu)
+        : w(w_), scan(sc), model(m), log_max(lm), force_usage(fu) {}
+
+    // The writer's events, teed to the scanner (which ignores all after a finding).
+    using Size = rapidjson::SizeType;
+    bool out_null() {
+        if (scan) scan->Null();
+        return w.Null();
+    }
+    bool out_bool(bool b) {
+        if (scan) scan->Bool(b);
+        return w.Bool(b);
+    }
+    bool out_number(const char* s, Size n) {
+        if (scan) scan->RawNumber(s, n, true);
+        return w.RawValue(s, n, rapidjson::kNumberType);
+    }
+    bool out_string(std::string_view s) {
+        if (scan) scan->String(s.data(), static_cast<Size>(s.size()));
+        return w.String(s.data(), static_cast<Size>(s.size()));
+    }
+    bool out_key(std::string_view s) {
+        if (scan) scan->Key(s.data(), static_cast<Size>(s.size()));
+        return w.Key(s.data(), static_cast<Size>(s.size()));
+    }
+    bool out_start_object() {
+        if (scan) scan->StartObject();
+        return w.StartObject();
+    }
+    bool out_end_object() {
+        if (scan) scan->EndObject();
+        return w.EndObject();
+    }
+    bool out_start_array() {
+        if (scan) scan->StartArray();
+        return w.StartArray();
+    }
+    bool out_end_array() {
+        if (scan) scan->EndArray();
+        return w.EndArray();
+    }
 
     void write_include_usage() {
-        key(w, "include_usage");
-        w.Bool(true);
+        out_key("include_usage");
+        out_bool(true);
     }
     // The client's stream_options value: an object is kept (its include_usage
     // replaced), anything else is dropped for {"include_usage":true}.
@@ -110,9 +154,9 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
             in_stream_options = true;
             return;
         }
-        w.StartObject();
+        out_start_object();
         write_include_usage();
-        w.EndObject();
+        out_end_object();
         skipping = true;
         skip = 0;
     }
@@ -149,21 +193,21 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
         next_is_stream = false;
         if (depth == 1 && next_is_stream_options) stream_options_value(false);
         if (dropping()) return after_scalar(), true;
-        return w.Null();
+        return out_null();
     }
     bool Bool(bool b) {
         if (!value_start(false)) return false;
         if (next_is_stream) stream = b, next_is_stream = false;
         if (depth == 1 && next_is_stream_options) stream_options_value(false);
         if (dropping()) return after_scalar(), true;
-        return w.Bool(b);
+        return out_bool(b);
     }
     bool RawNumber(const char* s, rapidjson::SizeType n, bool) {
         if (!value_start(false)) return false;
         next_is_stream = false;
         if (depth == 1 && next_is_stream_options) stream_options_value(false);
         if (dropping()) return after_scalar(), true;
-        return w.RawValue(s, n, rapidjson::kNumberType);
+        return out_number(s, n);
     }
     bool String(const char* s, rapidjson::SizeType n, bool) {
         bool was_model = depth == 1 && next_is_model;
@@ -176,7 +220,7 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
             truncated |= n > log_max;
         }
         if (dropping()) return after_scalar(), true;
-        return w.String(s, n);
+        return out_string({s, n});
     }
     bool StartObject() {
         if (!value_start(true)) return false;
@@ -184,7 +228,7 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
         if (depth == 1 && next_is_stream_options) stream_options_value(true);
         ++depth;
         if (dropping()) return ++skip, true;
-        return w.StartObject();
+        return out_start_object();
     }
     bool Key(const char* s, rapidjson::SizeType n, bool) {
         if (dropping()) return true;
@@ -198,9 +242,8 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
             if (k == "model") {
                 saw_model = true;
                 next_is_model = true;
-                key(w, "model");
-                put(w, model);
-                return true;
+                out_key("model");
+                return out_string(model);
             }
             next_is_stream = k == "stream";
             if (force_usage && k == "stream_options") {
@@ -211,7 +254,7 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
             drop_next = true;  // written once, as true, when the object ends
             return true;
         }
-        return w.Key(s, n);
+        return out_key({s, n});
     }
     bool EndObject(rapidjson::SizeType) {
         --depth;
@@ -224,16 +267,16 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
             write_include_usage();
         }
         if (depth == 0 && !saw_model) {
-            key(w, "model");
-            put(w, model);
+            out_key("model");
+            out_string(model);
         }
         if (depth == 0 && force_usage && stream && !saw_stream_options) {
-            key(w, "stream_options");
-            w.StartObject();
+            out_key("stream_options");
+            out_start_object();
             write_include_usage();
-            w.EndObject();
+            out_end_object();
         }
-        return w.EndObject();
+        return out_end_object();
     }
     bool StartArray() {
         if (!value_start(true)) return false;
@@ -245,7 +288,7 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
         if (depth == 1 && next_is_stream_options) stream_options_value(false);
         ++depth;
         if (dropping()) return ++skip, true;
-        return w.StartArray();
+        return out_start_array();
     }
     bool EndArray(rapidjson::SizeType) {
         --depth;
@@ -253,7 +296,7 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
             if (--skip == 0) skipping = false;
             return true;
         }
-        return w.EndArray();
+        return out_end_array();
     }
 };
 
@@ -405,7 +448,8 @@ std::string error_json(ApiShape shape, std::string_view type, std::string_view m
     return std::string(sb.GetString(), sb.GetSize());
 }
 
-RewriteResult rewrite_model(std::string_view body, std::string_view model, std::size_t log_max, bool force_usage) {
+RewriteResult rewrite_model(std::string_view body, std::string_view model, std::size_t log_max, bool force_usage,
+                            FetchScanner* scan) {
     RewriteResult r;
     std::string_view t = body;
     while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.remove_prefix(1);
@@ -416,7 +460,7 @@ RewriteResult rewrite_model(std::string_view body, std::string_view model, std::
     r.body.reserve(body.size() + model.size() + 16);
     StringOut out{r.body};
     BodyWriter w(out);
-    ModelRewriter h(w, model, log_max, force_usage);
+    ModelRewriter h(w, scan, model, log_max, force_usage);
     rapidjson::MemoryStream ms(body.data(), body.size());
     rapidjson::Reader reader;
     constexpr unsigned flags =

@@ -60,8 +60,13 @@ struct RewriteResult {
 // strings quoted in RESULT (model_requested, error) are clip()ped to LOG_MAX.
 // FORCE_USAGE (asks_stream_usage()): a streamed request gets
 // stream_options.include_usage true, whatever the client sent.
+// SCAN (provider_fetch.hpp), when given, is fed the events of the body as it
+// is written: the provider-fetch scan of the rewritten body in the same pass.
+// Its finding counts only when the result is ok (a malformed body is refused
+// as such first, as when the scan was a second parse).
+class FetchScanner;
 RewriteResult rewrite_model(std::string_view body, std::string_view model, std::size_t log_max = kLogStringMax,
-                            bool force_usage = false);
+                            bool force_usage = false, FetchScanner* scan = nullptr);
 
 // A request header block checked as bytes before any parser sees it: bare LF
 // line endings and obs-fold continuation lines both let two parsers disagree

@@ -177,3 +177,124 @@ TEST(ProviderFetch, AccountHeadersComeFromTheProviderOnly) {
         EXPECT_TRUE(values(out, "openai-project").empty()) << t;
     }
 }
+
+// ---- One pass: the scan rides rewrite_model's parse (the gateway's path).
+
+namespace {
+
+struct Outcome {
+    bool ok = false;
+    std::string error;  // the rewrite's 400, when !ok
+    std::optional<FetchFinding> fetch;
+};
+
+// The old path: rewrite, then a second parse of the written body.
+Outcome two_pass(std::string_view body, bool force_usage, const HeaderList& h = {}) {
+    auto rw = rewrite_model(body, "served-model", kLogStringMax, force_usage);
+    if (!rw.ok) return {false, rw.error, std::nullopt};
+    return {true, "", find_provider_fetch(rw.body, h)};
+}
+
+Outcome one_pass(std::string_view body, bool force_usage, const HeaderList& h = {}) {
+    FetchScanner sc;
+    auto rw = rewrite_model(body, "served-model", kLogStringMax, force_usage, &sc);
+    if (!rw.ok) return {false, rw.error, std::nullopt};
+    return {true, "", find_provider_fetch(sc, h)};
+}
+
+void expect_same(std::string_view body, bool force_usage, const std::string& label, const HeaderList& h = {}) {
+    auto a = two_pass(body, force_usage, h), b = one_pass(body, force_usage, h);
+    EXPECT_EQ(a.ok, b.ok) << label;
+    EXPECT_EQ(a.error, b.error) << label;
+    ASSERT_EQ(a.fetch.has_value(), b.fetch.has_value()) << label << (a.fetch ? " two-pass: " + a.fetch->where : "")
+                                                        << (b.fetch ? " one-pass: " + b.fetch->where : "");
+    if (a.fetch) {
+        EXPECT_EQ(a.fetch->where, b.fetch->where) << label;
+        EXPECT_EQ(a.fetch->what, b.fetch->what) << label;
+    }
+}
+
+}  // namespace
+
+TEST(ProviderFetchOnePass, SameFindingAsASecondParseForEveryTableCase) {
+    for (const auto& c : kCases)
+        for (bool force : {false, true}) expect_same(c.body, force, std::string(c.api) + " / " + c.name, c.headers);
+}
+
+// Bodies built so that what the client sent and what leaves differ: the scan
+// must judge what leaves (as the second parse did), and a malformed body is
+// refused as malformed even when a fetch comes first.
+TEST(ProviderFetchOnePass, HostileBodiesAreJudgedExactlyAsBefore) {
+    const std::string deep = std::string(20000, '[') + R"({"type":"mcp"})" + std::string(20000, ']');
+    struct Hostile {
+        const char* name;
+        std::string body;
+        bool force_usage;
+        int expect;  // 0 allowed, 1 fetch refused, 2 malformed (rewrite 400)
+    } cases[] = {
+        {"escaped key typ\\u0065", R"({"tools":[{"typ\u0065":"mcp"}]})", false, 1},
+        {"escaped value", R"({"tools":[{"type":"\u006d\u0063\u0070"}]})", false, 1},
+        {"escaped top key mcp_servers", R"({"mcp\u005fservers":[]})", false, 1},
+        {"NUL inside the key", R"({"tools":[{"ty\u0000pe":"mcp"}]})", false, 0},
+        {"nested duplicate, fetch first", R"({"tools":[{"type":"mcp","type":"function"}]})", false, 1},
+        {"nested duplicate, fetch last", R"({"tools":[{"type":"function","type":"mcp"}]})", false, 1},
+        {"top-level duplicate with a fetch", R"({"tools":[],"tools":[{"type":"mcp"}]})", false, 2},
+        {"top-level duplicate model", R"({"model":"a","model":{"type":"mcp"}})", false, 2},
+        {"fetch then invalid JSON", R"({"tools":[{"type":"mcp"}],"x":})", false, 2},
+        {"fetch then invalid UTF-8", "{\"tools\":[{\"type\":\"mcp\"}],\"x\":\"\xff\"}", false, 2},
+        {"invalid UTF-8 in the type", "{\"tools\":[{\"type\":\"mcp\xc3\"}]}", false, 2},
+        {"overlong UTF-8 key", "{\"\xc0\xb4ype\":\"mcp\"}", false, 2},
+        {"fetch then trailing garbage", R"({"tools":[{"type":"mcp"}]} x)", false, 2},
+        {"deep nesting", R"({"a":)" + deep + "}", false, 1},
+        // The client's model is dropped for the configured one: never sent, never judged.
+        {"fetch inside the dropped model", R"({"model":{"type":"mcp","server_url":"https://x"}})", false, 0},
+        {"model below the top level is kept", R"({"x":{"model":{"type":"mcp"}}})", false, 1},
+        // stream_options: kept as an object (judged), replaced otherwise; the
+        // client's include_usage is dropped when the terminator sets it.
+        {"fetch in kept stream_options", R"({"stream":true,"stream_options":{"type":"mcp"}})", true, 1},
+        {"fetch in dropped include_usage", R"({"stream":true,"stream_options":{"include_usage":{"type":"mcp"}}})",
+         true, 0},
+        {"include_usage kept without force", R"({"stream":true,"stream_options":{"include_usage":{"type":"mcp"}}})",
+         false, 1},
+        {"fetch in replaced stream_options array", R"({"stream":true,"stream_options":[{"type":"mcp"}]})", true, 0},
+        {"array top level", R"([{"type":"mcp"}])", false, 2},
+    };
+    for (const auto& c : cases) {
+        expect_same(c.body, c.force_usage, c.name);
+        auto b = one_pass(c.body, c.force_usage);
+        EXPECT_EQ(b.ok ? (b.fetch ? 1 : 0) : 2, c.expect) << c.name << ": " << b.error
+                                                          << (b.fetch ? b.fetch->where : "");
+    }
+}
+
+TEST(ProviderFetchOnePass, HeaderFindingComesFirstAndScannerStopsAtItsFinding) {
+    HeaderList beta = {{"anthropic-beta", "web-fetch-2025-09-10"}};
+    auto b = one_pass(R"({"tools":[{"type":"mcp"}]})", false, beta);
+    ASSERT_TRUE(b.fetch);
+    EXPECT_EQ(b.fetch->where.rfind("header anthropic-beta", 0), 0u) << b.fetch->where;
+
+    // After a finding every handler says stop and nothing moves the finding.
+    FetchScanner sc;
+    EXPECT_TRUE(sc.StartObject());
+    EXPECT_TRUE(sc.Key("tools", 5));
+    EXPECT_TRUE(sc.StartArray());
+    EXPECT_TRUE(sc.StartObject());
+    EXPECT_TRUE(sc.Key("type", 4));
+    EXPECT_FALSE(sc.String("web_search", 10));
+    EXPECT_FALSE(sc.Key("mcp_servers", 11));
+    EXPECT_FALSE(sc.EndObject());
+    EXPECT_FALSE(sc.EndArray());
+    ASSERT_TRUE(sc.finding());
+    EXPECT_EQ(sc.finding()->where, "body tools[0].type \"web_search\"");
+}
+
+TEST(ProviderFetchOnePass, ScannerReusedFramesDoNotCarryOldKeys) {
+    // A sibling container opened where a longer-keyed one was must not see
+    // the earlier key (frames are reused for their strings' room).
+    const char* body = R"({"a":[{"image_url_long_key_name_here":1}],"b":[{"x":{"url":"https://x"}}]})";
+    expect_same(body, false, "reused frames");
+    EXPECT_FALSE(one_pass(body, false).fetch);
+    const char* body2 = R"({"image_url":{"k":1},"b":[{"url":"https://x"}]})";
+    expect_same(body2, false, "reused frames 2");
+    EXPECT_FALSE(one_pass(body2, false).fetch);
+}
