@@ -61,7 +61,11 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
         return limits->admit(cg, l);
     };
     go.on_request = [&audit, limits = limits_.get(), on_request = std::move(on_request)](const terminator::RequestLog& r) {
-        audit.write(terminator::request_log_json(r));
+        // Built in this io thread's reused buffer: no allocation per record
+        // (the audit log copies the line into its tail).
+        thread_local std::string line;
+        terminator::request_log_json(r, line);
+        audit.write(line);
         limits->charge(r);
         if (on_request) on_request(r);  // the usage ledger
     };

@@ -224,7 +224,7 @@ struct Gateway::Shared {
         const auto& lg = opts.access_log ? opts.access_log : spdlog::default_logger();
         // The line is only built for a logger that writes it (the agent's
         // records go to the audit log through on_request, built there once).
-        if (lg && lg->should_log(spdlog::level::info)) lg->info("{}", request_log_json(r));
+        if (lg && lg->should_log(spdlog::level::info)) lg->info("{}", request_log_line(r));
         if (opts.on_request) opts.on_request(r);
     }
 };

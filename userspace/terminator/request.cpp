@@ -4,11 +4,15 @@
 
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
+#include <rapidjson/internal/dtoa.h>
+#include <rapidjson/internal/ieee754.h>
+#include <rapidjson/internal/itoa.h>
 #include <rapidjson/reader.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <ctime>
 #include <sstream>
@@ -59,14 +63,6 @@ template <class W>
 void put(W& w, std::string_view s) { w.String(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
 template <class W>
 void key(W& w, std::string_view s) { w.Key(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
-// Optional log fields are left out rather than written empty.
-template <class W>
-void put_unless_empty(W& w, std::string_view k, std::string_view v) {
-    if (v.empty()) return;
-    key(w, k);
-    put(w, v);
-}
-
 // Streams the request through the writer, replacing the top-level "model"
 // and, when asked (force_usage), making a stream report its usage:
 // stream_options.include_usage is set to true whatever the client sent.
@@ -789,69 +785,145 @@ std::string model_json(ApiShape shape, const InferenceConfig& cfg) {
     return std::string(sb.GetString(), sb.GetSize());
 }
 
-std::string request_log_json(const RequestLog& r) {
-    rapidjson::StringBuffer sb;
-    Writer w(sb);
-    w.StartObject();
-    key(w, "event");
-    put(w, "inference");
-    key(w, "cgroup_id");
-    w.Uint64(r.conn.cgroup_id);
-    key(w, "pid");
-    w.Uint(r.conn.pid);
-    put_unless_empty(w, "client", r.conn.client);
-    key(w, "method");
-    put(w, r.method);
-    key(w, "path");
-    put(w, r.path);
-    if (!r.route.empty()) {
-        key(w, "route");
-        put(w, r.route);
+namespace {
+
+// The access-log line's own writer: the field names are fixed, so they go out
+// as literals (no per-key work), and values are escaped a run at a time. The
+// bytes are those rapidjson::Writer wrote for the same record (same escapes,
+// same number formatting: rapidjson's own itoa/dtoa), which the tests check.
+struct LineOut {
+    std::string& s;
+
+    static constexpr std::array<char, 256> kEscape = [] {
+        std::array<char, 256> t{};
+        for (int c = 0; c < 0x20; ++c) t[static_cast<std::size_t>(c)] = 'u';
+        t['\b'] = 'b';
+        t['\t'] = 't';
+        t['\n'] = 'n';
+        t['\f'] = 'f';
+        t['\r'] = 'r';
+        t['"'] = '"';
+        t['\\'] = '\\';
+        return t;
+    }();
+
+    void raw(std::string_view v) { s.append(v); }
+    void str(std::string_view v) {
+        static constexpr char hex[] = "0123456789ABCDEF";
+        s.push_back('"');
+        std::size_t run = 0;
+        for (std::size_t i = 0; i < v.size(); ++i) {
+            const auto c = static_cast<unsigned char>(v[i]);
+            const char e = kEscape[c];
+            if (!e) continue;
+            s.append(v.data() + run, i - run);
+            const char esc[6] = {'\\', e, '0', '0', hex[c >> 4], hex[c & 0xF]};
+            s.append(esc, e == 'u' ? 6 : 2);
+            run = i + 1;
+        }
+        s.append(v.data() + run, v.size() - run);
+        s.push_back('"');
     }
-    key(w, "provider");
-    put(w, r.provider);
-    put_unless_empty(w, "provider_type", r.provider_type);
-    key(w, "model_requested");
-    put(w, r.model_requested);
-    key(w, "model_used");
-    put(w, r.model_used);
-    key(w, "config_version");
-    w.Uint64(r.config_version);
-    key(w, "status");
-    w.Int(r.status);
-    key(w, "stream");
-    w.Bool(r.stream);
-    key(w, "bytes_in");
-    w.Uint64(r.bytes_in);
-    key(w, "bytes_out");
-    w.Uint64(r.bytes_out);
-    key(w, "duration_ms");
-    w.Double(static_cast<double>(static_cast<int64_t>(r.duration_ms * 1000)) / 1000.0);
+    void u64(std::uint64_t v) {
+        char b[20];
+        s.append(b, static_cast<std::size_t>(rapidjson::internal::u64toa(v, b) - b));
+    }
+    void u32(unsigned v) {
+        char b[10];
+        s.append(b, static_cast<std::size_t>(rapidjson::internal::u32toa(v, b) - b));
+    }
+    void i32(int v) {
+        char b[11];
+        s.append(b, static_cast<std::size_t>(rapidjson::internal::i32toa(v, b) - b));
+    }
+    void dbl(double d) {
+        if (rapidjson::internal::Double(d).IsNanOrInf()) return;  // rapidjson::Writer writes nothing either
+        char b[25];
+        s.append(b, static_cast<std::size_t>(rapidjson::internal::dtoa(d, b, 324) - b));
+    }
+    void boolean(bool b) { raw(b ? "true" : "false"); }
+    // ,"KEY":"V" — optional fields are left out rather than written empty.
+    void str_unless_empty(std::string_view key_with_quotes, std::string_view v) {
+        if (v.empty()) return;
+        raw(key_with_quotes);
+        str(v);
+    }
+};
+
+}  // namespace
+
+void request_log_json(const RequestLog& r, std::string& out) {
+    out.clear();
+    LineOut w{out};
+    w.raw(R"({"event":"inference","cgroup_id":)");
+    w.u64(r.conn.cgroup_id);
+    w.raw(R"(,"pid":)");
+    w.u32(r.conn.pid);
+    w.str_unless_empty(R"(,"client":)", r.conn.client);
+    w.raw(R"(,"method":)");
+    w.str(r.method);
+    w.raw(R"(,"path":)");
+    w.str(r.path);
+    w.str_unless_empty(R"(,"route":)", r.route);
+    w.raw(R"(,"provider":)");
+    w.str(r.provider);
+    w.str_unless_empty(R"(,"provider_type":)", r.provider_type);
+    w.raw(R"(,"model_requested":)");
+    w.str(r.model_requested);
+    w.raw(R"(,"model_used":)");
+    w.str(r.model_used);
+    w.raw(R"(,"config_version":)");
+    w.u64(r.config_version);
+    w.raw(R"(,"status":)");
+    w.i32(r.status);
+    w.raw(R"(,"stream":)");
+    w.boolean(r.stream);
+    w.raw(R"(,"bytes_in":)");
+    w.u64(r.bytes_in);
+    w.raw(R"(,"bytes_out":)");
+    w.u64(r.bytes_out);
+    w.raw(R"(,"duration_ms":)");
+    w.dbl(static_cast<double>(static_cast<int64_t>(r.duration_ms * 1000)) / 1000.0);
     if (r.usage.known()) {
         // Only what the provider reported: a side it left out is omitted, not 0.
-        key(w, "usage");
-        w.StartObject();
+        w.raw(R"(,"usage":{)");
         if (r.usage.input_tokens) {
-            key(w, "input_tokens");
-            w.Uint64(*r.usage.input_tokens);
+            w.raw(R"("input_tokens":)");
+            w.u64(*r.usage.input_tokens);
         }
         if (r.usage.output_tokens) {
-            key(w, "output_tokens");
-            w.Uint64(*r.usage.output_tokens);
+            w.raw(r.usage.input_tokens ? R"(,"output_tokens":)" : R"("output_tokens":)");
+            w.u64(*r.usage.output_tokens);
         }
-        w.EndObject();
+        w.raw("}");
     }
     if (r.credential) {
         // Whether the sandbox's request left with the provider's credential,
         // named by header and key: the value never enters a record.
-        key(w, "credential");
-        put(w, r.credential->header.empty() ? "none" : "injected");
-        put_unless_empty(w, "credential_header", r.credential->header);
-        put_unless_empty(w, "credential_key", r.credential->key);
+        w.raw(R"(,"credential":)");
+        w.str(r.credential->header.empty() ? "none" : "injected");
+        w.str_unless_empty(R"(,"credential_header":)", r.credential->header);
+        w.str_unless_empty(R"(,"credential_key":)", r.credential->key);
     }
-    put_unless_empty(w, "error", r.error);
-    w.EndObject();
-    return std::string(sb.GetString(), sb.GetSize());
+    w.str_unless_empty(R"(,"error":)", r.error);
+    w.raw("}");
+}
+
+std::string request_log_json(const RequestLog& r) {
+    std::string out;
+    out.reserve(512);
+    request_log_json(r, out);
+    return out;
+}
+
+std::string_view request_log_line(const RequestLog& r) {
+    thread_local std::string line = [] {
+        std::string s;
+        s.reserve(1024);
+        return s;
+    }();
+    request_log_json(r, line);
+    return line;
 }
 
 }  // namespace redir::terminator

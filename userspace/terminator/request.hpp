@@ -190,6 +190,11 @@ struct RequestLog {
     std::optional<CredentialUse> credential;
 };
 std::string request_log_json(const RequestLog& r);
+// The same line written into OUT (cleared first, its room kept for the next).
+void request_log_json(const RequestLog& r, std::string& out);
+// The same line in this thread's reused buffer: valid until this thread's next
+// call (the per-request path: no allocation once the buffer has grown).
+std::string_view request_log_line(const RequestLog& r);
 
 // Percent-decoding for a path segment; nullopt on a bad escape.
 std::optional<std::string> percent_decode(std::string_view s);

@@ -1,5 +1,12 @@
 #include <gtest/gtest.h>
 
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <climits>
+#include <limits>
+
 #include "terminator/mock.hpp"
 #include "terminator/request.hpp"
 
@@ -171,6 +178,141 @@ TEST(Log, NamesTheInjectedCredentialByHeaderAndKeyOnly) {
     EXPECT_EQ(j.find("credential_header"), std::string::npos) << j;
     r.credential.reset();  // refused before an answer: nothing to say
     EXPECT_EQ(request_log_json(r).find("credential"), std::string::npos);
+}
+
+// The audit line as rapidjson::Writer wrote it before the line got its own
+// writer: the bytes of every record must stay the same.
+std::string reference_log_json(const RequestLog& r) {
+    rapidjson::StringBuffer sb;
+    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
+    auto put = [&](std::string_view v) { w.String(v.data(), static_cast<rapidjson::SizeType>(v.size())); };
+    auto key = [&](std::string_view k) { w.Key(k.data(), static_cast<rapidjson::SizeType>(k.size())); };
+    auto opt = [&](std::string_view k, std::string_view v) {
+        if (!v.empty()) key(k), put(v);
+    };
+    w.StartObject();
+    key("event"), put("inference");
+    key("cgroup_id"), w.Uint64(r.conn.cgroup_id);
+    key("pid"), w.Uint(r.conn.pid);
+    opt("client", r.conn.client);
+    key("method"), put(r.method);
+    key("path"), put(r.path);
+    opt("route", r.route);
+    key("provider"), put(r.provider);
+    opt("provider_type", r.provider_type);
+    key("model_requested"), put(r.model_requested);
+    key("model_used"), put(r.model_used);
+    key("config_version"), w.Uint64(r.config_version);
+    key("status"), w.Int(r.status);
+    key("stream"), w.Bool(r.stream);
+    key("bytes_in"), w.Uint64(r.bytes_in);
+    key("bytes_out"), w.Uint64(r.bytes_out);
+    key("duration_ms"), w.Double(static_cast<double>(static_cast<int64_t>(r.duration_ms * 1000)) / 1000.0);
+    if (r.usage.known()) {
+        key("usage"), w.StartObject();
+        if (r.usage.input_tokens) key("input_tokens"), w.Uint64(*r.usage.input_tokens);
+        if (r.usage.output_tokens) key("output_tokens"), w.Uint64(*r.usage.output_tokens);
+        w.EndObject();
+    }
+    if (r.credential) {
+        key("credential"), put(r.credential->header.empty() ? "none" : "injected");
+        opt("credential_header", r.credential->header);
+        opt("credential_key", r.credential->key);
+    }
+    opt("error", r.error);
+    w.EndObject();
+    return std::string(sb.GetString(), sb.GetSize());
+}
+
+std::vector<RequestLog> varied_records() {
+    std::string every_byte;
+    for (int c = 0; c < 256; ++c) every_byte.push_back(static_cast<char>(c));
+    std::vector<RequestLog> out;
+    RequestLog a;  // everything empty or zero
+    out.push_back(a);
+    RequestLog b;
+    b.conn.cgroup_id = std::numeric_limits<uint64_t>::max();
+    b.conn.pid = std::numeric_limits<uint32_t>::max();
+    b.conn.client = "[2001:db8::1]:40000";
+    b.method = "POST";
+    b.path = "/v1/chat/completions";
+    b.route = "default";
+    b.provider = "p\"q\\r";
+    b.provider_type = "openai";
+    b.model_requested = every_byte;                     // control bytes, quote, backslash, DEL, high bytes
+    b.model_used = "\xE2\x80\xA8 \xF0\x9F\x98\x80 \xff\xfe";  // U+2028, an emoji, invalid UTF-8: written as is
+    b.config_version = 7;
+    b.status = INT_MIN;
+    b.stream = true;
+    b.bytes_in = 1;
+    b.bytes_out = std::numeric_limits<uint64_t>::max();
+    b.duration_ms = 123.4567;
+    b.usage.input_tokens = 0;
+    b.usage.output_tokens = 18446744073709551615ull;
+    b.credential = CredentialUse{"authorization", "OPENAI_API_KEY"};
+    b.error = std::string("line\nbreak\ttab\x01\x1f</script>/");
+    out.push_back(b);
+    for (double d : {0.0, 0.0004, 0.001, 1.0, 2.5, 1e-3, 99999.9999, 1e12, -3.25, 1e300}) {
+        RequestLog r = b;
+        r.duration_ms = d;
+        r.usage.input_tokens.reset();  // output only
+        r.credential = CredentialUse{};  // "none"
+        r.status = 200;
+        out.push_back(r);
+    }
+    RequestLog c = b;
+    c.usage = {};
+    c.credential.reset();
+    c.conn.client.clear();
+    c.route.clear();
+    c.provider_type.clear();
+    c.error.clear();
+    c.status = -1;
+    out.push_back(c);
+    RequestLog d = c;
+    d.usage.input_tokens = 5;  // input only
+    d.credential = CredentialUse{"x-api-key", ""};
+    out.push_back(d);
+    return out;
+}
+
+TEST(Log, BytesAreThoseOfTheRapidjsonWriter) {
+    for (const auto& r : varied_records()) {
+        const auto want = reference_log_json(r);
+        EXPECT_EQ(request_log_json(r), want);
+        EXPECT_EQ(request_log_line(r), want);
+        std::string out = "stale bytes of an earlier line";
+        request_log_json(r, out);
+        EXPECT_EQ(out, want);
+        rapidjson::Document doc;
+        doc.Parse(want.data(), want.size());
+        EXPECT_FALSE(doc.HasParseError()) << want;
+    }
+}
+
+// The per-thread buffer is reused: a short record after a long one carries
+// nothing of the long one (no field, no trailing bytes).
+TEST(Log, ReusedBufferDoesNotLeakTheLastRecordsFields) {
+    RequestLog long_one;
+    long_one.conn.client = "203.0.113.7:5555";
+    long_one.route = "secret-route-of-sandbox-a";
+    long_one.provider_type = "anthropic";
+    long_one.model_requested = std::string(3000, 'L');
+    long_one.usage.input_tokens = 11;
+    long_one.usage.output_tokens = 22;
+    long_one.credential = CredentialUse{"x-api-key", "ANTHROPIC_API_KEY"};
+    long_one.error = "provider said no: " + std::string(500, 'E');
+    const std::string long_line(request_log_line(long_one));
+    EXPECT_EQ(long_line, reference_log_json(long_one));
+
+    RequestLog short_one;
+    short_one.conn.cgroup_id = 2;
+    short_one.status = 200;
+    const std::string_view short_line = request_log_line(short_one);
+    EXPECT_EQ(short_line, reference_log_json(short_one));
+    for (const char* leak : {"203.0.113.7", "secret-route", "anthropic", "LLL", "usage", "credential", "EEE", "error"})
+        EXPECT_EQ(short_line.find(leak), std::string_view::npos) << leak << " leaked into " << short_line;
+    EXPECT_LT(short_line.size(), 300u);
 }
 
 TEST(Mock, AnswersInEachShape) {
