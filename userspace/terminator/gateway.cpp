@@ -1076,15 +1076,17 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
         co_return co_await send_mock(gw, s, m, keep_alive, log);
     }
 
-    std::string err;
-    auto base = parse_base_url(provider.base_url, &err);
+    // The base URL and the provider's own headers were derived when the snapshot was published.
+    const auto& base = in.snap->base;
     if (!base)
-        co_return co_await send_error(gw, s, in.shape, 502, "provider " + provider.name + " is misconfigured: " + err,
+        co_return co_await send_error(gw, s, in.shape, 502,
+                                      "provider " + provider.name + " is misconfigured: " + in.snap->base_error,
                                       keep_alive, log);
     http::request<http::string_body> ureq{http::verb::post,
                                           upstream_target(*base, profile, in.route.path, in.route.query), 11};
     ureq.set(http::field::host, base->host_header);
-    for (const auto& [n, v] : upstream_headers(client_headers, profile, provider)) ureq.insert(n, v);
+    each_upstream_header(client_headers, profile, in.snap->provider_headers,
+                         [&ureq](std::string_view n, std::string_view v) { ureq.insert(n, v); });
     ureq.body() = std::move(rw.body);
     ureq.keep_alive(true);
     ureq.prepare_payload();

@@ -95,7 +95,9 @@ std::optional<FetchFinding> beta_header_fetch(const HeaderList& headers, std::si
 
 }  // namespace
 
-FetchScanner::FetchScanner(std::size_t log_max) : log_max_(log_max) {}
+FetchScanner::FetchScanner(std::size_t log_max) : log_max_(log_max) {
+    stack_.reserve(8);  // a chat request nests 4-6 deep: one allocation
+}
 
 std::string FetchScanner::value_path() const {
     // Each container's path is the value path its parent had when it opened;

@@ -15,6 +15,7 @@
 #include <array>
 #include <cctype>
 #include <ctime>
+#include <memory_resource>
 #include <sstream>
 
 namespace redir::terminator {
@@ -57,7 +58,12 @@ struct StringOut {
     void Put(char c) { s.push_back(c); }
     void Flush() {}
 };
-using BodyWriter = rapidjson::Writer<StringOut>;
+// The rewrite's parser and writer keep their stacks in pools that start in a
+// buffer on the caller's stack: a typical request allocates nothing but the
+// body it returns (a longer string or deeper nesting spills to the heap).
+using Pool = rapidjson::MemoryPoolAllocator<>;
+using BodyWriter = rapidjson::Writer<StringOut, rapidjson::UTF8<>, rapidjson::UTF8<>, Pool>;
+using BodyReader = rapidjson::GenericReader<rapidjson::UTF8<>, rapidjson::UTF8<>, Pool>;
 
 template <class W>
 void put(W& w, std::string_view s) { w.String(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
@@ -84,7 +90,7 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
     bool next_is_model = false;
     bool next_is_stream = false;
     bool started = false;
-    std::set<std::string> keys;
+    std::pmr::set<std::pmr::string, std::less<>> keys;  // top-level keys seen (in the caller's arena)
     std::string error;
     std::string model_requested;
     bool stream = false;
@@ -96,8 +102,9 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
     bool in_stream_options = false;  // inside the client's stream_options object (depth 2)
     bool drop_next = false;          // the next value is dropped (its key was not written)
 
-    ModelRewriter(BodyWriter& w_, FetchScanner* sc, std::string_view m, std::size_t lm, bool fu)
-        : w(w_), scan(sc), model(m), log_max(lm), force_usage(fu) {}
+    ModelRewriter(BodyWriter& w_, FetchScanner* sc, std::string_view m, std::size_t lm, bool fu,
+                  std::pmr::memory_resource* arena)
+        : w(w_), scan(sc), model(m), log_max(lm), keys(arena), force_usage(fu) {}
 
     // The writer's events, teed to the scanner (which ignores all after a finding).
     using Size = rapidjson::SizeType;
@@ -229,8 +236,8 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
     bool Key(const char* s, rapidjson::SizeType n, bool) {
         if (dropping()) return true;
         if (depth == 1) {
-            std::string k(s, n);
-            if (!keys.insert(k).second) {
+            const std::string_view k(s, n);
+            if (!keys.emplace(k).second) {
                 truncated |= k.size() > log_max;
                 error = "request body repeats the top-level key \"" + clip(k, log_max) + "\"";
                 return false;
@@ -455,10 +462,18 @@ RewriteResult rewrite_model(std::string_view body, std::string_view model, std::
     }
     r.body.reserve(body.size() + model.size() + 16);
     StringOut out{r.body};
-    BodyWriter w(out);
-    ModelRewriter h(w, scan, model, log_max, force_usage);
+    alignas(16) char writer_room[1024];
+    Pool writer_pool(writer_room, sizeof(writer_room));
+    BodyWriter w(out, &writer_pool);
+    alignas(16) char keys_room[1024];
+    std::pmr::monotonic_buffer_resource keys_arena(keys_room, sizeof(keys_room));
+    ModelRewriter h(w, scan, model, log_max, force_usage, &keys_arena);
     rapidjson::MemoryStream ms(body.data(), body.size());
-    rapidjson::Reader reader;
+    // The parser's stack holds the longest string: past the buffer, one chunk
+    // the body's size holds any of them.
+    alignas(16) char reader_room[8192];
+    Pool reader_pool(reader_room, sizeof(reader_room), std::max<std::size_t>(64 << 10, body.size() + 4096));
+    BodyReader reader(&reader_pool);
     constexpr unsigned flags =
         rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag | rapidjson::kParseValidateEncodingFlag;
     rapidjson::ParseResult pr = reader.Parse<flags>(ms, h);
@@ -663,35 +678,59 @@ TokenSet connection_tokens(const HeaderList& headers) {
     return out;
 }
 
-HeaderList upstream_headers(const HeaderList& client, const Profile& profile, const Provider& provider) {
-    auto conn = connection_tokens(client);
-    const auto& common = common_allowed_headers();
+HeaderList provider_headers(const Profile& profile, const Provider& provider) {
     HeaderList out;
-    for (const auto& [n, v] : client) {
-        // The billed organisation/project is the provider's choice, not the sandbox's.
-        if (is_hop_by_hop(n) || conn.count(n) || is_credential_header(n) || is_account_header(n)) continue;
-        bool allowed = std::find(common.begin(), common.end(), n) != common.end() ||
-                       std::find(profile.extra_headers.begin(), profile.extra_headers.end(), n) !=
-                           profile.extra_headers.end();
-        if (allowed) out.emplace_back(n, v);
-    }
-    if (auto cred = pick_credential(profile, provider)) {
+    if (auto* e = credential_entry(profile, provider)) {
         if (profile.auth == AuthStyle::Bearer)
-            out.emplace_back("authorization", "Bearer " + *cred);
+            out.emplace_back("authorization", "Bearer " + e->second);
         else
-            out.emplace_back(std::string(profile.auth_header), *cred);
+            out.emplace_back(std::string(profile.auth_header), e->second);
     }
     add_account_headers(out, provider);
-    auto has = [&](std::string_view n) {
-        return std::any_of(out.begin(), out.end(), [&](const auto& h) { return h.first == n; });
+    return out;
+}
+
+void each_upstream_header(const HeaderList& client, const Profile& profile, const HeaderList& fixed, HeaderSink emit,
+                          void* ctx) {
+    auto conn = connection_tokens(client);
+    const auto& common = common_allowed_headers();
+    auto passes = [&](std::string_view n) {
+        // The billed organisation/project is the provider's choice, not the sandbox's.
+        if (is_hop_by_hop(n) || conn.count(n) || is_credential_header(n) || is_account_header(n)) return false;
+        return std::find(common.begin(), common.end(), n) != common.end() ||
+               std::find(profile.extra_headers.begin(), profile.extra_headers.end(), n) != profile.extra_headers.end();
     };
-    for (const auto& [n, v] : profile.default_headers)
-        if (!has(n)) out.emplace_back(std::string(n), std::string(v));
+    for (const auto& [n, v] : client)
+        if (passes(n)) emit(ctx, n, v);
+    for (const auto& [n, v] : fixed) emit(ctx, n, v);
+    // A default goes out only when no header of its name did before it.
+    std::uint64_t defaults_sent = 0;  // bit i: default_headers[i] went out
+    auto sent = [&](std::string_view n) {
+        for (const auto& [cn, cv] : client)
+            if (cn == n && passes(cn)) return true;
+        for (const auto& [fn, fv] : fixed)
+            if (fn == n) return true;
+        for (std::size_t i = 0; i < profile.default_headers.size() && i < 64; ++i)
+            if ((defaults_sent >> i & 1) && profile.default_headers[i].first == n) return true;
+        return false;
+    };
+    for (std::size_t i = 0; i < profile.default_headers.size() && i < 64; ++i) {
+        const auto& [n, v] = profile.default_headers[i];
+        if (sent(n)) continue;
+        emit(ctx, n, v);
+        defaults_sent |= std::uint64_t{1} << i;
+    }
     // The body is always the re-serialised JSON.
-    if (!has("content-type")) out.emplace_back("content-type", "application/json");
+    if (!sent("content-type")) emit(ctx, "content-type", "application/json");
     // An answer is charged from the usage it carries: a compressed one could
     // not be read, so a sandbox asking for gzip would go uncounted.
-    out.emplace_back("accept-encoding", "identity");
+    emit(ctx, "accept-encoding", "identity");
+}
+
+HeaderList upstream_headers(const HeaderList& client, const Profile& profile, const Provider& provider) {
+    HeaderList out;
+    each_upstream_header(client, profile, provider_headers(profile, provider),
+                         [&](std::string_view n, std::string_view v) { out.emplace_back(n, v); });
     return out;
 }
 
@@ -706,10 +745,14 @@ bool relay_response_header(std::string_view n, const TokenSet& conn) {
 
 std::string upstream_target(const BaseUrl& base, const Profile& profile, const std::string& path,
                             const std::string& query) {
-    std::string p = path;
-    if (profile.base_includes_version && p.rfind("/v1/", 0) == 0) p = p.substr(3);
-    std::string out = base.path + p;
-    std::string q;
+    std::string_view p = path;
+    if (profile.base_includes_version && p.rfind("/v1/", 0) == 0) p.remove_prefix(3);
+    std::string out;
+    out.reserve(base.path.size() + p.size() + (query.empty() ? 0 : query.size() + 1));
+    out += base.path;
+    out += p;
+    // Only the profile's query parameters pass, in the client's order.
+    bool first = true;
     std::string_view s = query;
     while (!s.empty()) {
         auto amp = s.find('&');
@@ -718,13 +761,13 @@ std::string upstream_target(const BaseUrl& base, const Profile& profile, const s
         auto name = percent_decode(part.substr(0, eq));
         if (name && std::find(profile.query_params.begin(), profile.query_params.end(), *name) !=
                         profile.query_params.end()) {
-            if (!q.empty()) q += '&';
-            q += part;
+            out += first ? '?' : '&';
+            out += part;
+            first = false;
         }
         if (amp == std::string_view::npos) break;
         s.remove_prefix(amp + 1);
     }
-    if (!q.empty()) out += "?" + q;
     return out;
 }
 

@@ -8,6 +8,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -142,6 +143,24 @@ std::string stream_error_event(ApiShape shape, std::string_view why);
 // the provider's credential, its default headers. Client credentials and
 // hop-by-hop headers never pass.
 HeaderList upstream_headers(const HeaderList& client, const Profile& profile, const Provider& provider);
+// The headers the provider adds to every request, in the order they go out:
+// its credential as PROFILE sends it, then its account headers. Constant
+// between configuration changes: the Store keeps them in each Snapshot.
+HeaderList provider_headers(const Profile& profile, const Provider& provider);
+// upstream_headers without building a list: EMIT(name, value) for each, in the
+// same order, with the provider's part taken from PROVIDER_HEADERS (above).
+using HeaderSink = void (*)(void* ctx, std::string_view name, std::string_view value);
+void each_upstream_header(const HeaderList& client, const Profile& profile, const HeaderList& provider_headers,
+                          HeaderSink emit, void* ctx);
+template <class F>
+void each_upstream_header(const HeaderList& client, const Profile& profile, const HeaderList& provider_headers,
+                          F&& emit) {
+    using Fn = std::remove_reference_t<F>;
+    each_upstream_header(
+        client, profile, provider_headers,
+        [](void* c, std::string_view n, std::string_view v) { (*static_cast<Fn*>(c))(n, v); },
+        const_cast<void*>(static_cast<const void*>(&emit)));
+}
 // The credential the profile sends, if any.
 std::optional<std::string> pick_credential(const Profile& profile, const Provider& provider);
 // What the audit record says of the credential a provider call carries: the

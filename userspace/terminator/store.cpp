@@ -11,6 +11,7 @@
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
 #include "common/json_state.hpp"
+#include "terminator/request.hpp"
 #include "terminator/profiles.hpp"
 
 namespace redir::terminator {
@@ -154,6 +155,16 @@ std::optional<BaseUrl> parse_base_url(const std::string& url, std::string* err) 
     std::string h = b.host.find(':') != std::string::npos ? "[" + b.host + "]" : b.host;
     b.host_header = b.port == 443 ? h : h + ":" + std::to_string(b.port);
     return b;
+}
+
+void derive_upstream(Snapshot& snap) {
+    snap.base.reset();
+    snap.base_error.clear();
+    snap.provider_headers.clear();
+    if (!snap.provider) return;
+    snap.base = parse_base_url(snap.provider->base_url, &snap.base_error);
+    if (const Profile* profile = find_profile(snap.provider->type))
+        snap.provider_headers = provider_headers(*profile, *snap.provider);
 }
 
 Store::Store(std::string state_dir) : dir_(std::move(state_dir)) {
@@ -402,6 +413,7 @@ void Store::publish_locked() {
         s->inference = c;
         auto it = providers_.find(c.provider);
         if (it != providers_.end()) s->provider = it->second;
+        derive_upstream(*s);
         snaps[r] = std::move(s);
     }
     snapshots_ = std::move(snaps);

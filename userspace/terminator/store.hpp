@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace redir::terminator {
@@ -37,16 +38,6 @@ struct InferenceConfig {
     std::string route = kDefaultRoute;
 };
 
-// What one request works with; never changes once published.
-struct Snapshot {
-    std::string route = kDefaultRoute;  // the route it serves
-    std::optional<InferenceConfig> inference;
-    std::optional<Provider> provider;  // the one inference references
-};
-
-// "sk-…" → "****wxyz" (last four kept only for long values, to tell keys apart).
-std::string mask_secret(const std::string& value);
-
 // https://host[:port][/path] split for the upstream client.
 struct BaseUrl {
     std::string host;        // without brackets for IPv6 literals
@@ -57,6 +48,27 @@ struct BaseUrl {
 };
 // nullopt with *err set to one sentence on failure.
 std::optional<BaseUrl> parse_base_url(const std::string& url, std::string* err);
+
+// What one request works with; never changes once published.
+struct Snapshot {
+    std::string route = kDefaultRoute;  // the route it serves
+    std::optional<InferenceConfig> inference;
+    std::optional<Provider> provider;  // the one inference references
+
+    // Derived from the provider once, when the snapshot is published, instead
+    // of on every request (derive_upstream: publish calls it; a snapshot built
+    // by hand must too).
+    std::optional<BaseUrl> base;  // provider->base_url parsed; nullopt: base_error says why
+    std::string base_error;
+    // The headers the provider itself adds to every request, in order: its
+    // credential as the profile sends it, its account headers.
+    std::vector<std::pair<std::string, std::string>> provider_headers;
+};
+// Fills SNAP's derived fields from its provider (and its type's profile).
+void derive_upstream(Snapshot& snap);
+
+// "sk-…" → "****wxyz" (last four kept only for long values, to tell keys apart).
+std::string mask_secret(const std::string& value);
 
 struct ProviderUpdate {
     std::optional<std::string> base_url;

@@ -56,6 +56,34 @@ TEST(Rewrite, DeepNestingDoesNotOverflowTheStack) {
     EXPECT_TRUE(r.ok) << r.error;
 }
 
+// The parser's and writer's stacks start in buffers on the caller's stack and
+// spill to the heap: strings and nesting past them, and more top-level keys
+// than the key arena holds, come out exactly as below them.
+TEST(Rewrite, StringsKeysAndNestingPastTheStackBuffers) {
+    for (std::size_t n : {100u, 8191u, 8200u, 70000u, 300000u}) {
+        std::string text(n, 'x');
+        text[n / 2] = '"';  // one escape in the middle
+        std::string escaped = text.substr(0, n / 2) + "\\\"" + text.substr(n / 2 + 1);
+        std::string body = R"({"messages":[{"role":"user","content":")" + escaped + R"("}],"model":"a"})";
+        auto r = rewrite_model(body, "m");
+        ASSERT_TRUE(r.ok) << n << ": " << r.error;
+        EXPECT_EQ(r.body, R"({"messages":[{"role":"user","content":")" + escaped + R"("}],"model":"m"})") << n;
+    }
+    std::string many = "{";
+    for (int i = 0; i < 3000; ++i) many += "\"key_number_" + std::to_string(i) + "_long_enough_for_the_heap\":" + std::to_string(i) + ",";
+    auto ok = rewrite_model(many + "\"last\":1}", "m");
+    ASSERT_TRUE(ok.ok) << ok.error;
+    EXPECT_EQ(ok.body, many + "\"last\":1,\"model\":\"m\"}");
+    auto dup = rewrite_model(many + "\"key_number_1234_long_enough_for_the_heap\":1}", "m");
+    EXPECT_FALSE(dup.ok);
+    EXPECT_EQ(dup.error, "request body repeats the top-level key \"key_number_1234_long_enough_for_the_heap\"");
+    std::string deep = "{\"a\":" + std::string(5000, '[') + "{\"b\":\"" + std::string(9000, 'y') + "\"}" +
+                       std::string(5000, ']') + "}";
+    auto d = rewrite_model(deep, "m");
+    ASSERT_TRUE(d.ok) << d.error;
+    EXPECT_EQ(d.body, deep.substr(0, deep.size() - 1) + ",\"model\":\"m\"}");
+}
+
 TEST(Target, NormalisesForms) {
     EXPECT_EQ(normalise_target("/v1/chat/completions?x=1")->path, "/v1/chat/completions");
     EXPECT_EQ(normalise_target("/v1/chat/completions?x=1")->query, "x=1");
@@ -313,6 +341,85 @@ TEST(Log, ReusedBufferDoesNotLeakTheLastRecordsFields) {
     for (const char* leak : {"203.0.113.7", "secret-route", "anthropic", "LLL", "usage", "credential", "EEE", "error"})
         EXPECT_EQ(short_line.find(leak), std::string_view::npos) << leak << " leaked into " << short_line;
     EXPECT_LT(short_line.size(), 300u);
+}
+
+// upstream_headers as it was before the provider's part moved into the
+// snapshot and the list became a callback: the same headers, in the same order.
+HeaderList reference_upstream_headers(const HeaderList& client, const Profile& profile, const Provider& provider) {
+    static constexpr std::string_view hop[] = {"connection", "keep-alive", "proxy-connection", "te",
+                                               "trailer",    "transfer-encoding", "upgrade"};
+    auto conn = connection_tokens(client);
+    const auto& common = common_allowed_headers();
+    HeaderList out;
+    for (const auto& [n, v] : client) {
+        if (std::find(std::begin(hop), std::end(hop), n) != std::end(hop) || conn.count(n) ||
+            is_credential_header(n) || n == "openai-organization" || n == "openai-project")
+            continue;
+        if (std::find(common.begin(), common.end(), n) != common.end() ||
+            std::find(profile.extra_headers.begin(), profile.extra_headers.end(), n) != profile.extra_headers.end())
+            out.emplace_back(n, v);
+    }
+    if (auto cred = pick_credential(profile, provider)) {
+        if (profile.auth == AuthStyle::Bearer)
+            out.emplace_back("authorization", "Bearer " + *cred);
+        else
+            out.emplace_back(std::string(profile.auth_header), *cred);
+    }
+    if (auto it = provider.credentials.find("OPENAI_ORG_ID"); it != provider.credentials.end())
+        out.emplace_back("openai-organization", it->second);
+    if (auto it = provider.credentials.find("OPENAI_PROJECT_ID"); it != provider.credentials.end())
+        out.emplace_back("openai-project", it->second);
+    auto has = [&](std::string_view n) {
+        return std::any_of(out.begin(), out.end(), [&](const auto& h) { return h.first == n; });
+    };
+    for (const auto& [n, v] : profile.default_headers)
+        if (!has(n)) out.emplace_back(std::string(n), std::string(v));
+    if (!has("content-type")) out.emplace_back("content-type", "application/json");
+    out.emplace_back("accept-encoding", "identity");
+    return out;
+}
+
+TEST(UpstreamHeaders, SameHeadersInTheSameOrderAsBefore) {
+    const std::vector<HeaderList> clients = {
+        {},
+        {{"content-type", "application/json; charset=utf-8"}, {"accept", "*/*"}, {"user-agent", "sdk/1"}},
+        {{"anthropic-version", "2023-01-01"}, {"anthropic-beta", "tools-2024-04-04"}, {"x-api-key", "sandbox"}},
+        {{"connection", "keep-alive, User-Agent"}, {"user-agent", "dropped"}, {"keep-alive", "5"},
+         {"authorization", "Bearer sandbox"}, {"openai-organization", "org-sandbox"}, {"cookie", "c"}},
+        {{"content-type", "a"}, {"content-type", "b"}, {"te", "trailers"}, {"openai-beta", "assistants=v2"}},
+    };
+    const std::vector<Provider> providers = {
+        {"p", "", "https://x", "", {}},
+        {"p", "", "https://x", "", {{"OPENAI_API_KEY", "sk-1"}}},
+        {"p", "", "https://x", "", {{"ANTHROPIC_API_KEY", "ak"}, {"OPENAI_ORG_ID", "org"}, {"OPENAI_PROJECT_ID", "pr"}}},
+        {"p", "", "https://x", "", {{"A", "1"}, {"B", "2"}}},
+    };
+    for (const char* type : {"openai", "anthropic", "nvidia", "openai-compatible", "mock"}) {
+        const Profile& profile = *find_profile(type);
+        for (const auto& provider : providers)
+            for (const auto& client : clients) {
+                const auto want = reference_upstream_headers(client, profile, provider);
+                EXPECT_EQ(upstream_headers(client, profile, provider), want) << type;
+                HeaderList got;
+                each_upstream_header(client, profile, provider_headers(profile, provider),
+                                     [&](std::string_view n, std::string_view v) { got.emplace_back(n, v); });
+                EXPECT_EQ(got, want) << type;
+            }
+    }
+}
+
+TEST(UpstreamTarget, JoinsBaseAndPathAndKeepsOnlyTheProfilesQuery) {
+    BaseUrl base;
+    base.path = "/openai/v1";
+    Profile p = *find_profile("openai");
+    EXPECT_EQ(upstream_target(base, p, "/v1/chat/completions", ""), "/openai/v1/chat/completions");
+    p.query_params = {"api-version", "x y"};
+    EXPECT_EQ(upstream_target(base, p, "/v1/chat/completions", "a=1&api-version=2024&b&x%20y=3&api-version"),
+              "/openai/v1/chat/completions?api-version=2024&x%20y=3&api-version");
+    EXPECT_EQ(upstream_target(base, p, "/v1/chat/completions", "a=1&%zz=2"), "/openai/v1/chat/completions");
+    p.base_includes_version = false;
+    base.path = "";
+    EXPECT_EQ(upstream_target(base, p, "/v1/messages", ""), "/v1/messages");
 }
 
 TEST(Mock, AnswersInEachShape) {

@@ -7,6 +7,8 @@
 
 #include "common/atomic_file.hpp"
 #include "common/error.hpp"
+#include "terminator/profiles.hpp"
+#include "terminator/request.hpp"
 #include "terminator/store.hpp"
 
 namespace redir::terminator {
@@ -216,6 +218,51 @@ TEST_F(StoreTest, EachRouteHasItsOwnSnapshot) {
     ASSERT_EQ(s.routes().size(), 2u);
     EXPECT_EQ(s.routes()[1].route, "fast");
     EXPECT_NE(error_of([&] { s.set_inference("m", "x", "../etc"); }).find("invalid route name"), std::string::npos);
+}
+
+// What a request used to derive from the provider per request is derived
+// once per snapshot, and a provider change (a rotated key, a new base URL)
+// reaches the next snapshot, never the published one.
+TEST_F(StoreTest, SnapshotCarriesTheParsedBaseUrlAndProviderHeaders) {
+    Store s(dir_);
+    s.create_provider({"o", "openai", "https://Provider.Example:8443/v1/", "",
+                       {{"OPENAI_API_KEY", "sk-one"}, {"OPENAI_ORG_ID", "org-op"}}});
+    s.set_inference("o", "gpt");
+    auto before = s.snapshot();
+    ASSERT_TRUE(before->base) << before->base_error;
+    EXPECT_EQ(before->base->host, "provider.example");
+    EXPECT_EQ(before->base->port, 8443);
+    EXPECT_EQ(before->base->path, "/v1");
+    EXPECT_EQ(before->base->host_header, "provider.example:8443");
+    const HeaderList want1 = {{"authorization", "Bearer sk-one"}, {"openai-organization", "org-op"}};
+    EXPECT_EQ(before->provider_headers, want1);
+    EXPECT_EQ(before->provider_headers, provider_headers(*find_profile("openai"), *before->provider));
+
+    ProviderUpdate u;
+    u.base_url = "https://[2001:db8::5]/v1";
+    u.credentials = {{"OPENAI_API_KEY", "sk-two"}};
+    u.remove_credentials = {"OPENAI_ORG_ID"};
+    s.update_provider("o", u);
+    auto after = s.snapshot();
+    ASSERT_TRUE(after->base);
+    EXPECT_EQ(after->base->host_header, "[2001:db8::5]");
+    const HeaderList want2 = {{"authorization", "Bearer sk-two"}};
+    EXPECT_EQ(after->provider_headers, want2);
+    EXPECT_EQ(before->provider_headers, want1) << "a published snapshot never changes";
+
+    // Reloaded from disk: derived the same way.
+    Store again(dir_);
+    EXPECT_EQ(again.snapshot()->provider_headers, want2);
+    ASSERT_TRUE(again.snapshot()->base);
+    EXPECT_EQ(again.snapshot()->base->host, "2001:db8::5");
+
+    // A hand-built snapshot with an unparsable base says why (the 502's text).
+    Snapshot bad;
+    bad.provider = Provider{"b", "openai", "http://plain.example", "", {{"OPENAI_API_KEY", "k"}}};
+    derive_upstream(bad);
+    EXPECT_FALSE(bad.base);
+    EXPECT_NE(bad.base_error.find("https://"), std::string::npos) << bad.base_error;
+    EXPECT_TRUE(s.snapshot("nowhere")->provider_headers.empty());
 }
 
 TEST_F(StoreTest, RoutesPersistedAndReread) {
