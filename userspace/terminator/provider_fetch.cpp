@@ -16,8 +16,8 @@ namespace {
 void norm_into(std::string& o, std::string_view s) {
     o.assign(s);
     for (char& c : o) {
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-        if (c == '-') c = '_';
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');  // ASCII only, whatever the locale
+        else if (c == '-') c = '_';
     }
 }
 std::string norm(std::string_view s) {

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cstring>
 #include <ctime>
 #include <memory_resource>
 #include <sstream>
@@ -50,6 +51,97 @@ bool iequals(std::string_view a, std::string_view b) {
 
 using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
 
+// JSON string escapes exactly as rapidjson::Writer writes them (UTF-8 in and
+// out, no validation): control bytes, '"' and '\\' escaped, everything else
+// as is. Appended a run at a time instead of a byte at a time.
+constexpr std::array<char, 256> kJsonEscape = [] {
+    std::array<char, 256> t{};
+    for (int c = 0; c < 0x20; ++c) t[static_cast<std::size_t>(c)] = 'u';
+    t['\b'] = 'b';
+    t['\t'] = 't';
+    t['\n'] = 'n';
+    t['\f'] = 'f';
+    t['\r'] = 'r';
+    t['"'] = '"';
+    t['\\'] = '\\';
+    return t;
+}();
+
+// Whether any of the 8 bytes of W needs an escape (exact: SWAR zero-byte tests).
+bool word_needs_escape(std::uint64_t w) {
+    constexpr std::uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    auto has_zero = [&](std::uint64_t x) { return ((x - ones) & ~x & highs) != 0; };
+    const bool below_space = ((w - ones * 0x20) & ~w & highs) != 0;  // some byte < 0x20
+    return below_space || has_zero(w ^ (ones * '"')) || has_zero(w ^ (ones * '\\'));
+}
+
+void append_json_string(std::string& s, std::string_view v) {
+    static constexpr char hex[] = "0123456789ABCDEF";
+    s.push_back('"');
+    std::size_t run = 0;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        // Prompts are mostly plain text: step over clean words.
+        while (i + 8 <= v.size()) {
+            std::uint64_t w;
+            std::memcpy(&w, v.data() + i, 8);
+            if (word_needs_escape(w)) break;
+            i += 8;
+        }
+        if (i >= v.size()) break;
+        const auto c = static_cast<unsigned char>(v[i]);
+        const char e = kJsonEscape[c];
+        if (!e) continue;
+        s.append(v.data() + run, i - run);
+        const char esc[6] = {'\\', e, '0', '0', hex[c >> 4], hex[c & 0xF]};
+        s.append(esc, e == 'u' ? 6 : 2);
+        run = i + 1;
+    }
+    s.append(v.data() + run, v.size() - run);
+    s.push_back('"');
+}
+
+// Strict UTF-8 (RFC 3629: no overlongs, surrogates or code points past
+// U+10FFFF), the same DFA rapidjson's kParseValidateEncodingFlag applies to
+// strings, here over the whole body at once with an ASCII fast path.
+bool valid_utf8(std::string_view s) {
+    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+    const auto* e = p + s.size();
+    auto cont = [](unsigned char c, unsigned char lo = 0x80, unsigned char hi = 0xBF) { return c >= lo && c <= hi; };
+    while (p < e) {
+        if (e - p >= 8) {
+            std::uint64_t w;
+            std::memcpy(&w, p, 8);
+            if (!(w & 0x8080808080808080ull)) {
+                p += 8;
+                continue;
+            }
+        }
+        const unsigned char c = *p;
+        if (c < 0x80) {
+            ++p;
+            continue;
+        }
+        std::size_t n;
+        bool ok;
+        if (c >= 0xC2 && c <= 0xDF) {
+            n = 2;
+            ok = e - p >= 2 && cont(p[1]);
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            n = 3;
+            ok = e - p >= 3 && cont(p[1], c == 0xE0 ? 0xA0 : 0x80, c == 0xED ? 0x9F : 0xBF) && cont(p[2]);
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            n = 4;
+            ok = e - p >= 4 && cont(p[1], c == 0xF0 ? 0x90 : 0x80, c == 0xF4 ? 0x8F : 0xBF) && cont(p[2]) &&
+                 cont(p[3]);
+        } else {
+            return false;
+        }
+        if (!ok) return false;
+        p += n;
+    }
+    return true;
+}
+
 // RapidJSON output straight into a std::string: the rewritten body is built
 // where it is returned, never copied out of a staging buffer.
 struct StringOut {
@@ -80,6 +172,7 @@ void key(W& w, std::string_view s) { w.Key(s.data(), static_cast<rapidjson::Size
 // never stops the rewrite, so a malformed body is refused as malformed first.
 struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewriter> {
     BodyWriter& w;
+    std::string& body;   // where w writes
     FetchScanner* scan;  // null: no scan (provider fetches allowed)
     std::string_view model;
     std::size_t log_max;
@@ -102,9 +195,9 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
     bool in_stream_options = false;  // inside the client's stream_options object (depth 2)
     bool drop_next = false;          // the next value is dropped (its key was not written)
 
-    ModelRewriter(BodyWriter& w_, FetchScanner* sc, std::string_view m, std::size_t lm, bool fu,
+    ModelRewriter(BodyWriter& w_, std::string& out, FetchScanner* sc, std::string_view m, std::size_t lm, bool fu,
                   std::pmr::memory_resource* arena)
-        : w(w_), scan(sc), model(m), log_max(lm), keys(arena), force_usage(fu) {}
+        : w(w_), body(out), scan(sc), model(m), log_max(lm), keys(arena), force_usage(fu) {}
 
     // The writer's events, teed to the scanner (which ignores all after a finding).
     using Size = rapidjson::SizeType;
@@ -120,13 +213,19 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
         if (scan) scan->RawNumber(s, n, true);
         return w.RawValue(s, n, rapidjson::kNumberType);
     }
+    // Strings: the writer places the separator (an empty raw value keeps its
+    // comma/colon bookkeeping), the escaped text goes out a run at a time.
     bool out_string(std::string_view s) {
         if (scan) scan->String(s.data(), static_cast<Size>(s.size()));
-        return w.String(s.data(), static_cast<Size>(s.size()));
+        w.RawValue("", 0, rapidjson::kStringType);
+        append_json_string(body, s);
+        return true;
     }
     bool out_key(std::string_view s) {
         if (scan) scan->Key(s.data(), static_cast<Size>(s.size()));
-        return w.Key(s.data(), static_cast<Size>(s.size()));
+        w.RawValue("", 0, rapidjson::kStringType);
+        append_json_string(body, s);
+        return true;
     }
     bool out_start_object() {
         if (scan) scan->StartObject();
@@ -467,16 +566,19 @@ RewriteResult rewrite_model(std::string_view body, std::string_view model, std::
     BodyWriter w(out, &writer_pool);
     alignas(16) char keys_room[1024];
     std::pmr::monotonic_buffer_resource keys_arena(keys_room, sizeof(keys_room));
-    ModelRewriter h(w, scan, model, log_max, force_usage, &keys_arena);
+    ModelRewriter h(w, r.body, scan, model, log_max, force_usage, &keys_arena);
     rapidjson::MemoryStream ms(body.data(), body.size());
     // The parser's stack holds the longest string: past the buffer, one chunk
     // the body's size holds any of them.
     alignas(16) char reader_room[8192];
     Pool reader_pool(reader_room, sizeof(reader_room), std::max<std::size_t>(64 << 10, body.size() + 4096));
     BodyReader reader(&reader_pool);
-    constexpr unsigned flags =
-        rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag | rapidjson::kParseValidateEncodingFlag;
-    rapidjson::ParseResult pr = reader.Parse<flags>(ms, h);
+    // Strings must be valid UTF-8. A body that is valid UTF-8 throughout is
+    // parsed without the per-character check (same result, it cannot fail
+    // it); any other is parsed with it, so its 400 says what and where as before.
+    constexpr unsigned flags = rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag;
+    rapidjson::ParseResult pr = valid_utf8(body) ? reader.Parse<flags>(ms, h)
+                                                 : reader.Parse<flags | rapidjson::kParseValidateEncodingFlag>(ms, h);
     r.truncated = h.truncated;
     if (!pr) {
         if (!h.error.empty())
@@ -837,36 +939,8 @@ namespace {
 struct LineOut {
     std::string& s;
 
-    static constexpr std::array<char, 256> kEscape = [] {
-        std::array<char, 256> t{};
-        for (int c = 0; c < 0x20; ++c) t[static_cast<std::size_t>(c)] = 'u';
-        t['\b'] = 'b';
-        t['\t'] = 't';
-        t['\n'] = 'n';
-        t['\f'] = 'f';
-        t['\r'] = 'r';
-        t['"'] = '"';
-        t['\\'] = '\\';
-        return t;
-    }();
-
     void raw(std::string_view v) { s.append(v); }
-    void str(std::string_view v) {
-        static constexpr char hex[] = "0123456789ABCDEF";
-        s.push_back('"');
-        std::size_t run = 0;
-        for (std::size_t i = 0; i < v.size(); ++i) {
-            const auto c = static_cast<unsigned char>(v[i]);
-            const char e = kEscape[c];
-            if (!e) continue;
-            s.append(v.data() + run, i - run);
-            const char esc[6] = {'\\', e, '0', '0', hex[c >> 4], hex[c & 0xF]};
-            s.append(esc, e == 'u' ? 6 : 2);
-            run = i + 1;
-        }
-        s.append(v.data() + run, v.size() - run);
-        s.push_back('"');
-    }
+    void str(std::string_view v) { append_json_string(s, v); }
     void u64(std::uint64_t v) {
         char b[20];
         s.append(b, static_cast<std::size_t>(rapidjson::internal::u64toa(v, b) - b));

@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
 #include <rapidjson/document.h>
+#include <rapidjson/error/en.h>
+#include <rapidjson/reader.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
@@ -82,6 +84,81 @@ TEST(Rewrite, StringsKeysAndNestingPastTheStackBuffers) {
     auto d = rewrite_model(deep, "m");
     ASSERT_TRUE(d.ok) << d.error;
     EXPECT_EQ(d.body, deep.substr(0, deep.size() - 1) + ",\"model\":\"m\"}");
+}
+
+// What rewrite_model answered before it checked UTF-8 itself: a validating
+// rapidjson parse's verdict, word for word.
+std::string reference_verdict(const std::string& body) {
+    rapidjson::BaseReaderHandler<> h;
+    rapidjson::MemoryStream ms(body.data(), body.size());
+    rapidjson::Reader reader;
+    constexpr unsigned flags =
+        rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag | rapidjson::kParseValidateEncodingFlag;
+    auto pr = reader.Parse<flags>(ms, h);
+    if (pr) return "ok";
+    return std::string("request body is not valid JSON: ") + rapidjson::GetParseError_En(pr.Code()) + " at offset " +
+           std::to_string(pr.Offset());
+}
+
+TEST(Rewrite, Utf8VerdictIsRapidjsonsForEverySequenceShape) {
+    std::vector<std::string> seqs;
+    for (int a = 0x80; a < 0x100; ++a)
+        for (int b = 0; b < 0x100; ++b) {
+            if (b == '"' || b == '\\' || b < 0x20) continue;
+            seqs.push_back({static_cast<char>(a), static_cast<char>(b)});
+            if (a >= 0xE0)
+                for (int c : {0x41, 0x80, 0x9F, 0xA0, 0xBF, 0xC0}) {
+                    seqs.push_back({static_cast<char>(a), static_cast<char>(b), static_cast<char>(c)});
+                    if (a >= 0xF0)
+                        for (int d : {0x41, 0x80, 0xBF, 0xC0})
+                            seqs.push_back(
+                                {static_cast<char>(a), static_cast<char>(b), static_cast<char>(c), static_cast<char>(d)});
+                }
+        }
+    std::size_t valid = 0;
+    for (const auto& q : seqs) {
+        // In a string, at its end, as a key, after 8 ASCII bytes (the fast path), and outside any string.
+        for (const std::string& body : {"{\"a\":\"" + q + "\"}", "{\"a\":\"x" + q + "z\"}", "{\"" + q + "\":1}",
+                                        "{\"abcdefgh\":\"12345678" + q + "\"}", "{\"a\":1}" + q}) {
+            auto r = rewrite_model(body, "m");
+            const auto want = reference_verdict(body);
+            ASSERT_EQ(r.ok ? std::string("ok") : r.error, want) << testing::PrintToString(body);
+            valid += r.ok;
+        }
+    }
+    EXPECT_GT(valid, 1000u);  // the valid shapes were among them
+}
+
+// A JSON round trip through rapidjson's own Reader and Writer: what the
+// rewrite must write for a body whose model is already first.
+std::string rapidjson_round_trip(const std::string& body) {
+    struct Raw : rapidjson::Writer<rapidjson::StringBuffer> {
+        using Writer::Writer;
+        bool RawNumber(const char* s, rapidjson::SizeType n, bool) { return RawValue(s, n, rapidjson::kNumberType); }
+    };
+    rapidjson::StringBuffer sb;
+    Raw w(sb);
+    rapidjson::MemoryStream ms(body.data(), body.size());
+    rapidjson::Reader reader;
+    reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag>(ms, w);
+    return std::string(sb.GetString(), sb.GetSize());
+}
+
+TEST(Rewrite, WritesStringsAsRapidjsonsWriterDoes) {
+    std::string every;
+    for (int c = 1; c < 0x80; ++c) every += c == '"' ? std::string("\\\"") : c == '\\' ? std::string("\\\\")
+                                           : c < 0x20 ? "\\u00" + std::string(1, "0123456789abcdef"[c >> 4]) +
+                                                            std::string(1, "0123456789abcdef"[c & 15])
+                                                      : std::string(1, static_cast<char>(c));
+    for (const std::string& body : std::vector<std::string>{
+             R"({"model":"m","s":")" + every + R"("})",
+             R"({"model":"m","\u0000k\/":"\ud83d\ude00 \u00e9 \u2028 é 😀","n":[-0.0,1e300,12345678901234567890,1.5E-7],"b":[true,false,null]})",
+             R"({"model":"m","nested":{"a":[{"b":"c\"d"},[],{}],"e":""}})",
+         }) {
+        auto r = rewrite_model(body, "m");
+        ASSERT_TRUE(r.ok) << r.error;
+        EXPECT_EQ(r.body, rapidjson_round_trip(body));
+    }
 }
 
 TEST(Target, NormalisesForms) {

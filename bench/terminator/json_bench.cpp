@@ -1,0 +1,313 @@
+// The terminator's per-request JSON and string work for a typical chat call
+// (a ~4 KB request with a system prompt, turns and two tools; a ~700-byte
+// completion with usage), the path as it is against the path it replaced,
+// rebuilt in the same run from the public functions:
+//   old: rewrite_model, then find_provider_fetch parsing the rewritten body
+//        again; the audit line through rapidjson::Writer into a StringBuffer
+//        and a std::string; parse_base_url, upstream_headers() as a list and
+//        upstream_target per request;
+//   new: one parse (rewrite_model feeding a FetchScanner); the audit line into
+//        a reused buffer; the base URL and the provider's headers from the
+//        snapshot, headers emitted without a list.
+// Both read the response's usage with the same JsonUsageScanner. Floor: a
+// rapidjson Reader with a null handler over the request (same flags).
+// Targets (CPU time, exit 1 when missed): the new path no slower than the old
+// one, and the one-pass rewrite + scan no slower than the two passes.
+#include <benchmark/benchmark.h>
+
+#include <rapidjson/reader.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "targets.hpp"
+#include "terminator/profiles.hpp"
+#include "terminator/provider_fetch.hpp"
+#include "terminator/request.hpp"
+#include "terminator/store.hpp"
+#include "terminator/usage.hpp"
+
+using namespace redir::terminator;
+
+namespace {
+
+std::string chat_request() {
+    std::string sys(900, 'S');
+    for (std::size_t i = 0; i < sys.size(); i += 7) sys[i] = ' ';
+    std::string b = R"({"model":"gpt-4o-mini","messages":[{"role":"system","content":")" + sys + R"("},)";
+    for (int t = 0; t < 4; ++t) {
+        b += R"({"role":"user","content":"Question )" + std::to_string(t) +
+             R"(: what does the function below return when called with \"x\" set to 42?\nfn f(x) { return x * 2 + 1; }\n"},)";
+        b += R"({"role":"assistant","content":"It returns 85: 42 times 2 is 84, plus 1. Anything else?","tool_calls":[{"id":"call_)" +
+             std::to_string(t) + R"(","type":"function","function":{"name":"lookup","arguments":"{\"q\":\"x\",\"limit\":10}"}}]},)";
+        b += R"({"role":"tool","tool_call_id":"call_)" + std::to_string(t) + R"(","content":"{\"rows\":[1,2,3],\"ok\":true}"},)";
+    }
+    b += R"({"role":"user","content":"Thanks. Summarise the above in one sentence."}],)";
+    b += R"("tools":[{"type":"function","function":{"name":"lookup","description":"Looks a value up in the table.","parameters":{"type":"object","properties":{"q":{"type":"string","description":"what to look for"},"limit":{"type":"integer","minimum":1,"maximum":100}},"required":["q"]}}},)";
+    b += R"({"type":"function","function":{"name":"fetch_page","description":"Reads one page of results.","parameters":{"type":"object","properties":{"page":{"type":"integer"},"cursor":{"type":"string"}},"required":["page"]}}}],)";
+    b += R"("tool_choice":"auto","temperature":0.2,"top_p":1,"max_tokens":512,"stream":false,"user":"sandbox-7"})";
+    return b;
+}
+
+const std::string kResponse =
+    R"({"id":"chatcmpl-8Zq3x","object":"chat.completion","created":1733260000,"model":"gpt-4o-mini-2024-07-18",)"
+    R"("choices":[{"index":0,"message":{"role":"assistant","content":"The function doubles its input and adds one, )"
+    R"(so f(42) returns 85; the lookups returned three rows each and succeeded.","refusal":null},"logprobs":null,)"
+    R"("finish_reason":"stop"}],"usage":{"prompt_tokens":1032,"completion_tokens":31,"total_tokens":1063,)"
+    R"("prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,)"
+    R"("audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"system_fingerprint":"fp_0ba0d124f1"})";
+
+// What an OpenAI SDK sends, names already lower case.
+const HeaderList kClient = {
+    {"host", "inference.local"},          {"accept-encoding", "gzip, deflate"},
+    {"connection", "keep-alive"},         {"accept", "application/json"},
+    {"content-type", "application/json"}, {"user-agent", "OpenAI/Python 1.54.0"},
+    {"x-stainless-lang", "python"},       {"x-stainless-package-version", "1.54.0"},
+    {"x-stainless-os", "Linux"},          {"x-stainless-arch", "x64"},
+    {"x-stainless-runtime", "CPython"},   {"x-stainless-runtime-version", "3.11.2"},
+    {"authorization", "Bearer placeholder"}, {"x-stainless-retry-count", "0"},
+    {"content-length", "4096"},
+};
+
+const Provider kProvider{"openai", "openai", "https://api.openai.com/v1", "", {{"OPENAI_API_KEY", "sk-" + std::string(48, 'k')}}};
+
+RequestLog record() {
+    RequestLog r;
+    r.conn.cgroup_id = 123456;
+    r.conn.pid = 4242;
+    r.conn.client = "10.0.3.2:51234";
+    r.method = "POST";
+    r.path = "/v1/chat/completions";
+    r.route = "default";
+    r.provider = "openai";
+    r.provider_type = "openai";
+    r.model_requested = "gpt-4o-mini";
+    r.model_used = "gpt-4o-mini";
+    r.config_version = 3;
+    r.status = 200;
+    r.bytes_in = 4096;
+    r.bytes_out = 700;
+    r.duration_ms = 1.234567;
+    r.usage.input_tokens = 1032;
+    r.usage.output_tokens = 31;
+    r.credential = CredentialUse{"authorization", "OPENAI_API_KEY"};
+    return r;
+}
+
+// The audit line as it was built before (rapidjson::Writer, StringBuffer, a copy out).
+std::string writer_log_json(const RequestLog& r) {
+    rapidjson::StringBuffer sb;
+    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
+    auto put = [&](std::string_view v) { w.String(v.data(), static_cast<rapidjson::SizeType>(v.size())); };
+    auto key = [&](std::string_view k) { w.Key(k.data(), static_cast<rapidjson::SizeType>(k.size())); };
+    auto opt = [&](std::string_view k, std::string_view v) {
+        if (!v.empty()) key(k), put(v);
+    };
+    w.StartObject();
+    key("event"), put("inference");
+    key("cgroup_id"), w.Uint64(r.conn.cgroup_id);
+    key("pid"), w.Uint(r.conn.pid);
+    opt("client", r.conn.client);
+    key("method"), put(r.method);
+    key("path"), put(r.path);
+    opt("route", r.route);
+    key("provider"), put(r.provider);
+    opt("provider_type", r.provider_type);
+    key("model_requested"), put(r.model_requested);
+    key("model_used"), put(r.model_used);
+    key("config_version"), w.Uint64(r.config_version);
+    key("status"), w.Int(r.status);
+    key("stream"), w.Bool(r.stream);
+    key("bytes_in"), w.Uint64(r.bytes_in);
+    key("bytes_out"), w.Uint64(r.bytes_out);
+    key("duration_ms"), w.Double(static_cast<double>(static_cast<int64_t>(r.duration_ms * 1000)) / 1000.0);
+    if (r.usage.known()) {
+        key("usage"), w.StartObject();
+        if (r.usage.input_tokens) key("input_tokens"), w.Uint64(*r.usage.input_tokens);
+        if (r.usage.output_tokens) key("output_tokens"), w.Uint64(*r.usage.output_tokens);
+        w.EndObject();
+    }
+    if (r.credential) {
+        key("credential"), put(r.credential->header.empty() ? "none" : "injected");
+        opt("credential_header", r.credential->header);
+        opt("credential_key", r.credential->key);
+    }
+    opt("error", r.error);
+    w.EndObject();
+    return std::string(sb.GetString(), sb.GetSize());
+}
+
+const std::string kRequest = chat_request();
+const Profile& kProfile = *find_profile("openai");
+
+// ---- Pieces
+
+void BM_Floor_ReaderNullHandler(benchmark::State& state) {
+    for (auto _ : state) {
+        rapidjson::BaseReaderHandler<> h;
+        rapidjson::MemoryStream ms(kRequest.data(), kRequest.size());
+        rapidjson::Reader reader;
+        constexpr unsigned flags = rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag |
+                                   rapidjson::kParseValidateEncodingFlag;
+        benchmark::DoNotOptimize(reader.Parse<flags>(ms, h));
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kRequest.size()));
+}
+
+void BM_Request_TwoPasses(benchmark::State& state) {
+    for (auto _ : state) {
+        auto rw = rewrite_model(kRequest, "served-model", kLogStringMax, true);
+        auto f = find_provider_fetch(rw.body, kClient);
+        benchmark::DoNotOptimize(rw);
+        benchmark::DoNotOptimize(f);
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kRequest.size()));
+}
+
+void BM_Request_OnePass(benchmark::State& state) {
+    for (auto _ : state) {
+        FetchScanner sc;
+        auto rw = rewrite_model(kRequest, "served-model", kLogStringMax, true, &sc);
+        auto f = find_provider_fetch(sc, kClient);
+        benchmark::DoNotOptimize(rw);
+        benchmark::DoNotOptimize(f);
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kRequest.size()));
+}
+
+void BM_Response_Usage(benchmark::State& state) {
+    for (auto _ : state) {
+        JsonUsageScanner u;
+        u.feed(kResponse);
+        benchmark::DoNotOptimize(u.fields().usage());
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kResponse.size()));
+}
+
+void BM_AuditLine_RapidjsonWriter(benchmark::State& state) {
+    const RequestLog r = record();
+    for (auto _ : state) benchmark::DoNotOptimize(writer_log_json(r));
+}
+
+void BM_AuditLine_ReusedBuffer(benchmark::State& state) {
+    const RequestLog r = record();
+    for (auto _ : state) benchmark::DoNotOptimize(request_log_line(r));
+}
+
+void BM_Upstream_PerRequest(benchmark::State& state) {
+    for (auto _ : state) {
+        std::string err;
+        auto base = parse_base_url(kProvider.base_url, &err);
+        auto target = upstream_target(*base, kProfile, "/v1/chat/completions", "");
+        auto headers = upstream_headers(kClient, kProfile, kProvider);
+        benchmark::DoNotOptimize(target);
+        benchmark::DoNotOptimize(headers);
+    }
+}
+
+void BM_Upstream_FromSnapshot(benchmark::State& state) {
+    Snapshot snap;
+    snap.provider = kProvider;
+    derive_upstream(snap);
+    for (auto _ : state) {
+        auto target = upstream_target(*snap.base, kProfile, "/v1/chat/completions", "");
+        std::size_t n = 0;
+        each_upstream_header(kClient, kProfile, snap.provider_headers,
+                             [&n](std::string_view a, std::string_view b) { n += a.size() + b.size(); });
+        benchmark::DoNotOptimize(target);
+        benchmark::DoNotOptimize(n);
+    }
+}
+
+// ---- The whole per-request JSON and string work
+
+void BM_Path_Old(benchmark::State& state) {
+    const RequestLog r = record();
+    for (auto _ : state) {
+        auto rw = rewrite_model(kRequest, "served-model", kLogStringMax, true);
+        auto f = find_provider_fetch(rw.body, kClient);
+        std::string err;
+        auto base = parse_base_url(kProvider.base_url, &err);
+        auto target = upstream_target(*base, kProfile, "/v1/chat/completions", "");
+        auto headers = upstream_headers(kClient, kProfile, kProvider);
+        JsonUsageScanner u;
+        u.feed(kResponse);
+        auto line = writer_log_json(r);
+        benchmark::DoNotOptimize(rw);
+        benchmark::DoNotOptimize(f);
+        benchmark::DoNotOptimize(target);
+        benchmark::DoNotOptimize(headers);
+        benchmark::DoNotOptimize(u.fields().usage());
+        benchmark::DoNotOptimize(line);
+    }
+}
+
+void BM_Path_New(benchmark::State& state) {
+    const RequestLog r = record();
+    Snapshot snap;
+    snap.provider = kProvider;
+    derive_upstream(snap);
+    for (auto _ : state) {
+        FetchScanner sc;
+        auto rw = rewrite_model(kRequest, "served-model", kLogStringMax, true, &sc);
+        auto f = find_provider_fetch(sc, kClient);
+        auto target = upstream_target(*snap.base, kProfile, "/v1/chat/completions", "");
+        std::size_t n = 0;
+        each_upstream_header(kClient, kProfile, snap.provider_headers,
+                             [&n](std::string_view a, std::string_view b) { n += a.size() + b.size(); });
+        JsonUsageScanner u;
+        u.feed(kResponse);
+        auto line = request_log_line(r);
+        benchmark::DoNotOptimize(rw);
+        benchmark::DoNotOptimize(f);
+        benchmark::DoNotOptimize(target);
+        benchmark::DoNotOptimize(n);
+        benchmark::DoNotOptimize(u.fields().usage());
+        benchmark::DoNotOptimize(line);
+    }
+}
+
+BENCHMARK(BM_Floor_ReaderNullHandler);
+BENCHMARK(BM_Request_TwoPasses);
+BENCHMARK(BM_Request_OnePass);
+BENCHMARK(BM_Response_Usage);
+BENCHMARK(BM_AuditLine_RapidjsonWriter);
+BENCHMARK(BM_AuditLine_ReusedBuffer);
+BENCHMARK(BM_Upstream_PerRequest);
+BENCHMARK(BM_Upstream_FromSnapshot);
+BENCHMARK(BM_Path_Old);
+BENCHMARK(BM_Path_New);
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    // The two paths must do the same work: same body out, same verdict.
+    {
+        FetchScanner sc;
+        auto one = rewrite_model(kRequest, "served-model", kLogStringMax, true, &sc);
+        auto two = rewrite_model(kRequest, "served-model", kLogStringMax, true);
+        if (!one.ok || one.body != two.body || find_provider_fetch(sc, kClient).has_value() ||
+            find_provider_fetch(two.body, kClient).has_value() || request_log_line(record()) != writer_log_json(record())) {
+            std::fprintf(stderr, "bench_terminator_json: the old and new paths disagree on the sample request\n");
+            return 2;
+        }
+        std::printf("request %zu bytes, response %zu bytes, audit line %zu bytes\n", kRequest.size(), kResponse.size(),
+                    writer_log_json(record()).size());
+    }
+    return redir::bench::run_with_targets(argc, argv, [](const redir::bench::RecordingReporter& rep) {
+        using redir::bench::check;
+        using redir::bench::same_run_ratio;
+        const double floor = rep.ns("BM_Floor_ReaderNullHandler");
+        const double two = rep.ns("BM_Request_TwoPasses"), one = rep.ns("BM_Request_OnePass");
+        const double old_path = rep.ns("BM_Path_Old"), new_path = rep.ns("BM_Path_New");
+        std::printf("ratios (same run): one pass / two passes %.2f, new path / old path %.2f, "
+                    "audit line reused / writer %.2f, upstream snapshot / per request %.2f, "
+                    "one pass / null-handler floor %.2f\n",
+                    same_run_ratio(one, two), same_run_ratio(new_path, old_path),
+                    same_run_ratio(rep.ns("BM_AuditLine_ReusedBuffer"), rep.ns("BM_AuditLine_RapidjsonWriter")),
+                    same_run_ratio(rep.ns("BM_Upstream_FromSnapshot"), rep.ns("BM_Upstream_PerRequest")),
+                    same_run_ratio(one, floor));
+        bool ok = check("request path JSON+strings, new / old (same run)", same_run_ratio(new_path, old_path), 1.0, "x");
+        ok &= check("rewrite + fetch scan, one pass / two passes (same run)", same_run_ratio(one, two), 1.0, "x");
+        return ok;
+    });
+}
