@@ -340,6 +340,58 @@ void note_write(Impl& gw, const beast::error_code& ec) {
     if (ec == beast::error::timeout) ++gw.stats.write_timeouts;
 }
 
+// Writes SR's message to S (what http::async_write does). On a TLS stream
+// each record is handed to the socket at once and only a socket that does not
+// take it all is waited for: an asynchronous write that completes at once
+// costs a scheduler pass before the code after it runs, and at one
+// connection the sandbox's next request is usually waiting by then.
+template <class Stream, bool isRequest, class Body, class Fields>
+Task<std::tuple<beast::error_code, std::size_t>> write_message(Stream& s,
+                                                               http::serializer<isRequest, Body, Fields>& sr) {
+    if constexpr (!std::is_same_v<Stream, TlsStream>) {
+        co_return co_await http::async_write(s, sr, use_tuple);
+    } else {
+        sr.split(false);
+        beast::error_code ec;
+        std::size_t total = 0;
+        while (!sr.is_done()) {
+            std::size_t n = 0;
+            sr.next(ec, [&](beast::error_code& e, const auto& buffers) { n = s.write_now(buffers, e); });
+            if (ec) break;  // need_buffer included: a buffer_body's piece went out whole
+            sr.consume(n);
+            total += n;
+            if (s.output_pending()) {
+                auto [fec, fn] = co_await s.async_flush(use_tuple);
+                if (fec) {
+                    ec = fec;
+                    break;
+                }
+            }
+        }
+        co_return std::make_tuple(ec, total);
+    }
+}
+
+template <class Stream, bool isRequest, class Body, class Fields>
+Task<std::tuple<beast::error_code, std::size_t>> write_message(Stream& s, http::message<isRequest, Body, Fields>& m) {
+    http::serializer<isRequest, Body, Fields> sr{m};
+    co_return co_await write_message(s, sr);
+}
+
+// The next part of a message into P: from bytes already read when there are
+// any (parsed here: no read operation, no scheduler pass), else from S
+// (what http::async_read_some does).
+template <class Stream, class Parser>
+Task<std::tuple<beast::error_code, std::size_t>> read_some_buffered(Stream& s, beast::flat_buffer& buf, Parser& p) {
+    if (buf.size() != 0) {
+        beast::error_code ec;
+        const std::size_t used = p.put(buf.data(), ec);
+        buf.consume(used);
+        if (ec != http::error::need_more) co_return std::make_tuple(ec, used);
+    }
+    co_return co_await http::async_read_some(s, buf, p, use_tuple);
+}
+
 template <class Stream>
 Task<bool> send_body(Impl& gw, Stream& s, int status, std::string content_type, std::string body,
                           bool keep_alive, RequestLog& log, const HeaderList& extra = {}) {
@@ -352,7 +404,7 @@ Task<bool> send_body(Impl& gw, Stream& s, int status, std::string content_type, 
     log.status = status;
     log.bytes_out += res.body().size();
     beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
-    auto [ec, n] = co_await http::async_write(s, res, use_tuple);
+    auto [ec, n] = co_await write_message(s, res);
     note_write(gw, ec);
     co_return !ec && keep_alive;
 }
@@ -552,7 +604,7 @@ Task<Attempt> send_and_read_header(Impl& gw, ProxyCall& call, Upstream& up) {
     const auto& o = gw.opts;
     auto& low = beast::get_lowest_layer(up.conn->s);
     low.expires_after(o.upstream_write_timeout);
-    auto [wec, wn] = co_await http::async_write(up.conn->s, call.upstream_req, use_tuple);
+    auto [wec, wn] = co_await write_message(up.conn->s, call.upstream_req);
     if (wec) co_return Attempt{wec, true, 0};
     up.parser.emplace();
     up.parser->body_limit(boost::none);
@@ -633,7 +685,7 @@ Task<beast::error_code> write_piece(Impl& gw, Stream& s, http::response_serializ
     res.body().size = data.size();
     res.body().more = more;
     beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
-    auto [ec, n] = co_await http::async_write(s, sr, use_tuple);
+    auto [ec, n] = co_await write_message(s, sr);
     if (ec == http::error::need_buffer) ec = {};
     co_return ec;
 }
@@ -674,7 +726,7 @@ Task<Pumped> pump_body(Impl& gw, Stream& s, http::response_serializer<http::buff
         p.get().body().data = piece.data();
         p.get().body().size = piece.size();
         beast::get_lowest_layer(up.conn->s).expires_after(gw.opts.stream_idle_timeout);
-        auto [rec, rn] = co_await http::async_read_some(up.conn->s, up.conn->buf, p, use_tuple);
+        auto [rec, rn] = co_await read_some_buffered(up.conn->s, up.conn->buf, p);
         if (rec == http::error::need_buffer) rec = {};
         const std::size_t got = piece.size() - p.get().body().size;
         const bool whole = !rec && (p.is_done() || got >= left);

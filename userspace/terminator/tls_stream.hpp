@@ -217,9 +217,55 @@ struct TlsReadOp : TlsStep {
     }
 };
 
-// Plaintext into the connection: at most one record per call (Beast's
-// write loops call again); done once the socket took every byte, so a
-// sandbox that stops reading is seen by the write timeout.
+// Encrypts up to one record's worth of BUFS (a buffer sequence gathered into
+// one SSL_write) and hands it to the socket, which queues what it does not
+// take at once; returns the plaintext bytes taken, or 0 with EC set (0
+// without an error: BUFS was empty).
+template <class ConstBuffers>
+std::size_t write_record(ConnCore& c, const ConstBuffers& bufs, boost::system::error_code& ec) {
+    ec = {};
+    constexpr std::size_t kRecord = kWriteScratch;
+    const void* data = nullptr;
+    std::size_t size = 0;
+    auto it = boost::asio::buffer_sequence_begin(bufs);
+    const auto end = boost::asio::buffer_sequence_end(bufs);
+    while (it != end && boost::asio::const_buffer(*it).size() == 0) ++it;
+    if (it == end) return 0;
+    boost::asio::const_buffer first(*it);
+    if (first.size() >= kRecord || std::next(it) == end) {
+        data = first.data();
+        size = std::min(first.size(), kRecord);
+    } else {
+        char* const scratch = write_scratch();
+        for (; it != end && size < kRecord; ++it) {
+            boost::asio::const_buffer b(*it);
+            const std::size_t take = std::min(b.size(), kRecord - size);
+            std::memcpy(scratch + size, b.data(), take);
+            size += take;
+        }
+        data = scratch;
+    }
+    if (c.out_error) {
+        ec = c.map(c.out_error);
+        return 0;
+    }
+    ERR_clear_error();
+    std::size_t written = 0;
+    const int r = SSL_write_ex(c.ssl.get(), data, size, &written);
+    if (r != 1) {
+        ec = c.ssl_error(SSL_get_error(c.ssl.get(), r));
+        return 0;
+    }
+    if (c.out_error) {
+        ec = c.map(c.out_error);
+        return 0;
+    }
+    return written;
+}
+
+// Plaintext into the connection: at most one record per call (Beast's write
+// loops call again); done once the socket took every byte, so a sandbox that
+// stops reading is seen by the write timeout.
 template <class ConstBuffers>
 struct TlsWriteOp {
     ConnCore* c;
@@ -237,35 +283,26 @@ struct TlsWriteOp {
             if (!c->out.empty()) return detail::wait_flush(*c, std::move(self));
             return finish(self, {}, written);
         }
-        // Up to one record's worth, gathered into one SSL_write.
-        constexpr std::size_t kRecord = kWriteScratch;
-        char* const scratch = write_scratch();
-        const void* data = nullptr;
-        std::size_t size = 0;
-        auto it = boost::asio::buffer_sequence_begin(bufs);
-        const auto end = boost::asio::buffer_sequence_end(bufs);
-        while (it != end && boost::asio::const_buffer(*it).size() == 0) ++it;
-        if (it == end) return finish(self, {}, 0);
-        boost::asio::const_buffer first(*it);
-        if (first.size() >= kRecord || std::next(it) == end) {
-            data = first.data();
-            size = std::min(first.size(), kRecord);
-        } else {
-            for (; it != end && size < kRecord; ++it) {
-                boost::asio::const_buffer b(*it);
-                const std::size_t take = std::min(b.size(), kRecord - size);
-                std::memcpy(scratch + size, b.data(), take);
-                size += take;
-            }
-            data = scratch;
-        }
-        if (c->out_error) return finish(self, c->map(c->out_error), 0);
-        ERR_clear_error();
-        const int r = SSL_write_ex(c->ssl.get(), data, size, &written);
-        if (r != 1) return finish(self, c->ssl_error(SSL_get_error(c->ssl.get(), r)), 0);
-        if (c->out_error) return finish(self, c->map(c->out_error), 0);
-        if (c->out.empty()) return finish(self, {}, written);
+        boost::system::error_code ec;
+        written = write_record(*c, bufs, ec);
+        // Nothing taken without an error: BUFS was empty.
+        if (ec || written == 0 || c->out.empty()) return finish(self, ec, written);
         flushing = true;
+        detail::wait_flush(*c, std::move(self));
+    }
+};
+
+// Completes once the records queued behind the socket have left (or the
+// connection failed, or its deadline closed it).
+struct TlsFlushOp {
+    ConnCore* c;
+    Finish finish;
+    template <class Self>
+    void operator()(Self& self, boost::system::error_code = {}, std::size_t = 0) {
+        if (finish.posted) return self.complete(finish.ec, finish.n);
+        if (c->out_error) return finish(self, c->map(c->out_error), 0);
+        if (c->out.empty()) return finish(self, {}, 0);
+        finish.started = true;  // set before SELF moves into the wait
         detail::wait_flush(*c, std::move(self));
     }
 };
@@ -395,6 +432,25 @@ public:
             detail::TlsWriteOp<ConstBuffers>{core_.get(), b}, token, core_->socket);
     }
 
+    // Writing without a completion handler, for the answer's critical path:
+    // an asynchronous write that completes at once still costs a post, i.e.
+    // a pass of the scheduler (and an epoll_wait) before the code after it
+    // runs. write_now encrypts up to one record of B and hands it to the
+    // socket at once, queueing what the socket does not take; it returns the
+    // plaintext bytes taken (0 with EC set on failure) and never waits. While
+    // output_pending(), records wait in that queue: async_flush completes when
+    // they have left, or fails (a sandbox that stops reading meets the deadline
+    // there, as with async_write_some).
+    template <class ConstBuffers>
+    std::size_t write_now(const ConstBuffers& b, boost::system::error_code& ec) {
+        return detail::write_record(*core_, b, ec);
+    }
+    bool output_pending() const { return !core_->out.empty(); }
+    template <class Token>
+    auto async_flush(Token&& token) {
+        return boost::asio::async_compose<Token, void(boost::system::error_code, std::size_t)>(
+            detail::TlsFlushOp{core_.get()}, token, core_->socket);
+    }
 };
 
 }  // namespace redir::terminator

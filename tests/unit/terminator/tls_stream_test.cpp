@@ -1,7 +1,7 @@
 // TlsStream against a real OpenSSL peer on 127.0.0.1: how the end of a
 // connection is reported (close_notify vs truncation), large writes through
-// the flush queue, resets, the deadline, certificate verification and the
-// idle buffer release.
+// the flush queue, resets, the deadline, certificate verification, the
+// idle buffer release, and writing without a completion handler (write_now).
 #include <gtest/gtest.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -13,6 +13,7 @@
 
 #include <boost/asio/ssl/error.hpp>
 #include <boost/beast/core/error.hpp>
+#include <array>
 #include <atomic>
 #include <functional>
 #include <future>
@@ -478,6 +479,112 @@ TEST_F(TlsStreamTest, ReleaseBuffersWhenIdleKeepsMessagesIntact) {
         ASSERT_TRUE(r.done && !r.ec) << r.ec.message();
     }
     EXPECT_EQ(peer_side.get(), "");
+}
+
+// 8. write_now: a message (gathered from several buffers into one record)
+// reaches the peer without the io_context running a single handler, i.e.
+// without the scheduler pass an asynchronous write costs.
+TEST_F(TlsStreamTest, WriteNowSendsAtOnceWithoutAHandler) {
+    connect();
+    handshake_both();
+    const std::string head = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", body = "hello";
+    const std::array<asio::const_buffer, 3> parts{asio::buffer(head), asio::const_buffer(), asio::buffer(body)};
+    ioc.restart();
+    const std::size_t handlers_before = ioc.poll();  // nothing left over from the handshake
+    (void)handlers_before;
+    error_code ec;
+    const std::size_t n = stream->write_now(parts, ec);
+    ASSERT_FALSE(ec) << ec.message();
+    EXPECT_EQ(n, head.size() + body.size());
+    EXPECT_FALSE(stream->output_pending());
+    EXPECT_EQ(ioc.poll(), 0u) << "write_now left a handler for the scheduler";
+    EXPECT_EQ(peer.read(head.size() + body.size()), head + body);
+    // Empty buffers: nothing taken, no error, nothing sent.
+    EXPECT_EQ(stream->write_now(asio::const_buffer(), ec), 0u);
+    EXPECT_FALSE(ec);
+}
+
+// 9. write_now to a peer that reads late: what the socket does not take is
+// queued, output_pending() says so, async_flush waits for it, and 4 MiB
+// arrive byte-exact and in order (the same path as the answer to a sandbox).
+TEST_F(TlsStreamTest, WriteNowQueuesWhatTheSocketRefusesAndFlushWaitsForIt) {
+    connect(/*small_buffers=*/true);
+    handshake_both();
+    const std::string body = random_bytes(4 << 20, 21);
+    std::atomic<bool> start_reading{false};
+    auto received = std::async(std::launch::async, [&] {
+        wait_for([&] { return start_reading.load(); }, kPatience);
+        return peer.read(body.size(), 1000);
+    });
+    bool pending = false;
+    std::size_t off = 0;
+    while (off < body.size()) {
+        error_code ec;
+        const std::size_t n = stream->write_now(asio::buffer(body.data() + off, body.size() - off), ec);
+        ASSERT_FALSE(ec) << "at offset " << off << ": " << ec.message();
+        ASSERT_GT(n, 0u);
+        ASSERT_LE(n, 16u * 1024) << "more than one record's worth taken at once";
+        off += n;
+        if (stream->output_pending()) {
+            pending = true;
+            start_reading = true;
+            Result r = run(ioc, [&](auto h) { stream->async_flush(h); });
+            ASSERT_TRUE(r.done) << "the flush never completed at offset " << off;
+            ASSERT_FALSE(r.ec) << r.ec.message();
+            EXPECT_FALSE(stream->output_pending());
+        }
+    }
+    start_reading = true;
+    EXPECT_TRUE(pending) << "the socket took everything at once: the queue was not exercised";
+    const std::string got = received.get();
+    ASSERT_EQ(got.size(), body.size());
+    EXPECT_TRUE(got == body) << "the body arrived altered or out of order";
+}
+
+// 10. A sandbox that stops reading cannot hold a write_now forever: the
+// flush it leaves pending ends at the deadline (timeout, socket closed), and
+// every write after that fails at once instead of queueing more.
+TEST_F(TlsStreamTest, WriteNowToAPeerThatStopsReadingEndsAtTheDeadline) {
+    connect(/*small_buffers=*/true);
+    handshake_both();
+    const std::string chunk(16 << 10, 'z');
+    stream->expires_after(std::chrono::milliseconds(300));
+    error_code ec;
+    std::size_t queued_records = 0;
+    while (!stream->output_pending() && queued_records++ < 10000) {
+        stream->write_now(asio::buffer(chunk), ec);
+        ASSERT_FALSE(ec) << ec.message();
+    }
+    ASSERT_TRUE(stream->output_pending()) << "the socket never refused a record";
+    Result r = run(ioc, [&](auto h) { stream->async_flush(h); });
+    ASSERT_TRUE(r.done) << "the flush outlived its deadline";
+    EXPECT_EQ(r.ec, beast::error::timeout) << r.ec.message();
+    EXPECT_FALSE(stream->socket().is_open());
+    EXPECT_EQ(stream->write_now(asio::buffer(chunk), ec), 0u);
+    EXPECT_TRUE(ec) << "a write after the deadline was taken";
+}
+
+// 11. write_now to a peer that reset the connection fails (at the latest
+// when the flush of what was queued fails), never hangs.
+TEST_F(TlsStreamTest, WriteNowToResetPeerFails) {
+    connect();
+    handshake_both();
+    ::linger lg{1, 0};
+    ASSERT_EQ(::setsockopt(peer.fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+    ::close(peer.fd.release());  // RST
+    const std::string chunk(16 << 10, 'x');
+    error_code ec;
+    const auto end = Clock::now() + kPatience;
+    while (!ec && Clock::now() < end) {
+        stream->write_now(asio::buffer(chunk), ec);
+        if (!ec && stream->output_pending()) {
+            Result r = run(ioc, [&](auto h) { stream->async_flush(h); }, std::chrono::milliseconds(5000));
+            ASSERT_TRUE(r.done) << "a flush to a reset peer hung";
+            ec = r.ec;
+        }
+    }
+    EXPECT_TRUE(ec) << "writes to a reset peer kept succeeding";
+    EXPECT_NE(ec, beast::error::timeout);
 }
 
 }  // namespace
