@@ -1061,6 +1061,36 @@ TEST_P(TlsGatewayTest, ClientHangingUpOverTlsClosesTheProviderRequest) {
     EXPECT_TRUE(wait_for([&] { return provider_saw_close->load(); }, kPatience));
 }
 
+// A sandbox that asks for a large answer and stops reading it cannot hold
+// the connection (and the provider's) open: the answer's writes go straight
+// to the socket while it takes them, and once it stops, the wait for it ends
+// at the write timeout.
+TEST_P(TlsGatewayTest, SandboxThatStopsReadingIsCutAtTheWriteTimeout) {
+    use_openai();
+    GatewayOptions o;
+    o.write_timeout = 300ms;
+    start_tls(std::move(o));
+    const std::size_t size = 32u << 20;  // far more than the socket buffers on both sides hold
+    fake_->set_handler([size](const Received&, FakeProvider::Conn& c) {
+        if (!c.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " +
+                     std::to_string(size) + "\r\n\r\n"))
+            return false;
+        const std::string piece(64 << 10, 'a');
+        for (std::size_t sent = 0; sent < size; sent += piece.size())
+            if (!c.write(piece)) return false;  // the gateway dropped the call
+        return true;
+    });
+    auto sp = tls_connect();
+    http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+    req.set(http::field::host, "inference.local");
+    req.body() = R"({"model":"x"})";
+    req.prepare_payload();
+    http::write(*sp, req);  // and never a read
+    EXPECT_TRUE(wait_for([&] { return gw_->stats().write_timeouts.load() >= 1; }, kPatience))
+        << "the gateway kept writing to a sandbox that stopped reading";
+    EXPECT_TRUE(wait_for([&] { return gw_->connections() == 0; }, kPatience)) << "the connection was kept";
+}
+
 // A sandbox that opens connections and never says hello holds nothing past
 // the handshake deadline (the TLS stream's own deadline, not Beast's).
 TEST_P(TlsGatewayTest, SilentClientIsDroppedAtTheHandshakeTimeout) {
