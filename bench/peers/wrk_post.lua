@@ -3,6 +3,14 @@
 wrk.method = "POST"
 wrk.body = '{"model":"client-model","messages":[{"role":"user","content":"hi"}],"max_tokens":16}'
 wrk.headers["Content-Type"] = "application/json"
+-- WRK_BODY_FILE: POST that file instead, e.g. a few-KB chat request with tools
+-- (build/bench/terminator/bench_terminator_json --print-request > /tmp/chat.json).
+local body_file = os.getenv("WRK_BODY_FILE")
+if body_file and body_file ~= "" then
+  local f = assert(io.open(body_file, "rb"))
+  wrk.body = f:read("*a")
+  f:close()
+end
 -- A bearer the client might send: every proxy must replace it with the
 -- provider's credential (the fake provider answers 401 otherwise). The direct
 -- baseline sends the real one (WRK_AUTH).

@@ -280,6 +280,11 @@ BENCHMARK(BM_Path_New);
 }  // namespace
 
 int main(int argc, char** argv) {
+    // The sample request for an end-to-end run (bench/peers: WRK_BODY_FILE).
+    if (argc > 1 && std::string_view(argv[1]) == "--print-request") {
+        std::fwrite(kRequest.data(), 1, kRequest.size(), stdout);
+        return 0;
+    }
     // The two paths must do the same work: same body out, same verdict.
     {
         FetchScanner sc;
