@@ -15,7 +15,9 @@ profile new connections, BENCH_PERF_NGINX=1 to profile nginx the same way),
 BENCH_JSON=FILE (all numbers), REDIR_THREADS_FLAG (redird's io-thread flag;
 detected from --help when unset), REDIR_BUILD (build directory), BENCH_REDIR_B (another
 build directory: its redird runs as peer "redir-b" in the keep-alive rounds, for A/B in one run),
-BENCH_RESUMPTION=1 (servers keep their TLS session tickets, so wrk's reconnects resume: the
+BENCH_ALLOCS=0 (skip counting redird's heap allocations per keep-alive request with libc uprobes,
+done after the keep-alive rounds by default; BENCH_ALLOC_CALLERS=FILE keeps a perf.data of their
+call stacks as FILE.<peer>), BENCH_RESUMPTION=1 (servers keep their TLS session tickets, so wrk's reconnects resume: the
 handshakes phase then times resumptions instead of full handshakes).
 """
 import ctypes
@@ -47,6 +49,7 @@ SSE_GAP_MS = float(os.environ.get("BENCH_SSE_GAP_MS", "250"))
 PEERS = os.environ.get("BENCH_PEERS", "direct,redir,nginx,mitmproxy,squid").split(",")
 PERF = os.environ.get("BENCH_PERF") == "1"
 REDIR_B = os.environ.get("BENCH_REDIR_B")
+ALLOCS = os.environ.get("BENCH_ALLOCS", "1") != "0"
 ALL_PHASES = ("keepalive", "latency", "handshakes", "probe", "sse")
 THREADS = [int(t) for t in os.environ.get("BENCH_THREADS", "1,2").split(",")]
 PHASES = set(os.environ.get("BENCH_PHASES", ",".join(ALL_PHASES)).split(","))
@@ -655,6 +658,66 @@ def syscalls_per_request(redir, out_dir, seconds=3):
     return lines
 
 
+ALLOC_FUNCS = ("malloc", "calloc", "realloc")
+
+
+def alloc_probes():
+    """uprobes on libc's allocation entry points, in a group of our own
+    (redir_bench:malloc, ...); created once, left defined (another run may be
+    using them). None when this kernel or perf cannot place them."""
+    libc = next((p for p in ("/lib/x86_64-linux-gnu/libc.so.6", "/lib/aarch64-linux-gnu/libc.so.6",
+                             "/lib64/libc.so.6") if os.path.exists(p)), None)
+    if not libc or not shutil.which("perf"):
+        return None
+    have = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True).stdout
+    for f in ALLOC_FUNCS:
+        if "redir_bench:%s " % f not in have:
+            subprocess.run(["perf", "probe", "-q", "-x", libc, "-a", "redir_bench:%s=%s" % (f, f)],
+                           capture_output=True)
+    have = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True).stdout
+    events = ["redir_bench:%s" % f for f in ALLOC_FUNCS if "redir_bench:%s " % f in have]
+    return events or None
+
+
+def allocs_per_request(peer, seconds=3):
+    """Heap allocations (libc malloc + calloc + realloc calls, operator new
+    included) per keep-alive request of PEER's redird, counted with uprobes
+    under the usual wrk load. Separate from the timed rounds: a uprobe costs
+    microseconds per call. Counts, unlike req/s, hold on a loaded machine."""
+    events = alloc_probes()
+    if not events:
+        return None
+    argv = ["wrk", "-t", "2", "-c", "50", "-d", "%ds" % (seconds + 1), "--timeout", "5s",
+            "-s", os.path.join(HERE, "wrk_post.lua"), peer.url()]
+    load = peer.cgroup.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # connections open, pools warm: count the steady state only
+    st = subprocess.run(["perf", "stat", "-x", ",", "-e", ",".join(events), "-p", str(peer.pid), "--",
+                         "sleep", str(seconds)], capture_output=True, text=True)
+    out, _ = load.communicate(timeout=seconds + 60)
+    m = re.search(r"WRKJSON (\{.*\})", out)
+    counts = {}
+    for l in st.stderr.splitlines():
+        f = l.split(",")
+        if len(f) > 2 and f[2].startswith("redir_bench:") and f[0].strip().isdigit():
+            counts[f[2].split(":")[1]] = int(f[0])
+    if not m or not counts:
+        log("allocation count of %s failed: %s" % (peer.name, st.stderr[-300:]))
+        return None
+    dest = os.environ.get("BENCH_ALLOC_CALLERS")
+    if dest:  # where they come from: every 10th allocation's stack, for perf report
+        load = peer.cgroup.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        subprocess.run(["perf", "record", "-q", "-e", ",".join(events), "-c", "10", "--call-graph", "dwarf,16384",
+                        "-o", "%s.%s" % (dest, peer.name), "-p", str(peer.pid), "--", "sleep", "2"],
+                       capture_output=True)
+        load.communicate(timeout=seconds + 60)
+    w = json.loads(m.group(1))
+    # wrk ran SECONDS+1 s; perf counted SECONDS of it, in the middle.
+    requests = w["requests"] * seconds / (seconds + 1)
+    return {"requests": int(requests), "per_request": {k: v / max(1, requests) for k, v in counts.items()},
+            "total_per_request": sum(counts.values()) / max(1, requests)}
+
+
 # -- the report ----------------------------------------------------------------
 
 def fmt(v, unit=""):
@@ -734,6 +797,9 @@ def measure(res, key, direct, redir, nginx, others):
                 hs.setdefault(p.name, []).append(wrk(p, 50, 2, SECONDS, close=True))
     if ka:
         res["keepalive"][key] = {n: best(v) for n, v in ka.items()}
+        if ALLOCS:
+            for p in [redir] + ab:
+                res.setdefault("allocs", {}).setdefault(key, {})[p.name] = allocs_per_request(p)
     if hs:
         res["handshakes"][key] = {n: best(v) for n, v in hs.items()}
     if l1:
@@ -897,6 +963,20 @@ def print_latency1(res):
         print_rows(("peer", "p50", "p99", "added p50"), rows)
 
 
+def print_allocs(res):
+    """Heap allocations per keep-alive request, per redird build."""
+    rows = []
+    for key, peers in sorted(res.get("allocs", {}).items()):
+        for name, a in peers.items():
+            if a:
+                rows.append((name, key, "%.1f" % a["total_per_request"],
+                             " ".join("%s %.1f" % kv for kv in sorted(a["per_request"].items())),
+                             fmt(a["requests"])))
+    if rows:
+        print("heap allocations per keep-alive request (libc uprobes, wrk -t2 -c50, counted apart from the timed rounds)")
+        print_rows(("peer", "threads", "allocs/req", "by call", "requests counted"), rows)
+
+
 def report(res):
     print("\nbench/peers: %s" % res["machine"])
     print("%d s per measurement, best of %d interleaved round(s); wrk -t2 -c50 POST %s (keep-alive)\n" % (
@@ -925,6 +1005,7 @@ def report(res):
         print("squid: not measured: %s\n" % res["squid_error"])
     print_handshakes(res)
     print_latency1(res)
+    print_allocs(res)
 
     t = Table()
     for key in ("1", "2"):
