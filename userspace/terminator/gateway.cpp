@@ -26,6 +26,7 @@
 #include <thread>
 
 #include "common/error.hpp"
+#include "terminator/arena.hpp"
 #include "terminator/head.hpp"
 #include "terminator/mock.hpp"
 #include "terminator/tls_stream.hpp"
@@ -42,6 +43,15 @@ using tcp = asio::ip::tcp;
 template <class T>
 using Task = asio::awaitable<T, Executor>;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable_t<Executor>{});
+// Header fields of the request path's messages live in the connection's
+// RequestArena (see ClientConn).
+using ArenaAlloc = RequestArena::Alloc;
+using Fields = http::basic_fields<ArenaAlloc>;
+using UpstreamRequest = http::request<http::string_body, Fields>;
+using RelayResponse = http::response<http::buffer_body, Fields>;
+using RelaySerializer = http::response_serializer<http::buffer_body, Fields>;
+// The provider's answer header: at most this many bytes.
+constexpr std::uint32_t kProviderHeaderLimit = 64 * 1024;
 
 namespace {
 
@@ -118,12 +128,19 @@ private:
 };
 
 // What a client connection keeps from one request to the next: its read
-// buffer, and the buffer the provider's answers are relayed through
-// (allocated on the first provider call, none for idle connections).
+// buffer, the arena of its requests' header fields, and the buffer the
+// provider's answers are relayed through (allocated on the first provider
+// call, none for idle connections).
 struct ClientWatch;
 struct ClientConn {
     static constexpr std::size_t kRelayBuffer = 16 * 1024;
+    // Holds the four field sets of a usual proxied request (a few dozen
+    // fields) without touching the heap.
+    static constexpr std::size_t kArenaInline = 8 * 1024;
+    ClientConn(std::size_t arena_cap, std::atomic<std::uint64_t>* arena_gauge)
+        : arena(kArenaInline, arena_cap, arena_gauge) {}
     beast::flat_buffer buf;
+    RequestArena arena;
     std::unique_ptr<char[]> relay;
     std::shared_ptr<ClientWatch> watch;  // the last provider call's, reused when nothing holds it any more
     std::span<char> relay_buffer() {
@@ -576,11 +593,12 @@ struct ProxyCall {
     const Provider& provider;
     const Profile& profile;
     const BaseUrl& base;
-    http::request<http::string_body>& upstream_req;
+    UpstreamRequest& upstream_req;
     ApiShape shape;
     bool client_keep_alive;
     Quota::Ticket* body_room;  // given back once the provider has answered
     std::span<char> piece;     // the session's relay buffer
+    ArenaAlloc fields;         // the request's arena: the answer's header fields
     std::string where() const { return provider_where(provider, base); }
     std::string pool_key() const { return base.host + "|" + std::to_string(base.port) + "|" + provider.ca_file; }
 };
@@ -588,7 +606,7 @@ struct ProxyCall {
 // The provider connection holding an answer whose header has been read.
 struct Upstream {
     std::unique_ptr<UpstreamConn> conn;
-    std::optional<http::response_parser<http::buffer_body>> parser;
+    std::optional<http::response_parser<http::buffer_body, ArenaAlloc>> parser;
 };
 
 // How one attempt to send the request and read the answer's header went.
@@ -606,9 +624,9 @@ Task<Attempt> send_and_read_header(Impl& gw, ProxyCall& call, Upstream& up) {
     low.expires_after(o.upstream_write_timeout);
     auto [wec, wn] = co_await write_message(up.conn->s, call.upstream_req);
     if (wec) co_return Attempt{wec, true, 0};
-    up.parser.emplace();
+    up.parser.emplace(std::piecewise_construct, std::make_tuple(), std::make_tuple(call.fields));
     up.parser->body_limit(boost::none);
-    up.parser->header_limit(64 * 1024);
+    up.parser->header_limit(kProviderHeaderLimit);
     low.expires_after(o.upstream_response_timeout);
     auto [rec, rn] = co_await http::async_read_header(up.conn->s, up.conn->buf, *up.parser, use_tuple);
     co_return Attempt{rec, false, rn};
@@ -650,13 +668,13 @@ Task<std::optional<Stop>> exchange(Impl& gw, ProxyCall& call, ClientWatch& watch
 
 // The sandbox's response header: the provider's, less hop-by-hop and
 // origin-specific headers, framed as PLAN says.
-http::response<http::buffer_body> response_head(const http::response_header<>& uh, const ResponsePlan& plan,
-                                                bool keep_alive) {
+RelayResponse response_head(const http::response_header<Fields>& uh, const ResponsePlan& plan, bool keep_alive,
+                            ArenaAlloc fields) {
     HeaderList conn;  // the Connection headers alone: their tokens name more hop-by-hop headers
     for (auto [it, end] = uh.equal_range(http::field::connection); it != end; ++it)
         conn.emplace_back("connection", it->value());
     const auto ctoks = connection_tokens(conn);
-    http::response<http::buffer_body> res;
+    RelayResponse res{std::piecewise_construct, std::make_tuple(), std::make_tuple(fields)};
     res.version(11);
     res.result(uh.result_int());
     res.reason(uh.reason());
@@ -678,9 +696,10 @@ http::response<http::buffer_body> response_head(const http::response_header<>& u
 
 // Writes one piece of the response body (or, with DATA empty and MORE false,
 // its end) through SR.
-template <class Stream>
-Task<beast::error_code> write_piece(Impl& gw, Stream& s, http::response_serializer<http::buffer_body>& sr,
-                                         http::response<http::buffer_body>& res, std::string_view data, bool more) {
+template <class Stream, class Fields>
+Task<beast::error_code> write_piece(Impl& gw, Stream& s, http::response_serializer<http::buffer_body, Fields>& sr,
+                                    http::response<http::buffer_body, Fields>& res, std::string_view data,
+                                    bool more) {
     res.body().data = data.empty() ? nullptr : const_cast<char*>(data.data());
     res.body().size = data.size();
     res.body().more = more;
@@ -716,8 +735,8 @@ void release_upstream(Impl& gw, Upstream& up, ClientWatch& watch) {
 // header goes with the first piece when the relay deferred it. UPSTREAM_EC
 // receives why the provider broke off.
 template <class Stream>
-Task<Pumped> pump_body(Impl& gw, Stream& s, http::response_serializer<http::buffer_body>& sr,
-                            http::response<http::buffer_body>& res, const ResponsePlan& plan, Upstream& up,
+Task<Pumped> pump_body(Impl& gw, Stream& s, RelaySerializer& sr, RelayResponse& res, const ResponsePlan& plan,
+                       Upstream& up,
                             std::span<char> piece, ClientWatch& watch, UsageTap& tap, RequestLog& log,
                             beast::error_code& upstream_ec) {
     auto& p = *up.parser;
@@ -758,8 +777,7 @@ Task<Pumped> pump_body(Impl& gw, Stream& s, http::response_serializer<http::buff
 // words before the stream ends, rather than left to guess from a cut body.
 template <class Stream>
 Task<bool> end_broken_response(Impl& gw, Stream& s, ProxyCall& call, const ResponsePlan& plan,
-                                    http::response_serializer<http::buffer_body>& sr,
-                                    http::response<http::buffer_body>& res, const beast::error_code& ec,
+                               RelaySerializer& sr, RelayResponse& res, const beast::error_code& ec,
                                     RequestLog& log) {
     const auto& o = gw.opts;
     log.error = ec == beast::error::timeout
@@ -792,14 +810,14 @@ Task<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& up, Cl
     if (auto l = up.parser->content_length()) length = *l;
     const auto plan = plan_response(uh.result_int(), uh[http::field::content_type],
                                     uh[http::field::content_encoding], length, up.parser->chunked());
-    auto res = response_head(uh, plan, call.client_keep_alive);
+    auto res = response_head(uh, plan, call.client_keep_alive, call.fields);
     log.status = uh.result_int();
     if (plan.sse) {
         release_buffers_when_idle(s);
         release_buffers_when_idle(up.conn->s);
     }
 
-    http::response_serializer<http::buffer_body> sr{res};
+    RelaySerializer sr{res};
     // A body already read (most of a JSON answer) goes in one write with the
     // header; a stream still waiting for its first event gets its header now.
     if (!plan.no_body && up.conn->buf.size() == 0) {
@@ -930,7 +948,8 @@ Task<bool> send_mock(Impl& gw, Stream& s, const MockReply& m, bool keep_alive, R
 // The request being served: its parser (header, then body) and what its
 // header decided.
 struct Incoming {
-    http::request_parser<http::string_body> parser;
+    explicit Incoming(ArenaAlloc fields) : parser(std::piecewise_construct, std::make_tuple(), std::make_tuple(fields)) {}
+    http::request_parser<http::string_body, ArenaAlloc> parser;
     RouteDecision route;
     ApiShape shape = ApiShape::OpenAI;
     SandboxInference policy;  // the sandbox's policy: route, provider_fetch
@@ -1114,6 +1133,7 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
     log.model_requested = std::move(rw.model_requested);
     log.stream = rw.stream;
     HeaderList client_headers;
+    client_headers.reserve(static_cast<std::size_t>(std::distance(req.begin(), req.end())));
     for (const auto& f : req) client_headers.emplace_back(lower(f.name_string()), std::string(f.value()));
     if (fetch_scan)
         if (auto fetch = find_provider_fetch(*fetch_scan, client_headers, o.log_string_max))
@@ -1134,22 +1154,25 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
         co_return co_await send_error(gw, s, in.shape, 502,
                                       "provider " + provider.name + " is misconfigured: " + in.snap->base_error,
                                       keep_alive, log);
-    http::request<http::string_body> ureq{http::verb::post,
-                                          upstream_target(*base, profile, in.route.path, in.route.query), 11};
+    UpstreamRequest ureq{std::piecewise_construct, std::make_tuple(), std::make_tuple(cc.arena.alloc())};
+    ureq.method(http::verb::post);
+    ureq.target(upstream_target(*base, profile, in.route.path, in.route.query));
+    ureq.version(11);
     ureq.set(http::field::host, base->host_header);
     each_upstream_header(client_headers, profile, in.snap->provider_headers,
                          [&ureq](std::string_view n, std::string_view v) { ureq.insert(n, v); });
     ureq.body() = std::move(rw.body);
     ureq.keep_alive(true);
     ureq.prepare_payload();
-    ProxyCall call{provider, profile, *base, ureq, in.shape, keep_alive, &in.body_room, cc.relay_buffer()};
+    ProxyCall call{provider, profile, *base, ureq, in.shape, keep_alive, &in.body_room, cc.relay_buffer(),
+                   cc.arena.alloc()};
     co_return co_await proxy(gw, s, cc, call, log);
 }
 
 // One request on a connection. Returns whether the connection stays open.
 template <class Stream>
 Task<bool> serve_one(Impl& gw, Stream& s, ClientConn& cc, RequestLog& log, const ConnInfo& info) {
-    Incoming in;
+    Incoming in(cc.arena.alloc());
     auto stop = co_await read_header(gw, s, cc.buf, in, log);
     if (!stop) stop = co_await read_body(gw, s, cc.buf, in, info, log);
     if (stop) co_return co_await answer(gw, s, in.shape, std::move(*stop), log);
@@ -1164,15 +1187,37 @@ Task<bool> serve_one(Impl& gw, Stream& s, ClientConn& cc, RequestLog& log, const
 
 // ---- Connections ----
 
+// What one request's header fields may take from the heap beyond the
+// connection's inline arena. The parsers' header limits bound the bytes that
+// become fields: the sandbox's header (its parser, and the allowlisted copy
+// sent to the provider) and the provider's (its parser, and the copy relayed
+// to the sandbox). Beast keeps a field in at least ~56 bytes (`a:` is 4 bytes
+// on the wire), and the monotonic arena grows its blocks by half: 32 per
+// header byte covers both. Past it the request fails (std::bad_alloc ends the
+// session) instead of the agent growing.
+std::size_t arena_cap(const GatewayOptions& o) {
+    return 32 * (2 * o.header_limit + 2 * std::size_t{kProviderHeaderLimit});
+}
+
+// The request's fields are gone: the arena is empty again for the next one.
+void end_of_request(Impl& gw, RequestArena& arena) {
+    const std::uint64_t peak = arena.heap_peak();
+    auto& seen = gw.stats.arena_heap_peak;
+    for (auto cur = seen.load(std::memory_order_relaxed); peak > cur;)
+        if (seen.compare_exchange_weak(cur, peak, std::memory_order_relaxed)) break;
+    arena.reset();
+}
+
 template <class Stream>
 Task<void> session(std::shared_ptr<Impl> gw, Stream s, ConnInfo info, Quota::Ticket = {}) {
-    ClientConn cc;
+    ClientConn cc(arena_cap(gw->opts), &gw->stats.arena_heap_bytes);
     try {
         for (;;) {
             RequestLog log;
             log.conn = info;
             const auto start = Clock::now();
             bool keep = co_await serve_one(*gw, s, cc, log, info);
+            end_of_request(*gw, cc.arena);
             if (log.status != 0) {
                 log.duration_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
                 gw->record(log);

@@ -50,6 +50,11 @@ struct GatewayStats {
     std::atomic<std::uint64_t> tls_handshake_failures{0};       // other than timeouts
     std::atomic<std::uint64_t> write_timeouts{0};               // sandbox stopped reading its answer
     std::atomic<std::uint64_t> log_strings_truncated{0};        // requests whose logged client text was clipped
+    // Header fields of requests live in their connection's arena (8 KiB kept
+    // per connection): heap bytes the arenas hold beyond that now (0 between
+    // requests), and the most one request took.
+    std::atomic<std::uint64_t> arena_heap_bytes{0};
+    std::atomic<std::uint64_t> arena_heap_peak{0};
 };
 
 struct GatewayOptions {

@@ -763,6 +763,62 @@ TEST_P(GatewayTest, KeepAliveServesManyRequestsAndReusesProviderConnection) {
     EXPECT_EQ(fake_->connections(), 1) << "the provider connection is pooled";
 }
 
+// All four header field sets of a proxied request (the sandbox's request,
+// the provider request, the provider's answer, the answer relayed) live in
+// the connection's arena. Headers too many for its inline buffer still go
+// through whole, in order, both ways; the heap the arena took for them is
+// given back after each request, and a small request after a big one on the
+// same connection is served from the inline buffer again.
+TEST_P(GatewayTest, HeadersBeyondTheRequestArenaGoThroughAndItsHeapIsGivenBack) {
+    use_openai();
+    std::string provider_headers;
+    // 60 of each way: Beast's own parsers here (the test's) take 8 KiB of header.
+    for (int i = 0; i < 60; ++i)
+        provider_headers += "X-Provider-" + std::to_string(i) + ": " + std::string(80, 'p') + "\r\n";
+    fake_->set_handler([&](const Received&, FakeProvider::Conn& c) {
+        const std::string body = R"({"id":"x","choices":[]})";
+        return c.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + provider_headers +
+                       "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+    });
+    start();
+    const auto& st = gw_->stats();
+    auto s = connect();
+    for (int round = 0; round < 3; ++round) {
+        http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+        req.body() = "{}";
+        for (int i = 0; i < 60; ++i)
+            req.insert(http::field::accept, "application/json; v=" + std::to_string(i) + std::string(70, 'a'));
+        auto res = roundtrip(s, req);
+        ASSERT_EQ(res.result_int(), 200) << res.body();
+        EXPECT_EQ(res[http::field::content_type], "application/json");
+        EXPECT_EQ(res["x-provider-0"], std::string(80, 'p'));
+        EXPECT_EQ(res["x-provider-59"], std::string(80, 'p'));
+        EXPECT_EQ(res.count("x-provider-37"), 1u);
+        const auto got = fake_->received().back();
+        ASSERT_EQ(got.headers.at("accept").size(), 60u) << "every allowlisted header reaches the provider";
+        EXPECT_EQ(got.headers.at("accept")[59], "application/json; v=59" + std::string(70, 'a'));
+        EXPECT_EQ(got.header("authorization"), "Bearer sk-provider-secret-0001");
+        ASSERT_TRUE(wait_for([&] { return st.arena_heap_bytes.load() == 0; }, kPatience))
+            << "round " << round << ": " << st.arena_heap_bytes.load() << " heap bytes still held";
+
+        // A usual request in between: no heap beyond the inline buffer.
+        http::request<http::string_body> small{http::verb::post, "/v1/chat/completions", 11};
+        small.body() = "{}";
+        fake_->set_handler([](const Received&, FakeProvider::Conn& c) {
+            return c.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+        });
+        ASSERT_EQ(roundtrip(s, small).result_int(), 200);
+        ASSERT_TRUE(wait_for([&] { return st.arena_heap_bytes.load() == 0; }, kPatience));
+        fake_->set_handler([&](const Received&, FakeProvider::Conn& c) {
+            const std::string body = R"({"id":"x","choices":[]})";
+            return c.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + provider_headers +
+                           "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+        });
+    }
+    EXPECT_GT(st.arena_heap_peak.load(), 0u) << "the big requests did not fit the inline arena";
+    EXPECT_EQ(fake_->connections(), 1) << "the provider connection is pooled";
+}
+
 // 40 requests at once need 40 provider connections; the next 40 at once
 // find all of them idle (more than the old fixed 16 per host), so the
 // provider sees no new connection and no new TLS handshake.

@@ -263,6 +263,52 @@ TEST_P(HostileGatewayTest, HugeModelStringsStayOutOfTheLogAndDoNotAccumulate) {
     EXPECT_GE(gw_->stats().log_strings_truncated.load(), 21u);
 }
 
+// A sandbox filling its header with the most fields it can (the shortest
+// lines Beast takes, thousands of them) or with one huge value, over and
+// over on one keep-alive connection: the request arena's heap share stays
+// within a fixed multiple of the header limit, is all given back after each
+// request, and a header past the limit is refused (431) before any field
+// is made.
+TEST_P(HostileGatewayTest, HeaderFloodCannotGrowTheRequestArena) {
+    GatewayOptions o;
+    start(o);
+    const std::size_t limit = o.header_limit;
+    const auto& st = gw_->stats();
+    auto head_with = [](const std::string& extra) {
+        return "POST /v1/chat/completions HTTP/1.1\r\nHost: inference.local\r\nContent-Type: application/json\r\n" +
+               extra + "Content-Length: " + std::to_string(kChat.size()) + "\r\n\r\n" + kChat;
+    };
+    std::string tiny;  // "a0:\r\n"-style lines up to just under the limit
+    for (int i = 0; tiny.size() + 200 < limit; ++i) tiny += "a" + std::to_string(i % 100) + ":\r\n";
+    const std::string huge = "X-Huge: " + std::string(limit - 300, 'h') + "\r\n";
+
+    auto s = connect(kHostile);
+    for (int round = 0; round < 5; ++round) {
+        for (const std::string* extra : std::initializer_list<const std::string*>{&tiny, &huge}) {
+            const auto req = head_with(*extra);
+            ASSERT_LE(req.size() - kChat.size(), limit);
+            auto res = exchange(s, req);
+            ASSERT_EQ(res.result_int(), 200) << "round " << round << ": " << res.body();
+            // The arena is emptied once the answer is out (polled: the
+            // session does it right after its last write).
+            ASSERT_TRUE(wait_for([&] { return st.arena_heap_bytes.load() == 0; }))
+                << "round " << round << ": " << st.arena_heap_bytes.load() << " bytes still held";
+        }
+    }
+    const auto peak = st.arena_heap_peak.load();
+    EXPECT_GT(peak, 0u) << "thousands of fields do not fit the inline arena: the flood must have reached the heap";
+    EXPECT_LE(peak, 24 * limit) << "one request's fields took " << peak << " heap bytes for a " << limit
+                                << "-byte header";
+
+    // Past the limit: 431, no field made, nothing held.
+    auto over = connect(kHostile);
+    const auto res = exchange(over, head_with(tiny + tiny));
+    EXPECT_EQ(res.result_int(), 431);
+    EXPECT_TRUE(wait_for([&] { return st.arena_heap_bytes.load() == 0; }));
+    EXPECT_EQ(st.arena_heap_peak.load(), peak);
+    EXPECT_EQ(post_status(kVictim, kChat), 200) << "another sandbox is still served";
+}
+
 // A provider that accepts and then says nothing: the request stays in flight
 // in the TLS handshake with it.
 struct SilentProvider {
