@@ -66,11 +66,36 @@ std::string seconds(std::chrono::milliseconds d) {
     return std::to_string(d.count()) + " ms";
 }
 
+// Which idle provider connections a request may take: same host, port and
+// trust. Looked up through a view of the request's own strings, so finding a
+// pooled connection builds no string; a connection owns its key.
+struct PoolKeyRef {
+    std::string_view host;
+    std::uint16_t port = 0;
+    std::string_view ca_file;
+};
+struct PoolKey {
+    std::string host;
+    std::uint16_t port = 0;
+    std::string ca_file;
+    explicit PoolKey(const PoolKeyRef& r) : host(r.host), port(r.port), ca_file(r.ca_file) {}
+};
+struct PoolKeyLess {
+    using is_transparent = void;
+    static PoolKeyRef view(const PoolKey& k) { return {k.host, k.port, k.ca_file}; }
+    static PoolKeyRef view(const PoolKeyRef& k) { return k; }
+    template <class A, class B>
+    bool operator()(const A& a, const B& b) const {
+        const PoolKeyRef x = view(a), y = view(b);
+        return std::tie(x.host, x.port, x.ca_file) < std::tie(y.host, y.port, y.ca_file);
+    }
+};
+
 struct UpstreamConn {
     std::shared_ptr<asio::ssl::context> ctx;
     TlsStream s;
     beast::flat_buffer buf;
-    std::string key;
+    std::optional<PoolKey> key;
     Clock::time_point idle_since{};
     bool reused = false;
     UpstreamConn(const Executor& ex, std::shared_ptr<asio::ssl::context> c)
@@ -90,7 +115,7 @@ struct UpstreamConn {
 class Pool {
 public:
     static constexpr std::chrono::seconds kCheckAfter{1};
-    std::unique_ptr<UpstreamConn> take(const std::string& key, std::chrono::milliseconds idle_timeout) {
+    std::unique_ptr<UpstreamConn> take(const PoolKeyRef& key, std::chrono::milliseconds idle_timeout) {
         auto it = idle_.find(key);
         if (it == idle_.end()) return nullptr;
         auto& q = it->second;
@@ -114,7 +139,9 @@ public:
         return nullptr;
     }
     void put(std::unique_ptr<UpstreamConn> c, std::size_t max, std::chrono::milliseconds idle_timeout) {
-        auto& q = idle_[c->key];
+        auto it = idle_.find(*c->key);
+        if (it == idle_.end()) it = idle_.emplace(*c->key, std::deque<std::unique_ptr<UpstreamConn>>{}).first;
+        auto& q = it->second;
         auto now = Clock::now();
         while (!q.empty() && now - q.front()->idle_since > idle_timeout) q.pop_front();
         c->idle_since = now;
@@ -124,7 +151,7 @@ public:
     void clear() { idle_.clear(); }
 
 private:
-    std::map<std::string, std::deque<std::unique_ptr<UpstreamConn>>> idle_;
+    std::map<PoolKey, std::deque<std::unique_ptr<UpstreamConn>>, PoolKeyLess> idle_;
 };
 
 // What a client connection keeps from one request to the next: its read
@@ -513,7 +540,7 @@ Task<std::vector<tcp::endpoint>> resolve_upstream(Impl& gw, const BaseUrl& b, Cl
 }
 
 Task<std::unique_ptr<UpstreamConn>> connect_upstream(Impl& gw, const Provider& p, const BaseUrl& b,
-                                                          const std::string& key, ClientWatch& watch,
+                                                          const PoolKeyRef& key, ClientWatch& watch,
                                                           Failure& f) {
     const auto& o = gw.opts;
     const std::string where = provider_where(p, b);
@@ -525,7 +552,7 @@ Task<std::unique_ptr<UpstreamConn>> connect_upstream(Impl& gw, const Provider& p
         co_return nullptr;
     }
     auto conn = std::make_unique<UpstreamConn>(gw.ex, ctx);
-    conn->key = key;
+    conn->key.emplace(key);
     watch.upstream = conn.get();
     // Failures below destroy CONN: the watcher must not keep it (the caller
     // sets it again from what is returned).
@@ -600,7 +627,7 @@ struct ProxyCall {
     std::span<char> piece;     // the session's relay buffer
     ArenaAlloc fields;         // the request's arena: the answer's header fields
     std::string where() const { return provider_where(provider, base); }
-    std::string pool_key() const { return base.host + "|" + std::to_string(base.port) + "|" + provider.ca_file; }
+    PoolKeyRef pool_key() const { return {base.host, base.port, provider.ca_file}; }
 };
 
 // The provider connection holding an answer whose header has been read.
@@ -618,18 +645,11 @@ struct Attempt {
     bool stale() const { return writing || (read == 0 && stale_connection_error(ec)); }
 };
 
-Task<Attempt> send_and_read_header(Impl& gw, ProxyCall& call, Upstream& up) {
-    const auto& o = gw.opts;
-    auto& low = beast::get_lowest_layer(up.conn->s);
-    low.expires_after(o.upstream_write_timeout);
-    auto [wec, wn] = co_await write_message(up.conn->s, call.upstream_req);
-    if (wec) co_return Attempt{wec, true, 0};
+// A fresh parser for the provider's answer (its fields in the request's arena).
+void expect_answer(const ProxyCall& call, Upstream& up) {
     up.parser.emplace(std::piecewise_construct, std::make_tuple(), std::make_tuple(call.fields));
     up.parser->body_limit(boost::none);
     up.parser->header_limit(kProviderHeaderLimit);
-    low.expires_after(o.upstream_response_timeout);
-    auto [rec, rn] = co_await http::async_read_header(up.conn->s, up.conn->buf, *up.parser, use_tuple);
-    co_return Attempt{rec, false, rn};
 }
 
 Stop attempt_failure(Impl& gw, const ProxyCall& call, const Attempt& a) {
@@ -645,7 +665,7 @@ Stop attempt_failure(Impl& gw, const ProxyCall& call, const Attempt& a) {
 // Sends the request on a pooled connection or a new one, once more on a new
 // one when a pooled connection turns out stale. nullopt: UP holds the answer.
 Task<std::optional<Stop>> exchange(Impl& gw, ProxyCall& call, ClientWatch& watch, Upstream& up) {
-    const std::string key = call.pool_key();
+    const PoolKeyRef key = call.pool_key();
     for (int attempt = 0;; ++attempt) {
         // The watcher must never see a connection that is being destroyed.
         watch.upstream = nullptr;
@@ -658,12 +678,32 @@ Task<std::optional<Stop>> exchange(Impl& gw, ProxyCall& call, ClientWatch& watch
             if (!up.conn) co_return refuse(f.status, f.message, call.client_keep_alive);
         }
         watch.upstream = up.conn.get();
-        const Attempt a = co_await send_and_read_header(gw, call, up);
+        // Send, then read the answer's header (in this frame: no coroutine per attempt).
+        Attempt a;
+        auto& low = beast::get_lowest_layer(up.conn->s);
+        low.expires_after(gw.opts.upstream_write_timeout);
+        std::tie(a.ec, std::ignore) = co_await write_message(up.conn->s, call.upstream_req);
+        a.writing = static_cast<bool>(a.ec);
+        if (!a.writing) {
+            expect_answer(call, up);
+            low.expires_after(gw.opts.upstream_response_timeout);
+            std::tie(a.ec, a.read) =
+                co_await http::async_read_header(up.conn->s, up.conn->buf, *up.parser, use_tuple);
+        }
         if (watch.gone) co_return close_silently();
         if (!a.ec) co_return std::nullopt;
         if (up.conn->reused && attempt == 0 && a.stale()) continue;
         co_return attempt_failure(gw, call, a);
     }
+}
+
+// `Connection: keep-alive`, what most providers send: its one token names a
+// header that is hop-by-hop anyway, so it adds nothing to drop (and the token
+// set need not be built).
+bool names_keep_alive_only(std::string_view v) {
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+    return beast::iequals(v, "keep-alive");
 }
 
 // The sandbox's response header: the provider's, less hop-by-hop and
@@ -672,7 +712,7 @@ RelayResponse response_head(const http::response_header<Fields>& uh, const Respo
                             ArenaAlloc fields) {
     HeaderList conn;  // the Connection headers alone: their tokens name more hop-by-hop headers
     for (auto [it, end] = uh.equal_range(http::field::connection); it != end; ++it)
-        conn.emplace_back("connection", it->value());
+        if (!names_keep_alive_only(it->value())) conn.emplace_back("connection", it->value());
     const auto ctoks = connection_tokens(conn);
     RelayResponse res{std::piecewise_construct, std::make_tuple(), std::make_tuple(fields)};
     res.version(11);
@@ -694,15 +734,21 @@ RelayResponse response_head(const http::response_header<Fields>& uh, const Respo
     return res;
 }
 
+// The next piece of a relayed body (or, with DATA empty and MORE false, its end).
+template <class Fields>
+void set_piece(http::response<http::buffer_body, Fields>& res, std::string_view data, bool more) {
+    res.body().data = data.empty() ? nullptr : const_cast<char*>(data.data());
+    res.body().size = data.size();
+    res.body().more = more;
+}
+
 // Writes one piece of the response body (or, with DATA empty and MORE false,
 // its end) through SR.
 template <class Stream, class Fields>
 Task<beast::error_code> write_piece(Impl& gw, Stream& s, http::response_serializer<http::buffer_body, Fields>& sr,
                                     http::response<http::buffer_body, Fields>& res, std::string_view data,
                                     bool more) {
-    res.body().data = data.empty() ? nullptr : const_cast<char*>(data.data());
-    res.body().size = data.size();
-    res.body().more = more;
+    set_piece(res, data, more);
     beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
     auto [ec, n] = co_await write_message(s, sr);
     if (ec == http::error::need_buffer) ec = {};
@@ -760,7 +806,11 @@ Task<Pumped> pump_body(Impl& gw, Stream& s, RelaySerializer& sr, RelayResponse& 
         std::string_view data(piece.data(), got);
         tap.feed(data);
         if (whole) watch.answered = true;
-        auto wec = co_await write_piece(gw, s, sr, res, data, !whole);
+        // Written here rather than through write_piece(): one coroutine frame less per piece.
+        set_piece(res, data, !whole);
+        beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
+        auto [wec, wn] = co_await write_message(s, sr);
+        if (wec == http::error::need_buffer) wec = {};
         note_write(gw, wec);
         if (wec) {
             if (!whole) up.conn->close();
@@ -965,41 +1015,22 @@ std::string body_too_large(const GatewayOptions& o) {
     return "request body is larger than " + std::to_string(o.body_limit) + " bytes";
 }
 
-// Waits for a whole header block in BUF and checks it as bytes before Beast
-// parses it (bare LF, obs-fold, size).
-template <class Stream>
-Task<std::optional<Stop>> gather_header(Impl& gw, Stream& s, beast::flat_buffer& buf) {
+// Checks the bytes gathered in BUF before Beast parses them (bare LF,
+// obs-fold, size): a refusal, or whether the header block is whole.
+std::optional<Stop> check_header_bytes(Impl& gw, const beast::flat_buffer& buf, bool& whole) {
     const auto& o = gw.opts;
-    auto& low = beast::get_lowest_layer(s);
-    if (buf.size() == 0) {
-        low.expires_after(o.idle_timeout);
-        auto [ec, n] = co_await s.async_read_some(buf.prepare(8192), use_tuple);
-        if (ec) co_return close_silently();
-        buf.commit(n);
+    std::size_t end = 0;
+    auto l = lint_header({static_cast<const char*>(buf.data().data()), buf.size()}, end);
+    if (l == HeaderLint::BareLf) return refuse(400, "request line or header ends in a bare LF; HTTP requires CRLF");
+    if (l == HeaderLint::ObsFold)
+        return refuse(400, "request header uses obsolete line folding (a line starting with whitespace); "
+                           "send each header on one line");
+    whole = l == HeaderLint::Complete && end <= o.header_limit;
+    if (!whole && buf.size() > o.header_limit) {
+        ++gw.stats.header_too_large;
+        return refuse(431, header_too_large(o));
     }
-    const auto deadline = Clock::now() + o.header_timeout;
-    for (;;) {
-        std::size_t end = 0;
-        auto l = lint_header({static_cast<const char*>(buf.data().data()), buf.size()}, end);
-        if (l == HeaderLint::BareLf)
-            co_return refuse(400, "request line or header ends in a bare LF; HTTP requires CRLF");
-        if (l == HeaderLint::ObsFold)
-            co_return refuse(400, "request header uses obsolete line folding (a line starting with whitespace); "
-                                  "send each header on one line");
-        if (l == HeaderLint::Complete && end <= o.header_limit) break;
-        if (buf.size() > o.header_limit) {
-            ++gw.stats.header_too_large;
-            co_return refuse(431, header_too_large(o));
-        }
-        low.expires_at(deadline);
-        auto [ec, n] = co_await s.async_read_some(buf.prepare(8192), use_tuple);
-        // On a timeout Beast has already closed the socket: a slow client
-        // gets no answer, just the end of the connection.
-        if (ec) co_return close_silently();
-        buf.commit(n);
-    }
-    low.expires_at(deadline);
-    co_return std::nullopt;
+    return std::nullopt;
 }
 
 Stop header_parse_failure(Impl& gw, const beast::error_code& ec) {
@@ -1014,24 +1045,16 @@ Stop header_parse_failure(Impl& gw, const beast::error_code& ec) {
     return refuse(400, "malformed HTTP request: " + ec.message());
 }
 
-// Parses the header gathered in BUF and decides from it alone where the
-// request goes (route, then configuration). Logs method and path.
-template <class Stream>
-Task<std::optional<Stop>> read_header(Impl& gw, Stream& s, beast::flat_buffer& buf, Incoming& in,
-                                           RequestLog& log) {
+// Decides from the parsed header alone where the request goes (route, then
+// configuration). Logs method and path.
+std::optional<Stop> decide_request(Impl& gw, Incoming& in, RequestLog& log) {
     const auto& o = gw.opts;
-    log.method = "-";
-    if (auto stop = co_await gather_header(gw, s, buf)) co_return stop;
-    in.parser.header_limit(static_cast<std::uint32_t>(o.header_limit));
-    in.parser.body_limit(o.body_limit);
-    auto [ec, n] = co_await http::async_read_header(s, buf, in.parser, use_tuple);
-    if (ec) co_return header_parse_failure(gw, ec);
     const auto& req = in.parser.get();
     in.route = decide_route(head_of(req), o.log_string_max);
     in.shape = in.route.shape;
     log.method = clip(req.method_string(), 32);
     log.path = clip(in.route.path, o.log_string_max);
-    if (in.route.framing_status) co_return refuse(in.route.framing_status, std::move(in.route.message));
+    if (in.route.framing_status) return refuse(in.route.framing_status, std::move(in.route.message));
     // Asked per request (log.conn is the sandbox the kernel recorded), so
     // a policy reload or a route change applies to the next request.
     if (o.sandbox_inference) in.policy = o.sandbox_inference(log.conn.cgroup_id);
@@ -1050,8 +1073,8 @@ Task<std::optional<Stop>> read_header(Impl& gw, Stream& s, beast::flat_buffer& b
     // A client waiting to be told whether to send the body is refused now:
     // the body is not read, so the connection cannot be reused.
     if (in.service.status && in.route.expect_continue)
-        co_return refuse(in.service.status, in.service.message, false, in.route.headers);
-    co_return std::nullopt;
+        return refuse(in.service.status, in.service.message, false, in.route.headers);
+    return std::nullopt;
 }
 
 // Room for the body is reserved before it is read, so one sandbox cannot hold
@@ -1085,25 +1108,6 @@ std::optional<Stop> body_read_failure(Impl& gw, const beast::error_code& ec, Req
         ec == asio::error::connection_reset)
         return close_silently();
     return refuse(400, "malformed request body: " + ec.message());
-}
-
-// Reserves room for the body, lets a 100-continue client send it, reads it.
-template <class Stream>
-Task<std::optional<Stop>> read_body(Impl& gw, Stream& s, beast::flat_buffer& buf, Incoming& in,
-                                         const ConnInfo& info, RequestLog& log) {
-    if (in.parser.is_done()) co_return std::nullopt;
-    if (auto stop = reserve_body(gw, in, info)) co_return stop;
-    auto& low = beast::get_lowest_layer(s);
-    if (in.route.expect_continue) {
-        http::response<http::empty_body> cont{http::status::continue_, 11};
-        low.expires_after(gw.opts.write_timeout);
-        auto [cec, cn] = co_await http::async_write(s, cont, use_tuple);
-        if (cec) co_return close_silently();
-    }
-    low.expires_after(gw.opts.body_timeout);
-    auto [ec, n] = co_await http::async_read(s, buf, in.parser, use_tuple);
-    if (ec) co_return body_read_failure(gw, ec, log);
-    co_return std::nullopt;
 }
 
 // A served request: the models list, a mock answer, or the provider call.
@@ -1169,12 +1173,71 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
     co_return co_await proxy(gw, s, cc, call, log);
 }
 
-// One request on a connection. Returns whether the connection stays open.
+// One request on a connection: its header gathered and checked as bytes,
+// parsed, decided, room for its body reserved, the body read, then the
+// answer. All in one coroutine: each coroutine called is a heap-allocated
+// frame (above 1 KiB, past Asio's recycling), so the request is read in one.
+// Returns whether the connection stays open.
 template <class Stream>
 Task<bool> serve_one(Impl& gw, Stream& s, ClientConn& cc, RequestLog& log, const ConnInfo& info) {
+    const auto& o = gw.opts;
+    auto& buf = cc.buf;
+    auto& low = beast::get_lowest_layer(s);
     Incoming in(cc.arena.alloc());
-    auto stop = co_await read_header(gw, s, cc.buf, in, log);
-    if (!stop) stop = co_await read_body(gw, s, cc.buf, in, info, log);
+    log.method = "-";
+    if (buf.size() == 0) {
+        low.expires_after(o.idle_timeout);
+        auto [ec, n] = co_await s.async_read_some(buf.prepare(8192), use_tuple);
+        if (ec) co_return false;
+        buf.commit(n);
+    }
+    const auto deadline = Clock::now() + o.header_timeout;
+    bool whole = false;
+    std::optional<Stop> stop;
+    while (!(stop = check_header_bytes(gw, buf, whole)) && !whole) {
+        low.expires_at(deadline);
+        auto [ec, n] = co_await s.async_read_some(buf.prepare(8192), use_tuple);
+        // On a timeout the stream has already closed the socket: a slow
+        // client gets no answer, just the end of the connection.
+        if (ec) co_return false;
+        buf.commit(n);
+    }
+    if (!stop) {
+        // The header is whole in BUF: parsed right here (a read operation on
+        // bytes already read would cost a scheduler pass), from the socket
+        // only should Beast want more than the check above saw.
+        low.expires_at(deadline);
+        in.parser.header_limit(static_cast<std::uint32_t>(o.header_limit));
+        in.parser.body_limit(o.body_limit);
+        beast::error_code ec;
+        buf.consume(in.parser.put(buf.data(), ec));
+        if (ec == http::error::need_more)
+            std::tie(ec, std::ignore) = co_await http::async_read_header(s, buf, in.parser, use_tuple);
+        if (ec)
+            stop = header_parse_failure(gw, ec);
+        else
+            stop = decide_request(gw, in, log);
+    }
+    if (!stop && !in.parser.is_done()) stop = reserve_body(gw, in, info);
+    if (!stop && !in.parser.is_done()) {
+        if (in.route.expect_continue) {
+            http::response<http::empty_body> cont{http::status::continue_, 11};
+            low.expires_after(o.write_timeout);
+            auto [cec, cn] = co_await write_message(s, cont);
+            if (cec) co_return false;
+        }
+        // The part of the body that came with the header is parsed here; only
+        // the rest is read (as http::async_read does, eagerly).
+        in.parser.eager(true);
+        beast::error_code ec;
+        if (buf.size() != 0) buf.consume(in.parser.put(buf.data(), ec));
+        if (ec == http::error::need_more) ec = {};
+        if (!ec && !in.parser.is_done()) {
+            low.expires_after(o.body_timeout);
+            std::tie(ec, std::ignore) = co_await http::async_read(s, buf, in.parser, use_tuple);
+        }
+        if (ec) stop = body_read_failure(gw, ec, log);
+    }
     if (stop) co_return co_await answer(gw, s, in.shape, std::move(*stop), log);
     log.bytes_in = in.parser.get().body().size();
     const bool keep_alive = in.parser.get().keep_alive() && !gw.stopped();

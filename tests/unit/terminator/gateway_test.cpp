@@ -858,6 +858,60 @@ TEST_P(GatewayTest, ProviderConnectionsFollowThePeakConcurrency) {
     EXPECT_EQ(fake_->connections(), first) << "the second wave reuses the first wave's idle connections";
 }
 
+// Idle provider connections are pooled by host, port and trust (the CA file
+// the provider's certificate is verified against): a provider configured
+// with another CA file never gets a connection verified against the first
+// one's, even at the same address; each one's pool is reused.
+TEST_P(GatewayTest, PooledProviderConnectionsAreNotSharedAcrossTrust) {
+    use_openai();
+    const std::string other_ca = dir_ + "/other-ca.pem";
+    std::ofstream(other_ca) << ca_.cert_pem();
+    store_->create_provider(Provider{"q", "openai", provider_url(), other_ca, {{"OPENAI_API_KEY", "sk-q"}}});
+    start();
+    auto s = connect();
+    auto call = [&] {
+        http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+        req.body() = "{}";
+        return roundtrip(s, req).result_int();
+    };
+    ASSERT_EQ(call(), 200);
+    EXPECT_EQ(fake_->connections(), 1);
+    store_->set_inference("q", "gpt-configured");
+    ASSERT_EQ(call(), 200);
+    EXPECT_EQ(fake_->connections(), 2) << "another trust: a connection of its own";
+    EXPECT_EQ(fake_->received().back().header("authorization"), "Bearer sk-q");
+    store_->set_inference("p", "gpt-configured");
+    ASSERT_EQ(call(), 200);
+    store_->set_inference("q", "gpt-configured");
+    ASSERT_EQ(call(), 200);
+    EXPECT_EQ(fake_->connections(), 2) << "each provider's idle connection is reused";
+}
+
+// Names listed in the provider's Connection header are hop-by-hop: not
+// relayed. `Connection: keep-alive` alone drops nothing else.
+TEST_P(GatewayTest, ProviderConnectionTokensNameHeadersThatAreNotRelayed) {
+    use_openai();
+    auto answer_with = [&](std::string connection) {
+        fake_->set_handler([connection](const Received&, FakeProvider::Conn& c) {
+            return c.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: " + connection +
+                           "\r\nKeep-Alive: timeout=5\r\nX-Hop: hop\r\nX-Kept: kept\r\nContent-Length: 2\r\n\r\n{}");
+        });
+    };
+    answer_with("keep-alive, X-Hop");
+    start();
+    auto res = post("/v1/chat/completions", "{}");
+    ASSERT_EQ(res.result_int(), 200);
+    EXPECT_EQ(res.count("x-hop"), 0u);
+    EXPECT_EQ(res.count("keep-alive"), 0u);
+    EXPECT_EQ(res["x-kept"], "kept");
+    answer_with(" Keep-Alive ");
+    res = post("/v1/chat/completions", "{}");
+    ASSERT_EQ(res.result_int(), 200);
+    EXPECT_EQ(res["x-hop"], "hop") << "not named by the Connection header this time";
+    EXPECT_EQ(res.count("keep-alive"), 0u);
+    EXPECT_EQ(res["x-kept"], "kept");
+}
+
 TEST_P(GatewayTest, PipelinedRequestsAreAnsweredInOrder) {
     use("mock", "m", {});
     start();
