@@ -15,7 +15,9 @@ profile new connections, BENCH_PERF_NGINX=1 to profile nginx the same way),
 BENCH_JSON=FILE (all numbers), REDIR_THREADS_FLAG (redird's io-thread flag;
 detected from --help when unset), REDIR_BUILD (build directory), BENCH_REDIR_B (another
 build directory: its redird runs as peer "redir-b" in the keep-alive rounds, for A/B in one run),
-BENCH_ALLOCS=0 (skip counting redird's heap allocations per keep-alive request with libc uprobes,
+BENCH_AB_PAIRED=N (with BENCH_REDIR_B: N more keep-alive rounds
+in which redir and redir-b are loaded at the same time, each by its own wrk, so both see the same
+neighbours; the medians of their CPU per request are compared), BENCH_ALLOCS=0 (skip counting redird's heap allocations per keep-alive request with libc uprobes,
 done after the keep-alive rounds by default; BENCH_ALLOC_CALLERS=FILE keeps a perf.data of their
 call stacks as FILE.<peer>), BENCH_RESUMPTION=1 (servers keep their TLS session tickets, so wrk's reconnects resume: the
 handshakes phase then times resumptions instead of full handshakes).
@@ -50,6 +52,7 @@ PEERS = os.environ.get("BENCH_PEERS", "direct,redir,nginx,mitmproxy,squid").spli
 PERF = os.environ.get("BENCH_PERF") == "1"
 REDIR_B = os.environ.get("BENCH_REDIR_B")
 ALLOCS = os.environ.get("BENCH_ALLOCS", "1") != "0"
+PAIRED = int(os.environ.get("BENCH_AB_PAIRED", "0"))
 ALL_PHASES = ("keepalive", "latency", "handshakes", "probe", "sse")
 THREADS = [int(t) for t in os.environ.get("BENCH_THREADS", "1,2").split(",")]
 PHASES = set(os.environ.get("BENCH_PHASES", ",".join(ALL_PHASES)).split(","))
@@ -508,6 +511,24 @@ def wrk(peer, conns, threads, seconds, close=False):
     return r
 
 
+def paired_rounds(a, b, rounds):
+    """A/B on a shared machine: both builds loaded at once (one wrk each, the
+    same seconds), ROUNDS times; returns both builds' CPU per request and
+    req/s per round. Whatever the neighbours do, they do it to both."""
+    log("A/B at the same time: %s and %s, %d rounds" % (a.name, b.name, rounds))
+    out = []
+    for rnd in range(rounds):
+        got = {}
+        t = threading.Thread(target=lambda: got.__setitem__("b", wrk(b, 50, 2, SECONDS)))
+        t.start()
+        got["a"] = wrk(a, 50, 2, SECONDS)
+        t.join()
+        if got.get("a") and got.get("b"):
+            out.append({"a_cpu": got["a"]["cpu_us_per_req"], "b_cpu": got["b"]["cpu_us_per_req"],
+                        "a_rps": got["a"]["rps"], "b_rps": got["b"]["rps"]})
+    return out
+
+
 def best(results):
     results = [r for r in results if r]
     return max(results, key=lambda r: r["rps"]) if results else None
@@ -795,6 +816,8 @@ def measure(res, key, direct, redir, nginx, others):
             log("round %d/%d: a new TLS connection per request" % (rnd + 1, ROUNDS))
             for p in [direct, redir, nginx] + ab:
                 hs.setdefault(p.name, []).append(wrk(p, 50, 2, SECONDS, close=True))
+    if PAIRED and ab and "keepalive" in PHASES:
+        res.setdefault("paired", {})[key] = paired_rounds(redir, ab[0], PAIRED)
     if ka:
         res["keepalive"][key] = {n: best(v) for n, v in ka.items()}
         if ALLOCS:
@@ -963,6 +986,21 @@ def print_latency1(res):
         print_rows(("peer", "p50", "p99", "added p50"), rows)
 
 
+def print_paired(res):
+    """The same-time A/B rounds: median CPU per request of each build."""
+    for key, rounds in sorted(res.get("paired", {}).items()):
+        if not rounds:
+            continue
+        med = lambda xs: sorted(xs)[len(xs) // 2]
+        ratios = [r["a_cpu"] / r["b_cpu"] for r in rounds if r["a_cpu"] and r["b_cpu"]]
+        print("redir and redir-b loaded at the same time (%d rounds of %d s, %s thread(s)): CPU us/req "
+              "redir %s, redir-b %s (median of each); redir/redir-b per round: %s (median %s); req/s median %s vs %s\n" % (
+                  len(rounds), SECONDS, key, fmt(med([r["a_cpu"] for r in rounds])),
+                  fmt(med([r["b_cpu"] for r in rounds])), " ".join("%.2f" % x for x in ratios),
+                  fmt(med(ratios)) if ratios else "-", fmt(med([r["a_rps"] for r in rounds])),
+                  fmt(med([r["b_rps"] for r in rounds]))))
+
+
 def print_allocs(res):
     """Heap allocations per keep-alive request, per redird build."""
     rows = []
@@ -1006,6 +1044,7 @@ def report(res):
     print_handshakes(res)
     print_latency1(res)
     print_allocs(res)
+    print_paired(res)
 
     t = Table()
     for key in ("1", "2"):
