@@ -174,6 +174,11 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
     BodyWriter& w;
     std::string& body;   // where w writes
     FetchScanner* scan;  // null: no scan (provider fetches allowed)
+    // The parse is in situ over a copy of the client's body: a parsed string
+    // sits where its raw text started, so one without escapes is written out
+    // as the bytes it came in as (no escape scan).
+    const char* text = nullptr;  // the copy being parsed
+    std::string_view raw;        // the client's body, same offsets
     std::string_view model;
     std::size_t log_max;
     int depth = 0;
@@ -225,6 +230,23 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
         if (scan) scan->Key(s.data(), static_cast<Size>(s.size()));
         w.RawValue("", 0, rapidjson::kStringType);
         append_json_string(body, s);
+        return true;
+    }
+    // A string of the client's: when its raw text had no escape it was
+    // already JSON exactly as the writer would escape it (a valid JSON string
+    // holds no raw control byte, quote or backslash), so it is copied as is.
+    bool out_parsed(const char* s, Size n, bool is_key) {
+        if (scan) is_key ? scan->Key(s, n) : scan->String(s, n);
+        w.RawValue("", 0, rapidjson::kStringType);
+        const bool in_text = text && s >= text && s <= text + raw.size();
+        const std::size_t off = in_text ? static_cast<std::size_t>(s - text) : 0;
+        if (in_text && off + n < raw.size() && raw[off + n] == '"' && !std::memchr(raw.data() + off, '\\', n)) {
+            body.push_back('"');
+            body.append(s, n);
+            body.push_back('"');
+        } else {
+            append_json_string(body, {s, n});
+        }
         return true;
     }
     bool out_start_object() {
@@ -322,7 +344,7 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
             truncated |= n > log_max;
         }
         if (dropping()) return after_scalar(), true;
-        return out_string({s, n});
+        return out_parsed(s, n, false);
     }
     bool StartObject() {
         if (!value_start(true)) return false;
@@ -356,7 +378,7 @@ struct ModelRewriter : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ModelRewr
             drop_next = true;  // written once, as true, when the object ends
             return true;
         }
-        return out_key({s, n});
+        return out_parsed(s, static_cast<Size>(n), true);
     }
     bool EndObject(rapidjson::SizeType) {
         --depth;
@@ -567,16 +589,25 @@ RewriteResult rewrite_model(std::string_view body, std::string_view model, std::
     alignas(16) char keys_room[1024];
     std::pmr::monotonic_buffer_resource keys_arena(keys_room, sizeof(keys_room));
     ModelRewriter h(w, r.body, scan, model, log_max, force_usage, &keys_arena);
-    rapidjson::MemoryStream ms(body.data(), body.size());
-    // The parser's stack holds the longest string: past the buffer, one chunk
-    // the body's size holds any of them.
+    // The parser's pool holds the copy parsed in situ and its state stack:
+    // past the buffer, one chunk the body's size holds both for most bodies.
     alignas(16) char reader_room[8192];
     Pool reader_pool(reader_room, sizeof(reader_room), std::max<std::size_t>(64 << 10, body.size() + 4096));
     BodyReader reader(&reader_pool);
+    // In situ: strings are decoded where they lie (not copied into the
+    // parser's stack). Offsets in errors are the body's, as before; an
+    // embedded NUL ends the input as it did for the MemoryStream.
+    char* text = static_cast<char*>(reader_pool.Malloc(body.size() + 1));
+    std::memcpy(text, body.data(), body.size());
+    text[body.size()] = '\0';
+    rapidjson::InsituStringStream ms(text);
+    h.text = text;
+    h.raw = body;
     // Strings must be valid UTF-8. A body that is valid UTF-8 throughout is
     // parsed without the per-character check (same result, it cannot fail
     // it); any other is parsed with it, so its 400 says what and where as before.
-    constexpr unsigned flags = rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag;
+    constexpr unsigned flags =
+        rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag | rapidjson::kParseInsituFlag;
     rapidjson::ParseResult pr = valid_utf8(body) ? reader.Parse<flags>(ms, h)
                                                  : reader.Parse<flags | rapidjson::kParseValidateEncodingFlag>(ms, h);
     r.truncated = h.truncated;

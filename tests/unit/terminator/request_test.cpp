@@ -161,6 +161,26 @@ TEST(Rewrite, WritesStringsAsRapidjsonsWriterDoes) {
     }
 }
 
+// Strings without escapes are copied as they came; any escape, wherever it
+// sits, sends the string through the writer's escaping: both must give
+// rapidjson's own output.
+TEST(Rewrite, StringsWithAndWithoutEscapesAtEveryPosition) {
+    const std::vector<std::string> raws = {
+        "",        "a",        "\\\"",      "ab\\\"",    "\\\\",     "x\\\\",    "\\/",      "a\\/b",
+        "\\u0041", "\\u0000",  "\\n\\t",    "tail\\n",   "\\\"head", "\\ud83d\\ude00", "caf\xc3\xa9",
+        std::string(40, 'z') + "\\\\" + std::string(40, 'z'),
+    };
+    for (const auto& raw : raws) {
+        for (const std::string& body :
+             {R"({"model":"m",")" + raw + R"(":")" + raw + R"("})", R"({"model":"m","a":[")" + raw + R"(",")" + raw + R"("]})",
+              R"({"model":"m","k":{")" + raw + R"(":1},"z":")" + raw + R"("})"}) {
+            auto r = rewrite_model(body, "m");
+            ASSERT_TRUE(r.ok) << body << ": " << r.error;
+            EXPECT_EQ(r.body, rapidjson_round_trip(body)) << body;
+        }
+    }
+}
+
 TEST(Target, NormalisesForms) {
     EXPECT_EQ(normalise_target("/v1/chat/completions?x=1")->path, "/v1/chat/completions");
     EXPECT_EQ(normalise_target("/v1/chat/completions?x=1")->query, "x=1");
