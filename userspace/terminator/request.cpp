@@ -478,23 +478,21 @@ std::optional<Target> normalise_target(std::string_view t) {
         t = t.substr(0, q);
     }
     // Segments with empty ones folded and dot segments resolved, so that
-    // "/v1//models/" and "/v1/x/../models" reach the same route.
-    std::vector<std::string_view> segs;
+    // "/v1//models/" and "/v1/x/../models" reach the same route. Built in
+    // place: ".." drops the last "/segment" written (no list of segments).
+    out.path.reserve(t.size() + 1);
     size_t i = 0;
     while (i <= t.size()) {
         size_t j = t.find('/', i);
         if (j == std::string_view::npos) j = t.size();
         std::string_view seg = t.substr(i, j - i);
         if (seg == "..") {
-            if (!segs.empty()) segs.pop_back();
+            out.path.resize(out.path.empty() ? 0 : out.path.rfind('/'));
         } else if (!seg.empty() && seg != ".") {
-            segs.push_back(seg);
+            out.path += '/';
+            out.path += seg;
         }
         i = j + 1;
-    }
-    for (auto s : segs) {
-        out.path += '/';
-        out.path += s;
     }
     if (out.path.empty()) out.path = "/";
     return out;

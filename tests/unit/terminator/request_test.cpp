@@ -181,6 +181,36 @@ TEST(Rewrite, StringsWithAndWithoutEscapesAtEveryPosition) {
     }
 }
 
+// The segment folding as it was written before it was built in place.
+std::string reference_fold(std::string_view t) {
+    std::vector<std::string_view> segs;
+    size_t i = 0;
+    while (i <= t.size()) {
+        size_t j = t.find('/', i);
+        if (j == std::string_view::npos) j = t.size();
+        std::string_view seg = t.substr(i, j - i);
+        if (seg == "..") {
+            if (!segs.empty()) segs.pop_back();
+        } else if (!seg.empty() && seg != ".") {
+            segs.push_back(seg);
+        }
+        i = j + 1;
+    }
+    std::string out;
+    for (auto s : segs) out += "/" + std::string(s);
+    return out.empty() ? "/" : out;
+}
+
+TEST(Target, DotSegmentsFoldAsBefore) {
+    for (const char* p : {"/", "//", "/v1/chat/completions", "/v1//chat///completions/", "/a/../../b", "/../", "/..",
+                          "/./a/./b/..", "/a/b/../../../c/./d/..", "/v1/x/../messages", "/.../a", "/a/.b/..c/..",
+                          "/%2e%2e/v1/models", "/v1/models/meta/llama-3.1-8b-instruct", "/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q"}) {
+        auto t = normalise_target(p);
+        ASSERT_TRUE(t) << p;
+        EXPECT_EQ(t->path, reference_fold(p)) << p;
+    }
+}
+
 TEST(Target, NormalisesForms) {
     EXPECT_EQ(normalise_target("/v1/chat/completions?x=1")->path, "/v1/chat/completions");
     EXPECT_EQ(normalise_target("/v1/chat/completions?x=1")->query, "x=1");
