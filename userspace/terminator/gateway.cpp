@@ -1138,7 +1138,21 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
     log.stream = rw.stream;
     HeaderList client_headers;
     client_headers.reserve(static_cast<std::size_t>(std::distance(req.begin(), req.end())));
-    for (const auto& f : req) client_headers.emplace_back(lower(f.name_string()), std::string(f.value()));
+    for (const auto& f : req) {
+        // Only what the provider call can use is kept; names are lower-cased
+        // on the stack, so a dropped header costs no string.
+        const auto raw = f.name_string();
+        char low[64];
+        if (raw.size() > sizeof(low)) {
+            auto name = lower(raw);
+            if (client_header_matters(name, profile)) client_headers.emplace_back(std::move(name), std::string(f.value()));
+            continue;
+        }
+        for (std::size_t i = 0; i < raw.size(); ++i)
+            low[i] = static_cast<char>(std::tolower(static_cast<unsigned char>(raw[i])));
+        const std::string_view name(low, raw.size());
+        if (client_header_matters(name, profile)) client_headers.emplace_back(name, std::string(f.value()));
+    }
     if (fetch_scan)
         if (auto fetch = find_provider_fetch(*fetch_scan, client_headers, o.log_string_max))
             co_return co_await send_error(gw, s, in.shape, 400, provider_fetch_refusal(*fetch), keep_alive, log);

@@ -809,6 +809,12 @@ TokenSet connection_tokens(const HeaderList& headers) {
     return out;
 }
 
+bool client_header_matters(std::string_view n, const Profile& profile) {
+    const auto& common = common_allowed_headers();
+    return n == "connection" || n == "anthropic-beta" || std::find(common.begin(), common.end(), n) != common.end() ||
+           std::find(profile.extra_headers.begin(), profile.extra_headers.end(), n) != profile.extra_headers.end();
+}
+
 HeaderList provider_headers(const Profile& profile, const Provider& provider) {
     HeaderList out;
     if (auto* e = credential_entry(profile, provider)) {

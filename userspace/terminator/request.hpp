@@ -143,6 +143,10 @@ std::string stream_error_event(ApiShape shape, std::string_view why);
 // the provider's credential, its default headers. Client credentials and
 // hop-by-hop headers never pass.
 HeaderList upstream_headers(const HeaderList& client, const Profile& profile, const Provider& provider);
+// Whether a client header (lower-case NAME) can matter to the provider call:
+// a name each_upstream_header may pass, "connection" (it names others) or
+// "anthropic-beta" (find_provider_fetch). The others need not be kept.
+bool client_header_matters(std::string_view name, const Profile& profile);
 // The headers the provider adds to every request, in the order they go out:
 // its credential as PROFILE sends it, then its account headers. Constant
 // between configuration changes: the Store keeps them in each Snapshot.

@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "terminator/mock.hpp"
+#include "terminator/provider_fetch.hpp"
 #include "terminator/request.hpp"
 
 namespace redir::terminator {
@@ -532,6 +533,30 @@ TEST(UpstreamHeaders, SameHeadersInTheSameOrderAsBefore) {
                                      [&](std::string_view n, std::string_view v) { got.emplace_back(n, v); });
                 EXPECT_EQ(got, want) << type;
             }
+    }
+}
+
+// The gateway keeps only the client headers client_header_matters() names:
+// the provider call must come out the same as with all of them.
+TEST(UpstreamHeaders, KeepingOnlyTheHeadersThatMatterChangesNothing) {
+    const HeaderList all = {
+        {"host", "inference.local"}, {"content-length", "12"}, {"connection", "keep-alive, accept, x-custom"},
+        {"accept", "*/*"}, {"user-agent", "sdk"}, {"x-custom", "1"}, {"anthropic-version", "2023-06-01"},
+        {"anthropic-beta", "mcp-client-2025-04-04"}, {"openai-beta", "assistants=v2"}, {"authorization", "Bearer x"},
+        {"x-api-key", "k"}, {"openai-organization", "o"}, {"te", "trailers"}, {"content-type", "application/json"},
+        {"x-stainless-package-version", "1.0"}, {"anthropic-beta", "web-fetch-2025-09-10"}};
+    const Provider provider{"p", "", "https://x", "", {{"OPENAI_API_KEY", "sk"}, {"ANTHROPIC_API_KEY", "ak"}}};
+    for (const char* type : {"openai", "anthropic", "nvidia", "openai-compatible", "mock"}) {
+        const Profile& profile = *find_profile(type);
+        HeaderList kept;
+        for (const auto& h : all)
+            if (client_header_matters(h.first, profile)) kept.push_back(h);
+        EXPECT_LT(kept.size(), all.size()) << type;
+        EXPECT_EQ(upstream_headers(kept, profile, provider), upstream_headers(all, profile, provider)) << type;
+        auto a = find_provider_fetch(R"({"messages":[]})", kept), b = find_provider_fetch(R"({"messages":[]})", all);
+        ASSERT_EQ(a.has_value(), b.has_value()) << type;
+        ASSERT_TRUE(a) << type;
+        EXPECT_EQ(a->where, b->where) << type;
     }
 }
 
