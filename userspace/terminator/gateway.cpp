@@ -384,56 +384,60 @@ void note_write(Impl& gw, const beast::error_code& ec) {
     if (ec == beast::error::timeout) ++gw.stats.write_timeouts;
 }
 
-// Writes SR's message to S (what http::async_write does). On a TLS stream
-// each record is handed to the socket at once and only a socket that does not
-// take it all is waited for: an asynchronous write that completes at once
-// costs a scheduler pass before the code after it runs, and at one
-// connection the sandbox's next request is usually waiting by then.
+// Hands SR's message to S's socket without waiting, as far as the socket
+// takes it: on a TLS stream each record goes to the socket at once, so the
+// common case costs no coroutine frame, no operation and no scheduler pass
+// (an asynchronous write that completes at once is completed through a
+// post, and at one connection the sandbox's next request is usually
+// waiting by then). True: done, EC says how (need_buffer: a buffer_body's
+// piece went out whole); false: records wait in the stream's queue, or S is
+// cleartext — finish with write_message().
 template <class Stream, bool isRequest, class Body, class Fields>
-Task<std::tuple<beast::error_code, std::size_t>> write_message(Stream& s,
-                                                               http::serializer<isRequest, Body, Fields>& sr) {
+bool write_at_once(Stream& s, http::serializer<isRequest, Body, Fields>& sr, beast::error_code& ec) {
+    ec = {};
     if constexpr (!std::is_same_v<Stream, TlsStream>) {
-        co_return co_await http::async_write(s, sr, use_tuple);
+        return false;
     } else {
         sr.split(false);
-        beast::error_code ec;
-        std::size_t total = 0;
         while (!sr.is_done()) {
             std::size_t n = 0;
             sr.next(ec, [&](beast::error_code& e, const auto& buffers) { n = s.write_now(buffers, e); });
-            if (ec) break;  // need_buffer included: a buffer_body's piece went out whole
+            if (ec) return true;
             sr.consume(n);
-            total += n;
+            if (s.output_pending()) return false;
+        }
+        return true;
+    }
+}
+
+// The rest of SR's message, waiting for the socket as long as the write
+// deadline allows (what http::async_write does).
+template <class Stream, bool isRequest, class Body, class Fields>
+Task<beast::error_code> write_message(Stream& s, http::serializer<isRequest, Body, Fields>& sr) {
+    if constexpr (!std::is_same_v<Stream, TlsStream>) {
+        auto [ec, n] = co_await http::async_write(s, sr, use_tuple);
+        co_return ec;
+    } else {
+        for (;;) {
             if (s.output_pending()) {
                 auto [fec, fn] = co_await s.async_flush(use_tuple);
-                if (fec) {
-                    ec = fec;
-                    break;
-                }
+                if (fec) co_return fec;
             }
+            beast::error_code ec;
+            if (write_at_once(s, sr, ec)) co_return ec;
         }
-        co_return std::make_tuple(ec, total);
     }
 }
 
-template <class Stream, bool isRequest, class Body, class Fields>
-Task<std::tuple<beast::error_code, std::size_t>> write_message(Stream& s, http::message<isRequest, Body, Fields>& m) {
-    http::serializer<isRequest, Body, Fields> sr{m};
-    co_return co_await write_message(s, sr);
-}
-
-// The next part of a message into P: from bytes already read when there are
-// any (parsed here: no read operation, no scheduler pass), else from S
-// (what http::async_read_some does).
-template <class Stream, class Parser>
-Task<std::tuple<beast::error_code, std::size_t>> read_some_buffered(Stream& s, beast::flat_buffer& buf, Parser& p) {
-    if (buf.size() != 0) {
-        beast::error_code ec;
-        const std::size_t used = p.put(buf.data(), ec);
-        buf.consume(used);
-        if (ec != http::error::need_more) co_return std::make_tuple(ec, used);
-    }
-    co_return co_await http::async_read_some(s, buf, p, use_tuple);
+// The next part of a message into P from bytes already read, parsed here
+// (no read operation, no scheduler pass). True: done, EC says how; false:
+// nothing buffered, or not enough — read with http::async_read_some.
+template <class Parser>
+bool parse_buffered(beast::flat_buffer& buf, Parser& p, beast::error_code& ec) {
+    ec = {};
+    if (buf.size() == 0) return false;
+    buf.consume(p.put(buf.data(), ec));
+    return ec != http::error::need_more;
 }
 
 template <class Stream>
@@ -448,7 +452,9 @@ Task<bool> send_body(Impl& gw, Stream& s, int status, std::string content_type, 
     log.status = status;
     log.bytes_out += res.body().size();
     beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
-    auto [ec, n] = co_await write_message(s, res);
+    http::response_serializer<http::string_body> sr{res};
+    beast::error_code ec;
+    if (!write_at_once(s, sr, ec)) ec = co_await write_message(s, sr);
     note_write(gw, ec);
     co_return !ec && keep_alive;
 }
@@ -682,7 +688,8 @@ Task<std::optional<Stop>> exchange(Impl& gw, ProxyCall& call, ClientWatch& watch
         Attempt a;
         auto& low = beast::get_lowest_layer(up.conn->s);
         low.expires_after(gw.opts.upstream_write_timeout);
-        std::tie(a.ec, std::ignore) = co_await write_message(up.conn->s, call.upstream_req);
+        http::request_serializer<http::string_body, Fields> sr{call.upstream_req};
+        if (!write_at_once(up.conn->s, sr, a.ec)) a.ec = co_await write_message(up.conn->s, sr);
         a.writing = static_cast<bool>(a.ec);
         if (!a.writing) {
             expect_answer(call, up);
@@ -750,7 +757,8 @@ Task<beast::error_code> write_piece(Impl& gw, Stream& s, http::response_serializ
                                     bool more) {
     set_piece(res, data, more);
     beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
-    auto [ec, n] = co_await write_message(s, sr);
+    beast::error_code ec;
+    if (!write_at_once(s, sr, ec)) ec = co_await write_message(s, sr);
     if (ec == http::error::need_buffer) ec = {};
     co_return ec;
 }
@@ -791,7 +799,9 @@ Task<Pumped> pump_body(Impl& gw, Stream& s, RelaySerializer& sr, RelayResponse& 
         p.get().body().data = piece.data();
         p.get().body().size = piece.size();
         beast::get_lowest_layer(up.conn->s).expires_after(gw.opts.stream_idle_timeout);
-        auto [rec, rn] = co_await read_some_buffered(up.conn->s, up.conn->buf, p);
+        beast::error_code rec;
+        if (!parse_buffered(up.conn->buf, p, rec))
+            std::tie(rec, std::ignore) = co_await http::async_read_some(up.conn->s, up.conn->buf, p, use_tuple);
         if (rec == http::error::need_buffer) rec = {};
         const std::size_t got = piece.size() - p.get().body().size;
         const bool whole = !rec && (p.is_done() || got >= left);
@@ -809,7 +819,8 @@ Task<Pumped> pump_body(Impl& gw, Stream& s, RelaySerializer& sr, RelayResponse& 
         // Written here rather than through write_piece(): one coroutine frame less per piece.
         set_piece(res, data, !whole);
         beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
-        auto [wec, wn] = co_await write_message(s, sr);
+        beast::error_code wec;
+        if (!write_at_once(s, sr, wec)) wec = co_await write_message(s, sr);
         if (wec == http::error::need_buffer) wec = {};
         note_write(gw, wec);
         if (wec) {
@@ -1237,7 +1248,9 @@ Task<bool> serve_one(Impl& gw, Stream& s, ClientConn& cc, RequestLog& log, const
         if (in.route.expect_continue) {
             http::response<http::empty_body> cont{http::status::continue_, 11};
             low.expires_after(o.write_timeout);
-            auto [cec, cn] = co_await write_message(s, cont);
+            http::response_serializer<http::empty_body> csr{cont};
+            beast::error_code cec;
+            if (!write_at_once(s, csr, cec)) cec = co_await write_message(s, csr);
             if (cec) co_return false;
         }
         // The part of the body that came with the header is parsed here; only
