@@ -55,12 +55,6 @@ constexpr std::uint32_t kProviderHeaderLimit = 64 * 1024;
 
 namespace {
 
-std::string lower(std::string_view s) {
-    std::string o(s);
-    for (char& c : o) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return o;
-}
-
 std::string seconds(std::chrono::milliseconds d) {
     if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + " s";
     return std::to_string(d.count()) + " ms";
@@ -168,6 +162,7 @@ struct ClientConn {
         : arena(kArenaInline, arena_cap, arena_gauge) {}
     beast::flat_buffer buf;
     RequestArena arena;
+    ReusedHeaders client_headers;  // the request's headers, lower-cased, for the allowlist and the fetch scan
     std::unique_ptr<char[]> relay;
     std::shared_ptr<ClientWatch> watch;  // the last provider call's, reused when nothing holds it any more
     std::span<char> relay_buffer() {
@@ -1064,7 +1059,10 @@ std::optional<Stop> decide_request(Impl& gw, Incoming& in, RequestLog& log) {
     in.route = decide_route(head_of(req), o.log_string_max);
     in.shape = in.route.shape;
     log.method = clip(req.method_string(), 32);
-    log.path = clip(in.route.path, o.log_string_max);
+    if (clipped(in.route.path, o.log_string_max))
+        log.path = clip(in.route.path, o.log_string_max);
+    else
+        log.path.assign(in.route.path);  // into the recycled record's buffer
     if (in.route.framing_status) return refuse(in.route.framing_status, std::move(in.route.message));
     // Asked per request (log.conn is the sandbox the kernel recorded), so
     // a policy reload or a route change applies to the next request.
@@ -1147,23 +1145,11 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
     if (!rw.ok) co_return co_await send_error(gw, s, in.shape, 400, std::move(rw.error), keep_alive, log);
     log.model_requested = std::move(rw.model_requested);
     log.stream = rw.stream;
-    HeaderList client_headers;
-    client_headers.reserve(static_cast<std::size_t>(std::distance(req.begin(), req.end())));
-    for (const auto& f : req) {
-        // Only what the provider call can use is kept; names are lower-cased
-        // on the stack, so a dropped header costs no string.
-        const auto raw = f.name_string();
-        char low[64];
-        if (raw.size() > sizeof(low)) {
-            auto name = lower(raw);
-            if (client_header_matters(name, profile)) client_headers.emplace_back(std::move(name), std::string(f.value()));
-            continue;
-        }
-        for (std::size_t i = 0; i < raw.size(); ++i)
-            low[i] = static_cast<char>(std::tolower(static_cast<unsigned char>(raw[i])));
-        const std::string_view name(low, raw.size());
-        if (client_header_matters(name, profile)) client_headers.emplace_back(name, std::string(f.value()));
-    }
+    // Only what the provider call can use is kept (allowlisted names,
+    // connection, anthropic-beta), lower-cased into the connection's reused
+    // list: a usual request allocates no string here.
+    const HeaderList& client_headers =
+        cc.client_headers.fill(req, [&](std::string_view n) { return client_header_matters(n, profile); });
     if (fetch_scan)
         if (auto fetch = find_provider_fetch(*fetch_scan, client_headers, o.log_string_max))
             co_return co_await send_error(gw, s, in.shape, 400, provider_fetch_refusal(*fetch), keep_alive, log);
@@ -1289,8 +1275,25 @@ std::size_t arena_cap(const GatewayOptions& o) {
     return 32 * (2 * o.header_limit + 2 * std::size_t{kProviderHeaderLimit});
 }
 
+// The next request's record: every field at its default (a field added to
+// RequestLog later starts fresh too), its strings keeping their buffers and
+// the connection's identity kept.
+void recycle(RequestLog& log) {
+    RequestLog next;
+    next.conn = std::move(log.conn);
+    for (auto field : {&RequestLog::method, &RequestLog::path, &RequestLog::route, &RequestLog::provider,
+                       &RequestLog::provider_type, &RequestLog::model_requested, &RequestLog::model_used,
+                       &RequestLog::error}) {
+        (log.*field).clear();
+        (next.*field).swap(log.*field);
+    }
+    log = std::move(next);
+}
+
 // The request's fields are gone: the arena is empty again for the next one.
-void end_of_request(Impl& gw, RequestArena& arena) {
+void end_of_request(Impl& gw, ClientConn& cc) {
+    auto& arena = cc.arena;
+    cc.client_headers.release_if_large();
     const std::uint64_t peak = arena.heap_peak();
     auto& seen = gw.stats.arena_heap_peak;
     for (auto cur = seen.load(std::memory_order_relaxed); peak > cur;)
@@ -1302,12 +1305,12 @@ template <class Stream>
 Task<void> session(std::shared_ptr<Impl> gw, Stream s, ConnInfo info, Quota::Ticket = {}) {
     ClientConn cc(arena_cap(gw->opts), &gw->stats.arena_heap_bytes);
     try {
-        for (;;) {
-            RequestLog log;
-            log.conn = info;
+        RequestLog log;  // one per connection, recycled per request
+        log.conn = info;
+        for (;; recycle(log)) {
             const auto start = Clock::now();
             bool keep = co_await serve_one(*gw, s, cc, log, info);
-            end_of_request(*gw, cc.arena);
+            end_of_request(*gw, cc);
             if (log.status != 0) {
                 log.duration_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
                 gw->record(log);

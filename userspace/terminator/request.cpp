@@ -449,6 +449,25 @@ std::optional<std::string> percent_decode(std::string_view s) {
     return out;
 }
 
+std::string_view ReusedHeaders::lowered(std::string_view name) {
+    name_.assign(name);
+    for (char& c : name_) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return name_;
+}
+
+void ReusedHeaders::put(std::size_t i, std::string_view value) {
+    if (i == list_.size()) list_.emplace_back();
+    list_[i].first.assign(name_);
+    list_[i].second.assign(value);
+}
+
+void ReusedHeaders::release_if_large() {
+    if (name_.capacity() > kKeepBytes) std::string().swap(name_);
+    std::size_t bytes = 0;
+    for (const auto& [n, v] : list_) bytes += n.capacity() + v.capacity();
+    if (list_.size() > kKeepEntries || list_.capacity() > kKeepEntries || bytes > kKeepBytes) HeaderList().swap(list_);
+}
+
 std::optional<Target> normalise_target(std::string_view t) {
     if (t.empty()) return std::nullopt;
     std::string holder;

@@ -22,6 +22,40 @@ namespace redir::terminator {
 
 using HeaderList = std::vector<std::pair<std::string, std::string>>;  // names lower case
 
+// A HeaderList a connection reuses from one request to the next: filled in
+// place (its strings keep their buffers, so a usual request allocates
+// nothing), exactly the given headers each time.
+class ReusedHeaders {
+public:
+    // Replaces the list with the NAME/VALUE pairs of FIELDS whose lower-cased
+    // name KEEP accepts, names lower-cased.
+    template <class Range, class Keep>
+    const HeaderList& fill(const Range& fields, const Keep& keep) {
+        std::size_t n = 0;
+        for (const auto& f : fields)
+            if (keep(lowered(f.name_string()))) put(n++, f.value());
+        list_.resize(n);
+        return list_;
+    }
+    template <class Range>
+    const HeaderList& fill(const Range& fields) {
+        return fill(fields, [](std::string_view) { return true; });
+    }
+    // After a request: what a hostile header set made it hold goes back (a
+    // connection keeps at most kKeepEntries short headers between requests).
+    void release_if_large();
+    const HeaderList& list() const { return list_; }
+
+    static constexpr std::size_t kKeepEntries = 32;
+    static constexpr std::size_t kKeepBytes = 4096;
+
+private:
+    std::string_view lowered(std::string_view name);      // into name_
+    void put(std::size_t i, std::string_view value);      // name_ and VALUE as entry I
+    HeaderList list_;
+    std::string name_;  // the name being looked at
+};
+
 // Error bodies follow the API the client is speaking.
 enum class ApiShape { OpenAI, Anthropic };
 

@@ -1091,6 +1091,50 @@ TEST_P(GatewayTest, AccessLogNeverCarriesSecretsOrPrompt) {
     }
 }
 
+// A connection reuses its header list and its request record from one
+// request to the next: nothing of a request reaches the next one's provider
+// call or record — not a header the next one did not send (an
+// anthropic-beta the fetch scan would refuse, an allowlisted Accept), not
+// an error, a model or a status.
+TEST_P(GatewayTest, NothingOfOneRequestReachesTheNextOnTheSameConnection) {
+    use_openai();
+    start();
+    auto s = connect();
+    auto send = [&](const std::string& body, std::vector<std::pair<std::string, std::string>> headers) {
+        http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+        for (auto& [n, v] : headers) req.set(n, v);
+        req.body() = body;
+        return roundtrip(s, req);
+    };
+    auto first = send(R"({"model":"asked-first","messages":[]})",
+                      {{"Accept", "application/first"}, {"User-Agent", "agent-first/" + std::string(40, 'x')},
+                       {"Anthropic-Beta", "mcp-client-2025-04-04"}});
+    EXPECT_EQ(first.result_int(), 400) << "the fetch scan refuses the MCP beta";
+    auto bad = send("{not json", {{"User-Agent", "agent-bad"}});
+    EXPECT_EQ(bad.result_int(), 400);
+    auto ok = send(R"({"model":"asked-third","messages":[]})", {{"User-Agent", "ua3"}});
+    ASSERT_EQ(ok.result_int(), 200) << ok.body() << ": the first request's anthropic-beta must be gone";
+    ASSERT_EQ(fake_->received().size(), 1u);
+    const auto got = fake_->received().back();
+    EXPECT_FALSE(got.has("accept")) << got.header("accept");
+    EXPECT_FALSE(got.has("anthropic-beta"));
+    EXPECT_EQ(got.headers.at("user-agent"), std::vector<std::string>{"ua3"});
+
+    auto l = wait_logs(3);
+    ASSERT_EQ(l.size(), 3u);
+    EXPECT_EQ(l[0].model_requested, "asked-first");
+    EXPECT_FALSE(l[0].error.empty());
+    EXPECT_EQ(l[1].model_requested, "") << "a body that is not JSON names no model";
+    EXPECT_NE(l[1].error, l[0].error);
+    EXPECT_EQ(l[2].status, 200);
+    EXPECT_EQ(l[2].model_requested, "asked-third");
+    EXPECT_EQ(l[2].error, "");
+    EXPECT_EQ(l[2].path, "/v1/chat/completions");
+    EXPECT_TRUE(l[2].credential.has_value());
+    EXPECT_FALSE(l[1].credential.has_value()) << "refused before any provider call";
+    for (const auto& r : l) EXPECT_EQ(r.conn.cgroup_id, 4242u);
+}
+
 class TlsGatewayTest : public GatewayTest {
 protected:
     void start_tls(GatewayOptions o = {}) {
