@@ -25,6 +25,7 @@
 #include "terminator/request.hpp"
 #include "terminator/store.hpp"
 #include "terminator/usage.hpp"
+#include "terminator_reference.hpp"
 
 using namespace redir::terminator;
 
@@ -93,49 +94,6 @@ RequestLog record() {
     return r;
 }
 
-// The audit line as it was built before (rapidjson::Writer, StringBuffer, a copy out).
-std::string writer_log_json(const RequestLog& r) {
-    rapidjson::StringBuffer sb;
-    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-    auto put = [&](std::string_view v) { w.String(v.data(), static_cast<rapidjson::SizeType>(v.size())); };
-    auto key = [&](std::string_view k) { w.Key(k.data(), static_cast<rapidjson::SizeType>(k.size())); };
-    auto opt = [&](std::string_view k, std::string_view v) {
-        if (!v.empty()) key(k), put(v);
-    };
-    w.StartObject();
-    key("event"), put("inference");
-    key("cgroup_id"), w.Uint64(r.conn.cgroup_id);
-    key("pid"), w.Uint(r.conn.pid);
-    opt("client", r.conn.client);
-    key("method"), put(r.method);
-    key("path"), put(r.path);
-    opt("route", r.route);
-    key("provider"), put(r.provider);
-    opt("provider_type", r.provider_type);
-    key("model_requested"), put(r.model_requested);
-    key("model_used"), put(r.model_used);
-    key("config_version"), w.Uint64(r.config_version);
-    key("status"), w.Int(r.status);
-    key("stream"), w.Bool(r.stream);
-    key("bytes_in"), w.Uint64(r.bytes_in);
-    key("bytes_out"), w.Uint64(r.bytes_out);
-    key("duration_ms"), w.Double(static_cast<double>(static_cast<int64_t>(r.duration_ms * 1000)) / 1000.0);
-    if (r.usage.known()) {
-        key("usage"), w.StartObject();
-        if (r.usage.input_tokens) key("input_tokens"), w.Uint64(*r.usage.input_tokens);
-        if (r.usage.output_tokens) key("output_tokens"), w.Uint64(*r.usage.output_tokens);
-        w.EndObject();
-    }
-    if (r.credential) {
-        key("credential"), put(r.credential->header.empty() ? "none" : "injected");
-        opt("credential_header", r.credential->header);
-        opt("credential_key", r.credential->key);
-    }
-    opt("error", r.error);
-    w.EndObject();
-    return std::string(sb.GetString(), sb.GetSize());
-}
-
 const std::string kRequest = chat_request();
 const Profile& kProfile = *find_profile("openai");
 
@@ -185,7 +143,7 @@ void BM_Response_Usage(benchmark::State& state) {
 
 void BM_AuditLine_RapidjsonWriter(benchmark::State& state) {
     const RequestLog r = record();
-    for (auto _ : state) benchmark::DoNotOptimize(writer_log_json(r));
+    for (auto _ : state) benchmark::DoNotOptimize(reference::log_json(r));
 }
 
 void BM_AuditLine_ReusedBuffer(benchmark::State& state) {
@@ -231,7 +189,7 @@ void BM_Path_Old(benchmark::State& state) {
         auto headers = upstream_headers(kClient, kProfile, kProvider);
         JsonUsageScanner u;
         u.feed(kResponse);
-        auto line = writer_log_json(r);
+        auto line = reference::log_json(r);
         benchmark::DoNotOptimize(rw);
         benchmark::DoNotOptimize(f);
         benchmark::DoNotOptimize(target);
@@ -291,12 +249,12 @@ int main(int argc, char** argv) {
         auto one = rewrite_model(kRequest, "served-model", kLogStringMax, true, &sc);
         auto two = rewrite_model(kRequest, "served-model", kLogStringMax, true);
         if (!one.ok || one.body != two.body || find_provider_fetch(sc, kClient).has_value() ||
-            find_provider_fetch(two.body, kClient).has_value() || request_log_line(record()) != writer_log_json(record())) {
+            find_provider_fetch(two.body, kClient).has_value() || request_log_line(record()) != reference::log_json(record())) {
             std::fprintf(stderr, "bench_terminator_json: the old and new paths disagree on the sample request\n");
             return 2;
         }
         std::printf("request %zu bytes, response %zu bytes, audit line %zu bytes\n", kRequest.size(), kResponse.size(),
-                    writer_log_json(record()).size());
+                    reference::log_json(record()).size());
     }
     return redir::bench::run_with_targets(argc, argv, [](const redir::bench::RecordingReporter& rep) {
         using redir::bench::check;

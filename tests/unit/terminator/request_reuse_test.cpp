@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "terminator/request.hpp"
+#include "terminator_reference.hpp"
 
 namespace redir::terminator {
 namespace {
@@ -82,26 +83,6 @@ TEST(ReusedHeaders, ALargeHeaderSetIsNotKeptAfterTheRequest) {
     EXPECT_EQ(h.list().size(), 2u);
 }
 
-// The folding as it was written before (a list of segments, then joined).
-std::string fold_with_segment_list(std::string_view t) {
-    std::vector<std::string_view> segs;
-    size_t i = 0;
-    while (i <= t.size()) {
-        size_t j = t.find('/', i);
-        if (j == std::string_view::npos) j = t.size();
-        std::string_view seg = t.substr(i, j - i);
-        if (seg == "..") {
-            if (!segs.empty()) segs.pop_back();
-        } else if (!seg.empty() && seg != ".") {
-            segs.push_back(seg);
-        }
-        i = j + 1;
-    }
-    std::string out;
-    for (auto s : segs) out += "/" + std::string(s);
-    return out.empty() ? "/" : out;
-}
-
 TEST(Target, FoldsSegmentsInPlaceAsTheSegmentListDid) {
     const char* pieces[] = {"", ".", "..", "...", "v1", "chat", "completions", "a.b", "%2e%2e", "models"};
     std::mt19937 rng(11);
@@ -112,7 +93,7 @@ TEST(Target, FoldsSegmentsInPlaceAsTheSegmentListDid) {
         if (path.empty() || rng() % 4 == 0) path += "/";
         auto t = normalise_target(path);
         ASSERT_TRUE(t) << path;
-        ASSERT_EQ(t->path, fold_with_segment_list(path)) << path;
+        ASSERT_EQ(t->path, reference::fold_segments(path)) << path;
     }
     EXPECT_EQ(normalise_target("/../../v1/./models/x/..//")->path, "/v1/models");
     EXPECT_EQ(normalise_target("/..")->path, "/");

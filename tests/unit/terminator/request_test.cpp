@@ -12,6 +12,7 @@
 #include "terminator/mock.hpp"
 #include "terminator/provider_fetch.hpp"
 #include "terminator/request.hpp"
+#include "terminator_reference.hpp"
 
 namespace redir::terminator {
 namespace {
@@ -182,33 +183,13 @@ TEST(Rewrite, StringsWithAndWithoutEscapesAtEveryPosition) {
     }
 }
 
-// The segment folding as it was written before it was built in place.
-std::string reference_fold(std::string_view t) {
-    std::vector<std::string_view> segs;
-    size_t i = 0;
-    while (i <= t.size()) {
-        size_t j = t.find('/', i);
-        if (j == std::string_view::npos) j = t.size();
-        std::string_view seg = t.substr(i, j - i);
-        if (seg == "..") {
-            if (!segs.empty()) segs.pop_back();
-        } else if (!seg.empty() && seg != ".") {
-            segs.push_back(seg);
-        }
-        i = j + 1;
-    }
-    std::string out;
-    for (auto s : segs) out += "/" + std::string(s);
-    return out.empty() ? "/" : out;
-}
-
 TEST(Target, DotSegmentsFoldAsBefore) {
     for (const char* p : {"/", "//", "/v1/chat/completions", "/v1//chat///completions/", "/a/../../b", "/../", "/..",
                           "/./a/./b/..", "/a/b/../../../c/./d/..", "/v1/x/../messages", "/.../a", "/a/.b/..c/..",
                           "/%2e%2e/v1/models", "/v1/models/meta/llama-3.1-8b-instruct", "/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q"}) {
         auto t = normalise_target(p);
         ASSERT_TRUE(t) << p;
-        EXPECT_EQ(t->path, reference_fold(p)) << p;
+        EXPECT_EQ(t->path, reference::fold_segments(p)) << p;
     }
 }
 
@@ -336,50 +317,6 @@ TEST(Log, NamesTheInjectedCredentialByHeaderAndKeyOnly) {
     EXPECT_EQ(request_log_json(r).find("credential"), std::string::npos);
 }
 
-// The audit line as rapidjson::Writer wrote it before the line got its own
-// writer: the bytes of every record must stay the same.
-std::string reference_log_json(const RequestLog& r) {
-    rapidjson::StringBuffer sb;
-    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-    auto put = [&](std::string_view v) { w.String(v.data(), static_cast<rapidjson::SizeType>(v.size())); };
-    auto key = [&](std::string_view k) { w.Key(k.data(), static_cast<rapidjson::SizeType>(k.size())); };
-    auto opt = [&](std::string_view k, std::string_view v) {
-        if (!v.empty()) key(k), put(v);
-    };
-    w.StartObject();
-    key("event"), put("inference");
-    key("cgroup_id"), w.Uint64(r.conn.cgroup_id);
-    key("pid"), w.Uint(r.conn.pid);
-    opt("client", r.conn.client);
-    key("method"), put(r.method);
-    key("path"), put(r.path);
-    opt("route", r.route);
-    key("provider"), put(r.provider);
-    opt("provider_type", r.provider_type);
-    key("model_requested"), put(r.model_requested);
-    key("model_used"), put(r.model_used);
-    key("config_version"), w.Uint64(r.config_version);
-    key("status"), w.Int(r.status);
-    key("stream"), w.Bool(r.stream);
-    key("bytes_in"), w.Uint64(r.bytes_in);
-    key("bytes_out"), w.Uint64(r.bytes_out);
-    key("duration_ms"), w.Double(static_cast<double>(static_cast<int64_t>(r.duration_ms * 1000)) / 1000.0);
-    if (r.usage.known()) {
-        key("usage"), w.StartObject();
-        if (r.usage.input_tokens) key("input_tokens"), w.Uint64(*r.usage.input_tokens);
-        if (r.usage.output_tokens) key("output_tokens"), w.Uint64(*r.usage.output_tokens);
-        w.EndObject();
-    }
-    if (r.credential) {
-        key("credential"), put(r.credential->header.empty() ? "none" : "injected");
-        opt("credential_header", r.credential->header);
-        opt("credential_key", r.credential->key);
-    }
-    opt("error", r.error);
-    w.EndObject();
-    return std::string(sb.GetString(), sb.GetSize());
-}
-
 std::vector<RequestLog> varied_records() {
     std::string every_byte;
     for (int c = 0; c < 256; ++c) every_byte.push_back(static_cast<char>(c));
@@ -434,7 +371,7 @@ std::vector<RequestLog> varied_records() {
 
 TEST(Log, BytesAreThoseOfTheRapidjsonWriter) {
     for (const auto& r : varied_records()) {
-        const auto want = reference_log_json(r);
+        const auto want = reference::log_json(r);
         EXPECT_EQ(request_log_json(r), want);
         EXPECT_EQ(request_log_line(r), want);
         std::string out = "stale bytes of an earlier line";
@@ -459,13 +396,13 @@ TEST(Log, ReusedBufferDoesNotLeakTheLastRecordsFields) {
     long_one.credential = CredentialUse{"x-api-key", "ANTHROPIC_API_KEY"};
     long_one.error = "provider said no: " + std::string(500, 'E');
     const std::string long_line(request_log_line(long_one));
-    EXPECT_EQ(long_line, reference_log_json(long_one));
+    EXPECT_EQ(long_line, reference::log_json(long_one));
 
     RequestLog short_one;
     short_one.conn.cgroup_id = 2;
     short_one.status = 200;
     const std::string_view short_line = request_log_line(short_one);
-    EXPECT_EQ(short_line, reference_log_json(short_one));
+    EXPECT_EQ(short_line, reference::log_json(short_one));
     for (const char* leak : {"203.0.113.7", "secret-route", "anthropic", "LLL", "usage", "credential", "EEE", "error"})
         EXPECT_EQ(short_line.find(leak), std::string_view::npos) << leak << " leaked into " << short_line;
     EXPECT_LT(short_line.size(), 300u);
