@@ -629,14 +629,20 @@ class AttachNetnsV6(V6World):
 
     def test_original_destination_right_for_identical_v6_addresses_in_two_namespaces(self):
         n = 100
-        base = 41000
+        # Above the namespaces' ephemeral range (32768-60999): an earlier
+        # test's connection in TIME_WAIT on one of these ports (its socket
+        # without SO_REUSEADDR) would make the bind fail (a flake seen once).
+        base = 61000
         procs = []
         for c, dst in ((self.a, "2001:db8:ff::a"), (self.b, "2001:db8:ff::b")):
             procs.append((c, dst, c.popen([PY, "-c", SAME_TUPLES, dst, str(self.echo.port), str(base), str(n)],
                                           self.resolv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE)))
         for _, _, p in procs:
-            self.assertEqual(p.stdout.readline().strip(), "BOUND", p.stderr.read() if p.poll() is not None else "")
+            line = p.stdout.readline().strip()
+            if line != "BOUND":  # it ended: wait for it, so its error is there to show
+                p.wait(timeout=10)
+            self.assertEqual(line, "BOUND", p.stderr.read() if p.poll() is not None else "")
         for _, _, p in procs:
             p.stdin.write("\n")
             p.stdin.flush()
