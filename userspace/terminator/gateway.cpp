@@ -702,11 +702,7 @@ Task<std::optional<Stop>> exchange(Impl& gw, ProxyCall& call, ClientWatch& watch
 // `Connection: keep-alive`, what most providers send: its one token names a
 // header that is hop-by-hop anyway, so it adds nothing to drop (and the token
 // set need not be built).
-bool names_keep_alive_only(std::string_view v) {
-    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-    return beast::iequals(v, "keep-alive");
-}
+bool names_keep_alive_only(std::string_view v) { return beast::iequals(trim(v), "keep-alive"); }
 
 // The sandbox's response header: the provider's, less hop-by-hop and
 // origin-specific headers, framed as PLAN says.

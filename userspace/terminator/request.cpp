@@ -29,12 +29,6 @@ std::string lower(std::string_view s) {
     return o;
 }
 
-std::string_view trim(std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-    return s;
-}
-
 bool is_hop_by_hop(std::string_view n) {
     static constexpr std::string_view names[] = {"connection", "keep-alive", "proxy-connection", "te",
                                                  "trailer",    "transfer-encoding", "upgrade"};
@@ -432,6 +426,12 @@ int hexval(char c) {
 }
 
 }  // namespace
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+    return s;
+}
 
 std::optional<std::string> percent_decode(std::string_view s) {
     std::string out;

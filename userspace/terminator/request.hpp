@@ -215,6 +215,8 @@ using TokenSet = std::set<std::string, std::less<>>;
 bool relay_response_header(std::string_view lower_name, const TokenSet& connection_tokens);
 // Comma-separated tokens of all Connection header values, lower case.
 TokenSet connection_tokens(const HeaderList& headers);
+// S without HTTP optional whitespace (spaces, tabs) at either end.
+std::string_view trim(std::string_view s);
 
 // Target path on the provider for client PATH (already matched) and QUERY.
 std::string upstream_target(const BaseUrl& base, const Profile& profile, const std::string& path,
