@@ -84,6 +84,13 @@ MUTANTS = [
            "if (uh.result_int() == 401 && false) {",
            ("gtest", "tests/unit/terminator/redir_gateway_tests",
             "*/GatewayTest.ProviderRejectingTheCredentialIsReportedWithoutEchoingIt/*", ["redir_gateway_tests"])),
+    Mutant("head-injection", "no byte a peer sent can split a head the terminator writes (header injection, "
+           "response splitting)",
+           "userspace/terminator/wire.cpp",
+           "if (!is_token(name) || !is_safe_value(value) || is_framing_field(name)) return false;",
+           "if (!is_token(name) || is_framing_field(name)) return false;",
+           ("gtest", "tests/unit/terminator/redir_terminator_tests", "Wire.CrLfAndNulNeverReachTheWire",
+            ["redir_terminator_tests"])),
     Mutant("smuggling-te", "ambiguous request framing (Transfer-Encoding other than one \"chunked\") is refused",
            "userspace/terminator/request.cpp",
            "if (h.transfer_encoding_count > 1 ||\n        (h.transfer_encoding_count == 1 && !iequals(trim(h.transfer_encoding), \"chunked\"))) {",

@@ -31,6 +31,7 @@
 #include "terminator/mock.hpp"
 #include "terminator/tls_stream.hpp"
 #include "terminator/upstream_tls.hpp"
+#include "terminator/wire.hpp"
 
 namespace redir::terminator {
 
@@ -43,15 +44,15 @@ using tcp = asio::ip::tcp;
 template <class T>
 using Task = asio::awaitable<T, Executor>;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable_t<Executor>{});
-// Header fields of the request path's messages live in the connection's
-// RequestArena (see ClientConn).
+// Header fields of the request path's parsed messages, and the heads it
+// writes, live in the connection's RequestArena (see ClientConn).
 using ArenaAlloc = RequestArena::Alloc;
 using Fields = http::basic_fields<ArenaAlloc>;
-using UpstreamRequest = http::request<http::string_body, Fields>;
-using RelayResponse = http::response<http::buffer_body, Fields>;
-using RelaySerializer = http::response_serializer<http::buffer_body, Fields>;
 // The provider's answer header: at most this many bytes.
 constexpr std::uint32_t kProviderHeaderLimit = 64 * 1024;
+// Room the provider request's head starts with in the arena (a usual one
+// fits; a larger one grows it by doubling).
+constexpr std::size_t kHeadReserve = 1024;
 
 namespace {
 
@@ -155,8 +156,8 @@ private:
 struct ClientWatch;
 struct ClientConn {
     static constexpr std::size_t kRelayBuffer = 16 * 1024;
-    // Holds the four field sets of a usual proxied request (a few dozen
-    // fields) without touching the heap.
+    // Holds the two parsed field sets and the two written heads of a usual
+    // proxied request (a few dozen fields) without touching the heap.
     static constexpr std::size_t kArenaInline = 8 * 1024;
     ClientConn(std::size_t arena_cap, std::atomic<std::uint64_t>* arena_gauge)
         : arena(kArenaInline, arena_cap, arena_gauge) {}
@@ -424,6 +425,70 @@ Task<beast::error_code> write_message(Stream& s, http::serializer<isRequest, Bod
     }
 }
 
+// Up to three buffers written as one message (a head or a chunk's framing,
+// the data, the framing after it), consumed from the front as the stream
+// takes them. Empty parts are left out: TlsStream writes a lone buffer
+// without gathering it into its scratch copy.
+class Gather {
+public:
+    Gather(std::initializer_list<std::string_view> parts) {
+        for (auto p : parts)
+            if (!p.empty() && n_ < b_.size()) b_[n_++] = asio::const_buffer(p.data(), p.size());
+    }
+    explicit Gather(const wire::BodyFramer::Parts& p) : Gather({p.before, p.data, p.after}) {}
+    std::span<const asio::const_buffer> buffers() const { return {b_.data() + first_, n_ - first_}; }
+    bool empty() const { return first_ == n_; }
+    void consume(std::size_t n) {
+        while (n != 0 && first_ < n_) {
+            const std::size_t take = std::min(n, b_[first_].size());
+            b_[first_] += take;
+            n -= take;
+            if (b_[first_].size() == 0) ++first_;
+        }
+    }
+
+private:
+    std::array<asio::const_buffer, 3> b_{};
+    std::size_t n_ = 0;
+    std::size_t first_ = 0;
+};
+
+// write_at_once() for bytes already framed: one record per write_now, as
+// many as the socket takes without waiting.
+template <class Stream>
+bool write_at_once(Stream& s, Gather& out, beast::error_code& ec) {
+    ec = {};
+    if constexpr (!std::is_same_v<Stream, TlsStream>) {
+        return false;
+    } else {
+        while (!out.empty()) {
+            const std::size_t n = s.write_now(out.buffers(), ec);
+            if (ec) return true;
+            out.consume(n);
+            if (s.output_pending()) return false;
+        }
+        return true;
+    }
+}
+
+// write_message() for bytes already framed.
+template <class Stream>
+Task<beast::error_code> write_message(Stream& s, Gather& out) {
+    if constexpr (!std::is_same_v<Stream, TlsStream>) {
+        auto [ec, n] = co_await asio::async_write(s, out.buffers(), use_tuple);
+        co_return ec;
+    } else {
+        for (;;) {
+            if (s.output_pending()) {
+                auto [fec, fn] = co_await s.async_flush(use_tuple);
+                if (fec) co_return fec;
+            }
+            beast::error_code ec;
+            if (write_at_once(s, out, ec)) co_return ec;
+        }
+    }
+}
+
 // The next part of a message into P from bytes already read, parsed here
 // (no read operation, no scheduler pass). True: done, EC says how; false:
 // nothing buffered, or not enough — read with http::async_read_some.
@@ -621,7 +686,8 @@ struct ProxyCall {
     const Provider& provider;
     const Profile& profile;
     const BaseUrl& base;
-    UpstreamRequest& upstream_req;
+    std::string_view upstream_head;  // the provider request's head (write_upstream_head)
+    std::string& upstream_body;      // its body: the rewritten JSON
     ApiShape shape;
     bool client_keep_alive;
     Quota::Ticket* body_room;  // given back once the provider has answered
@@ -683,8 +749,9 @@ Task<std::optional<Stop>> exchange(Impl& gw, ProxyCall& call, ClientWatch& watch
         Attempt a;
         auto& low = beast::get_lowest_layer(up.conn->s);
         low.expires_after(gw.opts.upstream_write_timeout);
-        http::request_serializer<http::string_body, Fields> sr{call.upstream_req};
-        if (!write_at_once(up.conn->s, sr, a.ec)) a.ec = co_await write_message(up.conn->s, sr);
+        // Head and body in one write: TlsStream gathers them into one record.
+        Gather out{call.upstream_head, call.upstream_body};
+        if (!write_at_once(up.conn->s, out, a.ec)) a.ec = co_await write_message(up.conn->s, out);
         a.writing = static_cast<bool>(a.ec);
         if (!a.writing) {
             expect_answer(call, up);
@@ -704,32 +771,32 @@ Task<std::optional<Stop>> exchange(Impl& gw, ProxyCall& call, ClientWatch& watch
 // set need not be built).
 bool names_keep_alive_only(std::string_view v) { return beast::iequals(trim(v), "keep-alive"); }
 
-// The sandbox's response header: the provider's, less hop-by-hop and
-// origin-specific headers, framed as PLAN says.
-RelayResponse response_head(const http::response_header<Fields>& uh, const ResponsePlan& plan, bool keep_alive,
-                            ArenaAlloc fields) {
+// The sandbox's response head into OUT: the provider's status and headers,
+// less hop-by-hop and origin-specific headers, framed as PLAN says. Names go
+// lower-cased (an ASCII branch: the C locale's tolower is a call per byte),
+// in ARENA like OUT.
+void response_head(wire::Buffer& out, const http::response_header<Fields>& uh, const ResponsePlan& plan,
+                   bool keep_alive, ArenaAlloc arena) {
     HeaderList conn;  // the Connection headers alone: their tokens name more hop-by-hop headers
     for (auto [it, end] = uh.equal_range(http::field::connection); it != end; ++it)
         if (!names_keep_alive_only(it->value())) conn.emplace_back("connection", it->value());
     const auto ctoks = connection_tokens(conn);
-    RelayResponse res{std::piecewise_construct, std::make_tuple(), std::make_tuple(fields)};
-    res.version(11);
-    res.result(uh.result_int());
-    res.reason(uh.reason());
-    std::string n;  // one buffer for every lower-cased name
+    // Room for the whole head at once: a monotonic arena does not reuse
+    // what a growing string leaves behind.
+    std::size_t room = 128 + uh.reason().size();  // status line, framing, blank line
+    for (const auto& f : uh) room += f.name_string().size() + f.value().size() + 4;
+    out.reserve(room);
+    wire::HeadWriter w(out);
+    w.status_line(uh.result_int(), uh.reason(), http::obsolete_reason(uh.result()));
+    wire::Buffer n(arena);  // one buffer for every lower-cased name
+    n.reserve(64);
     for (const auto& f : uh) {
-        n.assign(f.name_string());
-        for (char& c : n) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-        if (relay_response_header(n, ctoks)) res.insert(n, f.value());
+        const auto name = f.name_string();
+        n.resize(name.size());
+        std::transform(name.begin(), name.end(), n.begin(), wire::ascii_lower);
+        if (relay_response_header(n, ctoks)) w.field(n, f.value());
     }
-    if (plan.content_length)
-        res.content_length(*plan.content_length);
-    else if (plan.chunked)
-        res.chunked(true);
-    res.keep_alive(keep_alive);
-    res.body().data = nullptr;
-    res.body().more = !plan.no_body;
-    return res;
+    w.end({.content_length = plan.content_length, .chunked = plan.chunked, .close = !keep_alive});
 }
 
 // The next piece of a relayed body (or, with DATA empty and MORE false, its end).
@@ -751,6 +818,19 @@ Task<beast::error_code> write_piece(Impl& gw, Stream& s, http::response_serializ
     beast::error_code ec;
     if (!write_at_once(s, sr, ec)) ec = co_await write_message(s, sr);
     if (ec == http::error::need_buffer) ec = {};
+    co_return ec;
+}
+
+// Writes the next piece of a relayed body through BODY (data empty and not
+// LAST: the head alone; LAST: the body ends with DATA, in the same write).
+template <class Stream>
+Task<beast::error_code> write_relayed(Impl& gw, Stream& s, wire::BodyFramer& body, std::string_view data,
+                                      bool last) {
+    beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
+    Gather out(body.next(data, last));
+    beast::error_code ec;
+    if (!write_at_once(s, out, ec)) ec = co_await write_message(s, out);
+    note_write(gw, ec);
     co_return ec;
 }
 
@@ -780,10 +860,9 @@ void release_upstream(Impl& gw, Upstream& up, ClientWatch& watch) {
 // header goes with the first piece when the relay deferred it. UPSTREAM_EC
 // receives why the provider broke off.
 template <class Stream>
-Task<Pumped> pump_body(Impl& gw, Stream& s, RelaySerializer& sr, RelayResponse& res, const ResponsePlan& plan,
-                       Upstream& up,
-                            std::span<char> piece, ClientWatch& watch, UsageTap& tap, RequestLog& log,
-                            beast::error_code& upstream_ec) {
+Task<Pumped> pump_body(Impl& gw, Stream& s, wire::BodyFramer& body, const ResponsePlan& plan, Upstream& up,
+                       std::span<char> piece, ClientWatch& watch, UsageTap& tap, RequestLog& log,
+                       beast::error_code& upstream_ec) {
     auto& p = *up.parser;
     std::uint64_t left = plan.content_length.value_or(std::numeric_limits<std::uint64_t>::max());
     while (!p.is_done()) {
@@ -807,12 +886,11 @@ Task<Pumped> pump_body(Impl& gw, Stream& s, RelaySerializer& sr, RelayResponse& 
         std::string_view data(piece.data(), got);
         tap.feed(data);
         if (whole) watch.answered = true;
-        // Written here rather than through write_piece(): one coroutine frame less per piece.
-        set_piece(res, data, !whole);
+        // Written here rather than through write_relayed(): one coroutine frame less per piece.
         beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
+        Gather out(body.next(data, whole));
         beast::error_code wec;
-        if (!write_at_once(s, sr, wec)) wec = co_await write_message(s, sr);
-        if (wec == http::error::need_buffer) wec = {};
+        if (!write_at_once(s, out, wec)) wec = co_await write_message(s, out);
         note_write(gw, wec);
         if (wec) {
             if (!whole) up.conn->close();
@@ -829,16 +907,15 @@ Task<Pumped> pump_body(Impl& gw, Stream& s, RelaySerializer& sr, RelayResponse& 
 // words before the stream ends, rather than left to guess from a cut body.
 template <class Stream>
 Task<bool> end_broken_response(Impl& gw, Stream& s, ProxyCall& call, const ResponsePlan& plan,
-                               RelaySerializer& sr, RelayResponse& res, const beast::error_code& ec,
-                                    RequestLog& log) {
+                               wire::BodyFramer& body, const beast::error_code& ec, RequestLog& log) {
     const auto& o = gw.opts;
     log.error = ec == beast::error::timeout
                     ? call.where() + " sent nothing for " + seconds(o.stream_idle_timeout) + " mid-response"
                     : call.where() + " broke off the response: " + ec.message();
     if (!(plan.sse && plan.chunked)) co_return false;
+    // The event and the end of the stream in one write.
     const std::string ev = stream_error_event(call.shape, log.error);
-    if (co_await write_piece(gw, s, sr, res, ev, true)) co_return false;
-    co_await write_piece(gw, s, sr, res, {}, false);
+    co_await write_relayed(gw, s, body, ev, true);
     co_return false;
 }
 
@@ -847,7 +924,7 @@ Task<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& up, Cl
                                RequestLog& log) {
     // Answered: the request body will not be sent again, and a long stream
     // must not keep its memory (or the sandbox's share of it).
-    std::string().swap(call.upstream_req.body());
+    std::string().swap(call.upstream_body);
     call.body_room->release();
 
     const auto& uh = up.parser->get();
@@ -862,19 +939,23 @@ Task<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& up, Cl
     if (auto l = up.parser->content_length()) length = *l;
     const auto plan = plan_response(uh.result_int(), uh[http::field::content_type],
                                     uh[http::field::content_encoding], length, up.parser->chunked());
-    auto res = response_head(uh, plan, call.client_keep_alive, call.fields);
+    wire::Buffer head(call.fields);
+    response_head(head, uh, plan, call.client_keep_alive, call.fields);
+    wire::BodyFramer body(head, plan.chunked);
     log.status = uh.result_int();
     if (plan.sse) {
         release_buffers_when_idle(s);
         release_buffers_when_idle(up.conn->s);
     }
 
-    RelaySerializer sr{res};
     // A body already read (most of a JSON answer) goes in one write with the
-    // header; a stream still waiting for its first event gets its header now.
+    // header; a stream still waiting for its first event gets its header now
+    // (written at once when the socket takes it: no operation, no frame).
     if (!plan.no_body && up.conn->buf.size() == 0) {
         beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
-        auto [hec, hn] = co_await http::async_write_header(s, sr, use_tuple);
+        Gather out(body.next({}, false));
+        beast::error_code hec;
+        if (!write_at_once(s, out, hec)) hec = co_await write_message(s, out);
         note_write(gw, hec);
         if (hec) {
             log.error = "client closed the connection";
@@ -886,7 +967,7 @@ Task<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& up, Cl
     UsageTap tap(plan);
     beast::error_code upstream_ec;
     const auto pumped =
-        co_await pump_body(gw, s, sr, res, plan, up, call.piece, watch, tap, log, upstream_ec);
+        co_await pump_body(gw, s, body, plan, up, call.piece, watch, tap, log, upstream_ec);
     tap.finish(log.usage);  // what the provider reported before any break is still charged
     if (pumped == Pumped::ClientGone) {
         log.error = "client closed the connection";
@@ -895,13 +976,12 @@ Task<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& up, Cl
     if (pumped == Pumped::Delivered) co_return false;
     if (pumped == Pumped::UpstreamBroke) {
         up.conn->close();
-        co_return co_await end_broken_response(gw, s, call, plan, sr, res, upstream_ec, log);
+        co_return co_await end_broken_response(gw, s, call, plan, body, upstream_ec, log);
     }
     watch.answered = true;
-    if (!sr.is_done()) {
+    if (!body.ended()) {
         // The body was empty, or its end came without data (a last chunk).
-        const auto fec = co_await write_piece(gw, s, sr, res, {}, false);
-        if (fec) co_return false;
+        if (co_await write_relayed(gw, s, body, {}, true)) co_return false;
     }
     co_return call.client_keep_alive;
 }
@@ -1115,6 +1195,22 @@ std::optional<Stop> body_read_failure(Impl& gw, const beast::error_code& ec, Req
     return refuse(400, "malformed request body: " + ec.message());
 }
 
+// The provider request's head into OUT: request line, Host, the headers
+// each_upstream_header passes (a field the writer refuses is dropped, see
+// wire::HeadWriter::field), the body's length; the connection is kept alive
+// (HTTP/1.1's default: no Connection field). False: TARGET cannot be written.
+bool write_upstream_head(wire::Buffer& out, std::string_view target, const BaseUrl& base,
+                         const HeaderList& client_headers, const Profile& profile,
+                         const HeaderList& provider_headers, std::size_t body_size) {
+    wire::HeadWriter w(out);
+    if (!w.request_line("POST", target)) return false;
+    w.field("Host", base.host_header);
+    each_upstream_header(client_headers, profile, provider_headers,
+                         [&w](std::string_view n, std::string_view v) { w.field(n, v); });
+    w.end({.content_length = body_size});
+    return true;
+}
+
 // A served request: the models list, a mock answer, or the provider call.
 template <class Stream>
 Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const ConnInfo& info,
@@ -1165,18 +1261,16 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
         co_return co_await send_error(gw, s, in.shape, 502,
                                       "provider " + provider.name + " is misconfigured: " + in.snap->base_error,
                                       keep_alive, log);
-    UpstreamRequest ureq{std::piecewise_construct, std::make_tuple(), std::make_tuple(cc.arena.alloc())};
-    ureq.method(http::verb::post);
-    ureq.target(upstream_target(*base, profile, in.route.path, in.route.query));
-    ureq.version(11);
-    ureq.set(http::field::host, base->host_header);
-    each_upstream_header(client_headers, profile, in.snap->provider_headers,
-                         [&ureq](std::string_view n, std::string_view v) { ureq.insert(n, v); });
-    ureq.body() = std::move(rw.body);
-    ureq.keep_alive(true);
-    ureq.prepare_payload();
-    ProxyCall call{provider, profile, *base, ureq, in.shape, keep_alive, &in.body_room, cc.relay_buffer(),
-                   cc.arena.alloc()};
+    wire::Buffer head(cc.arena.alloc());
+    head.reserve(kHeadReserve);
+    if (!write_upstream_head(head, upstream_target(*base, profile, in.route.path, in.route.query), *base,
+                             client_headers, profile, in.snap->provider_headers, rw.body.size()))
+        co_return co_await send_error(gw, s, in.shape, 502,
+                                      "the request target for provider " + provider.name +
+                                          " holds a space or a control byte: not sent",
+                                      keep_alive, log);
+    ProxyCall call{provider,      profile,       *base,           head, rw.body, in.shape, keep_alive,
+                   &in.body_room, cc.relay_buffer(), cc.arena.alloc()};
     co_return co_await proxy(gw, s, cc, call, log);
 }
 
@@ -1262,10 +1356,11 @@ Task<bool> serve_one(Impl& gw, Stream& s, ClientConn& cc, RequestLog& log, const
 // What one request's header fields may take from the heap beyond the
 // connection's inline arena. The parsers' header limits bound the bytes that
 // become fields: the sandbox's header (its parser, and the allowlisted copy
-// sent to the provider) and the provider's (its parser, and the copy relayed
-// to the sandbox). Beast keeps a field in at least ~56 bytes (`a:` is 4 bytes
-// on the wire), and the monotonic arena grows its blocks by half: 32 per
-// header byte covers both. Past it the request fails (std::bad_alloc ends the
+// written to the provider) and the provider's (its parser, and the copy
+// written to the sandbox). Beast keeps a field in at least ~56 bytes (`a:` is
+// 4 bytes on the wire), a written head at most ~4 per byte (it grows by
+// doubling), and the monotonic arena grows its blocks by half: 32 per header
+// byte covers both. Past it the request fails (std::bad_alloc ends the
 // session) instead of the agent growing.
 std::size_t arena_cap(const GatewayOptions& o) {
     return 32 * (2 * o.header_limit + 2 * std::size_t{kProviderHeaderLimit});

@@ -887,6 +887,34 @@ TEST_P(GatewayTest, PooledProviderConnectionsAreNotSharedAcrossTrust) {
     EXPECT_EQ(fake_->connections(), 2) << "each provider's idle connection is reused";
 }
 
+// What the sandbox reads, byte for byte (the relay writes its head by hand,
+// wire.hpp): the provider's status line, its end-to-end headers with names
+// lower-cased and values trimmed, the gateway's own framing once, and the
+// body — with a length, chunked (the last chunk closing it), or none (204).
+TEST_P(GatewayTest, RelayedResponseBytesAreExact) {
+    use_openai();
+    start();
+    // Not half-closed: a sandbox's FIN while the provider works is a hang-up.
+    const std::string req = "POST /v1/chat/completions HTTP/1.1\r\nHost: inference.local\r\nConnection: close\r\n"
+                            "Content-Length: 2\r\n\r\n{}";
+    fake_->set_handler([](const Received&, FakeProvider::Conn& c) {
+        return c.write("HTTP/1.1 201 Made\r\nContent-Type: application/json\r\nX-Request-Id:  r1 \r\n"
+                       "Set-Cookie: a=b\r\nContent-Length: 2\r\n\r\n{}");
+    });
+    EXPECT_EQ(raw(req, false), "HTTP/1.1 201 Made\r\ncontent-type: application/json\r\nx-request-id: r1\r\n"
+                        "Content-Length: 2\r\nConnection: close\r\n\r\n{}");
+    fake_->set_handler([](const Received&, FakeProvider::Conn& c) {
+        return c.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       "f\r\ndata: {\"a\":1}\n\n\r\n0\r\n\r\n");
+    });
+    EXPECT_EQ(raw(req, false), "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+                        "Connection: close\r\n\r\nf\r\ndata: {\"a\":1}\n\n\r\n0\r\n\r\n");
+    fake_->set_handler([](const Received&, FakeProvider::Conn& c) {
+        return c.write("HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n");
+    });
+    EXPECT_EQ(raw(req, false), "HTTP/1.1 204 No Content\r\nx-a: 1\r\nConnection: close\r\n\r\n");
+}
+
 // Names listed in the provider's Connection header are hop-by-hop: not
 // relayed. `Connection: keep-alive` alone drops nothing else.
 TEST_P(GatewayTest, ProviderConnectionTokensNameHeadersThatAreNotRelayed) {
