@@ -9,10 +9,16 @@
 //   new: one parse (rewrite_model feeding a FetchScanner); the audit line into
 //        a reused buffer; the base URL and the provider's headers from the
 //        snapshot, headers emitted without a list.
-// Both read the response's usage with the same JsonUsageScanner. Floor: a
+// The old path reads the response's usage with the reference scanner, the
+// new one with JsonUsageScanner. Floor: a
 // rapidjson Reader with a null handler over the request (same flags).
+// The response usage scan on its own: JsonUsageScanner/SseUsageScanner
+// against their byte-at-a-time reference (tests/support/usage_reference.hpp)
+// on bench/peers' small fixed answer, the ~700-byte completion, and an
+// OpenAI stream fed one event a piece as the relay reads it.
 // Targets (CPU time, exit 1 when missed): the new path no slower than the old
-// one, and the one-pass rewrite + scan no slower than the two passes.
+// one, the one-pass rewrite + scan no slower than the two passes, and each
+// usage scan no slower than its reference.
 #include <benchmark/benchmark.h>
 
 #include <rapidjson/reader.h>
@@ -26,6 +32,7 @@
 #include "terminator/store.hpp"
 #include "terminator/usage.hpp"
 #include "terminator_reference.hpp"
+#include "usage_reference.hpp"
 
 using namespace redir::terminator;
 
@@ -56,6 +63,29 @@ const std::string kResponse =
     R"("finish_reason":"stop"}],"usage":{"prompt_tokens":1032,"completion_tokens":31,"total_tokens":1063,)"
     R"("prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,)"
     R"("audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"system_fingerprint":"fp_0ba0d124f1"})";
+
+// bench/peers' fake provider's answer (peers.py PROVIDER_JSON).
+const std::string kSmallResponse =
+    R"({"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"served-model",)"
+    R"("choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],)"
+    R"("usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}})";
+
+// An OpenAI chat stream with include_usage: 60 content chunks, the usage
+// chunk, [DONE]; one event per piece.
+std::vector<std::string> sse_events() {
+    std::vector<std::string> ev;
+    for (int i = 0; i < 60; ++i)
+        ev.push_back(R"(data: {"id":"chatcmpl-8Zq3x","object":"chat.completion.chunk","created":1733260000,)"
+                     R"("model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_0ba0d124f1","choices":[{"index":0,)"
+                     R"("delta":{"content":" word)" + std::to_string(i) + R"("},"logprobs":null,"finish_reason":null}],"usage":null})"
+                     "\n\n");
+    ev.push_back(R"(data: {"id":"chatcmpl-8Zq3x","object":"chat.completion.chunk","created":1733260000,)"
+                 R"("model":"gpt-4o-mini-2024-07-18","choices":[],"usage":{"prompt_tokens":1032,"completion_tokens":60,"total_tokens":1092}})"
+                 "\n\n");
+    ev.push_back("data: [DONE]\n\n");
+    return ev;
+}
+const std::vector<std::string> kSseEvents = sse_events();
 
 // What an OpenAI SDK sends, names already lower case.
 const HeaderList kClient = {
@@ -132,14 +162,33 @@ void BM_Request_OnePass(benchmark::State& state) {
     state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kRequest.size()));
 }
 
-void BM_Response_Usage(benchmark::State& state) {
+template <class Scanner>
+void usage_of_json(benchmark::State& state, const std::string& body) {
     for (auto _ : state) {
-        JsonUsageScanner u;
-        u.feed(kResponse);
+        Scanner u;
+        u.feed(body);
         benchmark::DoNotOptimize(u.fields().usage());
     }
-    state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kResponse.size()));
+    state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(body.size()));
 }
+void BM_Usage_Small_Reference(benchmark::State& s) { usage_of_json<reference::JsonUsageScanner>(s, kSmallResponse); }
+void BM_Usage_Small(benchmark::State& s) { usage_of_json<JsonUsageScanner>(s, kSmallResponse); }
+void BM_Usage_Json_Reference(benchmark::State& s) { usage_of_json<reference::JsonUsageScanner>(s, kResponse); }
+void BM_Usage_Json(benchmark::State& s) { usage_of_json<JsonUsageScanner>(s, kResponse); }
+
+template <class Scanner>
+void usage_of_sse(benchmark::State& state) {
+    std::size_t bytes = 0;
+    for (const auto& e : kSseEvents) bytes += e.size();
+    for (auto _ : state) {
+        Scanner u;
+        for (const auto& e : kSseEvents) u.feed(e);
+        benchmark::DoNotOptimize(u.fields().usage());
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes));
+}
+void BM_Usage_Sse_Reference(benchmark::State& s) { usage_of_sse<reference::SseUsageScanner>(s); }
+void BM_Usage_Sse(benchmark::State& s) { usage_of_sse<SseUsageScanner>(s); }
 
 void BM_AuditLine_RapidjsonWriter(benchmark::State& state) {
     const RequestLog r = record();
@@ -187,7 +236,7 @@ void BM_Path_Old(benchmark::State& state) {
         auto base = parse_base_url(kProvider.base_url, &err);
         auto target = upstream_target(*base, kProfile, "/v1/chat/completions", "");
         auto headers = upstream_headers(kClient, kProfile, kProvider);
-        JsonUsageScanner u;
+        reference::JsonUsageScanner u;
         u.feed(kResponse);
         auto line = reference::log_json(r);
         benchmark::DoNotOptimize(rw);
@@ -227,7 +276,12 @@ void BM_Path_New(benchmark::State& state) {
 BENCHMARK(BM_Floor_ReaderNullHandler);
 BENCHMARK(BM_Request_TwoPasses);
 BENCHMARK(BM_Request_OnePass);
-BENCHMARK(BM_Response_Usage);
+BENCHMARK(BM_Usage_Small_Reference);
+BENCHMARK(BM_Usage_Small);
+BENCHMARK(BM_Usage_Json_Reference);
+BENCHMARK(BM_Usage_Json);
+BENCHMARK(BM_Usage_Sse_Reference);
+BENCHMARK(BM_Usage_Sse);
 BENCHMARK(BM_AuditLine_RapidjsonWriter);
 BENCHMARK(BM_AuditLine_ReusedBuffer);
 BENCHMARK(BM_Upstream_PerRequest);
@@ -253,6 +307,28 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "bench_terminator_json: the old and new paths disagree on the sample request\n");
             return 2;
         }
+        auto same_usage = [](const UsageFields& a, const UsageFields& b) {
+            return a.usage().input_tokens == b.usage().input_tokens && a.usage().output_tokens == b.usage().output_tokens;
+        };
+        for (const std::string* body : {&kSmallResponse, &kResponse}) {
+            JsonUsageScanner n;
+            reference::JsonUsageScanner r;
+            n.feed(*body);
+            r.feed(*body);
+            if (!n.fields().usage().known() || !same_usage(n.fields(), r.fields())) {
+                std::fprintf(stderr, "bench_terminator_json: the usage scanners disagree on a sample answer\n");
+                return 2;
+            }
+        }
+        {
+            SseUsageScanner n;
+            reference::SseUsageScanner r;
+            for (const auto& e : kSseEvents) n.feed(e), r.feed(e);
+            if (!n.usage().known() || !same_usage(n.fields(), r.fields())) {
+                std::fprintf(stderr, "bench_terminator_json: the usage scanners disagree on the sample stream\n");
+                return 2;
+            }
+        }
         std::printf("request %zu bytes, response %zu bytes, audit line %zu bytes\n", kRequest.size(), kResponse.size(),
                     reference::log_json(record()).size());
     }
@@ -262,6 +338,11 @@ int main(int argc, char** argv) {
         const double floor = rep.ns("BM_Floor_ReaderNullHandler");
         const double two = rep.ns("BM_Request_TwoPasses"), one = rep.ns("BM_Request_OnePass");
         const double old_path = rep.ns("BM_Path_Old"), new_path = rep.ns("BM_Path_New");
+        const double usage_small = same_run_ratio(rep.ns("BM_Usage_Small"), rep.ns("BM_Usage_Small_Reference"));
+        const double usage_json = same_run_ratio(rep.ns("BM_Usage_Json"), rep.ns("BM_Usage_Json_Reference"));
+        const double usage_sse = same_run_ratio(rep.ns("BM_Usage_Sse"), rep.ns("BM_Usage_Sse_Reference"));
+        std::printf("usage scan / reference (same run): small answer %.2f, completion %.2f, SSE stream %.2f\n",
+                    usage_small, usage_json, usage_sse);
         std::printf("ratios (same run): one pass / two passes %.2f, new path / old path %.2f, "
                     "audit line reused / writer %.2f, upstream snapshot / per request %.2f, "
                     "one pass / null-handler floor %.2f\n",
@@ -271,6 +352,9 @@ int main(int argc, char** argv) {
                     same_run_ratio(one, floor));
         bool ok = check("request path JSON+strings, new / old (same run)", same_run_ratio(new_path, old_path), 1.0, "x");
         ok &= check("rewrite + fetch scan, one pass / two passes (same run)", same_run_ratio(one, two), 1.0, "x");
+        ok &= check("usage scan, small answer / reference (same run)", usage_small, 1.0, "x");
+        ok &= check("usage scan, completion / reference (same run)", usage_json, 1.0, "x");
+        ok &= check("usage scan, SSE stream / reference (same run)", usage_sse, 1.0, "x");
         return ok;
     });
 }

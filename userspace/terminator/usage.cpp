@@ -3,6 +3,7 @@
 #include "terminator/usage.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 
 #include "terminator/mock.hpp"
@@ -49,6 +50,61 @@ Usage UsageFields::usage() const {
 }
 
 // ---- JSON ----
+
+// The per-state runs below are called once per token from feed()'s loop:
+// inlined there, a token costs no calls (they are used nowhere else).
+#define ALWAYS_INLINE [[gnu::always_inline]] inline
+
+namespace {
+
+// Eight bytes at a time (SWAR): each helper sets the high bit of every byte of
+// a word that is a mark; the lowest set bit is exact (a borrow only spoils
+// bits above a true mark), which is all find_first reads.
+constexpr std::uint64_t kOnes = 0x0101010101010101ull;
+constexpr std::uint64_t kHighs = 0x8080808080808080ull;
+constexpr std::uint64_t zero_bytes(std::uint64_t x) { return (x - kOnes) & ~x & kHighs; }
+constexpr std::uint64_t bytes_equal(std::uint64_t w, char c) {
+    return zero_bytes(w ^ (kOnes * static_cast<unsigned char>(c)));
+}
+
+// Where a string's text ends: its closing quote or an escape.
+std::uint64_t string_marks(std::uint64_t w) { return bytes_equal(w, '"') | bytes_equal(w, '\\'); }
+bool is_string_mark(char c) { return c == '"' || c == '\\'; }
+
+// What a skipped container is followed by: a string's quote and the brackets
+// ('[' and ']' differ from '{' and '}' only in bit 0x20, and no other byte
+// folds onto '{' or '}').
+std::uint64_t skip_marks(std::uint64_t w) {
+    const std::uint64_t folded = w | (kOnes * 0x20);
+    return bytes_equal(w, '"') | bytes_equal(folded, '{') | bytes_equal(folded, '}');
+}
+bool is_skip_mark(char c) { return c == '"' || c == '{' || c == '}' || c == '[' || c == ']'; }
+
+// The first byte at or after P that is a mark (E when none): text, keys and
+// skipped subtrees are most of an answer, and run eight bytes a step.
+template <class WordMarks, class IsMark>
+const char* find_first(const char* p, const char* e, WordMarks word_marks, IsMark is_mark) {
+    if constexpr (std::endian::native == std::endian::little) {
+        for (; e - p >= 8; p += 8) {
+            std::uint64_t w;
+            std::memcpy(&w, p, 8);
+            if (const std::uint64_t m = word_marks(w)) return p + (std::countr_zero(m) >> 3);
+        }
+    }
+    while (p < e && !is_mark(*p)) ++p;
+    return p;
+}
+
+// Where an SSE line ends: LF or CR.
+std::uint64_t line_marks(std::uint64_t w) { return bytes_equal(w, '\n') | bytes_equal(w, '\r'); }
+bool is_line_mark(char c) { return c == '\n' || c == '\r'; }
+
+const char* skip_ws(const char* p, const char* e) {
+    while (p < e && is_ws(*p)) ++p;
+    return p;
+}
+
+}  // namespace
 
 void JsonUsageScanner::restart() {
     st_ = St::Value;
@@ -147,136 +203,192 @@ void JsonUsageScanner::begin_value(char c) {
     st_ = St::Broken;
 }
 
-std::size_t JsonUsageScanner::skip(std::string_view b) {
-    std::size_t i = 0;
-    const std::size_t n = b.size();
-    while (i < n) {
-        if (skip_str_) {
-            if (skip_esc_) {
-                skip_esc_ = false;
-                ++i;
-                continue;
-            }
-            while (i < n && b[i] != '"' && b[i] != '\\') ++i;
-            if (i == n) break;
-            if (b[i] == '\\') skip_esc_ = true;
-            else skip_str_ = false;
-            ++i;
-            continue;
-        }
-        const char c = b[i++];
-        if (c == '"') {
-            skip_str_ = true;
-        } else if (c == '{' || c == '[') {
-            ++depth_;
-        } else if ((c == '}' || c == ']') && --depth_ < skip_base_) {
-            st_ = St::AfterValue;  // skip_base_ > 1: the container was a member of a followed object
-            break;
-        }
-    }
-    return i;
+ALWAYS_INLINE void JsonUsageScanner::begin_key() {
+    st_ = St::Str;
+    str_is_key_ = true;
+    key_len_ = 0;
+    key_long_ = false;
 }
 
-void JsonUsageScanner::end_number() {
-    if (num_field_ && !num_bad_) *num_field_ = num_;
-    num_field_ = nullptr;
+// After a value: a ',' and the next key's quote when they are in this piece.
+ALWAYS_INLINE const char* JsonUsageScanner::after_value(const char* p, const char* e) {
     st_ = St::AfterValue;
+    p = skip_ws(p, e);
+    if (p == e || *p != ',') return p;
+    st_ = St::Key;
+    p = skip_ws(p + 1, e);
+    if (p == e || *p != '"') return p;
+    begin_key();
+    return p + 1;
 }
 
-bool JsonUsageScanner::step(char c) {
+// One structural byte (whitespace already passed) in the states between tokens.
+ALWAYS_INLINE void JsonUsageScanner::token(char c) {
     switch (st_) {
         case St::Value:
-            if (!is_ws(c)) begin_value(c);
-            return true;
+            begin_value(c);
+            return;
         case St::KeyOrEnd:
         case St::Key:
-            if (is_ws(c)) return true;
             if (c == '"') {
-                st_ = St::Str;
-                str_is_key_ = true;
-                key_len_ = 0;
-                key_long_ = false;
+                begin_key();
             } else if (c == '}' && st_ == St::KeyOrEnd) {
                 close();
             } else {
                 st_ = St::Broken;
             }
-            return true;
+            return;
         case St::Colon:
-            if (c == ':') st_ = St::Value;
-            else if (!is_ws(c)) st_ = St::Broken;
-            return true;
+            st_ = c == ':' ? St::Value : St::Broken;
+            return;
         case St::AfterValue:
-            if (is_ws(c)) return true;
             if (c == ',') st_ = St::Key;
             else if (c == '}') close();
             else st_ = St::Broken;
-            return true;
-        case St::Str:
-            if (c == '\\') {
-                st_ = St::Esc;
-            } else if (c == '"') {
-                st_ = str_is_key_ ? St::Colon : St::AfterValue;
-            } else if (str_is_key_) {
-                if (key_len_ < kKeyMax) key_[key_len_++] = c;
-                else key_long_ = true;
-            }
-            return true;
-        case St::Esc:
-            // An escaped key never names a usage field: providers write them plainly.
-            if (str_is_key_) key_long_ = true;
-            st_ = St::Str;
-            return true;
-        case St::Number:
-            if (is_digit(c)) {
-                if (!num_bad_) {
-                    num_ = num_ * 10 + static_cast<std::uint64_t>(c - '0');
-                    if (num_ > kMaxTokenCount) num_bad_ = true;
-                }
-                return true;
-            }
-            if (c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-') {
-                num_bad_ = true;
-                return true;
-            }
-            end_number();
-            return false;
-        case St::Literal:
-            if (is_alpha(c)) return true;
-            st_ = St::AfterValue;
-            return false;
-        case St::Skip:
-        case St::Done:
-        case St::Broken:
-            return true;
+            return;
+        default:
+            return;
     }
-    return true;
 }
 
-void JsonUsageScanner::feed(std::string_view b) {
-    std::size_t i = 0;
-    const std::size_t n = b.size();
-    while (i < n) {
-        if (st_ == St::Done || st_ == St::Broken) return;
-        if (st_ == St::Skip) {
-            i += skip(b.substr(i));
+// A key's or a value's text up to its quote or escape; a key keeps its first
+// kKeyMax bytes. Whatever usually follows within the piece is taken here too,
+// in the order the states would take it (a key's ':' and its value's first
+// byte; a value's ',' and the next key), so a member costs no state dispatch.
+ALWAYS_INLINE const char* JsonUsageScanner::string_text(const char* p, const char* e) {
+    while (true) {
+        const char* q = find_first(p, e, string_marks, is_string_mark);
+        if (str_is_key_) {
+            const std::size_t room = kKeyMax - key_len_, len = static_cast<std::size_t>(q - p);
+            if (key_len_ == 0 && e - p >= static_cast<std::ptrdiff_t>(kKeyMax)) {
+                std::memcpy(key_, p, kKeyMax);  // a whole key in this piece: a fixed-size copy, no call
+            } else {
+                std::memcpy(key_ + key_len_, p, std::min(room, len));
+            }
+            key_len_ += std::min(room, len);
+            key_long_ = key_long_ || len > room;
+        }
+        if (q == e) return e;
+        if (*q == '\\') {
+            if (e - q < 2) {
+                st_ = St::Esc;
+                return e;
+            }
+            // An escaped key never names a usage field: providers write them plainly.
+            if (str_is_key_) key_long_ = true;
+            p = q + 2;
             continue;
         }
-        if (st_ == St::Str) {
-            // Most of an answer is text and keys: run to the quote or escape
-            // without a state step per byte; a key keeps its first kKeyMax bytes.
-            std::size_t j = i;
-            while (j < n && b[j] != '"' && b[j] != '\\') ++j;
-            if (str_is_key_) {
-                const std::size_t room = kKeyMax - key_len_, len = j - i;
-                std::memcpy(key_ + key_len_, b.data() + i, std::min(room, len));
-                key_len_ += std::min(room, len);
-                key_long_ = key_long_ || len > room;
-            }
-            i = j;
-            if (i == n) return;
+        p = q + 1;
+        if (str_is_key_) {
+            st_ = St::Colon;
+            p = skip_ws(p, e);
+            if (p == e || *p != ':') return p;
+            st_ = St::Value;
+            p = skip_ws(p + 1, e);
+            if (p == e) return p;
+            begin_value(*p++);
+        } else {
+            p = after_value(p, e);
         }
-        if (step(b[i])) ++i;
+        if (st_ != St::Str) return p;
+    }
+}
+
+// The rest of a container no usage can be in: only strings and brackets are
+// followed, until the depth falls below skip_base_.
+ALWAYS_INLINE const char* JsonUsageScanner::skip(const char* p, const char* e) {
+    while (p < e) {
+        if (skip_str_) {
+            if (skip_esc_) {
+                skip_esc_ = false;
+                ++p;
+                continue;
+            }
+            p = find_first(p, e, string_marks, is_string_mark);
+            if (p == e) break;
+            if (*p == '\\') skip_esc_ = true;
+            else skip_str_ = false;
+            ++p;
+            continue;
+        }
+        p = find_first(p, e, skip_marks, is_skip_mark);
+        if (p == e) break;
+        const char c = *p++;
+        if (c == '"') {
+            skip_str_ = true;
+        } else if (c == '{' || c == '[') {
+            ++depth_;
+        } else if (--depth_ < skip_base_) {
+            st_ = St::AfterValue;  // skip_base_ > 1: the container was a member of a followed object
+            break;
+        }
+    }
+    return p;
+}
+
+// Digits of a number; the byte that ends it is left for the next state.
+ALWAYS_INLINE const char* JsonUsageScanner::number(const char* p, const char* e) {
+    for (; p < e; ++p) {
+        const char c = *p;
+        if (is_digit(c)) {
+            if (!num_bad_) {
+                num_ = num_ * 10 + static_cast<std::uint64_t>(c - '0');
+                if (num_ > kMaxTokenCount) num_bad_ = true;
+            }
+        } else if (c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-') {
+            num_bad_ = true;  // sign, fraction, exponent: not a token count
+        } else {
+            if (num_field_ && !num_bad_) *num_field_ = num_;
+            num_field_ = nullptr;
+            return after_value(p, e);
+        }
+    }
+    return p;
+}
+
+// true/false/null (any letters: they are never read); the byte after is left
+// for the next state.
+ALWAYS_INLINE const char* JsonUsageScanner::literal(const char* p, const char* e) {
+    while (p < e && is_alpha(*p)) ++p;
+    return p < e ? after_value(p, e) : p;
+}
+
+void JsonUsageScanner::feed(std::string_view bytes) {
+    const char* p = bytes.data();
+    const char* const e = p + bytes.size();
+    while (p < e) {
+        switch (st_) {
+            case St::Done:
+            case St::Broken:
+                return;
+            case St::Skip:
+                p = skip(p, e);
+                break;
+            case St::Str:
+                p = string_text(p, e);
+                break;
+            case St::Esc:
+                // An escaped key never names a usage field: providers write them plainly.
+                if (str_is_key_) key_long_ = true;
+                st_ = St::Str;
+                ++p;
+                break;
+            case St::Number:
+                p = number(p, e);
+                break;
+            case St::Literal:
+                p = literal(p, e);
+                break;
+            case St::Value:
+            case St::KeyOrEnd:
+            case St::Key:
+            case St::Colon:
+            case St::AfterValue:
+                p = skip_ws(p, e);
+                if (p < e) token(*p++);
+                break;
+        }
     }
 }
 
@@ -310,8 +422,7 @@ void SseUsageScanner::feed(std::string_view b) {
     std::size_t i = 0;
     const std::size_t n = b.size();
     auto eol = [&](std::size_t from) {
-        while (from < n && b[from] != '\n' && b[from] != '\r') ++from;
-        return from;
+        return static_cast<std::size_t>(find_first(b.data() + from, b.data() + n, line_marks, is_line_mark) - b.data());
     };
     while (i < n) {
         const char c = b[i];

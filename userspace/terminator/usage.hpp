@@ -57,13 +57,18 @@ private:
         Value, KeyOrEnd, Key, Colon, AfterValue, Str, Esc, Number, Literal, Skip, Done, Broken
     };
     static constexpr std::size_t kKeyMax = 32;
-    bool step(char c);  // false: C was not consumed (re-run it in the new state)
-    // Skips the rest of a container no usage can be in; returns bytes used.
-    std::size_t skip(std::string_view b);
+    // Each state's run over a piece [p, e): returns where it stopped (a
+    // state change, or e). Strings and skipped subtrees go eight bytes a step.
+    void token(char c);  // one byte between tokens: a value's start, a key's quote, ':', ',', '}'
+    const char* string_text(const char* p, const char* e);
+    const char* after_value(const char* p, const char* e);  // a ',' and the next key's quote, when there
+    void begin_key();
+    const char* skip(const char* p, const char* e);  // the rest of a container no usage can be in
+    const char* number(const char* p, const char* e);
+    const char* literal(const char* p, const char* e);
     void open();
     void close();
     void begin_value(char c);
-    void end_number();
     bool key_is(std::string_view k) const;
     bool could_hold_usage() const;  // the value about to open may be (or hold) a usage object
 
@@ -94,6 +99,7 @@ class SseUsageScanner {
 public:
     void feed(std::string_view bytes);
     Usage usage() const { return json_.fields().usage(); }
+    const UsageFields& fields() const { return json_.fields(); }
 
 private:
     enum class Line : std::uint8_t { Start, Field, Skip, ValueStart, Data };
