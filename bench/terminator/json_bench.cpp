@@ -125,6 +125,8 @@ RequestLog record() {
 }
 
 const std::string kRequest = chat_request();
+// bench/peers' request (wrk_post.lua without WRK_BODY_FILE).
+const std::string kSmallRequest = R"({"model":"client-model","messages":[{"role":"user","content":"hi"}],"max_tokens":16})";
 const Profile& kProfile = *find_profile("openai");
 
 // ---- Pieces
@@ -149,6 +151,17 @@ void BM_Request_TwoPasses(benchmark::State& state) {
         benchmark::DoNotOptimize(f);
     }
     state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kRequest.size()));
+}
+
+void BM_Request_Small(benchmark::State& state) {
+    for (auto _ : state) {
+        FetchScanner sc;
+        auto rw = rewrite_model(kSmallRequest, "served-model", kLogStringMax, true, &sc);
+        auto f = find_provider_fetch(sc, kClient);
+        benchmark::DoNotOptimize(rw);
+        benchmark::DoNotOptimize(f);
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kSmallRequest.size()));
 }
 
 void BM_Request_OnePass(benchmark::State& state) {
@@ -276,6 +289,7 @@ void BM_Path_New(benchmark::State& state) {
 BENCHMARK(BM_Floor_ReaderNullHandler);
 BENCHMARK(BM_Request_TwoPasses);
 BENCHMARK(BM_Request_OnePass);
+BENCHMARK(BM_Request_Small);
 BENCHMARK(BM_Usage_Small_Reference);
 BENCHMARK(BM_Usage_Small);
 BENCHMARK(BM_Usage_Json_Reference);

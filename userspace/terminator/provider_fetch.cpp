@@ -96,7 +96,7 @@ std::optional<FetchFinding> beta_header_fetch(const HeaderList& headers, std::si
 }  // namespace
 
 FetchScanner::FetchScanner(std::size_t log_max) : log_max_(log_max) {
-    stack_.reserve(8);  // a chat request nests 4-6 deep: one allocation
+    stack_.reserve(kInlineFrames);  // exactly the inline room
 }
 
 std::string FetchScanner::value_path() const {

@@ -5,6 +5,7 @@
 // sandbox may not choose. Pure: no I/O, table-tested.
 #include <cstddef>
 #include <cstdint>
+#include <memory_resource>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -67,7 +68,14 @@ private:
     bool finding(std::string where, std::string_view what);
 
     std::size_t log_max_;
-    std::vector<Frame> stack_;
+    // A chat request nests 4-6 deep: the frames of a usual body live in the
+    // scanner itself, so a request's scan allocates nothing (the frame
+    // vector was one heap allocation per request); deeper bodies spill to the
+    // heap (kept until the scanner goes: at most twice the deepest vector).
+    static constexpr std::size_t kInlineFrames = 8;
+    alignas(Frame) std::byte frame_room_[kInlineFrames * sizeof(Frame)];
+    std::pmr::monotonic_buffer_resource frame_arena_{frame_room_, sizeof(frame_room_)};
+    std::pmr::vector<Frame> stack_{&frame_arena_};
     std::size_t depth_ = 0;  // frames in use (stack_ keeps the strings of deeper ones for reuse)
     std::optional<FetchFinding> found_;
 };

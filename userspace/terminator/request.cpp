@@ -598,7 +598,13 @@ RewriteResult rewrite_model(std::string_view body, std::string_view model, std::
         r.error = "request body is empty: expected a JSON object";
         return r;
     }
-    r.body.reserve(body.size() + model.size() + 16);
+    // The body only shrinks (whitespace dropped, escapes decoded) but for what
+    // the rewrite adds: a missing "model" member, and with force_usage
+    // stream_options.include_usage (at most ,"stream_options":{"include_usage":true}).
+    // Reserved at once, a streamed request's body is not grown and copied.
+    constexpr std::size_t kModelMember = sizeof(R"(,"model":"")") - 1;
+    constexpr std::size_t kStreamOptions = sizeof(R"(,"stream_options":{"include_usage":true})") - 1;
+    r.body.reserve(body.size() + model.size() + kModelMember + (force_usage ? kStreamOptions : 0));
     StringOut out{r.body};
     alignas(16) char writer_room[1024];
     Pool writer_pool(writer_room, sizeof(writer_room));
