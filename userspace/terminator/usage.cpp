@@ -392,6 +392,8 @@ void JsonUsageScanner::feed(std::string_view bytes) {
     }
 }
 
+#undef ALWAYS_INLINE
+
 // ---- SSE ----
 
 void SseUsageScanner::begin_data() {
