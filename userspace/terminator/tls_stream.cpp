@@ -151,6 +151,11 @@ asio::mutable_buffer ConnCore::in_space() {
     return asio::buffer(in.get() + in_end, kReadBuffer - in_end);
 }
 
+bool ConnCore::may_have_input() const {
+    return in_begin != in_end || in_eof || !SSL_is_init_finished(ssl.get()) || SSL_get_shutdown(ssl.get()) != 0 ||
+           SSL_has_pending(ssl.get()) != 0;
+}
+
 void ConnCore::maybe_release() {
     if (release_when_idle && in && in_begin == in_end) {
         in.reset();

@@ -8,6 +8,8 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -253,9 +255,44 @@ protected:
         EXPECT_FALSE(accepted.get()) << "the server saw a completed handshake";
     }
 
+    // The peer's records for PLAIN as ciphertext, taken instead of sent (to
+    // be sent raw: split, slowed, or next to garbage).
+    std::string seal(const std::string& plain) {
+        BIO* sock = SSL_get_wbio(peer.ssl.get());
+        check(BIO_up_ref(sock) == 1, "BIO_up_ref");
+        BIO* mem = BIO_new(BIO_s_mem());
+        check(mem != nullptr, "BIO_new");
+        SSL_set0_wbio(peer.ssl.get(), mem);
+        const bool ok = peer.write(plain);
+        char* data = nullptr;
+        const long n = BIO_get_mem_data(mem, &data);
+        std::string out(data, static_cast<std::size_t>(std::max(0L, n)));
+        SSL_set0_wbio(peer.ssl.get(), sock);  // frees MEM
+        check(ok, "sealing a record");
+        return out;
+    }
+    // Raw bytes on the peer's socket, PIECE bytes per segment, PAUSE apart.
+    void send_raw(const std::string& bytes, std::size_t piece, std::chrono::milliseconds pause) {
+        const int one = 1;
+        ::setsockopt(peer.fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        for (std::size_t off = 0; off < bytes.size(); off += piece) {
+            const std::size_t n = std::min(piece, bytes.size() - off);
+            if (::send(peer.fd.get(), bytes.data() + off, n, MSG_NOSIGNAL) != static_cast<ssize_t>(n))
+                throw std::runtime_error("test peer: raw send failed");
+            std::this_thread::sleep_for(pause);
+        }
+    }
+
 private:
     CtxPtr sctx_, cctx_;
 };
+
+// An error some other OpenSSL user left queued on this thread, as
+// SSL_get_error would see it.
+void leave_stale_error() {
+    ERR_raise(ERR_LIB_SSL, SSL_R_BAD_LENGTH);
+    ASSERT_NE(ERR_peek_error(), 0u);
+}
 
 std::string random_bytes(std::size_t n, unsigned seed) {
     std::mt19937 gen(seed);
@@ -585,6 +622,103 @@ TEST_F(TlsStreamTest, WriteNowToResetPeerFails) {
     }
     EXPECT_TRUE(ec) << "writes to a reset peer kept succeeding";
     EXPECT_NE(ec, beast::error::timeout);
+}
+
+// 12. An error another OpenSSL user left queued on the io thread is not
+// taken for ours: the handshake (which waits for the server's flight, i.e.
+// meets SSL_ERROR_WANT_READ) still completes. (OpenSSL 3.0's handshake clears
+// the queue itself; 13 is the case where only the stream's clearing helps.)
+TEST_F(TlsStreamTest, StaleErrorOnTheThreadDoesNotFailTheHandshake) {
+    connect();
+    leave_stale_error();
+    handshake_both();
+    EXPECT_EQ(ERR_peek_error(), 0u);
+}
+
+// 13. A sandbox that sends a record in 1-byte segments (tiny writes, slow
+// link): each piece leaves OpenSSL wanting more, and the record is delivered
+// whole once complete. Before each piece an error is left queued on the
+// thread (as another OpenSSL user would): it must not turn a "want more"
+// into a failure of this connection.
+TEST_F(TlsStreamTest, RecordInOneByteSegmentsIsDeliveredWhole) {
+    connect();
+    handshake_both();
+    const std::string msg = "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
+    const std::string record = seal(msg);
+    std::string got(msg.size(), '\0');
+    Result r;
+    stream->async_read_some(asio::buffer(got), [&r](const error_code& ec, std::size_t n) { r = {true, ec, n}; });
+    ioc.restart();
+    for (std::size_t i = 0; i < record.size() && !r.done; ++i) {
+        leave_stale_error();
+        send_raw(record.substr(i, 1), 1, std::chrono::milliseconds(0));
+        ioc.run_for(std::chrono::milliseconds(5));  // the stream takes the byte and asks OpenSSL
+        ERR_clear_error();
+    }
+    const auto end = Clock::now() + kPatience;
+    while (!r.done && Clock::now() < end) ioc.run_one_for(std::chrono::milliseconds(10));
+    ASSERT_TRUE(r.done) << "the split record was never delivered";
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    got.resize(r.n);
+    EXPECT_EQ(got, msg);
+}
+
+// 14. Plaintext OpenSSL already decrypted but the caller had no room for (one
+// 16 KiB record, read 1000 bytes at a time) is delivered without anything
+// more arriving on the socket: the peer sends nothing after the record.
+TEST_F(TlsStreamTest, PlaintextLeftInOpenSslIsReadWithoutWaitingForTheSocket) {
+    connect();
+    handshake_both();
+    const std::string body = random_bytes(16 * 1024, 31);  // one full record
+    ASSERT_TRUE(peer.write(body));
+    std::string got;
+    while (got.size() < body.size()) {
+        std::string part;
+        part.resize(1000);
+        Result r = run(ioc, [&](auto h) { stream->async_read_some(asio::buffer(part), h); },
+                       std::chrono::milliseconds(3000));
+        ASSERT_TRUE(r.done) << "a read waited for the socket with " << body.size() - got.size()
+                            << " bytes of the record still in OpenSSL";
+        ASSERT_FALSE(r.ec) << r.ec.message();
+        got.append(part.data(), r.n);
+    }
+    EXPECT_TRUE(got == body) << "the record arrived altered";
+}
+
+// 15. After close_notify every later read reports the end at once, without
+// waiting for the socket (the peer keeps its TCP connection open).
+TEST_F(TlsStreamTest, ReadAfterCloseNotifyIsEofAgainAtOnce) {
+    Result r = read_past_end("bye", [&] { ASSERT_GE(SSL_shutdown(peer.ssl.get()), 0); });
+    ASSERT_TRUE(r.done);
+    ASSERT_EQ(r.ec, asio::error::eof) << r.ec.message();
+    std::string got;
+    r = run(ioc, [&](auto h) { stream->async_read_some(asio::buffer(got.assign(64, '\0')), h); },
+            std::chrono::milliseconds(3000));
+    ASSERT_TRUE(r.done) << "a read after close_notify waited for the socket";
+    EXPECT_EQ(r.ec, asio::error::eof) << r.ec.message();
+}
+
+// 16. A sandbox that sends a garbage record (right header, bytes that do not
+// decrypt): the read fails with a TLS error, not eof or a timeout, nothing is
+// delivered, and the next read fails at once too (the connection is dead;
+// the peer keeps its TCP connection open, so nothing else would end it).
+TEST_F(TlsStreamTest, GarbageRecordFailsTheReadAndEveryReadAfterIt) {
+    connect();
+    handshake_both();
+    const std::string garbage = std::string("\x17\x03\x03\x00\x20", 5) + random_bytes(32, 41);
+    send_raw(garbage, garbage.size(), std::chrono::milliseconds(0));
+    std::string got;
+    Result r = read_some(got, 1024);
+    ASSERT_TRUE(r.done) << "a garbage record was never rejected";
+    EXPECT_TRUE(r.ec) << "a garbage record was accepted";
+    EXPECT_NE(r.ec, asio::error::eof);
+    EXPECT_NE(r.ec, beast::error::timeout);
+    EXPECT_EQ(r.n, 0u);
+    r = run(ioc, [&](auto h) { stream->async_read_some(asio::buffer(got.assign(64, '\0')), h); },
+            std::chrono::milliseconds(3000));
+    ASSERT_TRUE(r.done) << "a read after the failure waited for the socket";
+    EXPECT_TRUE(r.ec) << "a read after the failure succeeded";
+    EXPECT_EQ(ERR_peek_error(), 0u) << "the failure left errors queued on the thread";
 }
 
 }  // namespace
