@@ -357,6 +357,11 @@ class NginxProxy(Peer):
       proxy_ssl_verify on;
       proxy_ssl_trusted_certificate %(ca)s;
       proxy_ssl_session_reuse on;
+      # 1.22's default for the provider leg is TLS 1.0-1.2 (1.3 from 1.23.4 on):
+      # redird speaks TLS 1.3 to the provider, so nginx must too, or it is
+      # measured with TLS 1.2's cheaper per-record work there (OpenSSL 3.0
+      # re-initialises the cipher for every TLS 1.3 record).
+      proxy_ssl_protocols TLSv1.2 TLSv1.3;
       proxy_buffering off;
     }
   }
