@@ -219,4 +219,9 @@ void TlsStream::release_buffers_when_idle() {
     core_->maybe_release();
 }
 
+void TlsStream::keep_buffers() {
+    SSL_clear_mode(core_->ssl.get(), SSL_MODE_RELEASE_BUFFERS);
+    core_->release_when_idle = false;
+}
+
 }  // namespace redir::terminator

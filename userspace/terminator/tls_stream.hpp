@@ -422,6 +422,11 @@ public:
     // Long-lived, mostly idle connections (SSE): OpenSSL's record buffers and
     // ours are given back whenever they are empty.
     void release_buffers_when_idle();
+    // Back to keeping them, for a connection whose SSE answer ended and that
+    // goes on with short exchanges (the sandbox's next request, the provider
+    // pool): left on, the release costs each of its records an allocation
+    // and a free of OpenSSL's ~17 KiB buffers and of ours.
+    void keep_buffers();
 
     // Completes with (error, 0).
     template <class Token>

@@ -518,6 +518,30 @@ TEST_F(TlsStreamTest, ReleaseBuffersWhenIdleKeepsMessagesIntact) {
     EXPECT_EQ(peer_side.get(), "");
 }
 
+// 7b. keep_buffers() ends the release: after it, the read buffer stays
+// between messages and OpenSSL no longer gives its record buffers back.
+TEST_F(TlsStreamTest, KeepBuffersEndsTheIdleRelease) {
+    connect();
+    handshake_both();
+    stream->release_buffers_when_idle();
+    auto exchange = [&](const std::string& msg) {
+        auto sent = std::async(std::launch::async, [&] { return peer.write(msg); });
+        std::string got;
+        Result r = read_exact(got, msg.size());
+        EXPECT_TRUE(sent.get());
+        EXPECT_TRUE(r.done && !r.ec) << r.ec.message();
+        EXPECT_EQ(got, msg);
+    };
+    exchange("during the stream");
+    EXPECT_TRUE(stream->read_buffer_released());
+    stream->keep_buffers();
+    EXPECT_EQ(SSL_get_mode(stream->native_handle()) & SSL_MODE_RELEASE_BUFFERS, 0);
+    exchange("the next request");
+    EXPECT_FALSE(stream->read_buffer_released()) << "the read buffer was still given back after keep_buffers()";
+    exchange("and the one after");
+    EXPECT_FALSE(stream->read_buffer_released());
+}
+
 // 8. write_now: a message (gathered from several buffers into one record)
 // reaches the peer without the io_context running a single handler, i.e.
 // without the scheduler pass an asynchronous write costs.
