@@ -50,6 +50,8 @@ using ArenaAlloc = RequestArena::Alloc;
 using Fields = http::basic_fields<ArenaAlloc>;
 // The provider's answer header: at most this many bytes.
 constexpr std::uint32_t kProviderHeaderLimit = 64 * 1024;
+// At most this much is read from a provider at once (Beast's read operations' size).
+constexpr std::size_t kProviderReadSize = 64 * 1024;
 // Room the provider request's head starts with in the arena (a usual one
 // fits; a larger one grows it by doubling).
 constexpr std::size_t kHeadReserve = 1024;
@@ -149,20 +151,66 @@ private:
     std::map<PoolKey, std::deque<std::unique_ptr<UpstreamConn>>, PoolKeyLess> idle_;
 };
 
+// The buffer a connection reads its next request's body into: the last
+// body's, so a usual request's body costs no allocation. One larger than
+// kKept is not kept (a sandbox's huge body does not stay pinned by its idle
+// connection); what is kept is counted in GAUGE.
+class BodyBuffer {
+public:
+    // As much as the relay buffer: 1,000 idle connections keep 16 MB at most.
+    static constexpr std::size_t kKept = 16 * 1024;
+    explicit BodyBuffer(std::atomic<std::uint64_t>* gauge) : gauge_(gauge) {}
+    BodyBuffer(const BodyBuffer&) = delete;
+    BodyBuffer& operator=(const BodyBuffer&) = delete;
+    ~BodyBuffer() { count(0); }
+    // Into BODY (a parser's, still empty) before the body is read.
+    void lend(std::string& body) {
+        if (!body.empty()) return;
+        body.swap(kept_);
+        count(0);
+    }
+    // Back from BODY once its bytes are no longer needed.
+    void take_back(std::string& body) {
+        if (heap_bytes(body) == 0) return;  // no body was read into it: what is kept stays
+        body.clear();
+        if (body.capacity() > kKept) std::string().swap(body);
+        kept_.swap(body);
+        count(heap_bytes(kept_));
+    }
+
+private:
+    static std::size_t heap_bytes(const std::string& s) {
+        return s.capacity() > std::string().capacity() ? s.capacity() : 0;
+    }
+    void count(std::size_t n) {
+        if (n == counted_) return;
+        if (gauge_) {
+            gauge_->fetch_add(n, std::memory_order_relaxed);
+            gauge_->fetch_sub(counted_, std::memory_order_relaxed);
+        }
+        counted_ = n;
+    }
+    std::string kept_;
+    std::size_t counted_ = 0;
+    std::atomic<std::uint64_t>* gauge_;
+};
+
 // What a client connection keeps from one request to the next: its read
-// buffer, the arena of its requests' header fields, and the buffer the
-// provider's answers are relayed through (allocated on the first provider
-// call, none for idle connections).
+// buffer, the arena of its requests' header fields, its last request body's
+// buffer (capped), and the buffer the provider's answers are relayed through
+// (allocated on the first provider call, none for idle connections).
 struct ClientWatch;
 struct ClientConn {
     static constexpr std::size_t kRelayBuffer = 16 * 1024;
     // Holds the two parsed field sets and the two written heads of a usual
     // proxied request (a few dozen fields) without touching the heap.
     static constexpr std::size_t kArenaInline = 8 * 1024;
-    ClientConn(std::size_t arena_cap, std::atomic<std::uint64_t>* arena_gauge)
-        : arena(kArenaInline, arena_cap, arena_gauge) {}
+    ClientConn(std::size_t arena_cap, std::atomic<std::uint64_t>* arena_gauge,
+               std::atomic<std::uint64_t>* body_gauge)
+        : arena(kArenaInline, arena_cap, arena_gauge), body(body_gauge) {}
     beast::flat_buffer buf;
     RequestArena arena;
+    BodyBuffer body;
     ReusedHeaders client_headers;  // the request's headers, lower-cased, for the allowlist and the fetch scan
     std::unique_ptr<char[]> relay;
     std::shared_ptr<ClientWatch> watch;  // the last provider call's, reused when nothing holds it any more
@@ -712,6 +760,21 @@ struct Attempt {
     bool stale() const { return writing || (read == 0 && stale_connection_error(ec)); }
 };
 
+// Parses the provider's answer header from the bytes in C's buffer, as
+// http::async_read_header would, without its composed operation (a heap
+// allocation per request): the caller reads into the buffer until this is
+// true, A.ec then saying how it ended.
+bool answer_header_parsed(UpstreamConn& c, http::response_parser<http::buffer_body, ArenaAlloc>& p, Attempt& a) {
+    a.ec = {};
+    if (c.buf.size() == 0) return false;
+    c.buf.consume(p.put(c.buf.data(), a.ec));
+    if (a.ec == http::error::need_more) {
+        a.ec = {};
+        return false;
+    }
+    return true;
+}
+
 // A fresh parser for the provider's answer (its fields in the request's arena).
 void expect_answer(const ProxyCall& call, Upstream& up) {
     up.parser.emplace(std::piecewise_construct, std::make_tuple(), std::make_tuple(call.fields));
@@ -756,8 +819,17 @@ Task<std::optional<Stop>> exchange(Impl& gw, ProxyCall& call, ClientWatch& watch
         if (!a.writing) {
             expect_answer(call, up);
             low.expires_after(gw.opts.upstream_response_timeout);
-            std::tie(a.ec, a.read) =
-                co_await http::async_read_header(up.conn->s, up.conn->buf, *up.parser, use_tuple);
+            while (!answer_header_parsed(*up.conn, *up.parser, a)) {
+                auto& b = up.conn->buf;
+                std::size_t n = 0;
+                std::tie(a.ec, n) = co_await up.conn->s.async_read_some(
+                    b.prepare(beast::read_size_or_throw(b, kProviderReadSize)), use_tuple);
+                b.commit(n);
+                a.read += n;
+                if (a.ec) break;
+            }
+            if (a.ec == asio::error::eof)
+                a.ec = a.read == 0 ? http::error::end_of_stream : http::error::partial_message;
         }
         if (watch.gone) co_return close_silently();
         if (!a.ec) co_return std::nullopt;
@@ -854,53 +926,20 @@ void release_upstream(Impl& gw, Upstream& up, ClientWatch& watch) {
         gw.pool.put(std::move(up.conn), gw.opts.pool_max_idle_per_host, gw.opts.pool_idle_timeout);
 }
 
-// Relays the provider's body piece by piece as it arrives (an SSE stream is
-// never buffered) through PIECE, the session's relay buffer. The last piece
-// carries the end of the body (one write, one TLS record), and the response
-// header goes with the first piece when the relay deferred it. UPSTREAM_EC
-// receives why the provider broke off.
-template <class Stream>
-Task<Pumped> pump_body(Impl& gw, Stream& s, wire::BodyFramer& body, const ResponsePlan& plan, Upstream& up,
-                       std::span<char> piece, ClientWatch& watch, UsageTap& tap, RequestLog& log,
-                       beast::error_code& upstream_ec) {
-    auto& p = *up.parser;
-    std::uint64_t left = plan.content_length.value_or(std::numeric_limits<std::uint64_t>::max());
-    while (!p.is_done()) {
-        p.get().body().data = piece.data();
-        p.get().body().size = piece.size();
-        beast::get_lowest_layer(up.conn->s).expires_after(gw.opts.stream_idle_timeout);
-        beast::error_code rec;
-        if (!parse_buffered(up.conn->buf, p, rec))
-            std::tie(rec, std::ignore) = co_await http::async_read_some(up.conn->s, up.conn->buf, p, use_tuple);
-        if (rec == http::error::need_buffer) rec = {};
-        const std::size_t got = piece.size() - p.get().body().size;
-        const bool whole = !rec && (p.is_done() || got >= left);
-        if (whole) release_upstream(gw, up, watch);
-        if (watch.gone) co_return whole ? Pumped::Done : Pumped::ClientGone;
-        if (rec) {
-            upstream_ec = rec;
-            co_return Pumped::UpstreamBroke;
-        }
-        if (got == 0) continue;
-        left -= std::min<std::uint64_t>(left, got);
-        std::string_view data(piece.data(), got);
-        tap.feed(data);
-        if (whole) watch.answered = true;
-        // Written here rather than through write_relayed(): one coroutine frame less per piece.
-        beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
-        Gather out(body.next(data, whole));
-        beast::error_code wec;
-        if (!write_at_once(s, out, wec)) wec = co_await write_message(s, out);
-        note_write(gw, wec);
-        if (wec) {
-            if (!whole) up.conn->close();
-            co_return whole ? Pumped::Delivered : Pumped::ClientGone;
-        }
-        log.bytes_out += got;
-        if (whole) break;
+// After a read into BUF that ended with READ_EC: the provider's answer
+// parsed on into P (its body into the piece P's buffer_body points at), as
+// http::async_read_some does after its read; an answer delimited by the end
+// of the connection ends at EOF. need_more is no error: the caller reads on.
+beast::error_code parse_after_read(beast::flat_buffer& buf, http::response_parser<http::buffer_body, ArenaAlloc>& p,
+                                   const beast::error_code& read_ec) {
+    beast::error_code ec;
+    if (read_ec == asio::error::eof) {
+        p.put_eof(ec);
+        return ec;
     }
-    release_upstream(gw, up, watch);
-    co_return Pumped::Done;
+    if (read_ec) return read_ec;
+    parse_buffered(buf, p, ec);
+    return ec == http::error::need_more ? beast::error_code{} : ec;
 }
 
 // The provider broke off mid-response: an SSE client is told in its API's
@@ -919,6 +958,9 @@ Task<bool> end_broken_response(Impl& gw, Stream& s, ProxyCall& call, const Respo
     co_return false;
 }
 
+// Relays the provider's answer, whose header UP has read: the sandbox's head
+// (a 401 answered in our own words), then the body. UP's connection goes
+// back to the pool once the answer is whole.
 template <class Stream>
 Task<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& up, ClientWatch& watch,
                                RequestLog& log) {
@@ -964,10 +1006,62 @@ Task<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& up, Cl
         }
     }
 
+    // The body, piece by piece as it arrives (an SSE stream is never
+    // buffered), through the session's relay buffer; the last piece carries
+    // the end of the body (one write, one TLS record). Pumped in this frame:
+    // a coroutine of its own was a heap-allocated frame per request.
     UsageTap tap(plan);
     beast::error_code upstream_ec;
-    const auto pumped =
-        co_await pump_body(gw, s, body, plan, up, call.piece, watch, tap, log, upstream_ec);
+    Pumped pumped = Pumped::Done;
+    auto& p = *up.parser;
+    const std::span<char> piece = call.piece;
+    std::uint64_t left = plan.content_length.value_or(std::numeric_limits<std::uint64_t>::max());
+    while (!p.is_done()) {
+        p.get().body().data = piece.data();
+        p.get().body().size = piece.size();
+        beast::get_lowest_layer(up.conn->s).expires_after(gw.opts.stream_idle_timeout);
+        beast::error_code rec;
+        if (!parse_buffered(up.conn->buf, p, rec)) {
+            auto& b = up.conn->buf;
+            std::size_t n = 0;
+            std::tie(rec, n) = co_await up.conn->s.async_read_some(
+                b.prepare(beast::read_size_or_throw(b, kProviderReadSize)), use_tuple);
+            b.commit(n);
+            rec = parse_after_read(b, p, rec);
+        }
+        if (rec == http::error::need_buffer) rec = {};
+        const std::size_t got = piece.size() - p.get().body().size;
+        const bool whole = !rec && (p.is_done() || got >= left);
+        if (whole) release_upstream(gw, up, watch);
+        if (watch.gone) {
+            pumped = whole ? Pumped::Done : Pumped::ClientGone;
+            break;
+        }
+        if (rec) {
+            upstream_ec = rec;
+            pumped = Pumped::UpstreamBroke;
+            break;
+        }
+        if (got == 0) continue;
+        left -= std::min<std::uint64_t>(left, got);
+        std::string_view data(piece.data(), got);
+        tap.feed(data);
+        if (whole) watch.answered = true;
+        // Written here rather than through write_relayed(): one coroutine frame less per piece.
+        beast::get_lowest_layer(s).expires_after(gw.opts.write_timeout);
+        Gather out(body.next(data, whole));
+        beast::error_code wec;
+        if (!write_at_once(s, out, wec)) wec = co_await write_message(s, out);
+        note_write(gw, wec);
+        if (wec) {
+            if (!whole) up.conn->close();
+            pumped = whole ? Pumped::Delivered : Pumped::ClientGone;
+            break;
+        }
+        log.bytes_out += got;
+        if (whole) break;
+    }
+    if (pumped == Pumped::Done) release_upstream(gw, up, watch);
     tap.finish(log.usage);  // what the provider reported before any break is still charged
     if (pumped == Pumped::ClientGone) {
         log.error = "client closed the connection";
@@ -986,62 +1080,63 @@ Task<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& up, Cl
     co_return call.client_keep_alive;
 }
 
-template <class Stream>
-Task<bool> proxy(Impl& gw, Stream& s, ClientConn& cc, ProxyCall& call, RequestLog& log) {
-    // The last call's watcher, unless a late completion of that call still holds it.
+// The connection's watcher for its next provider call: the last call's,
+// unless a late completion of that call still holds it.
+std::shared_ptr<ClientWatch> watch_for_call(Impl& gw, ClientConn& cc) {
     if (cc.watch && cc.watch.use_count() == 1)
         cc.watch->reset();
     else
         cc.watch = std::make_shared<ClientWatch>(gw.ex);
-    auto watch = cc.watch;
-    auto& buf = cc.buf;
-    struct Starter {
-        Impl& gw;
-        Stream& s;
-        beast::flat_buffer& buf;
-        std::shared_ptr<ClientWatch> w;
-        static void run(void* p) {
-            auto* st = static_cast<Starter*>(p);
-            watch_client(st->gw, st->s, st->buf, st->w);
-        }
-    } starter{gw, s, buf, watch};
-    if (buf.size() == 0) {
-        watch->start = &Starter::run;
-        watch->start_arg = &starter;
-        gw.await_watch(*watch);
+    return cc.watch;
+}
+
+// Starts watching the sandbox once the call has run for kWatchAfter (lives
+// in the calling frame; Impl::sweep calls run).
+template <class Stream>
+struct WatchStarter {
+    Impl& gw;
+    Stream& s;
+    beast::flat_buffer& buf;
+    std::shared_ptr<ClientWatch> w;
+    static void run(void* p) {
+        auto* st = static_cast<WatchStarter*>(p);
+        watch_client(st->gw, st->s, st->buf, st->w);
     }
-    bool keep = false;
-    std::exception_ptr err;
-    try {
-        Upstream up;
-        auto stop = co_await exchange(gw, call, *watch, up);
-        if (stop)
-            keep = co_await answer(gw, s, call.shape, std::move(*stop), log);
-        else
-            keep = co_await relay_response(gw, s, call, up, *watch, log);
-    } catch (...) {
-        err = std::current_exception();
+    // Bytes already buffered are the sandbox's next request: nothing to watch for.
+    void arm() {
+        if (buf.size() != 0) return;
+        w->start = &WatchStarter::run;
+        w->start_arg = this;
+        gw.await_watch(*w);
     }
-    watch->upstream = nullptr;
-    watch->over = true;
-    gw.forget_watch(*watch);
-    if (!watch->watching) {
-        // Never watched: nothing to cancel.
-    } else if (!watch->reading) {
+};
+
+// The call is over: the watch stops. True: a read of the sandbox's stream is
+// still under way, wait for W.done before the stream is used again.
+template <class Stream>
+bool stop_watching(Impl& gw, Stream& s, ClientWatch& w) {
+    w.upstream = nullptr;
+    w.over = true;
+    gw.forget_watch(w);
+    if (!w.watching) return false;  // never watched: nothing to cancel
+    if (!w.reading) {
         beast::error_code ig;
         beast::get_lowest_layer(s).socket().cancel(ig);
-    } else if (!watch->finished) {
-        beast::get_lowest_layer(s).cancel();
-        co_await watch->done.async_wait(use_tuple);
+        return false;
     }
-    if (err) std::rethrow_exception(err);
-    if (watch->gone) {
-        // A sandbox that hangs up after the last byte was served in full.
-        if (log.error.empty() && !watch->answered) log.error = "client closed the connection";
-        if (log.status == 0) log.status = 499;
-        co_return false;
-    }
-    co_return keep;
+    if (w.finished) return false;
+    beast::get_lowest_layer(s).cancel();
+    return true;
+}
+
+// Whether the connection stays open after a provider call that answered
+// KEEP: not when the sandbox hung up meanwhile.
+bool after_call(const ClientWatch& w, bool keep, RequestLog& log) {
+    if (!w.gone) return keep;
+    // A sandbox that hangs up after the last byte was served in full.
+    if (log.error.empty() && !w.answered) log.error = "client closed the connection";
+    if (log.status == 0) log.status = 499;
+    return false;
 }
 
 template <class Stream>
@@ -1231,8 +1326,9 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
     if (!in.policy.provider_fetch) fetch_scan.emplace(o.log_string_max);
     auto rw = rewrite_model(req.body(), cfg.model, o.log_string_max, asks_stream_usage(ep),
                             fetch_scan ? &*fetch_scan : nullptr);
-    // The client's body is no longer needed: only the rewritten copy lives on.
-    std::string().swap(req.body());
+    // The client's body is no longer needed: only the rewritten copy lives
+    // on, and its buffer waits for the connection's next body.
+    cc.body.take_back(req.body());
     if (rw.truncated) ++gw.stats.log_strings_truncated;
     if (!rw.ok) co_return co_await send_error(gw, s, in.shape, 400, std::move(rw.error), keep_alive, log);
     log.model_requested = std::move(rw.model_requested);
@@ -1261,9 +1357,11 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
         co_return co_await send_error(gw, s, in.shape, 502,
                                       "provider " + provider.name + " is misconfigured: " + in.snap->base_error,
                                       keep_alive, log);
+    wire::Buffer target(cc.arena.alloc());
+    upstream_target(target, *base, profile, in.route.path, in.route.query);
     wire::Buffer head(cc.arena.alloc());
     head.reserve(kHeadReserve);
-    if (!write_upstream_head(head, upstream_target(*base, profile, in.route.path, in.route.query), *base,
+    if (!write_upstream_head(head, target, *base,
                              client_headers, profile, in.snap->provider_headers, rw.body.size()))
         co_return co_await send_error(gw, s, in.shape, 502,
                                       "the request target for provider " + provider.name +
@@ -1271,7 +1369,27 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
                                       keep_alive, log);
     ProxyCall call{provider,      profile,       *base,           head, rw.body, in.shape, keep_alive,
                    &in.body_room, cc.relay_buffer(), cc.arena.alloc()};
-    co_return co_await proxy(gw, s, cc, call, log);
+
+    // The provider call, in this frame (a coroutine of its own was a
+    // heap-allocated frame per request), the sandbox watched meanwhile.
+    WatchStarter<Stream> starter{gw, s, cc.buf, watch_for_call(gw, cc)};
+    ClientWatch& watch = *starter.w;
+    starter.arm();
+    bool keep = false;
+    std::exception_ptr err;
+    try {
+        Upstream up;
+        auto stop = co_await exchange(gw, call, watch, up);
+        if (stop)
+            keep = co_await answer(gw, s, call.shape, std::move(*stop), log);
+        else
+            keep = co_await relay_response(gw, s, call, up, watch, log);
+    } catch (...) {
+        err = std::current_exception();  // rethrown once the watch has stopped
+    }
+    if (stop_watching(gw, s, watch)) co_await watch.done.async_wait(use_tuple);
+    if (err) std::rethrow_exception(err);
+    co_return after_call(watch, keep, log);
 }
 
 // One request on a connection: its header gathered and checked as bytes,
@@ -1321,6 +1439,9 @@ Task<bool> serve_one(Impl& gw, Stream& s, ClientConn& cc, RequestLog& log, const
     }
     if (!stop && !in.parser.is_done()) stop = reserve_body(gw, in, info);
     if (!stop && !in.parser.is_done()) {
+        // Read into the last body's buffer (the parser reserves the
+        // Content-Length in it: no allocation when it fits).
+        cc.body.lend(in.parser.get().body());
         if (in.route.expect_continue) {
             http::response<http::empty_body> cont{http::status::continue_, 11};
             low.expires_after(o.write_timeout);
@@ -1394,7 +1515,7 @@ void end_of_request(Impl& gw, ClientConn& cc) {
 
 template <class Stream>
 Task<void> session(std::shared_ptr<Impl> gw, Stream s, ConnInfo info, Quota::Ticket = {}) {
-    ClientConn cc(arena_cap(gw->opts), &gw->stats.arena_heap_bytes);
+    ClientConn cc(arena_cap(gw->opts), &gw->stats.arena_heap_bytes, &gw->stats.body_buffer_bytes);
     try {
         RequestLog log;  // one per connection, recycled per request
         log.conn = info;

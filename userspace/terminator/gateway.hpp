@@ -55,6 +55,9 @@ struct GatewayStats {
     // requests), and the most one request took.
     std::atomic<std::uint64_t> arena_heap_bytes{0};
     std::atomic<std::uint64_t> arena_heap_peak{0};
+    // Heap bytes connections keep between requests to read their next
+    // request's body into (at most ClientConn::kBodyKept each).
+    std::atomic<std::uint64_t> body_buffer_bytes{0};
 };
 
 struct GatewayOptions {

@@ -907,9 +907,16 @@ bool relay_response_header(std::string_view n, const TokenSet& conn) {
 
 std::string upstream_target(const BaseUrl& base, const Profile& profile, const std::string& path,
                             const std::string& query) {
+    std::pmr::string out;
+    upstream_target(out, base, profile, path, query);
+    return std::string(out);
+}
+
+void upstream_target(std::pmr::string& out, const BaseUrl& base, const Profile& profile, const std::string& path,
+                     const std::string& query) {
     std::string_view p = path;
     if (profile.base_includes_version && p.rfind("/v1/", 0) == 0) p.remove_prefix(3);
-    std::string out;
+    out.clear();
     out.reserve(base.path.size() + p.size() + (query.empty() ? 0 : query.size() + 1));
     out += base.path;
     out += p;
@@ -930,7 +937,6 @@ std::string upstream_target(const BaseUrl& base, const Profile& profile, const s
         if (amp == std::string_view::npos) break;
         s.remove_prefix(amp + 1);
     }
-    return out;
 }
 
 namespace {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <memory_resource>
 #include <set>
 #include <string>
 #include <string_view>
@@ -221,6 +222,10 @@ std::string_view trim(std::string_view s);
 // Target path on the provider for client PATH (already matched) and QUERY.
 std::string upstream_target(const BaseUrl& base, const Profile& profile, const std::string& path,
                             const std::string& query);
+// The same into OUT (replacing its contents): the gateway writes it into the
+// request's arena, no string of its own a request.
+void upstream_target(std::pmr::string& out, const BaseUrl& base, const Profile& profile, const std::string& path,
+                     const std::string& query);
 
 // GET /v1/models and /v1/models/{id} bodies.
 std::string models_list_json(ApiShape shape, const InferenceConfig& cfg);

@@ -309,6 +309,48 @@ TEST_P(HostileGatewayTest, HeaderFloodCannotGrowTheRequestArena) {
     EXPECT_EQ(post_status(kVictim, kChat), 200) << "another sandbox is still served";
 }
 
+// A connection keeps its last request body's buffer for the next one, but
+// not a large one: sandboxes that each send a huge body and then idle keep
+// no more than the cap per connection (the gateway's kBodyKept, 16 KiB).
+TEST_P(HostileGatewayTest, IdleConnectionsDoNotKeepTheirLargeBodies) {
+    GatewayOptions o;
+    start(o);
+    const auto& st = gw_->stats();
+    constexpr std::uint64_t kKept = 16 * 1024;
+    const std::string small = kChat;
+    const std::string huge = kChat + std::string(512 * 1024, ' ');  // JSON whitespace: still a valid request
+
+    // A usual body is kept: its buffer serves the next request.
+    auto usual = connect(kHostile);
+    ASSERT_EQ(exchange(usual, request(small)).result_int(), 200);
+    ASSERT_TRUE(wait_for([&] { return st.body_buffer_bytes.load() > 0; })) << "a small body's buffer is kept";
+    const auto one = st.body_buffer_bytes.load();
+    EXPECT_LE(one, kKept);
+
+    // Twenty connections each send a small body, then a huge one, and idle.
+    constexpr std::uint64_t kConns = 20;
+    std::vector<tcp::socket> idle;
+    for (std::uint64_t i = 0; i < kConns; ++i) {
+        idle.push_back(connect(kHostile));
+        ASSERT_EQ(exchange(idle.back(), request(small)).result_int(), 200);
+        ASSERT_EQ(exchange(idle.back(), request(huge)).result_int(), 200) << "connection " << i;
+    }
+    // The huge bodies were given back: each idle connection holds nothing
+    // for its next body (its small buffer was lent to the huge one).
+    EXPECT_TRUE(wait_for([&] { return st.body_buffer_bytes.load() == one; }))
+        << st.body_buffer_bytes.load() << " bytes kept by " << kConns + 1 << " connections";
+    EXPECT_LE(st.body_buffer_bytes.load(), (kConns + 1) * kKept);
+
+    // The same connection, small again: kept again; closed: nothing kept.
+    ASSERT_EQ(exchange(idle.front(), request(small)).result_int(), 200);
+    EXPECT_TRUE(wait_for([&] { return st.body_buffer_bytes.load() > one; }));
+    idle.clear();
+    usual.close();
+    EXPECT_TRUE(wait_for([&] { return st.body_buffer_bytes.load() == 0; }))
+        << st.body_buffer_bytes.load() << " bytes kept after every connection closed";
+    EXPECT_EQ(post_status(kVictim, kChat), 200) << "another sandbox is still served";
+}
+
 // A provider that accepts and then says nothing: the request stays in flight
 // in the TLS handshake with it.
 struct SilentProvider {
