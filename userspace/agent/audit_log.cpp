@@ -1,10 +1,6 @@
 // Audit log: rotation, rate limit of repeated records, bounded in-memory tail.
 #include "agent/audit_log.hpp"
 
-#include <atomic>
-#include <spdlog/sinks/rotating_file_sink.h>
-#include <spdlog/spdlog.h>
-
 #include "agent/json_out.hpp"
 
 namespace redir::agent {
@@ -16,49 +12,26 @@ const std::string kOverflowKey = "(other records)";
 }  // namespace
 
 AuditLog::AuditLog(const std::string& path, AuditOptions opts)
-    : opts_(opts), write_errors_(std::make_shared<std::atomic<uint64_t>>(0)) {
-    auto sink = std::make_shared<spdlog::sinks::rotating_file_sink_mt>(path, opts_.max_file_bytes, opts_.keep_files);
-    logger_ = std::make_shared<spdlog::logger>("audit", sink);
-    logger_->set_pattern("%v");
-    // Audit records must reach the kernel's page cache before the agent may
-    // be killed (write(2) per record, no fsync).
-    logger_->flush_on(spdlog::level::trace);
-    // A full disk makes every write fail: count it, never throw or print per record.
-    logger_->set_error_handler([errs = write_errors_](const std::string&) { ++*errs; });
-}
+    : opts_(opts), file_(path, opts_.max_file_bytes, opts_.keep_files), tail_(opts_.tail_records, opts_.tail_bytes) {}
 
 AuditLog::~AuditLog() = default;
 
-void AuditLog::write(const std::string& line) {
-    try {
-        logger_->info(line);
-    } catch (...) {
-        ++*write_errors_;
-    }
-    std::lock_guard deliver(deliver_mu_);
-    std::vector<Subscriber> subs;
-    {
-        std::lock_guard lk(mu_);
-        written_++;
-        tail_.push_back(line);
-        tail_bytes_ += line.size();
-        while (tail_.size() > opts_.tail_records || (tail_bytes_ > opts_.tail_bytes && tail_.size() > 1)) {
-            tail_bytes_ -= tail_.front().size();
-            tail_.pop_front();
-        }
-        subs.swap(subs_);
-    }
-    std::vector<Subscriber> keep;
-    for (auto& s : subs)
-        if (s(line)) keep.push_back(std::move(s));
+void AuditLog::write(std::string_view line) {
     std::lock_guard lk(mu_);
-    for (auto& s : keep) subs_.push_back(std::move(s));
+    // A full disk makes every write fail: counted, never thrown or printed per record.
+    if (!file_.append(line)) write_errors_.fetch_add(1, std::memory_order_relaxed);
+    written_.fetch_add(1, std::memory_order_relaxed);
+    tail_.push(line);
+    if (subs_.empty()) return;
+    // Subscribers take a std::string; with followers attached, a record that
+    // does not fit SSO costs one copy here (the follow path, not the hot one).
+    const std::string copy(line);
+    std::erase_if(subs_, [&](Subscriber& s) { return !s(copy); });
 }
 
 std::vector<std::string> AuditLog::tail(size_t n) const {
     std::lock_guard lk(mu_);
-    size_t start = tail_.size() > n ? tail_.size() - n : 0;
-    return {tail_.begin() + static_cast<long>(start), tail_.end()};
+    return tail_.last(n);
 }
 
 void AuditLog::subscribe(Subscriber s) {

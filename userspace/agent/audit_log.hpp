@@ -1,22 +1,23 @@
 #pragma once
-// Audit records: one JSON object per line, to a size-rotated file (spdlog)
-// and to the in-memory tail that `redirctl events` reads and follows.
+// Audit records: one JSON object per line, to a size-rotated file and to the
+// in-memory tail that `redirctl events` reads and follows. Every proxied
+// request ends in one, so a record costs one write(2) of the caller's bytes
+// and, in the steady state, no heap allocation (RotatingFile, AuditTail).
 // Repeated identical records of one sandbox are rate-limited: a burst is
 // written, the rest counted and summarised in one "suppressed" record.
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <string_view>
 #include <vector>
 
-namespace spdlog {
-class logger;
-}
+#include "agent/audit_tail.hpp"
+#include "agent/rotating_file.hpp"
 
 namespace redir::agent {
 
@@ -35,8 +36,10 @@ public:
     ~AuditLog();
 
     // Never throws and never blocks on a full disk: a failed file write is
-    // counted (write_errors) and the record still reaches the tail.
-    void write(const std::string& json_line);
+    // counted (write_errors) and the record still reaches the tail. The file,
+    // the tail and the followers see the records in one order, also when
+    // several threads write.
+    void write(std::string_view json_line);
     std::vector<std::string> tail(size_t n) const;
 
     // Rate limit: true when the record identified by KEY (what was refused,
@@ -47,12 +50,14 @@ public:
     // records counted in it. Call periodically.
     void flush_suppressed();
 
+    // Called with every record written from now on, in order, under the
+    // log's lock: it must not call back into this AuditLog, nor block.
     using Subscriber = std::function<bool(const std::string&)>;  // false: unsubscribe
     void subscribe(Subscriber s);
 
-    uint64_t written() const { return written_; }
+    uint64_t written() const { return written_.load(std::memory_order_relaxed); }
     uint64_t suppressed() const { return suppressed_; }
-    uint64_t write_errors() const { return *write_errors_; }
+    uint64_t write_errors() const { return write_errors_.load(std::memory_order_relaxed); }
 
 private:
     struct Window {
@@ -64,20 +69,19 @@ private:
     std::string summary(uint64_t cgroup_id, const std::string& key, const Window& w) const;
 
     AuditOptions opts_;
-    std::shared_ptr<spdlog::logger> logger_;
+    // One lock for the file, the tail and the followers: a record is appended,
+    // kept and delivered before the next one starts, so all three see the same
+    // order (rotation needs the file serialised anyway; spdlog's sink held a
+    // lock across its write too).
     mutable std::mutex mu_;
-    std::deque<std::string> tail_;
-    size_t tail_bytes_ = 0;
+    RotatingFile file_;
+    AuditTail tail_;
     std::vector<Subscriber> subs_;
-    // Held while a line is handed to the followers: writers on several threads
-    // (the terminator's) deliver one at a time, so no line skips a follower
-    // whose subscriber another writer has taken out of subs_.
-    std::mutex deliver_mu_;
-    uint64_t written_ = 0;
+    std::atomic<uint64_t> written_{0};
     std::mutex limit_mu_;
     std::unordered_map<uint64_t, std::unordered_map<std::string, Window>> windows_;
     uint64_t suppressed_ = 0;
-    std::shared_ptr<std::atomic<uint64_t>> write_errors_;
+    std::atomic<uint64_t> write_errors_{0};
 };
 
 }  // namespace redir::agent
