@@ -911,6 +911,10 @@ Task<beast::error_code> write_relayed(Impl& gw, Stream& s, wire::BodyFramer& bod
 // hold 2,000 sets. Short exchanges keep theirs (no allocation per record).
 void release_buffers_when_idle(TlsStream& s) { s.release_buffers_when_idle(); }
 void release_buffers_when_idle(PlainStream&) {}
+// The stream is over: the connection goes on with short exchanges (the
+// sandbox's next request, the provider pool), which keep their buffers.
+void keep_buffers(TlsStream& s) { s.keep_buffers(); }
+void keep_buffers(PlainStream&) {}
 
 // Done: the answer went whole to the sandbox. Delivered: the provider's
 // answer was whole, but the sandbox stopped taking it at the end.
@@ -920,10 +924,12 @@ enum class Pumped { Done, Delivered, ClientGone, UpstreamBroke };
 // sandbox hangs up right after the last byte (as `Connection: close` clients
 // do), so the watcher lets go of it, and it is back in the pool before the
 // last piece is written to the sandbox (another request may use it already).
-void release_upstream(Impl& gw, Upstream& up, ClientWatch& watch) {
+void release_upstream(Impl& gw, Upstream& up, ClientWatch& watch, bool streamed) {
     watch.upstream = nullptr;
-    if (up.conn && up.parser->is_done() && up.parser->keep_alive() && up.conn->buf.size() == 0 && !gw.stopped())
+    if (up.conn && up.parser->is_done() && up.parser->keep_alive() && up.conn->buf.size() == 0 && !gw.stopped()) {
+        if (streamed) keep_buffers(up.conn->s);
         gw.pool.put(std::move(up.conn), gw.opts.pool_max_idle_per_host, gw.opts.pool_idle_timeout);
+    }
 }
 
 // After a read into BUF that ended with READ_EC: the provider's answer
@@ -958,12 +964,20 @@ Task<bool> end_broken_response(Impl& gw, Stream& s, ProxyCall& call, const Respo
     co_return false;
 }
 
-// Relays the provider's answer, whose header UP has read: the sandbox's head
-// (a 401 answered in our own words), then the body. UP's connection goes
-// back to the pool once the answer is whole.
+// The provider call: the request sent and the answer's header read
+// (exchange), then the answer relayed: the sandbox's head (a 401 answered in
+// our own words), then the body. The provider's connection goes back to the
+// pool once the answer is whole.
+//
+// Exchange is called from here, not next to this, for the allocator's sake:
+// a coroutine frame above 1,020 bytes (this one) allocated after the answer
+// arrived would evict the block Asio's recycling allocator just got back
+// from the read, and the session's next read would allocate again.
 template <class Stream>
-Task<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& up, ClientWatch& watch,
-                               RequestLog& log) {
+Task<bool> proxy(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, RequestLog& log) {
+    Upstream up;
+    if (auto stop = co_await exchange(gw, call, watch, up))
+        co_return co_await answer(gw, s, call.shape, std::move(*stop), log);
     // Answered: the request body will not be sent again, and a long stream
     // must not keep its memory (or the sandbox's share of it).
     std::string().swap(call.upstream_body);
@@ -1032,7 +1046,7 @@ Task<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& up, Cl
         if (rec == http::error::need_buffer) rec = {};
         const std::size_t got = piece.size() - p.get().body().size;
         const bool whole = !rec && (p.is_done() || got >= left);
-        if (whole) release_upstream(gw, up, watch);
+        if (whole) release_upstream(gw, up, watch, plan.sse);
         if (watch.gone) {
             pumped = whole ? Pumped::Done : Pumped::ClientGone;
             break;
@@ -1061,7 +1075,8 @@ Task<bool> relay_response(Impl& gw, Stream& s, ProxyCall& call, Upstream& up, Cl
         log.bytes_out += got;
         if (whole) break;
     }
-    if (pumped == Pumped::Done) release_upstream(gw, up, watch);
+    if (pumped == Pumped::Done) release_upstream(gw, up, watch, plan.sse);
+    if (plan.sse) keep_buffers(s);
     tap.finish(log.usage);  // what the provider reported before any break is still charged
     if (pumped == Pumped::ClientGone) {
         log.error = "client closed the connection";
@@ -1378,12 +1393,7 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
     bool keep = false;
     std::exception_ptr err;
     try {
-        Upstream up;
-        auto stop = co_await exchange(gw, call, watch, up);
-        if (stop)
-            keep = co_await answer(gw, s, call.shape, std::move(*stop), log);
-        else
-            keep = co_await relay_response(gw, s, call, up, watch, log);
+        keep = co_await proxy(gw, s, call, watch, log);
     } catch (...) {
         err = std::current_exception();  // rethrown once the watch has stopped
     }
@@ -1392,7 +1402,8 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
     co_return after_call(watch, keep, log);
 }
 
-// One request on a connection: its header gathered and checked as bytes,
+// One request on a connection, whose first bytes are in CC's buffer (the
+// session awaited them): its header gathered and checked as bytes,
 // parsed, decided, room for its body reserved, the body read, then the
 // answer. All in one coroutine: each coroutine called is a heap-allocated
 // frame (above 1 KiB, past Asio's recycling), so the request is read in one.
@@ -1404,12 +1415,6 @@ Task<bool> serve_one(Impl& gw, Stream& s, ClientConn& cc, RequestLog& log, const
     auto& low = beast::get_lowest_layer(s);
     Incoming in(cc.arena.alloc());
     log.method = "-";
-    if (buf.size() == 0) {
-        low.expires_after(o.idle_timeout);
-        auto [ec, n] = co_await s.async_read_some(buf.prepare(8192), use_tuple);
-        if (ec) co_return false;
-        buf.commit(n);
-    }
     const auto deadline = Clock::now() + o.header_timeout;
     bool whole = false;
     std::optional<Stop> stop;
@@ -1521,6 +1526,16 @@ Task<void> session(std::shared_ptr<Impl> gw, Stream s, ConnInfo info, Quota::Tic
         log.conn = info;
         for (;; recycle(log)) {
             const auto start = Clock::now();
+            // The next request's first bytes are awaited here rather than in
+            // serve_one: its frame (above 1,020 bytes) allocated between the
+            // last request's read and this one would evict the block Asio's
+            // recycling allocator keeps for this read.
+            if (cc.buf.size() == 0) {
+                beast::get_lowest_layer(s).expires_after(gw->opts.idle_timeout);
+                auto [ec, n] = co_await s.async_read_some(cc.buf.prepare(8192), use_tuple);
+                if (ec) break;
+                cc.buf.commit(n);
+            }
             bool keep = co_await serve_one(*gw, s, cc, log, info);
             end_of_request(*gw, cc);
             if (log.status != 0) {
