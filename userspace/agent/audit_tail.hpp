@@ -26,9 +26,18 @@ public:
     // newest is kept even when it alone is over max_bytes).
     void push(std::string_view line) {
         if (max_records_ == 0) return;
-        if (count_ == max_records_) drop_oldest();
-        slot_for_newest().assign(line.data(), line.size());
-        ++count_;
+        if (count_ == max_records_) {
+            // Full (the steady state): the oldest slot becomes the newest and
+            // is written over in place: no clear, no second pass over it.
+            std::string& s = slots_[head_];
+            bytes_ -= s.size();
+            if (s.capacity() > keep_capacity_) std::string().swap(s);
+            s.assign(line.data(), line.size());
+            head_ = next(head_);
+        } else {
+            slot_for_newest().assign(line.data(), line.size());
+            ++count_;
+        }
         bytes_ += line.size();
         while (bytes_ > max_bytes_ && count_ > 1) drop_oldest();
     }
@@ -46,8 +55,11 @@ public:
     std::size_t bytes() const { return bytes_; }
 
 private:
+    // Index arithmetic without a division: both operands are below size.
+    std::size_t wrap(std::size_t i) const { return i >= slots_.size() ? i - slots_.size() : i; }
+    std::size_t next(std::size_t i) const { return wrap(i + 1); }
     // I-th oldest record.
-    const std::string& at(std::size_t i) const { return slots_[(head_ + i) % slots_.size()]; }
+    const std::string& at(std::size_t i) const { return slots_[wrap(head_ + i)]; }
 
     void drop_oldest() {
         std::string& s = slots_[head_];
@@ -56,14 +68,14 @@ private:
             std::string().swap(s);
         else
             s.clear();
-        head_ = (head_ + 1) % slots_.size();
+        head_ = next(head_);
         --count_;
     }
 
     // The slot after the newest record: a vacated one, or a new slot while
     // the ring is still growing towards max_records.
     std::string& slot_for_newest() {
-        if (count_ < slots_.size()) return slots_[(head_ + count_) % slots_.size()];
+        if (count_ < slots_.size()) return slots_[wrap(head_ + count_)];
         if (head_ == 0) return slots_.emplace_back();
         // Every slot is live and the oldest is not at index 0 (records were
         // dropped by the byte bound before the ring reached max_records): the
