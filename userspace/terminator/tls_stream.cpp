@@ -158,6 +158,7 @@ bool ConnCore::may_have_input() const {
 
 void ConnCore::maybe_release() {
     if (release_when_idle && in && in_begin == in_end) {
+        released_.fetch_add(1, std::memory_order_relaxed);
         in.reset();
         in_begin = in_end = 0;
     }

@@ -17,6 +17,7 @@
 
 #include "terminator/gateway.hpp"
 #include "terminator/store.hpp"
+#include "terminator/tls_stream.hpp"
 #include "loopback.hpp"
 #include "test_certs.hpp"
 
@@ -1228,6 +1229,44 @@ TEST_P(TlsGatewayTest, ProxiedStreamsKeepTheConnectionUsable) {
         EXPECT_EQ(res.body(), "data: x\n\ndata: x\n\ndata: x\n\n");
     }
     EXPECT_EQ(fake_->connections(), 1);
+}
+
+// A stream gives its buffers back while it idles between events; once it
+// is over, the connection goes on with short exchanges that keep theirs
+// (left in release mode, each later record would allocate and free
+// OpenSSL's ~17 KiB buffers and ours).
+TEST_P(TlsGatewayTest, AfterAStreamTheConnectionKeepsItsBuffers) {
+    use_openai();
+    start_tls();
+    fake_->set_handler([](const Received& r, FakeProvider::Conn& c) {
+        if (contains(r.body, "\"stream\":true")) {
+            c.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n");
+            for (int i = 0; i < 3; ++i) {
+                std::this_thread::sleep_for(20ms);
+                c.write(chunk("data: x\n\n"));
+            }
+            return c.write("0\r\n\r\n");
+        }
+        std::string body = R"({"id":"r","choices":[]})";
+        return c.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                       "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+    });
+    auto sp = tls_connect();
+    auto request = [](std::string body) {
+        http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+        req.body() = std::move(body);
+        return req;
+    };
+    auto sse = roundtrip(*sp, request(R"({"stream":true})"));
+    ASSERT_EQ(sse.result_int(), 200);
+    ASSERT_EQ(sse.body(), "data: x\n\ndata: x\n\ndata: x\n\n");
+    const auto before = ConnCore::read_buffers_released();
+    for (int i = 0; i < 10; ++i) {
+        auto res = roundtrip(*sp, request("{}"));
+        ASSERT_EQ(res.result_int(), 200);
+    }
+    EXPECT_EQ(ConnCore::read_buffers_released() - before, 0u)
+        << "the connection still gave its read buffer back after its stream ended";
 }
 
 TEST_P(TlsGatewayTest, ClientHangingUpOverTlsClosesTheProviderRequest) {
