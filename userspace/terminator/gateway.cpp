@@ -454,25 +454,6 @@ bool write_at_once(Stream& s, http::serializer<isRequest, Body, Fields>& sr, bea
     }
 }
 
-// The rest of SR's message, waiting for the socket as long as the write
-// deadline allows (what http::async_write does).
-template <class Stream, bool isRequest, class Body, class Fields>
-Task<beast::error_code> write_message(Stream& s, http::serializer<isRequest, Body, Fields>& sr) {
-    if constexpr (!std::is_same_v<Stream, TlsStream>) {
-        auto [ec, n] = co_await http::async_write(s, sr, use_tuple);
-        co_return ec;
-    } else {
-        for (;;) {
-            if (s.output_pending()) {
-                auto [fec, fn] = co_await s.async_flush(use_tuple);
-                if (fec) co_return fec;
-            }
-            beast::error_code ec;
-            if (write_at_once(s, sr, ec)) co_return ec;
-        }
-    }
-}
-
 // Up to three buffers written as one message (a head or a chunk's framing,
 // the data, the framing after it), consumed from the front as the stream
 // takes them. Empty parts are left out: TlsStream writes a lone buffer
@@ -519,11 +500,24 @@ bool write_at_once(Stream& s, Gather& out, beast::error_code& ec) {
     }
 }
 
-// write_message() for bytes already framed.
+// A whole message on a cleartext stream: Beast's write for a serializer,
+// Asio's for bytes already framed.
+template <class Stream, bool isRequest, class Body, class Fields>
+auto write_plain(Stream& s, http::serializer<isRequest, Body, Fields>& sr) {
+    return http::async_write(s, sr, use_tuple);
+}
 template <class Stream>
-Task<beast::error_code> write_message(Stream& s, Gather& out) {
+auto write_plain(Stream& s, Gather& out) {
+    return asio::async_write(s, out.buffers(), use_tuple);
+}
+
+// The rest of MSG (a serializer's message, or bytes already framed),
+// waiting for the socket as long as the write deadline allows (what
+// http::async_write does).
+template <class Stream, class Message>
+Task<beast::error_code> write_message(Stream& s, Message& msg) {
     if constexpr (!std::is_same_v<Stream, TlsStream>) {
-        auto [ec, n] = co_await asio::async_write(s, out.buffers(), use_tuple);
+        auto [ec, n] = co_await write_plain(s, msg);
         co_return ec;
     } else {
         for (;;) {
@@ -532,7 +526,7 @@ Task<beast::error_code> write_message(Stream& s, Gather& out) {
                 if (fec) co_return fec;
             }
             beast::error_code ec;
-            if (write_at_once(s, out, ec)) co_return ec;
+            if (write_at_once(s, msg, ec)) co_return ec;
         }
     }
 }
