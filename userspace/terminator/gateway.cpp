@@ -754,6 +754,12 @@ struct Attempt {
     bool stale() const { return writing || (read == 0 && stale_connection_error(ec)); }
 };
 
+// The provider's next bytes into C's buffer, at most what Beast's read
+// operations take at once; the caller commits what was read.
+auto read_more(UpstreamConn& c) {
+    return c.s.async_read_some(c.buf.prepare(beast::read_size_or_throw(c.buf, kProviderReadSize)), use_tuple);
+}
+
 // Parses the provider's answer header from the bytes in C's buffer, as
 // http::async_read_header would, without its composed operation (a heap
 // allocation per request): the caller reads into the buffer until this is
@@ -814,11 +820,9 @@ Task<std::optional<Stop>> exchange(Impl& gw, ProxyCall& call, ClientWatch& watch
             expect_answer(call, up);
             low.expires_after(gw.opts.upstream_response_timeout);
             while (!answer_header_parsed(*up.conn, *up.parser, a)) {
-                auto& b = up.conn->buf;
                 std::size_t n = 0;
-                std::tie(a.ec, n) = co_await up.conn->s.async_read_some(
-                    b.prepare(beast::read_size_or_throw(b, kProviderReadSize)), use_tuple);
-                b.commit(n);
+                std::tie(a.ec, n) = co_await read_more(*up.conn);
+                up.conn->buf.commit(n);
                 a.read += n;
                 if (a.ec) break;
             }
@@ -1030,12 +1034,10 @@ Task<bool> proxy(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, Reque
         beast::get_lowest_layer(up.conn->s).expires_after(gw.opts.stream_idle_timeout);
         beast::error_code rec;
         if (!parse_buffered(up.conn->buf, p, rec)) {
-            auto& b = up.conn->buf;
             std::size_t n = 0;
-            std::tie(rec, n) = co_await up.conn->s.async_read_some(
-                b.prepare(beast::read_size_or_throw(b, kProviderReadSize)), use_tuple);
-            b.commit(n);
-            rec = parse_after_read(b, p, rec);
+            std::tie(rec, n) = co_await read_more(*up.conn);
+            up.conn->buf.commit(n);
+            rec = parse_after_read(up.conn->buf, p, rec);
         }
         if (rec == http::error::need_buffer) rec = {};
         const std::size_t got = piece.size() - p.get().body().size;
