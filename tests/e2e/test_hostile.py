@@ -363,9 +363,15 @@ class AuditDisk(unittest.TestCase):
         try:
             agent.ctl("attach", "--cgroup", cg.path, "--policy", write_policy(self.tmp, "rot", {}))
             cg.run([sys.executable, "-c", CONNECT_FLOOD, "300", "1"], timeout=120)
-            wait_for(lambda: os.path.exists(os.path.join(logdir, "audit.2.log")), 10, "two rotated files")
+            # A rotation renames audit.1.log to audit.2.log before audit.log to
+            # audit.1.log, and the event reader may still be writing after the
+            # flood returns: a listing taken the moment audit.2.log appears can
+            # fall between the two renames (CI saw exactly that). Wait for the
+            # settled set, then check it.
+            expected = ["audit.1.log", "audit.2.log", "audit.log"]
+            wait_for(lambda: sorted(os.listdir(logdir)) == expected, 10, "two rotated files and the live one")
             files = sorted(os.listdir(logdir))
-            self.assertEqual(files, ["audit.1.log", "audit.2.log", "audit.log"])
+            self.assertEqual(files, expected)
             for f in files:
                 self.assertLessEqual(os.path.getsize(os.path.join(logdir, f)), 4096, f)
         finally:
