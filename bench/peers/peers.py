@@ -649,18 +649,22 @@ def perf_profile(redir, seconds, out_dir, peer=None):
         head = ["%s: %d us of CPU per %s (%d requests in %d s, %d in the %d s sampled)" % (
             peer.name, int(sm.group(1)) / 1000 / (reqs * seconds / (seconds + 1)),
             "connection" if close else "request", reqs, seconds + 1, reqs * seconds / (seconds + 1), seconds)]
-    tail = [""] + syscalls_per_request(redir, out_dir) if peer is redir else []
+    tail = [""] + syscalls_per_request(peer, out_dir)
     return head + report("dso", "2") + [""] + report("dso,sym", "1")[:25] + tail
 
 
-def syscalls_per_request(redir, out_dir, seconds=3):
-    """redird's system calls per keep-alive request, by name (each loopback
-    sendmsg also runs the receiver's TCP input on this CPU)."""
-    data = os.path.join(out_dir, "sys.data")
+def syscalls_per_request(peer, out_dir, seconds=3):
+    """PEER's system calls per keep-alive request, by name, from its whole
+    process tree (redird; nginx's master and workers). Each loopback sendmsg
+    also runs the receiver's TCP input on this CPU, so the count is most of
+    the kernel's share."""
+    data = os.path.join(out_dir, "sys-%s.data" % peer.name)
     argv = ["wrk", "-t", "2", "-c", "50", "-d", "%ds" % seconds, "--timeout", "5s",
-            "-s", os.path.join(HERE, "wrk_post.lua"), redir.url()]
-    load = redir.cgroup.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    subprocess.run(["perf", "record", "-q", "-e", "raw_syscalls:sys_enter", "-o", data, "-p", str(redir.pid),
+            "-s", os.path.join(HERE, "wrk_post.lua"), peer.url()]
+    kw = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    load = peer.cgroup.popen(argv, **kw) if peer.cgroup else subprocess.Popen(argv, **kw)
+    pids = ",".join(str(p) for p in descendants(peer.pid))
+    subprocess.run(["perf", "record", "-q", "-e", "raw_syscalls:sys_enter", "-o", data, "-p", pids,
                     "--", "sleep", str(seconds)], capture_output=True)
     out, _ = load.communicate(timeout=seconds + 60)
     m = re.search(r"WRKJSON (\{.*\})", out)
@@ -676,7 +680,8 @@ def syscalls_per_request(redir, out_dir, seconds=3):
     names = {0: "read", 1: "write", 3: "close", 7: "poll", 20: "writev", 41: "socket", 42: "connect",
              44: "sendto", 45: "recvfrom", 46: "sendmsg", 47: "recvmsg", 54: "setsockopt", 72: "fcntl",
              202: "futex", 232: "epoll_wait", 233: "epoll_ctl", 281: "epoll_pwait", 283: "timerfd_create",
-             286: "timerfd_settime", 290: "eventfd2", 441: "epoll_pwait2"}
+             286: "timerfd_settime", 290: "eventfd2", 441: "epoll_pwait2", 18: "pwrite64", 19: "readv",
+             228: "clock_gettime", 13: "rt_sigaction", 14: "rt_sigprocmask"}
     total = sum(counts.values())
     lines = ["system calls per keep-alive request: %.1f (%d requests)" % (total / requests, requests)]
     for nr, c in sorted(counts.items(), key=lambda kv: -kv[1])[:10]:
