@@ -60,10 +60,13 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
     go.admit_request = [limits = limits_.get()](uint64_t cg, const terminator::InferenceLimits& l) {
         return limits->admit(cg, l);
     };
-    go.on_request = [&audit, limits = limits_.get(), on_request = std::move(on_request)](const terminator::RequestLog& r) {
-        // Built in this io thread's reused buffer, written with one write(2) and
-        // assigned into a reused slot of the tail: no allocation per record.
-        audit.write(terminator::request_log_line(r));
+    go.on_request = [&audit, loops = &audit_loops_, limits = limits_.get(),
+                     on_request = std::move(on_request)](const terminator::RequestLog& r) {
+        // Built in this io thread's reused buffer, copied into the audit
+        // log's reused batch and a reused slot of the tail: no allocation per
+        // record. The batch reaches the file in one writev(2) at the end of
+        // this io thread's loop turn, not one per request.
+        write_from_loop(audit, terminator::request_log_line(r), *loops);
         limits->charge(r);
         if (on_request) on_request(r);  // the usage ledger
     };
@@ -74,6 +77,11 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
                                    false));
     };
     gateway_ = std::make_unique<terminator::Gateway>(io.get_executor(), store_, go);
+    // Where requests are served: the gateway's io threads, or IO without
+    // threads of its own. Filled before the listeners exist, so before any
+    // request; read-only after.
+    audit_loops_ = gateway_->io_executors();
+    audit_loops_.push_back(io.get_executor());
 
     SSL_CTX* sctx = server_ctx_->get();
     auto* gw = gateway_.get();

@@ -83,6 +83,9 @@ private:
     std::unique_ptr<tls::ServerContext> server_ctx_;
     std::shared_ptr<terminator::Store> store_;
     std::unique_ptr<InferenceLimitsKeeper> limits_;  // outlives the gateway that calls it
+    // The io_contexts requests are served on, each flushing its own audit
+    // batch (write_from_loop); outlives the gateway that reads it.
+    std::vector<boost::asio::io_context::executor_type> audit_loops_;
     std::unique_ptr<terminator::Gateway> gateway_;
     std::unique_ptr<RedirectListener> tls_listener_, plain_listener_;
     SandboxPolicyHooks hooks_;

@@ -65,44 +65,65 @@ bool RotatingFile::rotate() noexcept {
     return reopen(true) && ok;
 }
 
-bool RotatingFile::append(std::string_view line) noexcept {
-    if (!fd_ && !reopen(false)) return false;
-    bool ok = true;
-    // Rotate only a file with something in it (spdlog: a record larger than
-    // the limit is written whole to a fresh file rather than rotate forever).
-    if (size_ > 0 && size_ + (torn_ ? 1 : 0) + line.size() + 1 > max_bytes_) {
-        ok = rotate();
-        if (!fd_) return false;
+std::size_t RotatingFile::append(std::string_view records, std::span<const std::size_t> ends) noexcept {
+    const std::size_t n = ends.size();
+    std::size_t lost = 0;
+    std::size_t i = 0, start = 0;  // the first record not yet dealt with, and its offset
+    while (i < n) {
+        if (!fd_ && !reopen(false)) return lost + (n - i);
+        // Rotate only a file with something in it (spdlog: a record larger
+        // than the limit is written whole to a fresh file rather than rotate
+        // forever).
+        bool rotated_ok = true;
+        if (size_ > 0 && size_ + (torn_ ? 1 : 0) + (ends[i] - start) > max_bytes_) {
+            rotated_ok = rotate();
+            if (!fd_) return lost + (n - i);
+        }
+        const std::size_t lead = torn_ ? 1 : 0;
+        // Records i..j-1 fit in this file: one writev for all of them.
+        std::size_t j = i + 1;
+        while (j < n && size_ + lead + (ends[j] - start) <= max_bytes_) ++j;
+        const std::size_t end = ends[j - 1];
+        iovec iov[2];
+        int k = 0;
+        if (lead) iov[k++] = {const_cast<char*>("\n"), 1};
+        iov[k++] = {const_cast<char*>(records.data() + start), end - start};
+        // One system call per batch: its records reach the page cache before
+        // the agent can be killed (no fsync: a crash of the machine may lose
+        // the last ones). O_APPEND on a regular file: Linux positions and
+        // copies each write under the inode lock, so concurrent appenders
+        // (another redird during a restart) never interleave inside it; our
+        // own writers are serialised by the caller anyway, since rotation
+        // needs it.
+        ssize_t w;
+        do w = ::writev(fd_.get(), iov, k);
+        while (w < 0 && errno == EINTR);
+        ++writes_;
+        if (w <= 0) {  // nothing written (ENOSPC, EIO): the file is as it was
+            lost += j - i;
+            i = j;
+            start = end;
+            continue;
+        }
+        size_ += static_cast<std::uint64_t>(w);
+        // The records that reached the file whole; a short write (the disk
+        // filled mid-batch) may have cut the next one, and the others are
+        // tried again.
+        const std::size_t reached = start + (static_cast<std::size_t>(w) > lead ? static_cast<std::size_t>(w) - lead : 0);
+        const std::size_t first = i;
+        while (i < j && ends[i] <= reached) start = ends[i++];
+        // A failed rotation (a rename) costs its record, as it always did.
+        if (!rotated_ok && i > first) ++lost;
+        if (reached > start) {
+            // The file now ends inside record i: the next one starts on a new line.
+            torn_ = true;
+            ++lost;
+            start = ends[i++];
+        } else {
+            torn_ = false;  // whole records only (or only the leading newline)
+        }
     }
-    const std::size_t lead = torn_ ? 1 : 0;
-    iovec iov[3];
-    int k = 0;
-    if (lead) iov[k++] = {const_cast<char*>("\n"), 1};
-    iov[k++] = {const_cast<char*>(line.data()), line.size()};
-    iov[k++] = {const_cast<char*>("\n"), 1};
-    const std::size_t n = lead + line.size() + 1;
-    // One system call per record: it reaches the page cache before the agent
-    // can be killed (no fsync: a crash of the machine may lose the last ones).
-    // O_APPEND on a regular file: Linux positions and copies each write under
-    // the inode lock, so concurrent appenders (another redird during a
-    // restart) never interleave inside a line; our own writers are serialised
-    // by the caller anyway, since rotation needs it.
-    ssize_t w;
-    do w = ::writev(fd_.get(), iov, k);
-    while (w < 0 && errno == EINTR);
-    if (w < 0) return false;  // nothing written (ENOSPC, EIO): the file is as it was
-    size_ += static_cast<std::uint64_t>(w);
-    if (static_cast<std::size_t>(w) == n) {
-        torn_ = false;
-        return ok;
-    }
-    // Short write (the disk filled mid-record): the file now ends inside this
-    // record unless only the leading newline went out.
-    if (static_cast<std::size_t>(w) > lead)
-        torn_ = true;
-    else if (w == 1)
-        torn_ = false;
-    return false;
+    return lost;
 }
 
 }  // namespace redir::agent

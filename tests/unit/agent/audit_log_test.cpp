@@ -1,8 +1,14 @@
 // The audit log's file and tail: spdlog's rotation names and sizes kept byte
-// for byte, whole lines in one order with several writer threads, failed
-// writes counted (a full disk), the tail's bounds, the rate limit, and no heap
-// allocation per record once warm.
+// for byte (records written one by one or in batches), whole lines in one
+// order with several writer threads, failed writes counted per record (a full
+// disk), batches of an io-loop turn in one writev and flushed before the turn
+// ends, the tail's bounds, the rate limit, and no heap allocation per record
+// once warm.
 #include <gtest/gtest.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <fcntl.h>
 #include <sched.h>
@@ -18,7 +24,9 @@
 #include <filesystem>
 #include <fstream>
 #include <new>
+#include <numeric>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -127,6 +135,177 @@ TEST_F(AuditLogTest, RotatesAsSpdlogsSinkDid) {
     EXPECT_FALSE(fs::exists(dir_ / "ours/audit.4.log"));
 }
 
+// The same files when the records come in batches (write_deferred, then
+// flush) of random sizes: a batch that crosses the limit is split at the
+// record that would cross it, and a batch costs one writev per file it lands
+// in.
+TEST_F(AuditLogTest, BatchesRotateAsSpdlogsSinkDid) {
+    const std::size_t max = 4096, keep = 3;
+    fs::create_directories(dir_ / "ours");
+    fs::create_directories(dir_ / "spdlog");
+    std::mt19937 rng(11);
+    std::vector<std::string> recs;
+    for (std::size_t i = 0; i < 600; ++i) recs.push_back(record(i, 60 + rng() % 700));
+    recs.insert(recs.begin() + 300, record(1000, 5000));  // larger than a file, inside a batch
+    recs.insert(recs.begin() + 301, record(1001, 9000));  // and another right after it
+    auto sink = std::make_shared<spdlog::sinks::rotating_file_sink_st>((dir_ / "spdlog/audit.log").string(), max, keep);
+    spdlog::logger ref("ref", sink);
+    ref.set_pattern("%v");
+    ref.flush_on(spdlog::level::trace);
+    AuditLog ours((dir_ / "ours/audit.log").string(), {.max_file_bytes = max, .keep_files = keep});
+    std::size_t batches = 0;
+    for (std::size_t i = 0; i < recs.size(); ++batches) {
+        const std::size_t n = std::min<std::size_t>(1 + rng() % 40, recs.size() - i);
+        const auto writes = ours.file_writes();
+        for (std::size_t k = 0; k < n; ++k, ++i) {
+            ref.info(recs[i]);
+            ours.write_deferred(recs[i]);
+        }
+        ASSERT_EQ(ours.file_writes(), writes) << "nothing is written before the flush";
+        ours.flush();
+        ASSERT_GT(ours.file_writes(), writes);
+    }
+    EXPECT_EQ(ours.write_errors(), 0u);
+    // A writev per batch, and one more per rotation inside a batch (a file
+    // holds 4096 bytes, about 10 records).
+    const std::size_t bytes = std::accumulate(recs.begin(), recs.end(), std::size_t{0},
+                                              [](std::size_t a, const std::string& r) { return a + r.size() + 1; });
+    EXPECT_LE(ours.file_writes(), batches + bytes / 2000) << "batches were not written together";
+    for (const char* f : {"audit.log", "audit.1.log", "audit.2.log", "audit.3.log"}) {
+        ASSERT_TRUE(fs::exists(dir_ / "ours" / f)) << f;
+        EXPECT_EQ(read(dir_ / "ours" / f), read(dir_ / "spdlog" / f)) << f;
+    }
+    EXPECT_FALSE(fs::exists(dir_ / "ours/audit.4.log"));
+}
+
+// A rotation whose rename fails (audit.1.log is a directory with something in
+// it) costs one counted error, and the live file is truncated anyway: it stays
+// bounded, in batches as one by one.
+TEST_F(AuditLogTest, AFailedRotationIsCountedAndTheFileStaysBounded) {
+    fs::create_directories(dir_ / "audit.1.log/x");
+    AuditLog log((dir_ / "audit.log").string(), {.max_file_bytes = 1000, .keep_files = 1});
+    for (std::size_t i = 0; i < 5; ++i) log.write(record(i, 300));  // 3 in the file, then a rotation
+    EXPECT_EQ(log.write_errors(), 1u);
+    for (std::size_t i = 5; i < 10; ++i) log.write_deferred(record(i, 300));
+    log.flush();  // the batch splits at two more rotations
+    EXPECT_EQ(log.write_errors(), 3u);
+    EXPECT_EQ(lines(read(dir_ / "audit.log")), (std::vector<std::string>{record(9, 300)}));
+    EXPECT_LE(fs::file_size(dir_ / "audit.log"), 1000u);
+}
+
+// Deferred records are in the tail and with the followers at once, and in
+// the file after flush(): all of them in one writev(2), in order.
+TEST_F(AuditLogTest, DeferredRecordsReachTheFileInOneWriteAtTheFlush) {
+    AuditLog log((dir_ / "audit.log").string());
+    std::vector<std::string> followed, want;
+    log.subscribe([&](const std::string& l) {
+        followed.push_back(l);
+        return true;
+    });
+    for (std::size_t i = 0; i < 50; ++i) {
+        want.push_back(record(i, 200 + i));
+        EXPECT_EQ(log.write_deferred(want.back()), i == 0) << "only the batch's first record asks for a flush";
+    }
+    EXPECT_EQ(log.tail(100), want);
+    EXPECT_EQ(followed, want);
+    EXPECT_EQ(fs::file_size(dir_ / "audit.log"), 0u);
+    EXPECT_EQ(log.file_writes(), 0u);
+    log.flush();
+    EXPECT_EQ(log.file_writes(), 1u);
+    EXPECT_EQ(lines(read(dir_ / "audit.log")), want);
+    log.flush();  // nothing pending: no write
+    EXPECT_EQ(log.file_writes(), 1u);
+    // The next batch asks again; an immediate write takes the pending records
+    // with it, in order, in the same writev.
+    EXPECT_TRUE(log.write_deferred(record(50, 100)));
+    want.push_back(record(50, 100));
+    log.write(record(51, 100));
+    want.push_back(record(51, 100));
+    EXPECT_EQ(log.file_writes(), 2u);
+    EXPECT_EQ(lines(read(dir_ / "audit.log")), want);
+    EXPECT_EQ(log.written(), want.size());
+}
+
+// A batch that reaches kFlushBytes is written without waiting for the flush.
+TEST_F(AuditLogTest, ALargeBatchIsWrittenWithoutWaitingForTheFlush) {
+    AuditLog log((dir_ / "audit.log").string());
+    std::size_t bytes = 0, i = 0;
+    for (; bytes < AuditLog::kFlushBytes - 1000; ++i) {
+        log.write_deferred(record(i, 1000));
+        bytes += 1001;
+    }
+    EXPECT_EQ(log.file_writes(), 0u);
+    EXPECT_FALSE(log.write_deferred(record(i++, 1000))) << "written now: no flush needed for it";
+    EXPECT_EQ(log.file_writes(), 1u);
+    EXPECT_EQ(lines(read(dir_ / "audit.log")).size(), i);
+}
+
+// Each thread that adds to a batch is told to flush it (its own io_context
+// then writes it by the end of its turn), not only the first: a record never
+// waits for another thread's turn to end.
+TEST_F(AuditLogTest, EachWritingThreadIsAskedForItsOwnFlush) {
+    AuditLog log((dir_ / "audit.log").string());
+    auto on_thread = [&](const std::string& l) {
+        bool post = false;
+        std::thread([&] { post = log.write_deferred(l); }).join();
+        return post;
+    };
+    EXPECT_TRUE(log.write_deferred("a1"));
+    EXPECT_TRUE(on_thread("b1"));
+    EXPECT_FALSE(log.write_deferred("a2"));
+    log.flush();
+    EXPECT_TRUE(log.write_deferred("a3")) << "the batch it added to was written: a new one needs a new flush";
+    AuditLog other((dir_ / "other.log").string());
+    EXPECT_TRUE(other.write_deferred("x")) << "another log's batch is another batch";
+    EXPECT_FALSE(other.write_deferred("y"));
+    log.flush();
+    other.flush();
+    EXPECT_EQ(lines(read(dir_ / "audit.log")), (std::vector<std::string>{"a1", "b1", "a2", "a3"}));
+    EXPECT_EQ(lines(read(dir_ / "other.log")), (std::vector<std::string>{"x", "y"}));
+}
+
+// Records still pending when the log goes (the agent exits) reach the file.
+TEST_F(AuditLogTest, PendingRecordsAreWrittenWhenTheLogIsDestroyed) {
+    {
+        AuditLog log((dir_ / "audit.log").string());
+        log.write_deferred("one");
+        log.write_deferred("two");
+    }
+    EXPECT_EQ(lines(read(dir_ / "audit.log")), (std::vector<std::string>{"one", "two"}));
+}
+
+// From io threads (write_from_loop): the records of one loop turn reach the
+// file in one writev, before the thread goes back to wait: when run() returns
+// (the queue is empty) they are all in the file, the log still open.
+TEST_F(AuditLogTest, IoThreadsWriteOneBatchPerLoopTurn) {
+    AuditLog log((dir_ / "audit.log").string());
+    boost::asio::io_context io(1);
+    const std::vector loops{io.get_executor()};
+    std::vector<std::string> want;
+    for (std::size_t i = 0; i < 40; ++i) {
+        want.push_back(record(i, 300));
+        boost::asio::post(io, [&, i] { write_from_loop(log, want[i], loops); });
+    }
+    io.run();
+    EXPECT_EQ(log.file_writes(), 1u) << "40 records ready in one turn";
+    EXPECT_EQ(lines(read(dir_ / "audit.log")), want);
+    // A handler that writes and then waits: its record is in the file before
+    // the thread waits (the timer's handler looks).
+    io.restart();
+    boost::asio::steady_timer timer(io);
+    std::string seen;
+    boost::asio::post(io, [&] {
+        write_from_loop(log, "late", loops);
+        timer.expires_after(std::chrono::milliseconds(20));
+        timer.async_wait([&](boost::system::error_code) { seen = read(dir_ / "audit.log"); });
+    });
+    io.run();
+    EXPECT_EQ(lines(seen).back(), "late");
+    // Not on one of the loops: written at once.
+    write_from_loop(log, "elsewhere", loops);
+    EXPECT_EQ(lines(read(dir_ / "audit.log")).back(), "elsewhere");
+}
+
 // Several threads (the terminator's io threads) writing at once: every line
 // whole, each writer's lines in its order, nothing lost across rotations, and
 // the file, the tail and a follower in the same order.
@@ -171,6 +350,69 @@ TEST_F(AuditLogTest, ConcurrentWritersKeepLinesWholeAndInOneOrder) {
     EXPECT_EQ(log.written(), in_file.size());
     EXPECT_EQ(log.write_errors(), 0u);
     for (const auto& f : files()) EXPECT_LE(fs::file_size(dir_ / f), 1u << 20) << f;
+}
+
+// Two io threads writing batches (write_from_loop) and another thread writing
+// at once (the event reader): the file, the tail and a follower in one order,
+// each writer's records in its order, and records batched.
+TEST_F(AuditLogTest, LoopWritersAndImmediateWritersKeepOneOrder) {
+    const int loops_n = 2, handlers = 300, per_handler = 7, immediate = 500;
+    AuditLog log((dir_ / "audit.log").string(),
+                 {.max_file_bytes = 256 << 10, .keep_files = 40, .tail_records = 100000, .tail_bytes = 64 << 20});
+    std::vector<std::string> followed;
+    log.subscribe([&](const std::string& l) {
+        followed.push_back(l);
+        return true;
+    });
+    auto line = [](int w, int i) {
+        return R"({"w":)" + std::to_string(w) + R"(,"i":)" + std::to_string(i) + R"(,"pad":")" +
+               std::string(static_cast<std::size_t>(100 + (i * 37 + w * 101) % 600), static_cast<char>('a' + w)) + "\"}";
+    };
+    std::vector<std::unique_ptr<boost::asio::io_context>> ios;
+    std::vector<boost::asio::io_context::executor_type> loops;
+    for (int w = 0; w < loops_n; ++w) {
+        ios.push_back(std::make_unique<boost::asio::io_context>(1));
+        loops.push_back(ios.back()->get_executor());
+    }
+    std::vector<std::thread> ts;
+    for (int w = 0; w < loops_n; ++w)
+        ts.emplace_back([&, w] {
+            auto& io = *ios[static_cast<std::size_t>(w)];
+            // A chain of handlers, each writing a few records, as requests
+            // ending in one turn do.
+            std::function<void(int)> step = [&](int h) {
+                for (int k = 0; k < per_handler; ++k) write_from_loop(log, line(w, h * per_handler + k), loops);
+                if (h + 1 < handlers) boost::asio::post(io, [&step, h] { step(h + 1); });
+            };
+            boost::asio::post(io, [&] { step(0); });
+            io.run();
+        });
+    ts.emplace_back([&] {
+        for (int i = 0; i < immediate; ++i) log.write(line(loops_n, i));
+    });
+    for (auto& t : ts) t.join();
+
+    std::string all;
+    for (int i = 39; i >= 1; --i)
+        if (fs::exists(dir_ / rotated_name("audit.log", static_cast<std::size_t>(i))))
+            all += read(dir_ / rotated_name("audit.log", static_cast<std::size_t>(i)));
+    all += read(dir_ / "audit.log");
+    const auto in_file = lines(all);
+    const std::size_t total = loops_n * handlers * per_handler + immediate;
+    ASSERT_EQ(in_file.size(), total);
+    std::vector<int> next(loops_n + 1, 0);
+    for (const auto& l : in_file) {
+        int w = -1, i = -1;
+        ASSERT_EQ(std::sscanf(l.c_str(), R"({"w":%d,"i":%d,)", &w, &i), 2) << l;
+        ASSERT_TRUE(w >= 0 && w <= loops_n) << l;
+        EXPECT_EQ(i, next[static_cast<std::size_t>(w)]++) << "writer " << w << " out of order";
+        EXPECT_EQ(l, line(w, i));
+    }
+    EXPECT_EQ(followed, in_file);
+    EXPECT_EQ(log.tail(total), in_file);
+    EXPECT_EQ(log.write_errors(), 0u);
+    EXPECT_LT(log.file_writes(), total / 2) << "the io threads' records were not batched";
+    for (const auto& f : files()) EXPECT_LE(fs::file_size(dir_ / f), 256u << 10) << f;
 }
 
 // A follower that returns false is dropped; the others keep getting every line.
@@ -255,6 +497,57 @@ TEST_F(AuditLogTest, AFullDiskIsCountedAndLinesStayWhole) {
     EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
+// The disk fills in the middle of batches: every record is either whole in a
+// file or counted as a write error (the one the disk cut short too), never
+// both, never neither; no line holds two records.
+TEST_F(AuditLogTest, AFullDiskMidBatchCountsEachRecordLost) {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root to mount a tmpfs";
+    const fs::path disk = dir_ / "tiny";
+    fs::create_directories(disk);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        if (::unshare(CLONE_NEWNS) != 0 || ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+            ::mount("tmpfs", disk.c_str(), "tmpfs", 0, "size=64k") != 0)
+            ::_exit(77);
+        int code = 0;
+        std::size_t written = 0, errors = 0;
+        {
+            AuditLog log((disk / "audit.log").string(), {.max_file_bytes = 48 << 10, .keep_files = 1});
+            std::size_t i = 0;
+            for (int b = 0; b < 20; ++b) {
+                for (int k = 0; k < 9; ++k, ++i) log.write_deferred(record(i, 700 + (i * 131) % 600));
+                log.flush();
+            }
+            written = log.written();
+            errors = log.write_errors();
+            if (errors == 0) code = 1;  // never filled
+        }
+        std::size_t whole = 0;
+        std::set<int> seen;
+        for (const char* f : {"audit.log", "audit.1.log"}) {
+            std::ifstream in(disk / f);
+            for (std::string l; std::getline(in, l);) {
+                if (std::count(l.begin(), l.end(), '{') > 1) code = 4;  // two records on a line
+                int n = -1;
+                if (std::sscanf(l.c_str(), R"({"event":"test","n":%d,)", &n) == 1 &&
+                    l == record(static_cast<std::size_t>(n), 700 + (static_cast<std::size_t>(n) * 131) % 600)) {
+                    ++whole;
+                    if (!seen.insert(n).second) code = 5;  // twice
+                }
+            }
+        }
+        if (whole + errors != written) code = 6;
+        ::umount(disk.c_str());
+        ::_exit(code);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77) GTEST_SKIP() << "cannot mount a tmpfs in a private mount namespace";
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
 // The tail against a deque model: the record and byte bounds (the newest kept
 // even alone over the byte bound), through the ring's growth after drops.
 TEST(AuditTail, KeepsWhatADequeWithBothBoundsKept) {
@@ -321,6 +614,37 @@ TEST_F(AuditLogTest, ARecordAllocatesNothingOnceWarm) {
         for (const auto& r : recs) log.write(r);
     g_counting = false;
     EXPECT_EQ(g_allocs, 0u) << "heap allocations in " << 4 * recs.size() << " records";
+    EXPECT_EQ(log.write_errors(), 0u);
+}
+
+// The same from an io thread: the batch buffer is reused and the deferred
+// flush's handler comes from Asio's per-thread recycling allocator, so once
+// warm a turn's records and its flush allocate nothing.
+TEST_F(AuditLogTest, LoopWritesAllocateNothingOnceWarm) {
+    // No rotation in the test (its file names allocate, once per rotation).
+    AuditLog log((dir_ / "audit.log").string(), {.max_file_bytes = 8 << 20, .keep_files = 2, .tail_records = 64});
+    std::vector<std::string> recs;
+    for (std::size_t i = 0; i < 256; ++i) recs.push_back(record(i, 300 + i % 200));
+    boost::asio::io_context io(1);
+    const std::vector loops{io.get_executor()};
+    // Turns of 16 records; each handler posts the next one.
+    std::function<void(std::size_t, bool)> turn = [&](std::size_t t, bool count) {
+        if (t == 0 && count) g_counting = true;
+        for (std::size_t k = 0; k < 16; ++k) write_from_loop(log, recs[(t * 16 + k) % recs.size()], loops);
+        if (t + 1 < 64)
+            boost::asio::post(io, [&turn, t, count] { turn(t + 1, count); });
+        else
+            boost::asio::post(io, [] { g_counting = false; });
+    };
+    for (bool count : {false, false, true}) {
+        if (count) g_allocs = 0;
+        boost::asio::post(io, [&turn, count] { turn(0, count); });
+        io.restart();
+        io.run();
+    }
+    EXPECT_EQ(g_allocs, 0u) << "heap allocations in 64 turns of 16 records";
+    EXPECT_GE(log.file_writes(), 3u * 64u);
+    EXPECT_EQ(log.file_writes(), 3u * 64u) << "one writev a turn";
     EXPECT_EQ(log.write_errors(), 0u);
 }
 
