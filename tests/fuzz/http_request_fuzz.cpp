@@ -1,6 +1,7 @@
 // libFuzzer target for the terminator's request path, header bytes to routing
-// decision: the byte-level lint, Beast's header parser with the gateway's
-// limits, and decide_route(). Besides memory errors (ASan/UBSan) it checks
+// decision: the byte-level lint, the gateway's header parser (Beast's
+// basic_parser with flat fields, flat_fields.hpp) with its limits, and
+// decide_route(). Besides memory errors (ASan/UBSan) it checks
 // what the gateway relies on: a routed request names a served endpoint with
 // the right method, no refusal carries unbounded client text, and framing
 // that could smuggle a second request is never routed.
@@ -9,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <memory_resource>
 #include <string_view>
 
 #include "terminator/head.hpp"
@@ -44,15 +46,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (end > bytes.size() || end < 4 || bytes.substr(end - 4, 4) != "\r\n\r\n") fail("lint end is not a blank line");
     if (end > kHeaderLimit) return 0;  // 431 before any parser
 
-    http::request_parser<http::empty_body> p;
+    std::pmr::monotonic_buffer_resource arena;  // the connection's RequestArena in the gateway
+    RequestParser p(&arena);
     p.header_limit(static_cast<std::uint32_t>(kHeaderLimit));
     p.body_limit(32ull * 1024 * 1024);
     p.eager(false);
     boost::beast::error_code ec;
     p.put(boost::asio::buffer(bytes.data(), end), ec);
     if (ec || !p.is_header_done()) return 0;  // 400 / 413 / 431
-    const auto& req = p.get();
-    auto head = head_of(req);
+    auto head = head_of(p);
     auto d = decide_route(head, kLogMax);
 
     // Refusals quote client text only clipped: bounded whatever came in.

@@ -103,6 +103,13 @@ MUTANTS = [
            "if (false) {",
            ("gtest", "tests/unit/terminator/redir_gateway_tests", "*/GatewayTest.SmugglingVariantsAreRefused/*",
             ["redir_gateway_tests"])),
+    Mutant("one-host", "ambiguous request framing (an HTTP/1.1 request without exactly one Host) is refused: "
+           "every Host field the flat parser kept is counted",
+           "userspace/terminator/head.hpp",
+           "++h.host_count;",
+           "h.host_count = 1;",
+           ("gtest", "tests/unit/terminator/redir_gateway_tests", "*/GatewayTest.SmugglingVariantsAreRefused/*",
+            ["redir_gateway_tests"])),
     Mutant("upstream-tls-verify", "the provider's certificate is verified",
            "userspace/terminator/upstream_tls.cpp",
            "SSL_CTX_set_verify(c, SSL_VERIFY_PEER, nullptr);",

@@ -1,10 +1,10 @@
 #pragma once
-// A client connection's arena for one request's header fields: the two Beast
-// field sets a proxied request parses (the sandbox's request, the provider's
-// answer) and the two heads it writes (the provider request's, the answer to
-// the sandbox's) are carved from a buffer the connection keeps, and all given
-// back at once when the next request starts, instead of one malloc/free per
-// field.
+// A client connection's arena for one request's header fields: the two
+// field lists a proxied request parses (the sandbox's request, the provider's
+// answer: flat_fields.hpp) and the two heads it writes (the provider
+// request's, the answer to the sandbox's) are carved from a buffer the
+// connection keeps, and all given back at once when the next request starts,
+// instead of one malloc/free per field.
 #include <atomic>
 #include <cstddef>
 #include <cstdint>

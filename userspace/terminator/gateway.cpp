@@ -27,6 +27,7 @@
 
 #include "common/error.hpp"
 #include "terminator/arena.hpp"
+#include "terminator/flat_fields.hpp"
 #include "terminator/head.hpp"
 #include "terminator/mock.hpp"
 #include "terminator/tls_stream.hpp"
@@ -44,10 +45,9 @@ using tcp = asio::ip::tcp;
 template <class T>
 using Task = asio::awaitable<T, Executor>;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable_t<Executor>{});
-// Header fields of the request path's parsed messages, and the heads it
-// writes, live in the connection's RequestArena (see ClientConn).
+// Header fields of the request path's parsed messages (flat_fields.hpp),
+// and the heads it writes, live in the connection's RequestArena (see ClientConn).
 using ArenaAlloc = RequestArena::Alloc;
-using Fields = http::basic_fields<ArenaAlloc>;
 // The provider's answer header: at most this many bytes.
 constexpr std::uint32_t kProviderHeaderLimit = 64 * 1024;
 // At most this much is read from a provider at once (Beast's read operations' size).
@@ -407,7 +407,6 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
 namespace {
 
 using Impl = Gateway::Impl;
-using Request = http::request<http::string_body>;
 
 // How a request ends early: an error answer (STATUS != 0), or the connection
 // simply closed (STATUS 0: nothing sensible can be sent any more).
@@ -742,7 +741,7 @@ struct ProxyCall {
 // The provider connection holding an answer whose header has been read.
 struct Upstream {
     std::unique_ptr<UpstreamConn> conn;
-    std::optional<http::response_parser<http::buffer_body, ArenaAlloc>> parser;
+    std::optional<ResponseParser> parser;
 };
 
 // How one attempt to send the request and read the answer's header went.
@@ -764,7 +763,7 @@ auto read_more(UpstreamConn& c) {
 // http::async_read_header would, without its composed operation (a heap
 // allocation per request): the caller reads into the buffer until this is
 // true, A.ec then saying how it ended.
-bool answer_header_parsed(UpstreamConn& c, http::response_parser<http::buffer_body, ArenaAlloc>& p, Attempt& a) {
+bool answer_header_parsed(UpstreamConn& c, ResponseParser& p, Attempt& a) {
     a.ec = {};
     if (c.buf.size() == 0) return false;
     c.buf.consume(p.put(c.buf.data(), a.ec));
@@ -777,7 +776,7 @@ bool answer_header_parsed(UpstreamConn& c, http::response_parser<http::buffer_bo
 
 // A fresh parser for the provider's answer (its fields in the request's arena).
 void expect_answer(const ProxyCall& call, Upstream& up) {
-    up.parser.emplace(std::piecewise_construct, std::make_tuple(), std::make_tuple(call.fields));
+    up.parser.emplace(call.fields.resource());
     up.parser->body_limit(boost::none);
     up.parser->header_limit(kProviderHeaderLimit);
 }
@@ -845,22 +844,23 @@ bool names_keep_alive_only(std::string_view v) { return beast::iequals(trim(v), 
 // less hop-by-hop and origin-specific headers, framed as PLAN says. Names go
 // lower-cased (an ASCII branch: the C locale's tolower is a call per byte),
 // in ARENA like OUT.
-void response_head(wire::Buffer& out, const http::response_header<Fields>& uh, const ResponsePlan& plan,
-                   bool keep_alive, ArenaAlloc arena) {
+void response_head(wire::Buffer& out, const ResponseParser& uh, const ResponsePlan& plan, bool keep_alive,
+                   ArenaAlloc arena) {
+    const auto& fields = uh.fields();
     HeaderList conn;  // the Connection headers alone: their tokens name more hop-by-hop headers
-    for (auto [it, end] = uh.equal_range(http::field::connection); it != end; ++it)
-        if (!names_keep_alive_only(it->value())) conn.emplace_back("connection", it->value());
+    for (const auto& f : fields.equal_range(http::field::connection))
+        if (!names_keep_alive_only(f.value())) conn.emplace_back("connection", f.value());
     const auto ctoks = connection_tokens(conn);
     // Room for the whole head at once: a monotonic arena does not reuse
     // what a growing string leaves behind.
     std::size_t room = 128 + uh.reason().size();  // status line, framing, blank line
-    for (const auto& f : uh) room += f.name_string().size() + f.value().size() + 4;
+    for (const auto& f : fields) room += f.name_string().size() + f.value().size() + 4;
     out.reserve(room);
     wire::HeadWriter w(out);
     w.status_line(uh.result_int(), uh.reason(), http::obsolete_reason(uh.result()));
     wire::Buffer n(arena);  // one buffer for every lower-cased name
     n.reserve(64);
-    for (const auto& f : uh) {
+    for (const auto& f : fields) {
         const auto name = f.name_string();
         n.resize(name.size());
         std::transform(name.begin(), name.end(), n.begin(), wire::ascii_lower);
@@ -931,11 +931,10 @@ void release_upstream(Impl& gw, Upstream& up, ClientWatch& watch, bool streamed)
 }
 
 // After a read into BUF that ended with READ_EC: the provider's answer
-// parsed on into P (its body into the piece P's buffer_body points at), as
+// parsed on into P (its body into the piece P's body() points at), as
 // http::async_read_some does after its read; an answer delimited by the end
 // of the connection ends at EOF. need_more is no error: the caller reads on.
-beast::error_code parse_after_read(beast::flat_buffer& buf, http::response_parser<http::buffer_body, ArenaAlloc>& p,
-                                   const beast::error_code& read_ec) {
+beast::error_code parse_after_read(beast::flat_buffer& buf, ResponseParser& p, const beast::error_code& read_ec) {
     beast::error_code ec;
     if (read_ec == asio::error::eof) {
         p.put_eof(ec);
@@ -981,7 +980,7 @@ Task<bool> proxy(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, Reque
     std::string().swap(call.upstream_body);
     call.body_room->release();
 
-    const auto& uh = up.parser->get();
+    const auto& uh = *up.parser;
     if (uh.result_int() == 401) {
         // The sandbox's key is never the one that was refused, and provider
         // 401 bodies quote part of the key: answer in our own words.
@@ -991,8 +990,8 @@ Task<bool> proxy(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, Reque
     }
     std::optional<std::uint64_t> length;
     if (auto l = up.parser->content_length()) length = *l;
-    const auto plan = plan_response(uh.result_int(), uh[http::field::content_type],
-                                    uh[http::field::content_encoding], length, up.parser->chunked());
+    const auto plan = plan_response(uh.result_int(), uh.fields()[http::field::content_type],
+                                    uh.fields()[http::field::content_encoding], length, up.parser->chunked());
     wire::Buffer head(call.fields);
     response_head(head, uh, plan, call.client_keep_alive, call.fields);
     wire::BodyFramer body(head, plan.chunked);
@@ -1029,8 +1028,8 @@ Task<bool> proxy(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, Reque
     const std::span<char> piece = call.piece;
     std::uint64_t left = plan.content_length.value_or(std::numeric_limits<std::uint64_t>::max());
     while (!p.is_done()) {
-        p.get().body().data = piece.data();
-        p.get().body().size = piece.size();
+        p.body().data = piece.data();
+        p.body().size = piece.size();
         beast::get_lowest_layer(up.conn->s).expires_after(gw.opts.stream_idle_timeout);
         beast::error_code rec;
         if (!parse_buffered(up.conn->buf, p, rec)) {
@@ -1040,7 +1039,7 @@ Task<bool> proxy(Impl& gw, Stream& s, ProxyCall& call, ClientWatch& watch, Reque
             rec = parse_after_read(up.conn->buf, p, rec);
         }
         if (rec == http::error::need_buffer) rec = {};
-        const std::size_t got = piece.size() - p.get().body().size;
+        const std::size_t got = piece.size() - p.body().size;
         const bool whole = !rec && (p.is_done() || got >= left);
         if (whole) release_upstream(gw, up, watch, plan.sse);
         if (watch.gone) {
@@ -1186,8 +1185,8 @@ Task<bool> send_mock(Impl& gw, Stream& s, const MockReply& m, bool keep_alive, R
 // The request being served: its parser (header, then body) and what its
 // header decided.
 struct Incoming {
-    explicit Incoming(ArenaAlloc fields) : parser(std::piecewise_construct, std::make_tuple(), std::make_tuple(fields)) {}
-    http::request_parser<http::string_body, ArenaAlloc> parser;
+    explicit Incoming(ArenaAlloc fields) : parser(fields.resource()) {}
+    RequestParser parser;
     RouteDecision route;
     ApiShape shape = ApiShape::OpenAI;
     SandboxInference policy;  // the sandbox's policy: route, provider_fetch
@@ -1237,10 +1236,9 @@ Stop header_parse_failure(Impl& gw, const beast::error_code& ec) {
 // configuration). Logs method and path.
 std::optional<Stop> decide_request(Impl& gw, Incoming& in, RequestLog& log) {
     const auto& o = gw.opts;
-    const auto& req = in.parser.get();
-    in.route = decide_route(head_of(req), o.log_string_max);
+    in.route = decide_route(head_of(in.parser), o.log_string_max);
     in.shape = in.route.shape;
-    log.method = clip(req.method_string(), 32);
+    log.method = clip(in.parser.method_string(), 32);
     if (clipped(in.route.path, o.log_string_max))
         log.path = clip(in.route.path, o.log_string_max);
     else
@@ -1331,7 +1329,7 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
     if (ep == Endpoint::ModelById)
         co_return co_await send_body(gw, s, 200, "application/json", model_json(in.shape, cfg), keep_alive, log);
 
-    auto& req = in.parser.get();
+    auto& req = in.parser;
     // Fetches the policy allows are not looked for; otherwise the scan rides the rewrite's parse.
     std::optional<FetchScanner> fetch_scan;
     if (!in.policy.provider_fetch) fetch_scan.emplace(o.log_string_max);
@@ -1348,7 +1346,7 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
     // connection, anthropic-beta), lower-cased into the connection's reused
     // list: a usual request allocates no string here.
     const HeaderList& client_headers =
-        cc.client_headers.fill(req, [&](std::string_view n) { return client_header_matters(n, profile); });
+        cc.client_headers.fill(req.fields(), [&](std::string_view n) { return client_header_matters(n, profile); });
     if (fetch_scan)
         if (auto fetch = find_provider_fetch(*fetch_scan, client_headers, o.log_string_max))
             co_return co_await send_error(gw, s, in.shape, 400, provider_fetch_refusal(*fetch), keep_alive, log);
@@ -1442,7 +1440,7 @@ Task<bool> serve_one(Impl& gw, Stream& s, ClientConn& cc, RequestLog& log, const
     if (!stop && !in.parser.is_done()) {
         // Read into the last body's buffer (the parser reserves the
         // Content-Length in it: no allocation when it fits).
-        cc.body.lend(in.parser.get().body());
+        cc.body.lend(in.parser.body());
         if (in.route.expect_continue) {
             http::response<http::empty_body> cont{http::status::continue_, 11};
             low.expires_after(o.write_timeout);
@@ -1464,8 +1462,8 @@ Task<bool> serve_one(Impl& gw, Stream& s, ClientConn& cc, RequestLog& log, const
         if (ec) stop = body_read_failure(gw, ec, log);
     }
     if (stop) co_return co_await answer(gw, s, in.shape, std::move(*stop), log);
-    log.bytes_in = in.parser.get().body().size();
-    const bool keep_alive = in.parser.get().keep_alive() && !gw.stopped();
+    log.bytes_in = in.parser.body().size();
+    const bool keep_alive = in.parser.header_keep_alive() && !gw.stopped();
     if (in.service.status) {
         auto refusal = refuse(in.service.status, std::move(in.service.message), keep_alive, in.route.headers);
         co_return co_await answer(gw, s, in.shape, std::move(refusal), log);
@@ -1479,8 +1477,9 @@ Task<bool> serve_one(Impl& gw, Stream& s, ClientConn& cc, RequestLog& log, const
 // connection's inline arena. The parsers' header limits bound the bytes that
 // become fields: the sandbox's header (its parser, and the allowlisted copy
 // written to the provider) and the provider's (its parser, and the copy
-// written to the sandbox). Beast keeps a field in at least ~56 bytes (`a:` is
-// 4 bytes on the wire), a written head at most ~4 per byte (it grows by
+// written to the sandbox). A parsed field takes 24 bytes and its name and
+// value (`a:` is 4 bytes on the wire, 32 in the arena: 8 a byte; Beast's
+// basic_fields took ~16), a written head at most ~4 per byte (it grows by
 // doubling), and the monotonic arena grows its blocks by half: 32 per header
 // byte covers both. Past it the request fails (std::bad_alloc ends the
 // session) instead of the agent growing.

@@ -1,28 +1,43 @@
 #pragma once
-// A parsed Beast request header → the routing facts decide_route() reads.
+// A parsed request header → the routing facts decide_route() reads.
 // Shared by the gateway and the HTTP fuzz target, so the fuzzer exercises the
 // very bytes → decision path the gateway runs.
-#include <boost/beast/http/message.hpp>
+#include <boost/beast/core/string.hpp>
 
+#include "terminator/flat_fields.hpp"
 #include "terminator/request.hpp"
 
 namespace redir::terminator {
 
-template <class Fields>
-RequestHead head_of(const boost::beast::http::request_header<Fields>& req) {
+// One pass over the fields: the first Transfer-Encoding and Expect values
+// (what basic_fields' operator[] and find gave), how many of each there are.
+inline RequestHead head_of(const RequestParser& req) {
     namespace http = boost::beast::http;
     RequestHead h;
     h.method = req.method_string();
     h.target = req.target();
     h.version = req.version();
-    h.transfer_encoding_count = req.count(http::field::transfer_encoding);
-    if (h.transfer_encoding_count) h.transfer_encoding = req[http::field::transfer_encoding];
-    h.host_count = req.count(http::field::host);
-    if (auto e = req.find(http::field::expect); e != req.end()) {
-        h.has_expect = true;
-        h.expect = e->value();
+    for (const auto& f : req.fields()) {
+        switch (f.name()) {
+            case http::field::transfer_encoding:
+                if (h.transfer_encoding_count++ == 0) h.transfer_encoding = f.value();
+                break;
+            case http::field::host:
+                ++h.host_count;
+                break;
+            case http::field::expect:
+                if (!h.has_expect) {
+                    h.has_expect = true;
+                    h.expect = f.value();
+                }
+                break;
+            case http::field::unknown:
+                if (boost::beast::iequals(f.name_string(), "anthropic-version")) h.anthropic_client = true;
+                break;
+            default:
+                break;
+        }
     }
-    h.anthropic_client = req.count("anthropic-version") > 0;
     return h;
 }
 
