@@ -2,11 +2,12 @@
 // (a ~4 KB request with a system prompt, turns and two tools; a ~700-byte
 // completion with usage), the path as it is against the path it replaced,
 // rebuilt in the same run from the public functions:
-//   old: rewrite_model, then find_provider_fetch parsing the rewritten body
-//        again; the audit line through rapidjson::Writer into a StringBuffer
+//   old: the rapidjson Reader + Writer rewrite (tests/support/rewrite_reference.hpp),
+//        then find_provider_fetch parsing the rewritten body again; the audit line through rapidjson::Writer into a StringBuffer
 //        and a std::string; parse_base_url, upstream_headers() as a list and
 //        upstream_target per request;
-//   new: one parse (rewrite_model feeding a FetchScanner); the audit line into
+//   new: one pass (rewrite_model copying the client's bytes, splicing the
+//        model, feeding a FetchScanner); the audit line into
 //        a reused buffer; the base URL and the provider's headers from the
 //        snapshot, headers emitted without a list.
 // The old path reads the response's usage with the reference scanner, the
@@ -16,9 +17,13 @@
 // against their byte-at-a-time reference (tests/support/usage_reference.hpp)
 // on bench/peers' small fixed answer, the ~700-byte completion, and an
 // OpenAI stream fed one event a piece as the relay reads it.
+// The rewrite with its scan on its own: rewrite_model against the rapidjson
+// rewrite it replaced (both one pass, with a FetchScanner), on the ~4 KB
+// request and bench/peers' small one.
 // Targets (CPU time, exit 1 when missed): the new path no slower than the old
-// one, the one-pass rewrite + scan no slower than the two passes, and each
-// usage scan no slower than its reference.
+// one, the one-pass rewrite + scan no slower than the two passes, the rewrite
+// at most 0.6 of the rapidjson one on either request, and each usage scan no
+// slower than its reference.
 #include <benchmark/benchmark.h>
 
 #include <rapidjson/reader.h>
@@ -31,6 +36,7 @@
 #include "terminator/request.hpp"
 #include "terminator/store.hpp"
 #include "terminator/usage.hpp"
+#include "rewrite_reference.hpp"
 #include "terminator_reference.hpp"
 #include "usage_reference.hpp"
 
@@ -145,7 +151,7 @@ void BM_Floor_ReaderNullHandler(benchmark::State& state) {
 
 void BM_Request_TwoPasses(benchmark::State& state) {
     for (auto _ : state) {
-        auto rw = rewrite_model(kRequest, "served-model", kLogStringMax, true);
+        auto rw = reference::rewrite_model(kRequest, "served-model", kLogStringMax, true);
         auto f = find_provider_fetch(rw.body, kClient);
         benchmark::DoNotOptimize(rw);
         benchmark::DoNotOptimize(f);
@@ -163,6 +169,21 @@ void BM_Request_Small(benchmark::State& state) {
     }
     state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kSmallRequest.size()));
 }
+
+template <class Rewrite>
+void rewrite_with_scan(benchmark::State& state, const std::string& body, Rewrite rewrite) {
+    for (auto _ : state) {
+        FetchScanner sc;
+        auto rw = rewrite(body, "served-model", kLogStringMax, true, &sc);
+        benchmark::DoNotOptimize(rw);
+        benchmark::DoNotOptimize(sc.finding());
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(body.size()));
+}
+void BM_Rewrite_Reference(benchmark::State& s) { rewrite_with_scan(s, kRequest, reference::rewrite_model); }
+void BM_Rewrite(benchmark::State& s) { rewrite_with_scan(s, kRequest, rewrite_model); }
+void BM_Rewrite_Small_Reference(benchmark::State& s) { rewrite_with_scan(s, kSmallRequest, reference::rewrite_model); }
+void BM_Rewrite_Small(benchmark::State& s) { rewrite_with_scan(s, kSmallRequest, rewrite_model); }
 
 void BM_Request_OnePass(benchmark::State& state) {
     for (auto _ : state) {
@@ -243,7 +264,7 @@ void BM_Upstream_FromSnapshot(benchmark::State& state) {
 void BM_Path_Old(benchmark::State& state) {
     const RequestLog r = record();
     for (auto _ : state) {
-        auto rw = rewrite_model(kRequest, "served-model", kLogStringMax, true);
+        auto rw = reference::rewrite_model(kRequest, "served-model", kLogStringMax, true);
         auto f = find_provider_fetch(rw.body, kClient);
         std::string err;
         auto base = parse_base_url(kProvider.base_url, &err);
@@ -290,6 +311,10 @@ BENCHMARK(BM_Floor_ReaderNullHandler);
 BENCHMARK(BM_Request_TwoPasses);
 BENCHMARK(BM_Request_OnePass);
 BENCHMARK(BM_Request_Small);
+BENCHMARK(BM_Rewrite_Reference);
+BENCHMARK(BM_Rewrite);
+BENCHMARK(BM_Rewrite_Small_Reference);
+BENCHMARK(BM_Rewrite_Small);
 BENCHMARK(BM_Usage_Small_Reference);
 BENCHMARK(BM_Usage_Small);
 BENCHMARK(BM_Usage_Json_Reference);
@@ -315,7 +340,7 @@ int main(int argc, char** argv) {
     {
         FetchScanner sc;
         auto one = rewrite_model(kRequest, "served-model", kLogStringMax, true, &sc);
-        auto two = rewrite_model(kRequest, "served-model", kLogStringMax, true);
+        auto two = reference::rewrite_model(kRequest, "served-model", kLogStringMax, true);
         if (!one.ok || one.body != two.body || find_provider_fetch(sc, kClient).has_value() ||
             find_provider_fetch(two.body, kClient).has_value() || request_log_line(record()) != reference::log_json(record())) {
             std::fprintf(stderr, "bench_terminator_json: the old and new paths disagree on the sample request\n");
@@ -352,6 +377,10 @@ int main(int argc, char** argv) {
         const double floor = rep.ns("BM_Floor_ReaderNullHandler");
         const double two = rep.ns("BM_Request_TwoPasses"), one = rep.ns("BM_Request_OnePass");
         const double old_path = rep.ns("BM_Path_Old"), new_path = rep.ns("BM_Path_New");
+        const double rewrite = same_run_ratio(rep.ns("BM_Rewrite"), rep.ns("BM_Rewrite_Reference"));
+        const double rewrite_small = same_run_ratio(rep.ns("BM_Rewrite_Small"), rep.ns("BM_Rewrite_Small_Reference"));
+        std::printf("rewrite + scan / rapidjson rewrite (same run): 4 KB request %.2f, small request %.2f\n", rewrite,
+                    rewrite_small);
         const double usage_small = same_run_ratio(rep.ns("BM_Usage_Small"), rep.ns("BM_Usage_Small_Reference"));
         const double usage_json = same_run_ratio(rep.ns("BM_Usage_Json"), rep.ns("BM_Usage_Json_Reference"));
         const double usage_sse = same_run_ratio(rep.ns("BM_Usage_Sse"), rep.ns("BM_Usage_Sse_Reference"));
@@ -366,6 +395,8 @@ int main(int argc, char** argv) {
                     same_run_ratio(one, floor));
         bool ok = check("request path JSON+strings, new / old (same run)", same_run_ratio(new_path, old_path), 1.0, "x");
         ok &= check("rewrite + fetch scan, one pass / two passes (same run)", same_run_ratio(one, two), 1.0, "x");
+        ok &= check("rewrite + scan, 4 KB request / rapidjson rewrite (same run)", rewrite, 0.6, "x");
+        ok &= check("rewrite + scan, small request / rapidjson rewrite (same run)", rewrite_small, 0.6, "x");
         ok &= check("usage scan, small answer / reference (same run)", usage_small, 1.0, "x");
         ok &= check("usage scan, completion / reference (same run)", usage_json, 1.0, "x");
         ok &= check("usage scan, SSE stream / reference (same run)", usage_sse, 1.0, "x");

@@ -2,13 +2,21 @@
 // either a 400 with a bounded sentence or a body that is one JSON object
 // whose top-level "model" is the configured one, with everything the client
 // sent otherwise intact. The client's own model reaches the log clipped.
+// Differential: the verdict, the 400's sentence, the clipped model, the
+// stream flag and the provider-fetch finding are those of the rapidjson
+// rewrite it replaced (tests/support/rewrite_reference.hpp), and the body
+// reads back to exactly what that one wrote.
 #include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string_view>
 
+#include "../support/rewrite_reference.hpp"
+#include "terminator/provider_fetch.hpp"
 #include "terminator/request.hpp"
 
 namespace {
@@ -23,10 +31,41 @@ constexpr std::string_view kModel = "fuzz-model";
     std::abort();
 }
 
+// BODY read by rapidjson and written again compactly (numbers as their text).
+std::string read_back(std::string_view body) {
+    struct Raw : rapidjson::Writer<rapidjson::StringBuffer> {
+        using Writer::Writer;
+        bool RawNumber(const char* s, rapidjson::SizeType n, bool) { return RawValue(s, n, rapidjson::kNumberType); }
+    };
+    rapidjson::StringBuffer sb;
+    Raw w(sb);
+    rapidjson::MemoryStream ms(body.data(), body.size());
+    rapidjson::Reader reader;
+    if (reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag>(ms, w).IsError())
+        return "<not JSON>";
+    return std::string(sb.GetString(), sb.GetSize());
+}
+
+std::string show(const std::optional<FetchFinding>& f) { return f ? f->where + " / " + f->what : "none"; }
+
+void same_as_reference(std::string_view body, bool force_usage) {
+    FetchScanner ns(kLogMax), rs(kLogMax);
+    const auto n = rewrite_model(body, kModel, kLogMax, force_usage, &ns);
+    const auto r = reference::rewrite_model(body, kModel, kLogMax, force_usage, &rs);
+    if (n.ok != r.ok) fail("verdict differs from the rapidjson rewrite");
+    if (n.error != r.error) fail("400 sentence differs from the rapidjson rewrite's");
+    if (n.truncated != r.truncated) fail("truncated differs from the rapidjson rewrite");
+    if (!n.ok) return;
+    if (n.model_requested != r.model_requested || n.stream != r.stream) fail("model_requested or stream differs");
+    if (read_back(n.body) != r.body) fail("body does not read back as the rapidjson rewrite wrote it");
+    if (show(ns.finding()) != show(rs.finding())) fail("provider-fetch finding differs");
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::string_view body(reinterpret_cast<const char*>(data), size);
+    same_as_reference(body, size % 2 == 1);
     auto r = rewrite_model(body, kModel, kLogMax);
     if (r.model_requested.size() > kLogMax + 40) fail("model_requested not clipped");
     if (!r.ok) {

@@ -136,6 +136,12 @@ bool FetchScanner::scalar() {
     return true;
 }
 
+bool FetchScanner::reads_string() const {
+    if (found_) return false;
+    const std::string_view k = value_key();
+    return k == "type" || is_url_input_key(k) || (k == "url" && is_url_input_key(parent_key()));
+}
+
 bool FetchScanner::String(const char* s, unsigned n, bool) {
     if (found_) return false;
     std::string_view v(s, n);

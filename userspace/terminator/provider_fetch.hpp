@@ -50,6 +50,10 @@ public:
     bool EndArray(unsigned = 0) { return end(); }
 
     const std::optional<FetchFinding>& finding() const { return found_; }
+    // Whether a String event now would read its text (a "type" value, a URL
+    // input): when not, Null() counts the value exactly as String would, and
+    // the caller need not decode it (rewrite_model's escaped prompt text).
+    bool reads_string() const;
 
 private:
     struct Frame {

@@ -84,20 +84,25 @@ std::string_view error_type_for_status(ApiShape shape, int status);
 
 struct RewriteResult {
     bool ok = false;
-    std::string body;             // re-serialised request with model set
+    std::string body;             // the client's request with model set (and stream_options, when forced)
     std::string error;            // one sentence for the 400 when !ok (client text clipped)
     std::string model_requested;  // "" when absent or not a string; clipped to LOG_MAX
     bool stream = false;          // top-level "stream": true
     bool truncated = false;       // model_requested or error had client text clipped
 };
 // Sets the top-level "model" to MODEL (inserted when absent). Everything else
-// keeps its meaning: numbers keep their exact text, order is kept. The body
-// is written once, straight into RESULT.body (no second copy), and client
-// strings quoted in RESULT (model_requested, error) are clip()ped to LOG_MAX.
+// is the client's bytes as they came (numbers, strings with their escapes,
+// order, whitespace), from the object's '{' to its '}': only the edits are
+// written. The body must be one JSON object as rapidjson's Reader takes it
+// (strings UTF-8, no repeated top-level key); a refusal's sentence is the one
+// that Reader's error gives. The body is written once, straight into
+// RESULT.body (no second copy), and client strings quoted in RESULT
+// (model_requested, error) are clip()ped to LOG_MAX.
 // FORCE_USAGE (asks_stream_usage()): a streamed request gets
 // stream_options.include_usage true, whatever the client sent.
-// SCAN (provider_fetch.hpp), when given, is fed the events of the body as it
-// is written: the provider-fetch scan of the rewritten body in the same pass.
+// SCAN (provider_fetch.hpp), when given, is fed the events of the body that
+// leaves (strings decoded), in the same pass: what a parse of RESULT.body
+// would feed it.
 // Its finding counts only when the result is ok (a malformed body is refused
 // as such first, as when the scan was a second parse).
 class FetchScanner;
