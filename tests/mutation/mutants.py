@@ -230,6 +230,17 @@ MUTANTS = [
            "while (j < n && size_ + lead + (ends[j] - start) <= max_bytes_) ++j;", "j = n;",
            ("gtest", "tests/unit/agent/test_agent_audit_log", "AuditLogTest.BatchesRotateAsSpdlogsSinkDid",
             ["test_agent_audit_log"])),
+    Mutant("events-follow-one-lock", "`redirctl events -f` misses no record between the tail and the live ones "
+           "(both taken under the audit log's lock)", "userspace/agent/control_server.cpp",
+           "take(audit.subscribe_after_tail(req.count, ",
+           "take(audit.tail(req.count));\n    take(audit.subscribe_after_tail(0, ",
+           ("gtest", "tests/unit/control/test_control_server",
+            "ControlServerTest.EventsFollowGetsTheReplyThenEveryLaterRecordOnce", ["test_control_server"])),
+    Mutant("events-follow-reply-first", "`redirctl events -f` gets its reply before any live record (the reply "
+           "is queued ahead of the lines its followers posted)", "userspace/agent/control_server.cpp",
+           "self->queue(std::move(resp));", "self->send(std::move(resp));",
+           ("gtest", "tests/unit/control/test_control_server",
+            "ControlServerTest.EventsFollowSendsTheReplyBeforeARecordWrittenMeanwhile", ["test_control_server"])),
     Mutant("dns-lookup-holds-itself", "lifetime safety: a DNS lookup in flight outlives its callbacks",
            "userspace/dns/server.cpp",
            "usock.async_receive(asio::buffer(buf), [self = shared_from_this()](error_code ec, size_t n) {",

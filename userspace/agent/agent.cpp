@@ -638,16 +638,7 @@ control::PolicyDeleteReply Agent::cmd_policy_delete(const control::PolicyDeleteR
 }
 
 control::EventsReply Agent::cmd_events(const control::EventsRequest& req, const std::shared_ptr<ControlConn>& conn) {
-    control::EventsReply r;
-    for (auto& l : audit_->tail(req.count)) r.events.push_back({l});
-    if (req.follow) {
-        std::weak_ptr<ControlConn> w = conn;
-        audit_->subscribe([w](const std::string& line) {
-            auto c = w.lock();
-            return c && c->alive() && c->send(line);
-        });
-    }
-    return r;
+    return serve_events(*audit_, req, conn);
 }
 
 void Agent::on_event(const redir_event& e) {

@@ -105,6 +105,12 @@ void AuditLog::subscribe(Subscriber s) {
     subs_.push_back(std::move(s));
 }
 
+std::vector<std::string> AuditLog::subscribe_after_tail(size_t n, Subscriber s) {
+    std::lock_guard lk(mu_);
+    subs_.push_back(std::move(s));
+    return tail_.last(n);
+}
+
 std::string AuditLog::summary(uint64_t cgroup_id, const std::string& key, const Window& w) const {
     JsonOut j;
     j.begin()

@@ -73,6 +73,9 @@ public:
     // log's lock: it must not call back into this AuditLog, nor block.
     using Subscriber = std::function<bool(const std::string&)>;  // false: unsubscribe
     void subscribe(Subscriber s);
+    // The last N records (tail(N)) and, from the next record on, SUBSCRIBER,
+    // under one lock: no record falls between the two, none is in both.
+    std::vector<std::string> subscribe_after_tail(size_t n, Subscriber s);
 
     uint64_t written() const { return written_.load(std::memory_order_relaxed); }
     uint64_t suppressed() const { return suppressed_; }

@@ -13,6 +13,7 @@
 
 #include <sys/syscall.h>
 
+#include "agent/audit_log.hpp"
 #include "common/error.hpp"
 #include "common/fd.hpp"
 #include "agent/fd_reserve.hpp"
@@ -75,14 +76,11 @@ public:
 
     void start() { read(); }
 
+    // From any thread: queued on the connection's thread, in call order.
     bool send(std::string line) override {
         if (!alive_) return false;
         auto self = shared_from_this();
-        asio::post(sock_.get_executor(), [self, line = std::move(line)]() mutable {
-            bool idle = self->out_.empty();
-            self->out_.push_back(std::move(line) + "\n");
-            if (idle) self->flush();
-        });
+        asio::post(sock_.get_executor(), [self, line = std::move(line)]() mutable { self->queue(std::move(line)); });
         return true;
     }
     bool alive() const override { return alive_; }
@@ -118,9 +116,20 @@ private:
             } catch (const std::exception& e) {
                 resp = control::encode_error({std::string("internal error: ") + e.what()});
             }
-            self->send(std::move(resp));
+            // Into the queue now, not posted as send() does: a line a follower
+            // sent while the handler ran (events --follow; posted, so not yet
+            // queued) goes after the reply, never before it.
+            self->queue(std::move(resp));
             self->read();
         });
+    }
+
+    // On the connection's thread.
+    void queue(std::string line) {
+        if (!alive_) return;
+        bool idle = out_.empty();
+        out_.push_back(std::move(line) + "\n");
+        if (idle) flush();
     }
 
     void flush() {
@@ -147,6 +156,28 @@ private:
 };
 
 }  // namespace
+
+control::EventsReply serve_events(AuditLog& audit, const control::EventsRequest& req,
+                                  const std::shared_ptr<ControlConn>& conn) {
+    control::EventsReply r;
+    auto take = [&r](std::vector<std::string> lines) {
+        r.events.reserve(lines.size());
+        for (auto& l : lines) r.events.push_back({std::move(l)});
+    };
+    if (!req.follow) {
+        take(audit.tail(req.count));
+        return r;
+    }
+    // The tail and the subscription under the log's lock: a record written
+    // meanwhile is in exactly one of them. Its line is posted to the
+    // connection's thread, where it is queued after this reply.
+    std::weak_ptr<ControlConn> w = conn;
+    take(audit.subscribe_after_tail(req.count, [w](const std::string& line) {
+        auto c = w.lock();
+        return c && c->alive() && c->send(line);
+    }));
+    return r;
+}
 
 ControlServer::ControlServer(asio::io_context& io, const std::string& path, ControlHandler handler, PeerCheck check)
     : io_(io), path_(path), acceptor_(io), handler_(std::move(handler)), check_(std::move(check)) {

@@ -15,6 +15,8 @@
 
 namespace redir::agent {
 
+class AuditLog;
+
 // The client end of a connection (the protocol's type, so handlers may keep it).
 using ControlConn = control::Connection;
 
@@ -24,6 +26,13 @@ using ControlHandler = std::function<std::string(const std::string& line, const 
 
 // Why the process PID may not use the control API (one sentence), or nullopt.
 using PeerCheck = std::function<std::optional<std::string>(pid_t pid)>;
+
+// `events`: the last REQ.count records of AUDIT and, with REQ.follow, every
+// later one as a line on CONN after the reply: none missed between the two,
+// none twice, all in the log's order (the server sends a reply before any
+// line a handler's followers queued while it ran).
+control::EventsReply serve_events(AuditLog& audit, const control::EventsRequest& req,
+                                  const std::shared_ptr<ControlConn>& conn);
 
 class ControlServer {
 public:

@@ -415,6 +415,43 @@ TEST_F(AuditLogTest, LoopWritersAndImmediateWritersKeepOneOrder) {
     for (const auto& f : files()) EXPECT_LE(fs::file_size(dir_ / f), 256u << 10) << f;
 }
 
+// subscribe_after_tail while another thread writes as fast as it can: the
+// tail and then the followed records are consecutive (nothing lost between
+// the two, nothing twice), whatever the moment.
+TEST_F(AuditLogTest, TheTailAndTheFollowedRecordsNeitherGapNorOverlap) {
+    AuditLog log((dir_ / "audit.log").string(), {.max_file_bytes = 64 << 20, .tail_records = 1000});
+    std::atomic<long> last{-1};
+    std::jthread writer([&](std::stop_token stop) {  // stopped and joined however the test ends
+        for (long i = 0; !stop.stop_requested(); ++i) {
+            log.write_deferred(std::to_string(i));
+            if (i % 16 == 15) log.flush();
+            last = i;
+        }
+    });
+    while (last < 100) std::this_thread::yield();
+    for (int round = 0; round < 200; ++round) {
+        // Filled by the writer's thread (the subscriber runs under the log's
+        // lock there), read here once it says 20.
+        struct Seen {
+            long n[20];
+            std::atomic<std::size_t> count{0};
+        };
+        auto seen = std::make_shared<Seen>();
+        const auto tail = log.subscribe_after_tail(round % 2 ? 1 : 50, [seen](const std::string& l) {
+            const std::size_t k = seen->count.load(std::memory_order_relaxed);
+            seen->n[k] = std::stol(l);
+            seen->count.store(k + 1, std::memory_order_release);
+            return k + 1 < 20;  // then unsubscribed
+        });
+        while (seen->count.load(std::memory_order_acquire) < 20) std::this_thread::yield();
+        ASSERT_FALSE(tail.empty());
+        std::vector<long> all;
+        for (auto& t : tail) all.push_back(std::stol(t));
+        all.insert(all.end(), seen->n, seen->n + 20);
+        for (std::size_t i = 1; i < all.size(); ++i) ASSERT_EQ(all[i], all[i - 1] + 1) << "round " << round << " at " << i;
+    }
+}
+
 // A follower that returns false is dropped; the others keep getting every line.
 TEST_F(AuditLogTest, AFollowerThatLeavesIsDroppedAndTheOthersStay) {
     AuditLog log((dir_ / "audit.log").string());

@@ -1,6 +1,7 @@
 // The agent's control socket under a hostile client: huge, deep, NUL-laden
 // and endless lines get a typed error line and the agent keeps serving; a
-// handler's failure comes back as escaped JSON.
+// handler's failure comes back as escaped JSON; `events --follow` against a
+// log being written gets its reply first, then every later record once.
 #include "agent/control_server.hpp"
 
 #include <gtest/gtest.h>
@@ -10,10 +11,13 @@
 #include <unistd.h>
 
 #include <boost/asio/executor_work_guard.hpp>
+#include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <thread>
 
+#include "agent/audit_log.hpp"
 #include "common/fd.hpp"
 #include "control/dispatcher.hpp"
 
@@ -30,6 +34,12 @@ protected:
         commands_.on<DetachRequest>([](const DetachRequest& r) { return DetachReply{r.cgroup}; });
         commands_.on<StatusRequest>([](const StatusRequest&) -> StatusReply {
             throw Error("state file \"x\"\nis broken \xff");
+        });
+        audit_ = std::make_unique<agent::AuditLog>(dir_ + "/audit.log");
+        commands_.on<EventsRequest>([this](const EventsRequest& r, const Dispatcher::Conn& c) {
+            auto reply = agent::serve_events(*audit_, r, c);
+            if (after_events_) after_events_();  // the handler still running, its reply not yet sent
+            return reply;
         });
         server_ = std::make_unique<agent::ControlServer>(
             io_, dir_ + "/redird.sock",
@@ -95,6 +105,8 @@ protected:
     boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_{io_.get_executor()};
     std::string dir_;
     Dispatcher commands_;
+    std::unique_ptr<agent::AuditLog> audit_;  // outlives the server's connections
+    std::function<void()> after_events_;
     std::unique_ptr<agent::ControlServer> server_;
     std::thread thread_;
     std::string buf_;
@@ -139,6 +151,51 @@ TEST_F(ControlServerTest, AnInternalErrorIsEscaped) {
     ASSERT_TRUE(d.IsObject());
     EXPECT_FALSE(d["ok"].GetBool());
     EXPECT_EQ(std::string(d["error"].GetString()), "internal error: state file \"x\"\nis broken \xef\xbf\xbd");
+}
+
+// A record another thread writes after the subscription but before the
+// reply has gone out (a terminator thread, while the agent's thread encodes a
+// long tail) is the first line after the reply, never ahead of it.
+TEST_F(ControlServerTest, EventsFollowSendsTheReplyBeforeARecordWrittenMeanwhile) {
+    audit_->write(R"({"n":1})");
+    after_events_ = [this] { std::thread([this] { audit_->write(R"({"n":2})"); }).join(); };
+    auto fd = connect();
+    send_all(fd.get(), R"({"cmd":"events","count":10,"follow":true})" "\n");
+    EXPECT_EQ(read_line(fd.get()), R"({"ok":true,"events":[{"n":1}]})");
+    EXPECT_EQ(read_line(fd.get()), R"({"n":2})");
+}
+
+// `events --follow` while another thread writes records as fast as it can
+// (the terminator under load): the first line is the reply, and its records
+// then the live lines are consecutive — no record lost between the tail and
+// the subscription, none twice, none out of order.
+TEST_F(ControlServerTest, EventsFollowGetsTheReplyThenEveryLaterRecordOnce) {
+    std::jthread writer([&](std::stop_token stop) {  // stopped and joined however the test ends
+        for (uint64_t i = 0; !stop.stop_requested(); ++i)
+            audit_->write(R"({"n":)" + std::to_string(i) + "}");
+    });
+    auto n_of = [](const rapidjson::Value& v) -> int64_t {
+        return v.IsObject() && v.HasMember("n") && v["n"].IsInt64() ? v["n"].GetInt64() : -1;
+    };
+    for (int round = 0; round < 200 && !HasFatalFailure(); ++round) {
+        auto fd = connect();
+        buf_.clear();
+        send_all(fd.get(), std::string(R"({"cmd":"events","count":)") + std::to_string(round % 3 == 0 ? 1 : 5000) +
+                               R"(,"follow":true})" + "\n");
+        const std::string first = read_line(fd.get());
+        auto reply = parsed(first);
+        ASSERT_TRUE(reply.IsObject() && reply.HasMember("events") && reply["events"].IsArray())
+            << "round " << round << ": the first line is not the reply: " << first.substr(0, 200);
+        std::vector<int64_t> seq;
+        for (auto& e : reply["events"].GetArray()) seq.push_back(n_of(e));
+        for (int k = 0; k < 300; ++k) {
+            const std::string l = read_line(fd.get());
+            ASSERT_FALSE(l.empty()) << "round " << round << ": the stream ended";
+            seq.push_back(n_of(parsed(l)));
+        }
+        for (std::size_t i = 1; i < seq.size(); ++i)
+            ASSERT_EQ(seq[i], seq[i - 1] + 1) << "round " << round << ": record " << i << " of tail + live";
+    }
 }
 
 }  // namespace
