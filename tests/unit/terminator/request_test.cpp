@@ -529,5 +529,24 @@ TEST(Mock, AnswersInEachShape) {
     EXPECT_NE(m.pieces[0].find("\"index\":1"), std::string::npos);
 }
 
+// The sandbox's way around the rewrite: spell the key so that a byte-level
+// match misses it but the provider's JSON parser reads "model" (escapes), or
+// send it twice hoping the provider keeps the last one. Escaped, the key is
+// still the model and is rewritten; twice (however spelled), the body is refused.
+TEST(Rewrite, EscapedModelKeysCannotSmuggleAModel) {
+    auto r = rewrite_model(R"({"\u006dodel":"gpt-expensive","x":1})", "m");
+    ASSERT_TRUE(r.ok) << r.error;
+    EXPECT_EQ(r.model_requested, "gpt-expensive");
+    EXPECT_EQ(r.body.find("gpt-expensive"), std::string::npos) << r.body;
+    EXPECT_NE(r.body.find("\"m\""), std::string::npos) << r.body;
+    for (const char* body : {R"({"model":"a","\u006dodel":"gpt-expensive"})",
+                             R"({"\u006d\u006f\u0064\u0065\u006c":"gpt-expensive","model":"a"})",
+                             R"({"mod\u0065l":"a","x":{},"m\u006fdel":"gpt-expensive"})"}) {
+        r = rewrite_model(body, "m");
+        EXPECT_FALSE(r.ok) << body;
+        EXPECT_NE(r.error.find("repeats the top-level key"), std::string::npos) << body << " -> " << r.error;
+    }
+}
+
 }  // namespace
 }  // namespace redir::terminator
