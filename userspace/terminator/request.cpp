@@ -17,6 +17,7 @@
 #include <cctype>
 #include <cstring>
 #include <ctime>
+#include <memory>
 #include <memory_resource>
 #include <set>
 #include <sstream>
@@ -1374,45 +1375,131 @@ std::string model_json(ApiShape shape, const InferenceConfig& cfg) {
 namespace {
 
 // The access-log line's own writer: the field names are fixed, so they go out
-// as literals (no per-key work), and values are escaped a run at a time. The
+// as literals (no per-key work), and values are escaped a word at a time. The
 // bytes are those rapidjson::Writer wrote for the same record (same escapes,
-// same number formatting: rapidjson's own itoa/dtoa), which the tests check.
-struct LineOut {
-    std::string& s;
+// same number formatting: rapidjson's own itoa, and its dtoa where the
+// duration's fixed format would not be its output), which the tests check.
+// The line is written into a buffer sized for it at once (log_line_bound):
+// no growth check per piece.
 
-    void raw(std::string_view v) { s.append(v); }
-    void str(std::string_view v) { append_json_string(s, v); }
-    void u64(std::uint64_t v) {
-        char b[20];
-        s.append(b, static_cast<std::size_t>(rapidjson::internal::u64toa(v, b) - b));
+// Bytes of the line for R at most: the names, each string escaped at worst
+// (six bytes a byte, and its quotes), each number at its longest.
+std::size_t log_line_bound(const RequestLog& r) {
+    const std::size_t strings = r.conn.client.size() + r.method.size() + r.path.size() + r.route.size() +
+                                r.provider.size() + r.provider_type.size() + r.model_requested.size() +
+                                r.model_used.size() + r.error.size() +
+                                (r.credential ? r.credential->header.size() + r.credential->key.size() + 8 : 0);
+    constexpr std::size_t kNames = 512;  // every name, separator and brace, with room to spare
+    constexpr std::size_t kStrings = 14;  // quotes of every string field
+    constexpr std::size_t kNumbers = 8 * 20 + 32;
+    return kNames + 2 * kStrings + 6 * strings + kNumbers;
+}
+
+class LineOut {
+public:
+    explicit LineOut(char* o) : o_(o) {}
+    char* end() const { return o_; }
+
+    template <std::size_t N>
+    void raw(const char (&lit)[N]) {
+        std::memcpy(o_, lit, N - 1);
+        o_ += N - 1;
     }
-    void u32(unsigned v) {
-        char b[10];
-        s.append(b, static_cast<std::size_t>(rapidjson::internal::u32toa(v, b) - b));
+    void raw(std::string_view v) {
+        std::memcpy(o_, v.data(), v.size());
+        o_ += v.size();
     }
-    void i32(int v) {
-        char b[11];
-        s.append(b, static_cast<std::size_t>(rapidjson::internal::i32toa(v, b) - b));
+    // V as a JSON string, escaped as rapidjson::Writer escapes (UTF-8 in and
+    // out, not validated): clean words are copied eight bytes at a time.
+    void str(std::string_view v) {
+        static constexpr char hex[] = "0123456789ABCDEF";
+        *o_++ = '"';
+        const char* p = v.data();
+        const char* const e = p + v.size();
+        while (p < e) {
+            if constexpr (std::endian::native == std::endian::little) {
+                while (e - p >= 8) {
+                    std::uint64_t w;
+                    std::memcpy(&w, p, 8);
+                    // Eight bytes go out either way (the bound has room): only
+                    // those before a byte to escape count.
+                    std::memcpy(o_, p, 8);
+                    const std::uint64_t m = escape_marks(w);
+                    const std::size_t k = m ? static_cast<std::size_t>(std::countr_zero(m) >> 3) : 8;
+                    o_ += k;
+                    p += k;
+                    if (m) break;
+                }
+                if (p == e) break;
+            }
+            const auto c = static_cast<unsigned char>(*p++);
+            const char esc = kJsonEscape[c];
+            if (!esc) {
+                *o_++ = static_cast<char>(c);
+                continue;
+            }
+            o_[0] = '\\';
+            o_[1] = esc;
+            if (esc != 'u') {
+                o_ += 2;
+                continue;
+            }
+            o_[2] = '0';
+            o_[3] = '0';
+            o_[4] = hex[c >> 4];
+            o_[5] = hex[c & 0xF];
+            o_ += 6;
+        }
+        *o_++ = '"';
     }
-    void dbl(double d) {
+    void u64(std::uint64_t v) { o_ = rapidjson::internal::u64toa(v, o_); }
+    void u32(unsigned v) { o_ = rapidjson::internal::u32toa(v, o_); }
+    void i32(int v) { o_ = rapidjson::internal::i32toa(v, o_); }
+    // The duration, whole microseconds M as milliseconds. For 0 <= M < 1e8
+    // (27 hours) rapidjson's dtoa of M / 1000.0 is its decimal with the
+    // fraction's trailing zeros dropped (at least one digit kept: "2.0"),
+    // checked for every such M; any other goes through dtoa.
+    void millis(std::int64_t m) {
+        if (m >= 0 && m < 100'000'000) {
+            u32(static_cast<unsigned>(m / 1000));
+            const auto f = static_cast<unsigned>(m % 1000);
+            o_[0] = '.';
+            o_[1] = static_cast<char>('0' + f / 100);
+            o_[2] = static_cast<char>('0' + f / 10 % 10);
+            o_[3] = static_cast<char>('0' + f % 10);
+            o_ += f % 100 == 0 ? 2 : f % 10 == 0 ? 3 : 4;
+            return;
+        }
+        const double d = static_cast<double>(m) / 1000.0;
         if (rapidjson::internal::Double(d).IsNanOrInf()) return;  // rapidjson::Writer writes nothing either
-        char b[25];
-        s.append(b, static_cast<std::size_t>(rapidjson::internal::dtoa(d, b, 324) - b));
+        o_ = rapidjson::internal::dtoa(d, o_, 324);
     }
-    void boolean(bool b) { raw(b ? "true" : "false"); }
+    void boolean(bool b) {
+        if (b)
+            raw("true");
+        else
+            raw("false");
+    }
     // ,"KEY":"V" — optional fields are left out rather than written empty.
-    void str_unless_empty(std::string_view key_with_quotes, std::string_view v) {
+    template <std::size_t N>
+    void str_unless_empty(const char (&key_with_quotes)[N], std::string_view v) {
         if (v.empty()) return;
         raw(key_with_quotes);
         str(v);
     }
+
+private:
+    // The bytes of W a JSON string escapes (control bytes, '"', '\\'); the
+    // lowest mark is exact.
+    static std::uint64_t escape_marks(std::uint64_t w) {
+        return ((w - kOnes * 0x20) & ~w & kHighs) | bytes_equal(w, '"') | bytes_equal(w, '\\');
+    }
+    char* o_;
 };
 
-}  // namespace
-
-void request_log_json(const RequestLog& r, std::string& out) {
-    out.clear();
-    LineOut w{out};
+// The line for R into O (room for log_line_bound(R) bytes); returns its end.
+char* write_log_line(const RequestLog& r, char* o) {
+    LineOut w(o);
     w.raw(R"({"event":"inference","cgroup_id":)");
     w.u64(r.conn.cgroup_id);
     w.raw(R"(,"pid":)");
@@ -1441,7 +1528,7 @@ void request_log_json(const RequestLog& r, std::string& out) {
     w.raw(R"(,"bytes_out":)");
     w.u64(r.bytes_out);
     w.raw(R"(,"duration_ms":)");
-    w.dbl(static_cast<double>(static_cast<int64_t>(r.duration_ms * 1000)) / 1000.0);
+    w.millis(static_cast<int64_t>(r.duration_ms * 1000));
     if (r.usage.known()) {
         // Only what the provider reported: a side it left out is omitted, not 0.
         w.raw(R"(,"usage":{)");
@@ -1450,7 +1537,10 @@ void request_log_json(const RequestLog& r, std::string& out) {
             w.u64(*r.usage.input_tokens);
         }
         if (r.usage.output_tokens) {
-            w.raw(r.usage.input_tokens ? R"(,"output_tokens":)" : R"("output_tokens":)");
+            if (r.usage.input_tokens)
+                w.raw(R"(,"output_tokens":)");
+            else
+                w.raw(R"("output_tokens":)");
             w.u64(*r.usage.output_tokens);
         }
         w.raw("}");
@@ -1465,23 +1555,35 @@ void request_log_json(const RequestLog& r, std::string& out) {
     }
     w.str_unless_empty(R"(,"error":)", r.error);
     w.raw("}");
+    return w.end();
+}
+
+}  // namespace
+
+void request_log_json(const RequestLog& r, std::string& out) {
+    out.resize(log_line_bound(r));
+    out.resize(static_cast<std::size_t>(write_log_line(r, out.data()) - out.data()));
 }
 
 std::string request_log_json(const RequestLog& r) {
     std::string out;
-    out.reserve(512);
     request_log_json(r, out);
     return out;
 }
 
 std::string_view request_log_line(const RequestLog& r) {
-    thread_local std::string line = [] {
-        std::string s;
-        s.reserve(1024);
-        return s;
-    }();
-    request_log_json(r, line);
-    return line;
+    // This thread's buffer: grown to the longest line's bound, never shrunk.
+    struct Buffer {
+        std::unique_ptr<char[]> bytes;
+        std::size_t size = 0;
+    };
+    thread_local Buffer line;
+    const std::size_t bound = log_line_bound(r);
+    if (bound > line.size) {
+        line.size = std::max<std::size_t>(bound, 2048);
+        line.bytes = std::make_unique_for_overwrite<char[]>(line.size);
+    }
+    return {line.bytes.get(), static_cast<std::size_t>(write_log_line(r, line.bytes.get()) - line.bytes.get())};
 }
 
 }  // namespace redir::terminator

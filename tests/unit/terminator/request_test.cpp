@@ -8,6 +8,7 @@
 
 #include <climits>
 #include <limits>
+#include <random>
 
 #include "terminator/mock.hpp"
 #include "terminator/provider_fetch.hpp"
@@ -385,6 +386,26 @@ TEST(Log, BytesAreThoseOfTheRapidjsonWriter) {
         rapidjson::Document doc;
         doc.Parse(want.data(), want.size());
         EXPECT_FALSE(doc.HasParseError()) << want;
+    }
+}
+
+// The duration goes out in a fixed format where that is rapidjson's dtoa
+// output (whole microseconds under 1e8), through dtoa elsewhere: the bytes
+// are the Writer's at every microsecond below 0.3 s, around the switch, and
+// at random durations up to days.
+TEST(Log, DurationBytesAreThoseOfTheRapidjsonWriter) {
+    RequestLog r;
+    r.status = 200;
+    std::vector<double> ds;
+    for (int m = 0; m < 300000; ++m) ds.push_back(m / 1000.0);
+    for (double d : {99999.998, 99999.999, 99999.9995, 100000.0, 100000.001, 100000.5, 1e7, -0.001, -1.0, 1e15, 1e17})
+        ds.push_back(d);
+    std::mt19937_64 rng(11);
+    for (int i = 0; i < 100000; ++i) ds.push_back(std::uniform_real_distribution<double>(0, 3e5)(rng));
+    for (int i = 0; i < 20000; ++i) ds.push_back(static_cast<double>(rng() % 100000000) / 1000.0);
+    for (double d : ds) {
+        r.duration_ms = d;
+        ASSERT_EQ(request_log_line(r), reference::log_json(r)) << d;
     }
 }
 
