@@ -1,6 +1,7 @@
 #include "terminator/request.hpp"
 
 #include "terminator/provider_fetch.hpp"
+#include "terminator/wire.hpp"
 
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
@@ -856,21 +857,25 @@ std::optional<std::string> percent_decode(std::string_view s) {
 
 std::string_view ReusedHeaders::lowered(std::string_view name) {
     name_.assign(name);
-    for (char& c : name_) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    for (char& c : name_) c = wire::ascii_lower(c);  // bytes >= 0x80 unchanged, as tolower's C locale
     return name_;
 }
 
-void ReusedHeaders::put(std::size_t i, std::string_view value) {
+std::size_t ReusedHeaders::put(std::size_t i, std::string_view value) {
     if (i == list_.size()) list_.emplace_back();
-    list_[i].first.assign(name_);
-    list_[i].second.assign(value);
+    auto& [n, v] = list_[i];
+    n.assign(name_);
+    v.assign(value);
+    return n.capacity() + v.capacity();
 }
 
 void ReusedHeaders::release_if_large() {
     if (name_.capacity() > kKeepBytes) std::string().swap(name_);
-    std::size_t bytes = 0;
-    for (const auto& [n, v] : list_) bytes += n.capacity() + v.capacity();
-    if (list_.size() > kKeepEntries || list_.capacity() > kKeepEntries || bytes > kKeepBytes) HeaderList().swap(list_);
+    // bytes_ was summed by fill: no walk over the list here.
+    if (list_.capacity() > kKeepEntries || bytes_ > kKeepBytes) {
+        HeaderList().swap(list_);
+        bytes_ = 0;
+    }
 }
 
 std::optional<Target> normalise_target(std::string_view t) {

@@ -32,10 +32,15 @@ public:
     // name KEEP accepts, names lower-cased.
     template <class Range, class Keep>
     const HeaderList& fill(const Range& fields, const Keep& keep) {
-        std::size_t n = 0;
+        // bytes_ is what release_if_large compares: the entries' capacities,
+        // summed as they are filled. Unknown (the most) until the fill ends,
+        // so a fill cut short by an exception is released, never kept.
+        bytes_ = kUnknownBytes;
+        std::size_t n = 0, bytes = 0;
         for (const auto& f : fields)
-            if (keep(lowered(f.name_string()))) put(n++, f.value());
+            if (keep(lowered(f.name_string()))) bytes += put(n++, f.value());
         list_.resize(n);
+        bytes_ = bytes;
         return list_;
     }
     template <class Range>
@@ -51,10 +56,12 @@ public:
     static constexpr std::size_t kKeepBytes = 4096;
 
 private:
-    std::string_view lowered(std::string_view name);      // into name_
-    void put(std::size_t i, std::string_view value);      // name_ and VALUE as entry I
+    static constexpr std::size_t kUnknownBytes = static_cast<std::size_t>(-1);
+    std::string_view lowered(std::string_view name);      // into name_, ASCII lower case
+    std::size_t put(std::size_t i, std::string_view value);  // name_ and VALUE as entry I; its capacity
     HeaderList list_;
-    std::string name_;  // the name being looked at
+    std::string name_;       // the name being looked at
+    std::size_t bytes_ = 0;  // the capacities of list_'s entries' strings, summed
 };
 
 // Error bodies follow the API the client is speaking.

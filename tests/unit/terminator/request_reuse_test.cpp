@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -81,6 +82,106 @@ TEST(ReusedHeaders, ALargeHeaderSetIsNotKeptAfterTheRequest) {
     EXPECT_EQ(h.list().capacity(), 0u);
     h.fill(usual);
     EXPECT_EQ(h.list().size(), 2u);
+}
+
+// Names are lower-cased as tolower in the C locale does: 'A'..'Z' only, every
+// other byte (0x80 and up, NUL, punctuation) left as it is.
+TEST(ReusedHeaders, OnlyAsciiUpperCaseIsLowered) {
+    std::string all;
+    for (int b = 0; b < 256; ++b) all += static_cast<char>(b);
+    std::string expected = all;
+    for (char& c : expected)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    ReusedHeaders h;
+    std::string seen;
+    h.fill(std::vector<Field>{{all, "v"}, {"\xC3\x84RGER-\xE9T\xC9", "w"}}, [&](std::string_view n) {
+        if (seen.empty()) seen = n;
+        return true;
+    });
+    EXPECT_EQ(seen, expected) << "what KEEP is given";
+    ASSERT_EQ(h.list().size(), 2u);
+    EXPECT_EQ(h.list()[0].first, expected);
+    EXPECT_EQ(h.list()[1].first, "\xC3\x84rger-\xE9t\xC9");
+}
+
+std::size_t held_bytes(const HeaderList& l) {
+    std::size_t bytes = 0;
+    for (const auto& [n, v] : l) bytes += n.capacity() + v.capacity();
+    return bytes;
+}
+
+// The bounds exactly: kKeepEntries entries are kept and one more is not; a
+// list whose strings hold more than kKeepBytes (capacity, as a shorter later
+// request reusing a grown buffer still holds it) is not kept.
+TEST(ReusedHeaders, KeepsUpToTheBoundsAndNotAByteMore) {
+    auto entries = [](std::size_t n) {
+        std::vector<Field> f;
+        for (std::size_t i = 0; i < n; ++i) f.push_back({"x-" + std::to_string(i), "v"});
+        return f;
+    };
+    {
+        ReusedHeaders h;
+        h.fill(entries(ReusedHeaders::kKeepEntries));
+        h.release_if_large();
+        EXPECT_EQ(h.list().size(), ReusedHeaders::kKeepEntries);
+        h.fill(entries(ReusedHeaders::kKeepEntries + 1));
+        h.release_if_large();
+        EXPECT_EQ(h.list().capacity(), 0u);
+        // Fewer entries next, but the list grew to more than the bound: given back.
+        h.fill(entries(ReusedHeaders::kKeepEntries + 1));
+        h.fill(entries(2));
+        h.release_if_large();
+        EXPECT_EQ(h.list().capacity(), 0u);
+    }
+    // Values of every size around the byte bound: kept exactly when what the
+    // strings hold is within it.
+    bool kept_one = false, released_one = false;
+    for (std::size_t size = ReusedHeaders::kKeepBytes - 200; size <= ReusedHeaders::kKeepBytes + 50; ++size) {
+        ReusedHeaders h;
+        h.fill(std::vector<Field>{{"a", "b"}, {"x-big", std::string(size, 'v')}});
+        const std::size_t held = held_bytes(h.list());
+        h.release_if_large();
+        if (held > ReusedHeaders::kKeepBytes) {
+            ASSERT_EQ(h.list().capacity(), 0u) << size;
+            released_one = true;
+        } else {
+            ASSERT_EQ(h.list().size(), 2u) << size;
+            kept_one = true;
+        }
+    }
+    EXPECT_TRUE(kept_one && released_one);
+    // A grown buffer reused by a later, shorter request still counts.
+    ReusedHeaders h;
+    h.fill(std::vector<Field>{{"x-big", std::string(ReusedHeaders::kKeepBytes, 'v')}});
+    h.fill(std::vector<Field>{{"x-big", "short"}});
+    EXPECT_GT(held_bytes(h.list()), ReusedHeaders::kKeepBytes);
+    h.release_if_large();
+    EXPECT_EQ(h.list().capacity(), 0u);
+    // And after a release the next usual request is kept again.
+    h.fill(std::vector<Field>{{"content-type", "application/json"}});
+    h.release_if_large();
+    EXPECT_EQ(h.list().size(), 1u);
+}
+
+// A fill cut short (KEEP throwing after a large value was copied) leaves no
+// stale count behind: what the list holds is still within the bounds after
+// the release.
+TEST(ReusedHeaders, AFillCutShortKeepsNothingLarge) {
+    ReusedHeaders h;
+    h.fill(std::vector<Field>{{"a", "b"}});
+    h.release_if_large();
+    EXPECT_THROW(h.fill(std::vector<Field>{{"x-big", std::string(15000, 'v')}, {"boom", "c"}},
+                        [](std::string_view n) {
+                            if (n == "boom") throw std::runtime_error("keep failed");
+                            return true;
+                        }),
+                 std::runtime_error);
+    h.release_if_large();
+    EXPECT_LE(held_bytes(h.list()), ReusedHeaders::kKeepBytes);
+    EXPECT_LE(h.list().capacity(), ReusedHeaders::kKeepEntries);
+    h.fill(std::vector<Field>{{"a", "b"}});
+    h.release_if_large();
+    EXPECT_EQ(h.list().size(), 1u);
 }
 
 TEST(Target, FoldsSegmentsInPlaceAsTheSegmentListDid) {
