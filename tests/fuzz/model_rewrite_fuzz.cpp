@@ -31,21 +31,6 @@ constexpr std::string_view kModel = "fuzz-model";
     std::abort();
 }
 
-// BODY read by rapidjson and written again compactly (numbers as their text).
-std::string read_back(std::string_view body) {
-    struct Raw : rapidjson::Writer<rapidjson::StringBuffer> {
-        using Writer::Writer;
-        bool RawNumber(const char* s, rapidjson::SizeType n, bool) { return RawValue(s, n, rapidjson::kNumberType); }
-    };
-    rapidjson::StringBuffer sb;
-    Raw w(sb);
-    rapidjson::MemoryStream ms(body.data(), body.size());
-    rapidjson::Reader reader;
-    if (reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag>(ms, w).IsError())
-        return "<not JSON>";
-    return std::string(sb.GetString(), sb.GetSize());
-}
-
 std::string show(const std::optional<FetchFinding>& f) { return f ? f->where + " / " + f->what : "none"; }
 
 void same_as_reference(std::string_view body, bool force_usage) {
@@ -57,7 +42,7 @@ void same_as_reference(std::string_view body, bool force_usage) {
     if (n.truncated != r.truncated) fail("truncated differs from the rapidjson rewrite");
     if (!n.ok) return;
     if (n.model_requested != r.model_requested || n.stream != r.stream) fail("model_requested or stream differs");
-    if (read_back(n.body) != r.body) fail("body does not read back as the rapidjson rewrite wrote it");
+    if (reference::read_back(n.body) != r.body) fail("body does not read back as the rapidjson rewrite wrote it");
     if (show(ns.finding()) != show(rs.finding())) fail("provider-fetch finding differs");
 }
 

@@ -8,7 +8,9 @@
 // sentences, the same FetchScanner findings, and a body that reads back to
 // the same JSON (this one's bytes are that JSON written compactly).
 #include <rapidjson/error/en.h>
+#include <rapidjson/memorystream.h>
 #include <rapidjson/reader.h>
+#include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
 #include <algorithm>
@@ -462,6 +464,23 @@ inline RewriteResult rewrite_model(std::string_view body, std::string_view model
     r.model_requested = std::move(h.model_requested);
     r.stream = h.stream;
     return r;
+}
+
+// BODY read by rapidjson and written again compactly (numbers as their text),
+// or "<not JSON>": what the rewrite's output must read back to (the
+// reference's bytes are exactly this for the same JSON).
+inline std::string read_back(std::string_view body) {
+    struct Raw : rapidjson::Writer<rapidjson::StringBuffer> {
+        using Writer::Writer;
+        bool RawNumber(const char* s, rapidjson::SizeType n, bool) { return RawValue(s, n, rapidjson::kNumberType); }
+    };
+    rapidjson::StringBuffer sb;
+    Raw w(sb);
+    rapidjson::MemoryStream ms(body.data(), body.size());
+    rapidjson::Reader reader;
+    if (reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag>(ms, w).IsError())
+        return "<not JSON>";
+    return std::string(sb.GetString(), sb.GetSize());
 }
 
 }  // namespace redir::terminator::reference

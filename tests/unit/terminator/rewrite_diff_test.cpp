@@ -33,22 +33,6 @@ std::string printable(std::string_view s) {
     return s.size() > 200 ? o + "...(" + std::to_string(s.size()) + " bytes)" : o;
 }
 
-// BODY read by rapidjson and written again compactly (numbers as their text),
-// or "<not JSON>".
-std::string read_back(std::string_view body) {
-    struct Raw : rapidjson::Writer<rapidjson::StringBuffer> {
-        using Writer::Writer;
-        bool RawNumber(const char* s, rapidjson::SizeType n, bool) { return RawValue(s, n, rapidjson::kNumberType); }
-    };
-    rapidjson::StringBuffer sb;
-    Raw w(sb);
-    rapidjson::MemoryStream ms(body.data(), body.size());
-    rapidjson::Reader reader;
-    if (reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag>(ms, w).IsError())
-        return "<not JSON>";
-    return std::string(sb.GetString(), sb.GetSize());
-}
-
 std::string show(const std::optional<FetchFinding>& f) { return f ? f->where + " / " + f->what : "none"; }
 
 std::size_t g_accepted = 0, g_refused = 0, g_byte_identical = 0;
@@ -76,10 +60,10 @@ std::size_t g_accepted = 0, g_refused = 0, g_byte_identical = 0;
         return fail("model_requested: new " + printable(n.model_requested) + " reference " + printable(r.model_requested));
     if (n.stream != r.stream) return fail("stream differs");
     if (!n.error.empty()) return fail("accepted with an error");
-    const std::string back = read_back(n.body);
+    const std::string back = reference::read_back(n.body);
     if (back != r.body) return fail("body reads back as " + printable(back) + "\n  reference wrote " + printable(r.body) +
                                     "\n  new body " + printable(n.body));
-    if (read_back(body) == body) {
+    if (reference::read_back(body) == body) {
         // Already as rapidjson writes it: nothing but the edits may differ, and those are written alike.
         if (n.body != r.body) return fail("a canonical body does not leave byte for byte: " + printable(n.body));
         ++g_byte_identical;
