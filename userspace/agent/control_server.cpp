@@ -108,7 +108,10 @@ private:
             try {
                 // Again per request: the peer's cgroup may have been attached since it connected.
                 if (auto why = self->peer_.refusal(self->check_)) {
-                    self->send(refusal_line(*why));
+                    // Queued before the connection is marked dead: queue()
+                    // drops lines once it is (send() would post it, and the
+                    // posted line would arrive after alive_ went false).
+                    self->queue(refusal_line(*why));
                     self->alive_ = false;
                     return;
                 }

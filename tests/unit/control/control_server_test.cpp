@@ -45,6 +45,10 @@ protected:
             io_, dir_ + "/redird.sock",
             [this](const std::string& line, const std::shared_ptr<agent::ControlConn>& c) {
                 return commands_.dispatch(line, c);
+            },
+            [this](pid_t) -> std::optional<std::string> {
+                if (refuse_peers_) return std::string("requests from inside a sandbox are refused");
+                return std::nullopt;
             });
         thread_ = std::thread([this] { io_.run(); });
     }
@@ -107,6 +111,7 @@ protected:
     Dispatcher commands_;
     std::unique_ptr<agent::AuditLog> audit_;  // outlives the server's connections
     std::function<void()> after_events_;
+    std::atomic<bool> refuse_peers_{false};  // the PeerCheck's verdict (a sandbox attached meanwhile)
     std::unique_ptr<agent::ControlServer> server_;
     std::thread thread_;
     std::string buf_;
@@ -141,6 +146,23 @@ TEST_F(ControlServerTest, ALineOverTheBoundIsRefusedAndTheConnectionEnds) {
     auto again = connect();
     send_all(again.get(), "{\"cmd\":\"detach\",\"cgroup\":\"/c\"}\n");
     EXPECT_EQ(read_line(again.get()), R"({"ok":true,"cgroup":"/c"})");
+}
+
+// A connection opened before its process's cgroup was attached: the next
+// request is refused in words, then the connection ends (the refusal line
+// must not be lost to the connection being marked dead).
+TEST_F(ControlServerTest, ARequestFromAPeerNowInsideASandboxIsRefusedInWords) {
+    auto fd = connect();
+    send_all(fd.get(), "{\"cmd\":\"detach\",\"cgroup\":\"/a\"}\n");
+    EXPECT_EQ(read_line(fd.get()), R"({"ok":true,"cgroup":"/a"})");
+    refuse_peers_ = true;
+    send_all(fd.get(), "{\"cmd\":\"detach\",\"cgroup\":\"/a\"}\n");
+    auto line = read_line(fd.get());
+    ASSERT_FALSE(line.empty()) << "the connection ended without the refusal";
+    auto d = parsed(line);
+    ASSERT_TRUE(d.IsObject());
+    EXPECT_FALSE(d["ok"].GetBool());
+    EXPECT_NE(std::string(d["error"].GetString()).find("inside a sandbox are refused"), std::string::npos) << line;
 }
 
 TEST_F(ControlServerTest, AnInternalErrorIsEscaped) {
