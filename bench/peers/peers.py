@@ -153,6 +153,14 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
+def machine_jiffies():
+    """(busy, idle) clock ticks of every CPU since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle, iowait
+    return sum(v[:8]) - idle, idle  # user nice system idle iowait irq softirq steal
+
+
 def rss_mb(pids):
     total = 0
     for p in pids:
@@ -491,6 +499,9 @@ class RedirB(Redir):
 
 # -- load generators ---------------------------------------------------------
 
+PROVIDER_PID = None  # the fake provider's nginx master, once started
+
+
 def wrk(peer, conns, threads, seconds, close=False):
     """wrk POSTing a chat completion; returns its numbers plus the peer's CPU and peak RSS."""
     seconds = max(seconds, getattr(peer, "min_seconds", 0))
@@ -500,10 +511,13 @@ def wrk(peer, conns, threads, seconds, close=False):
     if isinstance(peer, Direct):
         env["WRK_AUTH"] = SECRET  # every other peer must put it there itself
     usage = Usage(peer.pid)
+    prov = descendants(PROVIDER_PID) if PROVIDER_PID and not isinstance(peer, Direct) else []
+    prov0, mach0 = cpu_seconds(prov), machine_jiffies()
     kw = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     proc = peer.cgroup.popen(argv, **kw) if peer.cgroup else subprocess.Popen(argv, **kw)
     out, err = proc.communicate(timeout=seconds + 60)
     cpu, peak = usage.finish()
+    prov_cpu, mach1 = cpu_seconds(prov) - prov0, machine_jiffies()
     m = re.search(r"^WRKJSON (.*)$", out, re.M)
     if not m:
         log("wrk against %s printed no numbers: %s %s" % (peer.name, out[-500:], err[-500:]))
@@ -513,6 +527,16 @@ def wrk(peer, conns, threads, seconds, close=False):
     r["errors"] = sum(r[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
     r["cpu_us_per_req"] = cpu * 1e6 / r["requests"] if r["requests"] else None
     r["rss_peak_mb"] = peak
+    if r["requests"] and prov:
+        # The whole machine per request: the peer, the provider, and the rest
+        # (wrk, softirq work charged to no task, everything else); idle is
+        # what was left of the 2 CPUs. Tells whether the peer's core or the
+        # machine bounds req/s.
+        busy, idle = (b - a for a, b in zip(mach0, mach1))
+        per = lambda ticks: ticks / CLK_TCK * 1e6 / r["requests"]
+        r["machine"] = {"peer_us": r["cpu_us_per_req"], "provider_us": prov_cpu * 1e6 / r["requests"],
+                        "rest_us": per(busy) - r["cpu_us_per_req"] - prov_cpu * 1e6 / r["requests"],
+                        "idle_us": per(idle), "busy_frac": busy / max(1, busy + idle)}
     return r
 
 
@@ -836,6 +860,7 @@ def measure(res, key, direct, redir, nginx, others):
         res.setdefault("paired", {})[key] = paired_rounds(redir, ab[0], PAIRED)
     if ka:
         res["keepalive"][key] = {n: best(v) for n, v in ka.items()}
+        res.setdefault("keepalive_rounds", {})[key] = {n: [r and r["rps"] for r in v] for n, v in ka.items()}
         if ALLOCS:
             for p in [redir] + ab:
                 res.setdefault("allocs", {}).setdefault(key, {})[p.name] = allocs_per_request(p)
@@ -912,6 +937,8 @@ def main():
     try:
         provider = start_provider(tmp, certs)
         stoppers.append(provider.stop)
+        global PROVIDER_PID
+        PROVIDER_PID = provider.pid
         sse_provider = start_sse_provider(tmp, certs)
         stoppers.append(sse_provider.stop)
         direct = Direct(provider)
@@ -1002,6 +1029,22 @@ def print_latency1(res):
         print_rows(("peer", "p50", "p99", "added p50"), rows)
 
 
+def print_machine(res):
+    """Where the whole machine's CPU went per keep-alive request, by party."""
+    rows = []
+    for key, peers in sorted(res["keepalive"].items()):
+        for name, r in peers.items():
+            m = r and r.get("machine")
+            if m:
+                rows.append((name, key, fmt(m["peer_us"]), fmt(m["provider_us"]), fmt(m["rest_us"]),
+                             fmt(m["peer_us"] + m["provider_us"] + m["rest_us"]), fmt(m["idle_us"]),
+                             "%d%%" % round(100 * m["busy_frac"])))
+    if rows:
+        print("the machine's CPU per keep-alive request, by party (us; rest = wrk, softirq charged to no task, "
+              "anything else running; busy = share of all CPUs)")
+        print_rows(("peer", "threads", "peer", "provider", "rest", "all busy", "idle", "busy"), rows)
+
+
 def print_paired(res):
     """The same-time A/B rounds: median CPU per request of each build."""
     for key, rounds in sorted(res.get("paired", {}).items()):
@@ -1055,6 +1098,11 @@ def report(res):
                          fmt(r["rps"] / d["rps"]) if d and d["rps"] else "-",
                          fmt(r["rps"] / ng["rps"]) if ng and ng["rps"] else "-"))
     print_rows(head, rows)
+    for key, peers in sorted(res.get("keepalive_rounds", {}).items()):
+        if any(len(v) > 1 for v in peers.values()):
+            print("keep-alive req/s of every round, %s thread(s): %s\n" % (key, "; ".join(
+                "%s %s" % (n, " ".join(fmt(x) if x else "-" for x in v)) for n, v in peers.items())))
+    print_machine(res)
     if "squid_error" in res:
         print("squid: not measured: %s\n" % res["squid_error"])
     print_handshakes(res)
