@@ -15,7 +15,8 @@ profile new connections, BENCH_PERF_NGINX=1 to profile nginx the same way),
 BENCH_JSON=FILE (all numbers), REDIR_THREADS_FLAG (redird's io-thread flag;
 detected from --help when unset), REDIR_BUILD (build directory), BENCH_REDIR_B (another
 build directory: its redird runs as peer "redir-b" in the keep-alive rounds, for A/B in one run),
-BENCH_AB_PAIRED=N (with BENCH_REDIR_B: N more keep-alive rounds
+BENCH_PAIR_NGINX=N (N keep-alive rounds in which redir and
+nginx are loaded at the same time: CPU per request of both under the same neighbours), BENCH_AB_PAIRED=N (with BENCH_REDIR_B: N more keep-alive rounds
 in which redir and redir-b are loaded at the same time, each by its own wrk, so both see the same
 neighbours; the medians of their CPU per request are compared), BENCH_ALLOCS=0 (skip counting redird's heap allocations per keep-alive request with libc uprobes,
 done after the keep-alive rounds by default; BENCH_ALLOC_CALLERS=FILE keeps a perf.data of their
@@ -53,6 +54,7 @@ PERF = os.environ.get("BENCH_PERF") == "1"
 REDIR_B = os.environ.get("BENCH_REDIR_B")
 ALLOCS = os.environ.get("BENCH_ALLOCS", "1") != "0"
 PAIRED = int(os.environ.get("BENCH_AB_PAIRED", "0"))
+PAIR_NGINX = int(os.environ.get("BENCH_PAIR_NGINX", "0"))
 ALL_PHASES = ("keepalive", "latency", "handshakes", "probe", "sse")
 THREADS = [int(t) for t in os.environ.get("BENCH_THREADS", "1,2").split(",")]
 PHASES = set(os.environ.get("BENCH_PHASES", ",".join(ALL_PHASES)).split(","))
@@ -858,6 +860,8 @@ def measure(res, key, direct, redir, nginx, others):
                 hs.setdefault(p.name, []).append(wrk(p, 50, 2, SECONDS, close=True))
     if PAIRED and ab and "keepalive" in PHASES:
         res.setdefault("paired", {})[key] = paired_rounds(redir, ab[0], PAIRED)
+    if PAIR_NGINX and "keepalive" in PHASES:
+        res.setdefault("paired_nginx", {})[key] = paired_rounds(redir, nginx, PAIR_NGINX)
     if ka:
         res["keepalive"][key] = {n: best(v) for n, v in ka.items()}
         res.setdefault("keepalive_rounds", {})[key] = {n: [r and r["rps"] for r in v] for n, v in ka.items()}
@@ -1046,18 +1050,19 @@ def print_machine(res):
 
 
 def print_paired(res):
-    """The same-time A/B rounds: median CPU per request of each build."""
-    for key, rounds in sorted(res.get("paired", {}).items()):
-        if not rounds:
-            continue
-        med = lambda xs: sorted(xs)[len(xs) // 2]
-        ratios = [r["a_cpu"] / r["b_cpu"] for r in rounds if r["a_cpu"] and r["b_cpu"]]
-        print("redir and redir-b loaded at the same time (%d rounds of %d s, %s thread(s)): CPU us/req "
-              "redir %s, redir-b %s (median of each); redir/redir-b per round: %s (median %s); req/s median %s vs %s\n" % (
-                  len(rounds), SECONDS, key, fmt(med([r["a_cpu"] for r in rounds])),
-                  fmt(med([r["b_cpu"] for r in rounds])), " ".join("%.2f" % x for x in ratios),
-                  fmt(med(ratios)) if ratios else "-", fmt(med([r["a_rps"] for r in rounds])),
-                  fmt(med([r["b_rps"] for r in rounds]))))
+    """The same-time rounds (redir with redir-b, redir with nginx): median CPU per request of each."""
+    for what, b in (("paired", "redir-b"), ("paired_nginx", "nginx")):
+        for key, rounds in sorted(res.get(what, {}).items()):
+            if not rounds:
+                continue
+            med = lambda xs: sorted(xs)[len(xs) // 2]
+            ratios = [r["a_cpu"] / r["b_cpu"] for r in rounds if r["a_cpu"] and r["b_cpu"]]
+            print("redir and %s loaded at the same time (%d rounds of %d s, %s thread(s)): CPU us/req "
+                  "redir %s, %s %s (median of each); redir/%s per round: %s (median %s); req/s median %s vs %s\n" % (
+                      b, len(rounds), SECONDS, key, fmt(med([r["a_cpu"] for r in rounds])), b,
+                      fmt(med([r["b_cpu"] for r in rounds])), b, " ".join("%.2f" % x for x in ratios),
+                      fmt(med(ratios)) if ratios else "-", fmt(med([r["a_rps"] for r in rounds])),
+                      fmt(med([r["b_rps"] for r in rounds]))))
 
 
 def print_allocs(res):
