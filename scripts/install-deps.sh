@@ -10,6 +10,8 @@ PKGS=(
   ninja-build
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
   libssl-dev libboost1.81-dev rapidjson-dev libspdlog-dev libfmt-dev
+  # redird's allocator (REDIR_MALLOC=tcmalloc, the default)
+  libgoogle-perftools-dev
   libnl-3-dev libnl-route-3-dev libnftables-dev libcli11-dev libldns-dev
   libgtest-dev libgmock-dev libbenchmark-dev libclang-rt-14-dev liburing-dev libseccomp-dev
   iproute2 curl ca-certificates python3 python3-yaml nodejs npm dnsutils ccache

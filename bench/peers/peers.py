@@ -18,7 +18,7 @@ build directory: its redird runs as peer "redir-b" in the keep-alive rounds, for
 BENCH_PAIR_NGINX=N (N keep-alive rounds in which redir and
 nginx are loaded at the same time: CPU per request of both under the same neighbours), BENCH_AB_PAIRED=N (with BENCH_REDIR_B: N more keep-alive rounds
 in which redir and redir-b are loaded at the same time, each by its own wrk, so both see the same
-neighbours; the medians of their CPU per request are compared), BENCH_ALLOCS=0 (skip counting redird's heap allocations per keep-alive request with libc uprobes,
+neighbours; the medians of their CPU per request are compared), BENCH_ALLOCS=0 (skip counting redird's heap allocations per keep-alive request with uprobes on its allocator (libc or tcmalloc),
 done after the keep-alive rounds by default; BENCH_ALLOC_CALLERS=FILE keeps a perf.data of their
 call stacks as FILE.<peer>), BENCH_RESUMPTION=1 (servers keep their TLS session tickets, so wrk's reconnects resume: the
 handshakes phase then times resumptions instead of full handshakes).
@@ -722,32 +722,59 @@ def syscalls_per_request(peer, out_dir, seconds=3):
 
 
 ALLOC_FUNCS = ("malloc", "calloc", "realloc")
+# tcmalloc's operator new does not go through its malloc (glibc's libstdc++
+# new does): counted at its own entry points, one probe per address.
+TCMALLOC_NEW = (("new", "_Znwm"), ("new_nothrow", "_ZnwmRKSt9nothrow_t"), ("new_aligned", "_ZnwmSt11align_val_t"),
+                ("memalign", "memalign"), ("posix_memalign", "posix_memalign"))
 
 
-def alloc_probes():
-    """uprobes on libc's allocation entry points, in a group of our own
-    (redir_bench:malloc, ...); created once, left defined (another run may be
-    using them). None when this kernel or perf cannot place them."""
-    libc = next((p for p in ("/lib/x86_64-linux-gnu/libc.so.6", "/lib/aarch64-linux-gnu/libc.so.6",
-                             "/lib64/libc.so.6") if os.path.exists(p)), None)
-    if not libc or not shutil.which("perf"):
+def heap_library(pid):
+    """The shared library whose malloc PID calls: tcmalloc when mapped, else libc."""
+    try:
+        with open("/proc/%d/maps" % pid) as f:
+            libs = {l.split()[-1] for l in f if ".so" in l}
+    except OSError:
         return None
+    tc = next((l for l in libs if "libtcmalloc" in l), None)
+    return tc or next((l for l in libs if re.search(r"/libc\.so\.6$", l)), None)
+
+
+def alloc_probes(pid):
+    """uprobes on the allocation entry points of the heap PID uses, in a group
+    of our own per library (redir_bench:malloc for libc, redir_bench_tc:... for
+    tcmalloc); created once, left defined (another run may be using them).
+    None when this kernel or perf cannot place them."""
+    lib = heap_library(pid)
+    if not lib or not shutil.which("perf"):
+        return None
+    tc = "tcmalloc" in lib
+    group = "redir_bench_tc" if tc else "redir_bench"
+    # perf wants event names unique across groups: tcmalloc's carry a prefix.
+    funcs = [(f, f) for f in ALLOC_FUNCS] + (list(TCMALLOC_NEW) if tc else [])
+    if tc:
+        funcs = [("tc_" + name, sym) for name, sym in funcs]
+    if tc:
+        # By address: perf cannot find mangled names (operator new) and,
+        # demangled, probes the PLT stub too.
+        nm = subprocess.run(["nm", "-D", "--defined-only", lib], capture_output=True, text=True).stdout
+        addr = {f[2]: f[0] for f in (l.split() for l in nm.splitlines()) if len(f) == 3}
+        funcs = [(name, "0x" + addr[sym].lstrip("0")) for name, sym in funcs if sym in addr]
     have = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True).stdout
-    for f in ALLOC_FUNCS:
-        if "redir_bench:%s " % f not in have:
-            subprocess.run(["perf", "probe", "-q", "-x", libc, "-a", "redir_bench:%s=%s" % (f, f)],
+    for name, sym in funcs:
+        if "%s:%s " % (group, name) not in have:
+            subprocess.run(["perf", "probe", "-q", "-x", lib, "-a", "%s:%s=%s" % (group, name, sym)],
                            capture_output=True)
     have = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True).stdout
-    events = ["redir_bench:%s" % f for f in ALLOC_FUNCS if "redir_bench:%s " % f in have]
+    events = ["%s:%s" % (group, name) for name, _ in funcs if "%s:%s " % (group, name) in have]
     return events or None
 
 
 def allocs_per_request(peer, seconds=3):
-    """Heap allocations (libc malloc + calloc + realloc calls, operator new
-    included) per keep-alive request of PEER's redird, counted with uprobes
+    """Heap allocations (malloc + calloc + realloc calls, operator new
+    included, of libc or tcmalloc, whichever the process uses) per keep-alive request of PEER's redird, counted with uprobes
     under the usual wrk load. Separate from the timed rounds: a uprobe costs
     microseconds per call. Counts, unlike req/s, hold on a loaded machine."""
-    events = alloc_probes()
+    events = alloc_probes(peer.pid)
     if not events:
         return None
     argv = ["wrk", "-t", "2", "-c", "50", "-d", "%ds" % (seconds + 1), "--timeout", "5s",
@@ -761,7 +788,7 @@ def allocs_per_request(peer, seconds=3):
     counts = {}
     for l in st.stderr.splitlines():
         f = l.split(",")
-        if len(f) > 2 and f[2].startswith("redir_bench:") and f[0].strip().isdigit():
+        if len(f) > 2 and f[2].startswith("redir_bench") and f[0].strip().isdigit():
             counts[f[2].split(":")[1]] = int(f[0])
     if not m or not counts:
         log("allocation count of %s failed: %s" % (peer.name, st.stderr[-300:]))
@@ -1075,7 +1102,8 @@ def print_allocs(res):
                              " ".join("%s %.1f" % kv for kv in sorted(a["per_request"].items())),
                              fmt(a["requests"])))
     if rows:
-        print("heap allocations per keep-alive request (libc uprobes, wrk -t2 -c50, counted apart from the timed rounds)")
+        print("heap allocations per keep-alive request (uprobes on the allocator's entry points: libc's, or tcmalloc's "
+              "with operator new; wrk -t2 -c50, counted apart from the timed rounds)")
         print_rows(("peer", "threads", "allocs/req", "by call", "requests counted"), rows)
 
 

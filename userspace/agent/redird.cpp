@@ -95,6 +95,7 @@ int main(int argc, char** argv) {
     auto nofile = redir::agent::raise_nofile_limit(static_cast<rlim_t>(max_open_files));
     spdlog::info("file descriptor limit {} (hard {}), {} kept in reserve", static_cast<uint64_t>(nofile.soft),
                  static_cast<uint64_t>(nofile.hard), o.fd_reserve);
+    spdlog::info("heap allocator: {} (REDIR_MALLOC at build time; docs/operations.md)", REDIR_HEAP);
 
     asio::io_context io;
     redir::agent::Agent agent(io, o);
