@@ -96,6 +96,27 @@ MUTANTS = [
            "if (uh.result_int() == 401 && false) {",
            ("gtest", "tests/unit/terminator/redir_gateway_tests",
             "*/GatewayTest.ProviderRejectingTheCredentialIsReportedWithoutEchoingIt/*", ["redir_gateway_tests"])),
+    Mutant("decision-cache-policy-generation", "a policy reload, attach or detach applies to the next request on a "
+           "kept-alive connection (the connection's cached policy is dropped when the table's generation moves)",
+           "userspace/terminator/gateway.cpp",
+           "c.policy_generation != pg ||",
+           "false ||",
+           ("gtest", "tests/unit/terminator/redir_gateway_tests",
+            "*/GatewayTest.PolicyChangeAppliesToTheNextRequestOnTheSameConnection/*", ["redir_gateway_tests"])),
+    Mutant("decision-cache-store-generation", "an inference or provider change (a replaced credential) applies to "
+           "the next request on a kept-alive connection (the cached snapshot is dropped when the store's moves)",
+           "userspace/terminator/gateway.cpp",
+           "c.store_generation != sg ||",
+           "false ||",
+           ("gtest", "tests/unit/terminator/redir_gateway_tests",
+            "*/GatewayTest.ProviderChangeAppliesToTheNextRequestOnTheSameConnection/*", ["redir_gateway_tests"])),
+    Mutant("decision-cache-fails-closed", "without a generation to tell (none, or 0) the sandbox's policy is asked "
+           "per request",
+           "userspace/terminator/gateway.cpp",
+           "if (pg == 0 || c.policy_generation",
+           "if (c.policy_generation",
+           ("gtest", "tests/unit/terminator/redir_gateway_tests",
+            "*/GatewayTest.WithoutAGenerationThePolicyIsAskedPerRequest/*", ["redir_gateway_tests"])),
     Mutant("head-injection", "no byte a peer sent can split a head the terminator writes (header injection, "
            "response splitting)",
            "userspace/terminator/wire.cpp",

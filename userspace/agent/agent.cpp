@@ -113,7 +113,8 @@ void Agent::start() {
         io_, opts_.state_dir, lookup, *audit_, std::chrono::seconds(opts_.stream_idle_timeout_s),
         opts_.gateway_limits,
         SandboxPolicyHooks{[t = inference_table_](uint64_t cg) { return t->find(cg); },
-                           [this](const std::string& r) { return route_users(r); }},
+                           [this](const std::string& r) { return route_users(r); },
+                           [t = inference_table_] { return t->generation(); }},
         [ledger = usage_.get()](const terminator::RequestLog& r) { ledger->record(usage_record_of(r, static_cast<int64_t>(now_ms()))); });
     DnsOptions dopts = opts_.dns;
     dopts.upstream = opts_.dns_upstream;

@@ -72,6 +72,7 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
     };
     apply_gateway_limits(limits, go);
     go.sandbox_inference = hooks_.sandbox_inference;
+    go.sandbox_inference_generation = hooks_.sandbox_inference_generation;
     go.on_refused = [&audit](const ConnInfo& ci, const terminator::LimitRefusal& r) {
         audit.write(refusal_record("inference", {"sandbox over a terminator limit", r.limit, r.cap, r.suppressed}, ci,
                                    false));

@@ -38,6 +38,9 @@ struct SandboxPolicyHooks {
     // Who uses an inference route ("policy P (sandboxes /a, /b)"), asked on
     // the agent's thread: deleting the route is refused while any.
     std::function<std::vector<std::string>(const std::string& route)> route_users;
+    // Changes whenever an answer of sandbox_inference may change (see
+    // terminator::GatewayOptions::sandbox_inference_generation); null: unknown.
+    std::function<std::uint64_t()> sandbox_inference_generation;
 };
 
 class InferenceLimitsKeeper;

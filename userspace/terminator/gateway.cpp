@@ -200,6 +200,20 @@ private:
 // buffer (capped), and the buffer the provider's answers are relayed through
 // (allocated on the first provider call, none for idle connections).
 struct ClientWatch;
+// What the connection's last request was decided under: its sandbox's
+// policy (sandbox_inference) and the store's snapshot of its route, with the
+// generations read before they were asked. The next request reuses them
+// while its cgroup and both generations still read the same; anything else
+// (a reload, an attach or detach, `inference set/update`, a provider
+// change, a generation that cannot be told: 0) asks again.
+struct DecisionCache {
+    std::uint64_t cgroup_id = 0;
+    std::uint64_t policy_generation = 0;  // 0: never reused
+    std::uint64_t store_generation = 0;
+    SandboxInference policy;
+    std::shared_ptr<const Snapshot> snap;
+};
+
 struct ClientConn {
     static constexpr std::size_t kRelayBuffer = 16 * 1024;
     // Holds the two parsed field sets and the two written heads of a usual
@@ -214,6 +228,7 @@ struct ClientConn {
     ReusedHeaders client_headers;  // the request's headers, lower-cased, for the allowlist and the fetch scan
     std::unique_ptr<char[]> relay;
     std::shared_ptr<ClientWatch> watch;  // the last provider call's, reused when nothing holds it any more
+    DecisionCache decision;              // what the request being served (or the last one) was decided under
     std::span<char> relay_buffer() {
         if (!relay) relay.reset(new char[kRelayBuffer]);
         return {relay.get(), kRelayBuffer};
@@ -1189,8 +1204,11 @@ struct Incoming {
     RequestParser parser;
     RouteDecision route;
     ApiShape shape = ApiShape::OpenAI;
-    SandboxInference policy;  // the sandbox's policy: route, provider_fetch
-    std::shared_ptr<const Snapshot> snap;
+    // The sandbox's policy (route, provider_fetch, limits) and the snapshot
+    // of its route: the connection's DecisionCache holds both until its
+    // next request is decided.
+    const SandboxInference* policy = nullptr;
+    const Snapshot* snap = nullptr;
     ServiceDecision service;
     Quota::Ticket body_room;  // the body's share of the memory budget
 };
@@ -1232,9 +1250,33 @@ Stop header_parse_failure(Impl& gw, const beast::error_code& ec) {
     return refuse(400, "malformed HTTP request: " + ec.message());
 }
 
+// The sandbox's policy and its route's snapshot into IN, from the
+// connection's cache when nothing changed since its last request. Asked per
+// request otherwise (log.conn is the sandbox the kernel recorded), so a
+// policy reload or a route change applies to the next request.
+void decide_policy(Impl& gw, DecisionCache& c, Incoming& in, std::uint64_t cgroup_id) {
+    const auto& o = gw.opts;
+    // Read before asking: an answer newer than the generation read is
+    // asked again next time, never an older one kept.
+    const std::uint64_t pg = !o.sandbox_inference                ? 1
+                             : o.sandbox_inference_generation ? o.sandbox_inference_generation()
+                                                              : 0;
+    const std::uint64_t sg = gw.store->generation();
+    if (pg == 0 || c.policy_generation != pg || c.store_generation != sg || c.cgroup_id != cgroup_id || !c.snap) {
+        c.policy_generation = 0;  // until both answers are in
+        c.policy = o.sandbox_inference ? o.sandbox_inference(cgroup_id) : SandboxInference{};
+        c.snap = gw.store->snapshot(c.policy.route);
+        c.cgroup_id = cgroup_id;
+        c.store_generation = sg;
+        c.policy_generation = pg;
+    }
+    in.policy = &c.policy;
+    in.snap = c.snap.get();
+}
+
 // Decides from the parsed header alone where the request goes (route, then
 // configuration). Logs method and path.
-std::optional<Stop> decide_request(Impl& gw, Incoming& in, RequestLog& log) {
+std::optional<Stop> decide_request(Impl& gw, ClientConn& cc, Incoming& in, RequestLog& log) {
     const auto& o = gw.opts;
     in.route = decide_route(head_of(in.parser), o.log_string_max);
     in.shape = in.route.shape;
@@ -1244,11 +1286,8 @@ std::optional<Stop> decide_request(Impl& gw, Incoming& in, RequestLog& log) {
     else
         log.path.assign(in.route.path);  // into the recycled record's buffer
     if (in.route.framing_status) return refuse(in.route.framing_status, std::move(in.route.message));
-    // Asked per request (log.conn is the sandbox the kernel recorded), so
-    // a policy reload or a route change applies to the next request.
-    if (o.sandbox_inference) in.policy = o.sandbox_inference(log.conn.cgroup_id);
-    log.route = in.policy.route;
-    in.snap = gw.store->snapshot(in.policy.route);
+    decide_policy(gw, cc.decision, in, log.conn.cgroup_id);
+    log.route = in.policy->route;
     in.service = decide_service(in.route, *in.snap, o.log_string_max);
     if (clipped(in.route.path, o.log_string_max) || in.service.truncated) ++gw.stats.log_strings_truncated;
     if (in.snap->inference) {
@@ -1332,7 +1371,7 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
     auto& req = in.parser;
     // Fetches the policy allows are not looked for; otherwise the scan rides the rewrite's parse.
     std::optional<FetchScanner> fetch_scan;
-    if (!in.policy.provider_fetch) fetch_scan.emplace(o.log_string_max);
+    if (!in.policy->provider_fetch) fetch_scan.emplace(o.log_string_max);
     auto rw = rewrite_model(req.body(), cfg.model, o.log_string_max, asks_stream_usage(ep),
                             fetch_scan ? &*fetch_scan : nullptr);
     // The client's body is no longer needed: only the rewritten copy lives
@@ -1351,7 +1390,7 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
         if (auto fetch = find_provider_fetch(*fetch_scan, client_headers, o.log_string_max))
             co_return co_await send_error(gw, s, in.shape, 400, provider_fetch_refusal(*fetch), keep_alive, log);
 
-    if (auto over = o.admit_request ? o.admit_request(info.cgroup_id, in.policy.limits) : std::nullopt)
+    if (auto over = o.admit_request ? o.admit_request(info.cgroup_id, in.policy->limits) : std::nullopt)
         co_return co_await answer(gw, s, in.shape, refuse(429, over->message(), keep_alive, over->headers()), log);
     log.credential = profile.local ? CredentialUse{} : credential_use(profile, provider);
     if (profile.local) {
@@ -1434,7 +1473,7 @@ Task<bool> serve_one(Impl& gw, Stream& s, ClientConn& cc, RequestLog& log, const
         if (ec)
             stop = header_parse_failure(gw, ec);
         else
-            stop = decide_request(gw, in, log);
+            stop = decide_request(gw, cc, in, log);
     }
     if (!stop && !in.parser.is_done()) stop = reserve_body(gw, in, info);
     if (!stop && !in.parser.is_done()) {
@@ -1520,13 +1559,14 @@ Task<void> session(std::shared_ptr<Impl> gw, Stream s, ConnInfo info, Quota::Tic
         RequestLog log;  // one per connection, recycled per request
         log.conn = info;
         for (;; recycle(log)) {
+            // One clock read for the record's start and the idle deadline.
             const auto start = Clock::now();
             // The next request's first bytes are awaited here rather than in
             // serve_one: its frame (above 1,020 bytes) allocated between the
             // last request's read and this one would evict the block Asio's
             // recycling allocator keeps for this read.
             if (cc.buf.size() == 0) {
-                beast::get_lowest_layer(s).expires_after(gw->opts.idle_timeout);
+                beast::get_lowest_layer(s).expires_at(start + gw->opts.idle_timeout);
                 auto [ec, n] = co_await s.async_read_some(cc.buf.prepare(8192), use_tuple);
                 if (ec) break;
                 cc.buf.commit(n);

@@ -107,6 +107,13 @@ struct GatewayOptions {
     // gateway's threads once per request: must be thread-safe and quick
     // (the agent reads a published SandboxInferenceTable).
     std::function<SandboxInference(std::uint64_t cgroup_id)> sandbox_inference;
+    // Changes whenever an answer of sandbox_inference may change (the agent:
+    // SandboxInferenceTable::generation); 0 = unknown. While it and the
+    // store's generation read as they did, a connection reuses the answer
+    // and the store's snapshot its last request got (its cgroup is the key);
+    // null, or 0: sandbox_inference is asked per request. Called on the
+    // gateway's threads once per request: must be thread-safe and quick.
+    std::function<std::uint64_t()> sandbox_inference_generation;
     // Admits a provider-bound request of the sandbox under its policy's
     // inference.limits (counting it), or says why not (429); null: no limits.
     // Called on the gateway's threads: must be thread-safe.

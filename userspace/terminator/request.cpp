@@ -878,8 +878,28 @@ void ReusedHeaders::release_if_large() {
     }
 }
 
+namespace {
+// Whether origin-form T is already what normalise_target makes of it (a
+// usual request's target): "/" then segments, none empty, "." or "..", no
+// query, no fragment. One pass, no segment list.
+bool already_normal(std::string_view t) {
+    if (t.size() < 2 || t[0] != '/') return false;
+    std::size_t seg = 1;  // where the current segment starts
+    for (std::size_t i = 1; i <= t.size(); ++i) {
+        const char c = i < t.size() ? t[i] : '/';
+        if (c == '?' || c == '#') return false;
+        if (c != '/') continue;
+        const std::size_t len = i - seg;
+        if (len == 0 || (t[seg] == '.' && (len == 1 || (len == 2 && t[seg + 1] == '.')))) return false;
+        seg = i + 1;
+    }
+    return true;
+}
+}  // namespace
+
 std::optional<Target> normalise_target(std::string_view t) {
     if (t.empty()) return std::nullopt;
+    if (already_normal(t)) return Target{std::string(t), {}};
     std::string holder;
     if (t[0] != '/') {
         // absolute-form: scheme "://" authority path

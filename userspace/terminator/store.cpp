@@ -417,6 +417,9 @@ void Store::publish_locked() {
         snaps[r] = std::move(s);
     }
     snapshots_ = std::move(snaps);
+    // After the swap, under the lock: whoever reads the new generation and
+    // then asks snapshot() gets the new snapshots.
+    generation_.fetch_add(1, std::memory_order_release);
 }
 
 void Store::save_providers(const std::map<std::string, Provider>& ps) const {

@@ -3,6 +3,7 @@
 // Persisted in the agent's state directory (mode 0600: the files hold
 // credentials). Readers take an immutable snapshot, so a change applies to the
 // next request without a restart and never to half of one.
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -106,6 +107,11 @@ public:
     // What a request of a sandbox using ROUTE works with (no inference when
     // the route is not configured).
     std::shared_ptr<const Snapshot> snapshot(const std::string& route = kDefaultRoute) const;
+    // Changes with every published change (providers, routes); never 0. A
+    // snapshot() asked after reading generation G is current for as long as
+    // generation() still reads G (the gateway reuses it per connection while
+    // it does).
+    std::uint64_t generation() const { return generation_.load(std::memory_order_acquire); }
 
     const std::string& state_dir() const { return dir_; }
     std::string providers_path() const;
@@ -123,6 +129,7 @@ private:
     std::map<std::string, InferenceConfig> routes_;
     uint64_t version_ = 0;  // survives inference being re-set
     std::map<std::string, std::shared_ptr<const Snapshot>> snapshots_;
+    std::atomic<std::uint64_t> generation_{1};
 };
 
 }  // namespace redir::terminator

@@ -199,7 +199,7 @@ protected:
     void accept() {
         acceptor_.async_accept([this](beast::error_code ec, tcp::socket s) {
             if (ec) return;
-            ConnInfo ci{4242, 77, "127.0.0.1:1", "198.18.0.1:443"};
+            ConnInfo ci{next_cgroup_.load(), 77, "127.0.0.1:1", "198.18.0.1:443"};
             if (mode_ == Mode::Cleartext) gw_->serve_cleartext_for_tests(std::move(s), ci);
             if (mode_ == Mode::Tls) gw_->serve_tls(std::move(s), server_ctx_->native_handle(), ci);
             if (mode_ == Mode::Refusal) gw_->serve_plain_refusal(std::move(s), ci);
@@ -314,6 +314,8 @@ protected:
     tcp::acceptor acceptor_{io_, {kLoopback, 0}};
     std::unique_ptr<Gateway> gw_;
     Mode mode_ = Mode::Cleartext;
+    // The sandbox (cgroup) the next accepted connection is from.
+    std::atomic<std::uint64_t> next_cgroup_{4242};
     std::unique_ptr<ssl::context> server_ctx_;
     std::mutex log_mu_;
     std::vector<RequestLog> logs_;
@@ -989,6 +991,123 @@ TEST_P(GatewayTest, ConfigChangeAppliesToNextRequest) {
     auto l = wait_logs(2);
     ASSERT_EQ(l.size(), 2u);
     EXPECT_EQ(l[1].config_version, l[0].config_version + 1);
+}
+
+// The connection reuses its sandbox's policy and its route's snapshot while
+// nothing changed (DecisionCache): a policy reload, an attach or a detach
+// (the agent publishes a new SandboxInferenceTable) must reach the next
+// request on a kept-alive connection all the same.
+TEST_P(GatewayTest, PolicyChangeAppliesToTheNextRequestOnTheSameConnection) {
+    use("mock", "model-a", {});
+    store_->set_inference("p", "model-fast", "fast");
+    auto table = std::make_shared<SandboxInferenceTable>();
+    GatewayOptions o;
+    o.sandbox_inference = [table](std::uint64_t cg) { return table->find(cg); };
+    o.sandbox_inference_generation = [table] { return table->generation(); };
+    start(o);
+    auto s = connect();
+    http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+    req.body() = R"({"model":"whatever"})";
+    auto model_of = [&] {
+        auto res = roundtrip(s, req);
+        EXPECT_EQ(res.result_int(), 200) << res.body();
+        auto at = res.body().find(R"("model":")");
+        return at == std::string::npos ? res.body() : res.body().substr(at + 9, res.body().find('"', at + 9) - at - 9);
+    };
+    EXPECT_EQ(model_of(), "model-a");
+    EXPECT_EQ(model_of(), "model-a");
+    table->publish({{4242, SandboxInference{"fast", false, {}}}});  // reload: the policy names route fast
+    EXPECT_EQ(model_of(), "model-fast");
+    EXPECT_EQ(model_of(), "model-fast");
+    table->publish({{9999, SandboxInference{"fast", false, {}}}});  // this sandbox detached, another attached
+    EXPECT_EQ(model_of(), "model-a");
+    table->publish({{4242, SandboxInference{"not-set", false, {}}}});
+    auto res = roundtrip(s, req);
+    EXPECT_EQ(res.result_int(), 503) << res.body();
+    EXPECT_TRUE(contains(res.body(), "not-set")) << res.body();
+    store_->set_inference("p", "model-late", "not-set");  // the route configured: the next request is served
+    EXPECT_EQ(model_of(), "model-late");
+    auto l = wait_logs(7);
+    ASSERT_EQ(l.size(), 7u);
+    const char* routes[] = {"default", "default", "fast", "fast", "default", "not-set", "not-set"};
+    for (std::size_t i = 0; i < l.size(); ++i) EXPECT_EQ(l[i].route, routes[i]) << i;
+}
+
+// A provider change (a revoked credential replaced) reaches the next request
+// on a kept-alive connection: the old key is never sent again.
+TEST_P(GatewayTest, ProviderChangeAppliesToTheNextRequestOnTheSameConnection) {
+    use_openai();
+    start();
+    auto s = connect();
+    http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+    req.body() = R"({"messages":[]})";
+    ASSERT_EQ(roundtrip(s, req).result_int(), 200);
+    ASSERT_EQ(roundtrip(s, req).result_int(), 200);
+    ProviderUpdate u;
+    u.credentials["OPENAI_API_KEY"] = "sk-provider-secret-0002";
+    store_->update_provider("p", u);
+    ASSERT_EQ(roundtrip(s, req).result_int(), 200);
+    auto got = fake_->received();
+    ASSERT_EQ(got.size(), 3u);
+    EXPECT_EQ(got[1].header("authorization"), "Bearer sk-provider-secret-0001");
+    EXPECT_EQ(got[2].header("authorization"), "Bearer sk-provider-secret-0002");
+}
+
+// Each connection is decided under its own sandbox's settings, whatever the
+// connections of other sandboxes (on the same io thread or not) were last
+// decided under.
+TEST_P(GatewayTest, ConnectionsOfTwoSandboxesNeverShareSettings) {
+    use("mock", "model-a", {});
+    store_->set_inference("p", "model-fast", "fast");
+    auto table = std::make_shared<SandboxInferenceTable>();
+    table->publish({{5151, SandboxInference{"fast", false, {}}}});
+    GatewayOptions o;
+    o.sandbox_inference = [table](std::uint64_t cg) { return table->find(cg); };
+    o.sandbox_inference_generation = [table] { return table->generation(); };
+    start(o);
+    http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+    req.body() = R"({"model":"whatever"})";
+    auto a = connect();
+    ASSERT_TRUE(contains(roundtrip(a, req).body(), R"("model":"model-a")"));
+    next_cgroup_ = 5151;
+    auto b = connect();
+    ASSERT_TRUE(contains(roundtrip(b, req).body(), R"("model":"model-fast")"));
+    for (int i = 0; i < 4; ++i) {
+        EXPECT_TRUE(contains(roundtrip(a, req).body(), R"("model":"model-a")")) << i;
+        EXPECT_TRUE(contains(roundtrip(b, req).body(), R"("model":"model-fast")")) << i;
+    }
+    auto l = wait_logs(10);
+    ASSERT_EQ(l.size(), 10u);
+    for (const auto& r : l) EXPECT_EQ(r.route, r.conn.cgroup_id == 5151 ? "fast" : "default") << r.conn.cgroup_id;
+}
+
+// The cache fails closed: without a generation to tell whether the sandbox's
+// settings changed (none given, or 0), they are asked per request.
+TEST_P(GatewayTest, WithoutAGenerationThePolicyIsAskedPerRequest) {
+    use("mock", "model-a", {});
+    store_->set_inference("p", "model-fast", "fast");
+    auto route = std::make_shared<std::string>("default");
+    auto mu = std::make_shared<std::mutex>();
+    auto asked = std::make_shared<std::atomic<int>>(0);
+    GatewayOptions o;
+    o.sandbox_inference = [route, mu, asked](std::uint64_t) {
+        ++*asked;
+        std::lock_guard lk(*mu);
+        return SandboxInference{*route, false, {}};
+    };
+    if (GetParam() != 0) o.sandbox_inference_generation = [] { return std::uint64_t{0}; };
+    start(o);
+    auto s = connect();
+    http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+    req.body() = R"({"model":"whatever"})";
+    EXPECT_TRUE(contains(roundtrip(s, req).body(), R"("model":"model-a")"));
+    {
+        std::lock_guard lk(*mu);
+        *route = "fast";
+    }
+    EXPECT_TRUE(contains(roundtrip(s, req).body(), R"("model":"model-fast")"));
+    EXPECT_TRUE(contains(roundtrip(s, req).body(), R"("model":"model-fast")"));
+    EXPECT_EQ(asked->load(), 3);
 }
 
 TEST_P(GatewayTest, MockStreamsInBothShapes) {

@@ -200,5 +200,35 @@ TEST(Target, FoldsSegmentsInPlaceAsTheSegmentListDid) {
     EXPECT_EQ(normalise_target("/..")->path, "/");
 }
 
+// A target already in normal form is taken as it is (one pass, no segment
+// loop): every origin-form target of up to 8 bytes of '/', '.', 'a' (and a
+// '?' or '#' ending some) folds as the segment list did, fast path or not.
+TEST(Target, TheAlreadyNormalShortcutFoldsAsTheSegmentListDid) {
+    const char alphabet[] = {'/', '.', 'a'};
+    std::vector<std::string> level{"/"};
+    std::size_t checked = 0;
+    for (int len = 1; len <= 8; ++len) {
+        std::vector<std::string> next;
+        for (const auto& p : level) {
+            for (const char* tail : {"", "?q", "#f", "/?q", ".?q"}) {
+                const std::string t = p + tail;
+                auto got = normalise_target(t);
+                ASSERT_TRUE(got) << t;
+                ASSERT_EQ(got->path, reference::fold_segments(t.substr(0, t.find_first_of("?#")))) << t;
+                ++checked;
+            }
+            for (char c : alphabet) next.push_back(p + c);
+        }
+        level = std::move(next);
+    }
+    EXPECT_GT(checked, 10000u);
+    EXPECT_EQ(normalise_target("/v1/chat/completions")->path, "/v1/chat/completions");
+    EXPECT_EQ(normalise_target("/v1/chat/completions")->query, "");
+    EXPECT_EQ(normalise_target("/v1/chat/completions/")->path, "/v1/chat/completions");
+    EXPECT_EQ(normalise_target("/v1/./chat")->path, "/v1/chat");
+    EXPECT_EQ(normalise_target("/v1/..")->path, "/");
+    EXPECT_EQ(normalise_target("/v1/.x/..y/...")->path, "/v1/.x/..y/...");
+}
+
 }  // namespace
 }  // namespace redir::terminator
