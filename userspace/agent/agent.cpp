@@ -115,7 +115,7 @@ void Agent::start() {
         SandboxPolicyHooks{[t = inference_table_](uint64_t cg) { return t->find(cg); },
                            [this](const std::string& r) { return route_users(r); },
                            [t = inference_table_] { return t->generation(); }},
-        [ledger = usage_.get()](const terminator::RequestLog& r) { ledger->record(usage_record_of(r, static_cast<int64_t>(now_ms()))); });
+        [ledger = usage_.get()](const terminator::RequestLog& r, int64_t now) { ledger->record(usage_record_of(r, now)); });
     DnsOptions dopts = opts_.dns;
     dopts.upstream = opts_.dns_upstream;
     // Beside the pinned maps' lifetime: /run is emptied at boot, like bpffs.

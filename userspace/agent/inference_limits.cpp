@@ -45,14 +45,14 @@ std::optional<terminator::LimitExceeded> InferenceLimitsKeeper::admit(uint64_t c
     return limiter_.admit(cgroup_id, limits, wall_ms());
 }
 
-void InferenceLimitsKeeper::charge(const terminator::RequestLog& r) {
+void InferenceLimitsKeeper::charge(const terminator::RequestLog& r, int64_t now_ms) {
     const bool answered = r.status >= 200 && r.status < 300;
     if (!r.usage.known() && !answered) return;  // refused or failed before an answer: nothing was used
     const auto& u = r.usage;
     limiter_.charge_tokens(r.conn.cgroup_id,
                            terminator::tokens_to_charge(u.input_tokens.value_or(0), u.output_tokens.value_or(0),
                                                         u.known(), r.bytes_in, r.bytes_out),
-                           wall_ms());
+                           now_ms);
 }
 
 void InferenceLimitsKeeper::save() {

@@ -22,8 +22,9 @@ public:
 
     // GatewayOptions::admit_request (gateway threads).
     std::optional<terminator::LimitExceeded> admit(uint64_t cgroup_id, const terminator::InferenceLimits& limits);
-    // A finished request's tokens: as reported, or estimated for an answer without usage (gateway threads).
-    void charge(const terminator::RequestLog& r);
+    // A finished request's tokens: as reported, or estimated for an answer without usage (gateway threads),
+    // counted at NOW_MS (wall-clock milliseconds: the record's one clock read, shared with the usage ledger).
+    void charge(const terminator::RequestLog& r, int64_t now_ms);
     // Writes the counters if they changed (the agent's thread).
     void save();
 

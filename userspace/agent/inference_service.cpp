@@ -34,7 +34,7 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
                                    AuditLog& audit, std::chrono::seconds stream_idle_timeout,
                                    const GatewayLimits& limits,
                                    SandboxPolicyHooks policy_hooks,
-                                   std::function<void(const terminator::RequestLog&)> on_request)
+                                   std::function<void(const terminator::RequestLog&, std::int64_t now_ms)> on_request)
     : audit_(audit), hooks_(std::move(policy_hooks)) {
     ca_ = std::make_unique<tls::LocalCa>(tls::LocalCa::load_or_create(state_dir, {}));
     if (ca_->created()) spdlog::info("created the local CA in {}/ca (export it with `redirctl ca export`)", state_dir);
@@ -67,8 +67,10 @@ InferenceService::InferenceService(boost::asio::io_context& io, const std::strin
         // record. The batch reaches the file in one writev(2) at the end of
         // this io thread's loop turn, not one per request.
         write_from_loop(audit, terminator::request_log_line(r), *loops);
-        limits->charge(r);
-        if (on_request) on_request(r);  // the usage ledger
+        // One wall-clock read for the limits and the usage ledger.
+        const auto now = static_cast<std::int64_t>(now_ms());
+        limits->charge(r, now);
+        if (on_request) on_request(r, now);  // the usage ledger
     };
     apply_gateway_limits(limits, go);
     go.sandbox_inference = hooks_.sandbox_inference;

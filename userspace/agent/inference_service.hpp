@@ -50,7 +50,7 @@ public:
     InferenceService(boost::asio::io_context& io, const std::string& state_dir, OrigDstLookup lookup,
                      AuditLog& audit, std::chrono::seconds stream_idle_timeout, const GatewayLimits& limits = {},
                      SandboxPolicyHooks hooks = {},
-                     std::function<void(const terminator::RequestLog&)> on_request = {});
+                     std::function<void(const terminator::RequestLog&, std::int64_t now_ms)> on_request = {});
     ~InferenceService();
 
     uint16_t tls_port() const;
