@@ -1283,6 +1283,47 @@ TEST_P(GatewayTest, NothingOfOneRequestReachesTheNextOnTheSameConnection) {
     for (const auto& r : l) EXPECT_EQ(r.conn.cgroup_id, 4242u);
 }
 
+// A connection's requests share nothing of their working state: a short
+// request after a long one carries no byte of the long one's rewritten body,
+// a request after a refused provider fetch is scanned afresh, and an answer
+// without usage is not charged the last one's. (Guards any later reuse of
+// buffers, scanners or parsers from one request to the next.)
+TEST_P(GatewayTest, NoWorkingStateOfOneRequestReachesTheNextOnTheSameConnection) {
+    use_openai("m");
+    fake_->set_handler([](const Received& r, FakeProvider::Conn& c) {
+        const std::string body = r.body.find("LLLL") != std::string::npos
+                                     ? R"({"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}})"
+                                     : R"({"choices":[]})";
+        return c.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " +
+                       std::to_string(body.size()) + "\r\n\r\n" + body);
+    });
+    start();
+    auto s = connect();
+    auto send = [&](const std::string& body) {
+        http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+        req.body() = body;
+        return roundtrip(s, req);
+    };
+    const std::string long_body =
+        R"({"model":"client-model","messages":[{"role":"user","content":")" + std::string(12000, 'L') + R"("}]})";
+    ASSERT_EQ(send(long_body).result_int(), 200);
+    ASSERT_EQ(send(R"({"tools":[{"type":"web_search"}]})").result_int(), 400) << "the fetch scan refuses it";
+    auto ok = send(R"({"a":1})");
+    ASSERT_EQ(ok.result_int(), 200) << ok.body() << ": the refused request's finding must be gone";
+    ASSERT_EQ(send("{}").result_int(), 200);
+    ASSERT_EQ(fake_->received().size(), 3u);
+    EXPECT_EQ(fake_->received().at(0).body,
+              R"({"model":"m","messages":[{"role":"user","content":")" + std::string(12000, 'L') + R"("}]})");
+    EXPECT_EQ(fake_->received().at(1).body, R"({"a":1,"model":"m"})") << "nothing of the long body is left";
+    EXPECT_EQ(fake_->received().at(2).body, R"({"model":"m"})");
+    auto l = wait_logs(4);
+    ASSERT_EQ(l.size(), 4u);
+    EXPECT_EQ(l[0].usage.total(), 7u);
+    EXPECT_FALSE(l[2].usage.known()) << "an answer without usage is not charged the last one's";
+    EXPECT_FALSE(l[3].usage.known());
+    EXPECT_EQ(l[2].model_requested, "");
+}
+
 class TlsGatewayTest : public GatewayTest {
 protected:
     void start_tls(GatewayOptions o = {}) {
