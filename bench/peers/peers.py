@@ -536,8 +536,9 @@ def wrk(peer, conns, threads, seconds, close=False):
         # machine bounds req/s.
         busy, idle = (b - a for a, b in zip(mach0, mach1))
         per = lambda ticks: ticks / CLK_TCK * 1e6 / r["requests"]
-        r["machine"] = {"peer_us": r["cpu_us_per_req"], "provider_us": prov_cpu * 1e6 / r["requests"],
-                        "rest_us": per(busy) - r["cpu_us_per_req"] - prov_cpu * 1e6 / r["requests"],
+        provider_us = prov_cpu * 1e6 / r["requests"]
+        r["machine"] = {"peer_us": r["cpu_us_per_req"], "provider_us": provider_us,
+                        "rest_us": per(busy) - r["cpu_us_per_req"] - provider_us,
                         "idle_us": per(idle), "busy_frac": busy / max(1, busy + idle)}
     return r
 
@@ -747,18 +748,17 @@ def alloc_probes(pid):
     lib = heap_library(pid)
     if not lib or not shutil.which("perf"):
         return None
-    tc = "tcmalloc" in lib
-    group = "redir_bench_tc" if tc else "redir_bench"
-    # perf wants event names unique across groups: tcmalloc's carry a prefix.
-    funcs = [(f, f) for f in ALLOC_FUNCS] + (list(TCMALLOC_NEW) if tc else [])
-    if tc:
-        funcs = [("tc_" + name, sym) for name, sym in funcs]
-    if tc:
-        # By address: perf cannot find mangled names (operator new) and,
-        # demangled, probes the PLT stub too.
+    funcs = [(f, f) for f in ALLOC_FUNCS]
+    group = "redir_bench"
+    if "tcmalloc" in lib:
+        # perf wants event names unique across groups: tcmalloc's carry a
+        # prefix. Placed by address: perf cannot find mangled names (operator
+        # new) and, demangled, probes the PLT stub too.
+        group = "redir_bench_tc"
         nm = subprocess.run(["nm", "-D", "--defined-only", lib], capture_output=True, text=True).stdout
         addr = {f[2]: f[0] for f in (l.split() for l in nm.splitlines()) if len(f) == 3}
-        funcs = [(name, "0x" + addr[sym].lstrip("0")) for name, sym in funcs if sym in addr]
+        funcs = [("tc_" + name, "0x" + addr[sym].lstrip("0")) for name, sym in funcs + list(TCMALLOC_NEW)
+                 if sym in addr]
     have = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True).stdout
     for name, sym in funcs:
         if "%s:%s " % (group, name) not in have:
@@ -771,8 +771,8 @@ def alloc_probes(pid):
 
 def allocs_per_request(peer, seconds=3):
     """Heap allocations (malloc + calloc + realloc calls, operator new
-    included, of libc or tcmalloc, whichever the process uses) per keep-alive request of PEER's redird, counted with uprobes
-    under the usual wrk load. Separate from the timed rounds: a uprobe costs
+    included, of libc or tcmalloc, whichever the process uses) per keep-alive
+    request of PEER's redird, counted with uprobes under the usual wrk load. Separate from the timed rounds: a uprobe costs
     microseconds per call. Counts, unlike req/s, hold on a loaded machine."""
     events = alloc_probes(peer.pid)
     if not events:

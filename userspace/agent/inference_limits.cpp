@@ -5,15 +5,14 @@
 #include <chrono>
 #include <filesystem>
 
+#include "agent/json_out.hpp"
 #include "common/atomic_file.hpp"
 
 namespace redir::agent {
 namespace {
-// Wall clock: the counters outlive the process.
-int64_t wall_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-        .count();
-}
+// Wall clock (the counters outlive the process), as the audit records' ts_ms
+// and the time charge() is given.
+int64_t wall_ms() { return static_cast<int64_t>(now_ms()); }
 }  // namespace
 
 InferenceLimitsKeeper::InferenceLimitsKeeper(boost::asio::io_context& io, std::string path)
