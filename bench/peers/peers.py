@@ -163,6 +163,32 @@ def machine_jiffies():
     return sum(v[:8]) - idle, idle  # user nice system idle iowait irq softirq steal
 
 
+def switches(pids):
+    """Context switches (voluntary + involuntary) of every thread of PIDS so far."""
+    total = 0
+    for p in pids:
+        try:
+            tids = os.listdir("/proc/%d/task" % p)
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                with open("/proc/%d/task/%s/status" % (p, t)) as f:
+                    total += sum(int(l.split()[1]) for l in f if "ctxt_switches:" in l)
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
+def machine_switches():
+    """Context switches of the whole machine since boot (/proc/stat ctxt)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("ctxt "):
+                return int(line.split()[1])
+    return 0
+
+
 def rss_mb(pids):
     total = 0
     for p in pids:
@@ -515,11 +541,13 @@ def wrk(peer, conns, threads, seconds, close=False):
     usage = Usage(peer.pid)
     prov = descendants(PROVIDER_PID) if PROVIDER_PID and not isinstance(peer, Direct) else []
     prov0, mach0 = cpu_seconds(prov), machine_jiffies()
+    sw0 = (switches(usage.pids), switches(prov), machine_switches())
     kw = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     proc = peer.cgroup.popen(argv, **kw) if peer.cgroup else subprocess.Popen(argv, **kw)
     out, err = proc.communicate(timeout=seconds + 60)
     cpu, peak = usage.finish()
     prov_cpu, mach1 = cpu_seconds(prov) - prov0, machine_jiffies()
+    sw = [b - a for a, b in zip(sw0, (switches(usage.pids), switches(prov), machine_switches()))]
     m = re.search(r"^WRKJSON (.*)$", out, re.M)
     if not m:
         log("wrk against %s printed no numbers: %s %s" % (peer.name, out[-500:], err[-500:]))
@@ -539,7 +567,11 @@ def wrk(peer, conns, threads, seconds, close=False):
         provider_us = prov_cpu * 1e6 / r["requests"]
         r["machine"] = {"peer_us": r["cpu_us_per_req"], "provider_us": provider_us,
                         "rest_us": per(busy) - r["cpu_us_per_req"] - provider_us,
-                        "idle_us": per(idle), "busy_frac": busy / max(1, busy + idle)}
+                        "idle_us": per(idle), "busy_frac": busy / max(1, busy + idle),
+                        # Context switches a request: a proxy that makes its
+                        # neighbours sleep and wake more often costs their CPU.
+                        "sw_peer": sw[0] / r["requests"], "sw_provider": sw[1] / r["requests"],
+                        "sw_rest": (sw[2] - sw[0] - sw[1]) / r["requests"]}
     return r
 
 
@@ -1069,11 +1101,13 @@ def print_machine(res):
             if m:
                 rows.append((name, key, fmt(m["peer_us"]), fmt(m["provider_us"]), fmt(m["rest_us"]),
                              fmt(m["peer_us"] + m["provider_us"] + m["rest_us"]), fmt(m["idle_us"]),
-                             "%d%%" % round(100 * m["busy_frac"])))
+                             "%d%%" % round(100 * m["busy_frac"]),
+                             "%.2f / %.2f / %.2f" % (m["sw_peer"], m["sw_provider"], m["sw_rest"])))
     if rows:
         print("the machine's CPU per keep-alive request, by party (us; rest = wrk, softirq charged to no task, "
-              "anything else running; busy = share of all CPUs)")
-        print_rows(("peer", "threads", "peer", "provider", "rest", "all busy", "idle", "busy"), rows)
+              "anything else running; busy = share of all CPUs; switches = context switches a request)")
+        print_rows(("peer", "threads", "peer", "provider", "rest", "all busy", "idle", "busy",
+                    "switches peer / provider / rest"), rows)
 
 
 def print_paired(res):

@@ -262,6 +262,13 @@ MUTANTS = [
            "self->queue(std::move(resp));", "self->send(std::move(resp));",
            ("gtest", "tests/unit/control/test_control_server",
             "ControlServerTest.EventsFollowSendsTheReplyBeforeARecordWrittenMeanwhile", ["test_control_server"])),
+    Mutant("draining-read-fin", "a connection's end is never lost: a FIN that came with the last bytes is "
+           "still read (a read counts as draining the socket only when the kernel says nothing, not even a FIN, "
+           "is left), so a sandbox or provider that closes is seen, not left to its idle deadline",
+           "userspace/terminator/draining_read.hpp",
+           "return left == 0 ? Recv::Drained : Recv::Got;", "return n < b.size() ? Recv::Drained : Recv::Got;",
+           ("gtest", "tests/unit/terminator/redir_draining_read_tests",
+            "DrainingReadTest.FinThatCameWithTheLastBytesIsReportedAsTheEnd", ["redir_draining_read_tests"])),
     Mutant("dns-lookup-holds-itself", "lifetime safety: a DNS lookup in flight outlives its callbacks",
            "userspace/dns/server.cpp",
            "usock.async_receive(asio::buffer(buf), [self = shared_from_this()](error_code ec, size_t n) {",

@@ -624,6 +624,15 @@ void watch_client(Impl& gw, Stream& s, beast::flat_buffer& buf, std::shared_ptr<
                        });
 }
 
+// Both sides of the proxy: requests and answers are small writes that must
+// leave at once (no Nagle), and every read learns whether it emptied the
+// socket (TCP_INQ: draining_read.hpp). Failures cost only speed.
+void tune(Socket& s) {
+    beast::error_code ig;
+    s.set_option(tcp::no_delay(true), ig);
+    s.set_option(QueueHint(true), ig);
+}
+
 std::string provider_where(const Provider& p, const BaseUrl& b) {
     return "provider " + p.name + " (" + b.host_header + ")";
 }
@@ -706,8 +715,7 @@ Task<std::unique_ptr<UpstreamConn>> connect_upstream(Impl& gw, const Provider& p
                 : Failure{502, "cannot connect to " + where + ": " + cec.message()};
         co_return nullptr;
     }
-    beast::error_code ig;
-    low.socket().set_option(tcp::no_delay(true), ig);
+    tune(low.socket());
     try {
         prepare_client_ssl(conn->s.native_handle(), b.host, b.ip_literal);
     } catch (const std::exception& e) {
@@ -1592,7 +1600,7 @@ Socket rebind(Impl& gw, Accepted sock) {
     beast::error_code ec;
     if constexpr (std::is_same_v<Accepted, Socket>) {
         if (sock.get_executor() == gw.ex) {
-            sock.set_option(tcp::no_delay(true), ec);
+            tune(sock);
             return sock;
         }
     }
@@ -1606,7 +1614,7 @@ Socket rebind(Impl& gw, Accepted sock) {
         ::close(fd);
         throw beast::system_error(ec);
     }
-    out.set_option(tcp::no_delay(true), ec);
+    tune(out);
     return out;
 }
 

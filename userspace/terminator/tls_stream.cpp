@@ -145,10 +145,10 @@ void ConnCore::stop() {
     flush_event.cancel();
 }
 
-asio::mutable_buffer ConnCore::in_space() {
+DrainingBuffer ConnCore::in_space() {
     if (!in) in.reset(new char[kReadBuffer]);
     if (in_begin == in_end) in_begin = in_end = 0;
-    return asio::buffer(in.get() + in_end, kReadBuffer - in_end);
+    return DrainingBuffer(asio::buffer(in.get() + in_end, kReadBuffer - in_end));
 }
 
 bool ConnCore::may_have_input() const {

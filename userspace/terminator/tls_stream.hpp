@@ -26,6 +26,8 @@
 #include <memory>
 #include <string>
 
+#include "terminator/draining_read.hpp"
+
 namespace redir::terminator {
 
 using Executor = boost::asio::io_context::executor_type;
@@ -67,7 +69,9 @@ public:
     std::unique_ptr<char[]> in;
     std::size_t in_begin = 0, in_end = 0;
     bool in_eof = false;
-    boost::asio::mutable_buffer in_space();
+    // The free end of IN, for the next socket read (a short read there
+    // marks the socket drained: see draining_read.hpp).
+    DrainingBuffer in_space();
     // Records the socket did not take at once, in order; element references
     // stay valid while more are appended (the flush writes from the front).
     std::deque<std::string> out;
