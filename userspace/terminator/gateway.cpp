@@ -278,6 +278,7 @@ struct ClientWatch {
 
 template <class Stream>
 void close_stream(Stream& s) {
+    if constexpr (std::is_same_v<Stream, TlsStream>) s.release_held();  // the last answer first
     beast::error_code ec;
     auto& sock = beast::get_lowest_layer(s).socket();
     sock.shutdown(Socket::shutdown_both, ec);
@@ -342,6 +343,10 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
 
     std::shared_ptr<Shared> shared;
     Executor ex;
+    // Whether this Impl's streams hold their records to the end of the loop
+    // turn (ConnCore::hold_sends): only on an io_context of the gateway's
+    // own, which one thread runs (the caller's may have several).
+    bool hold_sends = false;
     // The shared parts under the names the request code uses.
     std::shared_ptr<Store> store;
     const GatewayOptions& opts;
@@ -683,6 +688,7 @@ Task<std::unique_ptr<UpstreamConn>> connect_upstream(Impl& gw, const Provider& p
         co_return nullptr;
     }
     auto conn = std::make_unique<UpstreamConn>(gw.ex, ctx);
+    if (gw.hold_sends) conn->s.hold_sends();
     conn->key.emplace(key);
     watch.upstream = conn.get();
     // Failures below destroy CONN: the watcher must not keep it (the caller
@@ -1621,6 +1627,7 @@ Socket rebind(Impl& gw, Accepted sock) {
 // Each session coroutine owns its connection ticket: the sandbox's slot is
 // given back whenever and however the session ends.
 Task<void> tls_session(std::shared_ptr<Impl> gw, TlsStream s, ConnInfo info, Quota::Ticket) {
+    if (gw->hold_sends) s.hold_sends();
     beast::get_lowest_layer(s).expires_after(gw->opts.handshake_timeout);
     auto [ec, n] = co_await s.async_handshake(asio::ssl::stream_base::server, use_tuple);
     if (ec) {
@@ -1725,6 +1732,7 @@ Gateway::Gateway(asio::any_io_executor ex, std::shared_ptr<Store> store, Gateway
         w.ios.push_back(std::make_unique<asio::io_context>(1));
         w.guards.push_back(asio::make_work_guard(*w.ios.back()));
         w.impls.push_back(std::make_shared<Impl>(w.shared, w.ios.back()->get_executor()));
+        w.impls.back()->hold_sends = true;
     }
     for (std::size_t i = 0; i < threads; ++i)
         w.threads.emplace_back([ctx = w.ios[i].get(), &w, i] {

@@ -3,11 +3,14 @@
 
 #include <openssl/bio.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
+#include <boost/asio/defer.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/beast/core/error.hpp>
 #include <cerrno>
 #include <stdexcept>
+#include <vector>
 
 namespace redir::terminator {
 
@@ -40,6 +43,16 @@ int bio_write(BIO* b, const char* data, int len) {
     BIO_clear_retry_flags(b);
     ConnCore* c = core_of(b);
     if (c->out_error) return -1;
+    if (c->hold_sends && (c->out.empty() || c->held)) {
+        if (c->held_bytes + static_cast<std::size_t>(len) <= ConnCore::kHoldMax) {
+            c->out.emplace_back(data, static_cast<std::size_t>(len));
+            c->held_bytes += static_cast<std::size_t>(len);
+            c->hold();
+            return len;
+        }
+        c->send_held();
+        if (c->out_error) return -1;
+    }
     std::size_t sent = 0;
     if (c->out.empty()) {
         const ssize_t n = ::send(c->socket.native_handle(), data, static_cast<std::size_t>(len),
@@ -164,7 +177,91 @@ void ConnCore::maybe_release() {
     }
 }
 
+namespace {
+// The connections whose records wait for the end of this loop turn. Owned by
+// the deferred handler that sends them (an io_context destroyed before it
+// runs takes them along); the thread holding records reaches it through
+// t_turn until then. Only for an io_context run by one thread: the handler
+// runs where the records were held.
+struct HeldTurn {
+    std::vector<std::shared_ptr<ConnCore>> cores;
+    ~HeldTurn();
+};
+thread_local HeldTurn* t_turn = nullptr;
+HeldTurn::~HeldTurn() {
+    if (t_turn == this) t_turn = nullptr;
+}
+}  // namespace
+
+void ConnCore::hold() {
+    if (held) return;
+    held = true;
+    if (!t_turn) {
+        auto turn = std::make_unique<HeldTurn>();
+        t_turn = turn.get();
+        // defer: after the handlers that are ready now (and the reactor's
+        // look for more), on this thread, with no wake-up.
+        asio::defer(socket.get_executor(), [turn = std::move(turn)] {
+            t_turn = nullptr;  // records held from here on start the next turn
+            for (auto& c : turn->cores) c->send_held();
+        });
+    }
+    t_turn->cores.push_back(shared_from_this());
+}
+
+void ConnCore::send_held() {
+    if (!held) return;
+    held = false;
+    held_bytes = 0;
+    if (out_error || out.empty()) return;
+    if (!socket.is_open()) {
+        out.clear();
+        out_off = 0;
+        return;
+    }
+    // The held records in one sendmsg(2) (another per 16 records), until
+    // the socket takes no more; the rest goes through the flush.
+    constexpr std::size_t kMax = 16;
+    while (!out.empty()) {
+        iovec iov[kMax];
+        std::size_t n = 0, total = 0;
+        for (auto it = out.begin(); it != out.end() && n < kMax; ++it, ++n) {
+            const std::size_t off = n == 0 ? out_off : 0;
+            iov[n] = {it->data() + off, it->size() - off};
+            total += iov[n].iov_len;
+        }
+        msghdr msg{};
+        msg.msg_iov = iov;
+        msg.msg_iovlen = n;
+        const ssize_t r = ::sendmsg(socket.native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            out_error = error_code(errno, boost::system::system_category());
+            out.clear();
+            out_off = 0;
+            flush_event.cancel();
+            return;
+        }
+        for (std::size_t left = static_cast<std::size_t>(r); left != 0 && !out.empty();) {
+            const std::size_t rest = out.front().size() - out_off;
+            if (left < rest) {
+                out_off += left;
+                break;
+            }
+            left -= rest;
+            out.pop_front();
+            out_off = 0;
+        }
+        if (static_cast<std::size_t>(r) < total) break;  // the socket is full
+    }
+    if (!out.empty()) return kick_flush();
+    flush_event.cancel();  // an async_flush may be waiting
+}
+
 void ConnCore::kick_flush() {
+    held = false;  // a flush asked for now sends what was held
+    held_bytes = 0;
     if (flushing || out.empty() || out_error) return;
     flushing = true;
     const std::string& f = out.front();

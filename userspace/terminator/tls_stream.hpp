@@ -2,9 +2,10 @@
 // The terminator's connection streams (Beast AsyncReadStream/AsyncWriteStream)
 // on a concrete io_context executor: TlsStream runs OpenSSL over a minimal BIO
 // (ciphertext read by Asio into one lazily allocated buffer, records sent
-// straight to the socket), instead of asio::ssl::stream's fixed 2 x 17 KiB
-// buffers, BIO pair and engine; PlainStream is the cleartext one. Both carry
-// a per-connection deadline that costs no timer operation per I/O.
+// straight to the socket or, with hold_sends, at the end of the loop turn),
+// instead of asio::ssl::stream's fixed 2 x 17 KiB buffers, BIO pair and
+// engine; PlainStream is the cleartext one. Both carry a per-connection
+// deadline that costs no timer operation per I/O.
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -80,6 +81,22 @@ public:
     error_code out_error;   // the socket refused a write: every later one fails
     Timer flush_event;      // never expires: cancel() wakes operations waiting for the flush
     bool release_when_idle = false;
+    // -- Sends held to the end of the loop turn (hold_sends): records wait
+    // in OUT, unoffered (held), until the handlers that are ready now have
+    // run; then every held connection of the thread is sent, each in one
+    // sendmsg(2). Sent as they were made, a turn's records woke the peer
+    // (wrk, the provider) once each while it kept falling asleep between
+    // them; held, it wakes once for the turn and finds them in one batch.
+    // Only on a socket whose io_context one thread runs (see hold()).
+    bool hold_sends = false;
+    bool held = false;  // OUT's records are held, not yet offered to the socket
+    std::size_t held_bytes = 0;
+    // More than this in one turn (a large request body) is not held: what is
+    // held goes at once and the rest is written as without holding, so a
+    // turn never keeps more than this of a connection's output in memory.
+    static constexpr std::size_t kHoldMax = 64 * 1024;
+    void hold();        // marks OUT held and joins this turn's send
+    void send_held();   // offers what is held to the socket now
     // Whether an SSL_read could return anything without more from the socket:
     // ciphertext of ours not yet taken, the end of the stream to report,
     // plaintext or a record OpenSSL holds, or a state (handshake, failure,
@@ -178,7 +195,9 @@ inline Resume resume(ConnCore& c, Wait w, const boost::system::error_code& ec, s
 // handshake flight, a post-handshake message), then the socket is read.
 template <class Self>
 void await_input(ConnCore& c, Wait& w, Self&& self) {
-    if (!c.out.empty() || c.out_error) {
+    // Held records leave at the end of this turn, before any answer to them
+    // can arrive: the read need not wait for them.
+    if ((!c.out.empty() && !c.held) || c.out_error) {
         w = Wait::Flush;
         return wait_flush(c, std::move(self));
     }
@@ -473,12 +492,17 @@ public:
     // plaintext bytes taken (0 with EC set on failure) and never waits. While
     // output_pending(), records wait in that queue: async_flush completes when
     // they have left, or fails (a sandbox that stops reading meets the deadline
-    // there, as with async_write_some).
+    // there, as with async_write_some). Records held for the end of the turn
+    // (hold_sends) are not pending: they leave before the loop waits again.
     template <class ConstBuffers>
     std::size_t write_now(const ConstBuffers& b, boost::system::error_code& ec) {
         return detail::write_record(*core_, b, ec);
     }
-    bool output_pending() const { return !core_->out.empty(); }
+    bool output_pending() const { return !core_->out.empty() && !core_->held; }
+    // Records written from now on leave at the end of the loop turn
+    // (ConnCore::hold_sends); release_held() sends them before a close.
+    void hold_sends() { core_->hold_sends = true; }
+    void release_held() { core_->send_held(); }
     template <class Token>
     auto async_flush(Token&& token) {
         return boost::asio::async_compose<Token, void(boost::system::error_code, std::size_t)>(

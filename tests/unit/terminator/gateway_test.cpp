@@ -1367,6 +1367,30 @@ TEST_P(TlsGatewayTest, ServesHttpsWithTheGivenServerContext) {
     EXPECT_TRUE(contains(res.body(), R"("id":"m")"));
 }
 
+// The last answer of a connection that ends (Connection: close) arrives
+// whole before the end: on the gateway's own threads answers are held to
+// the end of the loop turn, and the close sends what is held first.
+TEST_P(TlsGatewayTest, AnswerBeforeACloseArrivesWhole) {
+    use_openai();
+    start_tls();
+    for (int i = 0; i < 3; ++i) {
+        auto sp = tls_connect();
+        http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+        req.set(http::field::connection, "close");
+        req.body() = R"({"model":"x","messages":[]})";
+        auto res = roundtrip(*sp, req);
+        EXPECT_EQ(res.result_int(), 200);
+        EXPECT_FALSE(res.body().empty());
+        EXPECT_TRUE(end_of(*sp)) << "the connection stayed open after Connection: close";
+        // A refusal that ends the connection, too.
+        auto sp2 = tls_connect();
+        http::request<http::string_body> bad{http::verb::post, "/v1/not-a-route", 11};
+        bad.set(http::field::connection, "close");
+        auto res2 = roundtrip(*sp2, bad);
+        EXPECT_EQ(res2.result_int(), 404);
+    }
+}
+
 // Over TLS the client is watched while the provider streams (a concurrent
 // read on the SSL stream); the connection must stay usable afterwards.
 TEST_P(TlsGatewayTest, ProxiedStreamsKeepTheConnectionUsable) {
