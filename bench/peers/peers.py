@@ -163,20 +163,26 @@ def machine_jiffies():
     return sum(v[:8]) - idle, idle  # user nice system idle iowait irq softirq steal
 
 
-def switches(pids):
-    """Context switches (voluntary + involuntary) of every thread of PIDS so far."""
-    total = 0
+def tasks(pids):
+    """(tid, /proc directory) of every thread of PIDS (processes gone meanwhile are skipped)."""
     for p in pids:
         try:
             tids = os.listdir("/proc/%d/task" % p)
         except OSError:
             continue
         for t in tids:
-            try:
-                with open("/proc/%d/task/%s/status" % (p, t)) as f:
-                    total += sum(int(l.split()[1]) for l in f if "ctxt_switches:" in l)
-            except (OSError, ValueError, IndexError):
-                pass
+            yield t, "/proc/%d/task/%s" % (p, t)
+
+
+def switches(pids):
+    """Context switches (voluntary + involuntary) of every thread of PIDS so far."""
+    total = 0
+    for _, d in tasks(pids):
+        try:
+            with open(d + "/status") as f:
+                total += sum(int(l.split()[1]) for l in f if "ctxt_switches:" in l)
+        except (OSError, ValueError, IndexError):
+            pass
     return total
 
 

@@ -115,27 +115,22 @@ def busiest_thread(pid):
 def thread_stats(pid):
     """{comm/tid: (ns on CPU, voluntary context switches)} of PID's process tree."""
     out = {}
-    for p in descendants(pid):
+    for t, d in peers.tasks(descendants(pid)):
         try:
-            tids = os.listdir("/proc/%d/task" % p)
-        except OSError:
+            ns = int(open(d + "/schedstat").read().split()[0])
+            st = open(d + "/status").read()
+            comm = re.search(r"^Name:\s*(\S+)", st, re.M).group(1)
+            sw = int(re.search(r"^voluntary_ctxt_switches:\s*(\d+)", st, re.M).group(1))
+        except (OSError, AttributeError, IndexError, ValueError):
             continue
-        for t in tids:
-            try:
-                ns = int(open("/proc/%d/task/%s/schedstat" % (p, t)).read().split()[0])
-                st = open("/proc/%d/task/%s/status" % (p, t)).read()
-                comm = re.search(r"^Name:\s*(\S+)", st, re.M).group(1)
-                sw = int(re.search(r"^voluntary_ctxt_switches:\s*(\d+)", st, re.M).group(1))
-            except (OSError, AttributeError, IndexError, ValueError):
-                continue
-            out["%s/%s" % (comm, t)] = (ns, sw)
+        out["%s/%s" % (comm, t)] = (ns, sw)
     return out
 
 
 def syscall_counter(peer):
     """Starts counting PEER's system calls by name; returns a function that stops and returns them."""
-    names = ("epoll_wait", "recvfrom", "sendto", "write", "read", "epoll_ctl", "timerfd_settime", "mprotect",
-             "futex", "getsockopt")
+    names = ("epoll_wait", "recvfrom", "recvmsg", "sendto", "sendmsg", "write", "read", "epoll_ctl",
+             "timerfd_settime", "mprotect", "futex", "getsockopt")
     out = tempfile.mktemp(prefix="redir-trace-stat-")
     ev = ",".join("syscalls:sys_enter_" + n for n in names)
     st = subprocess.Popen(["perf", "stat", "-x", ",", "-o", out, "-e", ev, "-p",

@@ -271,10 +271,10 @@ MUTANTS = [
             "DrainingReadTest.FinThatCameWithTheLastBytesIsReportedAsTheEnd", ["redir_draining_read_tests"])),
     Mutant("held-sends-close", "nothing is lost on a close: the last answer of a connection that ends "
            "(Connection: close, a refusal) leaves before the close when answers are held to the end of the "
-           "loop turn", "userspace/terminator/gateway.cpp",
-           "if constexpr (std::is_same_v<Stream, TlsStream>) s.release_held();", "",
-           ("gtest", "tests/unit/terminator/redir_gateway_tests",
-            "OwnThreads/TlsGatewayTest.AnswerBeforeACloseArrivesWhole/0", ["redir_gateway_tests"])),
+           "loop turn", "userspace/terminator/tls_stream.hpp",
+           "        core_->send_held();\n        boost::system::error_code ig;", "        boost::system::error_code ig;",
+           ("gtest", "tests/unit/terminator/redir_tls_stream_tests", "TlsStreamTest.CloseSendsHeldRecordsFirst",
+            ["redir_tls_stream_tests"])),
     Mutant("dns-lookup-holds-itself", "lifetime safety: a DNS lookup in flight outlives its callbacks",
            "userspace/dns/server.cpp",
            "usock.async_receive(asio::buffer(buf), [self = shared_from_this()](error_code ec, size_t n) {",

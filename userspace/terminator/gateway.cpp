@@ -278,11 +278,14 @@ struct ClientWatch {
 
 template <class Stream>
 void close_stream(Stream& s) {
-    if constexpr (std::is_same_v<Stream, TlsStream>) s.release_held();  // the last answer first
-    beast::error_code ec;
-    auto& sock = beast::get_lowest_layer(s).socket();
-    sock.shutdown(Socket::shutdown_both, ec);
-    sock.close(ec);
+    if constexpr (std::is_same_v<Stream, TlsStream>) {
+        s.close();  // what it holds leaves first
+    } else {
+        beast::error_code ec;
+        auto& sock = beast::get_lowest_layer(s).socket();
+        sock.shutdown(Socket::shutdown_both, ec);
+        sock.close(ec);
+    }
 }
 
 }  // namespace

@@ -37,6 +37,34 @@ int bio_read(BIO* b, char* out, int len) {
     return static_cast<int>(n);
 }
 
+// The loop turn of this thread, while one is under way: the connections
+// whose records wait for its end. Owned by the handler deferred to end it
+// (an io_context destroyed before it runs takes them along). Only for an
+// io_context one thread runs: that handler runs where the records were held.
+struct HeldTurn {
+    std::vector<std::shared_ptr<ConnCore>> cores;
+    ~HeldTurn();
+};
+thread_local HeldTurn* t_turn = nullptr;
+thread_local std::unique_ptr<HeldTurn> t_spare;  // a finished turn's list, for the next (no allocation a turn)
+HeldTurn::~HeldTurn() {
+    if (t_turn == this) t_turn = nullptr;
+}
+
+// The turn begins with its first held record and ends when the handlers
+// ready now (and those the reactor's look finds) have run: boost::asio::defer,
+// on this thread, with no wake-up.
+void begin_turn(const Executor& ex) {
+    auto turn = t_spare ? std::move(t_spare) : std::make_unique<HeldTurn>();
+    t_turn = turn.get();
+    asio::defer(ex, [turn = std::move(turn)]() mutable {
+        t_turn = nullptr;  // a record made from here on begins the next turn
+        for (auto& c : turn->cores) c->send_held();
+        turn->cores.clear();
+        if (!t_spare) t_spare = std::move(turn);
+    });
+}
+
 // Records go straight to the socket; what it does not take now is queued in
 // order and flushed by the stream (never a retry: SSL_write completes).
 int bio_write(BIO* b, const char* data, int len) {
@@ -177,35 +205,10 @@ void ConnCore::maybe_release() {
     }
 }
 
-namespace {
-// The connections whose records wait for the end of this loop turn. Owned by
-// the deferred handler that sends them (an io_context destroyed before it
-// runs takes them along); the thread holding records reaches it through
-// t_turn until then. Only for an io_context run by one thread: the handler
-// runs where the records were held.
-struct HeldTurn {
-    std::vector<std::shared_ptr<ConnCore>> cores;
-    ~HeldTurn();
-};
-thread_local HeldTurn* t_turn = nullptr;
-HeldTurn::~HeldTurn() {
-    if (t_turn == this) t_turn = nullptr;
-}
-}  // namespace
-
 void ConnCore::hold() {
     if (held) return;
     held = true;
-    if (!t_turn) {
-        auto turn = std::make_unique<HeldTurn>();
-        t_turn = turn.get();
-        // defer: after the handlers that are ready now (and the reactor's
-        // look for more), on this thread, with no wake-up.
-        asio::defer(socket.get_executor(), [turn = std::move(turn)] {
-            t_turn = nullptr;  // records held from here on start the next turn
-            for (auto& c : turn->cores) c->send_held();
-        });
-    }
+    if (!t_turn) begin_turn(socket.get_executor());
     t_turn->cores.push_back(shared_from_this());
 }
 

@@ -1373,6 +1373,12 @@ TEST_P(TlsGatewayTest, ServesHttpsWithTheGivenServerContext) {
 TEST_P(TlsGatewayTest, AnswerBeforeACloseArrivesWhole) {
     use_openai();
     start_tls();
+    // Several records, all held when the connection closes.
+    const std::string big = R"({"id":"c","choices":[],"pad":")" + std::string(40000, 'p') + R"("})";
+    fake_->set_handler([big](const Received&, FakeProvider::Conn& c) {
+        return c.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " +
+                       std::to_string(big.size()) + "\r\n\r\n" + big);
+    });
     for (int i = 0; i < 3; ++i) {
         auto sp = tls_connect();
         http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
@@ -1380,7 +1386,7 @@ TEST_P(TlsGatewayTest, AnswerBeforeACloseArrivesWhole) {
         req.body() = R"({"model":"x","messages":[]})";
         auto res = roundtrip(*sp, req);
         EXPECT_EQ(res.result_int(), 200);
-        EXPECT_FALSE(res.body().empty());
+        EXPECT_EQ(res.body(), big);
         EXPECT_TRUE(end_of(*sp)) << "the connection stayed open after Connection: close";
         // A refusal that ends the connection, too.
         auto sp2 = tls_connect();

@@ -216,6 +216,35 @@ protected:
         return {true, {}, off};
     }
 
+    // Writes to a peer that reset the connection until one fails (at the
+    // latest when the flush of what was queued fails), never hanging; HOLD:
+    // with hold_sends, each write's turn ended before the next.
+    void expect_writes_to_reset_peer_fail(bool hold) {
+        connect();
+        handshake_both();
+        if (hold) stream->hold_sends();
+        ::linger lg{1, 0};
+        ASSERT_EQ(::setsockopt(peer.fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+        ::close(peer.fd.release());  // RST
+        const std::string chunk(16 << 10, 'x');
+        error_code ec;
+        const auto end = Clock::now() + kPatience;
+        while (!ec && Clock::now() < end) {
+            stream->write_now(asio::buffer(chunk), ec);
+            if (hold) {
+                ioc.restart();
+                ioc.poll();  // the turn ends: what is held is sent
+            }
+            if (!ec && stream->output_pending()) {
+                Result r = run(ioc, [&](auto h) { stream->async_flush(h); }, std::chrono::milliseconds(5000));
+                ASSERT_TRUE(r.done) << "a flush to a reset peer hung";
+                ec = r.ec;
+            }
+        }
+        EXPECT_TRUE(ec) << "writes to a reset peer kept succeeding";
+        EXPECT_NE(ec, beast::error::timeout);
+    }
+
     // The peer's side of the handshake on a thread while ours runs here.
     void handshake_both() {
         auto accepted = std::async(std::launch::async, [&] { return peer.accept(); });
@@ -628,26 +657,7 @@ TEST_F(TlsStreamTest, WriteNowToAPeerThatStopsReadingEndsAtTheDeadline) {
 
 // 11. write_now to a peer that reset the connection fails (at the latest
 // when the flush of what was queued fails), never hangs.
-TEST_F(TlsStreamTest, WriteNowToResetPeerFails) {
-    connect();
-    handshake_both();
-    ::linger lg{1, 0};
-    ASSERT_EQ(::setsockopt(peer.fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
-    ::close(peer.fd.release());  // RST
-    const std::string chunk(16 << 10, 'x');
-    error_code ec;
-    const auto end = Clock::now() + kPatience;
-    while (!ec && Clock::now() < end) {
-        stream->write_now(asio::buffer(chunk), ec);
-        if (!ec && stream->output_pending()) {
-            Result r = run(ioc, [&](auto h) { stream->async_flush(h); }, std::chrono::milliseconds(5000));
-            ASSERT_TRUE(r.done) << "a flush to a reset peer hung";
-            ec = r.ec;
-        }
-    }
-    EXPECT_TRUE(ec) << "writes to a reset peer kept succeeding";
-    EXPECT_NE(ec, beast::error::timeout);
-}
+TEST_F(TlsStreamTest, WriteNowToResetPeerFails) { expect_writes_to_reset_peer_fail(false); }
 
 // Bytes waiting in the peer's socket (loopback delivers inside send(2)).
 int bytes_at(int fd) {
@@ -714,48 +724,27 @@ TEST_F(TlsStreamTest, HoldingStopsAtItsLimitWithinATurn) {
     EXPECT_TRUE(got == body) << "the body arrived altered or out of order";
 }
 
-// 11b. A close first sends what is held (the last answer of a connection
+// 11b. close() first sends what is held (the last answer of a connection
 // that ends: Connection: close), then the peer sees the end.
-TEST_F(TlsStreamTest, ReleasingHeldRecordsBeforeACloseSendsThem) {
+TEST_F(TlsStreamTest, CloseSendsHeldRecordsFirst) {
     connect();
     handshake_both();
     stream->hold_sends();
     error_code ec;
+    stream->write_now(asio::buffer(std::string_view("last ")), ec);
     stream->write_now(asio::buffer(std::string_view("goodbye")), ec);
     ASSERT_FALSE(ec);
-    EXPECT_EQ(bytes_at(peer.fd.get()), 0);
-    stream->release_held();
-    stream->socket().shutdown(asio::socket_base::shutdown_both, ec);
-    stream->socket().close(ec);
-    EXPECT_EQ(peer.read(7), "goodbye");
+    EXPECT_EQ(bytes_at(peer.fd.get()), 0) << "the records were not held";
+    stream->close();
+    EXPECT_FALSE(stream->socket().is_open());
+    EXPECT_EQ(peer.read(12), "last goodbye");
     char b;
     EXPECT_EQ(::recv(peer.fd.get(), &b, 1, 0), 0) << "no end of stream after the held record";
 }
 
 // 11c. Held records to a peer that reset the connection: the end of the
 // turn meets the failure, and the next write fails instead of holding more.
-TEST_F(TlsStreamTest, HeldRecordsToAResetPeerFailTheNextWrite) {
-    connect();
-    handshake_both();
-    stream->hold_sends();
-    ::linger lg{1, 0};
-    ASSERT_EQ(::setsockopt(peer.fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
-    ::close(peer.fd.release());  // RST
-    const std::string chunk(16 << 10, 'x');
-    error_code ec;
-    const auto end = Clock::now() + kPatience;
-    while (!ec && Clock::now() < end) {
-        stream->write_now(asio::buffer(chunk), ec);
-        ioc.restart();
-        ioc.poll();  // the turn ends: what is held is sent
-        if (!ec && stream->output_pending()) {
-            Result r = run(ioc, [&](auto h) { stream->async_flush(h); }, std::chrono::milliseconds(5000));
-            ASSERT_TRUE(r.done) << "a flush to a reset peer hung";
-            ec = r.ec;
-        }
-    }
-    EXPECT_TRUE(ec) << "writes to a reset peer kept succeeding";
-}
+TEST_F(TlsStreamTest, HeldRecordsToAResetPeerFailTheNextWrite) { expect_writes_to_reset_peer_fail(true); }
 
 // 11d. An io_context destroyed before its turn ended takes the held records
 // (and the connection they keep alive) with it: nothing is sent later from
