@@ -60,9 +60,10 @@ def segments(path, tid):
         if m and int(m.group(4)) == tid:
             ev.append((float(m.group(1)) * 1000, float(m.group(2) or 0) * 1000, m.group(5), int(m.group(6)),
                        int(m.group(7))))
+    READ, WRITE = ("read", "recvfrom", "recvmsg"), ("write", "sendto", "sendmsg")
     reads = {}
     for t, d, c, fd, r in ev:
-        if c in ("read", "recvfrom") and r > 0:
+        if c in READ and r > 0:
             reads.setdefault(fd, []).append(r)
     if len(reads) < 2:
         return None
@@ -72,17 +73,17 @@ def segments(path, tid):
     out = {"request read -> provider send": [], "provider send -> answer read": [],
            "answer read -> sandbox send": [], "sandbox send done -> next request read": []}
     for t, d, c, fd, r in ev:
-        if c in ("read", "recvfrom") and r > 0 and fd == cfd:
+        if c in READ and r > 0 and fd == cfd:
             a = t + d
             if e is not None:
                 out["sandbox send done -> next request read"].append(a - e)
-        elif c in ("write", "sendto") and fd == ufd and a is not None:
+        elif c in WRITE and fd == ufd and a is not None:
             b = t
             out["request read -> provider send"].append(b - a)
-        elif c in ("read", "recvfrom") and r > 0 and fd == ufd and b is not None:
+        elif c in READ and r > 0 and fd == ufd and b is not None:
             d_ = t + d
             out["provider send -> answer read"].append(d_ - b)
-        elif c in ("write", "sendto") and fd == cfd and d_ is not None:
+        elif c in WRITE and fd == cfd and d_ is not None:
             e = t + d
             out["answer read -> sandbox send"].append(t - d_)
             a = b = d_ = None
