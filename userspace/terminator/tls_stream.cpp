@@ -65,8 +65,9 @@ void begin_turn(const Executor& ex) {
     });
 }
 
-// Records go straight to the socket; what it does not take now is queued in
-// order and flushed by the stream (never a retry: SSL_write completes).
+// Records go straight to the socket (or, with hold_sends, wait for the end of
+// the turn); what it does not take now is queued in order and flushed by the
+// stream (never a retry: SSL_write completes).
 int bio_write(BIO* b, const char* data, int len) {
     BIO_clear_retry_flags(b);
     ConnCore* c = core_of(b);
@@ -240,22 +241,9 @@ void ConnCore::send_held() {
         if (r < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-            out_error = error_code(errno, boost::system::system_category());
-            out.clear();
-            out_off = 0;
-            flush_event.cancel();
-            return;
+            return fail_output(error_code(errno, boost::system::system_category()));
         }
-        for (std::size_t left = static_cast<std::size_t>(r); left != 0 && !out.empty();) {
-            const std::size_t rest = out.front().size() - out_off;
-            if (left < rest) {
-                out_off += left;
-                break;
-            }
-            left -= rest;
-            out.pop_front();
-            out_off = 0;
-        }
+        consume_sent(static_cast<std::size_t>(r));
         if (static_cast<std::size_t>(r) < total) break;  // the socket is full
     }
     if (!out.empty()) return kick_flush();
@@ -276,20 +264,30 @@ void ConnCore::kick_flush() {
 
 void ConnCore::flushed_some(const error_code& ec, std::size_t n) {
     flushing = false;
-    if (ec) {
-        out_error = map(ec);
-        out.clear();
-        out_off = 0;
-        flush_event.cancel();
-        return;
-    }
-    out_off += n;
-    if (out_off == out.front().size()) {
+    if (ec) return fail_output(map(ec));
+    consume_sent(n);
+    if (!out.empty()) return kick_flush();
+    flush_event.cancel();
+}
+
+void ConnCore::consume_sent(std::size_t n) {
+    while (n != 0 && !out.empty()) {
+        const std::size_t rest = out.front().size() - out_off;
+        if (n < rest) {
+            out_off += n;
+            return;
+        }
+        n -= rest;
         out.pop_front();
         out_off = 0;
     }
-    if (!out.empty()) return kick_flush();
-    flush_event.cancel();
+}
+
+void ConnCore::fail_output(const error_code& ec) {
+    out_error = ec;
+    out.clear();
+    out_off = 0;
+    flush_event.cancel();  // an async_flush may be waiting
 }
 
 ConnCore::error_code ConnCore::ssl_error(int e) const {

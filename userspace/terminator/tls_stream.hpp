@@ -70,8 +70,8 @@ public:
     std::unique_ptr<char[]> in;
     std::size_t in_begin = 0, in_end = 0;
     bool in_eof = false;
-    // The free end of IN, for the next socket read (a short read there
-    // marks the socket drained: see draining_read.hpp).
+    // The free end of IN, for the next socket read (one the kernel says
+    // emptied the socket marks it drained: see draining_read.hpp).
     DrainingBuffer in_space();
     // Records the socket did not take at once, in order; element references
     // stay valid while more are appended (the flush writes from the front).
@@ -99,6 +99,9 @@ public:
     static constexpr std::size_t kHoldMax = 64 * 1024;
     void hold();        // marks OUT held and joins this turn's send
     void send_held();   // offers what is held to the socket now
+    // Records in OUT that a writer or reader must wait for (held ones leave
+    // at the end of the turn, before the loop waits again).
+    bool unsent() const { return !out.empty() && !held; }
     // Whether an SSL_read could return anything without more from the socket:
     // ciphertext of ours not yet taken, the end of the stream to report,
     // plaintext or a record OpenSSL holds, or a state (handshake, failure,
@@ -117,6 +120,8 @@ private:
     void arm(Clock::time_point t);
     void expire();
     void flushed_some(const error_code& ec, std::size_t n);
+    void consume_sent(std::size_t n);         // N bytes of OUT left: drop them from the front
+    void fail_output(const error_code& ec);  // the socket refused: every later write fails with EC
 
     static inline std::atomic<std::uint64_t> released_{0};
     Timer timer_;
@@ -199,7 +204,7 @@ template <class Self>
 void await_input(ConnCore& c, Wait& w, Self&& self) {
     // Held records leave at the end of this turn, before any answer to them
     // can arrive: the read need not wait for them.
-    if ((!c.out.empty() && !c.held) || c.out_error) {
+    if (c.unsent() || c.out_error) {
         w = Wait::Flush;
         return wait_flush(c, std::move(self));
     }
@@ -500,7 +505,7 @@ public:
     std::size_t write_now(const ConstBuffers& b, boost::system::error_code& ec) {
         return detail::write_record(*core_, b, ec);
     }
-    bool output_pending() const { return !core_->out.empty() && !core_->held; }
+    bool output_pending() const { return core_->unsent(); }
     // Records written from now on may wait for the end of the loop turn
     // (ConnCore::hold_sends).
     void hold_sends() { core_->hold_sends = true; }
