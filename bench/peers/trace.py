@@ -12,6 +12,8 @@ Usage (root): REDIR_BUILD=build python3 bench/peers/trace.py
 Knobs: TRACE_SECONDS (2), TRACE_ROUNDS (untraced rounds, 2), TRACE_KEEP=DIR
 (raw traces and profiles kept there), TRACE_SKIP=1 (no perf trace),
 TRACE_PROFILE=1 (+ a perf profile of each proxy at one connection),
+TRACE_SCHED=1 (+ direct, redir and nginx under `perf sched record`: each
+request's hand-offs, wake-ups local or across CPUs, and runs; hops.py),
 BENCH_REDIR_B=DIR (another build's redird as peer redir-b, A/B),
 TRACE_PROBE=1 (print redird log lines with PROBE: ad-hoc instrumentation).
 """
@@ -24,8 +26,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import hops  # noqa: E402
 import peers  # noqa: E402
-from peers import (NginxProxy, Redir, RedirB, descendants, enter_namespaces, log, make_certs, no_tickets_conf,  # noqa: E402
+from peers import (Direct, NginxProxy, Redir, RedirB, descendants, enter_namespaces, log, make_certs, no_tickets_conf,  # noqa: E402
                    start_provider, wrk)
 
 SECONDS = int(os.environ.get("TRACE_SECONDS", "2"))
@@ -152,6 +155,29 @@ def syscall_counter(peer):
     return stop
 
 
+def sched_hops(peer, provider, out):
+    """PEER under `perf sched record` during wrk -c1: hops.report's rows."""
+    data = os.path.join(out, "%s.sched" % peer.name)
+    proxy = {int(t) for t, _ in peers.tasks(descendants(peer.pid))} if not isinstance(peer, Direct) else set()
+    upstream = {int(t) for t, _ in peers.tasks(descendants(provider.pid))}
+
+    def who(tid, comm):
+        if tid in upstream:
+            return "provider"
+        if tid in proxy:
+            return peer.name
+        return "wrk" if comm == "wrk" else None
+    rec = subprocess.Popen(["perf", "sched", "record", "-a", "-o", data], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    r = wrk(peer, 1, 1, SECONDS)
+    rec.send_signal(2)
+    rec.wait(timeout=60)
+    log("%s under perf sched: p50 %s us" % (peer.name, r and r["p50_us"]))
+    wakes, runs = hops.hops(data, who)
+    return hops.report(peer.name, wakes, runs, max(1, r["requests"]) if r else 1, r and r["p50_us"])
+
+
 def show(name, rows):
     print("\n== %s: one keep-alive request (t in us from the first call shown; dur in us)" % name)
     t0 = rows[0][0] if rows else 0
@@ -199,6 +225,13 @@ def main():
                                      capture_output=True, text=True).stdout
                 print("\n== %s: where one connection's CPU goes\n%s" % (p.name, "\n".join(
                     l for l in rep.splitlines() if l.strip() and not l.startswith("#"))))
+        if os.environ.get("TRACE_SCHED") == "1":
+            rows = []
+            for p in (Direct(provider), redir, nginx):
+                rows += sched_hops(p, provider, out)
+            print("\none connection, hand-off by hand-off (perf sched; us; wake-up = from the wake-up to the wakee "
+                  "running: across CPUs a halted vCPU is woken, on the same CPU the waker finishes first)")
+            peers.print_rows(("peer", "step", "a request", "across CPUs", "p50 across", "p50 same CPU", "p50"), rows)
         for rnd in range(int(os.environ.get("TRACE_ROUNDS", "2"))):
             for p in measured:
                 before = thread_stats(p.pid)
