@@ -275,6 +275,15 @@ MUTANTS = [
            "        core_->send_held();\n        boost::system::error_code ig;", "        boost::system::error_code ig;",
            ("gtest", "tests/unit/terminator/redir_tls_stream_tests", "TlsStreamTest.CloseSendsHeldRecordsFirst",
             ["redir_tls_stream_tests"])),
+    Mutant("held-flush-limit", "a sandbox that stops reading cannot hold its connection past the write "
+           "timeout: the part of a held answer the socket did not take, flushed in the background while the "
+           "session waits for the next request, has the write timeout too (not only the idle one)",
+           "userspace/terminator/tls_stream.cpp",
+           "        if (held_flush_limit != Clock::duration::max()) flush_due_at(Clock::now() + held_flush_limit);\n",
+           "",
+           ("gtest", "tests/unit/terminator/redir_gateway_tests",
+            "OwnThreads/TlsGatewayTest.SandboxThatStopsReadingItsLastAnswerIsCutAtTheWriteTimeout/*",
+            ["redir_gateway_tests"])),
     Mutant("dns-lookup-holds-itself", "lifetime safety: a DNS lookup in flight outlives its callbacks",
            "userspace/dns/server.cpp",
            "usock.async_receive(asio::buffer(buf), [self = shared_from_this()](error_code ec, size_t n) {",

@@ -450,6 +450,15 @@ void note_write(Impl& gw, const beast::error_code& ec) {
     if (ec == beast::error::timeout) ++gw.stats.write_timeouts;
 }
 
+// A read that failed because the connection's held records, left to a
+// background flush at the end of a turn, did not leave in time
+// (ConnCore::held_flush_limit): the sandbox stopped reading its last answer
+// while the session already waited for its next request. A write timeout.
+template <class Stream>
+void note_held_output(Impl& gw, const Stream& s) {
+    if (s.output_timed_out()) ++gw.stats.write_timeouts;
+}
+
 // Hands SR's message to S's socket without waiting, as far as the socket
 // takes it: on a TLS stream each record goes to the socket at once, so the
 // common case costs no coroutine frame, no operation and no scheduler pass
@@ -691,7 +700,7 @@ Task<std::unique_ptr<UpstreamConn>> connect_upstream(Impl& gw, const Provider& p
         co_return nullptr;
     }
     auto conn = std::make_unique<UpstreamConn>(gw.ex, ctx);
-    if (gw.hold_sends) conn->s.hold_sends();
+    if (gw.hold_sends) conn->s.hold_sends(gw.opts.upstream_write_timeout);
     conn->key.emplace(key);
     watch.upstream = conn.get();
     // Failures below destroy CONN: the watcher must not keep it (the caller
@@ -1473,7 +1482,10 @@ Task<bool> serve_one(Impl& gw, Stream& s, ClientConn& cc, RequestLog& log, const
         auto [ec, n] = co_await s.async_read_some(buf.prepare(8192), use_tuple);
         // On a timeout the stream has already closed the socket: a slow
         // client gets no answer, just the end of the connection.
-        if (ec) co_return false;
+        if (ec) {
+            note_held_output(gw, s);
+            co_return false;
+        }
         buf.commit(n);
     }
     if (!stop) {
@@ -1585,7 +1597,10 @@ Task<void> session(std::shared_ptr<Impl> gw, Stream s, ConnInfo info, Quota::Tic
             if (cc.buf.size() == 0) {
                 beast::get_lowest_layer(s).expires_at(start + gw->opts.idle_timeout);
                 auto [ec, n] = co_await s.async_read_some(cc.buf.prepare(8192), use_tuple);
-                if (ec) break;
+                if (ec) {
+                    note_held_output(*gw, s);
+                    break;
+                }
                 cc.buf.commit(n);
             }
             bool keep = co_await serve_one(*gw, s, cc, log, info);
@@ -1630,7 +1645,7 @@ Socket rebind(Impl& gw, Accepted sock) {
 // Each session coroutine owns its connection ticket: the sandbox's slot is
 // given back whenever and however the session ends.
 Task<void> tls_session(std::shared_ptr<Impl> gw, TlsStream s, ConnInfo info, Quota::Ticket) {
-    if (gw->hold_sends) s.hold_sends();
+    if (gw->hold_sends) s.hold_sends(gw->opts.write_timeout);
     beast::get_lowest_layer(s).expires_after(gw->opts.handshake_timeout);
     auto [ec, n] = co_await s.async_handshake(asio::ssl::stream_base::server, use_tuple);
     if (ec) {

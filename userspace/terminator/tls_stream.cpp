@@ -135,7 +135,7 @@ ConnCore::ConnCore(Socket s) : socket(std::move(s)), flush_event(socket.get_exec
     flush_event.expires_at(Clock::time_point::max());
 }
 
-ConnCore::~ConnCore() = default;
+ConnCore::~ConnCore() { left_over(false); }
 
 void ConnCore::attach(SslPtr s) {
     BIO* bio = BIO_new(bio_method());
@@ -147,8 +147,15 @@ void ConnCore::attach(SslPtr s) {
 
 void ConnCore::expires_at(Clock::time_point t) {
     deadline_ = t;
-    if (t == Clock::time_point::max()) return;
-    if (!armed_ || t < armed_at_) arm(t);
+    const auto d = due();
+    if (d == Clock::time_point::max()) return;
+    if (!armed_ || d < armed_at_) arm(d);
+}
+
+void ConnCore::flush_due_at(Clock::time_point t) {
+    flush_due_ = t;
+    const auto d = due();
+    if (d != Clock::time_point::max() && (!armed_ || d < armed_at_)) arm(d);
 }
 
 void ConnCore::arm(Clock::time_point t) {
@@ -159,11 +166,11 @@ void ConnCore::arm(Clock::time_point t) {
     timer_.async_wait([self = shared_from_this(), gen](const error_code& ec) {
         if (gen != self->gen_) return;
         self->armed_ = false;
-        if (ec || !self->socket.is_open() || self->deadline_ == Clock::time_point::max()) return;
-        if (Clock::now() >= self->deadline_)
-            self->expire();
-        else
-            self->arm(self->deadline_);
+        const auto due = self->due();
+        if (ec || !self->socket.is_open() || due == Clock::time_point::max()) return;
+        if (Clock::now() < due) return self->arm(due);
+        self->output_timed_out_ = due == self->flush_due_ && due < self->deadline_;
+        self->expire();
     });
 }
 
@@ -246,7 +253,11 @@ void ConnCore::send_held() {
         consume_sent(static_cast<std::size_t>(r));
         if (static_cast<std::size_t>(r) < total) break;  // the socket is full
     }
-    if (!out.empty()) return kick_flush();
+    if (!out.empty()) {
+        left_over(true);
+        if (held_flush_limit != Clock::duration::max()) flush_due_at(Clock::now() + held_flush_limit);
+        return kick_flush();
+    }
     flush_event.cancel();  // an async_flush may be waiting
 }
 
@@ -267,6 +278,7 @@ void ConnCore::flushed_some(const error_code& ec, std::size_t n) {
     if (ec) return fail_output(map(ec));
     consume_sent(n);
     if (!out.empty()) return kick_flush();
+    left_over(false);
     flush_event.cancel();
 }
 
@@ -283,7 +295,15 @@ void ConnCore::consume_sent(std::size_t n) {
     }
 }
 
+void ConnCore::left_over(bool on) {
+    if (!on) flush_due_ = Clock::time_point::max();  // the timer, if it fires for it, re-arms for the deadline
+    if (on == left_over_now_) return;
+    left_over_now_ = on;
+    left_over_.fetch_add(on ? 1 : -1, std::memory_order_relaxed);
+}
+
 void ConnCore::fail_output(const error_code& ec) {
+    left_over(false);
     out_error = ec;
     out.clear();
     out_off = 0;

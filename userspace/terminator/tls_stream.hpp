@@ -60,6 +60,9 @@ public:
     // operations it aborts report beast::error::timeout.
     void expires_at(Clock::time_point t);
     bool timed_out() const { return timed_out_; }
+    // Whether the deadline that closed the connection was held output's
+    // (held_flush_limit), not the caller's.
+    bool output_timed_out() const { return output_timed_out_; }
     error_code map(const error_code& ec) const;
     void stop();  // the stream is gone: close, cancel what is pending
 
@@ -91,6 +94,12 @@ public:
     // gained nothing there and lost 0-4% under load: not done.) Only on a
     // socket whose io_context one thread runs (the turn is per thread).
     bool hold_sends = false;
+    // Held records the socket does not take whole at the end of the turn are
+    // flushed in the background while the connection goes on (the session
+    // is already waiting for the next request, under the idle deadline):
+    // they must leave within this, or the connection is closed as by the
+    // deadline. The write timeout of the side, set with hold_sends.
+    Clock::duration held_flush_limit = Clock::duration::max();
     bool held = false;  // OUT's records are held, not yet offered to the socket
     std::size_t held_bytes = 0;
     // More than this in one turn (a large request body) is not held: what is
@@ -113,23 +122,35 @@ public:
     // process: a connection left in release mode after its stream shows up
     // here once per record (the gateway's tests watch it).
     static std::uint64_t read_buffers_released() { return released_.load(std::memory_order_relaxed); }
+    // Connections whose held records the socket did not take whole at the
+    // end of a turn and that are still flushing the rest in the background
+    // (under held_flush_limit), all of the process (the gateway's tests
+    // watch it).
+    static std::int64_t held_flushes_waiting() { return left_over_.load(std::memory_order_relaxed); }
     // Why an SSL call returned R (after SSL_get_error gave E).
     error_code ssl_error(int e) const;
 
 private:
     void arm(Clock::time_point t);
     void expire();
+    Clock::time_point due() const { return std::min(deadline_, flush_due_); }
+    void flush_due_at(Clock::time_point t);
+    void left_over(bool on);  // held output is (no longer) left to the background flush
     void flushed_some(const error_code& ec, std::size_t n);
     void consume_sent(std::size_t n);         // N bytes of OUT left: drop them from the front
     void fail_output(const error_code& ec);  // the socket refused: every later write fails with EC
 
     static inline std::atomic<std::uint64_t> released_{0};
+    static inline std::atomic<std::int64_t> left_over_{0};
+    bool left_over_now_ = false;
     Timer timer_;
     Clock::time_point deadline_ = Clock::time_point::max();
+    Clock::time_point flush_due_ = Clock::time_point::max();  // held output's background flush
     Clock::time_point armed_at_{};
     bool armed_ = false;
     unsigned gen_ = 0;
     bool timed_out_ = false;
+    bool output_timed_out_ = false;
 };
 
 namespace detail {
@@ -426,6 +447,9 @@ public:
     }
     // Whether the deadline closed the connection.
     bool timed_out() const { return core_->timed_out(); }
+    // Whether it was the background flush of held records that timed out
+    // (ConnCore::held_flush_limit): the peer stopped reading.
+    bool output_timed_out() const { return core_->output_timed_out(); }
     // EC as the deadline makes it: an operation it aborted is a timeout.
     boost::system::error_code map(const boost::system::error_code& ec) const { return core_->map(ec); }
 
@@ -507,8 +531,12 @@ public:
     }
     bool output_pending() const { return core_->unsent(); }
     // Records written from now on may wait for the end of the loop turn
-    // (ConnCore::hold_sends).
-    void hold_sends() { core_->hold_sends = true; }
+    // (ConnCore::hold_sends); what the socket then does not take must leave
+    // within FLUSH_LIMIT (the side's write timeout).
+    void hold_sends(Clock::duration flush_limit = Clock::duration::max()) {
+        core_->hold_sends = true;
+        core_->held_flush_limit = flush_limit;
+    }
     // Ends the connection: what is held leaves first (the last answer of a
     // Connection: close), then both directions are shut and the socket closed.
     void close() {

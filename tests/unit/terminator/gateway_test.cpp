@@ -1502,6 +1502,61 @@ TEST_P(TlsGatewayTest, SandboxThatStopsReadingIsCutAtTheWriteTimeout) {
     EXPECT_TRUE(wait_for([&] { return gw_->connections() == 0; }, kPatience)) << "the connection was kept";
 }
 
+// The same when the answer the sandbox stops reading at was small enough to
+// be held whole to the end of the loop turn: what the socket does not take
+// then leaves in the background while the session already waits for the
+// next request, under the idle deadline. That flush has the write timeout
+// too, or a sandbox that stops reading right there would keep the
+// connection until the idle timeout (or until its next request's answer
+// found the socket full).
+TEST_P(TlsGatewayTest, SandboxThatStopsReadingItsLastAnswerIsCutAtTheWriteTimeout) {
+    if (GetParam() == 0) GTEST_SKIP() << "answers are held to the end of the turn only on the gateway's own threads";
+    use_openai();
+    GatewayOptions o;
+    o.write_timeout = 300ms;
+    o.idle_timeout = 10min;
+    start_tls(std::move(o));
+    // Small enough to come in the provider's first read with its header:
+    // one piece, one held write.
+    const std::string answer = R"({"id":"c","choices":[],"pad":")" + std::string(400, 'p') + R"("})";
+    fake_->set_handler([answer](const Received&, FakeProvider::Conn& c) {
+        return c.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " +
+                       std::to_string(answer.size()) + "\r\n\r\n" + answer);
+    });
+    // The smallest buffers on both sides (the gateway's socket inherits the
+    // listener's): a handful of unread answers fill them.
+    acceptor_.set_option(asio::socket_base::send_buffer_size(1));
+    tcp::socket raw(client_io_);
+    raw.open(tcp::v4());
+    raw.set_option(asio::socket_base::receive_buffer_size(1));
+    raw.connect({kLoopback, acceptor_.local_endpoint().port()});
+    ssl::stream<tcp::socket> s(std::move(raw), client_ctx_);
+    SSL_set_tlsext_host_name(s.native_handle(), "inference.local");
+    s.handshake(ssl::stream_base::client);
+    http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+    req.set(http::field::host, "inference.local");
+    req.body() = R"({"model":"x"})";
+    req.prepare_payload();
+    // Requests, never a read, one at a time. Whenever an answer's held
+    // records are left to the background flush, no next request until that
+    // flush has either drained (the socket took the rest: go on) or ended
+    // the connection; one that does neither is what this test is about.
+    bool stalled = false;
+    for (std::size_t sent = 1; sent <= 2000 && gw_->connections() != 0; ++sent) {
+        http::write(s, req);
+        ASSERT_TRUE(wait_for([&] { return logs().size() >= sent || gw_->connections() == 0; }, kPatience));
+        std::this_thread::sleep_for(20ms);  // the answer is logged before its turn ends and it is sent
+        if (ConnCore::held_flushes_waiting() == 0) continue;
+        stalled = true;
+        wait_for([&] { return gw_->connections() == 0 || ConnCore::held_flushes_waiting() == 0; }, 2s);
+        ASSERT_FALSE(gw_->connections() != 0 && ConnCore::held_flushes_waiting() != 0)
+            << "answer " << sent << " has waited for a sandbox that stopped reading beyond the write timeout";
+    }
+    EXPECT_TRUE(stalled) << "no answer was ever left to the background flush: the test did not test it";
+    EXPECT_EQ(gw_->connections(), 0u);
+    EXPECT_GE(gw_->stats().write_timeouts.load(), 1u);
+}
+
 // A sandbox that opens connections and never says hello holds nothing past
 // the handshake deadline (the TLS stream's own deadline, not Beast's).
 TEST_P(TlsGatewayTest, SilentClientIsDroppedAtTheHandshakeTimeout) {
