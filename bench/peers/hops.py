@@ -10,12 +10,48 @@ party its run from there to the wake-up it sends. The sums of those medians
 along the chain add up to about the latency wrk sees (under perf sched, a
 few us more an event).
 """
+import os
 import re
 import statistics
 import subprocess
+import time
 
 LINE = re.compile(r"\s*([\d.]+)\s+\[(\d+)\]\s+(\S+)\s+(.*)$")
 TID = re.compile(r"\[(\d+)(?:/\d+)?\]")
+
+
+def record(path, run):
+    """RUN() with the whole machine under `perf sched record` into PATH; RUN's result."""
+    rec = subprocess.Popen(["perf", "sched", "record", "-a", "-o", path], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # perf attaches
+    try:
+        return run()
+    finally:
+        rec.send_signal(2)
+        rec.wait(timeout=60)
+
+
+def parties(proxy_name, proxy_tids, provider_tids):
+    """who(tid, comm) for hops(): the proxy's threads, the provider's, wrk."""
+    def who(tid, comm):
+        if tid in provider_tids:
+            return "provider"
+        if tid in proxy_tids:
+            return proxy_name
+        return "wrk" if comm == "wrk" else None
+    return who
+
+
+def thread_ids(pids):
+    """Every thread id of PIDS (processes gone meanwhile are skipped)."""
+    out = set()
+    for p in pids:
+        try:
+            out.update(int(t) for t in os.listdir("/proc/%d/task" % p))
+        except OSError:
+            pass
+    return out
 
 
 def events(path):

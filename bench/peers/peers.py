@@ -21,7 +21,9 @@ in which redir and redir-b are loaded at the same time, each by its own wrk, so 
 neighbours; the medians of their CPU per request are compared), BENCH_ALLOCS=0 (skip counting redird's heap allocations per keep-alive request with uprobes on its allocator (libc or tcmalloc),
 done after the keep-alive rounds by default; BENCH_ALLOC_CALLERS=FILE keeps a perf.data of their
 call stacks as FILE.<peer>), BENCH_RESUMPTION=1 (servers keep their TLS session tickets, so wrk's reconnects resume: the
-handshakes phase then times resumptions instead of full handshakes).
+handshakes phase then times resumptions instead of full handshakes), BENCH_HOPS=1 (on by default with
+BENCH_PERF=1: after the one-connection rounds, direct, redir and nginx once more under `perf sched
+record`, and a table of each one's hand-offs: how often a wake-up crossed CPUs, what each cost; hops.py).
 """
 import ctypes
 import json
@@ -44,6 +46,7 @@ from harness import Agent, Cgroup, write_policy, wait_until  # noqa: E402
 
 sys.path.insert(0, HERE)
 from probe import pct as probe_pct  # noqa: E402
+import hops  # noqa: E402
 
 SECONDS = max(1, int(float(os.environ.get("BENCH_SECONDS", "10"))))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if SECONDS < 5 else "2"))
@@ -55,6 +58,7 @@ REDIR_B = os.environ.get("BENCH_REDIR_B")
 ALLOCS = os.environ.get("BENCH_ALLOCS", "1") != "0"
 PAIRED = int(os.environ.get("BENCH_AB_PAIRED", "0"))
 PAIR_NGINX = int(os.environ.get("BENCH_PAIR_NGINX", "0"))
+HOPS = os.environ.get("BENCH_HOPS", "1" if PERF else "0") == "1"
 ALL_PHASES = ("keepalive", "latency", "handshakes", "probe", "sse")
 THREADS = [int(t) for t in os.environ.get("BENCH_THREADS", "1,2").split(",")]
 PHASES = set(os.environ.get("BENCH_PHASES", ",".join(ALL_PHASES)).split(","))
@@ -935,10 +939,29 @@ def measure(res, key, direct, redir, nginx, others):
                 res.setdefault("allocs", {}).setdefault(key, {})[p.name] = allocs_per_request(p)
     if hs:
         res["handshakes"][key] = {n: best(v) for n, v in hs.items()}
+    if l1 and HOPS and shutil.which("perf"):
+        res["hops"] = one_connection_hops(direct, redir, nginx)
     if l1:
         # One connection: the round with the lowest median latency.
         res["latency1"] = {n: min((r for r in v if r), key=lambda r: r["p50_us"], default=None)
                            for n, v in l1.items()}
+
+
+def one_connection_hops(direct, redir, nginx):
+    """wrk -c1 through each of DIRECT, REDIR, NGINX under perf sched: hops.report's rows."""
+    log("one connection, hand-off by hand-off (perf sched)")
+    rows = []
+    provider = hops.thread_ids(descendants(PROVIDER_PID))
+    out = tempfile.mkdtemp(prefix="redir-bench-hops-")
+    try:
+        for p in (direct, redir, nginx):
+            mine = hops.thread_ids(descendants(p.pid)) if not isinstance(p, Direct) else set()
+            r = hops.record(os.path.join(out, p.name), lambda: wrk(p, 1, 1, min(SECONDS, 3)))
+            wakes, runs = hops.hops(os.path.join(out, p.name), hops.parties(p.name, mine, provider))
+            rows += hops.report(p.name, wakes, runs, max(1, r["requests"]) if r else 1, r and r["p50_us"])
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return rows
 
 
 def measure_redir_only(res, tmp, certs, redir, nginx, sse_provider):
@@ -1096,6 +1119,11 @@ def print_latency1(res):
     if rows:
         print("one connection (wrk -t1 -c1, keep-alive)")
         print_rows(("peer", "p50", "p99", "added p50"), rows)
+    if res.get("hops"):
+        print("\none connection, hand-off by hand-off (perf sched, after the timed rounds; us; a wake-up across "
+              "CPUs wakes a halted vCPU, one on the same CPU waits for the waker to sleep)")
+        print_rows(("peer", "step", "a request", "across CPUs", "p50 across", "p50 same CPU", "p50"),
+                   [tuple(r) for r in res["hops"]])
 
 
 def print_machine(res):

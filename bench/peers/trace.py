@@ -158,21 +158,9 @@ def syscall_counter(peer):
 def sched_hops(peer, provider, out):
     """PEER under `perf sched record` during wrk -c1: hops.report's rows."""
     data = os.path.join(out, "%s.sched" % peer.name)
-    proxy = {int(t) for t, _ in peers.tasks(descendants(peer.pid))} if not isinstance(peer, Direct) else set()
-    upstream = {int(t) for t, _ in peers.tasks(descendants(provider.pid))}
-
-    def who(tid, comm):
-        if tid in upstream:
-            return "provider"
-        if tid in proxy:
-            return peer.name
-        return "wrk" if comm == "wrk" else None
-    rec = subprocess.Popen(["perf", "sched", "record", "-a", "-o", data], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
-    r = wrk(peer, 1, 1, SECONDS)
-    rec.send_signal(2)
-    rec.wait(timeout=60)
+    who = hops.parties(peer.name, hops.thread_ids(descendants(peer.pid)) if not isinstance(peer, Direct) else set(),
+                       hops.thread_ids(descendants(provider.pid)))
+    r = hops.record(data, lambda: wrk(peer, 1, 1, SECONDS))
     log("%s under perf sched: p50 %s us" % (peer.name, r and r["p50_us"]))
     wakes, runs = hops.hops(data, who)
     return hops.report(peer.name, wakes, runs, max(1, r["requests"]) if r else 1, r and r["p50_us"])
