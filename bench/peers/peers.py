@@ -947,21 +947,25 @@ def measure(res, key, direct, redir, nginx, others):
                            for n, v in l1.items()}
 
 
+def hops_rows(peer, provider_pid, path, seconds):
+    """wrk -c1 through PEER for SECONDS under perf sched (recorded in PATH):
+    hops.report's rows, the provider being PROVIDER_PID's processes."""
+    mine = hops.thread_ids(descendants(peer.pid)) if not isinstance(peer, Direct) else set()
+    r = hops.record(path, lambda: wrk(peer, 1, 1, seconds))
+    log("%s under perf sched: p50 %s us" % (peer.name, r and r["p50_us"]))
+    wakes, runs = hops.hops(path, hops.parties(peer.name, mine, hops.thread_ids(descendants(provider_pid))))
+    return hops.report(peer.name, wakes, runs, max(1, r["requests"]) if r else 1, r and r["p50_us"])
+
+
 def one_connection_hops(direct, redir, nginx):
     """wrk -c1 through each of DIRECT, REDIR, NGINX under perf sched: hops.report's rows."""
     log("one connection, hand-off by hand-off (perf sched)")
-    rows = []
-    provider = hops.thread_ids(descendants(PROVIDER_PID))
     out = tempfile.mkdtemp(prefix="redir-bench-hops-")
     try:
-        for p in (direct, redir, nginx):
-            mine = hops.thread_ids(descendants(p.pid)) if not isinstance(p, Direct) else set()
-            r = hops.record(os.path.join(out, p.name), lambda: wrk(p, 1, 1, min(SECONDS, 3)))
-            wakes, runs = hops.hops(os.path.join(out, p.name), hops.parties(p.name, mine, provider))
-            rows += hops.report(p.name, wakes, runs, max(1, r["requests"]) if r else 1, r and r["p50_us"])
+        return [row for p in (direct, redir, nginx)
+                for row in hops_rows(p, PROVIDER_PID, os.path.join(out, p.name), min(SECONDS, 3))]
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    return rows
 
 
 def measure_redir_only(res, tmp, certs, redir, nginx, sse_provider):

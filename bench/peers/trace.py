@@ -26,7 +26,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import hops  # noqa: E402
 import peers  # noqa: E402
 from peers import (Direct, NginxProxy, Redir, RedirB, descendants, enter_namespaces, log, make_certs, no_tickets_conf,  # noqa: E402
                    start_provider, wrk)
@@ -155,17 +154,6 @@ def syscall_counter(peer):
     return stop
 
 
-def sched_hops(peer, provider, out):
-    """PEER under `perf sched record` during wrk -c1: hops.report's rows."""
-    data = os.path.join(out, "%s.sched" % peer.name)
-    who = hops.parties(peer.name, hops.thread_ids(descendants(peer.pid)) if not isinstance(peer, Direct) else set(),
-                       hops.thread_ids(descendants(provider.pid)))
-    r = hops.record(data, lambda: wrk(peer, 1, 1, SECONDS))
-    log("%s under perf sched: p50 %s us" % (peer.name, r and r["p50_us"]))
-    wakes, runs = hops.hops(data, who)
-    return hops.report(peer.name, wakes, runs, max(1, r["requests"]) if r else 1, r and r["p50_us"])
-
-
 def show(name, rows):
     print("\n== %s: one keep-alive request (t in us from the first call shown; dur in us)" % name)
     t0 = rows[0][0] if rows else 0
@@ -216,7 +204,7 @@ def main():
         if os.environ.get("TRACE_SCHED") == "1":
             rows = []
             for p in (Direct(provider), redir, nginx):
-                rows += sched_hops(p, provider, out)
+                rows += peers.hops_rows(p, provider.pid, os.path.join(out, "%s.sched" % p.name), SECONDS)
             print("\none connection, hand-off by hand-off (perf sched; us; wake-up = from the wake-up to the wakee "
                   "running: across CPUs a halted vCPU is woken, on the same CPU the waker finishes first)")
             peers.print_rows(("peer", "step", "a request", "across CPUs", "p50 across", "p50 same CPU", "p50"), rows)

@@ -147,13 +147,15 @@ void ConnCore::attach(SslPtr s) {
 
 void ConnCore::expires_at(Clock::time_point t) {
     deadline_ = t;
-    const auto d = due();
-    if (d == Clock::time_point::max()) return;
-    if (!armed_ || d < armed_at_) arm(d);
+    arm_if_sooner();
 }
 
 void ConnCore::flush_due_at(Clock::time_point t) {
     flush_due_ = t;
+    arm_if_sooner();
+}
+
+void ConnCore::arm_if_sooner() {
     const auto d = due();
     if (d != Clock::time_point::max() && (!armed_ || d < armed_at_)) arm(d);
 }

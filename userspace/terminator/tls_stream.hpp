@@ -135,6 +135,7 @@ private:
     void expire();
     Clock::time_point due() const { return std::min(deadline_, flush_due_); }
     void flush_due_at(Clock::time_point t);
+    void arm_if_sooner();  // the timer for due(), unless it already fires at or before it
     void left_over(bool on);  // held output is (no longer) left to the background flush
     void flushed_some(const error_code& ec, std::size_t n);
     void consume_sent(std::size_t n);         // N bytes of OUT left: drop them from the front

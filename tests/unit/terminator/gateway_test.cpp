@@ -1335,8 +1335,10 @@ protected:
         client_ctx_.add_certificate_authority(asio::buffer(ca_.cert_pem()));
         client_ctx_.set_verify_mode(ssl::verify_peer);
     }
-    std::unique_ptr<ssl::stream<tcp::socket>> tls_connect() {
-        auto s = std::make_unique<ssl::stream<tcp::socket>>(connect(), client_ctx_);
+    std::unique_ptr<ssl::stream<tcp::socket>> tls_connect() { return tls_connect(connect()); }
+    // Over a socket the test connected itself (its own options).
+    std::unique_ptr<ssl::stream<tcp::socket>> tls_connect(tcp::socket raw) {
+        auto s = std::make_unique<ssl::stream<tcp::socket>>(std::move(raw), client_ctx_);
         SSL_set_tlsext_host_name(s->native_handle(), "inference.local");
         SSL_set1_host(s->native_handle(), "inference.local");
         s->handshake(ssl::stream_base::client);
@@ -1530,9 +1532,7 @@ TEST_P(TlsGatewayTest, SandboxThatStopsReadingItsLastAnswerIsCutAtTheWriteTimeou
     raw.open(tcp::v4());
     raw.set_option(asio::socket_base::receive_buffer_size(1));
     raw.connect({kLoopback, acceptor_.local_endpoint().port()});
-    ssl::stream<tcp::socket> s(std::move(raw), client_ctx_);
-    SSL_set_tlsext_host_name(s.native_handle(), "inference.local");
-    s.handshake(ssl::stream_base::client);
+    auto sp = tls_connect(std::move(raw));
     http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
     req.set(http::field::host, "inference.local");
     req.body() = R"({"model":"x"})";
@@ -1543,7 +1543,7 @@ TEST_P(TlsGatewayTest, SandboxThatStopsReadingItsLastAnswerIsCutAtTheWriteTimeou
     // the connection; one that does neither is what this test is about.
     bool stalled = false;
     for (std::size_t sent = 1; sent <= 2000 && gw_->connections() != 0; ++sent) {
-        http::write(s, req);
+        http::write(*sp, req);
         ASSERT_TRUE(wait_for([&] { return logs().size() >= sent || gw_->connections() == 0; }, kPatience));
         std::this_thread::sleep_for(20ms);  // the answer is logged before its turn ends and it is sent
         if (ConnCore::held_flushes_waiting() == 0) continue;

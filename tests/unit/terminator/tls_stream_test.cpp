@@ -216,6 +216,13 @@ protected:
         return {true, {}, off};
     }
 
+    // The peer resets the connection (a close with SO_LINGER 0 sends RST).
+    void reset_peer() {
+        ::linger lg{1, 0};
+        ASSERT_EQ(::setsockopt(peer.fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+        ::close(peer.fd.release());
+    }
+
     // Writes to a peer that reset the connection until one fails (at the
     // latest when the flush of what was queued fails), never hanging; HOLD:
     // with hold_sends, each write's turn ended before the next.
@@ -223,9 +230,7 @@ protected:
         connect();
         handshake_both();
         if (hold) stream->hold_sends();
-        ::linger lg{1, 0};
-        ASSERT_EQ(::setsockopt(peer.fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
-        ::close(peer.fd.release());  // RST
+        ASSERT_NO_FATAL_FAILURE(reset_peer());
         const std::string chunk(16 << 10, 'x');
         error_code ec;
         const auto end = Clock::now() + kPatience;
@@ -457,9 +462,7 @@ TEST_F(TlsStreamTest, KeyUpdateWhileRecordsQueuedKeepsOrder) {
 TEST_F(TlsStreamTest, WriteToResetPeerFails) {
     connect();
     handshake_both();
-    ::linger lg{1, 0};
-    ASSERT_EQ(::setsockopt(peer.fd.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
-    ::close(peer.fd.release());  // RST
+    ASSERT_NO_FATAL_FAILURE(reset_peer());
     const std::string chunk(64 << 10, 'x');
     Result r;
     const auto end = Clock::now() + kPatience;
