@@ -284,6 +284,18 @@ MUTANTS = [
            ("gtest", "tests/unit/terminator/redir_gateway_tests",
             "OwnThreads/TlsGatewayTest.SandboxThatStopsReadingItsLastAnswerIsCutAtTheWriteTimeout/*",
             ["redir_gateway_tests"])),
+    Mutant("poll-yields-the-cpu", "a sandbox pacing its requests to keep a terminator io thread polling cannot "
+           "take a CPU another thread wants: polling stops when its yield let another thread run",
+           "userspace/terminator/poll_loop.cpp",
+           "            if (after - now > kYieldedTo) {", "            if (false) {",
+           ("gtest", "tests/unit/terminator/redir_poll_loop_tests",
+            "RunPollingTest.PollingStopsWhenAnotherThreadWantsTheCpu", ["redir_poll_loop_tests"])),
+    Mutant("poll-window-shrinks", "an idle terminator io thread does not keep polling: a sleep longer than the "
+           "largest window shrinks the window",
+           "userspace/terminator/poll_loop.hpp",
+           "            // Polling was wasted, and would be with any window.\n            shrink();",
+           "            // Polling was wasted, and would be with any window.",
+           ("gtest", "tests/unit/terminator/redir_poll_loop_tests", "PollWindowTest.*", ["redir_poll_loop_tests"])),
     Mutant("dns-lookup-holds-itself", "lifetime safety: a DNS lookup in flight outlives its callbacks",
            "userspace/dns/server.cpp",
            "usock.async_receive(asio::buffer(buf), [self = shared_from_this()](error_code ec, size_t n) {",

@@ -47,6 +47,13 @@ void add_gateway_limit_flags(CLI::App& app, GatewayLimits& l) {
         ->check(CLI::Range(0u, 256u))
         ->capture_default_str()
         ->group("Terminator and relay limits");
+    app.add_option("--terminator-poll-us", l.terminator_poll_us,
+                   "microseconds an idle terminator io thread polls for work before it sleeps, at most: the window "
+                   "grows while work comes soon after the thread slept and shrinks to 0 while it does not, and "
+                   "polling yields to anything else runnable (0 = never poll)")
+        ->check(CLI::Range(0u, 10000u))
+        ->capture_default_str()
+        ->group("Terminator and relay limits");
     count("--upstream-pool-max-idle", l.upstream_pool_max_idle,
           "idle provider connections kept per provider and terminator thread, at most (no more are kept than "
           "requests were in flight at once)");
@@ -73,6 +80,7 @@ void apply_gateway_limits(const GatewayLimits& l, terminator::GatewayOptions& o)
     o.write_timeout = seconds(l.client_write_timeout_s);
     o.log_string_max = l.log_string_max;
     o.threads = l.terminator_threads;
+    o.poll_before_sleep = std::chrono::microseconds(l.terminator_poll_us);
     o.pool_max_idle_per_host = l.upstream_pool_max_idle;
 }
 
@@ -132,6 +140,12 @@ std::string terminator_metrics(const terminator::GatewayStats& s, std::uint64_t 
           "connections closed because the sandbox stopped reading (client write timeout)", s.write_timeouts);
     t.one("redir_terminator_log_strings_truncated_total", "counter",
           "requests whose client text in a log line or error was cut to --log-string-max", s.log_strings_truncated);
+    t.one("redir_terminator_poll_caught_total", "counter",
+          "times an idle io thread found work while polling (a wake-up saved; --terminator-poll-us)", s.poll.caught);
+    t.one("redir_terminator_poll_slept_total", "counter",
+          "times an idle io thread went to sleep (its polling window ran out or was 0)", s.poll.slept);
+    t.one("redir_terminator_poll_yielded_total", "counter",
+          "of those, times polling stopped because another thread wanted the CPU", s.poll.yielded);
     return t.o;
 }
 

@@ -38,6 +38,7 @@ struct GatewayLimits {
     unsigned log_string_max = 256;        // client text quoted in a log line or an error
     unsigned terminator_threads = default_terminator_threads();  // 0 = on the agent's own io thread
     unsigned upstream_pool_max_idle = 1024;  // idle provider connections per host and thread (upper bound)
+    unsigned terminator_poll_us = 200;  // an idle io thread polls this long at most before it sleeps (0 = never)
     // Inspect relay.
     unsigned relay_max_connections_per_sandbox = 256;
     unsigned relay_max_connections = 4096;

@@ -1756,9 +1756,10 @@ Gateway::Gateway(asio::any_io_executor ex, std::shared_ptr<Store> store, Gateway
         w.threads.emplace_back([ctx = w.ios[i].get(), &w, i] {
             Workers::current = &w;
             Workers::current_index = i;
+            auto& shared = *w.shared;
             for (;;) {
                 try {
-                    ctx->run();
+                    run_polling(*ctx, shared.opts.poll_before_sleep, &shared.stats.poll);
                     return;
                 } catch (const std::exception& e) {
                     spdlog::error("terminator: an io thread caught an exception and goes on: {}", e.what());

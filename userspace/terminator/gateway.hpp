@@ -21,6 +21,7 @@
 
 #include "common/conn_info.hpp"
 #include "terminator/limits.hpp"
+#include "terminator/poll_loop.hpp"
 #include "terminator/request.hpp"
 #include "terminator/sandbox_inference.hpp"
 #include "terminator/store.hpp"
@@ -58,6 +59,8 @@ struct GatewayStats {
     // Heap bytes connections keep between requests to read their next
     // request's body into (at most ClientConn::kBodyKept each).
     std::atomic<std::uint64_t> body_buffer_bytes{0};
+    // The io threads' polling before they sleep (GatewayOptions::poll_before_sleep).
+    PollStats poll;
 };
 
 struct GatewayOptions {
@@ -94,6 +97,9 @@ struct GatewayOptions {
     // each with its own provider pool; 0 = run on the constructor's
     // io_context, which must then be run by one thread.
     std::size_t threads = 0;
+    // The longest an io thread of its own polls for work before it sleeps
+    // (poll_loop.hpp: the window adapts between 0 and this); 0 = never poll.
+    std::chrono::microseconds poll_before_sleep{200};
     // Host name → IP literal used instead of DNS (tests; pinned providers).
     std::map<std::string, std::string> resolve_overrides;
     // Access log (one JSON line per request); nullptr = spdlog's default logger.

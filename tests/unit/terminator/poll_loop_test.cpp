@@ -1,0 +1,181 @@
+// The io threads' polling before sleep (poll_loop.hpp): how the window adapts,
+// and that run_polling runs an io_context as run() does — stops when told,
+// takes work from other threads — and polls only while work comes soon.
+#include "terminator/poll_loop.hpp"
+
+#include <gtest/gtest.h>
+#include <pthread.h>
+#include <sched.h>
+
+#include <atomic>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <functional>
+#include <future>
+#include <thread>
+
+namespace redir::terminator {
+namespace {
+
+namespace asio = boost::asio;
+using std::chrono::microseconds;
+using std::chrono::milliseconds;
+using D = PollWindow::Duration;
+
+TEST(PollWindowTest, StartsClosedAndOpensAtTheGrowStartOnTheFirstShortSleep) {
+    PollWindow w(microseconds(200));
+    EXPECT_EQ(w.window(), D::zero());
+    w.slept(microseconds(3));
+    EXPECT_EQ(w.window(), PollWindow::kGrowStart);
+}
+
+TEST(PollWindowTest, DoublesWhileALongerWindowWouldHaveCaughtTheWorkUpToTheMost) {
+    PollWindow w(microseconds(200));
+    std::vector<D> seen;
+    for (int i = 0; i < 8; ++i) {
+        w.slept(microseconds(190));
+        seen.push_back(w.window());
+    }
+    EXPECT_EQ(seen, (std::vector<D>{microseconds(10), microseconds(20), microseconds(40), microseconds(80),
+                                    microseconds(160), microseconds(200), microseconds(200), microseconds(200)}));
+}
+
+TEST(PollWindowTest, StaysWhenTheWorkCameWithinIt) {
+    PollWindow w(microseconds(200));
+    for (int i = 0; i < 4; ++i) w.slept(microseconds(50));  // 10, 20, 40, 80
+    ASSERT_EQ(w.window(), microseconds(80));
+    w.slept(microseconds(80));
+    w.slept(microseconds(30));
+    EXPECT_EQ(w.window(), microseconds(80));
+}
+
+TEST(PollWindowTest, HalvesToClosedWhileSleepsOutlastTheMost) {
+    PollWindow w(microseconds(200));
+    for (int i = 0; i < 6; ++i) w.slept(microseconds(190));
+    ASSERT_EQ(w.window(), microseconds(200));
+    std::vector<D> seen;
+    for (int i = 0; i < 5; ++i) {
+        w.slept(milliseconds(20));
+        seen.push_back(w.window());
+    }
+    // Below the grow start a window catches nothing: it closes.
+    EXPECT_EQ(seen, (std::vector<D>{microseconds(100), microseconds(50), microseconds(25), std::chrono::nanoseconds(12'500),
+                                    D::zero()}));
+}
+
+TEST(PollWindowTest, ZeroMostNeverOpens) {
+    PollWindow w(D::zero());
+    w.slept(microseconds(1));
+    w.slept(D::zero());
+    EXPECT_EQ(w.window(), D::zero());
+}
+
+// Runs run_polling on its own thread until the test stops it.
+struct PollingThread {
+    asio::io_context io{1};
+    asio::executor_work_guard<asio::io_context::executor_type> guard = asio::make_work_guard(io);
+    PollStats stats;
+    std::thread thread;
+
+    explicit PollingThread(D max) : thread([this, max] { run_polling(io, max, &stats); }) {}
+    ~PollingThread() {
+        io.stop();
+        thread.join();
+    }
+};
+
+// A chain of N timers of PERIOD each, armed one from the other's handler on
+// the polling thread; returns when the last has fired.
+void chain_of_timers(PollingThread& t, int n, D period) {
+    std::promise<void> done;
+    asio::steady_timer timer(t.io);
+    std::function<void(int)> arm = [&](int left) {
+        if (left == 0) return done.set_value();
+        timer.expires_after(period);
+        timer.async_wait([&, left](auto) { arm(left - 1); });
+    };
+    asio::post(t.io, [&] { arm(n); });
+    ASSERT_EQ(done.get_future().wait_for(std::chrono::seconds(30)), std::future_status::ready);
+}
+
+TEST(RunPollingTest, StopEndsItAndWorkPostedFromAnotherThreadRuns) {
+    PollingThread t(microseconds(200));
+    for (int i = 0; i < 100; ++i) {
+        std::promise<std::thread::id> ran;
+        asio::post(t.io, [&] { ran.set_value(std::this_thread::get_id()); });
+        auto f = ran.get_future();
+        ASSERT_EQ(f.wait_for(std::chrono::seconds(10)), std::future_status::ready) << "post " << i;
+        EXPECT_EQ(f.get(), t.thread.get_id());
+    }
+    // ~PollingThread stops and joins: a hang here is the failure.
+}
+
+TEST(RunPollingTest, WorkComingSoonAfterTheLastIsCaughtWhilePolling) {
+    PollingThread t(microseconds(2000));
+    chain_of_timers(t, 300, microseconds(100));
+    EXPECT_GT(t.stats.caught.load(), 0u) << "slept " << t.stats.slept.load() << " times, never caught work polling";
+}
+
+// The guard against a thread that burns its CPU while idle: work sparser
+// than the most never opens the window, so the thread never polls.
+TEST(RunPollingTest, SparseWorkIsNeverPolledFor) {
+    PollingThread t(microseconds(200));
+    chain_of_timers(t, 30, milliseconds(3));
+    EXPECT_EQ(t.stats.caught.load(), 0u);
+    EXPECT_GE(t.stats.slept.load(), 30u);
+}
+
+// The escape attempt: a sandbox pacing its requests to keep the io thread
+// polling (work every 30 us, well inside the window) while the agent, the
+// provider or another sandbox needs that CPU. Both threads on one CPU: every
+// poll round's yield lets the neighbour run, the thread stops polling and
+// sleeps, and the neighbour gets the CPU as if the thread never polled.
+TEST(RunPollingTest, PollingStopsWhenAnotherThreadWantsTheCpu) {
+    cpu_set_t mine;
+    ASSERT_EQ(sched_getaffinity(0, sizeof mine, &mine), 0);
+    int cpu = 0;
+    while (cpu < CPU_SETSIZE && !CPU_ISSET(cpu, &mine)) ++cpu;
+    ASSERT_LT(cpu, CPU_SETSIZE);
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+
+    PollingThread t(microseconds(2000));
+    ASSERT_EQ(pthread_setaffinity_np(t.thread.native_handle(), sizeof one, &one), 0);
+    std::atomic<bool> stop{false};
+    std::atomic<double> neighbour_share{0};
+    std::thread neighbour([&] {
+        pthread_setaffinity_np(pthread_self(), sizeof one, &one);
+        auto cpu_now = [] {
+            timespec ts{};
+            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+            return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+        };
+        const auto wall0 = std::chrono::steady_clock::now();
+        const auto cpu0 = cpu_now();
+        while (!stop.load(std::memory_order_relaxed)) {
+        }
+        neighbour_share = std::chrono::duration<double>(cpu_now() - cpu0) /
+                          std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0);
+    });
+    chain_of_timers(t, 500, microseconds(30));
+    stop = true;
+    neighbour.join();
+    EXPECT_GT(t.stats.yielded.load(), 0u) << "caught " << t.stats.caught.load() << ", slept " << t.stats.slept.load();
+    // A thread that kept polling would hold the CPU half the time; one that
+    // sleeps uses it only to run its handlers.
+    EXPECT_GT(neighbour_share.load(), 0.6) << "caught " << t.stats.caught.load() << ", yielded "
+                                           << t.stats.yielded.load();
+}
+
+TEST(RunPollingTest, ZeroMostIsRunAndCountsNothing) {
+    PollingThread t(D::zero());
+    chain_of_timers(t, 50, microseconds(50));
+    EXPECT_EQ(t.stats.caught.load() + t.stats.slept.load(), 0u);
+}
+
+}  // namespace
+}  // namespace redir::terminator

@@ -1,0 +1,65 @@
+#include "terminator/poll_loop.hpp"
+
+#include <sched.h>
+
+namespace redir::terminator {
+
+namespace {
+// A poll round (epoll_wait with no wait, sched_yield) that took longer than
+// this let another thread run (~1-2 us when nothing else did, here). A VM
+// exit can read as one too: it only stops polling early.
+constexpr auto kYieldedTo = std::chrono::microseconds(8);
+}  // namespace
+
+void run_polling(boost::asio::io_context& ctx, PollWindow::Duration max, PollStats* stats) {
+    if (max <= PollWindow::Duration::zero()) {
+        ctx.run();
+        return;
+    }
+    using Clock = PollWindow::Clock;
+    PollWindow w(max);
+    PollStats local;
+    PollStats& s = stats ? *stats : local;
+    auto count = [](std::atomic<std::uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); };
+    while (!ctx.stopped()) {
+        // poll() runs every handler ready now (and those they make ready,
+        // the held sends at the end of the turn included) without waiting.
+        if (ctx.poll() > 0) continue;
+        if (ctx.stopped()) break;
+        const auto idle_from = Clock::now();
+        const auto until = idle_from + w.window();
+        bool caught = false, yielded = false;
+        for (auto now = idle_from; now < until;) {
+            if (ctx.poll() > 0) {
+                caught = true;
+                break;
+            }
+            // Anything else runnable on this CPU goes first; if something
+            // did, the CPU is wanted and this thread sleeps instead.
+            sched_yield();
+            const auto after = Clock::now();
+            if (after - now > kYieldedTo) {
+                yielded = true;
+                break;
+            }
+            now = after;
+        }
+        if (caught) {
+            count(s.caught);
+            continue;
+        }
+        count(s.slept);
+        if (yielded) {
+            count(s.yielded);
+            w.contended();
+        }
+        // Blocks in epoll_wait until a handler is ready, then runs that one.
+        // What it measures includes that handler's run (there is no hook
+        // between the wake-up and the handler): a long one reads as a longer
+        // sleep, which can only shrink the window.
+        if (ctx.run_one() == 0) break;
+        w.slept(Clock::now() - idle_from);
+    }
+}
+
+}  // namespace redir::terminator
