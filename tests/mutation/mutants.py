@@ -290,6 +290,12 @@ MUTANTS = [
            "            if (after - now > kYieldedTo) {", "            if (false) {",
            ("gtest", "tests/unit/terminator/redir_poll_loop_tests",
             "RunPollingTest.PollingStopsWhenAnotherThreadWantsTheCpu", ["redir_poll_loop_tests"])),
+    Mutant("poll-not-while-others-run", "a loaded gateway's io threads do not poll: while one runs handlers the "
+           "others sleep, so the scheduler still sees their CPUs idle for the threads it wakes",
+           "userspace/terminator/poll_loop.cpp",
+           "            if (s.busy.load(std::memory_order_relaxed) > 0) {", "            if (false) {",
+           ("gtest", "tests/unit/terminator/redir_poll_loop_tests",
+            "RunPollingTest.NoPollingWhileAnotherThreadOfTheGroupRuns", ["redir_poll_loop_tests"])),
     Mutant("poll-window-shrinks", "an idle terminator io thread does not keep polling: a sleep longer than the "
            "largest window shrinks the window",
            "userspace/terminator/poll_loop.hpp",

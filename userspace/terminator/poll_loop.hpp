@@ -67,17 +67,28 @@ private:
     Duration window_{0};
 };
 
-// What run_polling did (tests, metrics; read from any thread).
+// The io threads that poll together (a gateway's): what they did, and how
+// many run handlers now. Read from any thread.
 struct PollStats {
-    std::atomic<std::uint64_t> caught{0};  // work found while polling: a wake-up saved
-    std::atomic<std::uint64_t> slept{0};   // the window ran out (or was 0): the thread slept
+    std::atomic<std::uint64_t> caught{0};   // work found while polling: a wake-up saved
+    std::atomic<std::uint64_t> slept{0};    // the thread slept (window ran out or was 0, or see below)
     std::atomic<std::uint64_t> yielded{0};  // of those, polling stopped because another thread took the CPU
+    std::atomic<std::uint64_t> others_busy{0};  // of those, polling stopped because another io thread ran
+    // Threads of the group running handlers now (not polling, not asleep).
+    // While one does, the others do not poll: the machine is loaded, and a
+    // polling CPU does not look idle to the scheduler, which then queues the
+    // threads it wakes (the provider, the sandbox's client) behind a busy
+    // one instead of on the CPU that only polls. One io thread alone under
+    // load polls (measured: it gains); two under load gained nothing and
+    // read a worse p99 at 50 connections.
+    std::atomic<std::int64_t> busy{0};
 };
 
 // Runs CTX's handlers on this thread until CTX is stopped, like
 // io_context::run(), polling up to a window adapted as above (at most MAX;
 // 0 = never, which is run()). CTX must be run by this thread only. STATS, when
-// given, is counted into as it goes (several threads may share one).
+// given, is the group: the threads sharing it count into it, and a thread
+// does not poll while another of them runs handlers.
 void run_polling(boost::asio::io_context& ctx, PollWindow::Duration max, PollStats* stats = nullptr);
 
 }  // namespace redir::terminator

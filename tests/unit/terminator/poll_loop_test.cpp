@@ -73,14 +73,17 @@ TEST(PollWindowTest, ZeroMostNeverOpens) {
     EXPECT_EQ(w.window(), D::zero());
 }
 
-// Runs run_polling on its own thread until the test stops it.
+// Runs run_polling on its own thread until the test stops it (in a group of
+// its own, or in GROUP's).
 struct PollingThread {
     asio::io_context io{1};
     asio::executor_work_guard<asio::io_context::executor_type> guard = asio::make_work_guard(io);
-    PollStats stats;
+    PollStats own;
+    PollStats& stats;
     std::thread thread;
 
-    explicit PollingThread(D max) : thread([this, max] { run_polling(io, max, &stats); }) {}
+    explicit PollingThread(D max, PollStats* group = nullptr)
+        : stats(group ? *group : own), thread([this, max] { run_polling(io, max, &stats); }) {}
     ~PollingThread() {
         io.stop();
         thread.join();
@@ -169,6 +172,33 @@ TEST(RunPollingTest, PollingStopsWhenAnotherThreadWantsTheCpu) {
     // sleeps uses it only to run its handlers.
     EXPECT_GT(neighbour_share.load(), 0.6) << "caught " << t.stats.caught.load() << ", yielded "
                                            << t.stats.yielded.load();
+}
+
+// Two io threads of one gateway: while one runs handlers (a loaded gateway)
+// the other does not poll, though its work comes quickly; once the first is
+// idle again, it does.
+TEST(RunPollingTest, NoPollingWhileAnotherThreadOfTheGroupRuns) {
+    PollStats group;
+    PollingThread busy(microseconds(2000), &group), quick(microseconds(2000), &group);
+    std::atomic<bool> release{false};
+    std::promise<void> running;
+    // Posted from a handler: it runs in the loop's poll() after the
+    // handler that woke the thread, as a loaded thread's work does (the
+    // handler run_one() wakes for counts as idle: no hook around it).
+    asio::post(busy.io, [&] {
+        asio::post(busy.io, [&] {
+            running.set_value();
+            while (!release.load()) {
+            }
+        });
+    });
+    running.get_future().wait();
+    chain_of_timers(quick, 300, microseconds(100));
+    EXPECT_EQ(group.caught.load(), 0u);
+    EXPECT_GT(group.others_busy.load(), 0u);
+    release = true;
+    chain_of_timers(quick, 300, microseconds(100));
+    EXPECT_GT(group.caught.load(), 0u);
 }
 
 TEST(RunPollingTest, ZeroMostIsRunAndCountsNothing) {
