@@ -130,6 +130,14 @@ def report(name, wakes, runs, requests, p50):
             continue
         path_us += med(xs) * len(xs) / requests
         rows.append((name, "run: " + what, "%.2f" % (len(xs) / requests), "-", "-", "-", "%.0f" % med(xs)))
+    woken = [hop for hop, by in wakes.items()
+             if hop.endswith(" -> " + name) and len(by["local"]) + len(by["cross"]) >= requests / 4]
+    if name != "direct" and not woken:
+        # A thread that polls for its work (redird's io threads) is running
+        # when its input comes: no wake-up into it, so none of its runs
+        # starts at one and the sum leaves them out.
+        rows.append((name, "(%s was not woken: it polled for its input; its runs are not in the sum)" % name,
+                     "", "", "", "", ""))
     rows.append((name, "sum (each step times how often it happens) / wrk's p50", "", "", "", "",
                  "%.0f / %s" % (path_us, p50)))
     return rows

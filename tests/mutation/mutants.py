@@ -296,6 +296,12 @@ MUTANTS = [
            "            if (s.busy.load(std::memory_order_relaxed) > 0) {", "            if (false) {",
            ("gtest", "tests/unit/terminator/redir_poll_loop_tests",
             "RunPollingTest.NoPollingWhileAnotherThreadOfTheGroupRuns", ["redir_poll_loop_tests"])),
+    Mutant("poll-not-when-loaded", "an io thread with many calls in flight does not poll (its CPU must look idle "
+           "to the scheduler on a busy machine)",
+           "userspace/terminator/poll_loop.cpp",
+           "        if (until > idle_from && light && !light()) loaded = true;", "",
+           ("gtest", "tests/unit/terminator/redir_poll_loop_tests",
+            "RunPollingTest.NoPollingWhileTheThreadSaysItIsLoaded", ["redir_poll_loop_tests"])),
     Mutant("poll-window-shrinks", "an idle terminator io thread does not keep polling: a sleep longer than the "
            "largest window shrinks the window",
            "userspace/terminator/poll_loop.hpp",

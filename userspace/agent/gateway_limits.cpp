@@ -146,8 +146,9 @@ std::string terminator_metrics(const terminator::GatewayStats& s, std::uint64_t 
           "times an idle io thread went to sleep (its polling window ran out or was 0)", s.poll.slept);
     t.one("redir_terminator_poll_yielded_total", "counter",
           "of those, times polling stopped because another thread wanted the CPU", s.poll.yielded);
-    t.one("redir_terminator_poll_others_busy_total", "counter",
-          "of those, times an io thread did not poll because another io thread was running", s.poll.others_busy);
+    t.one("redir_terminator_poll_loaded_total", "counter",
+          "of those, times an io thread did not poll because the terminator was loaded (another io thread "
+          "running, or more calls in flight on the thread than polling serves)", s.poll.loaded);
     return t.o;
 }
 

@@ -350,6 +350,13 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     // turn (ConnCore::hold_sends): only on an io_context of the gateway's
     // own, which one thread runs (the caller's may have several).
     bool hold_sends = false;
+    // Requests being served on this thread now (from the header's first
+    // byte to the end of the answer). Its io thread polls for work before
+    // sleeping only while there are few (poll_loop.hpp): one call's answer
+    // comes after a short, predictable gap; many calls' work comes as a
+    // stream on a busy machine.
+    std::size_t calls = 0;
+    static constexpr std::size_t kPollWhileCallsAtMost = 4;
     // The shared parts under the names the request code uses.
     std::shared_ptr<Store> store;
     const GatewayOptions& opts;
@@ -1461,6 +1468,18 @@ Task<bool> respond(Impl& gw, Stream& s, ClientConn& cc, Incoming& in, const Conn
     co_return after_call(watch, keep, log);
 }
 
+// One more in N while it lives (Impl::calls).
+class Counted {
+public:
+    explicit Counted(std::size_t& n) : n_(n) { ++n_; }
+    ~Counted() { --n_; }
+    Counted(const Counted&) = delete;
+    Counted& operator=(const Counted&) = delete;
+
+private:
+    std::size_t& n_;
+};
+
 // One request on a connection, whose first bytes are in CC's buffer (the
 // session awaited them): its header gathered and checked as bytes,
 // parsed, decided, room for its body reserved, the body read, then the
@@ -1603,7 +1622,11 @@ Task<void> session(std::shared_ptr<Impl> gw, Stream s, ConnInfo info, Quota::Tic
                 }
                 cc.buf.commit(n);
             }
-            bool keep = co_await serve_one(*gw, s, cc, log, info);
+            bool keep;
+            {
+                Counted call(gw->calls);
+                keep = co_await serve_one(*gw, s, cc, log, info);
+            }
             end_of_request(*gw, cc);
             if (log.status != 0) {
                 log.duration_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
@@ -1759,7 +1782,8 @@ Gateway::Gateway(asio::any_io_executor ex, std::shared_ptr<Store> store, Gateway
             auto& shared = *w.shared;
             for (;;) {
                 try {
-                    run_polling(*ctx, shared.opts.poll_before_sleep, &shared.stats.poll);
+                    run_polling(*ctx, shared.opts.poll_before_sleep, &shared.stats.poll,
+                                [&impl = *w.impls[i]] { return impl.calls <= Impl::kPollWhileCallsAtMost; });
                     return;
                 } catch (const std::exception& e) {
                     spdlog::error("terminator: an io thread caught an exception and goes on: {}", e.what());

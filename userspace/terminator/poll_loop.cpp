@@ -30,7 +30,8 @@ private:
 };
 }  // namespace
 
-void run_polling(boost::asio::io_context& ctx, PollWindow::Duration max, PollStats* stats) {
+void run_polling(boost::asio::io_context& ctx, PollWindow::Duration max, PollStats* stats,
+                 const std::function<bool()>& light) {
     if (max <= PollWindow::Duration::zero()) {
         ctx.run();
         return;
@@ -53,10 +54,11 @@ void run_polling(boost::asio::io_context& ctx, PollWindow::Duration max, PollSta
         running.set(false);
         const auto idle_from = Clock::now();
         const auto until = idle_from + w.window();
-        bool caught = false, yielded = false, others = false;
-        for (auto now = idle_from; now < until;) {
+        bool caught = false, yielded = false, loaded = false;
+        if (until > idle_from && light && !light()) loaded = true;
+        for (auto now = idle_from; now < until && !loaded;) {
             if (s.busy.load(std::memory_order_relaxed) > 0) {
-                others = true;
+                loaded = true;
                 break;
             }
             if (ctx.poll() > 0) {
@@ -82,7 +84,7 @@ void run_polling(boost::asio::io_context& ctx, PollWindow::Duration max, PollSta
             count(s.yielded);
             w.contended();
         }
-        if (others) count(s.others_busy);
+        if (loaded) count(s.loaded);
         // Blocks in epoll_wait until a handler is ready, then runs that one.
         // What it measures includes that handler's run (there is no hook
         // between the wake-up and the handler): a long one reads as a longer
