@@ -149,6 +149,11 @@ std::string terminator_metrics(const terminator::GatewayStats& s, std::uint64_t 
     t.one("redir_terminator_poll_loaded_total", "counter",
           "of those, times an io thread did not poll because the terminator was loaded (another io thread "
           "running, or more calls in flight on the thread than polling serves)", s.poll.loaded);
+    t.one("redir_terminator_poll_expired_total", "counter",
+          "of those, times an io thread polled its whole window and found no work (polling in vain)", s.poll.expired);
+    t.one("redir_terminator_poll_microseconds_total", "counter",
+          "time io threads spent polling for work, found or not (what polling costs in CPU)",
+          s.poll.polled_ns.load(std::memory_order_relaxed) / 1000);
     return t.o;
 }
 

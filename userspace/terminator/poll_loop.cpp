@@ -56,24 +56,31 @@ void run_polling(boost::asio::io_context& ctx, PollWindow::Duration max, PollSta
         const auto until = idle_from + w.window();
         bool caught = false, yielded = false, loaded = false;
         if (until > idle_from && light && !light()) loaded = true;
-        for (auto now = idle_from; now < until && !loaded;) {
+        auto now = idle_from;
+        for (; now < until && !loaded;) {
             if (s.busy.load(std::memory_order_relaxed) > 0) {
                 loaded = true;
                 break;
             }
             if (ctx.poll() > 0) {
                 caught = true;
+                now = Clock::now();
                 break;
             }
             // Anything else runnable on this CPU goes first; if something
             // did, the CPU is wanted and this thread sleeps instead.
             sched_yield();
             const auto after = Clock::now();
-            if (after - now > kYieldedTo) {
+            const bool other_ran = after - now > kYieldedTo;
+            now = after;
+            if (other_ran) {
                 yielded = true;
                 break;
             }
-            now = after;
+        }
+        if (now > idle_from) {
+            s.polled_ns.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(now - idle_from).count(),
+                                  std::memory_order_relaxed);
         }
         if (caught) {
             count(s.caught);
@@ -85,6 +92,7 @@ void run_polling(boost::asio::io_context& ctx, PollWindow::Duration max, PollSta
             w.contended();
         }
         if (loaded) count(s.loaded);
+        if (!yielded && !loaded && until > idle_from) count(s.expired);
         // Blocks in epoll_wait until a handler is ready, then runs that one.
         // What it measures includes that handler's run (there is no hook
         // between the wake-up and the handler): a long one reads as a longer

@@ -75,6 +75,8 @@ struct PollStats {
     std::atomic<std::uint64_t> slept{0};    // the thread slept (window ran out or was 0, or see below)
     std::atomic<std::uint64_t> yielded{0};  // of those, polling stopped because another thread took the CPU
     std::atomic<std::uint64_t> loaded{0};   // of those, not polled: the group was loaded (below)
+    std::atomic<std::uint64_t> expired{0};  // of those, the window ran out: polled in vain
+    std::atomic<std::uint64_t> polled_ns{0};  // time spent polling, in vain or not (its CPU cost)
     // Threads of the group running handlers now (not polling, not asleep).
     // While one does, the others do not poll: see run_polling.
     std::atomic<std::int64_t> busy{0};

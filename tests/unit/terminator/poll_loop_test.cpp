@@ -131,6 +131,24 @@ TEST(RunPollingTest, SparseWorkIsNeverPolledFor) {
     chain_of_timers(t, 30, milliseconds(3));
     EXPECT_EQ(t.stats.caught.load(), 0u);
     EXPECT_GE(t.stats.slept.load(), 30u);
+    EXPECT_EQ(t.stats.expired.load(), 0u);
+    EXPECT_EQ(t.stats.polled_ns.load(), 0u) << "an idle thread burnt CPU polling for sparse work";
+}
+
+// What polling costs is counted: bursts of close work open the window, and
+// the long gap after each burst is polled for in vain (the window runs out)
+// before the thread sleeps. The counters say how often and for how long.
+TEST(RunPollingTest, PollingInVainIsCountedWithItsTime) {
+    PollingThread t(microseconds(500));
+    for (int burst = 0; burst < 20; ++burst) {
+        chain_of_timers(t, 20, microseconds(50));
+        std::this_thread::sleep_for(milliseconds(3));
+    }
+    EXPECT_GT(t.stats.expired.load(), 0u) << "caught " << t.stats.caught.load() << ", slept " << t.stats.slept.load();
+    EXPECT_LE(t.stats.expired.load(), t.stats.slept.load());
+    // Each expiry polled at least the smallest open window.
+    EXPECT_GE(t.stats.polled_ns.load(),
+              t.stats.expired.load() * static_cast<std::uint64_t>(PollWindow::kGrowStart.count()));
 }
 
 // The escape attempt: a sandbox pacing its requests to keep the io thread
@@ -219,7 +237,7 @@ TEST(RunPollingTest, NoPollingWhileTheThreadSaysItIsLoaded) {
 TEST(RunPollingTest, ZeroMostIsRunAndCountsNothing) {
     PollingThread t(D::zero());
     chain_of_timers(t, 50, microseconds(50));
-    EXPECT_EQ(t.stats.caught.load() + t.stats.slept.load(), 0u);
+    EXPECT_EQ(t.stats.caught.load() + t.stats.slept.load() + t.stats.polled_ns.load(), 0u);
 }
 
 }  // namespace
