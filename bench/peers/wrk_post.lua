@@ -20,6 +20,36 @@ if os.getenv("WRK_CLOSE") == "1" then
   wrk.headers["Connection"] = "close"
 end
 
+-- WRK_RATE: requests per second for the whole run (WRK_THREADS: wrk's -t), an
+-- offered load instead of as fast as the peer answers. Each wrk thread hands
+-- out send times on its own schedule, one every WRK_THREADS/WRK_RATE s, to
+-- whichever of its connections is ready; a thread behind schedule sends at
+-- once and does not catch up (a saturated peer is not sent bursts). wrk
+-- takes the delay in whole milliseconds (sends go up to 1 ms early, the rate
+-- holds over the run) and times each request from its send.
+local rate = tonumber(os.getenv("WRK_RATE") or "0") or 0
+if rate > 0 then
+  local ffi = require("ffi")
+  ffi.cdef[[
+    struct wrk_timespec { long tv_sec; long tv_nsec; };
+    int clock_gettime(int clk, struct wrk_timespec *tp);
+  ]]
+  local ts = ffi.new("struct wrk_timespec")
+  local function now_ms()
+    ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+    return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+  end
+  local interval = (tonumber(os.getenv("WRK_THREADS") or "1") or 1) * 1000 / rate
+  local next_send = 0
+  delay = function()
+    local t = now_ms()
+    if next_send < t then next_send = t end
+    local d = next_send - t
+    next_send = next_send + interval
+    return d
+  end
+end
+
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
