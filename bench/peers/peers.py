@@ -8,7 +8,8 @@ target; exit 0 all targets met, 1 a target missed, 2 a peer produced no numbers.
 Knobs (environment): BENCH_SECONDS (per measurement, default 10), BENCH_ROUNDS
 (interleaved rounds; default 3, 1 when BENCH_SECONDS < 5: req/s the best round's, p99 at 50 connections the
 median of the rounds' — see bench/README "How a round is chosen"),
-BENCH_SSE_STREAMS (1000), BENCH_SSE_GAP_MS (250), BENCH_PEERS (default
+BENCH_PACED_SHARE (0.5: the offered load of the paced rounds that decide
+the p99 target, as a share of nginx's best keep-alive req/s), BENCH_SSE_STREAMS (1000), BENCH_SSE_GAP_MS (250), BENCH_PEERS (default
 direct,redir,nginx,mitmproxy,squid), BENCH_PHASES (default
 keepalive,latency,handshakes,probe,sse), BENCH_THREADS (1,2), BENCH_PERF=1 (perf profile of redird; BENCH_PERF_DATA=FILE
 keeps its perf.data, BENCH_PERF_CALLGRAPH=dwarf for callers through libraries, BENCH_PERF_LOAD=handshakes to
