@@ -6,10 +6,11 @@ target; exit 0 all targets met, 1 a target missed, 2 a peer produced no numbers.
 --check: exit status only says whether every peer produced numbers (CTest).
 
 Knobs (environment): BENCH_SECONDS (per measurement, default 10), BENCH_ROUNDS
-(interleaved rounds; default 3, 1 when BENCH_SECONDS < 5: req/s the best round's, p99 at 50 connections the
-median of the rounds' — see bench/README "How a round is chosen"),
-BENCH_PACED_SHARE (0.5: the offered load of the paced rounds that decide
-the p99 target, as a share of nginx's best keep-alive req/s), BENCH_SSE_STREAMS (1000), BENCH_SSE_GAP_MS (250), BENCH_PEERS (default
+(interleaved rounds; default 3, 1 when BENCH_SECONDS < 5: req/s the best
+round's, p99 at 50 connections the median of the rounds' — see bench/README
+"How a round is chosen"), BENCH_PACED_SHARE (0.5: the offered load of the
+paced rounds that decide the p99 target, as a share of nginx's best
+keep-alive req/s), BENCH_SSE_STREAMS (1000), BENCH_SSE_GAP_MS (250), BENCH_PEERS (default
 direct,redir,nginx,mitmproxy,squid), BENCH_PHASES (default
 keepalive,latency,handshakes,probe,sse), BENCH_THREADS (1,2), BENCH_PERF=1 (perf profile of redird; BENCH_PERF_DATA=FILE
 keeps its perf.data, BENCH_PERF_CALLGRAPH=dwarf for callers through libraries, BENCH_PERF_LOAD=handshakes to
@@ -34,6 +35,7 @@ import platform
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -626,11 +628,8 @@ def median_p99(results):
     neighbours did, and one hiccup in it reads as the peer's tail (a build
     without polling once read 19 ms there, 5 ms in the others). With three
     interleaved rounds the median drops one bad round of each peer."""
-    v = sorted(r["p99_us"] for r in results if r and r.get("p99_us") is not None)
-    if not v:
-        return None
-    mid = len(v) // 2
-    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+    v = [r["p99_us"] for r in results if r and r.get("p99_us") is not None]
+    return statistics.median(v) if v else None
 
 
 def sse_run(peer, ca, seconds):
@@ -946,8 +945,9 @@ def measure(res, key, direct, redir, nginx, others):
             log("round %d/%d: a new TLS connection per request" % (rnd + 1, ROUNDS))
             for p in [direct, redir, nginx] + ab:
                 hs.setdefault(p.name, []).append(wrk(p, 50, 2, SECONDS, close=True))
-    if "keepalive" in PHASES and ka.get("nginx") and best(ka["nginx"]):
-        paced(res, key, [direct, redir, nginx] + ab, best(ka["nginx"])["rps"] * PACED_SHARE)
+    nginx_best = best(ka.get("nginx", []))
+    if "keepalive" in PHASES and nginx_best:
+        paced(res, key, [direct, redir, nginx] + ab, nginx_best["rps"] * PACED_SHARE)
     if PAIRED and ab and "keepalive" in PHASES:
         res.setdefault("paired", {})[key] = paired_rounds(redir, ab[0], PAIRED)
     if PAIR_NGINX and "keepalive" in PHASES:
@@ -987,7 +987,7 @@ def paced(res, key, peers, rate):
         ok = [r for r in v if r]
         out["p99_rounds"][name] = [r and r["p99_us"] for r in v]
         out["p99"][name] = median_p99(ok)
-        out["rps"][name] = sorted(r["rps"] for r in ok)[len(ok) // 2] if ok else None
+        out["rps"][name] = statistics.median(r["rps"] for r in ok) if ok else None
         out["errors"][name] = sum(r["errors"] for r in ok)
     res.setdefault("paced", {})[key] = out
 

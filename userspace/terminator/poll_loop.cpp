@@ -57,7 +57,7 @@ void run_polling(boost::asio::io_context& ctx, PollWindow::Duration max, PollSta
         bool caught = false, yielded = false, loaded = false;
         if (until > idle_from && light && !light()) loaded = true;
         auto now = idle_from;
-        for (; now < until && !loaded;) {
+        while (now < until && !loaded) {
             if (s.busy.load(std::memory_order_relaxed) > 0) {
                 loaded = true;
                 break;
